@@ -1,0 +1,312 @@
+//! A Buildkite simulator for benchkite's tests, benchmarks and demo.
+//!
+//! It serves, on loopback only:
+//! - the REST API v2 (`/v2`, Bearer tokens, rate limits, `Link` pagination),
+//! - the agent metrics API (`/v3/metrics`, `Token` auth),
+//! - `/_sim/…` introspection and control,
+//! - a separate artifact storage listener (signed, expiring URLs; refuses `Authorization`),
+//!
+//! runs jobs on simulated agents (local processes or timers) and sends webhooks.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use buildkite_sim::{SimConfig, Simulator};
+//! let mut cfg = SimConfig::default();
+//! cfg.executor = buildkite_sim::config::ExecutorConfig::command("echo '{}' > result.json");
+//! let sim = Simulator::start(cfg).await?;
+//! sim.set_agents("default", 2)?;
+//! println!("{} {}", sim.api_url(), sim.api_token());
+//! sim.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod api;
+pub mod config;
+pub mod counters;
+pub mod executor;
+pub mod faults;
+pub mod glob;
+pub mod http;
+pub mod model;
+pub mod ratelimit;
+pub mod render;
+pub mod sim;
+pub mod sim_api;
+pub mod state;
+pub mod storage;
+pub mod webhooks;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub use config::SimConfig;
+pub use counters::{CountersSnapshot, EndpointCount};
+pub use ratelimit::RateLimitStats;
+pub use state::{InfraFailure, JobStats};
+pub use webhooks::{WebhookStats, signature_header, verify_signature};
+
+use config::{AgentPoolConfig, OutageConfig, RateLimitConfig, WebhookConfig};
+use sim::{Sim, Urls};
+
+/// Entry point: `Simulator::start(config)`.
+pub struct Simulator;
+
+impl Simulator {
+    /// Binds the listeners, starts the dispatcher and the webhook worker, and returns a
+    /// handle. Ports 0 pick free ports (see [`SimHandle::api_url`]).
+    pub async fn start(cfg: SimConfig) -> anyhow::Result<SimHandle> {
+        cfg.validate()?;
+        let api_listener = TcpListener::bind(SocketAddr::new(cfg.bind, cfg.api_port))
+            .await
+            .map_err(|e| anyhow::anyhow!("binding the API listener: {e}"))?;
+        let storage_listener = TcpListener::bind(SocketAddr::new(cfg.bind, cfg.storage_port))
+            .await
+            .map_err(|e| anyhow::anyhow!("binding the storage listener: {e}"))?;
+        let api_addr = api_listener.local_addr()?;
+        let storage_addr = storage_listener.local_addr()?;
+        let urls = Urls {
+            api_root: format!("http://{api_addr}"),
+            storage_root: format!("http://{storage_addr}"),
+        };
+
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let inner = state::Inner::new(&cfg, Some(tx))?;
+        for pool in &cfg.agents {
+            let cluster = inner.cluster_by_name(pool.cluster.as_deref()).ok();
+            if let Some(c) = cluster
+                && inner.queue(c, &pool.queue).is_none()
+            {
+                tracing::warn!(
+                    queue = %pool.queue,
+                    "agents of queue {:?} refuse to connect: the queue does not exist in the cluster (create it first)",
+                    pool.queue
+                );
+            }
+        }
+        let shutdown = CancellationToken::new();
+        let sim = Arc::new(Sim::new(
+            urls,
+            inner,
+            ratelimit::RateLimiter::new(cfg.rate_limit.clone()),
+            faults::Faults::new(cfg.faults.clone()),
+            webhooks::Webhooks::new(&cfg.webhooks)?,
+            cfg.artifact_url_ttl_secs,
+            cfg.metrics_poll_duration_secs,
+            shutdown.clone(),
+        ));
+
+        let mut servers = Vec::new();
+        servers.push(tokio::spawn(Arc::clone(&sim).run_dispatcher()));
+        servers.push(tokio::spawn(webhooks::run_worker(Arc::clone(&sim), rx)));
+        servers.push(tokio::spawn(http::serve(
+            api_listener,
+            api::router(Arc::clone(&sim)),
+            shutdown.clone(),
+            sim.tasks.clone(),
+        )));
+        servers.push(tokio::spawn(http::serve(
+            storage_listener,
+            storage::router(Arc::clone(&sim)),
+            shutdown.clone(),
+            sim.tasks.clone(),
+        )));
+        sim.kick();
+        tracing::info!(api = %sim.urls.api_root, storage = %sim.urls.storage_root, "buildkite-sim listening");
+        Ok(SimHandle {
+            sim,
+            servers,
+            shutdown,
+        })
+    }
+}
+
+/// A running simulator. Dropping it stops the simulator (without waiting); prefer
+/// [`SimHandle::shutdown`].
+pub struct SimHandle {
+    sim: Arc<Sim>,
+    servers: Vec<JoinHandle<()>>,
+    shutdown: CancellationToken,
+}
+
+impl SimHandle {
+    /// REST API base including `/v2`, e.g. `http://127.0.0.1:41234/v2`.
+    pub fn api_url(&self) -> String {
+        self.sim.urls.v2()
+    }
+
+    /// Agent API base including `/v3` (for `/v3/metrics`).
+    pub fn agent_url(&self) -> String {
+        format!("{}/v3", self.sim.urls.api_root)
+    }
+
+    /// `http://127.0.0.1:<port>` of the storage listener.
+    pub fn storage_url(&self) -> String {
+        self.sim.urls.storage_root.clone()
+    }
+
+    /// `http://127.0.0.1:<port>/_sim` (control & introspection).
+    pub fn sim_url(&self) -> String {
+        format!("{}/_sim", self.sim.urls.api_root)
+    }
+
+    /// `http://127.0.0.1:<port>` of the API listener (no path).
+    pub fn api_root(&self) -> String {
+        self.sim.urls.api_root.clone()
+    }
+
+    /// The organization slug.
+    pub fn organization(&self) -> String {
+        self.sim.org_slug.clone()
+    }
+
+    /// The first configured REST token.
+    pub fn api_token(&self) -> String {
+        self.sim.api_tokens.first().cloned().unwrap_or_default()
+    }
+
+    /// The first agent token of the default cluster (for `/v3/metrics`).
+    pub fn agent_token(&self) -> String {
+        self.sim
+            .lock()
+            .agent_tokens
+            .first()
+            .map(|t| t.token.clone())
+            .unwrap_or_default()
+    }
+
+    /// Request counters of the API listener, per `"<METHOD> <route template>"` and status.
+    pub fn counters(&self) -> CountersSnapshot {
+        self.sim.counters.snapshot()
+    }
+
+    /// Request counters of the storage listener.
+    pub fn storage_counters(&self) -> CountersSnapshot {
+        self.sim.storage_counters.snapshot()
+    }
+
+    /// Clears the request counters.
+    pub fn reset_counters(&self) {
+        self.sim.counters.reset();
+        self.sim.storage_counters.reset();
+    }
+
+    /// Exact rate-limit counts (counted, rejected, after-429-before-reset…).
+    pub fn rate_limit_stats(&self) -> RateLimitStats {
+        self.sim.rate.stats()
+    }
+
+    /// Changes the rate limits at run time (`reset`: start fresh windows).
+    pub fn set_rate_limit(&self, cfg: RateLimitConfig, reset: bool) {
+        self.sim.rate.set_config(cfg, reset);
+    }
+
+    /// Clears rate-limit windows and counts.
+    pub fn reset_rate_limit(&self) {
+        self.sim.rate.reset();
+    }
+
+    /// Sets the number of simulated agents of `queue` in the default cluster.
+    pub fn set_agents(&self, queue: &str, count: u32) -> anyhow::Result<()> {
+        self.set_agent_pool(AgentPoolConfig {
+            queue: queue.to_string(),
+            count,
+            ..AgentPoolConfig::default()
+        })
+    }
+
+    /// Sets a simulated agent pool (count, tags, env, cluster).
+    pub fn set_agent_pool(&self, pool: AgentPoolConfig) -> anyhow::Result<()> {
+        let r = self.sim.lock().set_pool(&pool);
+        self.sim.kick();
+        r.map(|_| ()).map_err(|e| anyhow::anyhow!(e))
+    }
+
+    /// Creates a queue in the default cluster (like `POST …/clusters/{id}/queues`).
+    pub fn create_queue(&self, key: &str) -> anyhow::Result<Uuid> {
+        let mut inner = self.sim.lock();
+        let cluster = inner.clusters[0].id;
+        let r = inner
+            .create_queue(cluster, key, None)
+            .map_err(|e| anyhow::anyhow!("{e:?}"));
+        drop(inner);
+        self.sim.kick();
+        r
+    }
+
+    /// Adds a webhook at run time (a `ping` is sent to it).
+    pub fn add_webhook(&self, cfg: WebhookConfig) -> Uuid {
+        let id = self.sim.webhooks.add(cfg);
+        webhooks::ping(&self.sim, id);
+        id
+    }
+
+    /// Delivery counters of every webhook.
+    pub fn webhook_stats(&self) -> Vec<webhooks::WebhookInfo> {
+        self.sim.webhooks.list()
+    }
+
+    /// Starts an outage window.
+    pub fn start_outage(&self, o: OutageConfig) {
+        self.sim.faults.start_outage(&o);
+    }
+
+    /// Ends an outage window.
+    pub fn end_outage(&self) {
+        self.sim.faults.end_outage();
+    }
+
+    /// Replaces the fault configuration.
+    pub fn set_faults(&self, f: config::FaultConfig) {
+        self.sim.faults.set_config(f);
+    }
+
+    /// Injects an infrastructure failure into the next `count` jobs (of `queue`).
+    pub fn inject_infra_failures(&self, count: u32, queue: Option<&str>, failure: InfraFailure) {
+        self.sim.lock().infra_rules.push(state::InfraRule {
+            remaining: count,
+            queue: queue.map(str::to_string),
+            failure,
+        });
+    }
+
+    /// Job outcome counters.
+    pub fn job_stats(&self) -> JobStats {
+        self.sim.lock().job_stats.clone()
+    }
+
+    /// State of a build (`None`: no such build).
+    pub fn build_state(&self, pipeline: &str, number: u64) -> Option<String> {
+        self.sim
+            .lock()
+            .build_by_number(pipeline, number)
+            .map(|b| b.state.as_str().to_string())
+    }
+
+    /// Everything `/_sim/stats` returns.
+    pub fn stats(&self) -> serde_json::Value {
+        sim_api::stats_json(&self.sim)
+    }
+
+    /// Stops accepting, lets open requests finish, stops jobs (processes are killed) and
+    /// waits (up to 10 s) for everything to end.
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        for s in self.servers.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
+        }
+        self.sim.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.sim.tasks.wait()).await;
+    }
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

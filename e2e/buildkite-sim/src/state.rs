@@ -1,0 +1,1537 @@
+//! The simulator's world: pipelines, builds, jobs, agents, queues — and every state
+//! transition (creation, dispatch to agents, completion, cancellation).
+//!
+//! Everything lives behind one mutex (`Inner`); operations are short and never await while
+//! holding it. Webhook events are queued while the lock is held (a channel send) and
+//! rendered later by the delivery workers.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use jiff::Timestamp;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::config::{AgentPoolConfig, ExecutorConfig, PipelineConfig, ScriptedConfig, SimConfig};
+use crate::model::*;
+
+/// Identifies a queue: cluster + key (a job may target a key that does not exist).
+pub type QueueRef = (Uuid, String);
+
+/// A webhook event to deliver (rendered at delivery time, like Buildkite: the payload may
+/// already show a later state than the event).
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub name: &'static str,
+    pub build: Uuid,
+    pub job: Option<Uuid>,
+}
+
+/// Why a running job must stop early.
+#[derive(Debug, Clone)]
+pub enum Stop {
+    /// Build canceled (or agent stopped with `force`).
+    Cancel,
+    /// Injected infrastructure failure.
+    Infra(InfraFailure),
+}
+
+/// An injected infrastructure failure: the job ends `failed` with `exit_status` and
+/// `signal_reason`; `lose_agent` makes the agent `lost` (Buildkite's lost-agent case).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct InfraFailure {
+    pub signal_reason: Option<String>,
+    pub exit_status: i32,
+    /// Delay after the job started (ms).
+    #[serde(default)]
+    pub after_ms: u64,
+    #[serde(default)]
+    pub lose_agent: bool,
+}
+
+impl InfraFailure {
+    /// Parses `<reason>[:<exit_status>][@<after_ms>]`, e.g. `agent_stop`, `agent_lost`,
+    /// `process_run_error:255`, `stack_error:-1@2000`.
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let (head, after) = match spec.split_once('@') {
+            Some((h, a)) => (
+                h,
+                a.trim()
+                    .parse::<u64>()
+                    .map_err(|_| format!("bad delay in {spec:?}"))?,
+            ),
+            None => (spec, 0),
+        };
+        let (reason, exit) = match head.split_once(':') {
+            Some((r, e)) => (
+                r.trim(),
+                e.trim()
+                    .parse::<i32>()
+                    .map_err(|_| format!("bad exit status in {spec:?}"))?,
+            ),
+            None => (head.trim(), -1),
+        };
+        const REASONS: &[&str] = &[
+            "agent_stop",
+            "cancel",
+            "process_run_error",
+            "agent_refused",
+            "signature_rejected",
+            "stack_error",
+            "agent_incompatible",
+        ];
+        if reason == "agent_lost" {
+            return Ok(Self {
+                signal_reason: None,
+                exit_status: exit,
+                after_ms: after,
+                lose_agent: true,
+            });
+        }
+        if !REASONS.contains(&reason) {
+            return Err(format!(
+                "unknown infrastructure failure {reason:?} (agent_lost, {})",
+                REASONS.join(", ")
+            ));
+        }
+        Ok(Self {
+            signal_reason: Some(reason.to_string()),
+            exit_status: exit,
+            after_ms: after,
+            lose_agent: reason == "agent_stop",
+        })
+    }
+}
+
+/// Inject `failure` into the next `remaining` jobs (of `queue`, if set).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct InfraRule {
+    pub remaining: u32,
+    #[serde(default)]
+    pub queue: Option<String>,
+    pub failure: InfraFailure,
+}
+
+/// How a started job is executed.
+#[derive(Debug, Clone)]
+pub enum ExecKind {
+    Command {
+        shell: Vec<String>,
+        command: String,
+        cancel_grace: Duration,
+        max_log_bytes: usize,
+    },
+    Scripted(ScriptedConfig),
+    External,
+}
+
+/// Everything an executor needs to run one job (built under the lock, run outside it).
+#[derive(Debug)]
+pub struct ExecSpec {
+    pub job: Uuid,
+    pub build: Uuid,
+    pub kind: ExecKind,
+    pub env: Vec<(String, String)>,
+    pub artifact_paths: String,
+    pub timeout: Option<Duration>,
+    pub infra: Option<InfraFailure>,
+    pub stop_rx: oneshot::Receiver<Stop>,
+    pub external_rx: Option<oneshot::Receiver<ExternalFinish>>,
+    pub dir: PathBuf,
+    pub meta_data_file: PathBuf,
+    pub keep_dir: bool,
+}
+
+/// Result of an external job (`POST /_sim/jobs/{id}/finish`).
+#[derive(Debug, Clone, Default)]
+pub struct ExternalFinish {
+    pub exit_status: i32,
+    pub artifacts: Vec<(String, Bytes)>,
+    pub meta_data: Vec<(String, String)>,
+    pub log: String,
+}
+
+/// What an executor reports back.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub state: JobState,
+    pub exit_status: Option<i32>,
+    pub signal: Option<String>,
+    pub signal_reason: Option<String>,
+    pub artifacts: Vec<(String, Bytes)>,
+    pub meta_data: Vec<(String, String)>,
+    pub log: String,
+    pub lose_agent: bool,
+}
+
+impl Outcome {
+    pub fn from_exit(code: i32) -> Self {
+        Self {
+            state: if code == 0 {
+                JobState::Passed
+            } else {
+                JobState::Failed
+            },
+            exit_status: Some(code),
+            signal: None,
+            signal_reason: None,
+            artifacts: Vec::new(),
+            meta_data: Vec::new(),
+            log: String::new(),
+            lose_agent: false,
+        }
+    }
+}
+
+/// A simulated agent pool (desired state).
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolSpec {
+    pub cluster_id: Uuid,
+    pub queue: String,
+    pub count: u32,
+    pub tags: BTreeMap<String, String>,
+    pub env: BTreeMap<String, String>,
+}
+
+/// Counters of job outcomes.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct JobStats {
+    pub created: u64,
+    pub started: u64,
+    pub passed: u64,
+    pub failed: u64,
+    pub timed_out: u64,
+    pub canceled: u64,
+    pub skipped: u64,
+    pub infra_failures: u64,
+}
+
+/// Error of a state operation, mapped to an API answer by the routes.
+#[derive(Debug, Clone)]
+pub enum OpError {
+    NotFound(&'static str),
+    Unprocessable(String),
+    Validation(Vec<(String, &'static str)>),
+    BadRequest(String),
+}
+
+/// Request to create a build (already type-checked by the route).
+#[derive(Debug, Clone, Default)]
+pub struct CreateBuild {
+    pub commit: String,
+    pub branch: String,
+    pub message: Option<String>,
+    pub author: Option<serde_json::Value>,
+    pub env: BTreeMap<String, String>,
+    pub meta_data: BTreeMap<String, String>,
+    pub clean_checkout: bool,
+}
+
+pub struct Inner {
+    pub org: Org,
+    pub users: Vec<(String, User)>,
+    pub pipelines: BTreeMap<String, Pipeline>,
+    pub builds: HashMap<Uuid, Build>,
+    /// Creation order (oldest first).
+    pub build_order: Vec<Uuid>,
+    pub build_by_number: HashMap<(String, u64), Uuid>,
+    pub jobs: HashMap<Uuid, Job>,
+    pub artifacts: HashMap<Uuid, Artifact>,
+    pub build_artifacts: HashMap<Uuid, Vec<Uuid>>,
+    pub agents: HashMap<Uuid, Agent>,
+    pub agent_order: Vec<Uuid>,
+    pub queue_agents: HashMap<QueueRef, Vec<Uuid>>,
+    pub clusters: Vec<Cluster>,
+    pub queues: Vec<Queue>,
+    pub agent_tokens: Vec<AgentToken>,
+    pub pending: HashMap<QueueRef, VecDeque<Uuid>>,
+    pub running: HashMap<Uuid, oneshot::Sender<Stop>>,
+    pub external: HashMap<Uuid, oneshot::Sender<ExternalFinish>>,
+    pub pools: BTreeMap<QueueRef, PoolSpec>,
+    pub infra_rules: Vec<InfraRule>,
+    pub executor: ExecutorConfig,
+    pub job_dir: PathBuf,
+    pub keep_job_dirs: bool,
+    pub job_stats: JobStats,
+    pub events: Option<mpsc::UnboundedSender<Event>>,
+    /// Base of `web_url`s (no trailing slash).
+    pub web_base: String,
+}
+
+impl Inner {
+    pub fn new(cfg: &SimConfig, events: Option<mpsc::UnboundedSender<Event>>) -> anyhow::Result<Self> {
+        let now = Timestamp::now();
+        let org = Org {
+            id: Uuid::new_v4(),
+            slug: cfg.organization.clone(),
+            name: cfg.organization.clone(),
+            created_at: now,
+        };
+        let users = cfg
+            .api_tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                (
+                    t.clone(),
+                    User {
+                        id: Uuid::new_v4(),
+                        name: if i == 0 {
+                            "Buildkite Simulator".into()
+                        } else {
+                            format!("Buildkite Simulator {i}")
+                        },
+                        email: format!("sim{i}@{}.invalid", cfg.organization),
+                        created_at: now,
+                    },
+                )
+            })
+            .collect();
+        let mut inner = Self {
+            org,
+            users,
+            pipelines: BTreeMap::new(),
+            builds: HashMap::new(),
+            build_order: Vec::new(),
+            build_by_number: HashMap::new(),
+            jobs: HashMap::new(),
+            artifacts: HashMap::new(),
+            build_artifacts: HashMap::new(),
+            agents: HashMap::new(),
+            agent_order: Vec::new(),
+            queue_agents: HashMap::new(),
+            clusters: Vec::new(),
+            queues: Vec::new(),
+            agent_tokens: Vec::new(),
+            pending: HashMap::new(),
+            running: HashMap::new(),
+            external: HashMap::new(),
+            pools: BTreeMap::new(),
+            infra_rules: Vec::new(),
+            executor: cfg.executor.clone(),
+            job_dir: cfg.job_dir.clone().unwrap_or_else(std::env::temp_dir),
+            keep_job_dirs: cfg.keep_job_dirs,
+            job_stats: JobStats::default(),
+            events,
+            web_base: cfg.web_base_url.trim_end_matches('/').to_string(),
+        };
+        for c in &cfg.clusters {
+            let cluster = Cluster {
+                id: Uuid::new_v4(),
+                name: c.name.clone(),
+                description: c.description.clone(),
+                default_queue_key: c.default_queue.clone(),
+                created_at: now,
+            };
+            let cid = cluster.id;
+            inner.clusters.push(cluster);
+            for q in &c.queues {
+                inner
+                    .create_queue(cid, q, None)
+                    .map_err(|e| anyhow::anyhow!("queue {q}: {e:?}"))?;
+            }
+        }
+        let default_cluster = inner.clusters[0].id;
+        for t in &cfg.agent_tokens {
+            inner.agent_tokens.push(AgentToken {
+                id: Uuid::new_v4(),
+                cluster_id: default_cluster,
+                description: "configured".into(),
+                token: t.clone(),
+                created_at: now,
+            });
+        }
+        for p in &cfg.pipelines {
+            inner.add_pipeline(p).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        for pool in &cfg.agents {
+            inner.set_pool(pool).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        Ok(inner)
+    }
+
+    fn emit(&self, name: &'static str, build: Uuid, job: Option<Uuid>) {
+        if let Some(tx) = &self.events {
+            let _ = tx.send(Event { name, build, job });
+        }
+    }
+
+    pub fn user_for_token(&self, token: &str) -> Option<&User> {
+        self.users.iter().find(|(t, _)| t == token).map(|(_, u)| u)
+    }
+
+    pub fn cluster_by_name(&self, name: Option<&str>) -> Result<Uuid, String> {
+        match name {
+            None => Ok(self.clusters[0].id),
+            Some(n) => self
+                .clusters
+                .iter()
+                .find(|c| c.name == n || c.id.to_string() == n)
+                .map(|c| c.id)
+                .ok_or_else(|| format!("no cluster named {n:?}")),
+        }
+    }
+
+    pub fn add_pipeline(&mut self, p: &PipelineConfig) -> Result<(), String> {
+        if p.slug.is_empty() || p.steps.is_empty() {
+            return Err("a pipeline needs a slug and at least one step".into());
+        }
+        if self.pipelines.contains_key(&p.slug) {
+            return Err(format!("pipeline {} already exists", p.slug));
+        }
+        let cluster_id = self.cluster_by_name(p.cluster.as_deref())?;
+        let steps = p
+            .steps
+            .iter()
+            .map(|s| Step {
+                id: Uuid::new_v4(),
+                key: s.key.clone(),
+                label: s.label.clone(),
+                command: s.command.clone(),
+                agents: s.agents.clone(),
+                artifact_paths: s.artifact_paths.clone(),
+                timeout: s
+                    .timeout_secs
+                    .filter(|t| t.is_finite() && *t > 0.0)
+                    .map(Duration::from_secs_f64)
+                    .or(s.timeout_in_minutes.map(|m| Duration::from_secs(m * 60))),
+            })
+            .collect();
+        self.pipelines.insert(
+            p.slug.clone(),
+            Pipeline {
+                id: Uuid::new_v4(),
+                slug: p.slug.clone(),
+                name: p.name.clone().unwrap_or_else(|| p.slug.clone()),
+                repository: p.repository.clone(),
+                default_branch: p.default_branch.clone(),
+                cluster_id,
+                skip_queued_branch_builds: p.skip_queued_branch_builds,
+                steps,
+                next_number: 1,
+                created_at: Timestamp::now(),
+            },
+        );
+        Ok(())
+    }
+
+    // ----- queues & clusters -------------------------------------------------------------
+
+    pub fn queue(&self, cluster: Uuid, key: &str) -> Option<&Queue> {
+        self.queues
+            .iter()
+            .find(|q| q.cluster_id == cluster && q.key == key)
+    }
+
+    pub fn create_queue(
+        &mut self,
+        cluster: Uuid,
+        key: &str,
+        description: Option<String>,
+    ) -> Result<Uuid, OpError> {
+        validate_queue_key(key).map_err(|e| OpError::Unprocessable(format!("Validation failed: {e}")))?;
+        if self.queue(cluster, key).is_some() {
+            return Err(OpError::Unprocessable(
+                "Validation failed: Key has already been taken".into(),
+            ));
+        }
+        let q = Queue {
+            id: Uuid::new_v4(),
+            cluster_id: cluster,
+            key: key.to_string(),
+            description,
+            dispatch_paused: false,
+            dispatch_paused_at: None,
+            dispatch_paused_note: None,
+            created_at: Timestamp::now(),
+        };
+        let id = q.id;
+        self.queues.push(q);
+        // Agents that were refused because the queue was missing can connect now.
+        let r: QueueRef = (cluster, key.to_string());
+        if self.pools.contains_key(&r) {
+            self.reconcile_pool(&r);
+        }
+        Ok(id)
+    }
+
+    pub fn delete_queue(&mut self, cluster: Uuid, queue_id: Uuid) -> Result<(), OpError> {
+        let Some(pos) = self
+            .queues
+            .iter()
+            .position(|q| q.id == queue_id && q.cluster_id == cluster)
+        else {
+            return Err(OpError::NotFound("No queue found"));
+        };
+        let key = self.queues[pos].key.clone();
+        let connected = self
+            .queue_agents
+            .get(&(cluster, key.clone()))
+            .is_some_and(|v| !v.is_empty());
+        if connected {
+            return Err(OpError::Unprocessable(
+                "Queue can't be deleted while agents are connected to it".into(),
+            ));
+        }
+        self.queues.remove(pos);
+        Ok(())
+    }
+
+    pub fn set_dispatch_paused(
+        &mut self,
+        cluster: Uuid,
+        queue_id: Uuid,
+        paused: bool,
+        note: Option<String>,
+    ) -> Result<(), OpError> {
+        let q = self
+            .queues
+            .iter_mut()
+            .find(|q| q.id == queue_id && q.cluster_id == cluster)
+            .ok_or(OpError::NotFound("No queue found"))?;
+        if paused == q.dispatch_paused {
+            return Err(OpError::Unprocessable(if paused {
+                "Cluster queue is already paused".into()
+            } else {
+                "Cluster queue is not paused".into()
+            }));
+        }
+        q.dispatch_paused = paused;
+        if paused {
+            q.dispatch_paused_at = Some(Timestamp::now());
+            q.dispatch_paused_note = note;
+        } else {
+            q.dispatch_paused_at = None;
+            q.dispatch_paused_note = None;
+        }
+        Ok(())
+    }
+
+    // ----- agents ---------------------------------------------------------------------------
+
+    fn connect_agent(&mut self, id: Uuid) {
+        if let Some(a) = self.agents.get_mut(&id) {
+            a.connection_state = ConnectionState::Connected;
+            let r = (a.cluster_id, a.queue_key.clone());
+            let list = self.queue_agents.entry(r).or_default();
+            if !list.contains(&id) {
+                list.push(id);
+            }
+        }
+    }
+
+    fn disconnect_agent(&mut self, id: Uuid, state: ConnectionState) {
+        if let Some(a) = self.agents.get_mut(&id) {
+            a.connection_state = state;
+            a.stop_after_job = false;
+            let r = (a.cluster_id, a.queue_key.clone());
+            if let Some(list) = self.queue_agents.get_mut(&r) {
+                list.retain(|x| *x != id);
+            }
+        }
+    }
+
+    /// Sets the desired number of simulated agents of a queue (creating the pool if needed).
+    pub fn set_pool(&mut self, cfg: &AgentPoolConfig) -> Result<QueueRef, String> {
+        if cfg.queue.is_empty() {
+            return Err("a pool needs a queue".into());
+        }
+        let cluster_id = self.cluster_by_name(cfg.cluster.as_deref())?;
+        let r: QueueRef = (cluster_id, cfg.queue.clone());
+        self.pools.insert(
+            r.clone(),
+            PoolSpec {
+                cluster_id,
+                queue: cfg.queue.clone(),
+                count: cfg.count,
+                tags: cfg.tags.clone(),
+                env: cfg.env.clone(),
+            },
+        );
+        self.reconcile_pool(&r);
+        Ok(r)
+    }
+
+    fn pool_name(&self, r: &QueueRef) -> String {
+        let cluster = self
+            .clusters
+            .iter()
+            .find(|c| c.id == r.0)
+            .map_or("cluster", |c| c.name.as_str());
+        format!("{cluster}/{}", r.1)
+    }
+
+    /// Brings a pool to its desired size. Agents of a queue that does not exist stay
+    /// `never_connected` (the real agent refuses to start); they connect once it exists.
+    pub fn reconcile_pool(&mut self, r: &QueueRef) {
+        let Some(spec) = self.pools.get(r).cloned() else {
+            return;
+        };
+        let pool = self.pool_name(r);
+        let exists = self.queue(r.0, &r.1).is_some();
+        let members: Vec<Uuid> = self
+            .agent_order
+            .iter()
+            .copied()
+            .filter(|id| {
+                self.agents.get(id).is_some_and(|a| {
+                    a.pool.as_deref() == Some(pool.as_str())
+                        && !a.stop_after_job
+                        && matches!(
+                            a.connection_state,
+                            ConnectionState::Connected | ConnectionState::NeverConnected
+                        )
+                })
+            })
+            .collect();
+        let want = spec.count as usize;
+        if members.len() > want {
+            let mut excess = members.len() - want;
+            // idle agents go first, newest first
+            let mut order: Vec<Uuid> = members.clone();
+            order.reverse();
+            order.sort_by_key(|id| self.agents.get(id).is_some_and(|a| a.job.is_some()));
+            for id in order {
+                if excess == 0 {
+                    break;
+                }
+                let busy = self.agents.get(&id).is_some_and(|a| a.job.is_some());
+                if busy {
+                    if let Some(a) = self.agents.get_mut(&id) {
+                        a.stop_after_job = true;
+                        a.connection_state = ConnectionState::Stopping;
+                    }
+                } else {
+                    self.disconnect_agent(id, ConnectionState::Stopped);
+                }
+                excess -= 1;
+            }
+        }
+        // (re)connect refused agents if the queue exists now
+        if exists {
+            for id in &members {
+                if self
+                    .agents
+                    .get(id)
+                    .is_some_and(|a| a.connection_state == ConnectionState::NeverConnected)
+                {
+                    self.connect_agent(*id);
+                }
+            }
+        }
+        let alive = self
+            .agents
+            .values()
+            .filter(|a| {
+                a.pool.as_deref() == Some(pool.as_str())
+                    && !a.stop_after_job
+                    && matches!(
+                        a.connection_state,
+                        ConnectionState::Connected | ConnectionState::NeverConnected
+                    )
+            })
+            .count();
+        let mut used: Vec<u32> = self
+            .agents
+            .values()
+            .filter(|a| {
+                a.pool.as_deref() == Some(pool.as_str())
+                    && matches!(
+                        a.connection_state,
+                        ConnectionState::Connected
+                            | ConnectionState::NeverConnected
+                            | ConnectionState::Stopping
+                    )
+            })
+            .map(|a| a.index)
+            .collect();
+        used.sort_unstable();
+        let mut next = 0u32;
+        for _ in alive..want {
+            while used.binary_search(&next).is_ok() {
+                next += 1;
+            }
+            used.push(next);
+            used.sort_unstable();
+            let n = next.to_string();
+            let mut tags = vec![("queue".to_string(), spec.queue.clone())];
+            for (k, v) in &spec.tags {
+                if k != "queue" {
+                    tags.push((k.clone(), v.replace("%n", &n)));
+                }
+            }
+            let env = spec
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.replace("%n", &n)))
+                .collect();
+            let id = Uuid::new_v4();
+            let agent = Agent {
+                id,
+                name: format!("{}-agent-{n}", spec.queue),
+                tags,
+                queue_key: spec.queue.clone(),
+                cluster_id: spec.cluster_id,
+                connection_state: ConnectionState::NeverConnected,
+                job: None,
+                stop_after_job: false,
+                mode: AgentMode::Simulator,
+                pool: Some(pool.clone()),
+                index: next,
+                env,
+                hostname: format!("sim-{}-{n}", spec.queue),
+                created_at: Timestamp::now(),
+                last_job_finished_at: None,
+            };
+            self.agents.insert(id, agent);
+            self.agent_order.push(id);
+            if exists {
+                self.connect_agent(id);
+            }
+        }
+    }
+
+    /// Registers an agent from outside. Fails (like the real agent) if its queue does not
+    /// exist in the cluster.
+    pub fn register_agent(
+        &mut self,
+        name: String,
+        tags: Vec<(String, String)>,
+        cluster: Option<&str>,
+        mode: AgentMode,
+        env: BTreeMap<String, String>,
+    ) -> Result<Uuid, OpError> {
+        let cluster_id = self.cluster_by_name(cluster).map_err(OpError::Unprocessable)?;
+        let queue_key = tags
+            .iter()
+            .find(|(k, _)| k == "queue")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| self.default_queue_key(cluster_id));
+        if self.queue(cluster_id, &queue_key).is_none() {
+            return Err(OpError::Unprocessable(format!(
+                "agent refused: queue {queue_key:?} does not exist in the cluster"
+            )));
+        }
+        let mut tags = tags;
+        if !tags.iter().any(|(k, _)| k == "queue") {
+            tags.insert(0, ("queue".into(), queue_key.clone()));
+        }
+        let id = Uuid::new_v4();
+        self.agents.insert(
+            id,
+            Agent {
+                id,
+                hostname: name.clone(),
+                name,
+                tags,
+                queue_key,
+                cluster_id,
+                connection_state: ConnectionState::NeverConnected,
+                job: None,
+                stop_after_job: false,
+                mode,
+                pool: None,
+                index: 0,
+                env,
+                created_at: Timestamp::now(),
+                last_job_finished_at: None,
+            },
+        );
+        self.agent_order.push(id);
+        self.connect_agent(id);
+        Ok(id)
+    }
+
+    /// Stops an agent (REST `PUT …/agents/{id}/stop`). With `force`, a running job and its
+    /// build are canceled; without, the agent finishes its job first.
+    pub fn stop_agent(&mut self, id: Uuid, force: bool) -> Result<(), OpError> {
+        let a = self.agents.get(&id).ok_or(OpError::NotFound("No agent found"))?;
+        if a.connection_state != ConnectionState::Connected {
+            return Err(OpError::BadRequest("Can only stop connected agents".into()));
+        }
+        match a.job {
+            None => self.disconnect_agent(id, ConnectionState::Stopped),
+            Some(job) => {
+                if force {
+                    if let Some(build) = self.jobs.get(&job).map(|j| j.build) {
+                        let _ = self.cancel_build(build, Some("agent stopped".into()));
+                    }
+                }
+                if let Some(a) = self.agents.get_mut(&id) {
+                    a.stop_after_job = true;
+                    a.connection_state = ConnectionState::Stopping;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Disconnects an agent at once (`DELETE /_sim/agents/{id}`): a running job fails like
+    /// with a lost agent (`exit_status -1`).
+    pub fn remove_agent(&mut self, id: Uuid) -> Result<(), OpError> {
+        let a = self.agents.get(&id).ok_or(OpError::NotFound("No agent found"))?;
+        if let Some(job) = a.job
+            && let Some(tx) = self.running.remove(&job)
+        {
+            let _ = tx.send(Stop::Infra(InfraFailure {
+                signal_reason: None,
+                exit_status: -1,
+                after_ms: 0,
+                lose_agent: true,
+            }));
+            if let Some(a) = self.agents.get_mut(&id) {
+                a.stop_after_job = true;
+            }
+            return Ok(());
+        }
+        self.disconnect_agent(id, ConnectionState::Disconnected);
+        Ok(())
+    }
+
+    pub fn default_queue_key(&self, cluster: Uuid) -> String {
+        self.clusters
+            .iter()
+            .find(|c| c.id == cluster)
+            .map_or_else(|| "default".to_string(), |c| c.default_queue_key.clone())
+    }
+
+    // ----- builds -----------------------------------------------------------------------------
+
+    pub fn build_by_number(&self, pipeline: &str, number: u64) -> Option<&Build> {
+        self.build_by_number
+            .get(&(pipeline.to_string(), number))
+            .and_then(|id| self.builds.get(id))
+    }
+
+    pub fn create_build(
+        &mut self,
+        pipeline: &str,
+        req: CreateBuild,
+        creator: Uuid,
+    ) -> Result<(Uuid, bool), OpError> {
+        let p = self
+            .pipelines
+            .get_mut(pipeline)
+            .ok_or(OpError::NotFound("No pipeline found"))?;
+        let number = p.next_number;
+        p.next_number += 1;
+        let steps = p.steps.clone();
+        let cluster_id = p.cluster_id;
+        let skip_queued = p.skip_queued_branch_builds;
+        let now = Timestamp::now();
+        let build_id = Uuid::new_v4();
+        let default_queue = self.default_queue_key(cluster_id);
+        let timeout_override = req
+            .env
+            .get("BUILDKITE_SIM_TIMEOUT_SECS")
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|t| t.is_finite() && *t > 0.0)
+            .map(Duration::from_secs_f64);
+
+        let mut job_ids = Vec::with_capacity(steps.len());
+        for step in &steps {
+            let rules: Vec<String> = step
+                .agents
+                .iter()
+                .map(|r| interpolate(r, &req.env))
+                .filter(|r| !r.is_empty())
+                .collect();
+            let queue_key = rules
+                .iter()
+                .find_map(|r| r.strip_prefix("queue=").map(str::to_string))
+                .filter(|q| !q.is_empty())
+                .unwrap_or_else(|| default_queue.clone());
+            let rules = if rules.iter().any(|r| r.starts_with("queue=")) {
+                rules
+                    .into_iter()
+                    .map(|r| {
+                        if r == "queue=" {
+                            format!("queue={queue_key}")
+                        } else {
+                            r
+                        }
+                    })
+                    .collect()
+            } else {
+                rules
+            };
+            let job = Job {
+                id: Uuid::new_v4(),
+                build: build_id,
+                step_id: step.id,
+                step_key: step.key.clone(),
+                name: step.label.clone(),
+                command: step.command.clone(),
+                agent_query_rules: rules,
+                queue_key,
+                cluster_id,
+                state: JobState::Scheduled,
+                exit_status: None,
+                signal: None,
+                signal_reason: None,
+                artifact_paths: step.artifact_paths.clone(),
+                timeout: timeout_override.or(step.timeout),
+                agent: None,
+                created_at: now,
+                scheduled_at: now,
+                runnable_at: Some(now),
+                started_at: None,
+                finished_at: None,
+                log: String::new(),
+            };
+            job_ids.push(job.id);
+            self.pending
+                .entry((cluster_id, job.queue_key.clone()))
+                .or_default()
+                .push_back(job.id);
+            self.jobs.insert(job.id, job);
+            self.job_stats.created += 1;
+        }
+
+        let build = Build {
+            id: build_id,
+            number,
+            pipeline: pipeline.to_string(),
+            state: BuildState::Scheduled,
+            blocked: false,
+            cancel_reason: None,
+            message: req.message,
+            commit: req.commit,
+            branch: req.branch,
+            env: req.env,
+            meta_data: req.meta_data,
+            author: req.author,
+            clean_checkout: req.clean_checkout,
+            creator,
+            jobs: job_ids.clone(),
+            created_at: now,
+            scheduled_at: now,
+            started_at: None,
+            failing_at: None,
+            finished_at: None,
+        };
+        let branch = build.branch.clone();
+
+        if skip_queued {
+            let older: Vec<Uuid> = self
+                .build_order
+                .iter()
+                .copied()
+                .filter(|id| {
+                    self.builds.get(id).is_some_and(|b| {
+                        b.pipeline == pipeline && b.branch == branch && b.state == BuildState::Scheduled
+                    })
+                })
+                .collect();
+            for id in older {
+                self.skip_build(id);
+            }
+        }
+
+        self.build_by_number
+            .insert((pipeline.to_string(), number), build_id);
+        self.builds.insert(build_id, build);
+        self.build_order.push(build_id);
+        self.emit("build.scheduled", build_id, None);
+        for j in &job_ids {
+            self.emit("job.scheduled", build_id, Some(*j));
+        }
+        Ok((build_id, !job_ids.is_empty()))
+    }
+
+    fn remove_pending(&mut self, job_id: Uuid) {
+        if let Some(j) = self.jobs.get(&job_id)
+            && let Some(q) = self.pending.get_mut(&(j.cluster_id, j.queue_key.clone()))
+        {
+            q.retain(|x| *x != job_id);
+        }
+    }
+
+    fn skip_build(&mut self, id: Uuid) {
+        let Some(b) = self.builds.get(&id) else { return };
+        let jobs = b.jobs.clone();
+        let now = Timestamp::now();
+        for j in &jobs {
+            self.remove_pending(*j);
+            if let Some(job) = self.jobs.get_mut(j)
+                && !job.state.is_terminal()
+            {
+                job.state = JobState::Skipped;
+                job.finished_at = Some(now);
+                self.job_stats.skipped += 1;
+            }
+        }
+        if let Some(b) = self.builds.get_mut(&id) {
+            b.state = BuildState::Skipped;
+            b.finished_at = Some(now);
+        }
+        self.emit("build.skipped", id, None);
+    }
+
+    /// Forces a build into a final state (`/_sim/builds/{id}/state`): `skipped`, `not_run`,
+    /// `blocked` (finished with `blocked: true`), `canceled`, `passed` or `failed`. Running
+    /// jobs are stopped.
+    pub fn force_build_state(&mut self, id: Uuid, state: BuildState) -> Result<(), OpError> {
+        let b = self.builds.get(&id).ok_or(OpError::NotFound("No build found"))?;
+        if b.state.is_finished() {
+            return Err(OpError::Unprocessable(format!("build is already {}", b.state)));
+        }
+        let jobs = b.jobs.clone();
+        let now = Timestamp::now();
+        let job_state = match state {
+            BuildState::Passed => JobState::Passed,
+            BuildState::Failed => JobState::Failed,
+            BuildState::Canceled => JobState::Canceled,
+            BuildState::Skipped | BuildState::NotRun | BuildState::Blocked => JobState::Skipped,
+            _ => {
+                return Err(OpError::Unprocessable(format!(
+                    "can't force a build into {state}"
+                )));
+            }
+        };
+        for j in &jobs {
+            self.remove_pending(*j);
+            if let Some(tx) = self.running.remove(j) {
+                let _ = tx.send(Stop::Cancel);
+            }
+            let agent = self.jobs.get(j).and_then(|job| job.agent);
+            if let Some(job) = self.jobs.get_mut(j)
+                && !job.state.is_terminal()
+            {
+                job.state = job_state;
+                job.finished_at = Some(now);
+            }
+            if let Some(a) = agent {
+                self.release_agent(a, false);
+            }
+        }
+        if let Some(b) = self.builds.get_mut(&id) {
+            b.blocked = state == BuildState::Blocked;
+            b.state = if state == BuildState::Blocked {
+                BuildState::Passed
+            } else {
+                state
+            };
+            b.finished_at = Some(now);
+        }
+        let ev = if state == BuildState::Skipped {
+            "build.skipped"
+        } else {
+            "build.finished"
+        };
+        self.emit(ev, id, None);
+        Ok(())
+    }
+
+    /// `PUT …/cancel`: only while scheduled, running or failing (else 422).
+    pub fn cancel_build(&mut self, id: Uuid, reason: Option<String>) -> Result<(), OpError> {
+        let b = self.builds.get(&id).ok_or(OpError::NotFound("No build found"))?;
+        if !matches!(
+            b.state,
+            BuildState::Scheduled | BuildState::Running | BuildState::Failing
+        ) {
+            return Err(OpError::Unprocessable(format!(
+                "Build can't be canceled because it's {}",
+                b.state
+            )));
+        }
+        let jobs = b.jobs.clone();
+        let now = Timestamp::now();
+        let mut active = 0;
+        for j in &jobs {
+            let Some(state) = self.jobs.get(j).map(|job| job.state) else {
+                continue;
+            };
+            if state.is_terminal() {
+                continue;
+            }
+            if state.is_active() {
+                active += 1;
+                if let Some(job) = self.jobs.get_mut(j) {
+                    job.state = JobState::Canceling;
+                }
+                if let Some(tx) = self.running.remove(j) {
+                    let _ = tx.send(Stop::Cancel);
+                }
+            } else {
+                self.remove_pending(*j);
+                if let Some(job) = self.jobs.get_mut(j) {
+                    job.state = JobState::Canceled;
+                    job.finished_at = Some(now);
+                    self.job_stats.canceled += 1;
+                }
+                self.emit("job.finished", id, Some(*j));
+            }
+        }
+        if let Some(b) = self.builds.get_mut(&id) {
+            b.cancel_reason = reason;
+            if active > 0 {
+                b.state = BuildState::Canceling;
+            } else {
+                b.state = BuildState::Canceled;
+                b.finished_at = Some(now);
+            }
+        }
+        if active == 0 {
+            self.emit("build.finished", id, None);
+        }
+        Ok(())
+    }
+
+    // ----- dispatch & completion -------------------------------------------------------------
+
+    /// Assigns scheduled jobs to idle matching agents of non-paused queues (FIFO).
+    pub fn dispatch(&mut self) -> Vec<ExecSpec> {
+        let mut specs = Vec::new();
+        let keys: Vec<QueueRef> = self
+            .pending
+            .iter()
+            .filter(|(_, q)| !q.is_empty())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            match self.queue(key.0, &key.1) {
+                Some(q) if !q.dispatch_paused => {}
+                _ => continue,
+            }
+            let mut idle: Vec<Uuid> = self
+                .queue_agents
+                .get(&key)
+                .map(|v| {
+                    v.iter()
+                        .copied()
+                        .filter(|id| self.agents.get(id).is_some_and(Agent::is_idle))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if idle.is_empty() {
+                continue;
+            }
+            let mut pending = self.pending.remove(&key).unwrap_or_default();
+            let mut keep = VecDeque::with_capacity(pending.len());
+            while let Some(job_id) = pending.pop_front() {
+                if idle.is_empty() {
+                    keep.push_back(job_id);
+                    keep.extend(pending.drain(..));
+                    break;
+                }
+                let Some(rules) = self.jobs.get(&job_id).map(|j| j.agent_query_rules.clone()) else {
+                    continue;
+                };
+                match idle
+                    .iter()
+                    .position(|a| self.agents.get(a).is_some_and(|a| a.matches(&rules)))
+                {
+                    Some(pos) => {
+                        let agent = idle.remove(pos);
+                        if let Some(spec) = self.start_job(job_id, agent) {
+                            specs.push(spec);
+                        }
+                    }
+                    None => keep.push_back(job_id),
+                }
+            }
+            self.pending.insert(key, keep);
+        }
+        specs
+    }
+
+    fn start_job(&mut self, job_id: Uuid, agent_id: Uuid) -> Option<ExecSpec> {
+        let now = Timestamp::now();
+        let (build_id, queue_key) = {
+            let job = self.jobs.get(&job_id)?;
+            (job.build, job.queue_key.clone())
+        };
+        {
+            let agent = self.agents.get_mut(&agent_id)?;
+            agent.job = Some(job_id);
+        }
+        let job = self.jobs.get_mut(&job_id)?;
+        job.state = JobState::Running;
+        job.agent = Some(agent_id);
+        job.started_at = Some(now);
+        let job = job.clone();
+        self.job_stats.started += 1;
+        let mut first = false;
+        if let Some(b) = self.builds.get_mut(&build_id)
+            && b.state == BuildState::Scheduled
+        {
+            b.state = BuildState::Running;
+            b.started_at = Some(now);
+            first = true;
+        }
+        self.emit("job.started", build_id, Some(job_id));
+        if first {
+            self.emit("build.running", build_id, None);
+        }
+
+        let build = self.builds.get(&build_id)?.clone();
+        let agent = self.agents.get(&agent_id)?.clone();
+        let pipeline = self.pipelines.get(&build.pipeline)?.clone();
+
+        // injected infrastructure failures: per build env first, then /_sim rules
+        let mut infra = build
+            .env
+            .get("BUILDKITE_SIM_INFRA_FAILURE")
+            .and_then(|s| InfraFailure::parse(s).ok());
+        if infra.is_none()
+            && let Some(rule) = self
+                .infra_rules
+                .iter_mut()
+                .find(|r| r.remaining > 0 && r.queue.as_ref().is_none_or(|q| *q == queue_key))
+        {
+            rule.remaining -= 1;
+            infra = Some(rule.failure.clone());
+        }
+        self.infra_rules.retain(|r| r.remaining > 0);
+
+        let kind = match (&agent.mode, &self.executor) {
+            (AgentMode::External, _) => ExecKind::External,
+            (
+                _,
+                ExecutorConfig::Command {
+                    command,
+                    shell,
+                    cancel_grace_secs,
+                    max_log_bytes,
+                    ..
+                },
+            ) => ExecKind::Command {
+                shell: shell.clone(),
+                command: job.command.clone().unwrap_or_else(|| command.clone()),
+                cancel_grace: Duration::from_secs_f64(cancel_grace_secs.clamp(0.0, 3600.0)),
+                max_log_bytes: *max_log_bytes,
+            },
+            (_, ExecutorConfig::Scripted(s)) => {
+                let mut s = s.clone();
+                if let Some(v) = build
+                    .env
+                    .get("BUILDKITE_SIM_DURATION_MS")
+                    .and_then(|v| v.trim().parse().ok())
+                {
+                    s.duration_ms = v;
+                }
+                if let Some(v) = build
+                    .env
+                    .get("BUILDKITE_SIM_EXIT_STATUS")
+                    .and_then(|v| v.trim().parse().ok())
+                {
+                    s.exit_status = v;
+                }
+                if let Some(v) = build.env.get("BUILDKITE_SIM_RESULT_JSON") {
+                    s.result_json = Some(v.clone());
+                }
+                if let Some(md) = build
+                    .env
+                    .get("BUILDKITE_SIM_META_DATA")
+                    .and_then(|v| serde_json::from_str::<BTreeMap<String, String>>(v).ok())
+                {
+                    s.meta_data.extend(md);
+                }
+                ExecKind::Scripted(s)
+            }
+        };
+
+        let dir = self.job_dir.join(format!("bk-sim-job-{job_id}"));
+        let meta_data_file = self.job_dir.join(format!("bk-sim-job-{job_id}.meta-data"));
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        if let ExecutorConfig::Command { env: e, .. } = &self.executor {
+            env.extend(e.clone());
+        }
+        env.extend(agent.env.clone());
+        env.extend(build.env.clone());
+        let creator = self
+            .users
+            .iter()
+            .find(|(_, u)| u.id == build.creator)
+            .map(|(_, u)| u.clone());
+        let web = format!(
+            "{}/{}/{}/builds/{}",
+            self.web_base, self.org.slug, pipeline.slug, build.number
+        );
+        let protected: Vec<(&str, String)> = vec![
+            ("CI", "true".into()),
+            ("BUILDKITE", "true".into()),
+            ("BUILDKITE_ORGANIZATION_SLUG", self.org.slug.clone()),
+            ("BUILDKITE_PIPELINE_SLUG", pipeline.slug.clone()),
+            ("BUILDKITE_PIPELINE_NAME", pipeline.name.clone()),
+            ("BUILDKITE_PIPELINE_ID", pipeline.id.to_string()),
+            ("BUILDKITE_PIPELINE_DEFAULT_BRANCH", pipeline.default_branch.clone()),
+            ("BUILDKITE_REPO", pipeline.repository.clone()),
+            ("BUILDKITE_BUILD_ID", build.id.to_string()),
+            ("BUILDKITE_BUILD_NUMBER", build.number.to_string()),
+            ("BUILDKITE_BUILD_URL", web),
+            ("BUILDKITE_BRANCH", build.branch.clone()),
+            ("BUILDKITE_COMMIT", build.commit.clone()),
+            ("BUILDKITE_MESSAGE", build.message.clone().unwrap_or_default()),
+            ("BUILDKITE_SOURCE", "api".into()),
+            (
+                "BUILDKITE_BUILD_CREATOR",
+                creator.as_ref().map(|u| u.name.clone()).unwrap_or_default(),
+            ),
+            (
+                "BUILDKITE_BUILD_CREATOR_EMAIL",
+                creator.as_ref().map(|u| u.email.clone()).unwrap_or_default(),
+            ),
+            ("BUILDKITE_JOB_ID", job.id.to_string()),
+            ("BUILDKITE_STEP_ID", job.step_id.to_string()),
+            ("BUILDKITE_STEP_KEY", job.step_key.clone().unwrap_or_default()),
+            ("BUILDKITE_LABEL", job.name.clone()),
+            (
+                "BUILDKITE_COMMAND",
+                match &kind {
+                    ExecKind::Command { command, .. } => command.clone(),
+                    _ => job.command.clone().unwrap_or_default(),
+                },
+            ),
+            ("BUILDKITE_ARTIFACT_PATHS", job.artifact_paths.clone()),
+            ("BUILDKITE_RETRY_COUNT", "0".into()),
+            (
+                "BUILDKITE_TIMEOUT",
+                job.timeout
+                    .map_or_else(|| "false".into(), |t| (t.as_secs().div_ceil(60)).to_string()),
+            ),
+            ("BUILDKITE_AGENT_ID", agent.id.to_string()),
+            ("BUILDKITE_AGENT_NAME", agent.name.clone()),
+            ("BUILDKITE_BUILD_CHECKOUT_PATH", dir.to_string_lossy().into_owned()),
+            (
+                "BUILDKITE_SIM_META_DATA_FILE",
+                meta_data_file.to_string_lossy().into_owned(),
+            ),
+        ];
+        for (k, v) in &agent.tags {
+            let key = format!(
+                "BUILDKITE_AGENT_META_DATA_{}",
+                k.to_ascii_uppercase().replace(['-', '.', ' '], "_")
+            );
+            env.insert(key, v.clone());
+        }
+        for (k, v) in protected {
+            env.insert(k.to_string(), v);
+        }
+
+        let (stop_tx, stop_rx) = oneshot::channel();
+        self.running.insert(job_id, stop_tx);
+        let external_rx = if matches!(kind, ExecKind::External) {
+            let (tx, rx) = oneshot::channel();
+            self.external.insert(job_id, tx);
+            Some(rx)
+        } else {
+            None
+        };
+        Some(ExecSpec {
+            job: job_id,
+            build: build_id,
+            kind,
+            env: env.into_iter().collect(),
+            artifact_paths: job.artifact_paths.clone(),
+            timeout: job.timeout,
+            infra,
+            stop_rx,
+            external_rx,
+            dir,
+            meta_data_file,
+            keep_dir: self.keep_job_dirs,
+        })
+    }
+
+    fn release_agent(&mut self, agent_id: Uuid, lost: bool) {
+        let now = Timestamp::now();
+        let (stop, pool_key) = match self.agents.get_mut(&agent_id) {
+            Some(a) => {
+                a.job = None;
+                a.last_job_finished_at = Some(now);
+                (
+                    a.stop_after_job,
+                    a.pool.as_ref().map(|_| (a.cluster_id, a.queue_key.clone())),
+                )
+            }
+            None => return,
+        };
+        if lost {
+            self.disconnect_agent(agent_id, ConnectionState::Lost);
+        } else if stop {
+            self.disconnect_agent(agent_id, ConnectionState::Stopped);
+        }
+        if (lost || stop)
+            && let Some(r) = pool_key
+        {
+            // the pool replaces the agent (like a restarted pod)
+            self.reconcile_pool(&r);
+        }
+    }
+
+    /// Records the end of a job and moves the build on.
+    pub fn finish_job(&mut self, job_id: Uuid, outcome: Outcome) {
+        let now = Timestamp::now();
+        self.running.remove(&job_id);
+        self.external.remove(&job_id);
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            return;
+        };
+        if job.state.is_terminal() {
+            return;
+        }
+        let canceled = job.state == JobState::Canceling;
+        job.state = if canceled {
+            JobState::Canceled
+        } else {
+            outcome.state
+        };
+        job.exit_status = outcome.exit_status.or(if canceled { Some(-1) } else { None });
+        job.signal = outcome.signal.clone();
+        job.signal_reason = if canceled {
+            outcome.signal_reason.clone().or(Some("cancel".into()))
+        } else {
+            outcome.signal_reason.clone()
+        };
+        job.finished_at = Some(now);
+        job.log = outcome.log;
+        let build_id = job.build;
+        let agent = job.agent;
+        match job.state {
+            JobState::Passed => self.job_stats.passed += 1,
+            JobState::TimedOut => self.job_stats.timed_out += 1,
+            JobState::Canceled => self.job_stats.canceled += 1,
+            _ => self.job_stats.failed += 1,
+        }
+        if outcome.lose_agent || (outcome.signal_reason.is_some() && !canceled) {
+            self.job_stats.infra_failures += u64::from(outcome.exit_status != Some(0));
+        }
+        for (path, content) in outcome.artifacts {
+            let a = Artifact::new(job_id, build_id, path, content);
+            self.build_artifacts.entry(build_id).or_default().push(a.id);
+            self.artifacts.insert(a.id, a);
+        }
+        if let Some(b) = self.builds.get_mut(&build_id) {
+            for (k, v) in outcome.meta_data {
+                b.meta_data.insert(k, v);
+            }
+        }
+        if let Some(a) = agent {
+            self.release_agent(a, outcome.lose_agent);
+        }
+        self.emit("job.finished", build_id, Some(job_id));
+        self.update_build(build_id);
+    }
+
+    fn update_build(&mut self, build_id: Uuid) {
+        let Some(b) = self.builds.get(&build_id) else { return };
+        if b.state.is_finished() {
+            return;
+        }
+        let states: Vec<JobState> = b
+            .jobs
+            .iter()
+            .filter_map(|j| self.jobs.get(j).map(|j| j.state))
+            .collect();
+        let all_done = states.iter().all(|s| s.is_terminal());
+        let any_failed = states.iter().any(|s| {
+            matches!(
+                s,
+                JobState::Failed | JobState::TimedOut | JobState::Broken | JobState::Expired
+            )
+        });
+        let now = Timestamp::now();
+        let Some(b) = self.builds.get_mut(&build_id) else { return };
+        if all_done {
+            b.state = if b.state == BuildState::Canceling {
+                BuildState::Canceled
+            } else if any_failed {
+                BuildState::Failed
+            } else if states.iter().all(|s| *s == JobState::Canceled) && !states.is_empty() {
+                BuildState::Canceled
+            } else {
+                BuildState::Passed
+            };
+            if b.started_at.is_none() {
+                b.started_at = Some(now);
+            }
+            b.finished_at = Some(now);
+            if any_failed && b.failing_at.is_none() {
+                b.failing_at = Some(now);
+            }
+            self.emit("build.finished", build_id, None);
+        } else if any_failed && b.state == BuildState::Running {
+            b.state = BuildState::Failing;
+            b.failing_at = Some(now);
+            self.emit("build.failing", build_id, None);
+        }
+    }
+
+    /// Hands the result of an external job over to its executor task.
+    pub fn finish_external(&mut self, job_id: Uuid, fin: ExternalFinish) -> Result<(), OpError> {
+        match self.external.remove(&job_id) {
+            Some(tx) => {
+                let _ = tx.send(fin);
+                Ok(())
+            }
+            None => Err(OpError::Unprocessable(
+                "job is not running on an external agent".into(),
+            )),
+        }
+    }
+
+    /// Fails a running job now with an infrastructure failure.
+    pub fn fail_job(&mut self, job_id: Uuid, failure: InfraFailure) -> Result<(), OpError> {
+        if !self.jobs.contains_key(&job_id) {
+            return Err(OpError::NotFound("No job found"));
+        }
+        match self.running.remove(&job_id) {
+            Some(tx) => {
+                let _ = tx.send(Stop::Infra(failure));
+                Ok(())
+            }
+            None => Err(OpError::Unprocessable("job is not running".into())),
+        }
+    }
+
+    // ----- metrics ---------------------------------------------------------------------------
+
+    /// Agent metrics for one cluster: per queue idle/busy/total agents and
+    /// scheduled/running/waiting/total jobs.
+    pub fn queue_metrics(&self, cluster: Uuid) -> BTreeMap<String, QueueMetrics> {
+        let mut out: BTreeMap<String, QueueMetrics> = BTreeMap::new();
+        for q in self.queues.iter().filter(|q| q.cluster_id == cluster) {
+            out.entry(q.key.clone()).or_default();
+        }
+        for a in self.agents.values() {
+            if a.cluster_id != cluster
+                || !matches!(
+                    a.connection_state,
+                    ConnectionState::Connected | ConnectionState::Stopping
+                )
+            {
+                continue;
+            }
+            let m = out.entry(a.queue_key.clone()).or_default();
+            m.agents_total += 1;
+            if a.job.is_some() {
+                m.agents_busy += 1;
+                m.jobs_running += 1;
+            } else {
+                m.agents_idle += 1;
+            }
+        }
+        for ((c, key), q) in &self.pending {
+            if *c == cluster && !q.is_empty() {
+                out.entry(key.clone()).or_default().jobs_scheduled += q.len() as u64;
+            }
+        }
+        out
+    }
+}
+
+/// Per-queue numbers of the agent metrics API.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct QueueMetrics {
+    pub agents_idle: u64,
+    pub agents_busy: u64,
+    pub agents_total: u64,
+    pub jobs_scheduled: u64,
+    pub jobs_running: u64,
+    pub jobs_waiting: u64,
+}

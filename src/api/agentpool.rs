@@ -1,0 +1,329 @@
+//! AgentPool: a Buildkite queue served by one agent pod per GPU on the GpuNodes it selects.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    EnvFromSource, EnvVar, LocalObjectReference, PodSecurityContext, SecurityContext, Toleration, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, LabelSelectorRequirement};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::condition::conditions_schema;
+use super::gpunode::ResourceShare;
+
+/// Condition types an AgentPool reports.
+pub mod conditions {
+    /// Every desired agent is Running and Ready (kstatus `Ready`).
+    pub const READY: &str = "Ready";
+    /// Agents are being created, replaced or drained.
+    pub const PROGRESSING: &str = "Progressing";
+    /// Something stops the pool from reaching its desired agents (the reason says what).
+    pub const DEGRADED: &str = "Degraded";
+    /// Another, older pool already claims some selected nodes.
+    pub const CONFLICT: &str = "Conflict";
+}
+
+/// Agent tag keys benchkite sets itself; `agent.tags` may not override them.
+pub const MANAGED_TAGS: &[&str] = &["queue", "gpu", "vendor", "arch", "node", "slot"];
+
+/// Environment variables benchkite sets itself; `agent.env` may not override them.
+pub const MANAGED_ENV: &[&str] = &[
+    "BUILDKITE_AGENT_TOKEN",
+    "BUILDKITE_AGENT_TAGS",
+    "BUILDKITE_AGENT_NAME",
+    "BUILDKITE_AGENT_DISCONNECT_AFTER_JOB",
+    "BUILDKITE_AGENT_PRIORITY",
+    "BUILDKITE_HOOKS_PATH",
+    "KERNELBOT_CPUS",
+    "KERNELBOT_MEMORY",
+];
+
+/// Desired state of an AgentPool.
+#[allow(clippy::duplicated_attributes)] // repeated printcolumn(...) arguments are intended
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "benchkite.dev",
+    version = "v1alpha1",
+    kind = "AgentPool",
+    plural = "agentpools",
+    shortname = "ap",
+    category = "benchkite",
+    namespaced,
+    status = "AgentPoolStatus",
+    doc = "A Buildkite queue served by one agent pod per GPU on the GpuNodes it selects.",
+    printcolumn(name = "Queue", type_ = "string", json_path = ".spec.queue"),
+    printcolumn(name = "Nodes", type_ = "integer", json_path = ".status.selectedNodes"),
+    printcolumn(name = "Desired", type_ = "integer", json_path = ".status.desiredAgents"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyAgents"),
+    printcolumn(name = "GPUs", type_ = "integer", json_path = ".status.gpusClaimed"),
+    printcolumn(name = "Paused", type_ = "boolean", json_path = ".spec.paused", priority = 1),
+    printcolumn(name = "Status", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentPoolSpec {
+    /// Buildkite queue key the agents serve (the agent tag `queue=<queue>`).
+    #[x_kube(validation = Rule::new("self.size() >= 1 && self.size() <= 100").message("queue must be 1 to 100 characters long"))]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9][A-Za-z0-9._-]*$')").message("queue may contain only letters, digits, '.', '_' and '-', and must start with a letter or digit"))]
+    pub queue: String,
+
+    /// Which GpuNodes serve this queue (a label selector over GpuNode labels, which mirror
+    /// the Node's GPU labels). `{}` selects every GpuNode.
+    pub gpu_node_selector: GpuNodeSelector,
+
+    /// GPUs per agent (multi-GPU agents for multi-GPU jobs).
+    #[serde(default = "default_gpus_per_agent")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 16").message("gpusPerAgent must be between 1 and 16"))]
+    pub gpus_per_agent: i32,
+
+    /// The agent pods.
+    pub agent: AgentSpec,
+
+    /// Run no agents (existing ones drain gracefully).
+    #[serde(default)]
+    pub paused: bool,
+}
+
+fn default_gpus_per_agent() -> i32 {
+    1
+}
+
+/// A label selector over GpuNodes, validated by the API server.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuNodeSelector {
+    /// Labels that must match exactly.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(k, k.size() <= 316 && k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$'))").message("matchLabels keys must be valid label keys such as 'nvidia.com/gpu.product'"))]
+    #[x_kube(validation = Rule::new("self.all(k, self[k].size() <= 63 && self[k].matches('^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$'))").message("matchLabels values must be valid label values: at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"))]
+    pub match_labels: BTreeMap<String, String>,
+    /// Set-based requirements.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub match_expressions: Vec<SelectorRequirement>,
+}
+
+/// One set-based requirement of a [`GpuNodeSelector`].
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(self.operator == 'In' || self.operator == 'NotIn') ? (has(self.values) && self.values.size() > 0) : (!has(self.values) || self.values.size() == 0)").message("values must be non-empty for In and NotIn, and empty for Exists and DoesNotExist"))]
+pub struct SelectorRequirement {
+    /// Label key.
+    #[x_kube(validation = Rule::new("self.size() >= 1 && self.size() <= 316 && self.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$')").message("key must be a valid label key such as 'nvidia.com/gpu.product'"))]
+    pub key: String,
+    /// One of In, NotIn, Exists, DoesNotExist.
+    pub operator: SelectorOperator,
+    /// Values for In and NotIn.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SelectorOperator {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+}
+
+impl GpuNodeSelector {
+    /// The equivalent Kubernetes label selector.
+    pub fn to_label_selector(&self) -> LabelSelector {
+        LabelSelector {
+            match_labels: (!self.match_labels.is_empty()).then(|| self.match_labels.clone()),
+            match_expressions: (!self.match_expressions.is_empty()).then(|| {
+                self.match_expressions
+                    .iter()
+                    .map(|e| LabelSelectorRequirement {
+                        key: e.key.clone(),
+                        operator: format!("{:?}", e.operator),
+                        values: (!e.values.is_empty()).then(|| e.values.clone()),
+                    })
+                    .collect()
+            }),
+        }
+    }
+
+    /// Whether a GpuNode with these labels is selected.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|e| {
+                let value = labels.get(&e.key);
+                match e.operator {
+                    SelectorOperator::In => value.is_some_and(|v| e.values.contains(v)),
+                    SelectorOperator::NotIn => value.is_none_or(|v| !e.values.contains(v)),
+                    SelectorOperator::Exists => value.is_some(),
+                    SelectorOperator::DoesNotExist => value.is_none(),
+                }
+            })
+    }
+}
+
+/// The agent pods of a pool.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentSpec {
+    /// Agent image. Defaults to the controller's `--agent-image` (a pinned benchkite agent
+    /// image with the `benchkite` runner).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.size() >= 1 && !self.contains(' ')").message("image must be a non-empty image reference without spaces"))]
+    pub image: Option<String>,
+
+    /// The Secret key holding the Buildkite agent token. The controller never reads it:
+    /// it is handed to the agent container by reference.
+    pub token_secret_ref: SecretKeyRef,
+
+    /// Extra agent tags (`key: value`), added after the managed ones (queue, gpu, vendor,
+    /// arch, node, slot).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(k, !(k in ['queue', 'gpu', 'vendor', 'arch', 'node', 'slot']))").message("tags may not set queue, gpu, vendor, arch, node or slot: benchkite sets those itself"))]
+    #[x_kube(validation = Rule::new("self.all(k, k.matches('^[A-Za-z0-9][A-Za-z0-9_.-]*$') && !self[k].contains(',') && !self[k].contains('='))").message("tag keys may contain only letters, digits, '.', '_' and '-'; tag values may not contain ',' or '='"))]
+    pub tags: BTreeMap<String, String>,
+
+    /// Extra environment of the agent container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(e, !(e.name in ['BUILDKITE_AGENT_TOKEN', 'BUILDKITE_AGENT_TAGS', 'BUILDKITE_AGENT_NAME', 'BUILDKITE_AGENT_DISCONNECT_AFTER_JOB', 'BUILDKITE_AGENT_PRIORITY', 'BUILDKITE_HOOKS_PATH', 'KERNELBOT_CPUS', 'KERNELBOT_MEMORY']))").message("env may not set variables benchkite manages (BUILDKITE_AGENT_TOKEN, _TAGS, _NAME, _DISCONNECT_AFTER_JOB, _PRIORITY, BUILDKITE_HOOKS_PATH, KERNELBOT_CPUS, KERNELBOT_MEMORY): use tokenSecretRef, tags, ephemeral and priority"))]
+    pub env: Vec<EnvVar>,
+
+    /// Extra environment sources (ConfigMaps, Secrets) of the agent container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_from: Vec<EnvFromSource>,
+
+    /// Disconnect after one job, so every job gets a fresh pod.
+    #[serde(default = "default_true")]
+    pub ephemeral: bool,
+
+    /// Agent priority (`BUILDKITE_AGENT_PRIORITY`): higher-priority agents get jobs first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+
+    /// Agent hooks (e.g. `environment`, `pre-command`) from a ConfigMap, mounted executable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<HooksSource>,
+
+    /// Pod-level overrides.
+    #[serde(default)]
+    pub pod: PodOverrides,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// A key of a Secret in the pool's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Secret name.
+    #[x_kube(validation = Rule::new("self.size() >= 1 && self.size() <= 253").message("tokenSecretRef.name must name a Secret"))]
+    pub name: String,
+    /// Key in the Secret.
+    #[serde(default = "default_token_key")]
+    #[x_kube(validation = Rule::new("self.size() >= 1 && self.size() <= 253 && self.matches('^[-._a-zA-Z0-9]+$')").message("tokenSecretRef.key must be a valid Secret key"))]
+    pub key: String,
+}
+
+fn default_token_key() -> String {
+    "token".to_string()
+}
+
+/// Where agent hooks come from.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HooksSource {
+    /// ConfigMap whose keys are hook file names.
+    pub config_map: String,
+}
+
+/// Pod-level settings of agent pods. Security settings are secure by default and change only
+/// when set here explicitly.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodOverrides {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Added to the tolerations of the node's GPU taints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
+    /// Mounts of `volumes` into the agent container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_mounts: Vec<VolumeMount>,
+    /// How long a running job may take to finish when its agent is stopped (drain, roll).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 604800").message("terminationGracePeriodSeconds must be between 0 and 604800"))]
+    pub termination_grace_period_seconds: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// Service account of agent pods. Its token is still not mounted unless
+    /// `automountServiceAccountToken` is set to true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// Mount a service-account token into agent pods (user code runs there: default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub automount_service_account_token: Option<bool>,
+    /// Replaces the default container security context (no privilege escalation, all
+    /// capabilities dropped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<SecurityContext>,
+    /// Replaces the default pod security context (seccomp RuntimeDefault).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_security_context: Option<PodSecurityContext>,
+}
+
+/// State of one selected node from the pool's point of view.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolNodeStatus {
+    /// GpuNode name.
+    pub name: String,
+    /// Active, Conflict, Maintenance, NotReady, NodeNotFound, ShareTooSmall, NotExclusive,
+    /// NoGpus, Paused.
+    pub state: String,
+    /// GPUs this pool claims on the node.
+    #[serde(default)]
+    pub gpus: i64,
+    /// Agent pods desired on the node.
+    #[serde(default)]
+    pub desired: i64,
+    /// Agent pods Running and Ready.
+    #[serde(default)]
+    pub ready: i64,
+    /// Resources of one agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_resources: Option<ResourceShare>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// Observed state of an AgentPool.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentPoolStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// GpuNodes the selector matches.
+    #[serde(default)]
+    pub selected_nodes: i64,
+    /// Agent pods the pool should run.
+    #[serde(default)]
+    pub desired_agents: i64,
+    /// Agent pods Running and Ready.
+    #[serde(default)]
+    pub ready_agents: i64,
+    /// GPUs claimed by the pool's agents.
+    #[serde(default)]
+    pub gpus_claimed: i64,
+    /// Per selected node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<PoolNodeStatus>,
+    #[serde(default)]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+}

@@ -1,0 +1,191 @@
+//! GpuNode: one Kubernetes Node with GPUs, its inventory and its per-GPU share of CPU and
+//! memory.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::condition::conditions_schema;
+
+/// Condition types a GpuNode reports.
+pub mod conditions {
+    /// The node is found, schedulable-Ready, exclusive and its share is usable by agents.
+    pub const READY: &str = "Ready";
+    /// The Kubernetes Node named by `spec.nodeName` exists.
+    pub const NODE_FOUND: &str = "NodeFound";
+    /// The GPUs are not shared (no time-slicing or MPS replicas): benchmarks are trustworthy.
+    pub const EXCLUSIVE: &str = "Exclusive";
+}
+
+/// Label put on GpuNodes the controller created itself; only those are ever deleted by it.
+pub const DISCOVERED_LABEL: &str = "benchkite.dev/discovered";
+
+/// Desired state of a GpuNode.
+#[allow(clippy::duplicated_attributes)] // repeated printcolumn(...) arguments are intended
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "benchkite.dev",
+    version = "v1alpha1",
+    kind = "GpuNode",
+    plural = "gpunodes",
+    shortname = "gn",
+    category = "benchkite",
+    status = "GpuNodeStatus",
+    doc = "A Kubernetes Node with GPUs: its inventory and the exclusive per-GPU share of CPU and memory that each agent on it gets.",
+    printcolumn(name = "Node", type_ = "string", json_path = ".status.nodeName"),
+    printcolumn(name = "Product", type_ = "string", json_path = ".status.product"),
+    printcolumn(name = "Arch", type_ = "string", json_path = ".status.architecture"),
+    printcolumn(name = "GPUs", type_ = "integer", json_path = ".status.gpuCount"),
+    printcolumn(name = "CPU/GPU", type_ = "integer", json_path = ".status.perGpuShare.cpu"),
+    printcolumn(name = "Mem/GPU", type_ = "string", json_path = ".status.perGpuShare.memory"),
+    printcolumn(name = "Agents", type_ = "integer", json_path = ".status.agentCount"),
+    printcolumn(name = "Maint", type_ = "boolean", json_path = ".spec.maintenance", priority = 1),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuNodeSpec {
+    /// Name of the Kubernetes Node. Defaults to the GpuNode's own name. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.size() <= 253 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("nodeName must be a valid Node name: lowercase letters, digits, '-' and '.', at most 253 characters"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("nodeName is immutable: create a new GpuNode for another node"))]
+    pub node_name: Option<String>,
+
+    /// Extended resource that counts the GPUs (e.g. `nvidia.com/gpu`, `amd.com/gpu`,
+    /// `nvidia.com/mig-3g.40gb`). Detected from the Node when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.size() <= 253 && self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$')").message("resourceName must be an extended resource name like 'nvidia.com/gpu' or 'amd.com/gpu'"))]
+    pub resource_name: Option<String>,
+
+    /// CPU and memory held back from agents (for system daemons benchkite does not see).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved: Option<Reserved>,
+
+    /// Drain agents gracefully (running jobs finish) and start none.
+    #[serde(default)]
+    pub maintenance: bool,
+}
+
+/// Resources held back from agents on a node.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Reserved {
+    /// CPU held back, e.g. `2` or `1500m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("isQuantity(string(self)) && quantity(string(self)).sign() >= 0").message("reserved.cpu must be a non-negative quantity such as '2' or '1500m'"))]
+    pub cpu: Option<Quantity>,
+    /// Memory held back, e.g. `16Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("isQuantity(string(self)) && quantity(string(self)).sign() >= 0").message("reserved.memory must be a non-negative quantity such as '16Gi'"))]
+    pub memory: Option<Quantity>,
+}
+
+/// CPU and memory as quantities.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeResources {
+    pub cpu: String,
+    pub memory: String,
+}
+
+/// What one agent slot of one GPU gets: whole cores and MiB-rounded memory.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceShare {
+    /// Whole CPU cores (exclusive under the static CPU manager).
+    pub cpu: i64,
+    /// Memory as a quantity in Mi, e.g. `131072Mi`.
+    pub memory: String,
+}
+
+/// An agent pod placed on this node.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PlacedAgent {
+    /// `<namespace>/<pool>`.
+    pub pool: String,
+    pub pod: String,
+    pub phase: String,
+}
+
+/// Observed state of a GpuNode.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuNodeStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The Node this GpuNode describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// `nvidia` or `amd`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor: Option<String>,
+    /// Product as the node labels name it, e.g. `NVIDIA-H100-80GB-HBM3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product: Option<String>,
+    /// Short GPU type used in agent tags, e.g. `h100`, `mi300x`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_type: Option<String>,
+    /// GPU family, e.g. `hopper`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<String>,
+    /// Compute architecture, e.g. `sm_90`, `sm_89`, `gfx942`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<String>,
+    /// The extended resource that counts the GPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_name: Option<String>,
+    /// GPUs the node offers (allocatable of `resourceName`).
+    #[serde(default)]
+    pub gpu_count: i64,
+    /// Memory of one GPU in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "gpuMemoryMiB")]
+    pub gpu_memory_mib: Option<i64>,
+    /// Driver version from the node labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver_version: Option<String>,
+    /// Node allocatable CPU and memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocatable: Option<NodeResources>,
+    /// Requests of the node's pods that benchkite does not manage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub other_requests: Option<NodeResources>,
+    /// The exclusive share one GPU's agent gets; absent when too small to run agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_gpu_share: Option<ResourceShare>,
+    /// True when the GPUs are shared (time-slicing or MPS replicas): not exclusive.
+    #[serde(default)]
+    pub shared: bool,
+    /// Agent pods on this node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agents: Vec<PlacedAgent>,
+    /// Number of agent pods on this node.
+    #[serde(default)]
+    pub agent_count: i64,
+    /// Node labels about GPUs copied onto the GpuNode (also set as its labels).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub gpu_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+}
+
+impl GpuNode {
+    /// The Kubernetes Node this object describes.
+    pub fn node_name(&self) -> &str {
+        match &self.spec.node_name {
+            Some(n) if !n.is_empty() => n,
+            _ => self.metadata.name.as_deref().unwrap_or_default(),
+        }
+    }
+
+    /// True when the controller created this GpuNode from a Node (so it may delete it).
+    pub fn is_discovered(&self) -> bool {
+        self.metadata.labels.as_ref().and_then(|l| l.get(DISCOVERED_LABEL)).is_some_and(|v| v == "true")
+    }
+}

@@ -1,0 +1,38 @@
+//! The benchkite API: group `benchkite.dev`, version `v1alpha1`.
+//!
+//! Types here are the contract with users (kubectl, client libraries, GitOps tools): field
+//! names, defaults and validation rules are what the API server enforces from the generated
+//! CRDs in `crds/`.
+
+pub mod agentpool;
+pub mod condition;
+pub mod gpunode;
+
+pub use agentpool::{AgentPool, AgentPoolSpec, AgentPoolStatus};
+pub use condition::{ConditionSet, ConditionStatus};
+pub use gpunode::{GpuNode, GpuNodeSpec, GpuNodeStatus};
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+/// API group of every benchkite resource.
+pub const GROUP: &str = "benchkite.dev";
+/// The one served and stored version.
+pub const VERSION: &str = "v1alpha1";
+/// The field manager used for every server-side apply benchkite makes.
+pub const FIELD_MANAGER: &str = "benchkite";
+
+/// All CRDs, in the order they are written to `crds/`.
+pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {
+    vec![("gpunodes", GpuNode::crd()), ("agentpools", AgentPool::crd())]
+}
+
+/// Renders the CRDs as one multi-document YAML stream (what `benchkite crds` prints).
+pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
+    let mut out = String::new();
+    for (_, crd) in crds() {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&crd)?);
+    }
+    Ok(out)
+}

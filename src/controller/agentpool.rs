@@ -1,0 +1,456 @@
+//! AgentPool reconcile: keep exactly one agent pod per GPU (or per `gpusPerAgent` GPUs) on
+//! every selected, usable GpuNode the pool owns.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::gpunode::publish;
+use super::{Context, agent_pool_uid, cache, pod_terminal};
+use crate::api::agentpool::{PoolNodeStatus, conditions as cond};
+use crate::api::condition::{ConditionSet, ConditionStatus, find};
+use crate::api::gpunode::{ResourceShare, conditions as gncond};
+use crate::api::{AgentPool, AgentPoolStatus, FIELD_MANAGER, GpuNode};
+use crate::error::{Error, Result, is_not_found};
+use crate::fleet::inventory::Vendor;
+use crate::fleet::plan::{self, AgentPhase, Claimant, DeleteReason, ExistingAgent, NodeFacts, NodeState, PoolFacts};
+use crate::fleet::pod::{
+    ANNOTATION_GPUNODE, ANNOTATION_GPUS, AgentSlot, LABEL_SLOT, PodDefaults, agent_pod, pod_spec_hash,
+};
+use crate::fleet::share::{Share, pod_extended};
+
+fn pool_key(p: &AgentPool) -> String {
+    format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any())
+}
+
+fn created(p: &AgentPool) -> String {
+    p.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default()
+}
+
+fn share_of(gn: &GpuNode) -> Option<Share> {
+    let s = gn.status.as_ref()?.per_gpu_share.as_ref()?;
+    let memory_mib = s.memory.strip_suffix("Mi")?.parse().ok()?;
+    Some(Share { cpu_cores: s.cpu, memory_mib })
+}
+
+/// What a pool needs to know about one selected GpuNode, from its status and the pods on it.
+fn node_facts(gn: &GpuNode, owner: Option<String>, pods_on_node: &[Arc<Pod>], pool_uid: &str) -> NodeFacts {
+    let status = gn.status.clone().unwrap_or_default();
+    let ready = find(&status.conditions, gncond::READY);
+    let reason = ready.map(|c| c.reason.as_str()).unwrap_or("Unknown");
+    let resource = status.resource_name.clone().unwrap_or_default();
+    let mut foreign_gpus = 0;
+    let mut other_pool_gpus = 0;
+    for pod in pods_on_node.iter().filter(|p| !pod_terminal(p)) {
+        match agent_pool_uid(pod) {
+            Some(uid) if uid == pool_uid => {}
+            Some(_) => {
+                other_pool_gpus += pod
+                    .annotations()
+                    .get(ANNOTATION_GPUS)
+                    .and_then(|g| g.parse::<i64>().ok())
+                    .unwrap_or_else(|| pod.spec.as_ref().map(|s| pod_extended(s, &resource)).unwrap_or(0));
+            }
+            None => foreign_gpus += pod.spec.as_ref().map(|s| pod_extended(s, &resource)).unwrap_or(0),
+        }
+    }
+    let usable = ready.is_some_and(|c| c.status == "True");
+    NodeFacts {
+        gpunode: gn.name_any(),
+        found: find(&status.conditions, gncond::NODE_FOUND).is_some_and(|c| c.status == "True"),
+        node_ready: !matches!(reason, "NodeNotReady" | "NodeCordoned"),
+        maintenance: gn.spec.maintenance,
+        exclusive: !status.shared,
+        problem: match (usable, reason) {
+            (true, _) | (false, "NodeNotReady" | "NodeCordoned" | "Maintenance" | "NotExclusive" | "NodeNotFound") => {
+                None
+            }
+            (false, r) => Some((
+                r.to_string(),
+                ready.map(|c| c.message.clone()).unwrap_or_else(|| "the GpuNode is not ready yet".into()),
+            )),
+        },
+        gpu_count: status.gpu_count,
+        per_gpu_share: share_of(gn),
+        foreign_gpus,
+        other_pool_gpus,
+        owner,
+    }
+}
+
+fn existing_agent(pod: &Pod) -> ExistingAgent {
+    let status = pod.status.as_ref();
+    ExistingAgent {
+        name: pod.name_any(),
+        gpunode: pod.annotations().get(ANNOTATION_GPUNODE).cloned().unwrap_or_default(),
+        slot: pod.labels().get(LABEL_SLOT).and_then(|s| s.parse().ok()),
+        phase: AgentPhase::parse(status.and_then(|s| s.phase.as_deref())),
+        ready: cache::pod_ready(pod),
+        deleting: pod.metadata.deletion_timestamp.is_some(),
+        spec_hash: pod_spec_hash(pod).map(str::to_string),
+        gpus: pod.annotations().get(ANNOTATION_GPUS).and_then(|g| g.parse().ok()).unwrap_or(0),
+        reason: status.and_then(|s| s.reason.clone()),
+        message: status.and_then(|s| s.message.clone()),
+    }
+}
+
+fn slot_for<'a>(
+    pool: &'a AgentPool,
+    gn: &'a GpuNode,
+    node: &'a k8s_openapi::api::core::v1::Node,
+    slot: u32,
+    share: Share,
+) -> AgentSlot<'a> {
+    let status = gn.status.as_ref();
+    AgentSlot {
+        pool,
+        gpunode: gn.metadata.name.as_deref().unwrap_or_default(),
+        node_name: gn.node_name(),
+        slot,
+        vendor: if status.and_then(|s| s.vendor.as_deref()) == Some("amd") { Vendor::Amd } else { Vendor::Nvidia },
+        gpu_type: status.and_then(|s| s.gpu_type.as_deref()),
+        architecture: status.and_then(|s| s.architecture.as_deref()),
+        resource_name: status.and_then(|s| s.resource_name.as_deref()).unwrap_or("nvidia.com/gpu"),
+        gpus: i64::from(pool.spec.gpus_per_agent.max(1)),
+        resources: share.times(i64::from(pool.spec.gpus_per_agent.max(1))),
+        node_taints: node.spec.as_ref().and_then(|s| s.taints.as_deref()).unwrap_or(&[]),
+    }
+}
+
+pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = pool.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = pool.name_any();
+    let uid = pool.uid().ok_or(Error::MissingField("metadata.uid"))?;
+    if pool.meta().deletion_timestamp.is_some() {
+        // Owner references let the garbage collector remove the agent pods.
+        if let Ok(mut f) = ctx.failures.lock() {
+            f.forget_pool(&uid);
+        }
+        return Ok(Action::await_change());
+    }
+    let now = Timestamp::now();
+    let previous = pool.status.clone().unwrap_or_default();
+    let mut conditions = ConditionSet::new(&previous.conditions, pool.metadata.generation, now);
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+
+    // The agent token is handed over by reference; only its existence is checked (metadata
+    // only: the controller never reads the value).
+    let secret_name = &pool.spec.agent.token_secret_ref.name;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let token_missing = match secrets.get_metadata_opt(secret_name).await {
+        Ok(found) => found.is_none(),
+        Err(e) => return Err(Error::kube(format!("checking Secret {ns}/{secret_name}"))(e)),
+    };
+
+    // Which nodes this pool selects and which of those it owns.
+    let all_pools = ctx.pools.state();
+    let claimants: Vec<Claimant<'_>> = all_pools
+        .iter()
+        .map(|p| Claimant {
+            key: pool_key(p),
+            created: created(p),
+            selector: &p.spec.gpu_node_selector,
+            active: !p.spec.paused && p.meta().deletion_timestamp.is_none(),
+        })
+        .collect();
+    let mut selected: Vec<Arc<GpuNode>> =
+        ctx.gpunodes.state().into_iter().filter(|g| pool.spec.gpu_node_selector.matches(g.labels())).collect();
+    selected.sort_by_key(|g| g.name_any());
+    let pods_by_node = ctx.pods_by_node();
+    let facts: Vec<NodeFacts> = selected
+        .iter()
+        .map(|g| {
+            let owner = plan::node_owner(g.labels(), &claimants).cloned();
+            node_facts(g, owner, pods_by_node.get(g.node_name()).map(Vec::as_slice).unwrap_or(&[]), &uid)
+        })
+        .collect();
+
+    let agents: Vec<ExistingAgent> = ctx
+        .pods
+        .state()
+        .iter()
+        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()) && agent_pool_uid(p) == Some(uid.as_str()))
+        .map(|p| existing_agent(p))
+        .collect();
+
+    let defaults = PodDefaults {
+        agent_image: ctx.config.agent_image.clone(),
+        termination_grace_period_seconds: ctx.config.termination_grace_period_seconds,
+    };
+    let gn_by_name: HashMap<String, &Arc<GpuNode>> = selected.iter().map(|g| (g.name_any(), g)).collect();
+    let build = |facts: &NodeFacts, slot: u32| -> Option<Pod> {
+        let gn = gn_by_name.get(&facts.gpunode)?;
+        let node = ctx.nodes.get(&ObjectRef::new(gn.node_name()))?;
+        let share = facts.per_gpu_share?;
+        Some(agent_pod(&slot_for(&pool, gn, &node, slot, share), &defaults))
+    };
+    let instant = Instant::now();
+    let failures_snapshot: HashMap<(String, u32), Duration> = {
+        let f = ctx.failures.lock().map_err(|_| Error::MissingField("failure tracker"))?;
+        facts
+            .iter()
+            .flat_map(|n| {
+                let slots = u32::try_from(n.gpu_count.max(0)).unwrap_or(0);
+                (0..slots)
+                    .filter_map(|s| f.remaining(&uid, &n.gpunode, s, instant).map(|d| ((n.gpunode.clone(), s), d)))
+            })
+            .collect()
+    };
+    let pool_facts = PoolFacts {
+        key: &pool_key(&pool),
+        paused: pool.spec.paused || token_missing,
+        gpus_per_agent: i64::from(pool.spec.gpus_per_agent),
+    };
+    let plan = plan::plan_pool(
+        &pool_facts,
+        &facts,
+        &agents,
+        |n, s| build(n, s).and_then(|p| pod_spec_hash(&p).map(str::to_string)),
+        |n, s| failures_snapshot.contains_key(&(n.to_string(), s)),
+    );
+
+    // Carry out the plan: deletions first (they free GPUs), then creations.
+    let mut failed_pods: Vec<(String, String)> = Vec::new();
+    {
+        let mut f = ctx.failures.lock().map_err(|_| Error::MissingField("failure tracker"))?;
+        for a in &agents {
+            if let (Some(slot), true) = (a.slot, a.phase == AgentPhase::Running && a.ready) {
+                f.clear(&uid, &a.gpunode, slot);
+            }
+        }
+        for (pod, reason) in &plan.deletes {
+            if let DeleteReason::Failed(why) = reason
+                && let Some(a) = agents.iter().find(|a| &a.name == pod)
+            {
+                f.record(&uid, &a.gpunode, a.slot.unwrap_or(0), instant);
+                failed_pods.push((
+                    pod.clone(),
+                    format!("{why}{}", a.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default()),
+                ));
+            }
+        }
+    }
+    let concurrency = ctx.config.write_concurrency.max(1);
+    let delete_errors: Vec<String> = futures::stream::iter(plan.deletes.iter().cloned())
+        .map(|(pod, reason)| {
+            let api = pods_api.clone();
+            async move {
+                tracing::info!(pod = %pod, ?reason, "deleting agent pod");
+                match api.delete(&pod, &DeleteParams::default()).await {
+                    Ok(_) => None,
+                    Err(e) if is_not_found(&e) => None,
+                    Err(e) => Some(format!("deleting pod {pod}: {e}")),
+                }
+            }
+        })
+        .buffer_unordered(concurrency)
+        .filter_map(futures::future::ready)
+        .collect()
+        .await;
+    let to_create: Vec<Pod> = plan
+        .creates
+        .iter()
+        .filter_map(|(gpunode, slot)| facts.iter().find(|f| &f.gpunode == gpunode).and_then(|f| build(f, *slot)))
+        .collect();
+    let create_errors: Vec<String> = futures::stream::iter(to_create)
+        .map(|pod| {
+            let api = pods_api.clone();
+            async move {
+                let pod_name = pod.name_any();
+                let mut body = serde_json::to_value(&pod).unwrap_or_default();
+                if let Some(obj) = body.as_object_mut() {
+                    obj.insert("apiVersion".into(), json!("v1"));
+                    obj.insert("kind".into(), json!("Pod"));
+                }
+                match api.patch(&pod_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await {
+                    Ok(_) => None,
+                    Err(e) => Some(format!("creating pod {pod_name}: {e}")),
+                }
+            }
+        })
+        .buffer_unordered(concurrency)
+        .filter_map(futures::future::ready)
+        .collect()
+        .await;
+
+    // Status.
+    let nodes: Vec<PoolNodeStatus> = plan
+        .nodes
+        .iter()
+        .map(|n| PoolNodeStatus {
+            name: n.gpunode.clone(),
+            state: n.state.name().to_string(),
+            gpus: n.gpus,
+            desired: n.desired,
+            ready: n.ready,
+            agent_resources: n.agent_resources.map(|s| ResourceShare { cpu: s.cpu_cores, memory: s.memory_quantity() }),
+            message: n.state.message(),
+        })
+        .collect();
+    let conflicts: Vec<&plan::NodePlan> =
+        plan.nodes.iter().filter(|n| matches!(n.state, NodeState::Conflict(_))).collect();
+    let unusable: Vec<&plan::NodePlan> = plan
+        .nodes
+        .iter()
+        .filter(|n| {
+            !matches!(n.state, NodeState::Active | NodeState::Conflict(_) | NodeState::Paused | NodeState::Maintenance)
+        })
+        .collect();
+    let write_errors: Vec<String> = delete_errors.into_iter().chain(create_errors).collect();
+    let mut event: Option<(EventType, &str, String)> = None;
+
+    if conflicts.is_empty() {
+        conditions.set(cond::CONFLICT, ConditionStatus::False, "NoConflict", "");
+    } else {
+        let msg =
+            conflicts.iter().map(|n| format!("{} ({})", n.gpunode, n.state.message())).collect::<Vec<_>>().join(", ");
+        conditions.set(
+            cond::CONFLICT,
+            ConditionStatus::True,
+            "NodeClaimedByOtherPool",
+            format!("nodes claimed by older pools, not used by this one: {msg}"),
+        );
+        event = Some((EventType::Warning, "Conflict", format!("nodes claimed by older pools: {msg}")));
+    }
+
+    let (degraded_reason, degraded_msg): (Option<&str>, String) = if token_missing {
+        (
+            Some("TokenSecretMissing"),
+            format!(
+                "Secret {ns}/{secret_name} (spec.agent.tokenSecretRef) does not exist: create it with the Buildkite agent token under key {:?}",
+                pool.spec.agent.token_secret_ref.key
+            ),
+        )
+    } else if !write_errors.is_empty() {
+        (Some("PodWriteFailed"), write_errors.join("; "))
+    } else if !failed_pods.is_empty() {
+        (Some("AgentFailed"), failed_pods.iter().map(|(p, r)| format!("{p}: {r}")).collect::<Vec<_>>().join("; "))
+    } else if selected.is_empty() {
+        (
+            Some("NoNodesSelected"),
+            "spec.gpuNodeSelector matches no GpuNode: check `kubectl get gpunodes --show-labels`".to_string(),
+        )
+    } else if plan.desired == 0 && !pool.spec.paused && !unusable.is_empty() {
+        let msg = unusable
+            .iter()
+            .map(|n| format!("{}: {} ({})", n.gpunode, n.state.name(), n.state.message()))
+            .collect::<Vec<_>>()
+            .join("; ");
+        (Some("NoUsableNodes"), msg)
+    } else if plan.desired == 0 && !pool.spec.paused && !conflicts.is_empty() {
+        (Some("AllNodesClaimed"), "every selected node is claimed by an older pool".to_string())
+    } else {
+        (None, String::new())
+    };
+    match degraded_reason {
+        Some(reason) => {
+            conditions.set(cond::DEGRADED, ConditionStatus::True, reason, degraded_msg.clone());
+            event = Some((EventType::Warning, reason, degraded_msg.clone()));
+        }
+        None => {
+            conditions.set(cond::DEGRADED, ConditionStatus::False, "AsExpected", "");
+        }
+    }
+    let converged = plan.converged() && write_errors.is_empty();
+    if converged {
+        conditions.set(
+            cond::PROGRESSING,
+            ConditionStatus::False,
+            "Converged",
+            format!("{} of {} agents ready", plan.ready, plan.desired),
+        );
+    } else {
+        conditions.set(
+            cond::PROGRESSING,
+            ConditionStatus::True,
+            "Reconciling",
+            format!(
+                "{} of {} agents ready; creating {}, deleting {}, waiting {}",
+                plan.ready,
+                plan.desired,
+                plan.creates.len(),
+                plan.deletes.len(),
+                plan.waiting
+            ),
+        );
+    }
+    let (ready, ready_reason, ready_msg) = if pool.spec.paused {
+        (true, "Paused", "the pool is paused: no agents run".to_string())
+    } else if let Some(reason) = degraded_reason.filter(|r| *r != "AgentFailed") {
+        (false, reason, degraded_msg)
+    } else if converged {
+        (
+            true,
+            "AgentsReady",
+            format!("{} agents ready on {} nodes", plan.ready, plan.nodes.iter().filter(|n| n.desired > 0).count()),
+        )
+    } else {
+        (false, "AgentsNotReady", format!("{} of {} agents ready", plan.ready, plan.desired))
+    };
+    conditions.set(cond::READY, ConditionStatus::from_bool(ready), ready_reason, ready_msg);
+    if plan.nodes.iter().any(|n| n.state == NodeState::Maintenance) {
+        let drained: Vec<&str> =
+            plan.nodes.iter().filter(|n| n.state == NodeState::Maintenance).map(|n| n.gpunode.as_str()).collect();
+        if plan.deletes.iter().any(|(_, r)| *r == DeleteReason::NodeIneligible("Maintenance".into())) {
+            event = Some((
+                EventType::Normal,
+                "NodeDrained",
+                format!("draining agents from nodes in maintenance: {}", drained.join(", ")),
+            ));
+        }
+    }
+
+    let status = AgentPoolStatus {
+        observed_generation: pool.metadata.generation,
+        selected_nodes: i64::try_from(selected.len()).unwrap_or(i64::MAX),
+        desired_agents: plan.desired,
+        ready_agents: plan.ready,
+        gpus_claimed: plan.gpus_claimed,
+        nodes,
+        conditions: conditions.into_vec(),
+    };
+    let api: Api<AgentPool> = Api::namespaced(ctx.client.clone(), &ns);
+    if pool.status.as_ref() != Some(&status) {
+        let patch = json!({ "apiVersion": "benchkite.dev/v1alpha1", "kind": "AgentPool", "status": status });
+        api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+            .await
+            .map_err(Error::kube(format!("writing status of AgentPool {ns}/{name}")))?;
+    }
+    // Events on transitions only, so a stuck pool does not flood the namespace.
+    let changed = |t: &str| {
+        let before = find(&previous.conditions, t).map(|c| (c.status.clone(), c.reason.clone()));
+        let after = find(&status.conditions, t).map(|c| (c.status.clone(), c.reason.clone()));
+        before != after
+    };
+    if let Some((type_, reason, note)) = event
+        && (changed(cond::DEGRADED) || changed(cond::CONFLICT) || reason == "NodeDrained")
+    {
+        publish(&ctx, pool.as_ref(), type_, reason, "Reconcile", note).await;
+    }
+
+    let backoff = failures_snapshot.values().min().copied();
+    Ok(if !converged {
+        Action::requeue(
+            backoff.unwrap_or(Duration::from_secs(5)).min(Duration::from_secs(5)).max(Duration::from_secs(1)),
+        )
+    } else if token_missing || degraded_reason.is_some() {
+        Action::requeue(Duration::from_secs(30))
+    } else {
+        Action::requeue(Duration::from_secs(300))
+    })
+}
+
+pub fn error_policy(pool: Arc<AgentPool>, err: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(pool = %pool.name_any(), error = %err, "AgentPool reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}

@@ -1,0 +1,279 @@
+//! The controllers: GpuNode (inventory, share, discovery) and AgentPool (the agent fleet).
+//!
+//! All controllers read from one set of shared, stripped caches (Nodes, Pods, GpuNodes,
+//! AgentPools) fed by one watch per kind, and write only through server-side apply with the
+//! `benchkite` field manager.
+
+pub mod agentpool;
+pub mod cache;
+pub mod gpunode;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{Future, StreamExt};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+
+use crate::api::{AgentPool, GpuNode};
+use crate::fleet::pod::{LABEL_MANAGED_BY, MANAGED_BY};
+
+/// Controller settings (flags of `benchkite controller`).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Create a GpuNode for every Node that offers a GPU resource.
+    pub discover_gpu_nodes: bool,
+    /// How long a discovered GpuNode outlives its Node before it is deleted.
+    pub discovery_grace: Duration,
+    /// Default agent image for pools that name none.
+    pub agent_image: String,
+    /// Default grace period of agent pods (time a running job gets to finish on a drain).
+    pub termination_grace_period_seconds: i64,
+    /// Smallest per-GPU memory worth running an agent with, in MiB.
+    pub min_agent_memory_mib: i64,
+    /// Pod creations/deletions in flight per pool reconcile.
+    pub write_concurrency: usize,
+    /// Name used in Events (`reportingController`) and as the instance id.
+    pub reporter: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            discover_gpu_nodes: true,
+            discovery_grace: Duration::from_secs(600),
+            agent_image: crate::DEFAULT_AGENT_IMAGE.to_string(),
+            termination_grace_period_seconds: 900,
+            min_agent_memory_mib: 1024,
+            write_concurrency: 32,
+            reporter: "benchkite".to_string(),
+        }
+    }
+}
+
+/// Consecutive failures of one agent slot, for backoff.
+#[derive(Debug, Default)]
+pub struct SlotFailures {
+    slots: HashMap<(String, String, u32), (u32, Instant)>,
+}
+
+impl SlotFailures {
+    /// Backoff after `n` consecutive failures: 5 s, 10 s, 20 s … capped at 5 minutes.
+    pub fn backoff(n: u32) -> Duration {
+        Duration::from_secs(5u64.saturating_mul(1u64 << n.saturating_sub(1).min(6)).min(300))
+    }
+
+    pub fn record(&mut self, pool_uid: &str, gpunode: &str, slot: u32, now: Instant) -> u32 {
+        let entry = self.slots.entry((pool_uid.to_string(), gpunode.to_string(), slot)).or_insert((0, now));
+        entry.0 += 1;
+        entry.1 = now;
+        entry.0
+    }
+
+    pub fn clear(&mut self, pool_uid: &str, gpunode: &str, slot: u32) {
+        self.slots.remove(&(pool_uid.to_string(), gpunode.to_string(), slot));
+    }
+
+    /// Time left before the slot may be recreated.
+    pub fn remaining(&self, pool_uid: &str, gpunode: &str, slot: u32, now: Instant) -> Option<Duration> {
+        let (n, at) = self.slots.get(&(pool_uid.to_string(), gpunode.to_string(), slot))?;
+        let until = *at + Self::backoff(*n);
+        (until > now).then(|| until - now)
+    }
+
+    pub fn forget_pool(&mut self, pool_uid: &str) {
+        self.slots.retain(|(uid, _, _), _| uid != pool_uid);
+    }
+}
+
+/// What every reconcile gets.
+pub struct Context {
+    pub client: Client,
+    pub config: Config,
+    pub nodes: Store<Node>,
+    pub pods: Store<Pod>,
+    pub gpunodes: Store<GpuNode>,
+    pub pools: Store<AgentPool>,
+    pub recorder: Recorder,
+    pub failures: Mutex<SlotFailures>,
+}
+
+impl Context {
+    /// Pods of a node, by Kubernetes node name, in one pass over the pod cache.
+    pub fn pods_by_node(&self) -> HashMap<String, Vec<Arc<Pod>>> {
+        let mut out: HashMap<String, Vec<Arc<Pod>>> = HashMap::new();
+        for pod in self.pods.state() {
+            if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
+                out.entry(node).or_default().push(pod);
+            }
+        }
+        out
+    }
+}
+
+/// The AgentPool UID that controls an agent pod, if it is one.
+pub fn agent_pool_uid(pod: &Pod) -> Option<&str> {
+    if pod.labels().get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGED_BY) {
+        return None;
+    }
+    pod.owner_references().iter().find(|o| o.controller == Some(true) && o.kind == "AgentPool").map(|o| o.uid.as_str())
+}
+
+/// Whether a pod is terminal (holds no resources).
+pub fn pod_terminal(pod: &Pod) -> bool {
+    matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+}
+
+/// Runs the fleet controllers until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    use kube::runtime::controller::Controller;
+
+    const BUFFER: usize = 4096;
+    let (nodes, nodes_w) = reflector::store_shared::<Node>(BUFFER);
+    let (pods, pods_w) = reflector::store_shared::<Pod>(BUFFER);
+    let (gpunodes, gpunodes_w) = reflector::store_shared::<GpuNode>(BUFFER);
+    let (pools, pools_w) = reflector::store_shared::<AgentPool>(BUFFER);
+    fn sub<T>(name: &str, handle: Option<T>) -> anyhow::Result<T> {
+        handle.ok_or_else(|| anyhow::anyhow!("{name} store is not shared"))
+    }
+    let node_events_gn = sub("node", nodes_w.subscribe())?;
+    // Subscribe only when discovery runs: an unread subscription would stall the shared watch.
+    let node_events_disc = if config.discover_gpu_nodes { Some(sub("node", nodes_w.subscribe())?) } else { None };
+    let pod_events_gn = sub("pod", pods_w.subscribe())?;
+    let pod_events_ap = sub("pod", pods_w.subscribe())?;
+    let gpunode_events_gn = sub("gpunode", gpunodes_w.subscribe())?;
+    let gpunode_events_ap = sub("gpunode", gpunodes_w.subscribe())?;
+    let pool_events = sub("agentpool", pools_w.subscribe())?;
+
+    let wc = watcher::Config::default().any_semantic();
+    let node_watch = watcher(Api::<Node>::all(client.clone()), wc.clone())
+        .modify(cache::strip_node)
+        .default_backoff()
+        .reflect_shared(nodes_w)
+        .for_each(|_| futures::future::ready(()));
+    let pod_watch = watcher(Api::<Pod>::all(client.clone()), wc.clone())
+        .modify(cache::strip_pod)
+        .default_backoff()
+        .reflect_shared(pods_w)
+        .for_each(|_| futures::future::ready(()));
+    let gpunode_watch = watcher(Api::<GpuNode>::all(client.clone()), wc.clone())
+        .modify(cache::strip_managed_fields)
+        .default_backoff()
+        .reflect_shared(gpunodes_w)
+        .for_each(|_| futures::future::ready(()));
+    let pool_watch = watcher(Api::<AgentPool>::all(client.clone()), wc.clone())
+        .modify(cache::strip_managed_fields)
+        .default_backoff()
+        .reflect_shared(pools_w)
+        .for_each(|_| futures::future::ready(()));
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter { controller: config.reporter.clone(), instance: std::env::var("POD_NAME").ok() },
+    );
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        config: config.clone(),
+        nodes: nodes.clone(),
+        pods: pods.clone(),
+        gpunodes: gpunodes.clone(),
+        pools: pools.clone(),
+        recorder,
+        failures: Mutex::new(SlotFailures::default()),
+    });
+
+    let (shutdown_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let signal = {
+        let tx = shutdown_tx.clone();
+        async move {
+            shutdown.await;
+            let _ = tx.send(());
+        }
+    };
+    let on_shutdown = |tx: &tokio::sync::broadcast::Sender<()>| {
+        let mut rx = tx.subscribe();
+        async move {
+            let _ = rx.recv().await;
+        }
+    };
+
+    let gn_store = gpunodes.clone();
+    let gn_store2 = gpunodes.clone();
+    let gpunode_ctrl = Controller::for_shared_stream(gpunode_events_gn, gpunodes.clone())
+        .watches_shared_stream(node_events_gn, move |node: Arc<Node>| {
+            gpunode::gpunodes_for_node(&gn_store, &node.name_any())
+        })
+        .watches_shared_stream(pod_events_gn, move |pod: Arc<Pod>| {
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .map(|n| gpunode::gpunodes_for_node(&gn_store2, &n))
+                .unwrap_or_default()
+        })
+        .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_millis(300)).concurrency(16))
+        .graceful_shutdown_on(on_shutdown(&shutdown_tx))
+        .run(gpunode::reconcile, gpunode::error_policy, ctx.clone())
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "gpunode reconcile");
+            }
+        });
+
+    let discovery_ctrl = {
+        let stream = node_events_disc.map(|events| {
+            Controller::for_shared_stream(events, nodes.clone())
+                .with_config(kube::runtime::controller::Config::default().concurrency(16))
+                .graceful_shutdown_on(on_shutdown(&shutdown_tx))
+                .run(gpunode::discover, gpunode::discover_error_policy, ctx.clone())
+                .for_each(|_| futures::future::ready(()))
+        });
+        async move {
+            if let Some(stream) = stream {
+                stream.await
+            }
+        }
+    };
+
+    let pool_store = pools.clone();
+    let pool_ctrl = Controller::for_shared_stream(pool_events, pools.clone())
+        .owns_shared_stream(pod_events_ap)
+        .watches_shared_stream(gpunode_events_ap, move |_gn: Arc<GpuNode>| {
+            pool_store
+                .state()
+                .iter()
+                .map(|p| kube::runtime::reflector::ObjectRef::from_obj(p.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_millis(200)).concurrency(8))
+        .graceful_shutdown_on(on_shutdown(&shutdown_tx))
+        .run(agentpool::reconcile, agentpool::error_policy, ctx.clone())
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "agentpool reconcile");
+            }
+        });
+
+    tracing::info!(discover = config.discover_gpu_nodes, "fleet controllers starting");
+    let watches = async {
+        tokio::join!(node_watch, pod_watch, gpunode_watch, pool_watch);
+    };
+    tokio::select! {
+        _ = watches => anyhow::bail!("watch streams ended"),
+        _ = async { tokio::join!(gpunode_ctrl, discovery_ctrl, pool_ctrl, signal) } => {}
+    }
+    tracing::info!("fleet controllers stopped");
+    Ok(())
+}
+
+/// A reference for Events about an object.
+pub fn object_ref<K: Resource<DynamicType = ()>>(obj: &K) -> k8s_openapi::api::core::v1::ObjectReference {
+    obj.object_ref(&())
+}

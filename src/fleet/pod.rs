@@ -1,0 +1,501 @@
+//! Builds the agent pod of one slot: the pure core of the AgentPool controller.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, ConfigMapVolumeSource, Container, EnvVar, EnvVarSource, NodeAffinity, NodeSelector,
+    NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSecurityContext, PodSpec, ResourceRequirements, SeccompProfile,
+    SecretKeySelector, SecurityContext, Taint, Toleration, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::Resource;
+use sha2::{Digest, Sha256};
+
+use super::inventory::Vendor;
+use super::share::Share;
+use crate::api::AgentPool;
+
+pub const LABEL_NAME: &str = "app.kubernetes.io/name";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const LABEL_POOL: &str = "benchkite.dev/pool";
+pub const LABEL_NODE: &str = "benchkite.dev/node";
+pub const LABEL_SLOT: &str = "benchkite.dev/slot";
+pub const ANNOTATION_SPEC_HASH: &str = "benchkite.dev/spec-hash";
+pub const ANNOTATION_GPUNODE: &str = "benchkite.dev/gpunode";
+pub const ANNOTATION_GPUS: &str = "benchkite.dev/gpus";
+pub const MANAGED_BY: &str = "benchkite";
+pub const AGENT_NAME: &str = "buildkite-agent";
+pub const HOOKS_PATH: &str = "/etc/buildkite-agent/hooks";
+pub const AGENT_CONTAINER: &str = "agent";
+
+/// Controller-wide defaults for agent pods.
+#[derive(Clone, Debug)]
+pub struct PodDefaults {
+    pub agent_image: String,
+    pub termination_grace_period_seconds: i64,
+}
+
+/// Everything that decides one agent pod.
+#[derive(Clone, Debug)]
+pub struct AgentSlot<'a> {
+    pub pool: &'a AgentPool,
+    /// GpuNode name (also used in the pod name).
+    pub gpunode: &'a str,
+    /// Kubernetes Node the pod is pinned to.
+    pub node_name: &'a str,
+    pub slot: u32,
+    pub vendor: Vendor,
+    pub gpu_type: Option<&'a str>,
+    pub architecture: Option<&'a str>,
+    pub resource_name: &'a str,
+    /// GPUs this agent requests (the pool's gpusPerAgent).
+    pub gpus: i64,
+    /// CPU and memory of this agent (per-GPU share × gpus).
+    pub resources: Share,
+    pub node_taints: &'a [Taint],
+}
+
+/// `<pool>-<node>-<slot>`, shortened with a hash when longer than a pod name may be.
+pub fn agent_pod_name(pool: &str, gpunode: &str, slot: u32) -> String {
+    let name = format!("{pool}-{gpunode}-{slot}");
+    if name.len() <= 253 {
+        return name;
+    }
+    let hash = short_hash(name.as_bytes());
+    let keep = 253 - hash.len() - 1 - slot.to_string().len() - 1;
+    format!("{}-{hash}-{slot}", name[..keep].trim_end_matches(['-', '.']))
+}
+
+/// A label value (≤ 63 chars) for a name that may be longer.
+pub fn label_value(name: &str) -> String {
+    if name.len() <= 63 {
+        return name.to_string();
+    }
+    let hash = short_hash(name.as_bytes());
+    format!("{}-{hash}", name[..63 - hash.len() - 1].trim_end_matches(['-', '.', '_']))
+}
+
+fn short_hash(bytes: &[u8]) -> String {
+    hex::encode(&Sha256::digest(bytes)[..5])
+}
+
+/// The Buildkite agent tags of one slot: managed tags first, then the pool's own.
+pub fn agent_tags(slot: &AgentSlot<'_>) -> String {
+    let mut tags = vec![format!("queue={}", slot.pool.spec.queue)];
+    if let Some(gpu) = slot.gpu_type {
+        tags.push(format!("gpu={gpu}"));
+    }
+    tags.push(format!("vendor={}", slot.vendor.as_str()));
+    if let Some(arch) = slot.architecture {
+        tags.push(format!("arch={arch}"));
+    }
+    tags.push(format!("node={}", slot.node_name));
+    tags.push(format!("slot={}", slot.slot));
+    tags.extend(slot.pool.spec.agent.tags.iter().map(|(k, v)| format!("{k}={v}")));
+    tags.join(",")
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar { name: name.into(), value: Some(value.into()), ..Default::default() }
+}
+
+/// The tolerations an agent needs for the node's GPU taints (and only those), plus the pool's.
+fn tolerations(slot: &AgentSlot<'_>) -> Vec<Toleration> {
+    let domain = slot.resource_name.split('/').next().unwrap_or_default();
+    let mut out: Vec<Toleration> = slot
+        .node_taints
+        .iter()
+        .filter(|t| t.key == slot.resource_name || t.key.split('/').next() == Some(domain))
+        .map(|t| Toleration {
+            key: Some(t.key.clone()),
+            operator: Some("Exists".into()),
+            effect: Some(t.effect.clone()),
+            ..Default::default()
+        })
+        .collect();
+    out.extend(slot.pool.spec.agent.pod.tolerations.iter().cloned());
+    out
+}
+
+/// Builds the agent pod of a slot. The pod carries a hash of everything it was built from,
+/// so a changed pool (or share) is noticed and the agent rolled.
+pub fn agent_pod(slot: &AgentSlot<'_>, defaults: &PodDefaults) -> Pod {
+    let pool = slot.pool;
+    let agent = &pool.spec.agent;
+    let pool_name = pool.metadata.name.clone().unwrap_or_default();
+    let name = agent_pod_name(&pool_name, slot.gpunode, slot.slot);
+
+    let mut env_vars = vec![
+        EnvVar {
+            name: "BUILDKITE_AGENT_TOKEN".into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: agent.token_secret_ref.name.clone(),
+                    key: agent.token_secret_ref.key.clone(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        env("BUILDKITE_AGENT_TAGS", agent_tags(slot)),
+        env("BUILDKITE_AGENT_NAME", name.clone()),
+    ];
+    if agent.ephemeral {
+        env_vars.push(env("BUILDKITE_AGENT_DISCONNECT_AFTER_JOB", "true"));
+    }
+    if let Some(p) = agent.priority {
+        env_vars.push(env("BUILDKITE_AGENT_PRIORITY", p.to_string()));
+    }
+    if agent.hooks.is_some() {
+        env_vars.push(env("BUILDKITE_HOOKS_PATH", HOOKS_PATH));
+    }
+    // The seeds' variables, so existing pipelines keep working.
+    env_vars.push(env("KERNELBOT_CPUS", slot.resources.cpu_cores.to_string()));
+    env_vars.push(env("KERNELBOT_MEMORY", format!("{}m", slot.resources.memory_mib)));
+    env_vars.extend(agent.env.iter().cloned());
+
+    let quantities: BTreeMap<String, Quantity> = [
+        ("cpu".to_string(), Quantity(slot.resources.cpu_cores.to_string())),
+        ("memory".to_string(), Quantity(slot.resources.memory_quantity())),
+        (slot.resource_name.to_string(), Quantity(slot.gpus.to_string())),
+    ]
+    .into();
+
+    let mut volumes = Vec::new();
+    let mut mounts = Vec::new();
+    if let Some(hooks) = &agent.hooks {
+        volumes.push(Volume {
+            name: "benchkite-hooks".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: hooks.config_map.clone(),
+                default_mode: Some(0o755),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: "benchkite-hooks".into(),
+            mount_path: HOOKS_PATH.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    volumes.extend(agent.pod.volumes.iter().cloned());
+    mounts.extend(agent.pod.volume_mounts.iter().cloned());
+
+    let container = Container {
+        name: AGENT_CONTAINER.into(),
+        image: Some(agent.image.clone().unwrap_or_else(|| defaults.agent_image.clone())),
+        args: Some(vec!["start".into()]),
+        env: Some(env_vars),
+        env_from: (!agent.env_from.is_empty()).then(|| agent.env_from.clone()),
+        resources: Some(ResourceRequirements {
+            requests: Some(quantities.clone()),
+            limits: Some(quantities),
+            ..Default::default()
+        }),
+        security_context: Some(agent.pod.security_context.clone().unwrap_or_else(|| SecurityContext {
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
+            ..Default::default()
+        })),
+        volume_mounts: (!mounts.is_empty()).then_some(mounts),
+        ..Default::default()
+    };
+
+    let spec = PodSpec {
+        containers: vec![container],
+        restart_policy: Some("Never".into()),
+        automount_service_account_token: Some(agent.pod.automount_service_account_token.unwrap_or(false)),
+        service_account_name: agent.pod.service_account_name.clone(),
+        enable_service_links: Some(false),
+        termination_grace_period_seconds: Some(
+            agent.pod.termination_grace_period_seconds.unwrap_or(defaults.termination_grace_period_seconds),
+        ),
+        priority_class_name: agent.pod.priority_class_name.clone(),
+        image_pull_secrets: (!agent.pod.image_pull_secrets.is_empty()).then(|| agent.pod.image_pull_secrets.clone()),
+        security_context: Some(agent.pod.pod_security_context.clone().unwrap_or_else(|| PodSecurityContext {
+            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None }),
+            ..Default::default()
+        })),
+        // Required node affinity, not nodeName: the scheduler then accounts for the GPUs and
+        // keeps a ninth pod Pending instead of the kubelet rejecting it.
+        affinity: Some(Affinity {
+            node_affinity: Some(NodeAffinity {
+                required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                    node_selector_terms: vec![NodeSelectorTerm {
+                        match_fields: Some(vec![NodeSelectorRequirement {
+                            key: "metadata.name".into(),
+                            operator: "In".into(),
+                            values: Some(vec![slot.node_name.to_string()]),
+                        }]),
+                        ..Default::default()
+                    }],
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        tolerations: Some(tolerations(slot)),
+        volumes: (!volumes.is_empty()).then_some(volumes),
+        ..Default::default()
+    };
+
+    let mut labels: BTreeMap<String, String> = agent.pod.labels.clone();
+    labels.insert(LABEL_NAME.into(), AGENT_NAME.into());
+    labels.insert(LABEL_MANAGED_BY.into(), MANAGED_BY.into());
+    labels.insert(LABEL_POOL.into(), label_value(&pool_name));
+    labels.insert(LABEL_NODE.into(), label_value(slot.gpunode));
+    labels.insert(LABEL_SLOT.into(), slot.slot.to_string());
+
+    let mut annotations: BTreeMap<String, String> = agent.pod.annotations.clone();
+    annotations.insert(ANNOTATION_GPUNODE.into(), slot.gpunode.to_string());
+    annotations.insert(ANNOTATION_GPUS.into(), slot.gpus.to_string());
+    let hash = spec_hash(&spec, &labels, &annotations);
+    annotations.insert(ANNOTATION_SPEC_HASH.into(), hash);
+
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: pool.metadata.namespace.clone(),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            owner_references: pool
+                .controller_owner_ref(&())
+                .map(|o| vec![OwnerReference { block_owner_deletion: Some(true), ..o }]),
+            ..Default::default()
+        },
+        spec: Some(spec),
+        status: None,
+    }
+}
+
+fn spec_hash(spec: &PodSpec, labels: &BTreeMap<String, String>, annotations: &BTreeMap<String, String>) -> String {
+    let mut hasher = Sha256::new();
+    // serde_json of these types is deterministic (BTreeMaps, fixed field order).
+    for part in [serde_json::to_vec(spec), serde_json::to_vec(labels), serde_json::to_vec(annotations)] {
+        hasher.update(part.unwrap_or_default());
+        hasher.update([0u8]);
+    }
+    hex::encode(&hasher.finalize()[..8])
+}
+
+/// The spec hash a built pod carries.
+pub fn pod_spec_hash(pod: &Pod) -> Option<&str> {
+    pod.metadata.annotations.as_ref()?.get(ANNOTATION_SPEC_HASH).map(String::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::agentpool::{AgentPoolSpec, AgentSpec, GpuNodeSelector, HooksSource, PodOverrides, SecretKeyRef};
+
+    pub(crate) fn pool(name: &str) -> AgentPool {
+        let mut p = AgentPool::new(
+            name,
+            AgentPoolSpec {
+                queue: "nvidia-h100".into(),
+                gpu_node_selector: GpuNodeSelector::default(),
+                gpus_per_agent: 1,
+                agent: AgentSpec {
+                    image: None,
+                    token_secret_ref: SecretKeyRef { name: "agent-token".into(), key: "token".into() },
+                    tags: [("team".to_string(), "kernels".to_string())].into(),
+                    env: vec![],
+                    env_from: vec![],
+                    ephemeral: true,
+                    priority: None,
+                    hooks: None,
+                    pod: PodOverrides::default(),
+                },
+                paused: false,
+            },
+        );
+        p.metadata.namespace = Some("ci".into());
+        p.metadata.uid = Some("uid-1".into());
+        p
+    }
+
+    fn taints() -> Vec<Taint> {
+        vec![
+            Taint {
+                key: "nvidia.com/gpu".into(),
+                value: Some("present".into()),
+                effect: "NoSchedule".into(),
+                ..Default::default()
+            },
+            Taint {
+                key: "dedicated".into(),
+                value: Some("ml".into()),
+                effect: "NoSchedule".into(),
+                ..Default::default()
+            },
+        ]
+    }
+
+    fn defaults() -> PodDefaults {
+        PodDefaults { agent_image: "example/agent:1".into(), termination_grace_period_seconds: 900 }
+    }
+
+    fn slot<'a>(pool: &'a AgentPool, taints: &'a [Taint]) -> AgentSlot<'a> {
+        AgentSlot {
+            pool,
+            gpunode: "gpu-h100-0",
+            node_name: "gpu-h100-0",
+            slot: 3,
+            vendor: Vendor::Nvidia,
+            gpu_type: Some("h100"),
+            architecture: Some("sm_90"),
+            resource_name: "nvidia.com/gpu",
+            gpus: 1,
+            resources: Share { cpu_cores: 16, memory_mib: 131072 },
+            node_taints: taints,
+        }
+    }
+
+    fn env_of<'p>(pod: &'p Pod, name: &str) -> Option<&'p EnvVar> {
+        pod.spec.as_ref()?.containers[0].env.as_ref()?.iter().find(|e| e.name == name)
+    }
+
+    #[test]
+    fn guaranteed_one_gpu_pinned_secure() {
+        let p = pool("h100");
+        let t = taints();
+        let pod = agent_pod(&slot(&p, &t), &defaults());
+        assert_eq!(pod.metadata.name.as_deref(), Some("h100-gpu-h100-0-3"));
+        assert_eq!(pod.metadata.namespace.as_deref(), Some("ci"));
+        let spec = pod.spec.as_ref().unwrap();
+        let c = &spec.containers[0];
+        let res = c.resources.as_ref().unwrap();
+        assert_eq!(res.requests, res.limits, "requests == limits → Guaranteed");
+        let limits = res.limits.as_ref().unwrap();
+        assert_eq!(limits["cpu"].0, "16");
+        assert_eq!(limits["memory"].0, "131072Mi");
+        assert_eq!(limits["nvidia.com/gpu"].0, "1");
+        assert_eq!(spec.automount_service_account_token, Some(false));
+        assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(spec.node_name, None, "placement goes through the scheduler");
+        let term = &spec
+            .affinity
+            .as_ref()
+            .unwrap()
+            .node_affinity
+            .as_ref()
+            .unwrap()
+            .required_during_scheduling_ignored_during_execution
+            .as_ref()
+            .unwrap()
+            .node_selector_terms[0];
+        assert_eq!(term.match_fields.as_ref().unwrap()[0].values.as_deref(), Some(&["gpu-h100-0".to_string()][..]));
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.capabilities.as_ref().unwrap().drop.as_deref(), Some(&["ALL".to_string()][..]));
+        assert_eq!(spec.security_context.as_ref().unwrap().seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+        let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!((owner.kind.as_str(), owner.controller), ("AgentPool", Some(true)));
+        assert_eq!(c.image.as_deref(), Some("example/agent:1"));
+    }
+
+    #[test]
+    fn tolerates_only_gpu_taints() {
+        let p = pool("h100");
+        let t = taints();
+        let pod = agent_pod(&slot(&p, &t), &defaults());
+        let tol = pod.spec.unwrap().tolerations.unwrap();
+        assert_eq!(tol.len(), 1);
+        assert_eq!(tol[0].key.as_deref(), Some("nvidia.com/gpu"));
+        assert_eq!(tol[0].operator.as_deref(), Some("Exists"));
+    }
+
+    #[test]
+    fn environment_and_tags() {
+        let p = pool("h100");
+        let t = taints();
+        let pod = agent_pod(&slot(&p, &t), &defaults());
+        assert_eq!(
+            env_of(&pod, "BUILDKITE_AGENT_TAGS").unwrap().value.as_deref(),
+            Some("queue=nvidia-h100,gpu=h100,vendor=nvidia,arch=sm_90,node=gpu-h100-0,slot=3,team=kernels")
+        );
+        assert_eq!(env_of(&pod, "BUILDKITE_AGENT_NAME").unwrap().value.as_deref(), Some("h100-gpu-h100-0-3"));
+        assert_eq!(env_of(&pod, "BUILDKITE_AGENT_DISCONNECT_AFTER_JOB").unwrap().value.as_deref(), Some("true"));
+        assert_eq!(env_of(&pod, "KERNELBOT_CPUS").unwrap().value.as_deref(), Some("16"));
+        assert_eq!(env_of(&pod, "KERNELBOT_MEMORY").unwrap().value.as_deref(), Some("131072m"));
+        let token = env_of(&pod, "BUILDKITE_AGENT_TOKEN").unwrap();
+        assert_eq!(token.value, None, "the token is never inlined");
+        let sel = token.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+        assert_eq!((sel.name.as_str(), sel.key.as_str()), ("agent-token", "token"));
+        assert!(env_of(&pod, "BUILDKITE_HOOKS_PATH").is_none());
+    }
+
+    #[test]
+    fn non_ephemeral_hooks_priority_and_overrides() {
+        let mut p = pool("h100");
+        p.spec.agent.ephemeral = false;
+        p.spec.agent.priority = Some(5);
+        p.spec.agent.hooks = Some(HooksSource { config_map: "hooks".into() });
+        p.spec.agent.pod.automount_service_account_token = Some(true);
+        p.spec.agent.pod.termination_grace_period_seconds = Some(30);
+        p.spec.agent.image = Some("mine:2".into());
+        let t = taints();
+        let pod = agent_pod(&slot(&p, &t), &defaults());
+        assert!(env_of(&pod, "BUILDKITE_AGENT_DISCONNECT_AFTER_JOB").is_none());
+        assert_eq!(env_of(&pod, "BUILDKITE_AGENT_PRIORITY").unwrap().value.as_deref(), Some("5"));
+        assert_eq!(env_of(&pod, "BUILDKITE_HOOKS_PATH").unwrap().value.as_deref(), Some(HOOKS_PATH));
+        let spec = pod.spec.unwrap();
+        assert_eq!(spec.automount_service_account_token, Some(true), "only when set explicitly");
+        assert_eq!(spec.termination_grace_period_seconds, Some(30));
+        assert_eq!(spec.containers[0].image.as_deref(), Some("mine:2"));
+        let vol = &spec.volumes.unwrap()[0];
+        assert_eq!(vol.config_map.as_ref().unwrap().default_mode, Some(0o755));
+    }
+
+    #[test]
+    fn amd_multi_gpu_agent() {
+        let p = pool("mi300");
+        let t = vec![Taint { key: "amd.com/gpu".into(), effect: "NoSchedule".into(), ..Default::default() }];
+        let mut s = slot(&p, &t);
+        s.vendor = Vendor::Amd;
+        s.resource_name = "amd.com/gpu";
+        s.gpus = 2;
+        s.architecture = Some("gfx942");
+        s.resources = Share { cpu_cores: 48, memory_mib: 2 * 262144 };
+        let pod = agent_pod(&s, &defaults());
+        let limits = pod.spec.as_ref().unwrap().containers[0].resources.as_ref().unwrap().limits.clone().unwrap();
+        assert_eq!(limits["amd.com/gpu"].0, "2");
+        assert!(!limits.contains_key("nvidia.com/gpu"));
+        assert_eq!(pod.spec.as_ref().unwrap().tolerations.as_ref().unwrap()[0].key.as_deref(), Some("amd.com/gpu"));
+        assert!(
+            env_of(&pod, "BUILDKITE_AGENT_TAGS").unwrap().value.as_deref().unwrap().contains("vendor=amd,arch=gfx942")
+        );
+    }
+
+    #[test]
+    fn hash_changes_with_spec_and_share_only() {
+        let p = pool("h100");
+        let t = taints();
+        let a = agent_pod(&slot(&p, &t), &defaults());
+        let b = agent_pod(&slot(&p, &t), &defaults());
+        assert_eq!(pod_spec_hash(&a), pod_spec_hash(&b), "deterministic");
+        let mut changed = p.clone();
+        changed.spec.agent.image = Some("other:1".into());
+        assert_ne!(pod_spec_hash(&a), pod_spec_hash(&agent_pod(&slot(&changed, &t), &defaults())));
+        let mut s = slot(&p, &t);
+        s.resources.cpu_cores = 15;
+        assert_ne!(pod_spec_hash(&a), pod_spec_hash(&agent_pod(&s, &defaults())));
+    }
+
+    #[test]
+    fn long_names_are_shortened() {
+        let pool_name = "p".repeat(200);
+        let node = "n".repeat(200);
+        let name = agent_pod_name(&pool_name, &node, 7);
+        assert!(name.len() <= 253);
+        assert!(name.ends_with("-7"));
+        assert_ne!(name, agent_pod_name(&pool_name, &"m".repeat(200), 7));
+        assert_eq!(label_value("short"), "short");
+        assert!(label_value(&"x".repeat(100)).len() <= 63);
+    }
+}

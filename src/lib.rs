@@ -1,0 +1,12 @@
+//! benchkite: a Kubernetes operator that gives every Buildkite job exactly one GPU and a
+//! fixed, exclusive slice of CPU and memory.
+
+pub mod api;
+pub mod contract;
+pub mod controller;
+pub mod error;
+pub mod fleet;
+pub mod telemetry;
+
+/// Agent image used by pools that name none: the Buildkite agent with the `benchkite` runner.
+pub const DEFAULT_AGENT_IMAGE: &str = "ghcr.io/benchkite/agent:0.1.0";
