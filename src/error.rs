@@ -11,6 +11,12 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("{action}: {source}")]
+    Buildkite {
+        action: String,
+        #[source]
+        source: crate::buildkite::Error,
+    },
     #[error("object has no {0}")]
     MissingField(&'static str),
     #[error("serializing {what}: {source}")]
@@ -31,6 +37,7 @@ impl Error {
     pub fn kind(&self) -> &'static str {
         match self {
             Error::Kube { .. } => "kube",
+            Error::Buildkite { .. } => "buildkite",
             Error::MissingField(_) => "missing_field",
             Error::Serialize { .. } => "serialize",
         }

@@ -2,10 +2,14 @@
 //! fixed, exclusive slice of CPU and memory.
 
 pub mod api;
+pub mod buildkite;
 pub mod contract;
 pub mod controller;
 pub mod error;
 pub mod fleet;
+pub mod kerneljob;
+pub mod server;
+pub mod runner;
 pub mod telemetry;
 
 /// Agent image used by pools that name none: the Buildkite agent with the `benchkite` runner.

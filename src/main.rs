@@ -18,6 +18,8 @@ struct Cli {
 enum Command {
     /// Run the controllers (GpuNode discovery and inventory, AgentPool fleet).
     Controller(ControllerArgs),
+    /// Evaluate a KernelJob payload (KERNELBOT_PAYLOAD) and write result.json (job side).
+    Run(benchkite::runner::RunArgs),
     /// Print the CustomResourceDefinitions as YAML, or write/check them in a directory.
     Crds {
         /// Write one file per CRD into this directory instead of printing.
@@ -50,12 +52,104 @@ struct ControllerArgs {
     /// Pod writes in flight per pool reconcile.
     #[arg(long, env = "BENCHKITE_WRITE_CONCURRENCY", default_value_t = 32)]
     write_concurrency: usize,
+    /// Address of /healthz, /readyz and /webhooks/buildkite.
+    #[arg(long, env = "BENCHKITE_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    http_addr: std::net::SocketAddr,
+    #[command(flatten)]
+    buildkite: BuildkiteArgs,
     /// Log format.
     #[arg(long, env = "BENCHKITE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     /// Log level filter (tracing EnvFilter syntax, e.g. `info,benchkite=debug`).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log_level: String,
+}
+
+/// Buildkite settings of the KernelJob controller. Secrets come from files (mounted
+/// Secrets) or the environment, never from flags, so they do not show in process lists.
+#[derive(Debug, Args)]
+struct BuildkiteArgs {
+    /// Buildkite organization slug. Without it the KernelJob controller is off.
+    #[arg(long, env = "BUILDKITE_ORGANIZATION")]
+    buildkite_org: Option<String>,
+    /// REST API base URL.
+    #[arg(long, env = "BUILDKITE_API_URL", default_value = benchkite::buildkite::DEFAULT_API_URL)]
+    buildkite_api_url: String,
+    /// Agent API base URL (queue metrics).
+    #[arg(long, env = "BUILDKITE_AGENT_API_URL", default_value = benchkite::buildkite::DEFAULT_AGENT_API_URL)]
+    buildkite_agent_api_url: String,
+    /// Pipeline for KernelJobs that name none.
+    #[arg(long, env = "BUILDKITE_PIPELINE", default_value = "kernelbot")]
+    buildkite_pipeline: String,
+    /// File holding the REST API token (else the BUILDKITE_API_TOKEN variable).
+    #[arg(long, env = "BUILDKITE_API_TOKEN_FILE")]
+    buildkite_token_file: Option<PathBuf>,
+    /// File holding the webhook token (else BUILDKITE_WEBHOOK_SECRET). Without one,
+    /// webhooks are off and builds are followed by polling.
+    #[arg(long, env = "BUILDKITE_WEBHOOK_SECRET_FILE")]
+    webhook_secret_file: Option<PathBuf>,
+    /// File holding an agent token for queue metrics (else BUILDKITE_AGENT_METRICS_TOKEN).
+    #[arg(long, env = "BUILDKITE_AGENT_METRICS_TOKEN_FILE")]
+    agent_metrics_token_file: Option<PathBuf>,
+    /// REST requests per minute benchkite allows itself (Buildkite allows 200 per organization).
+    #[arg(long, env = "BUILDKITE_REQUESTS_PER_MINUTE", default_value_t = benchkite::buildkite::DEFAULT_REQUESTS_PER_MINUTE)]
+    buildkite_requests_per_minute: u32,
+    /// Seconds between the fallback poller's list requests (default: 30 with webhooks, 10 without).
+    #[arg(long, env = "BENCHKITE_POLL_INTERVAL_SECONDS")]
+    poll_interval_seconds: Option<u64>,
+    /// Identifies this installation in build meta-data (change it when several share an org).
+    #[arg(long, env = "BENCHKITE_INSTANCE", default_value = "benchkite")]
+    instance: String,
+    /// Largest submission (sum of source files) in bytes.
+    #[arg(long, env = "BENCHKITE_MAX_SOURCE_BYTES", default_value_t = 1_000_000)]
+    max_source_bytes: usize,
+    /// Seconds a deleted KernelJob waits for its build to be cancelled before it is released.
+    #[arg(long, env = "BENCHKITE_FINALIZER_TIMEOUT_SECONDS", default_value_t = 600)]
+    finalizer_timeout_seconds: u64,
+    /// Seconds without news after which a build is read directly.
+    #[arg(long, env = "BENCHKITE_STALE_AFTER_SECONDS", default_value_t = 900)]
+    stale_after_seconds: u64,
+    /// Builds created at once.
+    #[arg(long, env = "BENCHKITE_SUBMIT_WORKERS", default_value_t = 8)]
+    submit_workers: usize,
+}
+
+fn secret(file: Option<&PathBuf>, var: &str) -> anyhow::Result<Option<benchkite::buildkite::Secret>> {
+    use benchkite::buildkite::Secret;
+    match file {
+        Some(path) => Ok(Some(Secret::from_file(path)?)),
+        None if std::env::var_os(var).is_some() => Ok(Some(Secret::from_env(var)?)),
+        None => Ok(None),
+    }
+}
+
+impl BuildkiteArgs {
+    fn setup(&self, reporter: &str) -> anyhow::Result<Option<benchkite::kerneljob::JobSetup>> {
+        let Some(org) = &self.buildkite_org else { return Ok(None) };
+        let token = secret(self.buildkite_token_file.as_ref(), "BUILDKITE_API_TOKEN")?.ok_or_else(|| {
+            anyhow::anyhow!("--buildkite-org is set but no API token: set --buildkite-token-file or BUILDKITE_API_TOKEN")
+        })?;
+        let webhook_secret = secret(self.webhook_secret_file.as_ref(), "BUILDKITE_WEBHOOK_SECRET")?;
+        let mut cfg = benchkite::buildkite::Config::new(org.clone(), token);
+        cfg.api_url = self.buildkite_api_url.clone();
+        cfg.agent_api_url = self.buildkite_agent_api_url.clone();
+        cfg.default_pipeline = Some(self.buildkite_pipeline.clone());
+        cfg.agent_token = secret(self.agent_metrics_token_file.as_ref(), "BUILDKITE_AGENT_METRICS_TOKEN")?;
+        cfg.requests_per_minute = self.buildkite_requests_per_minute;
+        let client = benchkite::buildkite::Client::new(cfg).context("configuring the Buildkite client")?;
+        let poll = self.poll_interval_seconds.unwrap_or(if webhook_secret.is_some() { 30 } else { 10 });
+        let config = benchkite::kerneljob::JobConfig {
+            default_pipeline: self.buildkite_pipeline.clone(),
+            instance: self.instance.clone(),
+            limits: benchkite::contract::PayloadLimits { max_source_bytes: self.max_source_bytes, ..Default::default() },
+            poll_interval: Duration::from_secs(poll.max(1)),
+            stale_after: Duration::from_secs(self.stale_after_seconds.max(1)),
+            finalizer_timeout: Duration::from_secs(self.finalizer_timeout_seconds),
+            submit_workers: self.submit_workers.max(1),
+            ..Default::default()
+        };
+        Ok(Some(benchkite::kerneljob::JobSetup { buildkite: client, config, webhook_secret, reporter: reporter.to_string() }))
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -67,6 +161,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Crds { dir: Some(dir), check } => write_or_check_crds(&dir, check),
         Command::Controller(args) => run_controller(args),
+        Command::Run(args) => std::process::exit(benchkite::runner::main(args)),
     }
 }
 
@@ -86,7 +181,9 @@ fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             write_concurrency: args.write_concurrency,
             ..Default::default()
         };
-        benchkite::controller::run(client, config, shutdown_signal()).await
+        let jobs = args.buildkite.setup(&config.reporter)?;
+        let http = benchkite::controller::HttpConfig { addr: args.http_addr };
+        benchkite::controller::run(client, config, jobs, http, shutdown_signal()).await
     })
 }
 

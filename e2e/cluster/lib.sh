@@ -73,7 +73,7 @@ stop_cluster() {
   if [[ -n $bin && -f $KWOK_CLUSTER_DIR/kwok.yaml ]]; then
     mkdir -p "$LOG_DIR"
     "$bin/kwokctl" delete cluster --name "$CLUSTER_NAME" --kubeconfig "" \
-      >>"$LOG_DIR/kwokctl-delete.log" 2>&1 || true
+      >>"$LOG_DIR/kwokctl-delete.log" 2>&1 8>&- || true
   fi
   # shellcheck disable=SC2086 # one pid per word
   pids=$(alive_pids $pids)

@@ -5,6 +5,8 @@
 //! kwok faking the kubelets of a fleet of GPU nodes). They never skip: without
 //! a cluster, [`client`] fails with a message saying how to start one.
 
+pub mod operator;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -28,20 +30,14 @@ pub const TEST_NAMESPACE_LABEL: &str = "e2e.benchkite.dev/test-namespace";
 /// moving a pod to Running, garbage collection). `BENCHKITE_E2E_WAIT_SECS`
 /// overrides it.
 pub fn default_timeout() -> Duration {
-    let secs = std::env::var("BENCHKITE_E2E_WAIT_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(60);
+    let secs = std::env::var("BENCHKITE_E2E_WAIT_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
     Duration::from_secs(secs)
 }
 
 /// The repository root (the workspace that holds `e2e/`).
 pub fn repo_root() -> PathBuf {
     let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest_dir
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| manifest_dir.to_path_buf())
+    manifest_dir.parent().map(Path::to_path_buf).unwrap_or_else(|| manifest_dir.to_path_buf())
 }
 
 /// The directory `e2e/cluster/up` writes to: `$BENCHKITE_E2E_DIR` (relative to
@@ -50,11 +46,7 @@ pub fn e2e_dir() -> PathBuf {
     match std::env::var_os("BENCHKITE_E2E_DIR") {
         Some(dir) if !dir.is_empty() => {
             let dir = PathBuf::from(dir);
-            if dir.is_absolute() {
-                dir
-            } else {
-                repo_root().join(dir)
-            }
+            if dir.is_absolute() { dir } else { repo_root().join(dir) }
         }
         _ => repo_root().join("target").join("e2e"),
     }
@@ -76,8 +68,7 @@ pub async fn client() -> Result<Client> {
             path.display()
         );
     }
-    let kubeconfig = Kubeconfig::read_from(&path)
-        .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+    let kubeconfig = Kubeconfig::read_from(&path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .with_context(|| format!("loading kubeconfig {}", path.display()))?;
@@ -119,12 +110,7 @@ where
 
 /// Watches the object `name` until `cond` holds, for at most `timeout`.
 /// Returns the object (`None` if the condition held because it is gone).
-pub async fn wait_for<K>(
-    api: &Api<K>,
-    name: &str,
-    timeout: Duration,
-    cond: impl Condition<K>,
-) -> Result<Option<K>>
+pub async fn wait_for<K>(api: &Api<K>, name: &str, timeout: Duration, cond: impl Condition<K>) -> Result<Option<K>>
 where
     K: Clone + std::fmt::Debug + Send + DeserializeOwned + Resource + 'static,
     <K as Resource>::DynamicType: Default,
@@ -159,23 +145,14 @@ impl TestNamespace {
             },
             ..Namespace::default()
         };
-        namespaces
-            .create(&PostParams::default(), &ns)
-            .await
-            .with_context(|| format!("creating namespace {name}"))?;
-        let this = Self {
-            client: client.clone(),
-            name,
-            deleted: false,
-        };
+        namespaces.create(&PostParams::default(), &ns).await.with_context(|| format!("creating namespace {name}"))?;
+        let this = Self { client: client.clone(), name, deleted: false };
         // The ServiceAccount admission plugin rejects pods until the
         // controller-manager has made the namespace's default account.
         let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &this.name);
-        wait_until(
-            &format!("the default service account of {}", this.name),
-            default_timeout(),
-            || async { Ok(accounts.get_opt("default").await?.map(|_| ())) },
-        )
+        wait_until(&format!("the default service account of {}", this.name), default_timeout(), || async {
+            Ok(accounts.get_opt("default").await?.map(|_| ()))
+        })
         .await?;
         Ok(this)
     }
@@ -219,9 +196,7 @@ impl Drop for TestNamespace {
         // connections belong to it: delete from a fresh runtime and client.
         let name = self.name.clone();
         let outcome = std::thread::spawn(move || -> Result<()> {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(async {
                 let client = client().await?;
                 delete_namespace(&client, &name).await

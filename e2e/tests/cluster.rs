@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result, ensure};
 use benchkite_e2e::{TestNamespace, client, default_timeout, wait_for, wait_until};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement,
-    NodeSelectorTerm, Pod, PodSpec, ResourceRequirements, Taint, Toleration,
+    ConfigMap, Container, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec,
+    ResourceRequirements, Taint, Toleration,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -19,34 +19,37 @@ use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::runtime::wait::conditions;
 use kube::{Api, Client, ResourceExt};
 
-/// What the default fleet must report: name, GPU resource, GPU count, product
-/// label.
-const FLEET: &[(&str, Option<&str>, &str, Option<(&str, &str)>)] = &[
-    (
-        "gpu-h100-0",
-        Some("nvidia.com/gpu"),
-        "8",
-        Some(("nvidia.com/gpu.product", "NVIDIA-H100-80GB-HBM3")),
-    ),
-    (
-        "gpu-h100-1",
-        Some("nvidia.com/gpu"),
-        "8",
-        Some(("nvidia.com/gpu.product", "NVIDIA-H100-80GB-HBM3")),
-    ),
-    (
-        "gpu-l40s-0",
-        Some("nvidia.com/gpu"),
-        "2",
-        Some(("nvidia.com/gpu.product", "NVIDIA-L40S")),
-    ),
-    (
-        "gpu-mi300-0",
-        Some("amd.com/gpu"),
-        "8",
-        Some(("amd.com/gpu.product-name", "AMD_Instinct_MI300X_OAM")),
-    ),
-    ("cpu-0", None, "0", None),
+/// What a node of the default fleet must report.
+struct FleetNode {
+    name: &'static str,
+    /// GPU resource and count; `None` for the CPU-only node.
+    gpus: Option<(&'static str, &'static str)>,
+    /// Product label and value.
+    product: Option<(&'static str, &'static str)>,
+}
+
+const FLEET: &[FleetNode] = &[
+    FleetNode {
+        name: "gpu-h100-0",
+        gpus: Some(("nvidia.com/gpu", "8")),
+        product: Some(("nvidia.com/gpu.product", "NVIDIA-H100-80GB-HBM3")),
+    },
+    FleetNode {
+        name: "gpu-h100-1",
+        gpus: Some(("nvidia.com/gpu", "8")),
+        product: Some(("nvidia.com/gpu.product", "NVIDIA-H100-80GB-HBM3")),
+    },
+    FleetNode {
+        name: "gpu-l40s-0",
+        gpus: Some(("nvidia.com/gpu", "2")),
+        product: Some(("nvidia.com/gpu.product", "NVIDIA-L40S")),
+    },
+    FleetNode {
+        name: "gpu-mi300-0",
+        gpus: Some(("amd.com/gpu", "8")),
+        product: Some(("amd.com/gpu.product-name", "AMD_Instinct_MI300X_OAM")),
+    },
+    FleetNode { name: "cpu-0", gpus: None, product: None },
 ];
 
 fn is_ready(node: &Node) -> bool {
@@ -64,23 +67,14 @@ fn quantity<'a>(map: Option<&'a BTreeMap<String, Quantity>>, key: &str) -> Optio
 async fn fleet_nodes_are_ready_and_report_their_gpus() -> Result<()> {
     let client = client().await?;
     let nodes: Api<Node> = Api::all(client);
-    for &(name, gpu, count, product) in FLEET {
-        let node = nodes
-            .get(name)
-            .await
-            .with_context(|| format!("fleet node {name}"))?;
+    for &FleetNode { name, gpus, product } in FLEET {
+        let node = nodes.get(name).await.with_context(|| format!("fleet node {name}"))?;
         ensure!(is_ready(&node), "node {name} is not Ready: {:?}", node.status);
         let status = node.status.as_ref().context("node without status")?;
-        for (what, map) in [
-            ("capacity", status.capacity.as_ref()),
-            ("allocatable", status.allocatable.as_ref()),
-        ] {
+        for (what, map) in [("capacity", status.capacity.as_ref()), ("allocatable", status.allocatable.as_ref())] {
             ensure!(quantity(map, "pods") == Some("110"), "{name} {what} pods: {map:?}");
-            if let Some(gpu) = gpu {
-                ensure!(
-                    quantity(map, gpu) == Some(count),
-                    "{name} {what} {gpu} should be {count}: {map:?}"
-                );
+            if let Some((gpu, count)) = gpus {
+                ensure!(quantity(map, gpu) == Some(count), "{name} {what} {gpu} should be {count}: {map:?}");
             } else {
                 ensure!(
                     quantity(map, "nvidia.com/gpu").is_none() && quantity(map, "amd.com/gpu").is_none(),
@@ -89,16 +83,13 @@ async fn fleet_nodes_are_ready_and_report_their_gpus() -> Result<()> {
             }
         }
         let labels = node.labels();
-        ensure!(
-            labels.get("type").map(String::as_str) == Some("kwok"),
-            "{name} labels: {labels:?}"
-        );
+        ensure!(labels.get("type").map(String::as_str) == Some("kwok"), "{name} labels: {labels:?}");
         let taints = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
         ensure!(
             !taints.iter().any(|t| t.key.starts_with("kwok.x-k8s.io")),
             "{name} must not carry kwok's own taint: {taints:?}"
         );
-        if let (Some(gpu), Some((label, value))) = (gpu, product) {
+        if let (Some((gpu, _)), Some((label, value))) = (gpus, product) {
             ensure!(
                 labels.get(label).map(String::as_str) == Some(value),
                 "{name} label {label} should be {value}: {labels:?}"
@@ -164,10 +155,7 @@ fn gpu_pod(name: &str, gpus: u32, node: Option<&str>, taint: Option<&str>) -> Po
         ..k8s_openapi::api::core::v1::Affinity::default()
     });
     Pod {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..ObjectMeta::default()
-        },
+        metadata: ObjectMeta { name: Some(name.into()), ..ObjectMeta::default() },
         spec: Some(PodSpec {
             containers: vec![Container {
                 name: "agent".into(),
@@ -199,26 +187,13 @@ async fn gpu_pod_is_scheduled_onto_a_gpu_node_and_runs() -> Result<()> {
     let client = client().await?;
     let ns = TestNamespace::create(&client, "gpu-pod").await?;
     let pods: Api<Pod> = ns.api();
-    pods.create(&PostParams::default(), &gpu_pod("one-gpu", 1, None, None))
-        .await
-        .context("creating the GPU pod")?;
-    let pod = wait_for(&pods, "one-gpu", default_timeout(), conditions::is_pod_running())
-        .await?
-        .context("pod vanished")?;
-    let node_name = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.node_name.clone())
-        .context("running pod without a node")?;
+    pods.create(&PostParams::default(), &gpu_pod("one-gpu", 1, None, None)).await.context("creating the GPU pod")?;
+    let pod =
+        wait_for(&pods, "one-gpu", default_timeout(), conditions::is_pod_running()).await?.context("pod vanished")?;
+    let node_name = pod.spec.as_ref().and_then(|s| s.node_name.clone()).context("running pod without a node")?;
     let node = Api::<Node>::all(client.clone()).get(&node_name).await?;
-    let gpus = quantity(
-        node.status.as_ref().and_then(|s| s.allocatable.as_ref()),
-        "nvidia.com/gpu",
-    );
-    ensure!(
-        gpus.is_some_and(|g| g != "0"),
-        "pod ran on {node_name}, which has no NVIDIA GPUs ({gpus:?})"
-    );
+    let gpus = quantity(node.status.as_ref().and_then(|s| s.allocatable.as_ref()), "nvidia.com/gpu");
+    ensure!(gpus.is_some_and(|g| g != "0"), "pod ran on {node_name}, which has no NVIDIA GPUs ({gpus:?})");
     ns.delete().await
 }
 
@@ -234,15 +209,11 @@ impl TestNode {
     async fn create(client: &Client, ns: &str) -> Result<Self> {
         let name = format!("{ns}-h100");
         let taint = format!("e2e.benchkite.dev/{ns}");
-        let capacity: BTreeMap<String, Quantity> = [
-            ("cpu", "128"),
-            ("memory", "1Ti"),
-            ("pods", "110"),
-            ("nvidia.com/gpu", "8"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), Quantity(v.into())))
-        .collect();
+        let capacity: BTreeMap<String, Quantity> =
+            [("cpu", "128"), ("memory", "1Ti"), ("pods", "110"), ("nvidia.com/gpu", "8")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), Quantity(v.into())))
+                .collect();
         let node = Node {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
@@ -284,15 +255,8 @@ impl TestNode {
             }),
         };
         let nodes: Api<Node> = Api::all(client.clone());
-        nodes
-            .create(&PostParams::default(), &node)
-            .await
-            .with_context(|| format!("creating node {name}"))?;
-        let this = Self {
-            client: client.clone(),
-            name,
-            taint,
-        };
+        nodes.create(&PostParams::default(), &node).await.with_context(|| format!("creating node {name}"))?;
+        let this = Self { client: client.clone(), name, taint };
         let ready = wait_for(&nodes, &this.name, default_timeout(), |n: Option<&Node>| {
             n.is_some_and(|n| {
                 is_ready(n)
@@ -305,10 +269,7 @@ impl TestNode {
         })
         .await?
         .context("test node vanished")?;
-        let gpus = quantity(
-            ready.status.as_ref().and_then(|s| s.allocatable.as_ref()),
-            "nvidia.com/gpu",
-        );
+        let gpus = quantity(ready.status.as_ref().and_then(|s| s.allocatable.as_ref()), "nvidia.com/gpu");
         ensure!(gpus == Some("8"), "kwok changed the test node's GPUs: {gpus:?}");
         Ok(this)
     }
@@ -340,48 +301,36 @@ async fn ninth_gpu_pod_on_an_eight_gpu_node_is_unschedulable() -> Result<()> {
     let node = TestNode::create(&client, ns.name()).await?;
     let pods: Api<Pod> = ns.api();
     for i in 0..9 {
-        pods.create(
-            &PostParams::default(),
-            &gpu_pod(&format!("gpu-{i}"), 1, Some(&node.name), Some(&node.taint)),
-        )
-        .await
-        .with_context(|| format!("creating pod gpu-{i}"))?;
+        pods.create(&PostParams::default(), &gpu_pod(&format!("gpu-{i}"), 1, Some(&node.name), Some(&node.taint)))
+            .await
+            .with_context(|| format!("creating pod gpu-{i}"))?;
     }
 
     let summary = |list: &[Pod]| -> (usize, Vec<String>) {
-        let running = list
-            .iter()
-            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-            .count();
+        let running =
+            list.iter().filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")).count();
         let unschedulable = list
             .iter()
             .filter(|p| {
                 p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending")
-                    && p.status
-                        .as_ref()
-                        .and_then(|s| s.conditions.as_ref())
-                        .is_some_and(|cs| {
-                            cs.iter().any(|c| {
-                                c.type_ == "PodScheduled"
-                                    && c.status == "False"
-                                    && c.reason.as_deref() == Some("Unschedulable")
-                            })
+                    && p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| {
+                        cs.iter().any(|c| {
+                            c.type_ == "PodScheduled"
+                                && c.status == "False"
+                                && c.reason.as_deref() == Some("Unschedulable")
                         })
+                    })
             })
             .map(|p| p.name_any())
             .collect();
         (running, unschedulable)
     };
 
-    let (running, unschedulable) = wait_until(
-        "8 pods Running and 1 Unschedulable",
-        default_timeout(),
-        || async {
-            let list = pods.list(&ListParams::default()).await?.items;
-            let (running, unschedulable) = summary(&list);
-            Ok((running == 8 && unschedulable.len() == 1).then_some((running, unschedulable)))
-        },
-    )
+    let (running, unschedulable) = wait_until("8 pods Running and 1 Unschedulable", default_timeout(), || async {
+        let list = pods.list(&ListParams::default()).await?.items;
+        let (running, unschedulable) = summary(&list);
+        Ok((running == 8 && unschedulable.len() == 1).then_some((running, unschedulable)))
+    })
     .await?;
     ensure!(running == 8 && unschedulable.len() == 1);
 
@@ -395,11 +344,7 @@ async fn ninth_gpu_pod_on_an_eight_gpu_node_is_unschedulable() -> Result<()> {
     );
     for pod in &list {
         let on = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
-        ensure!(
-            on.is_none() || on == Some(node.name.as_str()),
-            "pod {} landed on {on:?}",
-            pod.name_any()
-        );
+        ensure!(on.is_none() || on == Some(node.name.as_str()), "pod {} landed on {on:?}", pod.name_any());
     }
     ns.delete().await
 }
@@ -410,16 +355,10 @@ async fn deleting_an_owner_garbage_collects_its_dependents() -> Result<()> {
     let ns = TestNamespace::create(&client, "gc").await?;
     let config_maps: Api<ConfigMap> = ns.api();
     let named = |name: &str| ConfigMap {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..ObjectMeta::default()
-        },
+        metadata: ObjectMeta { name: Some(name.into()), ..ObjectMeta::default() },
         ..ConfigMap::default()
     };
-    let owner = config_maps
-        .create(&PostParams::default(), &named("owner"))
-        .await
-        .context("creating the owner")?;
+    let owner = config_maps.create(&PostParams::default(), &named("owner")).await.context("creating the owner")?;
     let owner_ref = OwnerReference {
         api_version: "v1".into(),
         kind: "ConfigMap".into(),
@@ -431,27 +370,19 @@ async fn deleting_an_owner_garbage_collects_its_dependents() -> Result<()> {
     for name in ["dependent-0", "dependent-1"] {
         let mut cm = named(name);
         cm.metadata.owner_references = Some(vec![owner_ref.clone()]);
-        let created = config_maps
-            .create(&PostParams::default(), &cm)
-            .await
-            .with_context(|| format!("creating {name}"))?;
+        let created =
+            config_maps.create(&PostParams::default(), &cm).await.with_context(|| format!("creating {name}"))?;
         dependents.push((name, created.uid().context("dependent without uid")?));
     }
     // An unowned ConfigMap must survive.
     config_maps.create(&PostParams::default(), &named("bystander")).await?;
 
-    config_maps
-        .delete("owner", &DeleteParams::background())
-        .await
-        .context("deleting the owner")?;
+    config_maps.delete("owner", &DeleteParams::background()).await.context("deleting the owner")?;
     for (name, uid) in &dependents {
         wait_for(&config_maps, name, default_timeout(), conditions::is_deleted(uid))
             .await
             .with_context(|| format!("{name} was not garbage-collected"))?;
     }
-    ensure!(
-        config_maps.get_opt("bystander").await?.is_some(),
-        "the unowned ConfigMap was deleted too"
-    );
+    ensure!(config_maps.get_opt("bystander").await?.is_some(), "the unowned ConfigMap was deleted too");
     ns.delete().await
 }

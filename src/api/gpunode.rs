@@ -76,11 +76,11 @@ pub struct GpuNodeSpec {
 pub struct Reserved {
     /// CPU held back, e.g. `2` or `1500m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("isQuantity(string(self)) && quantity(string(self)).sign() >= 0").message("reserved.cpu must be a non-negative quantity such as '2' or '1500m'"))]
+    #[x_kube(validation = Rule::new("isQuantity(string(self)) && !quantity(string(self)).isLessThan(quantity('0'))").message("reserved.cpu must be a non-negative quantity such as '2' or '1500m'"))]
     pub cpu: Option<Quantity>,
     /// Memory held back, e.g. `16Gi`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("isQuantity(string(self)) && quantity(string(self)).sign() >= 0").message("reserved.memory must be a non-negative quantity such as '16Gi'"))]
+    #[x_kube(validation = Rule::new("isQuantity(string(self)) && !quantity(string(self)).isLessThan(quantity('0'))").message("reserved.memory must be a non-negative quantity such as '16Gi'"))]
     pub memory: Option<Quantity>,
 }
 

@@ -7,10 +7,12 @@
 pub mod agentpool;
 pub mod condition;
 pub mod gpunode;
+pub mod kerneljob;
 
 pub use agentpool::{AgentPool, AgentPoolSpec, AgentPoolStatus};
 pub use condition::{ConditionSet, ConditionStatus};
 pub use gpunode::{GpuNode, GpuNodeSpec, GpuNodeStatus};
+pub use kerneljob::{KernelJob, KernelJobSpec, KernelJobStatus};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -24,7 +26,7 @@ pub const FIELD_MANAGER: &str = "benchkite";
 
 /// All CRDs, in the order they are written to `crds/`.
 pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {
-    vec![("gpunodes", GpuNode::crd()), ("agentpools", AgentPool::crd())]
+    vec![("gpunodes", GpuNode::crd()), ("agentpools", AgentPool::crd()), ("kerneljobs", KernelJob::crd())]
 }
 
 /// Renders the CRDs as one multi-document YAML stream (what `benchkite crds` prints).

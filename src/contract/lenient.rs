@@ -150,7 +150,7 @@ pub(crate) fn bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
 const I64_FLOAT_BOUND: f64 = 9_223_372_036_854_775_808.0;
 
 fn float_to_i64<E: de::Error>(v: f64, exp: &dyn de::Expected) -> Result<i64, E> {
-    if v.is_finite() && v.fract() == 0.0 && v >= -I64_FLOAT_BOUND && v < I64_FLOAT_BOUND {
+    if v.is_finite() && v.fract() == 0.0 && (-I64_FLOAT_BOUND..I64_FLOAT_BOUND).contains(&v) {
         // Exact: integral and in range.
         Ok(v as i64)
     } else {

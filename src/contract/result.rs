@@ -118,8 +118,9 @@ impl EvalResult {
 }
 
 /// Parses the runner's timestamps: Python's `isoformat()` (`2025-02-04T10:11:12.123456`),
-/// `str()` (space instead of `T`), with or without fraction; an offset or `Z` is accepted
-/// and converted to UTC wall time. `None` when it is not a date-time at all.
+/// `str()` (space instead of `T`), with or without fraction. A trailing offset or `Z` is
+/// accepted and ignored: the written wall-clock time is kept. `None` when it is not a
+/// date-time at all.
 pub fn parse_naive_datetime(s: &str) -> Option<DateTime> {
     let s = s.trim();
     if s.is_empty() {
@@ -562,7 +563,11 @@ mod tests {
         assert_eq!(parse_naive_datetime("2025-02-04T10:11:12"), Some(whole));
         assert_eq!(parse_naive_datetime("2025-02-04T10:11:12+00:00"), Some(whole));
         assert_eq!(parse_naive_datetime("2025-02-04T10:11:12Z"), Some(whole));
-        assert_eq!(parse_naive_datetime("2025-02-04T12:11:12+02:00[Europe/Paris]").is_some(), true);
+        // The written wall-clock time is kept, whatever the suffix says.
+        assert_eq!(
+            parse_naive_datetime("2025-02-04T12:11:12+02:00[Europe/Paris]"),
+            Some(DateTime::constant(2025, 2, 4, 12, 11, 12, 0))
+        );
         assert_eq!(parse_naive_datetime(""), None);
         assert_eq!(parse_naive_datetime("yesterday"), None);
         assert_eq!(parse_naive_datetime("2025-13-01T00:00:00"), None);

@@ -182,7 +182,7 @@ mod tests {
         let s = "line one\nsecond ligne é€𝄞\n\nlast line without newline";
         for max in 0..=s.len() + 2 {
             let out = truncate_output_to(s, max);
-            assert!(out.len() <= max.max(0), "max {max}: {} {out:?}", out.len());
+            assert!(out.len() <= max, "max {max}: {} {out:?}", out.len());
         }
     }
 

@@ -253,7 +253,7 @@ pub async fn reconcile(gn: Arc<GpuNode>, ctx: Arc<Context>) -> Result<Action> {
     let have: BTreeMap<String, String> = gn
         .labels()
         .iter()
-        .filter(|(k, _)| k.starts_with("nvidia.com/") || k.starts_with("amd.com/") || k.as_str() == DISCOVERED_LABEL)
+        .filter(|(k, _)| inventory::is_mirrored_label(k) || k.as_str() == DISCOVERED_LABEL)
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     if have != want_labels && find(&status.conditions, cond::NODE_FOUND).is_some_and(|c| c.status == "True") {

@@ -128,10 +128,20 @@ pub fn pod_terminal(pod: &Pod) -> bool {
     matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
 }
 
-/// Runs the fleet controllers until `shutdown` resolves.
+/// HTTP endpoints of the controller process.
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    /// Address of `/healthz`, `/readyz` and `/webhooks/buildkite`.
+    pub addr: std::net::SocketAddr,
+}
+
+/// Runs the controllers until `shutdown` resolves: the fleet (GpuNode, AgentPool) always,
+/// KernelJob when Buildkite is configured.
 pub async fn run(
     client: Client,
     config: Config,
+    jobs: Option<crate::kerneljob::JobSetup>,
+    http: HttpConfig,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
     use kube::runtime::controller::Controller;
@@ -261,13 +271,33 @@ pub async fn run(
             }
         });
 
-    tracing::info!(discover = config.discover_gpu_nodes, "fleet controllers starting");
+    let (job_ctx, job_ctrl) = match jobs {
+        Some(setup) => {
+            let webhook_secret = setup.webhook_secret.clone();
+            let (jctx, fut) = crate::kerneljob::controller(client.clone(), setup, pools.clone(), gpunodes.clone(), on_shutdown(&shutdown_tx));
+            (Some((jctx, webhook_secret)), futures::future::Either::Left(fut))
+        }
+        None => {
+            tracing::info!("Buildkite is not configured (--buildkite-org): the KernelJob controller is off");
+            (None, futures::future::Either::Right(futures::future::ready(())))
+        }
+    };
+    let ready = {
+        let (nodes, pods, gpunodes, pools) = (nodes.clone(), pods.clone(), gpunodes.clone(), pools.clone());
+        async move {
+            let _ = tokio::join!(nodes.wait_until_ready(), pods.wait_until_ready(), gpunodes.wait_until_ready(), pools.wait_until_ready());
+        }
+    };
+    let server = crate::server::serve(http.addr, job_ctx, ready, on_shutdown(&shutdown_tx));
+
+    tracing::info!(discover = config.discover_gpu_nodes, "controllers starting");
     let watches = async {
         tokio::join!(node_watch, pod_watch, gpunode_watch, pool_watch);
     };
     tokio::select! {
         _ = watches => anyhow::bail!("watch streams ended"),
-        _ = async { tokio::join!(gpunode_ctrl, discovery_ctrl, pool_ctrl, signal) } => {}
+        res = server => { res?; anyhow::bail!("the HTTP server stopped") }
+        _ = async { tokio::join!(gpunode_ctrl, discovery_ctrl, pool_ctrl, job_ctrl, signal) } => {}
     }
     tracing::info!("fleet controllers stopped");
     Ok(())

@@ -163,7 +163,7 @@ pub fn detect(
 pub fn short_gpu_type(product: &str) -> String {
     const VENDOR_WORDS: &[&str] = &["nvidia", "amd", "tesla", "instinct", "geforce", "radeon", "quadro", "pro"];
     let words: Vec<String> = product
-        .split(|c: char| c == '-' || c == '_' || c == ' ')
+        .split(['-', '_', ' '])
         .filter(|w| !w.is_empty())
         .map(str::to_ascii_lowercase)
         .collect();
@@ -206,13 +206,24 @@ fn amd_vram_mib(v: &str) -> Option<i64> {
     quantity::whole_units(&normalized).ok().map(|b| b / quantity::MIB)
 }
 
-/// The node labels about GPUs that are mirrored onto the GpuNode so pools can select them.
+/// Whether a Node label is mirrored onto its GpuNode, so pools can select by it: the GPU
+/// labels (GFD, AMD labeller), `benchkite.dev/*` labels an admin puts on Nodes, the hostname
+/// and the well-known instance-type and topology labels.
+pub fn is_mirrored_label(key: &str) -> bool {
+    const EXACT: &[&str] = &[
+        "kubernetes.io/hostname",
+        "node.kubernetes.io/instance-type",
+        "topology.kubernetes.io/zone",
+        "topology.kubernetes.io/region",
+    ];
+    (key.starts_with("nvidia.com/") || key.starts_with("amd.com/") || key.starts_with("benchkite.dev/"))
+        && key != "benchkite.dev/discovered"
+        || EXACT.contains(&key)
+}
+
+/// The Node labels mirrored onto the GpuNode (see [`is_mirrored_label`]).
 pub fn gpu_labels(labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-    labels
-        .iter()
-        .filter(|(k, _)| k.starts_with("nvidia.com/") || k.starts_with("amd.com/"))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
+    labels.iter().filter(|(k, _)| is_mirrored_label(k)).map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
 #[cfg(test)]
@@ -251,7 +262,15 @@ mod tests {
         assert_eq!(inv.driver_version.as_deref(), Some("570.133.20"));
         assert_eq!(inv.family.as_deref(), Some("hopper"));
         assert!(!inv.shared);
-        assert_eq!(gpu_labels(&h100_labels()).len(), 9, "hostname label is not a GPU label");
+        assert_eq!(gpu_labels(&h100_labels()).len(), 10, "GPU labels and the hostname");
+        let mut other = h100_labels();
+        other.insert("benchkite.dev/team".into(), "kernels".into());
+        other.insert("benchkite.dev/discovered".into(), "true".into());
+        other.insert("feature.node.kubernetes.io/cpu-model".into(), "x".into());
+        let mirrored = gpu_labels(&other);
+        assert!(mirrored.contains_key("benchkite.dev/team"));
+        assert!(!mirrored.contains_key("benchkite.dev/discovered"), "the controller's own marker is not mirrored");
+        assert!(!mirrored.contains_key("feature.node.kubernetes.io/cpu-model"));
     }
 
     #[test]

@@ -80,17 +80,12 @@ impl SimConfig {
     /// Reads a JSON or YAML file (YAML is a superset of JSON, so any extension works;
     /// `.json` files are parsed as JSON for better error messages).
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
-        let is_json = path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        let is_json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
         let cfg = if is_json {
-            serde_json::from_str(&text)
-                .map_err(|e| anyhow::anyhow!("parsing {}: {e}", path.display()))?
+            serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("parsing {}: {e}", path.display()))?
         } else {
-            serde_yaml::from_str(&text)
-                .map_err(|e| anyhow::anyhow!("parsing {}: {e}", path.display()))?
+            serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("parsing {}: {e}", path.display()))?
         };
         Ok(cfg)
     }
@@ -109,7 +104,7 @@ impl SimConfig {
         if self.clusters.is_empty() {
             anyhow::bail!("at least one cluster is required");
         }
-        if !(self.rate_limit.window_secs > 0.0) {
+        if self.rate_limit.window_secs.is_nan() || self.rate_limit.window_secs <= 0.0 {
             anyhow::bail!("rate_limit.window_secs must be > 0");
         }
         for p in &self.pipelines {
@@ -311,13 +306,7 @@ pub struct ScriptedConfig {
 
 impl Default for ScriptedConfig {
     fn default() -> Self {
-        Self {
-            duration_ms: 100,
-            exit_status: 0,
-            result_json: None,
-            meta_data: BTreeMap::new(),
-            cancel_ms: 100,
-        }
+        Self { duration_ms: 100, exit_status: 0, result_json: None, meta_data: BTreeMap::new(), cancel_ms: 100 }
     }
 }
 
@@ -336,11 +325,7 @@ pub struct RateLimitConfig {
 
 impl Default for RateLimitConfig {
     fn default() -> Self {
-        Self {
-            org_limit: 200,
-            user_limit: 50,
-            window_secs: 60.0,
-        }
+        Self { org_limit: 200, user_limit: 50, window_secs: 60.0 }
     }
 }
 
@@ -453,13 +438,7 @@ pub struct EndpointFault {
 
 impl Default for EndpointFault {
     fn default() -> Self {
-        Self {
-            latency_ms: 0,
-            latency_jitter_ms: 0,
-            error_rate: 0.0,
-            error_status: 503,
-            drop_rate: 0.0,
-        }
+        Self { latency_ms: 0, latency_jitter_ms: 0, error_rate: 0.0, error_status: 503, drop_rate: 0.0 }
     }
 }
 
@@ -498,10 +477,6 @@ pub struct OutageConfig {
 
 impl Default for OutageConfig {
     fn default() -> Self {
-        Self {
-            duration_secs: 30.0,
-            mode: OutageMode::Unavailable,
-            include_storage: false,
-        }
+        Self { duration_secs: 30.0, mode: OutageMode::Unavailable, include_storage: false }
     }
 }

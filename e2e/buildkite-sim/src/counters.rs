@@ -37,11 +37,7 @@ impl CountersSnapshot {
 
     /// Total requests whose key starts with `prefix` (e.g. `"GET /v2"`).
     pub fn total_with_prefix(&self, prefix: &str) -> u64 {
-        self.endpoints
-            .iter()
-            .filter(|(k, _)| k.starts_with(prefix))
-            .map(|(_, v)| v.total)
-            .sum()
+        self.endpoints.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(_, v)| v.total).sum()
     }
 
     /// Requests with this status over all endpoints.

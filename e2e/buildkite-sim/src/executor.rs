@@ -11,7 +11,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::AsyncReadExt as _;
 use tokio::process::Command;
-use tokio::sync::oneshot;
 
 use crate::model::JobState;
 use crate::sim::Sim;
@@ -26,12 +25,9 @@ pub async fn run(sim: Arc<Sim>, spec: ExecSpec) {
     let outcome = match spec.kind.clone() {
         ExecKind::Scripted(cfg) => run_scripted(&sim, spec, cfg).await,
         ExecKind::External => run_external(&sim, spec).await,
-        ExecKind::Command {
-            shell,
-            command,
-            cancel_grace,
-            max_log_bytes,
-        } => run_command(&sim, spec, shell, command, cancel_grace, max_log_bytes).await,
+        ExecKind::Command { shell, command, cancel_grace, max_log_bytes } => {
+            run_command(&sim, spec, shell, command, cancel_grace, max_log_bytes).await
+        }
     };
     sim.finish_job(job, outcome);
 }
@@ -74,12 +70,7 @@ async fn sleep_opt(d: Option<Duration>) {
 }
 
 async fn run_scripted(sim: &Sim, spec: ExecSpec, cfg: crate::config::ScriptedConfig) -> Outcome {
-    let ExecSpec {
-        mut stop_rx,
-        timeout,
-        infra,
-        ..
-    } = spec;
+    let ExecSpec { mut stop_rx, timeout, infra, .. } = spec;
     let infra_after = infra.as_ref().map(|f| Duration::from_millis(f.after_ms));
     let duration = Duration::from_millis(cfg.duration_ms);
     tokio::select! {
@@ -108,13 +99,7 @@ async fn run_scripted(sim: &Sim, spec: ExecSpec, cfg: crate::config::ScriptedCon
 }
 
 async fn run_external(sim: &Sim, spec: ExecSpec) -> Outcome {
-    let ExecSpec {
-        mut stop_rx,
-        external_rx,
-        timeout,
-        infra,
-        ..
-    } = spec;
+    let ExecSpec { mut stop_rx, external_rx, timeout, infra, .. } = spec;
     let infra_after = infra.as_ref().map(|f| Duration::from_millis(f.after_ms));
     let finish = async move {
         match external_rx {
@@ -161,17 +146,7 @@ async fn run_command(
     cancel_grace: Duration,
     max_log_bytes: usize,
 ) -> Outcome {
-    let ExecSpec {
-        mut stop_rx,
-        timeout,
-        infra,
-        env,
-        dir,
-        meta_data_file,
-        artifact_paths,
-        keep_dir,
-        ..
-    } = spec;
+    let ExecSpec { mut stop_rx, timeout, infra, env, dir, meta_data_file, artifact_paths, keep_dir, .. } = spec;
     let log = Arc::new(Mutex::new(Vec::<u8>::new()));
     let cleanup = |dir: &Path, md: &Path| {
         if !keep_dir {
@@ -408,28 +383,14 @@ pub fn parse_meta_data(text: &str) -> (Vec<(String, String)>, Vec<String>) {
     (out, notes)
 }
 
-/// A channel pair for tests of external agents.
-pub fn external_channel() -> (oneshot::Sender<ExternalFinish>, oneshot::Receiver<ExternalFinish>) {
-    oneshot::channel()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn meta_data_formats() {
-        let (md, notes) = parse_meta_data(
-            "a=1\nb = x=y\n{\"key\":\"multi\",\"value\":\"l1\\nl2\"}\n\nnoequals\n=v\n",
-        );
-        assert_eq!(
-            md,
-            vec![
-                ("a".into(), "1".into()),
-                ("b".into(), " x=y".into()),
-                ("multi".into(), "l1\nl2".into())
-            ]
-        );
+        let (md, notes) = parse_meta_data("a=1\nb = x=y\n{\"key\":\"multi\",\"value\":\"l1\\nl2\"}\n\nnoequals\n=v\n");
+        assert_eq!(md, vec![("a".into(), "1".into()), ("b".into(), " x=y".into()), ("multi".into(), "l1\nl2".into())]);
         assert_eq!(notes.len(), 2);
         let big = format!("k={}", "x".repeat(MAX_META_DATA_VALUE + 1));
         let (md, notes) = parse_meta_data(&big);

@@ -46,10 +46,7 @@ pub struct Faults {
 impl Faults {
     pub fn new(mut cfg: FaultConfig) -> Self {
         let outage = cfg.outage.take().map(|o| to_active(&o));
-        Self {
-            cfg: Mutex::new(cfg),
-            outage: Mutex::new(outage),
-        }
+        Self { cfg: Mutex::new(cfg), outage: Mutex::new(outage) }
     }
 
     pub fn config(&self) -> FaultConfig {
@@ -93,12 +90,7 @@ impl Faults {
                 mode: Some(o.mode),
                 include_storage: o.include_storage,
             },
-            _ => OutageStatus {
-                active: false,
-                remaining_secs: 0.0,
-                mode: None,
-                include_storage: false,
-            },
+            _ => OutageStatus { active: false, remaining_secs: 0.0, mode: None, include_storage: false },
         }
     }
 
@@ -124,17 +116,10 @@ impl Faults {
             g.endpoints.get(key).unwrap_or(&g.default).clone()
         };
         if fault == EndpointFault::default() {
-            return FaultDecision {
-                delay: Duration::ZERO,
-                action: FaultAction::Pass,
-            };
+            return FaultDecision { delay: Duration::ZERO, action: FaultAction::Pass };
         }
         let mut rng = rand::rng();
-        let jitter = if fault.latency_jitter_ms > 0 {
-            rng.random_range(0..=fault.latency_jitter_ms)
-        } else {
-            0
-        };
+        let jitter = if fault.latency_jitter_ms > 0 { rng.random_range(0..=fault.latency_jitter_ms) } else { 0 };
         let delay = Duration::from_millis(fault.latency_ms.saturating_add(jitter));
         let action = if fault.drop_rate > 0.0 && rng.random_bool(fault.drop_rate.clamp(0.0, 1.0)) {
             FaultAction::Drop

@@ -79,11 +79,7 @@ fn segment_match(pattern: &str, text: &str) -> bool {
 /// Files under `root` (relative, `/`-separated) matching any of the `;`-separated patterns
 /// of a Buildkite `artifact_paths` value. Symlinks are not followed.
 pub fn find_artifacts(root: &Path, artifact_paths: &str) -> Vec<(String, PathBuf)> {
-    let patterns: Vec<&str> = artifact_paths
-        .split(';')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .collect();
+    let patterns: Vec<&str> = artifact_paths.split(';').map(str::trim).filter(|p| !p.is_empty()).collect();
     if patterns.is_empty() {
         return Vec::new();
     }

@@ -36,12 +36,7 @@ impl std::error::Error for Dropped {}
 
 /// Serves `router` on `listener` until `shutdown`; open connections then finish their
 /// current request (up to 5 s).
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-) {
+pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken, tracker: TaskTracker) {
     loop {
         let stream = tokio::select! {
             r = listener.accept() => match r {
@@ -71,9 +66,8 @@ pub async fn serve(
                     Ok(resp)
                 }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), svc);
+            let conn =
+                hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), svc);
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}

@@ -70,10 +70,7 @@ impl Simulator {
             .map_err(|e| anyhow::anyhow!("binding the storage listener: {e}"))?;
         let api_addr = api_listener.local_addr()?;
         let storage_addr = storage_listener.local_addr()?;
-        let urls = Urls {
-            api_root: format!("http://{api_addr}"),
-            storage_root: format!("http://{storage_addr}"),
-        };
+        let urls = Urls { api_root: format!("http://{api_addr}"), storage_root: format!("http://{storage_addr}") };
 
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let inner = state::Inner::new(&cfg, Some(tx))?;
@@ -101,28 +98,20 @@ impl Simulator {
             shutdown.clone(),
         ));
 
-        let mut servers = Vec::new();
-        servers.push(tokio::spawn(Arc::clone(&sim).run_dispatcher()));
-        servers.push(tokio::spawn(webhooks::run_worker(Arc::clone(&sim), rx)));
-        servers.push(tokio::spawn(http::serve(
-            api_listener,
-            api::router(Arc::clone(&sim)),
-            shutdown.clone(),
-            sim.tasks.clone(),
-        )));
-        servers.push(tokio::spawn(http::serve(
-            storage_listener,
-            storage::router(Arc::clone(&sim)),
-            shutdown.clone(),
-            sim.tasks.clone(),
-        )));
+        let servers = vec![
+            tokio::spawn(Arc::clone(&sim).run_dispatcher()),
+            tokio::spawn(webhooks::run_worker(Arc::clone(&sim), rx)),
+            tokio::spawn(http::serve(api_listener, api::router(Arc::clone(&sim)), shutdown.clone(), sim.tasks.clone())),
+            tokio::spawn(http::serve(
+                storage_listener,
+                storage::router(Arc::clone(&sim)),
+                shutdown.clone(),
+                sim.tasks.clone(),
+            )),
+        ];
         sim.kick();
         tracing::info!(api = %sim.urls.api_root, storage = %sim.urls.storage_root, "buildkite-sim listening");
-        Ok(SimHandle {
-            sim,
-            servers,
-            shutdown,
-        })
+        Ok(SimHandle { sim, servers, shutdown })
     }
 }
 
@@ -172,12 +161,7 @@ impl SimHandle {
 
     /// The first agent token of the default cluster (for `/v3/metrics`).
     pub fn agent_token(&self) -> String {
-        self.sim
-            .lock()
-            .agent_tokens
-            .first()
-            .map(|t| t.token.clone())
-            .unwrap_or_default()
+        self.sim.lock().agent_tokens.first().map(|t| t.token.clone()).unwrap_or_default()
     }
 
     /// Request counters of the API listener, per `"<METHOD> <route template>"` and status.
@@ -213,11 +197,7 @@ impl SimHandle {
 
     /// Sets the number of simulated agents of `queue` in the default cluster.
     pub fn set_agents(&self, queue: &str, count: u32) -> anyhow::Result<()> {
-        self.set_agent_pool(AgentPoolConfig {
-            queue: queue.to_string(),
-            count,
-            ..AgentPoolConfig::default()
-        })
+        self.set_agent_pool(AgentPoolConfig { queue: queue.to_string(), count, ..AgentPoolConfig::default() })
     }
 
     /// Sets a simulated agent pool (count, tags, env, cluster).
@@ -231,9 +211,7 @@ impl SimHandle {
     pub fn create_queue(&self, key: &str) -> anyhow::Result<Uuid> {
         let mut inner = self.sim.lock();
         let cluster = inner.clusters[0].id;
-        let r = inner
-            .create_queue(cluster, key, None)
-            .map_err(|e| anyhow::anyhow!("{e:?}"));
+        let r = inner.create_queue(cluster, key, None).map_err(|e| anyhow::anyhow!("{e:?}"));
         drop(inner);
         self.sim.kick();
         r
@@ -282,10 +260,7 @@ impl SimHandle {
 
     /// State of a build (`None`: no such build).
     pub fn build_state(&self, pipeline: &str, number: u64) -> Option<String> {
-        self.sim
-            .lock()
-            .build_by_number(pipeline, number)
-            .map(|b| b.state.as_str().to_string())
+        self.sim.lock().build_by_number(pipeline, number).map(|b| b.state.as_str().to_string())
     }
 
     /// Everything `/_sim/stats` returns.

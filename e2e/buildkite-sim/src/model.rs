@@ -66,10 +66,7 @@ string_enum!(
 impl BuildState {
     /// States in which the build will not change any more.
     pub fn is_finished(self) -> bool {
-        matches!(
-            self,
-            Self::Passed | Self::Failed | Self::Canceled | Self::Skipped | Self::NotRun | Self::Blocked
-        )
+        matches!(self, Self::Passed | Self::Failed | Self::Canceled | Self::Skipped | Self::NotRun | Self::Blocked)
     }
 
     /// `state=finished` in list filters = passed, failed, blocked, canceled.
@@ -120,10 +117,7 @@ impl JobState {
 
     /// Holds an agent (or is about to).
     pub fn is_active(self) -> bool {
-        matches!(
-            self,
-            Self::Assigned | Self::Accepted | Self::Running | Self::Canceling | Self::TimingOut
-        )
+        matches!(self, Self::Assigned | Self::Accepted | Self::Running | Self::Canceling | Self::TimingOut)
     }
 }
 
@@ -250,16 +244,7 @@ impl Artifact {
     pub fn new(job: Uuid, build: Uuid, path: String, content: Bytes) -> Self {
         let sha1sum = sha1_smol::Sha1::from(&content[..]).digest().to_string();
         let mime_type = mime_for(&path).to_string();
-        Self {
-            id: Uuid::new_v4(),
-            job,
-            build,
-            path,
-            state: "finished",
-            mime_type,
-            sha1sum,
-            content,
-        }
+        Self { id: Uuid::new_v4(), job, build, path, state: "finished", mime_type, sha1sum, content }
     }
 
     pub fn filename(&self) -> &str {
@@ -392,9 +377,7 @@ pub fn validate_queue_key(key: &str) -> Result<(), String> {
     if key.len() > 100 {
         return Err("Key is too long (maximum is 100 characters)".into());
     }
-    let ok_chars = key
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    let ok_chars = key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
     let ok_start = key.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
     if !ok_chars || !ok_start {
         return Err(

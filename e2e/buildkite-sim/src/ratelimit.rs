@@ -20,11 +20,7 @@ struct Window {
 
 impl Window {
     fn fresh(now: Instant) -> Self {
-        Self {
-            started: now,
-            count: 0,
-            saw_429: false,
-        }
+        Self { started: now, count: 0, saw_429: false }
     }
 }
 
@@ -153,10 +149,7 @@ impl RateLimiter {
         let org = state(&g.org, org_limit, now, window);
 
         let user_state = if user_limit > 0 {
-            let w = g
-                .users
-                .entry(user.to_string())
-                .or_insert_with(|| Window::fresh(now));
+            let w = g.users.entry(user.to_string()).or_insert_with(|| Window::fresh(now));
             roll(w, now, window);
             after_429 |= w.saw_429;
             w.count += 1;
@@ -165,10 +158,7 @@ impl RateLimiter {
             None
         };
 
-        let decision = Decision {
-            org,
-            user: user_state,
-        };
+        let decision = Decision { org, user: user_state };
         g.stats.counted += 1;
         if after_429 {
             g.stats.after_429_before_reset += 1;
@@ -178,9 +168,7 @@ impl RateLimiter {
             let first_in_window = if scope == "rest" {
                 !std::mem::replace(&mut g.org.saw_429, true)
             } else {
-                g.users
-                    .get_mut(user)
-                    .is_some_and(|w| !std::mem::replace(&mut w.saw_429, true))
+                g.users.get_mut(user).is_some_and(|w| !std::mem::replace(&mut w.saw_429, true))
             };
             if first_in_window {
                 g.stats.windows_with_429 += 1;
@@ -227,11 +215,7 @@ mod tests {
 
     #[test]
     fn counts_and_rejects() {
-        let rl = RateLimiter::new(RateLimitConfig {
-            org_limit: 3,
-            user_limit: 0,
-            window_secs: 60.0,
-        });
+        let rl = RateLimiter::new(RateLimitConfig { org_limit: 3, user_limit: 0, window_secs: 60.0 });
         for i in 1..=3 {
             let d = rl.check("u");
             assert!(d.rejected_by().is_none());
@@ -250,11 +234,7 @@ mod tests {
 
     #[test]
     fn user_scope() {
-        let rl = RateLimiter::new(RateLimitConfig {
-            org_limit: 100,
-            user_limit: 1,
-            window_secs: 60.0,
-        });
+        let rl = RateLimiter::new(RateLimitConfig { org_limit: 100, user_limit: 1, window_secs: 60.0 });
         assert!(rl.check("a").rejected_by().is_none());
         assert_eq!(rl.check("a").rejected_by().map(|r| r.0), Some("rest_user"));
         assert!(rl.check("b").rejected_by().is_none());

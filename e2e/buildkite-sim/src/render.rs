@@ -26,10 +26,7 @@ impl Ctx<'_> {
     }
 
     pub fn build_web_url(&self, b: &Build) -> String {
-        format!(
-            "{}/{}/{}/builds/{}",
-            self.inner.web_base, self.inner.org.slug, b.pipeline, b.number
-        )
+        format!("{}/{}/{}/builds/{}", self.inner.web_base, self.inner.org.slug, b.pipeline, b.number)
     }
 
     pub fn job_url(&self, b: &Build, job: Uuid) -> String {
@@ -52,11 +49,7 @@ impl Ctx<'_> {
     pub fn pipeline(&self, p: &Pipeline, with_counts: bool) -> Value {
         let url = self.pipeline_url(&p.slug);
         let (mut sb, mut rb, mut sj, mut rj) = (0u64, 0u64, 0u64, 0u64);
-        let builds = self
-            .inner
-            .builds
-            .values()
-            .filter(|b| with_counts && b.pipeline == p.slug);
+        let builds = self.inner.builds.values().filter(|b| with_counts && b.pipeline == p.slug);
         for b in builds {
             match b.state {
                 BuildState::Scheduled => sb += 1,
@@ -126,12 +119,10 @@ impl Ctx<'_> {
 
     pub fn agent(&self, a: &Agent) -> Value {
         let mut v = self.agent_short(a);
-        let job = a.job.and_then(|j| self.inner.jobs.get(&j)).and_then(|j| {
-            self.inner
-                .builds
-                .get(&j.build)
-                .map(|b| self.job(j, b, false))
-        });
+        let job = a
+            .job
+            .and_then(|j| self.inner.jobs.get(&j))
+            .and_then(|j| self.inner.builds.get(&j.build).map(|b| self.job(j, b, false)));
         if let Value::Object(m) = &mut v {
             m.insert("version".into(), json!("3.0.0"));
             m.insert("job".into(), job.unwrap_or(Value::Null));
@@ -150,9 +141,7 @@ impl Ctx<'_> {
         let build_url = self.build_url(b);
         let job_url = self.job_url(b, j.id);
         let agent = if with_agent {
-            j.agent
-                .and_then(|a| self.inner.agents.get(&a))
-                .map_or(Value::Null, |a| self.agent_short(a))
+            j.agent.and_then(|a| self.inner.agents.get(&a)).map_or(Value::Null, |a| self.agent_short(a))
         } else {
             Value::Null
         };
@@ -231,12 +220,8 @@ impl Ctx<'_> {
         });
         if let Value::Object(m) = &mut v {
             if include_jobs {
-                let jobs: Vec<Value> = b
-                    .jobs
-                    .iter()
-                    .filter_map(|id| self.inner.jobs.get(id))
-                    .map(|j| self.job(j, b, true))
-                    .collect();
+                let jobs: Vec<Value> =
+                    b.jobs.iter().filter_map(|id| self.inner.jobs.get(id)).map(|j| self.job(j, b, true)).collect();
                 m.insert("jobs".into(), Value::Array(jobs));
             }
             if include_pipeline && let Some(p) = self.inner.pipelines.get(&b.pipeline) {

@@ -1,6 +1,10 @@
 //! `/_sim/…`: introspection and run-time control (not part of the Buildkite API; no auth,
 //! no rate limit, not counted, no faults).
 
+// Route helpers return the error answer itself (`Result<_, Response>`): it is built once and
+// sent as is, so boxing it would only add noise.
+#![allow(clippy::result_large_err)]
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -19,8 +23,8 @@ use uuid::Uuid;
 
 use crate::api::{ApiPath, error, json_response, not_found, op_error};
 use crate::config::{
-    AgentPoolConfig, EndpointFault, ExecutorConfig, FaultConfig, OutageConfig, PipelineConfig,
-    RateLimitConfig, WebhookConfig,
+    AgentPoolConfig, EndpointFault, ExecutorConfig, FaultConfig, OutageConfig, PipelineConfig, RateLimitConfig,
+    WebhookConfig,
 };
 use crate::model::{AgentMode, BuildState};
 use crate::render::Ctx;
@@ -33,31 +37,19 @@ pub fn router() -> Router<Arc<Sim>> {
         .route("/_sim/urls", get(urls))
         .route("/_sim/stats", get(stats))
         .route("/_sim/counters", get(counters).delete(reset_counters))
-        .route(
-            "/_sim/rate_limit",
-            get(rate_limit).put(set_rate_limit).delete(reset_rate_limit),
-        )
+        .route("/_sim/rate_limit", get(rate_limit).put(set_rate_limit).delete(reset_rate_limit))
         .route("/_sim/faults", get(faults).put(set_faults))
         .route("/_sim/faults/endpoint", put(set_endpoint_fault))
-        .route(
-            "/_sim/outage",
-            get(outage).post(start_outage).delete(end_outage),
-        )
+        .route("/_sim/outage", get(outage).post(start_outage).delete(end_outage))
         .route("/_sim/agents", get(agents).post(register_agent))
         .route("/_sim/agents/pools", get(pools).put(set_pool))
         .route("/_sim/agents/{id}", axum::routing::delete(remove_agent))
         .route("/_sim/jobs/{id}", get(job))
         .route("/_sim/jobs/{id}/finish", post(finish_job))
         .route("/_sim/jobs/{id}/fail", post(fail_job))
-        .route(
-            "/_sim/infra_failures",
-            get(infra_rules).post(add_infra_rule).delete(clear_infra_rules),
-        )
+        .route("/_sim/infra_failures", get(infra_rules).post(add_infra_rule).delete(clear_infra_rules))
         .route("/_sim/webhooks", get(webhooks).post(add_webhook))
-        .route(
-            "/_sim/webhooks/{id}",
-            put(update_webhook).delete(remove_webhook),
-        )
+        .route("/_sim/webhooks/{id}", put(update_webhook).delete(remove_webhook))
         .route("/_sim/pipelines", get(pipelines).post(add_pipeline))
         .route("/_sim/builds/{id}/state", post(force_state))
         .route("/_sim/executor", get(executor).put(set_executor))
@@ -65,11 +57,7 @@ pub fn router() -> Router<Arc<Sim>> {
 }
 
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
-    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        body
-    };
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
     serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, &format!("invalid body: {e}")))
 }
 
@@ -317,10 +305,7 @@ async fn register_agent(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
                 match t.split_once('=') {
                     Some((k, v)) if !k.is_empty() => out.push((k.to_string(), v.to_string())),
                     _ => {
-                        return error(
-                            StatusCode::UNPROCESSABLE_ENTITY,
-                            &format!("tag {t:?} is not key=value"),
-                        );
+                        return error(StatusCode::UNPROCESSABLE_ENTITY, &format!("tag {t:?} is not key=value"));
                     }
                 }
             }
@@ -331,9 +316,7 @@ async fn register_agent(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
         .name
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| format!("external-agent-{}", &Uuid::new_v4().simple().to_string()[..8]));
-    let result = sim
-        .lock()
-        .register_agent(name, tags, r.cluster.as_deref(), r.mode, r.env);
+    let result = sim.lock().register_agent(name, tags, r.cluster.as_deref(), r.mode, r.env);
     sim.kick();
     match result {
         Ok(id) => json_response(StatusCode::CREATED, &json!({"id": id})),
@@ -361,10 +344,7 @@ async fn job(State(sim): State<Arc<Sim>>, ApiPath(id): ApiPath<String>) -> Respo
     let Some(b) = inner.builds.get(&j.build) else {
         return not_found("No build found");
     };
-    let ctx = Ctx {
-        inner: &inner,
-        urls: &sim.urls,
-    };
+    let ctx = Ctx { inner: &inner, urls: &sim.urls };
     let mut v = ctx.job(j, b, true);
     if let Value::Object(m) = &mut v {
         m.insert("log".into(), json!(j.log));
@@ -414,10 +394,7 @@ async fn finish_job(State(sim): State<Arc<Sim>>, ApiPath(id): ApiPath<String>, b
                 }
             },
             _ => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "each artifact needs exactly one of content, content_base64",
-                );
+                return error(StatusCode::BAD_REQUEST, "each artifact needs exactly one of content, content_base64");
             }
         };
         artifacts.push((a.path, content));
@@ -502,11 +479,7 @@ async fn add_infra_rule(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
         Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, &e),
     };
     let mut inner = sim.lock();
-    inner.infra_rules.push(InfraRule {
-        remaining: b.count,
-        queue: b.queue,
-        failure,
-    });
+    inner.infra_rules.push(InfraRule { remaining: b.count, queue: b.queue, failure });
     ok(&to_json(&inner.infra_rules))
 }
 
@@ -523,9 +496,7 @@ fn check_webhook(cfg: &WebhookConfig) -> Result<(), Response> {
     if !(cfg.url.starts_with("http://") || cfg.url.starts_with("https://")) {
         return Err(error(StatusCode::UNPROCESSABLE_ENTITY, "url must be http(s)"));
     }
-    cfg.delivery
-        .validate()
-        .map_err(|e| error(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()))
+    cfg.delivery.validate().map_err(|e| error(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()))
 }
 
 async fn add_webhook(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
@@ -564,10 +535,7 @@ async fn remove_webhook(State(sim): State<Arc<Sim>>, ApiPath(id): ApiPath<String
 
 async fn pipelines(State(sim): State<Arc<Sim>>) -> Response {
     let inner = sim.lock();
-    let ctx = Ctx {
-        inner: &inner,
-        urls: &sim.urls,
-    };
+    let ctx = Ctx { inner: &inner, urls: &sim.urls };
     let list: Vec<Value> = inner.pipelines.values().map(|p| ctx.pipeline(p, true)).collect();
     ok(&Value::Array(list))
 }

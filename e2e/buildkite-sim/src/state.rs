@@ -57,21 +57,11 @@ impl InfraFailure {
     /// `process_run_error:255`, `stack_error:-1@2000`.
     pub fn parse(spec: &str) -> Result<Self, String> {
         let (head, after) = match spec.split_once('@') {
-            Some((h, a)) => (
-                h,
-                a.trim()
-                    .parse::<u64>()
-                    .map_err(|_| format!("bad delay in {spec:?}"))?,
-            ),
+            Some((h, a)) => (h, a.trim().parse::<u64>().map_err(|_| format!("bad delay in {spec:?}"))?),
             None => (spec, 0),
         };
         let (reason, exit) = match head.split_once(':') {
-            Some((r, e)) => (
-                r.trim(),
-                e.trim()
-                    .parse::<i32>()
-                    .map_err(|_| format!("bad exit status in {spec:?}"))?,
-            ),
+            Some((r, e)) => (r.trim(), e.trim().parse::<i32>().map_err(|_| format!("bad exit status in {spec:?}"))?),
             None => (head.trim(), -1),
         };
         const REASONS: &[&str] = &[
@@ -84,18 +74,10 @@ impl InfraFailure {
             "agent_incompatible",
         ];
         if reason == "agent_lost" {
-            return Ok(Self {
-                signal_reason: None,
-                exit_status: exit,
-                after_ms: after,
-                lose_agent: true,
-            });
+            return Ok(Self { signal_reason: None, exit_status: exit, after_ms: after, lose_agent: true });
         }
         if !REASONS.contains(&reason) {
-            return Err(format!(
-                "unknown infrastructure failure {reason:?} (agent_lost, {})",
-                REASONS.join(", ")
-            ));
+            return Err(format!("unknown infrastructure failure {reason:?} (agent_lost, {})", REASONS.join(", ")));
         }
         Ok(Self {
             signal_reason: Some(reason.to_string()),
@@ -118,12 +100,7 @@ pub struct InfraRule {
 /// How a started job is executed.
 #[derive(Debug, Clone)]
 pub enum ExecKind {
-    Command {
-        shell: Vec<String>,
-        command: String,
-        cancel_grace: Duration,
-        max_log_bytes: usize,
-    },
+    Command { shell: Vec<String>, command: String, cancel_grace: Duration, max_log_bytes: usize },
     Scripted(ScriptedConfig),
     External,
 }
@@ -170,11 +147,7 @@ pub struct Outcome {
 impl Outcome {
     pub fn from_exit(code: i32) -> Self {
         Self {
-            state: if code == 0 {
-                JobState::Passed
-            } else {
-                JobState::Failed
-            },
+            state: if code == 0 { JobState::Passed } else { JobState::Failed },
             exit_status: Some(code),
             signal: None,
             signal_reason: None,
@@ -264,12 +237,8 @@ pub struct Inner {
 impl Inner {
     pub fn new(cfg: &SimConfig, events: Option<mpsc::UnboundedSender<Event>>) -> anyhow::Result<Self> {
         let now = Timestamp::now();
-        let org = Org {
-            id: Uuid::new_v4(),
-            slug: cfg.organization.clone(),
-            name: cfg.organization.clone(),
-            created_at: now,
-        };
+        let org =
+            Org { id: Uuid::new_v4(), slug: cfg.organization.clone(), name: cfg.organization.clone(), created_at: now };
         let users = cfg
             .api_tokens
             .iter()
@@ -279,11 +248,7 @@ impl Inner {
                     t.clone(),
                     User {
                         id: Uuid::new_v4(),
-                        name: if i == 0 {
-                            "Buildkite Simulator".into()
-                        } else {
-                            format!("Buildkite Simulator {i}")
-                        },
+                        name: if i == 0 { "Buildkite Simulator".into() } else { format!("Buildkite Simulator {i}") },
                         email: format!("sim{i}@{}.invalid", cfg.organization),
                         created_at: now,
                     },
@@ -329,9 +294,7 @@ impl Inner {
             let cid = cluster.id;
             inner.clusters.push(cluster);
             for q in &c.queues {
-                inner
-                    .create_queue(cid, q, None)
-                    .map_err(|e| anyhow::anyhow!("queue {q}: {e:?}"))?;
+                inner.create_queue(cid, q, None).map_err(|e| anyhow::anyhow!("queue {q}: {e:?}"))?;
             }
         }
         let default_cluster = inner.clusters[0].id;
@@ -421,22 +384,13 @@ impl Inner {
     // ----- queues & clusters -------------------------------------------------------------
 
     pub fn queue(&self, cluster: Uuid, key: &str) -> Option<&Queue> {
-        self.queues
-            .iter()
-            .find(|q| q.cluster_id == cluster && q.key == key)
+        self.queues.iter().find(|q| q.cluster_id == cluster && q.key == key)
     }
 
-    pub fn create_queue(
-        &mut self,
-        cluster: Uuid,
-        key: &str,
-        description: Option<String>,
-    ) -> Result<Uuid, OpError> {
+    pub fn create_queue(&mut self, cluster: Uuid, key: &str, description: Option<String>) -> Result<Uuid, OpError> {
         validate_queue_key(key).map_err(|e| OpError::Unprocessable(format!("Validation failed: {e}")))?;
         if self.queue(cluster, key).is_some() {
-            return Err(OpError::Unprocessable(
-                "Validation failed: Key has already been taken".into(),
-            ));
+            return Err(OpError::Unprocessable("Validation failed: Key has already been taken".into()));
         }
         let q = Queue {
             id: Uuid::new_v4(),
@@ -459,22 +413,13 @@ impl Inner {
     }
 
     pub fn delete_queue(&mut self, cluster: Uuid, queue_id: Uuid) -> Result<(), OpError> {
-        let Some(pos) = self
-            .queues
-            .iter()
-            .position(|q| q.id == queue_id && q.cluster_id == cluster)
-        else {
+        let Some(pos) = self.queues.iter().position(|q| q.id == queue_id && q.cluster_id == cluster) else {
             return Err(OpError::NotFound("No queue found"));
         };
         let key = self.queues[pos].key.clone();
-        let connected = self
-            .queue_agents
-            .get(&(cluster, key.clone()))
-            .is_some_and(|v| !v.is_empty());
+        let connected = self.queue_agents.get(&(cluster, key.clone())).is_some_and(|v| !v.is_empty());
         if connected {
-            return Err(OpError::Unprocessable(
-                "Queue can't be deleted while agents are connected to it".into(),
-            ));
+            return Err(OpError::Unprocessable("Queue can't be deleted while agents are connected to it".into()));
         }
         self.queues.remove(pos);
         Ok(())
@@ -556,11 +501,7 @@ impl Inner {
     }
 
     fn pool_name(&self, r: &QueueRef) -> String {
-        let cluster = self
-            .clusters
-            .iter()
-            .find(|c| c.id == r.0)
-            .map_or("cluster", |c| c.name.as_str());
+        let cluster = self.clusters.iter().find(|c| c.id == r.0).map_or("cluster", |c| c.name.as_str());
         format!("{cluster}/{}", r.1)
     }
 
@@ -580,10 +521,7 @@ impl Inner {
                 self.agents.get(id).is_some_and(|a| {
                     a.pool.as_deref() == Some(pool.as_str())
                         && !a.stop_after_job
-                        && matches!(
-                            a.connection_state,
-                            ConnectionState::Connected | ConnectionState::NeverConnected
-                        )
+                        && matches!(a.connection_state, ConnectionState::Connected | ConnectionState::NeverConnected)
                 })
             })
             .collect();
@@ -613,11 +551,7 @@ impl Inner {
         // (re)connect refused agents if the queue exists now
         if exists {
             for id in &members {
-                if self
-                    .agents
-                    .get(id)
-                    .is_some_and(|a| a.connection_state == ConnectionState::NeverConnected)
-                {
+                if self.agents.get(id).is_some_and(|a| a.connection_state == ConnectionState::NeverConnected) {
                     self.connect_agent(*id);
                 }
             }
@@ -628,10 +562,7 @@ impl Inner {
             .filter(|a| {
                 a.pool.as_deref() == Some(pool.as_str())
                     && !a.stop_after_job
-                    && matches!(
-                        a.connection_state,
-                        ConnectionState::Connected | ConnectionState::NeverConnected
-                    )
+                    && matches!(a.connection_state, ConnectionState::Connected | ConnectionState::NeverConnected)
             })
             .count();
         let mut used: Vec<u32> = self
@@ -641,9 +572,7 @@ impl Inner {
                 a.pool.as_deref() == Some(pool.as_str())
                     && matches!(
                         a.connection_state,
-                        ConnectionState::Connected
-                            | ConnectionState::NeverConnected
-                            | ConnectionState::Stopping
+                        ConnectionState::Connected | ConnectionState::NeverConnected | ConnectionState::Stopping
                     )
             })
             .map(|a| a.index)
@@ -663,11 +592,7 @@ impl Inner {
                     tags.push((k.clone(), v.replace("%n", &n)));
                 }
             }
-            let env = spec
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.replace("%n", &n)))
-                .collect();
+            let env = spec.env.iter().map(|(k, v)| (k.clone(), v.replace("%n", &n))).collect();
             let id = Uuid::new_v4();
             let agent = Agent {
                 id,
@@ -755,10 +680,8 @@ impl Inner {
         match a.job {
             None => self.disconnect_agent(id, ConnectionState::Stopped),
             Some(job) => {
-                if force {
-                    if let Some(build) = self.jobs.get(&job).map(|j| j.build) {
-                        let _ = self.cancel_build(build, Some("agent stopped".into()));
-                    }
+                if force && let Some(build) = self.jobs.get(&job).map(|j| j.build) {
+                    let _ = self.cancel_build(build, Some("agent stopped".into()));
                 }
                 if let Some(a) = self.agents.get_mut(&id) {
                     a.stop_after_job = true;
@@ -801,21 +724,11 @@ impl Inner {
     // ----- builds -----------------------------------------------------------------------------
 
     pub fn build_by_number(&self, pipeline: &str, number: u64) -> Option<&Build> {
-        self.build_by_number
-            .get(&(pipeline.to_string(), number))
-            .and_then(|id| self.builds.get(id))
+        self.build_by_number.get(&(pipeline.to_string(), number)).and_then(|id| self.builds.get(id))
     }
 
-    pub fn create_build(
-        &mut self,
-        pipeline: &str,
-        req: CreateBuild,
-        creator: Uuid,
-    ) -> Result<(Uuid, bool), OpError> {
-        let p = self
-            .pipelines
-            .get_mut(pipeline)
-            .ok_or(OpError::NotFound("No pipeline found"))?;
+    pub fn create_build(&mut self, pipeline: &str, req: CreateBuild, creator: Uuid) -> Result<(Uuid, bool), OpError> {
+        let p = self.pipelines.get_mut(pipeline).ok_or(OpError::NotFound("No pipeline found"))?;
         let number = p.next_number;
         p.next_number += 1;
         let steps = p.steps.clone();
@@ -824,6 +737,10 @@ impl Inner {
         let now = Timestamp::now();
         let build_id = Uuid::new_v4();
         let default_queue = self.default_queue_key(cluster_id);
+        let executor_command = match &self.executor {
+            ExecutorConfig::Command { command, .. } => Some(command.clone()),
+            ExecutorConfig::Scripted(_) => None,
+        };
         let timeout_override = req
             .env
             .get("BUILDKITE_SIM_TIMEOUT_SECS")
@@ -833,28 +750,15 @@ impl Inner {
 
         let mut job_ids = Vec::with_capacity(steps.len());
         for step in &steps {
-            let rules: Vec<String> = step
-                .agents
-                .iter()
-                .map(|r| interpolate(r, &req.env))
-                .filter(|r| !r.is_empty())
-                .collect();
+            let rules: Vec<String> =
+                step.agents.iter().map(|r| interpolate(r, &req.env)).filter(|r| !r.is_empty()).collect();
             let queue_key = rules
                 .iter()
                 .find_map(|r| r.strip_prefix("queue=").map(str::to_string))
                 .filter(|q| !q.is_empty())
                 .unwrap_or_else(|| default_queue.clone());
             let rules = if rules.iter().any(|r| r.starts_with("queue=")) {
-                rules
-                    .into_iter()
-                    .map(|r| {
-                        if r == "queue=" {
-                            format!("queue={queue_key}")
-                        } else {
-                            r
-                        }
-                    })
-                    .collect()
+                rules.into_iter().map(|r| if r == "queue=" { format!("queue={queue_key}") } else { r }).collect()
             } else {
                 rules
             };
@@ -864,7 +768,7 @@ impl Inner {
                 step_id: step.id,
                 step_key: step.key.clone(),
                 name: step.label.clone(),
-                command: step.command.clone(),
+                command: step.command.clone().or_else(|| executor_command.clone()),
                 agent_query_rules: rules,
                 queue_key,
                 cluster_id,
@@ -883,10 +787,7 @@ impl Inner {
                 log: String::new(),
             };
             job_ids.push(job.id);
-            self.pending
-                .entry((cluster_id, job.queue_key.clone()))
-                .or_default()
-                .push_back(job.id);
+            self.pending.entry((cluster_id, job.queue_key.clone())).or_default().push_back(job.id);
             self.jobs.insert(job.id, job);
             self.job_stats.created += 1;
         }
@@ -931,8 +832,7 @@ impl Inner {
             }
         }
 
-        self.build_by_number
-            .insert((pipeline.to_string(), number), build_id);
+        self.build_by_number.insert((pipeline.to_string(), number), build_id);
         self.builds.insert(build_id, build);
         self.build_order.push(build_id);
         self.emit("build.scheduled", build_id, None);
@@ -987,9 +887,7 @@ impl Inner {
             BuildState::Canceled => JobState::Canceled,
             BuildState::Skipped | BuildState::NotRun | BuildState::Blocked => JobState::Skipped,
             _ => {
-                return Err(OpError::Unprocessable(format!(
-                    "can't force a build into {state}"
-                )));
+                return Err(OpError::Unprocessable(format!("can't force a build into {state}")));
             }
         };
         for j in &jobs {
@@ -1010,18 +908,10 @@ impl Inner {
         }
         if let Some(b) = self.builds.get_mut(&id) {
             b.blocked = state == BuildState::Blocked;
-            b.state = if state == BuildState::Blocked {
-                BuildState::Passed
-            } else {
-                state
-            };
+            b.state = if state == BuildState::Blocked { BuildState::Passed } else { state };
             b.finished_at = Some(now);
         }
-        let ev = if state == BuildState::Skipped {
-            "build.skipped"
-        } else {
-            "build.finished"
-        };
+        let ev = if state == BuildState::Skipped { "build.skipped" } else { "build.finished" };
         self.emit(ev, id, None);
         Ok(())
     }
@@ -1029,14 +919,8 @@ impl Inner {
     /// `PUT …/cancel`: only while scheduled, running or failing (else 422).
     pub fn cancel_build(&mut self, id: Uuid, reason: Option<String>) -> Result<(), OpError> {
         let b = self.builds.get(&id).ok_or(OpError::NotFound("No build found"))?;
-        if !matches!(
-            b.state,
-            BuildState::Scheduled | BuildState::Running | BuildState::Failing
-        ) {
-            return Err(OpError::Unprocessable(format!(
-                "Build can't be canceled because it's {}",
-                b.state
-            )));
+        if !matches!(b.state, BuildState::Scheduled | BuildState::Running | BuildState::Failing) {
+            return Err(OpError::Unprocessable(format!("Build can't be canceled because it's {}", b.state)));
         }
         let jobs = b.jobs.clone();
         let now = Timestamp::now();
@@ -1086,12 +970,7 @@ impl Inner {
     /// Assigns scheduled jobs to idle matching agents of non-paused queues (FIFO).
     pub fn dispatch(&mut self) -> Vec<ExecSpec> {
         let mut specs = Vec::new();
-        let keys: Vec<QueueRef> = self
-            .pending
-            .iter()
-            .filter(|(_, q)| !q.is_empty())
-            .map(|(k, _)| k.clone())
-            .collect();
+        let keys: Vec<QueueRef> = self.pending.iter().filter(|(_, q)| !q.is_empty()).map(|(k, _)| k.clone()).collect();
         for key in keys {
             match self.queue(key.0, &key.1) {
                 Some(q) if !q.dispatch_paused => {}
@@ -1100,12 +979,7 @@ impl Inner {
             let mut idle: Vec<Uuid> = self
                 .queue_agents
                 .get(&key)
-                .map(|v| {
-                    v.iter()
-                        .copied()
-                        .filter(|id| self.agents.get(id).is_some_and(Agent::is_idle))
-                        .collect()
-                })
+                .map(|v| v.iter().copied().filter(|id| self.agents.get(id).is_some_and(Agent::is_idle)).collect())
                 .unwrap_or_default();
             if idle.is_empty() {
                 continue;
@@ -1121,10 +995,7 @@ impl Inner {
                 let Some(rules) = self.jobs.get(&job_id).map(|j| j.agent_query_rules.clone()) else {
                     continue;
                 };
-                match idle
-                    .iter()
-                    .position(|a| self.agents.get(a).is_some_and(|a| a.matches(&rules)))
-                {
+                match idle.iter().position(|a| self.agents.get(a).is_some_and(|a| a.matches(&rules))) {
                     Some(pos) => {
                         let agent = idle.remove(pos);
                         if let Some(spec) = self.start_job(job_id, agent) {
@@ -1173,10 +1044,7 @@ impl Inner {
         let pipeline = self.pipelines.get(&build.pipeline)?.clone();
 
         // injected infrastructure failures: per build env first, then /_sim rules
-        let mut infra = build
-            .env
-            .get("BUILDKITE_SIM_INFRA_FAILURE")
-            .and_then(|s| InfraFailure::parse(s).ok());
+        let mut infra = build.env.get("BUILDKITE_SIM_INFRA_FAILURE").and_then(|s| InfraFailure::parse(s).ok());
         if infra.is_none()
             && let Some(rule) = self
                 .infra_rules
@@ -1190,35 +1058,25 @@ impl Inner {
 
         let kind = match (&agent.mode, &self.executor) {
             (AgentMode::External, _) => ExecKind::External,
-            (
-                _,
-                ExecutorConfig::Command {
-                    command,
-                    shell,
-                    cancel_grace_secs,
-                    max_log_bytes,
-                    ..
-                },
-            ) => ExecKind::Command {
-                shell: shell.clone(),
-                command: job.command.clone().unwrap_or_else(|| command.clone()),
-                cancel_grace: Duration::from_secs_f64(cancel_grace_secs.clamp(0.0, 3600.0)),
-                max_log_bytes: *max_log_bytes,
-            },
+            (_, ExecutorConfig::Command { command, shell, cancel_grace_secs, max_log_bytes, .. }) => {
+                ExecKind::Command {
+                    shell: shell.clone(),
+                    command: pipeline
+                        .steps
+                        .iter()
+                        .find(|s| s.id == job.step_id)
+                        .and_then(|s| s.command.clone())
+                        .unwrap_or_else(|| command.clone()),
+                    cancel_grace: Duration::from_secs_f64(cancel_grace_secs.clamp(0.0, 3600.0)),
+                    max_log_bytes: *max_log_bytes,
+                }
+            }
             (_, ExecutorConfig::Scripted(s)) => {
                 let mut s = s.clone();
-                if let Some(v) = build
-                    .env
-                    .get("BUILDKITE_SIM_DURATION_MS")
-                    .and_then(|v| v.trim().parse().ok())
-                {
+                if let Some(v) = build.env.get("BUILDKITE_SIM_DURATION_MS").and_then(|v| v.trim().parse().ok()) {
                     s.duration_ms = v;
                 }
-                if let Some(v) = build
-                    .env
-                    .get("BUILDKITE_SIM_EXIT_STATUS")
-                    .and_then(|v| v.trim().parse().ok())
-                {
+                if let Some(v) = build.env.get("BUILDKITE_SIM_EXIT_STATUS").and_then(|v| v.trim().parse().ok()) {
                     s.exit_status = v;
                 }
                 if let Some(v) = build.env.get("BUILDKITE_SIM_RESULT_JSON") {
@@ -1243,15 +1101,8 @@ impl Inner {
         }
         env.extend(agent.env.clone());
         env.extend(build.env.clone());
-        let creator = self
-            .users
-            .iter()
-            .find(|(_, u)| u.id == build.creator)
-            .map(|(_, u)| u.clone());
-        let web = format!(
-            "{}/{}/{}/builds/{}",
-            self.web_base, self.org.slug, pipeline.slug, build.number
-        );
+        let creator = self.users.iter().find(|(_, u)| u.id == build.creator).map(|(_, u)| u.clone());
+        let web = format!("{}/{}/{}/builds/{}", self.web_base, self.org.slug, pipeline.slug, build.number);
         let protected: Vec<(&str, String)> = vec![
             ("CI", "true".into()),
             ("BUILDKITE", "true".into()),
@@ -1268,14 +1119,8 @@ impl Inner {
             ("BUILDKITE_COMMIT", build.commit.clone()),
             ("BUILDKITE_MESSAGE", build.message.clone().unwrap_or_default()),
             ("BUILDKITE_SOURCE", "api".into()),
-            (
-                "BUILDKITE_BUILD_CREATOR",
-                creator.as_ref().map(|u| u.name.clone()).unwrap_or_default(),
-            ),
-            (
-                "BUILDKITE_BUILD_CREATOR_EMAIL",
-                creator.as_ref().map(|u| u.email.clone()).unwrap_or_default(),
-            ),
+            ("BUILDKITE_BUILD_CREATOR", creator.as_ref().map(|u| u.name.clone()).unwrap_or_default()),
+            ("BUILDKITE_BUILD_CREATOR_EMAIL", creator.as_ref().map(|u| u.email.clone()).unwrap_or_default()),
             ("BUILDKITE_JOB_ID", job.id.to_string()),
             ("BUILDKITE_STEP_ID", job.step_id.to_string()),
             ("BUILDKITE_STEP_KEY", job.step_key.clone().unwrap_or_default()),
@@ -1291,22 +1136,15 @@ impl Inner {
             ("BUILDKITE_RETRY_COUNT", "0".into()),
             (
                 "BUILDKITE_TIMEOUT",
-                job.timeout
-                    .map_or_else(|| "false".into(), |t| (t.as_secs().div_ceil(60)).to_string()),
+                job.timeout.map_or_else(|| "false".into(), |t| (t.as_secs().div_ceil(60)).to_string()),
             ),
             ("BUILDKITE_AGENT_ID", agent.id.to_string()),
             ("BUILDKITE_AGENT_NAME", agent.name.clone()),
             ("BUILDKITE_BUILD_CHECKOUT_PATH", dir.to_string_lossy().into_owned()),
-            (
-                "BUILDKITE_SIM_META_DATA_FILE",
-                meta_data_file.to_string_lossy().into_owned(),
-            ),
+            ("BUILDKITE_SIM_META_DATA_FILE", meta_data_file.to_string_lossy().into_owned()),
         ];
         for (k, v) in &agent.tags {
-            let key = format!(
-                "BUILDKITE_AGENT_META_DATA_{}",
-                k.to_ascii_uppercase().replace(['-', '.', ' '], "_")
-            );
+            let key = format!("BUILDKITE_AGENT_META_DATA_{}", k.to_ascii_uppercase().replace(['-', '.', ' '], "_"));
             env.insert(key, v.clone());
         }
         for (k, v) in protected {
@@ -1344,10 +1182,7 @@ impl Inner {
             Some(a) => {
                 a.job = None;
                 a.last_job_finished_at = Some(now);
-                (
-                    a.stop_after_job,
-                    a.pool.as_ref().map(|_| (a.cluster_id, a.queue_key.clone())),
-                )
+                (a.stop_after_job, a.pool.as_ref().map(|_| (a.cluster_id, a.queue_key.clone())))
             }
             None => return,
         };
@@ -1376,11 +1211,7 @@ impl Inner {
             return;
         }
         let canceled = job.state == JobState::Canceling;
-        job.state = if canceled {
-            JobState::Canceled
-        } else {
-            outcome.state
-        };
+        job.state = if canceled { JobState::Canceled } else { outcome.state };
         job.exit_status = outcome.exit_status.or(if canceled { Some(-1) } else { None });
         job.signal = outcome.signal.clone();
         job.signal_reason = if canceled {
@@ -1423,18 +1254,11 @@ impl Inner {
         if b.state.is_finished() {
             return;
         }
-        let states: Vec<JobState> = b
-            .jobs
-            .iter()
-            .filter_map(|j| self.jobs.get(j).map(|j| j.state))
-            .collect();
+        let states: Vec<JobState> = b.jobs.iter().filter_map(|j| self.jobs.get(j).map(|j| j.state)).collect();
         let all_done = states.iter().all(|s| s.is_terminal());
-        let any_failed = states.iter().any(|s| {
-            matches!(
-                s,
-                JobState::Failed | JobState::TimedOut | JobState::Broken | JobState::Expired
-            )
-        });
+        let any_failed = states
+            .iter()
+            .any(|s| matches!(s, JobState::Failed | JobState::TimedOut | JobState::Broken | JobState::Expired));
         let now = Timestamp::now();
         let Some(b) = self.builds.get_mut(&build_id) else { return };
         if all_done {
@@ -1469,9 +1293,7 @@ impl Inner {
                 let _ = tx.send(fin);
                 Ok(())
             }
-            None => Err(OpError::Unprocessable(
-                "job is not running on an external agent".into(),
-            )),
+            None => Err(OpError::Unprocessable("job is not running on an external agent".into())),
         }
     }
 
@@ -1500,10 +1322,7 @@ impl Inner {
         }
         for a in self.agents.values() {
             if a.cluster_id != cluster
-                || !matches!(
-                    a.connection_state,
-                    ConnectionState::Connected | ConnectionState::Stopping
-                )
+                || !matches!(a.connection_state, ConnectionState::Connected | ConnectionState::Stopping)
             {
                 continue;
             }

@@ -43,7 +43,9 @@ fn mac(sim: &Sim, id: Uuid, expires: i64) -> Vec<u8> {
 /// A storage URL for an artifact, valid for the configured TTL.
 pub fn signed_url(sim: &Sim, id: Uuid, filename: &str) -> String {
     let expires = jiff::Timestamp::now().as_second() + i64::try_from(sim.artifact_ttl()).unwrap_or(60);
-    let name = percent_encoding::utf8_percent_encode(filename, percent_encoding::NON_ALPHANUMERIC);
+    const SET: &percent_encoding::AsciiSet =
+        &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+    let name = percent_encoding::utf8_percent_encode(filename, SET);
     format!(
         "{}/artifacts/{id}/{name}?Expires={expires}&Signature={}",
         sim.urls.storage_root,
@@ -60,10 +62,7 @@ fn s3_error(status: StatusCode, code: &str, message: &str, extra: &str) -> Respo
 }
 
 fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 async fn storage_layer(State(sim): State<Arc<Sim>>, req: Request, next: Next) -> Response {
@@ -87,12 +86,7 @@ async fn storage_layer(State(sim): State<Arc<Sim>>, req: Request, next: Next) ->
 }
 
 async fn fallback() -> Response {
-    s3_error(
-        StatusCode::NOT_FOUND,
-        "NoSuchKey",
-        "The specified key does not exist.",
-        "",
-    )
+    s3_error(StatusCode::NOT_FOUND, "NoSuchKey", "The specified key does not exist.", "")
 }
 
 async fn download(
@@ -152,15 +146,10 @@ async fn download(
             .map(|a| (a.content.clone(), a.mime_type.clone(), a.sha1sum.clone()))
     };
     match art {
-        Some((content, mime, sha1)) => (
-            StatusCode::OK,
-            [
-                (header::CONTENT_TYPE, mime),
-                (header::ETAG, format!("\"{sha1}\"")),
-            ],
-            content,
-        )
-            .into_response(),
+        Some((content, mime, sha1)) => {
+            (StatusCode::OK, [(header::CONTENT_TYPE, mime), (header::ETAG, format!("\"{sha1}\""))], content)
+                .into_response()
+        }
         None => fallback().await,
     }
 }

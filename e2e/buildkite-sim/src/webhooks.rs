@@ -84,11 +84,7 @@ impl Webhooks {
             .pool_max_idle_per_host(32)
             .build()
             .map_err(|e| anyhow::anyhow!("building the webhook HTTP client: {e}"))?;
-        let hooks = Self {
-            entries: Mutex::new(Vec::new()),
-            client,
-            events_seen: AtomicU64::new(0),
-        };
+        let hooks = Self { entries: Mutex::new(Vec::new()), client, events_seen: AtomicU64::new(0) };
         for c in configs {
             hooks.add(c.clone());
         }
@@ -97,14 +93,7 @@ impl Webhooks {
 
     pub fn add(&self, cfg: WebhookConfig) -> Uuid {
         let id = Uuid::new_v4();
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Entry {
-                id,
-                cfg,
-                stats: Arc::default(),
-            });
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).push(Entry { id, cfg, stats: Arc::default() });
         id
     }
 
@@ -171,10 +160,7 @@ impl Webhooks {
 
 /// Computes the `X-Buildkite-Signature` value for `body` at `timestamp`.
 pub fn signature_header(token: &str, timestamp: i64, body: &[u8]) -> String {
-    format!(
-        "timestamp={timestamp},signature={}",
-        hex::encode(sign(token, timestamp, body))
-    )
+    format!("timestamp={timestamp},signature={}", hex::encode(sign(token, timestamp, body)))
 }
 
 fn sign(token: &str, timestamp: i64, body: &[u8]) -> Vec<u8> {
@@ -265,15 +251,9 @@ enum Payload {
 
 fn render(sim: &Sim, payload: &Payload, cfg: &WebhookConfig) -> Option<(&'static str, Bytes)> {
     let inner = sim.lock();
-    let ctx = Ctx {
-        inner: &inner,
-        urls: &sim.urls,
-    };
-    let sender = inner
-        .users
-        .first()
-        .map(|(_, u)| json!({"id": u.id, "name": u.name}))
-        .unwrap_or(serde_json::Value::Null);
+    let ctx = Ctx { inner: &inner, urls: &sim.urls };
+    let sender =
+        inner.users.first().map(|(_, u)| json!({"id": u.id, "name": u.name})).unwrap_or(serde_json::Value::Null);
     let (name, body) = match payload {
         Payload::Ping(id) => (
             "ping",
@@ -308,13 +288,8 @@ async fn deliver(sim: Arc<Sim>, cfg: WebhookConfig, stats: Arc<Mutex<WebhookStat
     let d = cfg.delivery.clone();
     let (jitter, dup) = {
         let mut rng = rand::rng();
-        let jitter = if d.jitter_ms > 0 {
-            rng.random_range(0..=d.jitter_ms)
-        } else {
-            0
-        };
-        let dup = d.duplicate_probability > 0.0
-            && rng.random_bool(d.duplicate_probability.clamp(0.0, 1.0));
+        let jitter = if d.jitter_ms > 0 { rng.random_range(0..=d.jitter_ms) } else { 0 };
+        let dup = d.duplicate_probability > 0.0 && rng.random_bool(d.duplicate_probability.clamp(0.0, 1.0));
         (jitter, dup)
     };
     let wait = Duration::from_millis(d.delay_ms.saturating_add(jitter));
@@ -345,13 +320,7 @@ async fn deliver(sim: Arc<Sim>, cfg: WebhookConfig, stats: Arc<Mutex<WebhookStat
     send_with_retries(&sim, &cfg, &stats, event, body).await;
 }
 
-async fn send_with_retries(
-    sim: &Sim,
-    cfg: &WebhookConfig,
-    stats: &Mutex<WebhookStats>,
-    event: &str,
-    body: Bytes,
-) {
+async fn send_with_retries(sim: &Sim, cfg: &WebhookConfig, stats: &Mutex<WebhookStats>, event: &str, body: Bytes) {
     let d = &cfg.delivery;
     for attempt in 0..d.max_attempts.max(1) {
         if attempt > 0 {

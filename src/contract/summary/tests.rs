@@ -2,10 +2,7 @@ use super::*;
 use crate::contract::result::{CompileResult, ProfileResult, RunResult};
 
 fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
 }
 
 fn run(pairs: &[(&str, &str)]) -> RunResult {
@@ -64,11 +61,7 @@ fn score_last_is_benchmark_0_mean_in_seconds() {
     let r = ranked(&[("check", "pass"), ("benchmark-count", "1"), ("benchmark.0.mean", "4070343.5")]);
     assert_eq!(score(&r, &RankingBy::Last), Some(4070343.5 / 1e9));
     // `last` ignores other benchmarks even when present.
-    let r = ranked(&[
-        ("check", "pass"),
-        ("benchmark.0.mean", "1000"),
-        ("benchmark.1.mean", "nan"),
-    ]);
+    let r = ranked(&[("check", "pass"), ("benchmark.0.mean", "1000"), ("benchmark.1.mean", "nan")]);
     assert_eq!(score(&r, &RankingBy::Last), Some(1e-6));
 }
 
@@ -92,10 +85,8 @@ fn score_mean_and_geom_of_several() {
 
 #[test]
 fn score_geom_does_not_underflow() {
-    let mut pairs: Vec<(String, String)> = vec![
-        ("check".into(), "pass".into()),
-        ("benchmark-count".into(), "200".into()),
-    ];
+    let mut pairs: Vec<(String, String)> =
+        vec![("check".into(), "pass".into()), ("benchmark-count".into(), "200".into())];
     for i in 0..200 {
         pairs.push((format!("benchmark.{i}.mean"), "10".into())); // 1e-8 s each
     }
@@ -143,7 +134,8 @@ fn score_none_for_bad_means() {
 
 #[test]
 fn score_zero_mean_is_allowed_except_for_geom() {
-    let r = ranked(&[("check", "pass"), ("benchmark-count", "2"), ("benchmark.0.mean", "0"), ("benchmark.1.mean", "0.0")]);
+    let r =
+        ranked(&[("check", "pass"), ("benchmark-count", "2"), ("benchmark.0.mean", "0"), ("benchmark.1.mean", "0.0")]);
     assert_eq!(score(&r, &RankingBy::Last), Some(0.0));
     assert_eq!(score(&r, &RankingBy::Mean), Some(0.0));
     assert_eq!(score(&r, &RankingBy::Geom), None);
@@ -164,10 +156,20 @@ fn score_none_when_benchmark_0_is_missing() {
 #[test]
 fn score_follows_benchmark_count() {
     // Count larger than the means present → a mean is missing.
-    let r = ranked(&[("check", "pass"), ("benchmark-count", "3"), ("benchmark.0.mean", "100"), ("benchmark.1.mean", "300")]);
+    let r = ranked(&[
+        ("check", "pass"),
+        ("benchmark-count", "3"),
+        ("benchmark.0.mean", "100"),
+        ("benchmark.1.mean", "300"),
+    ]);
     assert_eq!(score(&r, &RankingBy::Mean), None);
     // Count smaller: only the counted ones.
-    let r = ranked(&[("check", "pass"), ("benchmark-count", "1"), ("benchmark.0.mean", "100"), ("benchmark.1.mean", "300")]);
+    let r = ranked(&[
+        ("check", "pass"),
+        ("benchmark-count", "1"),
+        ("benchmark.0.mean", "100"),
+        ("benchmark.1.mean", "300"),
+    ]);
     assert_eq!(score(&r, &RankingBy::Mean), Some(1e-7));
     // Count zero or garbage → nothing to score.
     for c in ["0", "x", "-1", "1.5"] {
@@ -179,7 +181,12 @@ fn score_follows_benchmark_count() {
     let r = ranked(&[("check", "pass"), ("benchmark-count", "18446744073709551615"), ("benchmark.0.mean", "100")]);
     assert_eq!(score(&r, &RankingBy::Geom), None);
     // No count: the contiguous means from 0.
-    let r = ranked(&[("check", "pass"), ("benchmark.0.mean", "100"), ("benchmark.1.mean", "300"), ("benchmark.3.mean", "1")]);
+    let r = ranked(&[
+        ("check", "pass"),
+        ("benchmark.0.mean", "100"),
+        ("benchmark.1.mean", "300"),
+        ("benchmark.3.mean", "1"),
+    ]);
     assert!(close(score(&r, &RankingBy::Mean).unwrap(), 2e-7));
     // No count and a present-but-bad mean → None (not silently skipped).
     let r = ranked(&[("check", "pass"), ("benchmark.0.mean", "100"), ("benchmark.1.mean", "bad")]);
@@ -226,10 +233,7 @@ fn verdict_rules() {
     let fail = run(&[("check", "fail")]);
     assert_eq!(verdict(&full(vec![("test", eval(pass.clone()))])), Some(true));
     assert_eq!(verdict(&full(vec![("test", eval(fail.clone()))])), Some(false));
-    assert_eq!(
-        verdict(&full(vec![("test", eval(pass.clone())), ("benchmark", eval(fail))])),
-        Some(false)
-    );
+    assert_eq!(verdict(&full(vec![("test", eval(pass.clone())), ("benchmark", eval(fail))])), Some(false));
     // Passed check but crashed afterwards.
     let mut crashed = pass.clone();
     crashed.success = false;
@@ -283,7 +287,11 @@ fn tests_are_counted_and_failures_named() {
     assert_eq!(
         t.failures,
         vec![
-            TestFailure { index: 1, spec: "size: 256; seed: 2".into(), message: "mismatch at (0, 1): 0.5 vs 1.0".into() },
+            TestFailure {
+                index: 1,
+                spec: "size: 256; seed: 2".into(),
+                message: "mismatch at (0, 1): 0.5 vs 1.0".into()
+            },
             TestFailure { index: 2, spec: "size: 512; seed: 3".into(), message: "only a message".into() },
         ]
     );
@@ -305,7 +313,13 @@ fn tests_count_without_test_count_or_with_garbage() {
     let t = summarize_tests(&m, &mut tr).unwrap();
     assert_eq!((t.total, t.passed, t.failed), (0, 0, 0));
     // Keys that only look like tests.
-    let m = map(&[("test.x.status", "fail"), ("test.", "x"), ("test.1", "x"), ("tests.0.status", "fail"), ("test.-1.status", "fail")]);
+    let m = map(&[
+        ("test.x.status", "fail"),
+        ("test.", "x"),
+        ("test.1", "x"),
+        ("tests.0.status", "fail"),
+        ("test.-1.status", "fail"),
+    ]);
     assert_eq!(summarize_tests(&m, &mut tr), None);
     // Highest index is u64::MAX: no overflow.
     let m = map(&[("test.18446744073709551615.status", "pass")]);
@@ -502,7 +516,8 @@ fn system_is_short() {
 
 #[test]
 fn run_order_and_run_bounds() {
-    let mut names: Vec<&str> = vec!["profile.10", "zzz", "test", "profile.2", "leaderboard", "benchmark", "profile.x", "aaa"];
+    let mut names: Vec<&str> =
+        vec!["profile.10", "zzz", "test", "profile.2", "leaderboard", "benchmark", "profile.x", "aaa"];
     names.sort_by(|a, b| run_order(a).cmp(&run_order(b)));
     assert_eq!(names, ["test", "benchmark", "leaderboard", "profile.2", "profile.10", "aaa", "profile.x", "zzz"]);
 
@@ -757,12 +772,8 @@ fn hand_built_oversized_summary_is_shrunk_on_output() {
 
 #[test]
 fn format_is_stable() {
-    let mut e = eval(run(&[
-        ("check", "pass"),
-        ("test-count", "2"),
-        ("test.0.status", "pass"),
-        ("test.1.status", "pass"),
-    ]));
+    let mut e =
+        eval(run(&[("check", "pass"), ("test-count", "2"), ("test.0.status", "pass"), ("test.1.status", "pass")]));
     e.compilation = Some(CompileResult { nvcc_found: true, success: true, ..Default::default() });
     let r = full(vec![
         ("test", e),
@@ -798,7 +809,10 @@ fn format_is_stable() {
 
 #[test]
 fn meta_data_roundtrip() {
-    let r = full(vec![("test", eval(run(&[("check", "fail"), ("test.0.status", "fail"), ("test.0.error", "bad ünïcode \"quoted\"\n")])))]);
+    let r = full(vec![(
+        "test",
+        eval(run(&[("check", "fail"), ("test.0.status", "fail"), ("test.0.error", "bad ünïcode \"quoted\"\n")])),
+    )]);
     let s = summarize(&r, &RankingBy::Geom);
     let back = parse_meta_data_summary(&s.to_meta_data_value()).unwrap();
     assert_eq!(back, s);
@@ -812,10 +826,7 @@ fn garbage_meta_data_is_refused_with_clear_errors() {
     assert!(matches!(parse_meta_data_summary(""), Err(SummaryError::Empty)));
     assert!(matches!(parse_meta_data_summary("  \n"), Err(SummaryError::Empty)));
     for bad in ["{", "nope", "{\"v\":1,}", "\u{0}", "{\"v\":1} {}"] {
-        assert!(
-            matches!(parse_meta_data_summary(bad), Err(SummaryError::Malformed { .. })),
-            "{bad:?}"
-        );
+        assert!(matches!(parse_meta_data_summary(bad), Err(SummaryError::Malformed { .. })), "{bad:?}");
     }
     for bad in ["[]", "1", "\"v\"", "null", "[{\"v\":1,\"success\":true}]"] {
         match parse_meta_data_summary(bad) {
@@ -838,10 +849,7 @@ fn wrong_version_is_refused() {
         let json = format!("{{\"v\":{v},\"success\":true}}");
         match parse_meta_data_summary(&json) {
             Err(e @ SummaryError::UnsupportedVersion { .. }) => {
-                assert_eq!(
-                    e.to_string(),
-                    format!("result summary version {shown} is not supported (expected 1)")
-                );
+                assert_eq!(e.to_string(), format!("result summary version {shown} is not supported (expected 1)"));
             }
             other => panic!("{v}: {other:?}"),
         }
@@ -859,7 +867,10 @@ fn wrong_shapes_are_refused_with_a_path() {
         (r#"{"v":1}"#, "."),
         (r#"{"v":1,"success":"yes"}"#, "success"),
         (r#"{"v":1,"success":true,"score":"fast"}"#, "score"),
-        (r#"{"v":1,"success":true,"runs":{"test":{"tests":{"total":-1,"passed":0,"failed":0}}}}"#, "runs.test.tests.total"),
+        (
+            r#"{"v":1,"success":true,"runs":{"test":{"tests":{"total":-1,"passed":0,"failed":0}}}}"#,
+            "runs.test.tests.total",
+        ),
         (r#"{"v":1,"success":true,"runs":{"test":{"benchmarks":[{"index":"a"}]}}}"#, "runs.test.benchmarks[0].index"),
         (r#"{"v":1,"success":true,"system":{"gpu":"x"}}"#, "system"),
         (r#"{"v":1,"success":true,"ranking_by":5}"#, "ranking_by"),
@@ -880,11 +891,14 @@ fn inconsistent_or_out_of_bounds_summaries_are_refused() {
         r#"{"v":1,"success":true,"score":-1.0}"#.to_owned(),
         r#"{"v":1,"success":true,"runs":{"test":{"duration":-0.5}}}"#.to_owned(),
         r#"{"v":1,"success":true,"runs":{"test":{"tests":{"total":1,"passed":1,"failed":1}}}}"#.to_owned(),
-        r#"{"v":1,"success":true,"runs":{"test":{"tests":{"total":1,"passed":18446744073709551615,"failed":1}}}}"#.to_owned(),
+        r#"{"v":1,"success":true,"runs":{"test":{"tests":{"total":1,"passed":18446744073709551615,"failed":1}}}}"#
+            .to_owned(),
         format!(r#"{{"v":1,"success":true,"runs":{{{runs}}}}}"#),
         format!(r#"{{"v":1,"success":true,"runs":{{"{}":{{}}}}}}"#, "n".repeat(MAX_RUN_NAME_BYTES + 1)),
         r#"{"v":1,"success":true,"runs":{"":{}}}"#.to_owned(),
-        format!(r#"{{"v":1,"success":true,"runs":{{"t":{{"tests":{{"total":99,"passed":0,"failed":11,"failures":[{failures}]}}}}}}}}"#),
+        format!(
+            r#"{{"v":1,"success":true,"runs":{{"t":{{"tests":{{"total":99,"passed":0,"failed":11,"failures":[{failures}]}}}}}}}}"#
+        ),
         format!(r#"{{"v":1,"success":true,"runs":{{"t":{{"benchmarks":[{benches}]}}}}}}"#),
         format!(r#"{{"v":1,"success":true,"error":"{}"}}"#, "e".repeat(MAX_ERROR_BYTES + 1)),
     ] {
@@ -898,7 +912,9 @@ fn inconsistent_or_out_of_bounds_summaries_are_refused() {
 
 #[test]
 fn unknown_fields_in_v1_are_ignored() {
-    let s = parse_meta_data_summary(r#"{"v":1,"success":true,"future":{"x":1},"runs":{"test":{"new":1,"passed":true}}}"#).unwrap();
+    let s =
+        parse_meta_data_summary(r#"{"v":1,"success":true,"future":{"x":1},"runs":{"test":{"new":1,"passed":true}}}"#)
+            .unwrap();
     assert!(s.success);
     assert_eq!(s.runs["test"].passed, Some(true));
     assert_eq!(s.score, None);

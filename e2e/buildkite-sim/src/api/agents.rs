@@ -24,33 +24,22 @@ pub async fn list(State(sim): State<Arc<Sim>>, ApiPath(org): ApiPath<String>, ur
     let hostname = query_get(&pairs, "hostname").map(str::to_string);
     let version = query_get(&pairs, "version").map(str::to_string);
     let inner = sim.lock();
-    let ctx = Ctx {
-        inner: &inner,
-        urls: &sim.urls,
-    };
+    let ctx = Ctx { inner: &inner, urls: &sim.urls };
     let items: Vec<Value> = inner
         .agent_order
         .iter()
         .filter_map(|id| inner.agents.get(id))
-        .filter(|a| {
-            matches!(
-                a.connection_state,
-                ConnectionState::Connected | ConnectionState::Stopping
-            )
-        })
+        .filter(|a| matches!(a.connection_state, ConnectionState::Connected | ConnectionState::Stopping))
         .filter(|a| name.as_deref().is_none_or(|n| a.name == n))
         .filter(|a| hostname.as_deref().is_none_or(|h| a.hostname == h))
-        .filter(|a| version.as_deref().is_none_or(|v| v == "3.0.0"))
+        .filter(|_| version.as_deref().is_none_or(|v| v == "3.0.0"))
         .map(|a| ctx.agent(a))
         .collect();
     drop(inner);
     paginated(&sim, &uri, &pairs, items)
 }
 
-pub async fn get(
-    State(sim): State<Arc<Sim>>,
-    ApiPath((org, agent)): ApiPath<(String, String)>,
-) -> Response {
+pub async fn get(State(sim): State<Arc<Sim>>, ApiPath((org, agent)): ApiPath<(String, String)>) -> Response {
     if let Err(r) = check_org(&sim, &org) {
         return r;
     }
@@ -58,10 +47,7 @@ pub async fn get(
     let Some(a) = agent.parse::<Uuid>().ok().and_then(|id| inner.agents.get(&id)) else {
         return not_found("No agent found");
     };
-    let ctx = Ctx {
-        inner: &inner,
-        urls: &sim.urls,
-    };
+    let ctx = Ctx { inner: &inner, urls: &sim.urls };
     json_response(StatusCode::OK, &ctx.agent(a))
 }
 

@@ -26,38 +26,24 @@ fn build_of<'a>(inner: &'a Inner, pipeline: &str, number: &str) -> Result<&'a Bu
 }
 
 fn job_in(b: &Build, job: &str) -> Result<Uuid, Response> {
-    job.parse::<Uuid>()
-        .ok()
-        .filter(|j| b.jobs.contains(j))
-        .ok_or_else(|| not_found("No job found"))
+    job.parse::<Uuid>().ok().filter(|j| b.jobs.contains(j)).ok_or_else(|| not_found("No job found"))
 }
 
 fn visible(inner: &Inner, build: Uuid) -> Vec<&Artifact> {
     inner
         .build_artifacts
         .get(&build)
-        .map(|ids| {
-            ids.iter()
-                .filter_map(|id| inner.artifacts.get(id))
-                .filter(|a| a.state != "deleted")
-                .collect()
-        })
+        .map(|ids| ids.iter().filter_map(|id| inner.artifacts.get(id)).filter(|a| a.state != "deleted").collect())
         .unwrap_or_default()
 }
 
 fn list_response(sim: &Sim, uri: &Uri, inner: &Inner, arts: Vec<&Artifact>) -> Response {
     let pairs = query_pairs(uri);
     let glob = query_get(&pairs, "path").map(str::to_string);
-    let ctx = Ctx {
-        inner,
-        urls: &sim.urls,
-    };
+    let ctx = Ctx { inner, urls: &sim.urls };
     let items = arts
         .into_iter()
-        .filter(|a| {
-            glob.as_deref()
-                .is_none_or(|g| crate::glob::wildcard_match(g, &a.path))
-        })
+        .filter(|a| glob.as_deref().is_none_or(|g| crate::glob::wildcard_match(g, &a.path)))
         .map(|a| ctx.artifact(a))
         .collect();
     paginated(sim, uri, &pairs, items)
@@ -119,22 +105,15 @@ pub async fn list_job_org(
 }
 
 /// Finds an artifact of a job (optionally checking the build path).
-fn find_artifact(
-    inner: &Inner,
-    build: Option<(&str, &str)>,
-    job: &str,
-    artifact: &str,
-) -> Result<Uuid, Response> {
+fn find_artifact(inner: &Inner, build: Option<(&str, &str)>, job: &str, artifact: &str) -> Result<Uuid, Response> {
     let job_id = match build {
         Some((pipeline, number)) => {
             let b = build_of(inner, pipeline, number)?;
             job_in(b, job)?
         }
-        None => job
-            .parse::<Uuid>()
-            .ok()
-            .filter(|j| inner.jobs.contains_key(j))
-            .ok_or_else(|| not_found("No job found"))?,
+        None => {
+            job.parse::<Uuid>().ok().filter(|j| inner.jobs.contains_key(j)).ok_or_else(|| not_found("No job found"))?
+        }
     };
     artifact
         .parse::<Uuid>()
@@ -153,10 +132,7 @@ fn get_impl(sim: &Sim, org: &str, build: Option<(&str, &str)>, job: &str, artifa
     match find_artifact(&inner, build, job, artifact) {
         Ok(id) => match inner.artifacts.get(&id) {
             Some(a) => {
-                let ctx = Ctx {
-                    inner: &inner,
-                    urls: &sim.urls,
-                };
+                let ctx = Ctx { inner: &inner, urls: &sim.urls };
                 json_response(StatusCode::OK, &ctx.artifact(a))
             }
             None => not_found("No artifact found"),

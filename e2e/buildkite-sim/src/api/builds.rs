@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::{
-    ApiPath, AuthToken, check_org, error, json_object, json_response, not_found, op_error,
-    paginated, query_get, query_list, query_pairs, query_true, validation_failed,
+    ApiPath, AuthToken, check_org, error, json_object, json_response, not_found, op_error, paginated, query_get,
+    query_list, query_pairs, query_true, validation_failed,
 };
 use crate::model::{Build, BuildState};
 use crate::render::Ctx;
@@ -120,24 +120,13 @@ pub async fn create(
     if !errors.is_empty() {
         return validation_failed(&errors);
     }
-    let req = CreateBuild {
-        commit,
-        branch,
-        message,
-        author,
-        env,
-        meta_data,
-        clean_checkout,
-    };
+    let req = CreateBuild { commit, branch, message, author, env, meta_data, clean_checkout };
     let rendered = {
         let mut inner = sim.lock();
         let creator = creator(&inner, token.as_ref());
         match inner.create_build(&pipeline, req, creator) {
             Ok((id, _)) => {
-                let ctx = Ctx {
-                    inner: &inner,
-                    urls: &sim.urls,
-                };
+                let ctx = Ctx { inner: &inner, urls: &sim.urls };
                 inner.builds.get(&id).map(|b| ctx.build(b, true, true))
             }
             Err(e) => return op_error(e),
@@ -173,15 +162,8 @@ pub async fn get(
     let inner = sim.lock();
     match find_build(&inner, &pipeline, &number) {
         Ok(b) => {
-            let ctx = Ctx {
-                inner: &inner,
-                urls: &sim.urls,
-            };
-            let v = ctx.build(
-                b,
-                !query_true(&pairs, "exclude_jobs"),
-                !query_true(&pairs, "exclude_pipeline"),
-            );
+            let ctx = Ctx { inner: &inner, urls: &sim.urls };
+            let v = ctx.build(b, !query_true(&pairs, "exclude_jobs"), !query_true(&pairs, "exclude_pipeline"));
             json_response(StatusCode::OK, &v)
         }
         Err(r) => r,
@@ -204,10 +186,7 @@ pub async fn cancel(
         if let Err(e) = inner.cancel_build(id, None) {
             return op_error(e);
         }
-        let ctx = Ctx {
-            inner: &inner,
-            urls: &sim.urls,
-        };
+        let ctx = Ctx { inner: &inner, urls: &sim.urls };
         match inner.builds.get(&id) {
             Some(b) => json_response(StatusCode::OK, &ctx.build(b, true, true)),
             None => not_found("No build found"),
@@ -245,15 +224,12 @@ fn parse_time(v: &str) -> Option<Timestamp> {
 }
 
 fn parse_filter(pairs: &[(String, String)]) -> Result<Filter, Response> {
-    let mut time = |key: &str| -> Result<Option<Timestamp>, Response> {
+    let time = |key: &str| -> Result<Option<Timestamp>, Response> {
         match query_get(pairs, key) {
             None => Ok(None),
             Some(v) if v.trim().is_empty() => Ok(None),
             Some(v) => parse_time(v).map(Some).ok_or_else(|| {
-                error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    &format!("{key} must be a valid ISO 8601 date/time"),
-                )
+                error(StatusCode::UNPROCESSABLE_ENTITY, &format!("{key} must be a valid ISO 8601 date/time"))
             }),
         }
     };
@@ -263,18 +239,13 @@ fn parse_filter(pairs: &[(String, String)]) -> Result<Filter, Response> {
     let states = query_list(pairs, "state");
     for s in &states {
         if s != "finished" && BuildState::parse(s).is_none() {
-            return Err(error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                &format!("Invalid build state: {s}"),
-            ));
+            return Err(error(StatusCode::UNPROCESSABLE_ENTITY, &format!("Invalid build state: {s}")));
         }
     }
     let meta = pairs
         .iter()
         .filter_map(|(k, v)| {
-            k.strip_prefix("meta_data[")
-                .and_then(|r| r.strip_suffix(']'))
-                .map(|key| (key.to_string(), v.clone()))
+            k.strip_prefix("meta_data[").and_then(|r| r.strip_suffix(']')).map(|key| (key.to_string(), v.clone()))
         })
         .collect();
     Ok(Filter {
@@ -294,15 +265,10 @@ impl Filter {
         if !self.states.is_empty() && !self.states.iter().any(|s| b.state.matches_filter(s)) {
             return false;
         }
-        if !self.branches.is_empty()
-            && !self
-                .branches
-                .iter()
-                .any(|p| crate::glob::wildcard_match(p, &b.branch))
-        {
+        if !self.branches.is_empty() && !self.branches.iter().any(|p| crate::glob::wildcard_match(p, &b.branch)) {
             return false;
         }
-        if !self.commits.is_empty() && !self.commits.iter().any(|c| *c == b.commit) {
+        if !self.commits.is_empty() && !self.commits.contains(&b.commit) {
             return false;
         }
         if let Some(c) = &self.creator
@@ -310,11 +276,7 @@ impl Filter {
         {
             return false;
         }
-        if !self
-            .meta
-            .iter()
-            .all(|(k, v)| b.meta_data.get(k).is_some_and(|x| x == v))
-        {
+        if !self.meta.iter().all(|(k, v)| b.meta_data.get(k).is_some_and(|x| x == v)) {
             return false;
         }
         if self.created_from.is_some_and(|t| b.created_at < t) {
@@ -324,7 +286,7 @@ impl Filter {
             return false;
         }
         if let Some(t) = self.finished_from
-            && !b.finished_at.is_some_and(|f| f >= t)
+            && b.finished_at.is_none_or(|f| f < t)
         {
             return false;
         }
@@ -351,16 +313,11 @@ fn list(sim: &Sim, uri: &Uri, pipeline: Option<&str>) -> Response {
         .iter()
         .rev()
         .filter(|id| {
-            inner.builds.get(id).is_some_and(|b| {
-                pipeline.is_none_or(|p| b.pipeline == p) && filter.matches(b)
-            })
+            inner.builds.get(id).is_some_and(|b| pipeline.is_none_or(|p| b.pipeline == p) && filter.matches(b))
         })
         .copied()
         .collect();
-    let ctx = Ctx {
-        inner: &inner,
-        urls: &sim.urls,
-    };
+    let ctx = Ctx { inner: &inner, urls: &sim.urls };
     let include_jobs = !query_true(&pairs, "exclude_jobs");
     let include_pipeline = !query_true(&pairs, "exclude_pipeline");
     let start = (page - 1).saturating_mul(per_page);
@@ -378,11 +335,7 @@ pub async fn list_all(State(sim): State<Arc<Sim>>, uri: Uri) -> Response {
     list(&sim, &uri, None)
 }
 
-pub async fn list_org(
-    State(sim): State<Arc<Sim>>,
-    ApiPath(org): ApiPath<String>,
-    uri: Uri,
-) -> Response {
+pub async fn list_org(State(sim): State<Arc<Sim>>, ApiPath(org): ApiPath<String>, uri: Uri) -> Response {
     if let Err(r) = check_org(&sim, &org) {
         return r;
     }
@@ -400,13 +353,7 @@ pub async fn list_pipeline(
     list(&sim, &uri, Some(&pipeline))
 }
 
-fn find_job_log(
-    sim: &Sim,
-    org: &str,
-    pipeline: &str,
-    number: &str,
-    job: &str,
-) -> Result<(String, String), Response> {
+fn find_job_log(sim: &Sim, org: &str, pipeline: &str, number: &str, job: &str) -> Result<(String, String), Response> {
     check_org(sim, org)?;
     let inner = sim.lock();
     let b = find_build(&inner, pipeline, number)?;
@@ -416,10 +363,7 @@ fn find_job_log(
         .filter(|j| b.jobs.contains(j))
         .and_then(|j| inner.jobs.get(&j))
         .ok_or_else(|| not_found("No job found"))?;
-    let ctx = Ctx {
-        inner: &inner,
-        urls: &sim.urls,
-    };
+    let ctx = Ctx { inner: &inner, urls: &sim.urls };
     Ok((format!("{}/log", ctx.job_url(b, j.id)), j.log.clone()))
 }
 
@@ -441,12 +385,9 @@ pub async fn job_log_txt(
     ApiPath((org, pipeline, number, job)): ApiPath<(String, String, String, String)>,
 ) -> Response {
     match find_job_log(&sim, &org, &pipeline, &number, &job) {
-        Ok((_, content)) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            content,
-        )
-            .into_response(),
+        Ok((_, content)) => {
+            (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], content).into_response()
+        }
         Err(r) => r,
     }
 }

@@ -11,10 +11,7 @@ use jiff::Timestamp;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{
-    ApiPath, check_org, error, json_object, json_response, not_found, op_error, paginated,
-    query_pairs,
-};
+use super::{ApiPath, check_org, error, json_object, json_response, not_found, op_error, paginated, query_pairs};
 use crate::model::AgentToken;
 use crate::render::Ctx;
 use crate::sim::Sim;
@@ -42,19 +39,13 @@ pub async fn list(State(sim): State<Arc<Sim>>, ApiPath(org): ApiPath<String>, ur
     }
     let pairs = query_pairs(&uri);
     let inner = sim.lock();
-    let ctx = Ctx {
-        inner: &inner,
-        urls: &sim.urls,
-    };
+    let ctx = Ctx { inner: &inner, urls: &sim.urls };
     let items: Vec<Value> = inner.clusters.iter().map(|c| ctx.cluster(c)).collect();
     drop(inner);
     paginated(&sim, &uri, &pairs, items)
 }
 
-pub async fn get(
-    State(sim): State<Arc<Sim>>,
-    ApiPath((org, cluster)): ApiPath<(String, String)>,
-) -> Response {
+pub async fn get(State(sim): State<Arc<Sim>>, ApiPath((org, cluster)): ApiPath<(String, String)>) -> Response {
     if let Err(r) = check_org(&sim, &org) {
         return r;
     }
@@ -63,10 +54,7 @@ pub async fn get(
         Ok(id) => id,
         Err(r) => return r,
     };
-    let ctx = Ctx {
-        inner: &inner,
-        urls: &sim.urls,
-    };
+    let ctx = Ctx { inner: &inner, urls: &sim.urls };
     match inner.clusters.iter().find(|c| c.id == id) {
         Some(c) => json_response(StatusCode::OK, &ctx.cluster(c)),
         None => not_found("No cluster found"),
@@ -87,16 +75,8 @@ pub async fn list_queues(
         Ok(id) => id,
         Err(r) => return r,
     };
-    let ctx = Ctx {
-        inner: &inner,
-        urls: &sim.urls,
-    };
-    let items: Vec<Value> = inner
-        .queues
-        .iter()
-        .filter(|q| q.cluster_id == id)
-        .map(|q| ctx.queue(q))
-        .collect();
+    let ctx = Ctx { inner: &inner, urls: &sim.urls };
+    let items: Vec<Value> = inner.queues.iter().filter(|q| q.cluster_id == id).map(|q| ctx.queue(q)).collect();
     drop(inner);
     paginated(&sim, &uri, &pairs, items)
 }
@@ -117,10 +97,7 @@ pub async fn get_queue(
         Ok(id) => id,
         Err(r) => return r,
     };
-    let ctx = Ctx {
-        inner: &inner,
-        urls: &sim.urls,
-    };
+    let ctx = Ctx { inner: &inner, urls: &sim.urls };
     match inner.queues.iter().find(|q| q.id == qid) {
         Some(q) => json_response(StatusCode::OK, &ctx.queue(q)),
         None => not_found("No queue found"),
@@ -147,30 +124,21 @@ pub async fn create_queue(
         None | Some(Value::Null) => String::new(),
         Some(Value::String(s)) => s.clone(),
         Some(_) => {
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "Validation failed: Key is invalid",
-            );
+            return error(StatusCode::UNPROCESSABLE_ENTITY, "Validation failed: Key is invalid");
         }
     };
     let description = match body.get("description") {
         Some(Value::String(s)) => Some(s.clone()),
         None | Some(Value::Null) => None,
         Some(_) => {
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "Validation failed: Description is invalid",
-            );
+            return error(StatusCode::UNPROCESSABLE_ENTITY, "Validation failed: Description is invalid");
         }
     };
     let resp = {
         let mut inner = sim.lock();
         match inner.create_queue(cid, &key, description) {
             Ok(id) => {
-                let ctx = Ctx {
-                    inner: &inner,
-                    urls: &sim.urls,
-                };
+                let ctx = Ctx { inner: &inner, urls: &sim.urls };
                 match inner.queues.iter().find(|q| q.id == id) {
                     Some(q) => json_response(StatusCode::CREATED, &ctx.queue(q)),
                     None => not_found("No queue found"),
@@ -224,10 +192,8 @@ async fn set_paused(
         Ok(b) => b,
         Err(r) => return r,
     };
-    let note = ["note", "dispatch_paused_note"]
-        .iter()
-        .find_map(|k| body.get(*k).and_then(Value::as_str))
-        .map(str::to_string);
+    let note =
+        ["note", "dispatch_paused_note"].iter().find_map(|k| body.get(*k).and_then(Value::as_str)).map(str::to_string);
     let resp = {
         let mut inner = sim.lock();
         let cid = match cluster_id(&inner, &cluster) {
@@ -240,10 +206,7 @@ async fn set_paused(
         };
         match inner.set_dispatch_paused(cid, qid, paused, note) {
             Ok(()) => {
-                let ctx = Ctx {
-                    inner: &inner,
-                    urls: &sim.urls,
-                };
+                let ctx = Ctx { inner: &inner, urls: &sim.urls };
                 match inner.queues.iter().find(|q| q.id == qid) {
                     Some(q) => json_response(StatusCode::OK, &ctx.queue(q)),
                     None => not_found("No queue found"),
@@ -286,16 +249,9 @@ pub async fn list_tokens(
         Ok(id) => id,
         Err(r) => return r,
     };
-    let ctx = Ctx {
-        inner: &inner,
-        urls: &sim.urls,
-    };
-    let items: Vec<Value> = inner
-        .agent_tokens
-        .iter()
-        .filter(|t| t.cluster_id == cid)
-        .map(|t| ctx.agent_token(t, false))
-        .collect();
+    let ctx = Ctx { inner: &inner, urls: &sim.urls };
+    let items: Vec<Value> =
+        inner.agent_tokens.iter().filter(|t| t.cluster_id == cid).map(|t| ctx.agent_token(t, false)).collect();
     drop(inner);
     paginated(&sim, &uri, &pairs, items)
 }
@@ -316,10 +272,7 @@ pub async fn create_token(
     let description = match body.get("description") {
         Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
         _ => {
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "Validation failed: Description can't be blank",
-            );
+            return error(StatusCode::UNPROCESSABLE_ENTITY, "Validation failed: Description can't be blank");
         }
     };
     let mut inner = sim.lock();
@@ -337,9 +290,6 @@ pub async fn create_token(
         created_at: Timestamp::now(),
     };
     inner.agent_tokens.push(token.clone());
-    let ctx = Ctx {
-        inner: &inner,
-        urls: &sim.urls,
-    };
+    let ctx = Ctx { inner: &inner, urls: &sim.urls };
     json_response(StatusCode::CREATED, &ctx.agent_token(&token, true))
 }

@@ -21,17 +21,12 @@ fn cluster_for(sim: &Sim, headers: &HeaderMap) -> Option<Uuid> {
         return None;
     }
     let token = token.trim();
-    sim.lock()
-        .agent_tokens
-        .iter()
-        .find(|t| t.token == token)
-        .map(|t| t.cluster_id)
+    sim.lock().agent_tokens.iter().find(|t| t.token == token).map(|t| t.cluster_id)
 }
 
 fn with_poll_header(sim: &Sim, mut r: Response) -> Response {
     let secs = sim.poll_duration_secs.load(Ordering::Relaxed);
-    r.headers_mut()
-        .insert("Buildkite-Agent-Metrics-Poll-Duration", HeaderValue::from(secs));
+    r.headers_mut().insert("Buildkite-Agent-Metrics-Poll-Duration", HeaderValue::from(secs));
     r
 }
 
@@ -54,10 +49,7 @@ pub async fn all(State(sim): State<Arc<Sim>>, headers: HeaderMap) -> Response {
         t.jobs_scheduled += m.jobs_scheduled;
         t.jobs_running += m.jobs_running;
         t.jobs_waiting += m.jobs_waiting;
-        agent_queues.insert(
-            q.clone(),
-            json!({"idle": m.agents_idle, "busy": m.agents_busy, "total": m.agents_total}),
-        );
+        agent_queues.insert(q.clone(), json!({"idle": m.agents_idle, "busy": m.agents_busy, "total": m.agents_total}));
         job_queues.insert(
             q.clone(),
             json!({
@@ -91,11 +83,7 @@ pub async fn queue(State(sim): State<Arc<Sim>>, headers: HeaderMap, uri: Uri) ->
     let Some(name) = query_get(&pairs, "name").filter(|n| !n.is_empty()) else {
         return error(StatusCode::BAD_REQUEST, "Missing required parameter: name");
     };
-    let m = sim
-        .lock()
-        .queue_metrics(cluster)
-        .remove(name)
-        .unwrap_or_default();
+    let m = sim.lock().queue_metrics(cluster).remove(name).unwrap_or_default();
     let body = json!({
         "agents": {"idle": m.agents_idle, "busy": m.agents_busy, "total": m.agents_total},
         "jobs": {

@@ -14,10 +14,7 @@ use crate::sim::Sim;
 
 /// `GET /` — like `curl https://api.buildkite.com`.
 pub async fn root() -> Response {
-    json_response(
-        StatusCode::OK,
-        &json!({"message": "🛠", "timestamp": jiff::Timestamp::now().as_second()}),
-    )
+    json_response(StatusCode::OK, &json!({"message": "🛠", "timestamp": jiff::Timestamp::now().as_second()}))
 }
 
 /// Unknown routes (and known routes with another method) are 404 like on Buildkite.
@@ -25,10 +22,7 @@ pub async fn not_found_handler() -> Response {
     not_found("Not Found")
 }
 
-pub async fn access_token(
-    State(sim): State<Arc<Sim>>,
-    token: Option<Extension<AuthToken>>,
-) -> Response {
+pub async fn access_token(State(sim): State<Arc<Sim>>, token: Option<Extension<AuthToken>>) -> Response {
     let inner = sim.lock();
     let user = token.and_then(|t| inner.user_for_token(&t.0.0).cloned());
     json_response(
@@ -59,11 +53,7 @@ pub async fn list_orgs(State(sim): State<Arc<Sim>>, uri: Uri) -> Response {
     let pairs = query_pairs(&uri);
     let org = {
         let inner = sim.lock();
-        Ctx {
-            inner: &inner,
-            urls: &sim.urls,
-        }
-        .organization()
+        Ctx { inner: &inner, urls: &sim.urls }.organization()
     };
     paginated(&sim, &uri, &pairs, vec![org])
 }
@@ -73,28 +63,18 @@ pub async fn get_org(State(sim): State<Arc<Sim>>, ApiPath(org): ApiPath<String>)
         return r;
     }
     let inner = sim.lock();
-    let ctx = Ctx {
-        inner: &inner,
-        urls: &sim.urls,
-    };
+    let ctx = Ctx { inner: &inner, urls: &sim.urls };
     json_response(StatusCode::OK, &ctx.organization())
 }
 
-pub async fn list_pipelines(
-    State(sim): State<Arc<Sim>>,
-    ApiPath(org): ApiPath<String>,
-    uri: Uri,
-) -> Response {
+pub async fn list_pipelines(State(sim): State<Arc<Sim>>, ApiPath(org): ApiPath<String>, uri: Uri) -> Response {
     if let Err(r) = check_org(&sim, &org) {
         return r;
     }
     let pairs = query_pairs(&uri);
     let items: Vec<Value> = {
         let inner = sim.lock();
-        let ctx = Ctx {
-            inner: &inner,
-            urls: &sim.urls,
-        };
+        let ctx = Ctx { inner: &inner, urls: &sim.urls };
         inner.pipelines.values().map(|p| ctx.pipeline(p, true)).collect()
     };
     paginated(&sim, &uri, &pairs, items)
@@ -108,10 +88,7 @@ pub async fn get_pipeline(
         return r;
     }
     let inner = sim.lock();
-    let ctx = Ctx {
-        inner: &inner,
-        urls: &sim.urls,
-    };
+    let ctx = Ctx { inner: &inner, urls: &sim.urls };
     match inner.pipelines.get(&pipeline) {
         Some(p) => json_response(StatusCode::OK, &ctx.pipeline(p, true)),
         None => not_found("No pipeline found"),

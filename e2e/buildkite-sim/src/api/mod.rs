@@ -1,6 +1,10 @@
 //! The Buildkite REST API v2 (`/v2`), the agent metrics API (`/v3`) and the layers in
 //! front of them: request counters, fault injection, authentication and rate limits.
 
+// Route helpers return the error answer itself (`Result<_, Response>`): it is built once and
+// sent as is, so boxing it would only add noise.
+#![allow(clippy::result_large_err)]
+
 mod agents;
 mod artifacts;
 mod builds;
@@ -55,38 +59,23 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route(&format!("{BN}/cancel"), put(builds::cancel))
         .route(&format!("{BN}/artifacts"), get(artifacts::list_build))
         .route(&format!("{J}/artifacts"), get(artifacts::list_job))
-        .route(
-            &format!("{J}/artifacts/{{artifact}}"),
-            get(artifacts::get).delete(artifacts::delete),
-        )
+        .route(&format!("{J}/artifacts/{{artifact}}"), get(artifacts::get).delete(artifacts::delete))
         .route(&format!("{J}/artifacts/{{artifact}}/download"), get(artifacts::download))
         .route(&format!("{J}/log"), get(builds::job_log))
         .route(&format!("{J}/log.txt"), get(builds::job_log_txt))
         .route(&format!("{OJ}/artifacts"), get(artifacts::list_job_org))
-        .route(
-            &format!("{OJ}/artifacts/{{artifact}}"),
-            get(artifacts::get_org).delete(artifacts::delete_org),
-        )
-        .route(
-            &format!("{OJ}/artifacts/{{artifact}}/download"),
-            get(artifacts::download_org),
-        )
+        .route(&format!("{OJ}/artifacts/{{artifact}}"), get(artifacts::get_org).delete(artifacts::delete_org))
+        .route(&format!("{OJ}/artifacts/{{artifact}}/download"), get(artifacts::download_org))
         .route("/v2/organizations/{org}/agents", get(agents::list))
         .route("/v2/organizations/{org}/agents/{agent}", get(agents::get))
         .route("/v2/organizations/{org}/agents/{agent}/stop", put(agents::stop))
         .route("/v2/organizations/{org}/clusters", get(clusters::list))
         .route(C, get(clusters::get))
-        .route(
-            &format!("{C}/queues"),
-            get(clusters::list_queues).post(clusters::create_queue),
-        )
+        .route(&format!("{C}/queues"), get(clusters::list_queues).post(clusters::create_queue))
         .route(Q, get(clusters::get_queue).delete(clusters::delete_queue))
         .route(&format!("{Q}/pause_dispatch"), post(clusters::pause))
         .route(&format!("{Q}/resume_dispatch"), post(clusters::resume))
-        .route(
-            &format!("{C}/tokens"),
-            get(clusters::list_tokens).post(clusters::create_token),
-        )
+        .route(&format!("{C}/tokens"), get(clusters::list_tokens).post(clusters::create_token))
         .route("/v3/metrics", get(metrics::all))
         .route("/v3/metrics/queue", get(metrics::queue))
         .fallback(misc::not_found_handler)
@@ -100,10 +89,7 @@ pub fn router(sim: Arc<Sim>) -> Router {
 /// `"<METHOD> <route template>"` of a request, e.g.
 /// `"POST /v2/organizations/{org}/pipelines/{pipeline}/builds"`.
 pub fn endpoint_key(req: &Request) -> String {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("(unmatched)", |m| m.as_str());
+    let route = req.extensions().get::<MatchedPath>().map_or("(unmatched)", |m| m.as_str());
     format!("{} {route}", req.method())
 }
 
@@ -161,9 +147,7 @@ async fn rest_guard(State(sim): State<Arc<Sim>>, mut req: Request, next: Next) -
     if !(path == "/v2" || path.starts_with("/v2/")) {
         return next.run(req).await;
     }
-    let token = bearer(req.headers())
-        .filter(|t| sim.api_tokens.iter().any(|x| x == t))
-        .map(str::to_string);
+    let token = bearer(req.headers()).filter(|t| sim.api_tokens.iter().any(|x| x == t)).map(str::to_string);
     let Some(token) = token else {
         let mut resp = error(StatusCode::UNAUTHORIZED, AUTH_MESSAGE);
         set_rate_headers(&mut resp, sim.rate.peek(), None);
@@ -230,14 +214,8 @@ pub fn op_error(e: OpError) -> Response {
 
 /// `422 {"message": "Validation Failed", "errors": [{"field", "code"}…]}`.
 pub fn validation_failed(errors: &[(String, &'static str)]) -> Response {
-    let errors: Vec<Value> = errors
-        .iter()
-        .map(|(f, c)| json!({"field": f, "code": c}))
-        .collect();
-    (
-        StatusCode::UNPROCESSABLE_ENTITY,
-        axum::Json(json!({"message": "Validation Failed", "errors": errors})),
-    )
+    let errors: Vec<Value> = errors.iter().map(|(f, c)| json!({"field": f, "code": c})).collect();
+    (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(json!({"message": "Validation Failed", "errors": errors})))
         .into_response()
 }
 
@@ -252,10 +230,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        Path::<T>::from_request_parts(parts, state)
-            .await
-            .map(|p| ApiPath(p.0))
-            .map_err(|_| not_found("Not Found"))
+        Path::<T>::from_request_parts(parts, state).await.map(|p| ApiPath(p.0)).map_err(|_| not_found("Not Found"))
     }
 }
 
@@ -284,20 +259,12 @@ pub fn json_object(body: Result<Bytes, BytesRejection>) -> Result<serde_json::Ma
 /// Decoded query pairs (repeated keys kept, `a[]` keys as they come).
 pub fn query_pairs(uri: &Uri) -> Vec<(String, String)> {
     uri.query()
-        .map(|q| {
-            form_urlencoded::parse(q.as_bytes())
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect()
-        })
+        .map(|q| form_urlencoded::parse(q.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
         .unwrap_or_default()
 }
 
 pub fn query_get<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    pairs
-        .iter()
-        .rev()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
+    pairs.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
 pub fn query_true(pairs: &[(String, String)], key: &str) -> bool {
@@ -333,10 +300,7 @@ pub fn paginated(sim: &Sim, uri: &Uri, pairs: &[(String, String)], items: Vec<Va
 
 /// `page` (default 1) and `per_page` (default 30, max 100); nonsense falls back to defaults.
 pub fn page_params(pairs: &[(String, String)]) -> (usize, usize) {
-    let page = query_get(pairs, "page")
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|p| *p >= 1)
-        .unwrap_or(1);
+    let page = query_get(pairs, "page").and_then(|v| v.trim().parse::<usize>().ok()).filter(|p| *p >= 1).unwrap_or(1);
     let per_page = query_get(pairs, "per_page")
         .and_then(|v| v.trim().parse::<usize>().ok())
         .filter(|p| *p >= 1)
@@ -368,9 +332,5 @@ fn link_header(sim: &Sim, uri: &Uri, pairs: &[(String, String)], page: usize, la
 
 /// 404 unless `org` is the simulated organization.
 pub fn check_org(sim: &Sim, org: &str) -> Result<(), Response> {
-    if org == sim.org_slug {
-        Ok(())
-    } else {
-        Err(not_found("No organization found"))
-    }
+    if org == sim.org_slug { Ok(()) } else { Err(not_found("No organization found")) }
 }

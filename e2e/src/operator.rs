@@ -1,0 +1,185 @@
+//! Runs the real `benchkite` binary against the e2e cluster, as the chart would in a pod:
+//! same flags, a kubeconfig instead of a service account.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock, mpsc};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+
+use crate::{e2e_dir, kubeconfig_path, repo_root, wait_until};
+
+/// The operator binary: `$BENCHKITE_BIN`, else `<repo>/target/debug/benchkite` (built by
+/// `make test` before the e2e tests run).
+pub fn binary() -> Result<PathBuf> {
+    let path = match std::env::var_os("BENCHKITE_BIN") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => repo_root().join("target").join("debug").join("benchkite"),
+    };
+    if !path.exists() {
+        bail!("{} does not exist: build it with `cargo build --bin benchkite` (make test does)", path.display());
+    }
+    Ok(path)
+}
+
+/// Installs (server-side applies) the CRDs from `crds/` and waits until they are Established.
+pub async fn install_crds(client: &Client) -> Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let dir = repo_root().join("crds");
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)?;
+        let crd: CustomResourceDefinition =
+            serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let name = crd.name_any();
+        api.patch(&name, &PatchParams::apply("benchkite-e2e").force(), &Patch::Apply(&crd))
+            .await
+            .with_context(|| format!("applying CRD {name}"))?;
+        names.push(name);
+    }
+    for name in names {
+        wait_until(&format!("CRD {name} Established"), Duration::from_secs(30), || async {
+            let crd = api.get(&name).await?;
+            let established = crd
+                .status
+                .and_then(|s| s.conditions)
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"));
+            Ok(established.then_some(()))
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// A running controller process. Killed (SIGKILL) when dropped or when the test process
+/// exits (parent-death signal), so no controller outlives its tests.
+pub struct Operator {
+    pid: u32,
+    pub log: PathBuf,
+}
+
+impl Operator {
+    /// Starts `benchkite controller <args>` with the e2e kubeconfig, logging to
+    /// `target/e2e/logs/<name>.log`.
+    pub fn start(name: &str, args: &[&str]) -> Result<Operator> {
+        let bin = binary()?;
+        let logs = e2e_dir().join("logs");
+        std::fs::create_dir_all(&logs)?;
+        let log = logs.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("controller")
+            .args(args)
+            .env("KUBECONFIG", kubeconfig_path())
+            .env("RUST_LOG", std::env::var("BENCHKITE_E2E_LOG").unwrap_or_else(|_| "info,benchkite=debug".into()))
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file);
+        let pid = spawn_on_keeper_thread(cmd)?;
+        Ok(Operator { pid, log })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// SIGKILLs the process (a crash, not a shutdown).
+    pub fn kill(&self) {
+        signal(self.pid, libc::SIGKILL);
+    }
+
+    /// SIGTERM: a graceful shutdown.
+    pub fn terminate(&self) {
+        signal(self.pid, libc::SIGTERM);
+    }
+
+    /// The log so far (for assertion messages and secret scans).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn signal(pid: u32, sig: i32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        // SAFETY: kill(2) with a pid we spawned; no memory is touched.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+}
+
+/// Children are spawned from one thread that lives as long as the test process, with
+/// PR_SET_PDEATHSIG tied to it: when the test binary exits (even on a panic or Ctrl-C) the
+/// kernel kills every controller it started. Reaping also happens there.
+fn spawn_on_keeper_thread(cmd: Command) -> Result<u32> {
+    type Request = (Command, mpsc::Sender<std::io::Result<u32>>);
+    static KEEPER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
+    let keeper = KEEPER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Request>();
+        std::thread::spawn(move || {
+            let mut children: Vec<Child> = Vec::new();
+            loop {
+                match rx.recv_timeout(Duration::from_millis(200)) {
+                    Ok((mut cmd, reply)) => {
+                        use std::os::unix::process::CommandExt;
+                        // SAFETY: prctl in the forked child before exec; async-signal-safe.
+                        unsafe {
+                            cmd.pre_exec(|| {
+                                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                                    return Err(std::io::Error::last_os_error());
+                                }
+                                Ok(())
+                            });
+                        }
+                        let result = cmd.spawn().map(|child| {
+                            let pid = child.id();
+                            children.push(child);
+                            pid
+                        });
+                        let _ = reply.send(result);
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+                children.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
+            }
+        });
+        Mutex::new(tx)
+    });
+    let (reply_tx, reply_rx) = mpsc::channel();
+    keeper
+        .lock()
+        .map_err(|_| anyhow::anyhow!("keeper thread lock poisoned"))?
+        .send((cmd, reply_tx))
+        .map_err(|_| anyhow::anyhow!("keeper thread is gone"))?;
+    let pid = reply_rx.recv().context("keeper thread did not answer")?.context("spawning benchkite")?;
+    Ok(pid)
+}
+
+/// One controller shared by all tests of a test binary (started on first use, killed when
+/// the binary exits). Tests that need their own controller (crash tests) use
+/// [`Operator::start`] instead.
+pub async fn shared_controller(name: &str, args: &[&str]) -> Result<&'static Operator> {
+    static SHARED: tokio::sync::OnceCell<Operator> = tokio::sync::OnceCell::const_new();
+    let client = crate::client().await?;
+    SHARED
+        .get_or_try_init(|| async {
+            install_crds(&client).await?;
+            Operator::start(name, args)
+        })
+        .await
+}

@@ -1,0 +1,441 @@
+//! KernelJob: one kernel evaluation, run as one Buildkite build (per attempt) on a pool's
+//! agents, with the result written back into status.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::condition::conditions_schema;
+
+/// Condition types a KernelJob reports.
+pub mod conditions {
+    /// Like batch Jobs: the evaluation ran to the end (phase Succeeded).
+    pub const COMPLETE: &str = "Complete";
+    /// Like batch Jobs: the job ended without an evaluation (Failed, TimedOut, Cancelled).
+    pub const FAILED: &str = "Failed";
+    /// kstatus: True once the job is finished, whichever way; False while it runs.
+    pub const READY: &str = "Ready";
+    /// The job waits for Buildkite request budget.
+    pub const THROTTLED: &str = "Throttled";
+    /// A build exists for the current attempt.
+    pub const SUBMITTED: &str = "Submitted";
+}
+
+/// Phases of a KernelJob.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
+pub enum Phase {
+    /// Not yet submitted (validating, waiting for budget).
+    #[default]
+    Pending,
+    /// A build exists and waits for an agent.
+    Submitted,
+    /// An agent runs the build.
+    Running,
+    /// The evaluation ran (whatever the kernel's verdict: see `status.passed`).
+    Succeeded,
+    /// The infrastructure or the build failed; no evaluation result.
+    Failed,
+    /// `spec.timeoutSeconds` passed; the build was cancelled.
+    TimedOut,
+    /// Deleted or cancelled before it finished.
+    Cancelled,
+}
+
+impl Phase {
+    pub fn is_finished(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::Failed | Phase::TimedOut | Phase::Cancelled)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Submitted => "Submitted",
+            Phase::Running => "Running",
+            Phase::Succeeded => "Succeeded",
+            Phase::Failed => "Failed",
+            Phase::TimedOut => "TimedOut",
+            Phase::Cancelled => "Cancelled",
+        }
+    }
+}
+
+/// Evaluation mode (the contract's `mode`).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Test,
+    Benchmark,
+    Profile,
+    Leaderboard,
+    Private,
+}
+
+/// Submission language (the contract's `lang`).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Lang {
+    Py,
+    Cu,
+}
+
+/// How a leaderboard run is scored (the contract's `ranking_by`).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RankingBy {
+    Last,
+    Mean,
+    Geom,
+}
+
+/// Desired state of a KernelJob. Immutable once created.
+#[allow(clippy::duplicated_attributes)] // repeated printcolumn(...) arguments are intended
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "benchkite.dev",
+    version = "v1alpha1",
+    kind = "KernelJob",
+    plural = "kerneljobs",
+    shortname = "kj",
+    category = "benchkite",
+    namespaced,
+    status = "KernelJobStatus",
+    doc = "One kernel evaluation: a Buildkite build carrying the evaluation payload, followed to its result.",
+    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
+    printcolumn(name = "Target", type_ = "string", json_path = ".status.queue"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Passed", type_ = "boolean", json_path = ".status.passed"),
+    printcolumn(name = "Score", type_ = "number", json_path = ".status.score"),
+    printcolumn(name = "Build", type_ = "integer", json_path = ".status.build.number"),
+    printcolumn(name = "Attempts", type_ = "integer", json_path = ".status.attemptCount", priority = 1),
+    printcolumn(name = "URL", type_ = "string", json_path = ".status.build.webUrl", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(validation = Rule::new("has(self.pool) != has(self.queue)").message("set exactly one of pool (an AgentPool in this namespace) or queue (a Buildkite queue benchkite does not manage)"))]
+#[x_kube(validation = Rule::new("self.lang != 'py' || (has(self.main) && size(self.main) > 0)").message("lang py needs main: the file name to run"))]
+#[x_kube(validation = Rule::new("(has(self.sources) && size(self.sources) > 0) || (has(self.sourcesFrom) && size(self.sourcesFrom) > 0)").message("give the submission in sources (inline) or sourcesFrom (ConfigMaps/Secrets)"))]
+#[x_kube(validation = Rule::new("!has(self.main) || !has(self.sources) || has(self.sourcesFrom) || self.main in self.sources").message("main must name one of the files in sources"))]
+#[x_kube(validation = Rule::new("self == oldSelf").message("spec is immutable: create a new KernelJob"))]
+#[serde(rename_all = "camelCase")]
+pub struct KernelJobSpec {
+    /// AgentPool (in this namespace) whose queue runs the job. Exclusive with `queue`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("size(self) >= 1 && size(self) <= 253").message("pool must name an AgentPool"))]
+    pub pool: Option<String>,
+    /// Raw Buildkite queue (agents benchkite does not manage). Exclusive with `pool`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$')").message("queue may contain only letters, digits, '.', '_' and '-' (at most 100)"))]
+    pub queue: Option<String>,
+
+    /// `test`, `benchmark`, `profile`, `leaderboard` or `private`.
+    pub mode: Mode,
+    /// `py` or `cu`.
+    pub lang: Lang,
+    /// File to run (py): one of the sources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub main: Option<String>,
+    /// Submission files, inline: file name → content.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(k, k.size() <= 255 && !k.startsWith('/') && !k.contains('..') && k.matches('^[A-Za-z0-9._/-]+$'))").message("source file names must be relative paths of letters, digits, '.', '_', '-' and '/' without '..'"))]
+    pub sources: BTreeMap<String, String>,
+    /// Submission files from ConfigMaps or Secrets in this namespace, read at submission.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources_from: Vec<SourcesFrom>,
+    /// Header files (cu): file name → content.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Test cases: each a map of parameters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "case_list_schema")]
+    pub tests: Vec<BTreeMap<String, serde_json::Value>>,
+    /// Benchmark cases: each a map of parameters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "case_list_schema")]
+    pub benchmarks: Vec<BTreeMap<String, serde_json::Value>>,
+    /// Limit of the test run, seconds (default 180).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 86400").message("testTimeoutSeconds must be between 1 and 86400"))]
+    pub test_timeout_seconds: Option<i64>,
+    /// Limit of the benchmark run, seconds (default 180).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 86400").message("benchmarkTimeoutSeconds must be between 1 and 86400"))]
+    pub benchmark_timeout_seconds: Option<i64>,
+    /// Limit of the ranked run, seconds (default 180).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 86400").message("rankedTimeoutSeconds must be between 1 and 86400"))]
+    pub ranked_timeout_seconds: Option<i64>,
+    /// How a leaderboard run is scored: `last`, `mean` or `geom`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranking_by: Option<RankingBy>,
+    /// Random seed handed to the harness.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    /// CUDA architecture (e.g. `90a`, `89`); defaults to the pool's GPU architecture.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]{2,3}[a-z]?$')").message("arch must be a CUDA compute capability like '90a', '89' or '100'"))]
+    pub arch: Option<String>,
+    /// Preprocessor defines (cu).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub defines: BTreeMap<String, String>,
+    /// Extra nvcc flags (cu).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub compile_flags: Vec<String>,
+    /// Include directories (cu).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include_dirs: Vec<String>,
+    /// Libraries to link (cu).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub libraries: Vec<String>,
+    /// Run on all GPUs of a multi-GPU agent.
+    #[serde(default)]
+    pub multi_gpu: bool,
+
+    /// Runner image (`KERNELBOT_IMAGE`) for pipelines that run the job in a container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Buildkite pipeline slug; defaults to the controller's `--buildkite-pipeline`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9][a-z0-9-]{0,99}$')").message("pipeline must be a Buildkite pipeline slug (lowercase letters, digits and '-')"))]
+    pub pipeline: Option<String>,
+    /// Build branch (default `main`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// Build commit (default `HEAD`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// Extra build environment. Not for secrets: build env is visible to anyone who can see
+    /// the build.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(k, k.matches('^[A-Za-z_][A-Za-z0-9_]*$') && !k.startsWith('KERNELBOT_') && !k.startsWith('BUILDKITE'))").message("env names must be identifiers and may not start with KERNELBOT_ or BUILDKITE (benchkite and Buildkite set those)"))]
+    pub env: BTreeMap<String, String>,
+
+    /// Overall wall time from creation, seconds. Default: the mode's run limits plus 10
+    /// minutes for queueing, start-up and compilation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 604800").message("timeoutSeconds must be between 1 and 604800"))]
+    pub timeout_seconds: Option<i64>,
+    /// New attempts after infrastructure failures (agent lost, exit −1/255).
+    #[serde(default = "default_retries")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 10").message("retries must be between 0 and 10"))]
+    pub retries: i32,
+    /// Submission order when Buildkite's request budget is short: higher first, then older.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self >= -1000 && self <= 1000").message("priority must be between -1000 and 1000"))]
+    pub priority: i32,
+    /// Delete the KernelJob this long after it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0").message("ttlSecondsAfterFinished must not be negative"))]
+    pub ttl_seconds_after_finished: Option<i64>,
+}
+
+fn default_retries() -> i32 {
+    2
+}
+
+fn case_list_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "items": {
+            "type": "object",
+            "additionalProperties": { "x-kubernetes-preserve-unknown-fields": true },
+        },
+    })
+}
+
+/// Files of a submission from one ConfigMap or Secret.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.configMap) != has(self.secret)").message("each sourcesFrom entry names exactly one configMap or secret"))]
+pub struct SourcesFrom {
+    /// ConfigMap name: every key becomes a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<String>,
+    /// Secret name: every key becomes a file (for submissions that must stay private).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Only these keys (default: all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<String>,
+}
+
+/// A reference to one build.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildRef {
+    pub pipeline: String,
+    pub number: i64,
+    pub id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub web_url: String,
+}
+
+/// One attempt (one build).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Attempt {
+    /// 1-based.
+    pub attempt: i32,
+    /// `KERNELBOT_RUN_ID` of this attempt.
+    pub run_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<BuildRef>,
+    /// Buildkite build state.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub state: String,
+    /// Exit status of the job that ran the evaluation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_status: Option<i64>,
+    /// Buildkite's signal reason (agent_stop, cancel, …) when the job was stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    /// How the attempt ended, e.g. `InfrastructureFailure: exit -1`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub outcome: String,
+}
+
+/// Test outcome in status.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TestsStatus {
+    pub passed: i64,
+    pub total: i64,
+    /// The first failing tests: `spec: message`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<String>,
+}
+
+/// Statistics of one benchmark, nanoseconds.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BenchmarkStatus {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub spec: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runs: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub std: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worst: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Outcome of one run (`test`, `benchmark`, `leaderboard`, `profile.N`).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RunStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compiled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passed: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tests: Option<TestsStatus>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub benchmarks: Vec<BenchmarkStatus>,
+}
+
+/// The evaluation result, bounded (the full `result.json` is in `status.outputRef`).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResultStatus {
+    /// False when the runner (infrastructure) failed.
+    pub success: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<SystemStatus>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub runs: BTreeMap<String, RunStatus>,
+    /// Where the result came from: `meta-data` (no extra request) or `artifact`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub source: String,
+    /// Detail was dropped to keep status small.
+    #[serde(default)]
+    pub truncated: bool,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SystemStatus {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub gpu: String,
+    #[serde(default)]
+    pub device_count: i64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub runtime: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hostname: String,
+}
+
+/// A summary a person reads first.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SummaryStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tests: Option<TestsStatus>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub benchmarks: Vec<BenchmarkStatus>,
+}
+
+/// Observed state of a KernelJob.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KernelJobStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub phase: Phase,
+    /// Did the kernel pass its tests (set when the evaluation ran).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passed: Option<bool>,
+    /// Leaderboard score in seconds per `rankingBy` (lower is better).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
+    /// The queue the build went to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// The current build.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<BuildRef>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Attempt>,
+    #[serde(default)]
+    pub attempt_count: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<SummaryStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<ResultStatus>,
+    /// ConfigMap (owned by this KernelJob) holding the full `result.json`, bounded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_ref: Option<String>,
+    /// Human-readable reason of the current phase.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    #[serde(default)]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+}

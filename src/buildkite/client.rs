@@ -1,0 +1,921 @@
+//! The HTTP client: request execution (budget, retries, observation) and the API calls.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, LINK, LOCATION};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use rand::Rng as _;
+use reqwest::Url;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use super::budget::{Budget, BudgetConfig, BudgetSnapshot, Priority, RateLimitHeaders, ThrottleScope};
+use super::config::Config;
+use super::error::{Error, Result, TransportKind};
+use super::observer::{ClientStats, Counters, Observer};
+use super::types::{
+    Agent, AllMetrics, Artifact, Build, BuildQuery, CancelOutcome, Cluster, Listing, NewBuild, Queue, QueueCreated,
+    QueueMetrics,
+};
+use super::wire::{self, Redactor};
+
+/// Largest API answer read into memory (a page of 100 builds with jobs is a few MB).
+const MAX_API_BODY: u64 = 64 * 1024 * 1024;
+/// Buildkite's limit of one meta-data value.
+const MAX_META_DATA_VALUE: usize = 100 * 1024;
+/// Wait after a 429 that announces no reset.
+const DEFAULT_429_WAIT: Duration = Duration::from_secs(60);
+
+/// The Buildkite client. Cheap to clone: all clones share one connection pool, one request
+/// budget and one set of counters.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: Config,
+    api_base: Url,
+    agent_base: Url,
+    /// Sends the API token; never follows redirects.
+    api_http: reqwest::Client,
+    /// For the storage host: no default headers, never the token.
+    storage_http: reqwest::Client,
+    auth: HeaderValue,
+    agent_auth: Option<HeaderValue>,
+    budget: Budget,
+    observer: Option<Arc<dyn Observer>>,
+    counters: Counters,
+    redactor: Redactor,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("api_url", &self.inner.api_base.as_str())
+            .field("organization", &self.inner.cfg.organization)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which credential a request carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Auth {
+    /// `Bearer <api token>`, counted against the REST budget.
+    Api,
+    /// `Token <agent token>` (agent metrics API; not part of the REST limits).
+    Agent,
+}
+
+/// How failures after sending are handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Safe to repeat: retry 5xx, timeouts and dropped connections.
+    Idempotent,
+    /// Must not happen twice: anything after the request may have been received is
+    /// [`Error::Ambiguous`].
+    CreateOnce,
+}
+
+struct Call {
+    endpoint: &'static str,
+    method: Method,
+    url: Url,
+    body: Option<Vec<u8>>,
+    priority: Priority,
+    mode: Mode,
+    auth: Auth,
+}
+
+/// An answer that was not retried away: 2xx, 3xx or 4xx other than 429.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+enum ReadError {
+    TooLarge,
+    Transport(reqwest::Error),
+}
+
+async fn read_capped(mut resp: reqwest::Response, cap: u64) -> std::result::Result<Vec<u8>, ReadError> {
+    if resp.content_length().is_some_and(|n| n > cap) {
+        return Err(ReadError::TooLarge);
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(ReadError::Transport)? {
+        if (out.len() + chunk.len()) as u64 > cap {
+            return Err(ReadError::TooLarge);
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+fn transport_kind(e: &reqwest::Error) -> TransportKind {
+    if e.is_connect() {
+        TransportKind::Connect
+    } else if e.is_timeout() {
+        TransportKind::Timeout
+    } else {
+        TransportKind::Dropped
+    }
+}
+
+/// The error and its causes, one line.
+fn error_chain(e: &reqwest::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !msg.contains(&s_text) {
+            msg.push_str(": ");
+            msg.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    msg
+}
+
+fn parse_base(what: &str, s: &str) -> Result<Url> {
+    let url = Url::parse(s.trim()).map_err(|e| Error::Config(format!("{what} {s:?}: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() || url.host_str().is_none() {
+        return Err(Error::Config(format!("{what} {s:?}: must be an http(s) URL")));
+    }
+    Ok(url)
+}
+
+fn header_value(scheme: &str, secret: &super::config::Secret, what: &str) -> Result<HeaderValue> {
+    let mut v = HeaderValue::from_str(&format!("{scheme} {}", secret.expose()))
+        .map_err(|_| Error::Config(format!("{what} contains characters not allowed in an HTTP header")))?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+impl Client {
+    /// Builds a client (no request is sent).
+    pub fn new(cfg: Config) -> Result<Client> {
+        Self::build(cfg, None)
+    }
+
+    /// Builds a client that reports every attempt to `observer`.
+    pub fn with_observer(cfg: Config, observer: Arc<dyn Observer>) -> Result<Client> {
+        Self::build(cfg, Some(observer))
+    }
+
+    fn build(cfg: Config, observer: Option<Arc<dyn Observer>>) -> Result<Client> {
+        cfg.validate()?;
+        let api_base = parse_base("api_url", &cfg.api_url)?;
+        let agent_base = parse_base("agent_api_url", &cfg.agent_api_url)?;
+        let auth = header_value("Bearer", &cfg.api_token, "api_token")?;
+        let agent_auth = cfg.agent_token.as_ref().map(|t| header_value("Token", t, "agent_token")).transpose()?;
+        let api_http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(cfg.request_timeout)
+            .connect_timeout(cfg.connect_timeout)
+            .user_agent(cfg.user_agent.clone())
+            .build()
+            .map_err(|e| Error::Config(format!("building the HTTP client: {e}")))?;
+        let storage_http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .timeout(cfg.download_timeout)
+            .connect_timeout(cfg.connect_timeout)
+            .user_agent(cfg.user_agent.clone())
+            .build()
+            .map_err(|e| Error::Config(format!("building the storage HTTP client: {e}")))?;
+        let budget = Budget::new(BudgetConfig {
+            limit: cfg.requests_per_minute,
+            window: cfg.rate_limit_window,
+            reserve_fraction: cfg.priority_reserve,
+            reset_margin: cfg.reset_margin,
+        });
+        let redactor = Redactor::new(std::iter::once(cfg.api_token.clone()).chain(cfg.agent_token.clone()));
+        Ok(Client {
+            inner: Arc::new(Inner {
+                cfg,
+                api_base,
+                agent_base,
+                api_http,
+                storage_http,
+                auth,
+                agent_auth,
+                budget,
+                observer,
+                counters: Counters::default(),
+                redactor,
+            }),
+        })
+    }
+
+    /// The configuration (secrets print as `[redacted]`).
+    pub fn config(&self) -> &Config {
+        &self.inner.cfg
+    }
+
+    /// The request budget's state, for metrics and status.
+    pub fn budget_snapshot(&self) -> BudgetSnapshot {
+        self.inner.budget.snapshot()
+    }
+
+    /// `None` when a request of `priority` would be sent right away; otherwise about how
+    /// long it would wait for the budget. Takes nothing from the budget (use it to set a
+    /// `Throttled` condition without blocking).
+    pub fn would_wait(&self, priority: Priority) -> Option<Duration> {
+        self.inner.budget.would_wait(priority)
+    }
+
+    /// The client's counters.
+    pub fn stats(&self) -> ClientStats {
+        self.inner.counters.snapshot()
+    }
+
+    // ----- plumbing ---------------------------------------------------------------------
+
+    fn org_url(&self, segments: &[&str]) -> Url {
+        let mut url = self.inner.api_base.clone();
+        if let Ok(mut p) = url.path_segments_mut() {
+            p.pop_if_empty();
+            p.push("organizations");
+            p.push(&self.inner.cfg.organization);
+            p.extend(segments);
+        }
+        url
+    }
+
+    fn pipeline<'a>(&'a self, pipeline: Option<&'a str>, endpoint: &'static str) -> Result<&'a str> {
+        pipeline.or(self.inner.cfg.default_pipeline.as_deref()).filter(|p| !p.is_empty()).ok_or_else(|| {
+            Error::InvalidRequest { endpoint, message: "no pipeline given and no default pipeline configured".into() }
+        })
+    }
+
+    fn observe(&self, endpoint: &'static str, status: Option<u16>, elapsed: Duration) {
+        self.inner.counters.response(endpoint, status);
+        if let Some(o) = &self.inner.observer {
+            o.on_response(endpoint, status, elapsed);
+        }
+    }
+
+    fn note_retry(&self, endpoint: &'static str, retry: u32, why: &str) {
+        tracing::debug!(endpoint, retry, why, "retrying Buildkite request");
+        self.inner.counters.retry();
+        if let Some(o) = &self.inner.observer {
+            o.on_retry(endpoint);
+        }
+    }
+
+    fn backoff(&self, retry: u32, hint: Option<Duration>) -> Duration {
+        let cfg = &self.inner.cfg;
+        let exp =
+            cfg.retry_base_delay.saturating_mul(2u32.saturating_pow(retry.saturating_sub(1))).min(cfg.retry_max_delay);
+        // "Equal jitter": between half and all of the exponential delay.
+        let jittered = if exp.is_zero() { exp } else { rand::rng().random_range(exp / 2..=exp) };
+        jittered.max(hint.unwrap_or_default().min(cfg.retry_max_delay))
+    }
+
+    fn ambiguous(&self, endpoint: &'static str, reason: String) -> Error {
+        self.inner.counters.ambiguous();
+        tracing::warn!(endpoint, reason = %self.inner.redactor.clean(reason.as_str()), "outcome of a create is unknown");
+        Error::Ambiguous { endpoint, reason: self.inner.redactor.clean(reason) }
+    }
+
+    fn api_error(&self, endpoint: &'static str, ans: &Answer) -> Error {
+        let message = self.inner.redactor.clean(wire::answer_message(&ans.body));
+        match ans.status {
+            StatusCode::NOT_FOUND => Error::NotFound { endpoint, message },
+            s => Error::Api { endpoint, status: s.as_u16(), message },
+        }
+    }
+
+    fn decode<T: DeserializeOwned>(&self, endpoint: &'static str, body: &[u8]) -> Result<T> {
+        serde_json::from_slice(body)
+            .map_err(|e| Error::Decode { endpoint, message: self.inner.redactor.clean(e.to_string()) })
+    }
+
+    fn json_body<T: serde::Serialize + ?Sized>(&self, endpoint: &'static str, v: &T) -> Result<Vec<u8>> {
+        serde_json::to_vec(v)
+            .map_err(|e| Error::InvalidRequest { endpoint, message: format!("encoding the body: {e}") })
+    }
+
+    /// Sends `call`, waiting for the budget before every attempt, retrying what may be
+    /// retried. Returns any answer that is not a 5xx or a 429.
+    async fn execute(&self, call: &Call) -> Result<Answer> {
+        let inner = &*self.inner;
+        let max_retries = inner.cfg.max_retries;
+        let mut retries: u32 = 0;
+        let mut throttled_once = false;
+        loop {
+            let mut permit = match call.auth {
+                Auth::Api => {
+                    let t0 = Instant::now();
+                    let p = inner.budget.acquire(call.priority).await;
+                    let waited = t0.elapsed();
+                    if waited >= Duration::from_millis(1) {
+                        inner.counters.budget_wait();
+                        if let Some(o) = &inner.observer {
+                            o.on_budget_wait(call.priority, waited);
+                        }
+                    }
+                    Some(p)
+                }
+                Auth::Agent => None,
+            };
+            let auth = match call.auth {
+                Auth::Api => inner.auth.clone(),
+                Auth::Agent => match &inner.agent_auth {
+                    Some(a) => a.clone(),
+                    None => return Err(Error::NoAgentToken { endpoint: call.endpoint }),
+                },
+            };
+            let mut req = inner
+                .api_http
+                .request(call.method.clone(), call.url.clone())
+                .header(AUTHORIZATION, auth)
+                .header(ACCEPT, "application/json");
+            if let Some(body) = &call.body {
+                req = req.header(CONTENT_TYPE, "application/json").body(body.clone());
+            }
+            let started = Instant::now();
+            if let Some(p) = permit.as_mut() {
+                p.mark_sent();
+            }
+            let sent = req.send().await;
+            let resp = match sent {
+                Ok(r) => r,
+                Err(e) => {
+                    drop(permit);
+                    self.observe(call.endpoint, None, started.elapsed());
+                    let kind = transport_kind(&e);
+                    let message = inner.redactor.clean(error_chain(&e));
+                    if call.mode == Mode::CreateOnce && kind != TransportKind::Connect {
+                        return Err(self.ambiguous(call.endpoint, format!("{kind}: {message}")));
+                    }
+                    if retries >= max_retries {
+                        return Err(Error::Transport { endpoint: call.endpoint, kind, attempts: retries + 1, message });
+                    }
+                    retries += 1;
+                    self.note_retry(call.endpoint, retries, &message);
+                    tokio::time::sleep(self.backoff(retries, None)).await;
+                    continue;
+                }
+            };
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            let body = read_capped(resp, MAX_API_BODY).await;
+            let elapsed = started.elapsed();
+            let rate = RateLimitHeaders::parse(&headers);
+
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                let (body_reset, scope) = match &body {
+                    Ok(b) => wire::throttle_body(b),
+                    Err(_) => (None, None),
+                };
+                let user_scope = scope.as_deref() == Some("rest_user");
+                let announced = if user_scope { rate.user.reset } else { rate.org.reset };
+                let reset = announced.max(body_reset).unwrap_or(DEFAULT_429_WAIT);
+                let scope = if user_scope { ThrottleScope::User } else { ThrottleScope::Organization };
+                if let Some(p) = permit.take() {
+                    p.complete(&rate, Some((scope, reset)));
+                }
+                self.observe(call.endpoint, Some(429), elapsed);
+                inner.counters.throttled();
+                tracing::warn!(
+                    endpoint = call.endpoint,
+                    reset_secs = reset.as_secs(),
+                    "Buildkite answered 429; nothing is sent until the reset"
+                );
+                if let Some(o) = &inner.observer {
+                    o.on_throttled();
+                }
+                if throttled_once {
+                    return Err(Error::RateLimited { endpoint: call.endpoint, reset });
+                }
+                throttled_once = true;
+                if call.auth == Auth::Agent {
+                    tokio::time::sleep(reset + inner.cfg.reset_margin).await;
+                }
+                // REST: the budget holds every request until the reset has passed.
+                continue;
+            }
+
+            if let Some(p) = permit.take() {
+                p.complete(&rate, None);
+            }
+            self.observe(call.endpoint, Some(status.as_u16()), elapsed);
+
+            let body = match body {
+                Ok(b) => b,
+                Err(ReadError::TooLarge) => {
+                    return Err(Error::TooLarge {
+                        endpoint: call.endpoint,
+                        what: "the answer".into(),
+                        limit: MAX_API_BODY,
+                    });
+                }
+                Err(ReadError::Transport(e)) => {
+                    let kind = transport_kind(&e);
+                    let message = inner.redactor.clean(error_chain(&e));
+                    if call.mode == Mode::CreateOnce && !status.is_client_error() {
+                        return Err(self.ambiguous(
+                            call.endpoint,
+                            format!("answer {status} could not be read ({kind}: {message})"),
+                        ));
+                    }
+                    if status.is_client_error() {
+                        return Ok(Answer { status, headers, body: Vec::new() });
+                    }
+                    if retries >= max_retries {
+                        return Err(Error::Transport { endpoint: call.endpoint, kind, attempts: retries + 1, message });
+                    }
+                    retries += 1;
+                    self.note_retry(call.endpoint, retries, &message);
+                    tokio::time::sleep(self.backoff(retries, None)).await;
+                    continue;
+                }
+            };
+
+            if status.is_server_error() {
+                let ans = Answer { status, headers, body };
+                if call.mode == Mode::CreateOnce {
+                    let msg = wire::answer_message(&ans.body);
+                    return Err(self.ambiguous(call.endpoint, format!("Buildkite answered {status}: {msg}")));
+                }
+                if retries >= max_retries {
+                    return Err(self.api_error(call.endpoint, &ans));
+                }
+                retries += 1;
+                self.note_retry(call.endpoint, retries, status.as_str());
+                tokio::time::sleep(self.backoff(retries, wire::retry_after(&ans.headers))).await;
+                continue;
+            }
+            return Ok(Answer { status, headers, body });
+        }
+    }
+
+    async fn get(&self, endpoint: &'static str, url: Url, priority: Priority) -> Result<Answer> {
+        self.execute(&Call {
+            endpoint,
+            method: Method::GET,
+            url,
+            body: None,
+            priority,
+            mode: Mode::Idempotent,
+            auth: Auth::Api,
+        })
+        .await
+    }
+
+    /// GETs `first` and every `rel="next"` page (up to `max_pages`), decoding JSON arrays.
+    async fn list_pages<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        first: Url,
+        priority: Priority,
+        max_pages: u32,
+    ) -> Result<Listing<T>> {
+        let mut url = first;
+        let mut items = Vec::new();
+        let mut pages = 0u32;
+        loop {
+            let ans = self.get(endpoint, url.clone(), priority).await?;
+            if !ans.status.is_success() {
+                return Err(self.api_error(endpoint, &ans));
+            }
+            pages += 1;
+            let page: Vec<T> = self.decode(endpoint, &ans.body)?;
+            items.extend(page);
+            let next = ans.headers.get(LINK).and_then(|v| v.to_str().ok()).and_then(wire::link_next);
+            let Some(next) = next else {
+                return Ok(Listing { items, truncated: false, pages });
+            };
+            if pages >= max_pages {
+                return Ok(Listing { items, truncated: true, pages });
+            }
+            let next = url.join(&next).map_err(|e| Error::UnsafeUrl {
+                endpoint,
+                what: "the next page",
+                reason: format!("invalid URL: {e}"),
+            })?;
+            if !wire::same_origin(&next, &self.inner.api_base) {
+                return Err(Error::UnsafeUrl {
+                    endpoint,
+                    what: "the next page",
+                    reason: format!("it is on {}, not on the API host", next.host_str().unwrap_or("?")),
+                });
+            }
+            url = next;
+        }
+    }
+
+    // ----- builds -------------------------------------------------------------------------
+
+    /// Creates a build (`POST …/pipelines/{pipeline}/builds`); `pipeline` `None` uses the
+    /// default pipeline.
+    ///
+    /// Never retried once the request may have reached Buildkite: a timeout, a dropped
+    /// connection, a 5xx or an unreadable 2xx answer is [`Error::Ambiguous`]; then look the
+    /// build up by the meta-data you gave it before creating it again. Connection failures
+    /// (nothing sent) are retried; a 429 waits for the reset and retries once.
+    pub async fn create_build(&self, pipeline: Option<&str>, build: &NewBuild, priority: Priority) -> Result<Build> {
+        const EP: &str = "create_build";
+        let pipeline = self.pipeline(pipeline, EP)?;
+        if build.commit.trim().is_empty() || build.branch.trim().is_empty() {
+            return Err(Error::InvalidRequest { endpoint: EP, message: "commit and branch are required".into() });
+        }
+        if let Some((k, _)) = build.meta_data.iter().find(|(_, v)| v.len() > MAX_META_DATA_VALUE) {
+            return Err(Error::InvalidRequest {
+                endpoint: EP,
+                message: format!("meta-data value of {k:?} is larger than {MAX_META_DATA_VALUE} bytes"),
+            });
+        }
+        let body = self.json_body(EP, build)?;
+        let url = self.org_url(&["pipelines", pipeline, "builds"]);
+        let call = Call {
+            endpoint: EP,
+            method: Method::POST,
+            url,
+            body: Some(body),
+            priority,
+            mode: Mode::CreateOnce,
+            auth: Auth::Api,
+        };
+        let ans = self.execute(&call).await?;
+        if !ans.status.is_success() {
+            return Err(self.api_error(EP, &ans));
+        }
+        self.decode(EP, &ans.body).map_err(|e| {
+            self.ambiguous(EP, format!("Buildkite answered {} but the build could not be decoded: {e}", ans.status))
+        })
+    }
+
+    /// Gets a build by number (`GET …/builds/{number}`); `exclude_jobs` makes it cheap.
+    pub async fn get_build(&self, pipeline: Option<&str>, number: u64, exclude_jobs: bool) -> Result<Build> {
+        const EP: &str = "get_build";
+        let pipeline = self.pipeline(pipeline, EP)?;
+        let mut url = self.org_url(&["pipelines", pipeline, "builds", &number.to_string()]);
+        if exclude_jobs {
+            url.query_pairs_mut().append_pair("exclude_jobs", "true");
+        }
+        let ans = self.get(EP, url, Priority::Refresh).await?;
+        if !ans.status.is_success() {
+            return Err(self.api_error(EP, &ans));
+        }
+        self.decode(EP, &ans.body)
+    }
+
+    /// Lists builds of the organization or of one pipeline, following `Link: rel="next"`.
+    pub async fn list_builds(&self, query: &BuildQuery, priority: Priority) -> Result<Listing<Build>> {
+        const EP: &str = "list_builds";
+        let mut url = match query.pipeline.as_deref() {
+            Some(p) if !p.is_empty() => self.org_url(&["pipelines", p, "builds"]),
+            _ => self.org_url(&["builds"]),
+        };
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("per_page", &query.per_page.unwrap_or(100).clamp(1, 100).to_string());
+            for s in &query.states {
+                q.append_pair("state[]", s);
+            }
+            for (k, v) in &query.meta_data {
+                q.append_pair(&format!("meta_data[{k}]"), v);
+            }
+            if let Some(b) = &query.branch {
+                q.append_pair("branch", b);
+            }
+            if let Some(c) = &query.commit {
+                q.append_pair("commit", c);
+            }
+            if let Some(t) = query.created_from {
+                q.append_pair("created_from", &t.to_string());
+            }
+            if let Some(t) = query.created_to {
+                q.append_pair("created_to", &t.to_string());
+            }
+            if let Some(t) = query.finished_from {
+                q.append_pair("finished_from", &t.to_string());
+            }
+            if query.exclude_jobs {
+                q.append_pair("exclude_jobs", "true");
+            }
+            if query.exclude_pipeline {
+                q.append_pair("exclude_pipeline", "true");
+            }
+        }
+        let max_pages = query.max_pages.unwrap_or(self.inner.cfg.max_pages).max(1);
+        self.list_pages(EP, url, priority, max_pages).await
+    }
+
+    /// Cancels a build (`PUT …/builds/{number}/cancel`). A 422 (finished, or already
+    /// canceling: also what a retry after a lost answer sees) is
+    /// [`CancelOutcome::NotCancelable`]; refresh the build to learn its state.
+    pub async fn cancel_build(&self, pipeline: Option<&str>, number: u64, priority: Priority) -> Result<CancelOutcome> {
+        const EP: &str = "cancel_build";
+        let pipeline = self.pipeline(pipeline, EP)?;
+        let url = self.org_url(&["pipelines", pipeline, "builds", &number.to_string(), "cancel"]);
+        let call = Call {
+            endpoint: EP,
+            method: Method::PUT,
+            url,
+            body: None,
+            priority,
+            mode: Mode::Idempotent,
+            auth: Auth::Api,
+        };
+        let ans = self.execute(&call).await?;
+        match ans.status {
+            s if s.is_success() => Ok(CancelOutcome::Canceled(Box::new(self.decode(EP, &ans.body)?))),
+            StatusCode::UNPROCESSABLE_ENTITY => {
+                Ok(CancelOutcome::NotCancelable { message: self.inner.redactor.clean(wire::answer_message(&ans.body)) })
+            }
+            StatusCode::NOT_FOUND => Ok(CancelOutcome::NotFound),
+            _ => Err(self.api_error(EP, &ans)),
+        }
+    }
+
+    // ----- artifacts ------------------------------------------------------------------------
+
+    /// Lists the artifacts of a build (`GET …/builds/{number}/artifacts`).
+    pub async fn list_artifacts(&self, pipeline: Option<&str>, number: u64) -> Result<Listing<Artifact>> {
+        const EP: &str = "list_artifacts";
+        let pipeline = self.pipeline(pipeline, EP)?;
+        let mut url = self.org_url(&["pipelines", pipeline, "builds", &number.to_string(), "artifacts"]);
+        url.query_pairs_mut().append_pair("per_page", "100");
+        self.list_pages(EP, url, Priority::Refresh, self.inner.cfg.max_pages).await
+    }
+
+    /// Lists the artifacts of one job (`GET …/builds/{number}/jobs/{job}/artifacts`).
+    pub async fn list_job_artifacts(
+        &self,
+        pipeline: Option<&str>,
+        number: u64,
+        job_id: &str,
+    ) -> Result<Listing<Artifact>> {
+        const EP: &str = "list_job_artifacts";
+        let pipeline = self.pipeline(pipeline, EP)?;
+        let mut url =
+            self.org_url(&["pipelines", pipeline, "builds", &number.to_string(), "jobs", job_id, "artifacts"]);
+        url.query_pairs_mut().append_pair("per_page", "100");
+        self.list_pages(EP, url, Priority::Refresh, self.inner.cfg.max_pages).await
+    }
+
+    /// Downloads an artifact, at most `max_bytes`.
+    ///
+    /// Asks the API for the download (`download_url`, which answers `302`) without following
+    /// the redirect, then fetches the storage location (`Location`, or the body's `url`) with
+    /// a separate client that never sends the API token. Checks `sha1sum` when present.
+    /// Counts one request against the budget per attempt; the storage fetch is not a
+    /// Buildkite API request.
+    pub async fn download_artifact(&self, artifact: &Artifact, max_bytes: u64) -> Result<Vec<u8>> {
+        const EP: &str = "download_artifact";
+        let what = || format!("artifact {}", artifact.path);
+        if artifact.file_size.is_some_and(|n| n > max_bytes) {
+            return Err(Error::TooLarge { endpoint: EP, what: what(), limit: max_bytes });
+        }
+        let Some(download_url) = artifact.download_url.as_deref().filter(|u| !u.is_empty()) else {
+            return Err(Error::Download(format!("{} has no download_url", what())));
+        };
+        let download_url = self.inner.api_base.join(download_url).map_err(|e| Error::UnsafeUrl {
+            endpoint: EP,
+            what: "the artifact's download_url",
+            reason: format!("invalid URL: {e}"),
+        })?;
+        if !wire::same_origin(&download_url, &self.inner.api_base) {
+            return Err(Error::UnsafeUrl {
+                endpoint: EP,
+                what: "the artifact's download_url",
+                reason: format!("it is on {}, not on the API host", download_url.host_str().unwrap_or("?")),
+            });
+        }
+        let mut retries = 0u32;
+        loop {
+            let ans = self.get(EP, download_url.clone(), Priority::Refresh).await?;
+            let location = if ans.status.is_redirection() {
+                ans.headers.get(LOCATION).and_then(|v| v.to_str().ok()).map(str::to_string)
+            } else if ans.status.is_success() {
+                serde_json::from_slice::<Value>(&ans.body)
+                    .ok()
+                    .and_then(|v| v.get("url").and_then(Value::as_str).map(str::to_string))
+            } else {
+                return Err(self.api_error(EP, &ans));
+            };
+            let location = location
+                .or_else(|| {
+                    serde_json::from_slice::<Value>(&ans.body)
+                        .ok()
+                        .and_then(|v| v.get("url").and_then(Value::as_str).map(str::to_string))
+                })
+                .ok_or_else(|| {
+                    Error::Download(format!("answer {} for {} carries no storage location", ans.status, what()))
+                })?;
+            let target = download_url
+                .join(&location)
+                .map_err(|_| Error::Download(format!("storage location of {} is not a valid URL", what())))?;
+            if !matches!(target.scheme(), "http" | "https") {
+                return Err(Error::Download(format!("storage location of {} is not an http(s) URL", what())));
+            }
+            match self.fetch_storage(target, max_bytes, &what()).await {
+                Ok(bytes) => {
+                    if let Some(expected) = artifact.sha1sum.as_deref().filter(|s| !s.is_empty()) {
+                        let actual = sha1_smol::Sha1::from(&bytes).digest().to_string();
+                        if !actual.eq_ignore_ascii_case(expected) {
+                            return Err(Error::Checksum {
+                                path: artifact.path.clone(),
+                                expected: expected.into(),
+                                actual,
+                            });
+                        }
+                    }
+                    return Ok(bytes);
+                }
+                Err((e, retryable)) => {
+                    if !retryable || retries >= self.inner.cfg.max_retries {
+                        return Err(e);
+                    }
+                    retries += 1;
+                    self.note_retry(EP, retries, "storage fetch failed");
+                    tokio::time::sleep(self.backoff(retries, None)).await;
+                }
+            }
+        }
+    }
+
+    /// GETs a storage URL without any credential. Errors never contain the URL (it is
+    /// signed). The bool says whether a new attempt may help.
+    async fn fetch_storage(&self, url: Url, max_bytes: u64, what: &str) -> std::result::Result<Vec<u8>, (Error, bool)> {
+        const EP: &str = "artifact_storage";
+        let started = Instant::now();
+        let resp = match self.inner.storage_http.get(url).send().await {
+            Ok(r) => r,
+            Err(e) => {
+                self.observe(EP, None, started.elapsed());
+                let e = e.without_url();
+                let msg = format!("fetching {what} from storage: {}: {}", transport_kind(&e), error_chain(&e));
+                return Err((Error::Download(self.inner.redactor.clean(msg)), true));
+            }
+        };
+        let status = resp.status();
+        if !status.is_success() {
+            let body = read_capped(resp, 64 * 1024).await.unwrap_or_default();
+            self.observe(EP, Some(status.as_u16()), started.elapsed());
+            let msg = format!("storage answered {status} for {what}: {}", wire::answer_message(&body));
+            return Err((Error::Download(self.inner.redactor.clean(msg)), status.is_server_error()));
+        }
+        let body = read_capped(resp, max_bytes).await;
+        self.observe(EP, Some(status.as_u16()), started.elapsed());
+        match body {
+            Ok(b) => Ok(b),
+            Err(ReadError::TooLarge) => Err((
+                Error::TooLarge { endpoint: "download_artifact", what: what.to_string(), limit: max_bytes },
+                false,
+            )),
+            Err(ReadError::Transport(e)) => {
+                let e = e.without_url();
+                let msg = format!("reading {what} from storage: {}: {}", transport_kind(&e), error_chain(&e));
+                Err((Error::Download(self.inner.redactor.clean(msg)), true))
+            }
+        }
+    }
+
+    // ----- agents, clusters, queues -------------------------------------------------------
+
+    /// Lists the organization's agents (`GET /organizations/{org}/agents`).
+    pub async fn list_agents(&self) -> Result<Listing<Agent>> {
+        let mut url = self.org_url(&["agents"]);
+        url.query_pairs_mut().append_pair("per_page", "100");
+        self.list_pages("list_agents", url, Priority::Refresh, self.inner.cfg.max_pages).await
+    }
+
+    /// Lists the organization's clusters.
+    pub async fn list_clusters(&self) -> Result<Listing<Cluster>> {
+        let mut url = self.org_url(&["clusters"]);
+        url.query_pairs_mut().append_pair("per_page", "100");
+        self.list_pages("list_clusters", url, Priority::Refresh, self.inner.cfg.max_pages).await
+    }
+
+    /// Lists the queues of a cluster.
+    pub async fn list_queues(&self, cluster_id: &str) -> Result<Listing<Queue>> {
+        let mut url = self.org_url(&["clusters", cluster_id, "queues"]);
+        url.query_pairs_mut().append_pair("per_page", "100");
+        self.list_pages("list_queues", url, Priority::Refresh, self.inner.cfg.max_pages).await
+    }
+
+    /// Creates a cluster queue; an existing key (422 "has already been taken") is
+    /// [`QueueCreated::AlreadyExists`], so this is safe to repeat.
+    pub async fn create_queue(&self, cluster_id: &str, key: &str, description: Option<&str>) -> Result<QueueCreated> {
+        const EP: &str = "create_queue";
+        let mut body = json!({ "key": key });
+        if let Some(d) = description {
+            body["description"] = json!(d);
+        }
+        let body = self.json_body(EP, &body)?;
+        let url = self.org_url(&["clusters", cluster_id, "queues"]);
+        let call = Call {
+            endpoint: EP,
+            method: Method::POST,
+            url,
+            body: Some(body),
+            priority: Priority::Submit,
+            mode: Mode::Idempotent,
+            auth: Auth::Api,
+        };
+        let ans = self.execute(&call).await?;
+        if ans.status.is_success() {
+            return Ok(QueueCreated::Created(self.decode(EP, &ans.body)?));
+        }
+        if ans.status == StatusCode::UNPROCESSABLE_ENTITY {
+            let msg = wire::answer_message(&ans.body).to_ascii_lowercase();
+            if msg.contains("already been taken") || msg.contains("already exists") {
+                return Ok(QueueCreated::AlreadyExists);
+            }
+        }
+        Err(self.api_error(EP, &ans))
+    }
+
+    /// Pauses dispatch of a queue (`POST …/queues/{id}/pause_dispatch`), with an optional note.
+    pub async fn pause_queue_dispatch(&self, cluster_id: &str, queue_id: &str, note: Option<&str>) -> Result<Queue> {
+        let body = note.map(|n| json!({ "note": n })).unwrap_or_else(|| json!({}));
+        self.queue_dispatch("pause_queue_dispatch", cluster_id, queue_id, "pause_dispatch", body).await
+    }
+
+    /// Resumes dispatch of a queue (`POST …/queues/{id}/resume_dispatch`).
+    pub async fn resume_queue_dispatch(&self, cluster_id: &str, queue_id: &str) -> Result<Queue> {
+        self.queue_dispatch("resume_queue_dispatch", cluster_id, queue_id, "resume_dispatch", json!({})).await
+    }
+
+    async fn queue_dispatch(
+        &self,
+        endpoint: &'static str,
+        cluster_id: &str,
+        queue_id: &str,
+        action: &str,
+        body: Value,
+    ) -> Result<Queue> {
+        let body = self.json_body(endpoint, &body)?;
+        let url = self.org_url(&["clusters", cluster_id, "queues", queue_id, action]);
+        let call = Call {
+            endpoint,
+            method: Method::POST,
+            url,
+            body: Some(body),
+            priority: Priority::Submit,
+            mode: Mode::Idempotent,
+            auth: Auth::Api,
+        };
+        let ans = self.execute(&call).await?;
+        if !ans.status.is_success() {
+            return Err(self.api_error(endpoint, &ans));
+        }
+        self.decode(endpoint, &ans.body)
+    }
+
+    // ----- agent metrics ------------------------------------------------------------------
+
+    async fn metrics(&self, endpoint: &'static str, url: Url) -> Result<(Value, Option<Duration>)> {
+        if self.inner.agent_auth.is_none() {
+            return Err(Error::NoAgentToken { endpoint });
+        }
+        let call = Call {
+            endpoint,
+            method: Method::GET,
+            url,
+            body: None,
+            priority: Priority::Refresh,
+            mode: Mode::Idempotent,
+            auth: Auth::Agent,
+        };
+        let ans = self.execute(&call).await?;
+        if !ans.status.is_success() {
+            return Err(self.api_error(endpoint, &ans));
+        }
+        let v: Value = self.decode(endpoint, &ans.body)?;
+        Ok((v, wire::poll_duration(&ans.headers)))
+    }
+
+    fn agent_url(&self, segments: &[&str]) -> Url {
+        let mut url = self.inner.agent_base.clone();
+        if let Ok(mut p) = url.path_segments_mut() {
+            p.pop_if_empty();
+            p.extend(segments);
+        }
+        url
+    }
+
+    /// Metrics of one queue (`GET /v3/metrics/queue?name=`) and the server's poll hint
+    /// (`Buildkite-Agent-Metrics-Poll-Duration`): do not ask again sooner than that. Uses
+    /// the agent token; does not spend the REST budget.
+    pub async fn queue_metrics(&self, queue: &str) -> Result<(QueueMetrics, Option<Duration>)> {
+        let mut url = self.agent_url(&["metrics", "queue"]);
+        url.query_pairs_mut().append_pair("name", queue);
+        let (v, hint) = self.metrics("agent_queue_metrics", url).await?;
+        Ok((QueueMetrics::from_json(&v), hint))
+    }
+
+    /// Metrics of all queues of the agent token's cluster (`GET /v3/metrics`) and the poll hint.
+    pub async fn all_metrics(&self) -> Result<(AllMetrics, Option<Duration>)> {
+        let url = self.agent_url(&["metrics"]);
+        let (v, hint) = self.metrics("agent_metrics", url).await?;
+        Ok((AllMetrics::from_json(&v), hint))
+    }
+}

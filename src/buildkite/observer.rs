@@ -1,0 +1,96 @@
+//! Observability hook and the client's own counters.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::budget::Priority;
+
+/// Receives one call per HTTP attempt and per throttling event. Implement it in the metrics
+/// layer and pass it to [`Client::with_observer`](super::Client::with_observer). Calls are
+/// made inline on the request path: keep them cheap and non-blocking.
+pub trait Observer: Send + Sync {
+    /// One HTTP attempt finished. `endpoint` is the route name (e.g. `create_build`,
+    /// `list_builds`, `artifact_storage` for the storage host, `agent_metrics`); `status` is
+    /// `None` when no answer was received (timeout, dropped connection).
+    fn on_response(&self, endpoint: &'static str, status: Option<u16>, elapsed: Duration);
+
+    /// Buildkite answered 429.
+    fn on_throttled(&self) {}
+
+    /// A request waited for the budget before it could be sent.
+    fn on_budget_wait(&self, _priority: Priority, _waited: Duration) {}
+
+    /// An attempt is retried (after a 5xx, a timeout or a dropped connection).
+    fn on_retry(&self, _endpoint: &'static str) {}
+}
+
+/// Snapshot of the client's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    /// Attempts per (endpoint, status); status `None` = no answer.
+    pub responses: BTreeMap<(&'static str, Option<u16>), u64>,
+    /// 429 answers.
+    pub throttled: u64,
+    /// Retried attempts.
+    pub retries: u64,
+    /// Requests that waited for the budget.
+    pub budget_waits: u64,
+    /// Creates whose outcome was unknown.
+    pub ambiguous: u64,
+}
+
+impl ClientStats {
+    /// Attempts that reached Buildkite's REST API (everything but the storage host and the
+    /// agent metrics API).
+    pub fn rest_requests(&self) -> u64 {
+        self.responses
+            .iter()
+            .filter(|((ep, _), _)| !matches!(*ep, "artifact_storage" | "agent_metrics" | "agent_queue_metrics"))
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    responses: Mutex<BTreeMap<(&'static str, Option<u16>), u64>>,
+    throttled: AtomicU64,
+    retries: AtomicU64,
+    budget_waits: AtomicU64,
+    ambiguous: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn response(&self, endpoint: &'static str, status: Option<u16>) {
+        let mut m = self.responses.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry((endpoint, status)).or_default() += 1;
+    }
+
+    pub(crate) fn throttled(&self) {
+        self.throttled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn retry(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn budget_wait(&self) {
+        self.budget_waits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn ambiguous(&self) {
+        self.ambiguous.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> ClientStats {
+        ClientStats {
+            responses: self.responses.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            throttled: self.throttled.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            budget_waits: self.budget_waits.load(Ordering::Relaxed),
+            ambiguous: self.ambiguous.load(Ordering::Relaxed),
+        }
+    }
+}

@@ -1,0 +1,987 @@
+//! KernelJob reconcile: one writer per object (the reconcile) turns what the build board,
+//! the submitter and the deadline say into status. Background tasks (submitter, recovery
+//! lookup, poller, webhook receiver) talk to Buildkite and wake the reconcile up.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret as K8sSecret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::board::{self, Board};
+use super::machine::{self, BuildOutcome, meta};
+use super::queue::{JobKey, SubmitQueue};
+use super::submission::{self, SubmissionContext};
+use crate::api::condition::{ConditionSet, ConditionStatus};
+use crate::api::kerneljob::{Attempt, BuildRef, KernelJobStatus, Phase, conditions as cond};
+use crate::api::{AgentPool, FIELD_MANAGER, GpuNode, KernelJob};
+use crate::buildkite::{self, Build, BuildQuery, CancelOutcome, NewBuild, Priority};
+use crate::contract::{self, PayloadLimits, summary::ResultSummary};
+use crate::error::{Error, Result, is_not_found};
+
+/// Finalizer that cancels the build of a deleted, unfinished KernelJob.
+pub const FINALIZER: &str = "benchkite.dev/cancel-build";
+
+/// Settings of the KernelJob controller.
+#[derive(Clone, Debug)]
+pub struct JobConfig {
+    /// Pipeline for jobs that name none.
+    pub default_pipeline: String,
+    /// This installation's id in build meta-data (the poller lists by it).
+    pub instance: String,
+    pub limits: PayloadLimits,
+    /// Interval of the fallback poller (one list request per interval for all builds).
+    pub poll_interval: Duration,
+    /// A build with no news for this long is read once directly.
+    pub stale_after: Duration,
+    /// How long a deleted job's finalizer waits for Buildkite before it is released.
+    pub finalizer_timeout: Duration,
+    /// Submissions in flight at once.
+    pub submit_workers: usize,
+    /// Largest `result.json` downloaded.
+    pub max_result_bytes: u64,
+    /// Largest `result.json` kept in the job's result ConfigMap.
+    pub max_configmap_bytes: usize,
+}
+
+impl Default for JobConfig {
+    fn default() -> Self {
+        JobConfig {
+            default_pipeline: "kernelbot".into(),
+            instance: "benchkite".into(),
+            limits: PayloadLimits::default(),
+            poll_interval: Duration::from_secs(30),
+            stale_after: Duration::from_secs(900),
+            finalizer_timeout: Duration::from_secs(600),
+            submit_workers: 8,
+            max_result_bytes: 8 * 1024 * 1024,
+            max_configmap_bytes: 512 * 1024,
+        }
+    }
+}
+
+/// Counters of webhook deliveries.
+#[derive(Debug, Default)]
+pub struct WebhookCounters {
+    pub accepted: std::sync::atomic::AtomicU64,
+    pub refused: std::sync::atomic::AtomicU64,
+    pub replayed: std::sync::atomic::AtomicU64,
+    pub ignored: std::sync::atomic::AtomicU64,
+}
+
+/// Everything the KernelJob reconcile and its tasks share.
+pub struct JobCtx {
+    pub client: kube::Client,
+    pub bk: buildkite::Client,
+    pub config: JobConfig,
+    pub jobs: Store<KernelJob>,
+    pub pools: Store<AgentPool>,
+    pub gpunodes: Store<GpuNode>,
+    pub board: Board,
+    pub queue: SubmitQueue,
+    pub recorder: Recorder,
+    /// Run ids known not to have a build yet (so a create cannot duplicate one).
+    pub verified: Mutex<HashSet<String>>,
+    /// Jobs whose next attempt must be looked up before it may be created.
+    pub unverified: Mutex<HashSet<JobKey>>,
+    /// Run ids whose build benchkite cancelled.
+    pub canceled: Mutex<HashSet<String>>,
+    /// The last status this process wrote per job, with its resourceVersion: protects
+    /// against reading an older copy from the cache right after a write.
+    pub written: Mutex<HashMap<JobKey, (u64, KernelJobStatus)>>,
+    /// Last submission error per job (shown in status until the next try).
+    pub submit_errors: Mutex<HashMap<JobKey, String>>,
+    pub trigger: mpsc::UnboundedSender<ObjectRef<KernelJob>>,
+    pub webhooks: WebhookCounters,
+    /// Creation time of the oldest job that needs a look-up, for the recovery list.
+    pub started: Timestamp,
+}
+
+pub fn key_of(job: &KernelJob) -> JobKey {
+    format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any())
+}
+
+fn created(job: &KernelJob) -> Timestamp {
+    job.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or_else(Timestamp::now)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl JobCtx {
+    pub fn wake(&self, key: &str) {
+        if let Some((ns, name)) = key.split_once('/') {
+            let _ = self.trigger.send(ObjectRef::new(name).within(ns));
+        }
+    }
+
+    async fn event(&self, job: &KernelJob, type_: EventType, reason: &str, action: &str, note: String) {
+        let ev = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
+        if let Err(e) = self.recorder.publish(&ev, &job.object_ref(&())).await {
+            tracing::debug!(error = %e, reason, "publishing event failed");
+        }
+    }
+
+    /// The freshest status known: the cache's, or the one this process wrote last if newer.
+    fn current_status(&self, job: &KernelJob) -> KernelJobStatus {
+        let cached_rv = job.metadata.resource_version.as_deref().and_then(|r| r.parse::<u64>().ok()).unwrap_or(0);
+        if let Some((rv, status)) = lock(&self.written).get(&key_of(job))
+            && *rv > cached_rv
+        {
+            return status.clone();
+        }
+        job.status.clone().unwrap_or_default()
+    }
+
+    async fn write_status(&self, job: &KernelJob, status: &KernelJobStatus) -> Result<()> {
+        let key = key_of(job);
+        let ns = job.namespace().unwrap_or_default();
+        let api: Api<KernelJob> = Api::namespaced(self.client.clone(), &ns);
+        let patch = json!({ "apiVersion": "benchkite.dev/v1alpha1", "kind": "KernelJob", "status": status });
+        let updated = api
+            .patch_status(&job.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+            .await
+            .map_err(Error::kube(format!("writing status of KernelJob {key}")))?;
+        let rv = updated.metadata.resource_version.as_deref().and_then(|r| r.parse::<u64>().ok()).unwrap_or(0);
+        lock(&self.written).insert(key, (rv, status.clone()));
+        Ok(())
+    }
+}
+
+/// The queue and architecture a job's builds go to.
+fn target(job: &KernelJob, ctx: &JobCtx) -> std::result::Result<(String, Option<String>), (&'static str, String)> {
+    if let Some(queue) = &job.spec.queue {
+        return Ok((queue.clone(), None));
+    }
+    let ns = job.namespace().unwrap_or_default();
+    let Some(pool_name) = &job.spec.pool else {
+        return Err(("NoTarget", "set spec.pool or spec.queue".into()));
+    };
+    let Some(pool) = ctx.pools.get(&ObjectRef::new(pool_name).within(&ns)) else {
+        return Err(("PoolNotFound", format!("AgentPool {ns}/{pool_name} does not exist")));
+    };
+    let arch = pool
+        .status
+        .as_ref()
+        .and_then(|s| s.nodes.iter().find(|n| n.desired > 0).or_else(|| s.nodes.first()))
+        .and_then(|n| ctx.gpunodes.get(&ObjectRef::new(&n.name)))
+        .and_then(|g| g.status.as_ref().and_then(|s| s.architecture.clone()));
+    Ok((pool.spec.queue.clone(), arch))
+}
+
+/// The attempt that is under way (has a build and no outcome yet).
+fn active_attempt(status: &KernelJobStatus) -> Option<&Attempt> {
+    status.attempts.last().filter(|a| a.outcome.is_empty() && a.build.is_some())
+}
+
+fn next_attempt_number(status: &KernelJobStatus) -> i32 {
+    i32::try_from(status.attempts.len()).unwrap_or(i32::MAX - 1) + 1
+}
+
+fn time(ts: Option<Timestamp>) -> Option<Time> {
+    ts.map(Time)
+}
+
+fn build_ref(build: &Build, pipeline: &str) -> BuildRef {
+    BuildRef {
+        pipeline: build.pipeline_slug().unwrap_or(pipeline).to_string(),
+        number: i64::try_from(build.number).unwrap_or(i64::MAX),
+        id: build.id.clone(),
+        web_url: build.web_url.clone().unwrap_or_default(),
+    }
+}
+
+/// Conditions for a phase (kstatus: Ready True once finished; Complete/Failed like Jobs).
+fn set_phase_conditions(set: &mut ConditionSet<'_>, phase: Phase, reason: &str, message: &str, throttled: Option<&str>) {
+    let (complete, failed) = match phase {
+        Phase::Succeeded => (true, false),
+        Phase::Failed | Phase::TimedOut | Phase::Cancelled => (false, true),
+        _ => (false, false),
+    };
+    if complete {
+        set.set(cond::COMPLETE, ConditionStatus::True, reason, message);
+    } else {
+        set.set(cond::COMPLETE, ConditionStatus::False, phase.as_str(), "");
+    }
+    if failed {
+        set.set(cond::FAILED, ConditionStatus::True, reason, message);
+    } else {
+        set.set(cond::FAILED, ConditionStatus::False, phase.as_str(), "");
+    }
+    if phase.is_finished() {
+        set.set(cond::READY, ConditionStatus::True, reason, message);
+    } else {
+        set.set(cond::READY, ConditionStatus::False, phase.as_str(), message);
+    }
+    let submitted = !matches!(phase, Phase::Pending);
+    set.set(cond::SUBMITTED, ConditionStatus::from_bool(submitted), if submitted { "BuildCreated" } else { "NotSubmitted" }, "");
+    match throttled {
+        Some(msg) => set.set(cond::THROTTLED, ConditionStatus::True, "RequestBudgetExhausted", msg),
+        None => set.set(cond::THROTTLED, ConditionStatus::False, "WithinBudget", ""),
+    };
+}
+
+fn with_conditions(
+    job: &KernelJob,
+    mut status: KernelJobStatus,
+    reason: &str,
+    message: String,
+    throttled: Option<&str>,
+) -> KernelJobStatus {
+    let previous = job.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+    let mut set = ConditionSet::new(&previous, job.metadata.generation, Timestamp::now());
+    set_phase_conditions(&mut set, status.phase, reason, &message, throttled);
+    status.conditions = set.into_vec();
+    status.message = message;
+    status.observed_generation = job.metadata.generation;
+    status.attempt_count = i32::try_from(status.attempts.len()).unwrap_or(i32::MAX);
+    status
+}
+
+pub async fn reconcile(job: Arc<KernelJob>, ctx: Arc<JobCtx>) -> Result<Action> {
+    let key = key_of(&job);
+    if job.metadata.deletion_timestamp.is_some() {
+        return cleanup(&job, &ctx).await;
+    }
+    let status = ctx.current_status(&job);
+    if status.phase.is_finished() {
+        return finished(&job, &ctx, &status).await;
+    }
+    ensure_finalizer(&job, &ctx).await?;
+    let now = Timestamp::now();
+    let left = machine::time_left(created(&job), &job.spec, now);
+
+    if let Some(active) = active_attempt(&status).cloned() {
+        return follow(&job, &ctx, status, active, left).await;
+    }
+
+    // No build for the next attempt yet.
+    let attempt = next_attempt_number(&status);
+    let uid = job.uid().ok_or(Error::MissingField("metadata.uid"))?;
+    let run_id = machine::run_id(&uid, attempt);
+    if let Some(entry) = ctx.board.get(&run_id) {
+        // Created (by the submitter or found by the recovery look-up): record it.
+        return adopt(&job, &ctx, status, attempt, run_id, entry.build).await;
+    }
+    if left.is_zero() {
+        let mut s = status;
+        s.phase = Phase::TimedOut;
+        s.completion_time = Some(Time(now));
+        let msg = "the deadline passed before a build was created".to_string();
+        let s = with_conditions(&job, s, "DeadlineExceeded", msg.clone(), None);
+        ctx.write_status(&job, &s).await?;
+        ctx.event(&job, EventType::Warning, "TimedOut", "Timeout", msg).await;
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+
+    // Validate what only the controller can tell before queueing.
+    let (reason, message, throttled) = match target(&job, &ctx) {
+        Err((reason, message)) => (reason.to_string(), message, None),
+        Ok(_) => {
+            // A first attempt of a job created after this process took over cannot have a
+            // build yet: nobody else submits while it leads.
+            let fresh = attempt == 1 && created(&job) > ctx.started + k8s_openapi::jiff::SignedDuration::from_secs(5);
+            if fresh {
+                lock(&ctx.verified).insert(run_id.clone());
+            }
+            let known_absent = lock(&ctx.verified).contains(&run_id);
+            if known_absent {
+                ctx.queue.push(&key, job.spec.priority, &created(&job).to_string());
+            } else {
+                lock(&ctx.unverified).insert(key.clone());
+            }
+            let throttled = ctx.bk.would_wait(Priority::Submit).map(|d| {
+                format!("Buildkite's request budget is spent; submitting by priority in about {}s", d.as_secs().max(1))
+            });
+            let err = lock(&ctx.submit_errors).get(&key).cloned();
+            match err {
+                Some(e) => ("SubmitFailed".to_string(), e, throttled),
+                None => ("Queued".to_string(), "waiting to be submitted".to_string(), throttled),
+            }
+        }
+    };
+    let mut s = status.clone();
+    s.phase = Phase::Pending;
+    s.queue = target(&job, &ctx).ok().map(|(q, _)| q);
+    let s = with_conditions(&job, s, &reason, message.clone(), throttled.as_deref());
+    if job.status.as_ref() != Some(&s) && ctx.current_status(&job) != s {
+        ctx.write_status(&job, &s).await?;
+        if reason == "PoolNotFound" || reason == "SubmitFailed" {
+            ctx.event(&job, EventType::Warning, &reason, "Submit", message).await;
+        }
+    }
+    Ok(Action::requeue(left.min(Duration::from_secs(30))))
+}
+
+/// Records the build of a new attempt.
+async fn adopt(
+    job: &KernelJob,
+    ctx: &JobCtx,
+    mut status: KernelJobStatus,
+    attempt: i32,
+    run_id: String,
+    build: Build,
+) -> Result<Action> {
+    let pipeline = job.spec.pipeline.clone().unwrap_or_else(|| ctx.config.default_pipeline.clone());
+    let bref = build_ref(&build, &pipeline);
+    status.attempts.push(Attempt {
+        attempt,
+        run_id,
+        build: Some(bref.clone()),
+        state: build.state.as_str().to_string(),
+        created_at: time(build.created_at),
+        ..Default::default()
+    });
+    status.build = Some(bref.clone());
+    status.phase = Phase::Submitted;
+    status.start_time = status.start_time.or_else(|| Some(Time(Timestamp::now())));
+    status.queue = status.queue.or_else(|| target(job, ctx).ok().map(|(q, _)| q));
+    lock(&ctx.submit_errors).remove(&key_of(job));
+    let msg = format!("build #{} created: {}", bref.number, bref.web_url);
+    let s = with_conditions(job, status, "BuildCreated", msg.clone(), None);
+    ctx.write_status(job, &s).await?;
+    ctx.event(job, EventType::Normal, "Submitted", "Submit", msg).await;
+    Ok(Action::requeue(Duration::from_secs(1)))
+}
+
+/// Follows the build of the active attempt.
+async fn follow(
+    job: &KernelJob,
+    ctx: &JobCtx,
+    mut status: KernelJobStatus,
+    active: Attempt,
+    left: Duration,
+) -> Result<Action> {
+    let Some(bref) = active.build.clone() else { return Ok(Action::requeue(Duration::from_secs(5))) };
+    let now = Timestamp::now();
+    let entry = match ctx.board.get(&active.run_id) {
+        Some(e) => e,
+        None => {
+            // After a restart the board is empty: seed it from status so the poller follows
+            // the build, without a request per job.
+            let seed = Build {
+                id: bref.id.clone(),
+                number: u64::try_from(bref.number).unwrap_or(0),
+                web_url: Some(bref.web_url.clone()),
+                state: active.state.parse().unwrap_or(buildkite::BuildState::Scheduled),
+                meta_data: [(meta::RUN_ID.to_string(), active.run_id.clone())].into(),
+                created_at: active.created_at.as_ref().map(|t| t.0),
+                ..Default::default()
+            };
+            ctx.board.update(&seed, now);
+            ctx.board.get(&active.run_id).ok_or(Error::MissingField("board entry"))?
+        }
+    };
+    let mut build = entry.build.clone();
+
+    // No news for a long time: read the build once (webhooks and the poller may both have
+    // missed it).
+    let quiet = Duration::try_from(now.duration_since(entry.seen)).unwrap_or_default();
+    if !build.state.is_terminal() && quiet >= ctx.config.stale_after {
+        match ctx.bk.get_build(Some(&bref.pipeline), u64::try_from(bref.number).unwrap_or(0), false).await {
+            Ok(b) => {
+                ctx.board.update(&b, now);
+                build = ctx.board.get(&active.run_id).map(|e| e.build).unwrap_or(b);
+            }
+            Err(e) => tracing::warn!(job = %key_of(job), error = %e, "reading a quiet build failed"),
+        }
+    }
+
+    let we_canceled = lock(&ctx.canceled).contains(&active.run_id) || left.is_zero();
+    if left.is_zero() && !build.state.is_terminal() && build.state != buildkite::BuildState::Canceling {
+        // The deadline passed: cancel the build, then the job is TimedOut.
+        match ctx.bk.cancel_build(Some(&bref.pipeline), u64::try_from(bref.number).unwrap_or(0), Priority::Cancel).await
+        {
+            Ok(CancelOutcome::Canceled(b)) => {
+                ctx.board.update(&b, now);
+            }
+            Ok(_) => {}
+            Err(e) => return Err(Error::Buildkite { action: format!("cancelling build #{}", bref.number), source: e }),
+        }
+        lock(&ctx.canceled).insert(active.run_id.clone());
+        let a = status.attempts.last_mut().ok_or(Error::MissingField("attempt"))?;
+        a.outcome = "Cancelled: deadline exceeded".into();
+        a.state = "canceling".into();
+        status.phase = Phase::TimedOut;
+        status.completion_time = Some(Time(now));
+        let msg = format!("the deadline passed; build #{} was cancelled", bref.number);
+        let s = with_conditions(job, status, "DeadlineExceeded", msg.clone(), None);
+        ctx.write_status(job, &s).await?;
+        ctx.event(job, EventType::Warning, "TimedOut", "Timeout", msg).await;
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+
+    let outcome = machine::classify(&board::view(&build), we_canceled);
+    // Attempt bookkeeping from the build.
+    if let Some(a) = status.attempts.last_mut() {
+        a.state = build.state.as_str().to_string();
+        a.started_at = time(build.started_at).or(a.started_at.take());
+        a.finished_at = time(build.finished_at).or(a.finished_at.take());
+        if let Some(j) = build.jobs.iter().find(|j| j.kind.as_deref().is_none_or(|k| k == "script")) {
+            a.exit_status = j.exit_status;
+            a.signal_reason = j.signal_reason.clone();
+        }
+    }
+    match outcome {
+        BuildOutcome::InFlight { running } => {
+            let phase = if running { Phase::Running } else { Phase::Submitted };
+            let started_now = running && status.phase != Phase::Running;
+            status.phase = phase;
+            let msg = if running {
+                format!("build #{} is running", bref.number)
+            } else {
+                format!("build #{} waits for an agent", bref.number)
+            };
+            let s = with_conditions(job, status, if running { "BuildRunning" } else { "BuildScheduled" }, msg.clone(), None);
+            if ctx.current_status(job) != s {
+                ctx.write_status(job, &s).await?;
+                if started_now {
+                    ctx.event(job, EventType::Normal, "Started", "Run", msg).await;
+                }
+            }
+            let wait = ctx.config.stale_after.saturating_sub(quiet).max(Duration::from_secs(1));
+            Ok(Action::requeue(wait.min(left).max(Duration::from_secs(1))))
+        }
+        outcome => finish_attempt(job, ctx, status, &bref, &build, outcome, left).await,
+    }
+}
+
+/// Reads the result of a finished build: the summary in meta-data (free), else
+/// `result.json` (two requests).
+async fn read_result(
+    job: &KernelJob,
+    ctx: &JobCtx,
+    bref: &BuildRef,
+    build: &Build,
+) -> (Option<ResultSummary>, &'static str, Option<String>, Option<Vec<u8>>) {
+    let ranking = match job.spec.ranking_by {
+        Some(crate::api::kerneljob::RankingBy::Mean) => contract::RankingBy::Mean,
+        Some(crate::api::kerneljob::RankingBy::Geom) => contract::RankingBy::Geom,
+        _ => contract::RankingBy::Last,
+    };
+    if let Some(value) = build.meta_data.get(contract::META_DATA_KEY) {
+        match contract::parse_meta_data_summary(value) {
+            Ok(s) => return (Some(s), "meta-data", None, None),
+            Err(e) => tracing::info!(job = %key_of(job), error = %e, "meta-data summary unusable; reading result.json"),
+        }
+    }
+    let number = u64::try_from(bref.number).unwrap_or(0);
+    let artifacts = match ctx.bk.list_artifacts(Some(&bref.pipeline), number).await {
+        Ok(a) => a.items,
+        Err(e) => return (None, "artifact", Some(format!("listing artifacts of build #{number}: {e}")), None),
+    };
+    let Some(artifact) = artifacts.iter().find(|a| a.path == "result.json" || a.filename == "result.json") else {
+        return (None, "artifact", None, None);
+    };
+    let bytes = match ctx.bk.download_artifact(artifact, ctx.config.max_result_bytes).await {
+        Ok(b) => b,
+        Err(e) => return (None, "artifact", Some(format!("downloading result.json: {e}")), None),
+    };
+    match contract::parse_result_json_limited(&bytes, usize::try_from(ctx.config.max_result_bytes).unwrap_or(usize::MAX)) {
+        Ok(full) => (Some(contract::summarize(&full, &ranking)), "artifact", None, Some(bytes)),
+        Err(e) => (None, "artifact", Some(format!("result.json is malformed: {e}")), Some(bytes)),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn finish_attempt(
+    job: &KernelJob,
+    ctx: &JobCtx,
+    mut status: KernelJobStatus,
+    bref: &BuildRef,
+    build: &Build,
+    outcome: BuildOutcome,
+    left: Duration,
+) -> Result<Action> {
+    let now = Timestamp::now();
+    let attempts_made = i32::try_from(status.attempts.len()).unwrap_or(i32::MAX);
+    if let BuildOutcome::Infrastructure { reason } = &outcome
+        && machine::may_retry(&job.spec, attempts_made)
+        && !left.is_zero()
+    {
+        if let Some(a) = status.attempts.last_mut() {
+            a.outcome = format!("InfrastructureFailure: {reason}");
+        }
+        let uid = job.uid().unwrap_or_default();
+        // This process decided the retry: the next run id cannot have a build yet.
+        lock(&ctx.verified).insert(machine::run_id(&uid, attempts_made + 1));
+        status.phase = Phase::Pending;
+        status.build = None;
+        let msg = format!(
+            "build #{} hit an infrastructure failure ({reason}); retrying (attempt {} of {})",
+            bref.number,
+            attempts_made + 1,
+            job.spec.retries + 1
+        );
+        let s = with_conditions(job, status, "Retrying", msg.clone(), None);
+        ctx.write_status(job, &s).await?;
+        ctx.event(job, EventType::Warning, "Retrying", "Retry", msg).await;
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
+
+    let wants_result = matches!(outcome, BuildOutcome::Passed | BuildOutcome::Failed { .. });
+    let (summary, source, read_error, raw) =
+        if wants_result { read_result(job, ctx, bref, build).await } else { (None, "", None, None) };
+    let (mut phase, mut reason, mut message) = machine::finished_phase(&outcome, summary.as_ref());
+    if let Some(err) = &read_error
+        && outcome == BuildOutcome::Passed
+        && summary.is_none()
+    {
+        if err.contains("malformed") {
+            (phase, reason, message) = (Phase::Failed, "ResultMalformed", err.clone());
+        } else {
+            // Transient trouble reading the artifact: try again later.
+            tracing::warn!(job = %key_of(job), error = %err, "reading the result failed; retrying");
+            return Ok(Action::requeue(Duration::from_secs(10)));
+        }
+    }
+    if outcome == BuildOutcome::CanceledByUs && lock(&ctx.canceled).contains(&status.attempts.last().map(|a| a.run_id.clone()).unwrap_or_default()) && left.is_zero() {
+        phase = Phase::TimedOut;
+        reason = "DeadlineExceeded";
+    }
+    if let Some(a) = status.attempts.last_mut() {
+        a.outcome = format!("{reason}: {message}");
+    }
+    if let Some(s) = &summary {
+        let result = machine::result_status(s, source);
+        status.summary = Some(machine::summary_status(&result, s));
+        status.result = Some(result);
+        if phase == Phase::Succeeded {
+            status.passed = s.passed;
+            status.score = s.score.filter(|v| v.is_finite());
+        }
+    }
+    if let Some(bytes) = raw
+        && let Some(name) = store_output(job, ctx, &bytes).await
+    {
+        status.output_ref = Some(name);
+    }
+    status.phase = phase;
+    status.completion_time = Some(Time(now));
+    let s = with_conditions(job, status, reason, message.clone(), None);
+    ctx.write_status(job, &s).await?;
+    let (type_, ev_reason) = match phase {
+        Phase::Succeeded => (EventType::Normal, "Completed"),
+        Phase::Cancelled => (EventType::Normal, "Cancelled"),
+        _ => (EventType::Warning, reason),
+    };
+    ctx.event(job, type_, ev_reason, "Finish", message).await;
+    Ok(Action::requeue(Duration::from_secs(1)))
+}
+
+/// Keeps the full `result.json` in a ConfigMap owned by the job (bounded).
+async fn store_output(job: &KernelJob, ctx: &JobCtx, bytes: &[u8]) -> Option<String> {
+    let ns = job.namespace()?;
+    let name = crate::fleet::pod::agent_pod_name(&job.name_any(), "result", 0).trim_end_matches("-0").to_string();
+    let text = String::from_utf8_lossy(bytes);
+    let body = if text.len() <= ctx.config.max_configmap_bytes {
+        text.to_string()
+    } else {
+        format!(
+            "{{\"truncated\": true, \"note\": \"result.json is {} bytes, over the {}-byte limit; download it from the build's artifacts\"}}",
+            text.len(),
+            ctx.config.max_configmap_bytes
+        )
+    };
+    let owner = job.controller_owner_ref(&())?;
+    let cm = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": ns, "ownerReferences": [owner],
+                     "labels": {"app.kubernetes.io/managed-by": "benchkite", "benchkite.dev/kerneljob": crate::fleet::pod::label_value(&job.name_any())}},
+        "data": {"result.json": body},
+    });
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+    match api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&cm)).await {
+        Ok(_) => Some(name),
+        Err(e) => {
+            tracing::warn!(job = %key_of(job), error = %e, "storing result.json failed");
+            None
+        }
+    }
+}
+
+/// A finished job: forget its builds, release the finalizer, honour the TTL.
+async fn finished(job: &KernelJob, ctx: &JobCtx, status: &KernelJobStatus) -> Result<Action> {
+    for a in &status.attempts {
+        ctx.board.forget(&a.run_id);
+        lock(&ctx.canceled).remove(&a.run_id);
+        lock(&ctx.verified).remove(&a.run_id);
+    }
+    lock(&ctx.submit_errors).remove(&key_of(job));
+    remove_finalizer(job, ctx).await?;
+    if let (Some(ttl), Some(done)) = (job.spec.ttl_seconds_after_finished, status.completion_time.as_ref()) {
+        let age = Timestamp::now().duration_since(done.0).as_secs();
+        if age >= ttl {
+            let api: Api<KernelJob> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+            match api.delete(&job.name_any(), &DeleteParams::background()).await {
+                Ok(_) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(Error::kube(format!("deleting expired KernelJob {}", key_of(job)))(e)),
+            }
+            lock(&ctx.written).remove(&key_of(job));
+            return Ok(Action::await_change());
+        }
+        return Ok(Action::requeue(Duration::from_secs(u64::try_from(ttl - age).unwrap_or(1).max(1))));
+    }
+    Ok(Action::await_change())
+}
+
+async fn ensure_finalizer(job: &KernelJob, ctx: &JobCtx) -> Result<()> {
+    if job.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(());
+    }
+    let api: Api<KernelJob> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    let patch = json!({
+        "apiVersion": "benchkite.dev/v1alpha1", "kind": "KernelJob",
+        "metadata": {"name": job.name_any(), "finalizers": [FINALIZER]},
+    });
+    api.patch(&job.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(Error::kube(format!("adding the finalizer to KernelJob {}", key_of(job))))?;
+    Ok(())
+}
+
+async fn remove_finalizer(job: &KernelJob, ctx: &JobCtx) -> Result<()> {
+    if !job.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(());
+    }
+    let api: Api<KernelJob> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    // Applying our metadata without the finalizer releases the field we own.
+    let patch = json!({
+        "apiVersion": "benchkite.dev/v1alpha1", "kind": "KernelJob",
+        "metadata": {"name": job.name_any(), "finalizers": []},
+    });
+    match api.patch(&job.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await {
+        Ok(_) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) => Err(Error::kube(format!("removing the finalizer of KernelJob {}", key_of(job)))(e)),
+    }
+}
+
+/// A deleted job: cancel its unfinished build, then let it go. If Buildkite stays
+/// unreachable, the finalizer is released after `finalizer_timeout` with an Event.
+async fn cleanup(job: &KernelJob, ctx: &JobCtx) -> Result<Action> {
+    if !job.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let status = ctx.current_status(job);
+    let key = key_of(job);
+    let mut error = None;
+    if !status.phase.is_finished()
+        && let Some(active) = active_attempt(&status)
+        && let Some(bref) = &active.build
+    {
+        let terminal = ctx.board.get(&active.run_id).is_some_and(|e| e.build.state.is_terminal());
+        if !terminal {
+            match ctx.bk.cancel_build(Some(&bref.pipeline), u64::try_from(bref.number).unwrap_or(0), Priority::Cancel).await
+            {
+                Ok(_) => {
+                    lock(&ctx.canceled).insert(active.run_id.clone());
+                    ctx.event(job, EventType::Normal, "Cancelled", "Delete", format!("build #{} cancelled because the KernelJob was deleted", bref.number)).await;
+                }
+                Err(e) => error = Some(e.to_string()),
+            }
+        }
+    }
+    if let Some(e) = error {
+        let since = job.metadata.deletion_timestamp.as_ref().map(|t| t.0).unwrap_or_else(Timestamp::now);
+        let waited = Duration::try_from(Timestamp::now().duration_since(since)).unwrap_or_default();
+        if waited < ctx.config.finalizer_timeout {
+            tracing::warn!(job = %key, error = %e, "cancelling the build of a deleted job failed; retrying");
+            return Ok(Action::requeue(Duration::from_secs(10)));
+        }
+        ctx.event(job, EventType::Warning, "FinalizerReleased", "Delete", format!("could not cancel the build for {}s ({e}); releasing the KernelJob anyway: cancel the build by hand", waited.as_secs())).await;
+    }
+    for a in &status.attempts {
+        ctx.board.forget(&a.run_id);
+    }
+    lock(&ctx.unverified).remove(&key);
+    lock(&ctx.written).remove(&key);
+    remove_finalizer(job, ctx).await?;
+    Ok(Action::await_change())
+}
+
+pub fn error_policy(job: Arc<KernelJob>, err: &Error, _ctx: Arc<JobCtx>) -> Action {
+    tracing::warn!(job = %key_of(&job), error = %err, "KernelJob reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+// ----- background tasks ---------------------------------------------------------------------
+
+/// Reads a job's sources: inline, plus every key of the named ConfigMaps and Secrets.
+async fn resolve_sources(job: &KernelJob, ctx: &JobCtx) -> std::result::Result<BTreeMap<String, String>, String> {
+    let ns = job.namespace().unwrap_or_default();
+    let mut sources = job.spec.sources.clone();
+    for from in &job.spec.sources_from {
+        let wanted = |k: &str| from.keys.is_empty() || from.keys.iter().any(|w| w == k);
+        if let Some(name) = &from.config_map {
+            let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+            let cm = api.get_opt(name).await.map_err(|e| format!("reading ConfigMap {ns}/{name}: {e}"))?;
+            let cm = cm.ok_or_else(|| format!("ConfigMap {ns}/{name} (spec.sourcesFrom) does not exist"))?;
+            for (k, v) in cm.data.unwrap_or_default() {
+                if wanted(&k) {
+                    sources.insert(k, v);
+                }
+            }
+            for (k, v) in cm.binary_data.unwrap_or_default() {
+                if wanted(&k) {
+                    let text = contract::file_content_from_bytes(&k, v.0).map_err(|e| e.to_string())?;
+                    sources.insert(k, text);
+                }
+            }
+        }
+        if let Some(name) = &from.secret {
+            let api: Api<K8sSecret> = Api::namespaced(ctx.client.clone(), &ns);
+            let secret = api.get_opt(name).await.map_err(|e| format!("reading Secret {ns}/{name}: {e}"))?;
+            let secret = secret.ok_or_else(|| format!("Secret {ns}/{name} (spec.sourcesFrom) does not exist"))?;
+            for (k, v) in secret.data.unwrap_or_default() {
+                if wanted(&k) {
+                    let text = contract::file_content_from_bytes(&k, v.0).map_err(|e| e.to_string())?;
+                    sources.insert(k, text);
+                }
+            }
+        }
+    }
+    Ok(sources)
+}
+
+/// Fails a job that can never be submitted (payload too large, invalid submission).
+async fn fail_unsubmittable(job: &KernelJob, ctx: &JobCtx, reason: &str, message: String) {
+    let mut status = ctx.current_status(job);
+    status.phase = Phase::Failed;
+    status.completion_time = Some(Time(Timestamp::now()));
+    let s = with_conditions(job, status, reason, message.clone(), None);
+    if let Err(e) = ctx.write_status(job, &s).await {
+        tracing::warn!(job = %key_of(job), error = %e, "writing the failure failed");
+        return;
+    }
+    ctx.event(job, EventType::Warning, reason, "Submit", message).await;
+}
+
+/// One submission worker: takes the next job by priority, creates its build, wakes its
+/// reconcile (which records the build).
+pub async fn submit_worker(ctx: Arc<JobCtx>) {
+    loop {
+        let key = ctx.queue.next().await;
+        submit_one(&ctx, &key).await;
+    }
+}
+
+async fn submit_one(ctx: &JobCtx, key: &str) {
+    let Some((ns, name)) = key.split_once('/') else { return };
+    let Some(cached) = ctx.jobs.get(&ObjectRef::new(name).within(ns)) else { return };
+    if cached.metadata.deletion_timestamp.is_some() {
+        return;
+    }
+    let status = ctx.current_status(&cached);
+    if status.phase.is_finished() || active_attempt(&status).is_some() {
+        return;
+    }
+    let attempt = next_attempt_number(&status);
+    let Some(uid) = cached.uid() else { return };
+    let run_id = machine::run_id(&uid, attempt);
+    if ctx.board.get(&run_id).is_some() || !lock(&ctx.verified).contains(&run_id) {
+        ctx.wake(key);
+        return;
+    }
+    let (queue, arch) = match target(&cached, ctx) {
+        Ok(t) => t,
+        Err(_) => {
+            ctx.wake(key);
+            return;
+        }
+    };
+    // The cache holds no sources: read the object itself.
+    let api: Api<KernelJob> = Api::namespaced(ctx.client.clone(), ns);
+    let job = match api.get_opt(name).await {
+        Ok(Some(j)) => j,
+        Ok(None) => return,
+        Err(e) => {
+            lock(&ctx.submit_errors).insert(key.to_string(), format!("reading the KernelJob: {e}"));
+            requeue_later(ctx, key, Duration::from_secs(5));
+            return;
+        }
+    };
+    let sources = match resolve_sources(&job, ctx).await {
+        Ok(s) => s,
+        Err(e) => {
+            lock(&ctx.submit_errors).insert(key.to_string(), e);
+            requeue_later(ctx, key, Duration::from_secs(15));
+            return;
+        }
+    };
+    let sctx = SubmissionContext {
+        job_key: key,
+        uid: &uid,
+        attempt,
+        queue: &queue,
+        pool_architecture: arch.as_deref(),
+        default_pipeline: &ctx.config.default_pipeline,
+        instance: &ctx.config.instance,
+        limits: ctx.config.limits,
+    };
+    let sub = match submission::submission(&job.spec, sources, &sctx) {
+        Ok(s) => s,
+        Err(e) => {
+            fail_unsubmittable(&job, ctx, e.reason(), e.to_string()).await;
+            return;
+        }
+    };
+    let new_build = NewBuild {
+        commit: sub.commit.clone(),
+        branch: sub.branch.clone(),
+        message: Some(sub.message.clone()),
+        env: sub.env.clone(),
+        meta_data: sub.meta_data.clone(),
+        ..Default::default()
+    };
+    match ctx.bk.create_build(Some(&sub.pipeline), &new_build, Priority::Submit).await {
+        Ok(build) => {
+            lock(&ctx.verified).remove(&run_id);
+            ctx.board.update(&build, Timestamp::now());
+            ctx.wake(key);
+        }
+        Err(buildkite::Error::Ambiguous { reason, .. }) => {
+            // The build may exist: look it up before creating again.
+            tracing::warn!(job = %key, %reason, "create_build outcome unknown; looking the build up");
+            lock(&ctx.verified).remove(&run_id);
+            lock(&ctx.unverified).insert(key.to_string());
+        }
+        Err(e) if e.is_transient() => {
+            lock(&ctx.submit_errors).insert(key.to_string(), format!("Buildkite: {e}"));
+            requeue_later(ctx, key, Duration::from_secs(5));
+        }
+        Err(e) => {
+            lock(&ctx.submit_errors).insert(key.to_string(), format!("Buildkite refused the build: {e}"));
+            requeue_later(ctx, key, Duration::from_secs(30));
+        }
+    }
+}
+
+fn requeue_later(ctx: &JobCtx, key: &str, after: Duration) {
+    let trigger = ctx.trigger.clone();
+    let key = key.to_string();
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        if let Some((ns, name)) = key.split_once('/') {
+            let _ = trigger.send(ObjectRef::new(name).within(ns));
+        }
+    });
+}
+
+/// Looks up, in one list request, the builds of jobs whose next attempt may already exist
+/// (after a restart or an ambiguous create), so no attempt ever gets a second build.
+pub async fn recovery_loop(ctx: Arc<JobCtx>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let keys: Vec<JobKey> = lock(&ctx.unverified).iter().cloned().collect();
+        if keys.is_empty() {
+            continue;
+        }
+        let mut wanted: HashMap<String, JobKey> = HashMap::new();
+        let mut oldest: Option<Timestamp> = None;
+        for key in &keys {
+            let Some((ns, name)) = key.split_once('/') else { continue };
+            let Some(job) = ctx.jobs.get(&ObjectRef::new(name).within(ns)) else {
+                lock(&ctx.unverified).remove(key);
+                continue;
+            };
+            let status = ctx.current_status(&job);
+            let Some(uid) = job.uid() else { continue };
+            wanted.insert(machine::run_id(&uid, next_attempt_number(&status)), key.clone());
+            let c = created(&job);
+            oldest = Some(oldest.map_or(c, |o| o.min(c)));
+        }
+        if wanted.is_empty() {
+            continue;
+        }
+        let from = oldest.map(|o| o - k8s_openapi::jiff::SignedDuration::from_secs(300));
+        let query = BuildQuery {
+            meta_data: vec![(meta::INSTANCE.to_string(), ctx.config.instance.clone())],
+            created_from: from,
+            exclude_jobs: false,
+            per_page: Some(100),
+            ..Default::default()
+        };
+        match ctx.bk.list_builds(&query, Priority::Submit).await {
+            Ok(listing) if !listing.truncated => {
+                let now = Timestamp::now();
+                for build in &listing.items {
+                    if let Some(run) = board::run_id_of(build)
+                        && wanted.contains_key(run)
+                    {
+                        ctx.board.update(build, now);
+                    }
+                }
+                for (run, key) in wanted {
+                    if ctx.board.get(&run).is_none() {
+                        lock(&ctx.verified).insert(run);
+                    }
+                    lock(&ctx.unverified).remove(&key);
+                    ctx.wake(&key);
+                }
+                tracing::info!(jobs = keys.len(), builds = listing.items.len(), "recovery look-up done");
+            }
+            Ok(_) => tracing::warn!("recovery look-up hit the page limit; retrying"),
+            Err(e) => {
+                tracing::warn!(error = %e, "recovery look-up failed; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
+}
+
+/// The fallback poller: one list request per interval for every build benchkite follows
+/// (builds of this instance finished since the last poll), never one request per job.
+pub async fn poll_loop(ctx: Arc<JobCtx>) {
+    let overlap = k8s_openapi::jiff::SignedDuration::from_secs(60);
+    let mut since: Option<Timestamp> = None;
+    loop {
+        tokio::time::sleep(ctx.config.poll_interval).await;
+        let (live, oldest) = ctx.board.in_flight();
+        if live == 0 {
+            continue;
+        }
+        let started = Timestamp::now();
+        let from = match (since, oldest) {
+            (Some(s), _) => s - overlap,
+            (None, Some(o)) => o - overlap,
+            (None, None) => started - k8s_openapi::jiff::SignedDuration::from_secs(3600),
+        };
+        let query = BuildQuery {
+            meta_data: vec![(meta::INSTANCE.to_string(), ctx.config.instance.clone())],
+            finished_from: Some(from),
+            exclude_jobs: false,
+            per_page: Some(100),
+            ..Default::default()
+        };
+        match ctx.bk.list_builds(&query, Priority::Refresh).await {
+            Ok(listing) => {
+                let mut woken = 0;
+                for build in &listing.items {
+                    if ctx.board.get(board::run_id_of(build).unwrap_or_default()).is_some() && ctx.board.update(build, started)
+                        && let Some(key) = build.meta_data.get(meta::JOB)
+                    {
+                        ctx.wake(key);
+                        woken += 1;
+                    }
+                }
+                if !listing.truncated {
+                    since = Some(started);
+                }
+                tracing::debug!(in_flight = live, listed = listing.items.len(), woken, "poll");
+            }
+            Err(e) => tracing::warn!(error = %e, "polling builds failed"),
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! KernelJob: from a Kubernetes object to a Buildkite build and back into status.
+
+pub mod board;
+pub mod controller;
+pub mod machine;
+pub mod queue;
+pub mod submission;
+pub mod webhook;
+
+pub use controller::{JobConfig, JobCtx};
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::controller::Controller;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+
+use crate::api::{AgentPool, GpuNode, KernelJob};
+
+/// The cache keeps no submission sources (they can be large); the submitter reads them from
+/// the API when it needs them.
+pub fn strip_job(job: &mut KernelJob) {
+    job.metadata.managed_fields = None;
+    for v in job.spec.sources.values_mut() {
+        v.clear();
+    }
+    for v in job.spec.headers.values_mut() {
+        v.clear();
+    }
+}
+
+/// Everything the KernelJob controller needs besides the shared fleet caches.
+pub struct JobSetup {
+    pub buildkite: crate::buildkite::Client,
+    pub config: JobConfig,
+    pub webhook_secret: Option<crate::buildkite::Secret>,
+    pub reporter: String,
+}
+
+/// Builds the KernelJob controller: its context (for the webhook route) and the future
+/// that runs the controller and its background tasks until `shutdown`.
+pub fn controller(
+    client: Client,
+    setup: JobSetup,
+    pools: Store<AgentPool>,
+    gpunodes: Store<GpuNode>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> (Arc<JobCtx>, impl std::future::Future<Output = ()> + Send) {
+    let (jobs, writer) = reflector::store::<KernelJob>();
+    let stream = watcher(Api::<KernelJob>::all(client.clone()), watcher::Config::default().any_semantic())
+        .modify(strip_job)
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let recorder = Recorder::new(client.clone(), Reporter { controller: setup.reporter.clone(), instance: std::env::var("POD_NAME").ok() });
+    let ctx = Arc::new(JobCtx {
+        client: client.clone(),
+        bk: setup.buildkite,
+        config: setup.config,
+        jobs: jobs.clone(),
+        pools,
+        gpunodes,
+        board: board::Board::default(),
+        queue: queue::SubmitQueue::default(),
+        recorder,
+        verified: Mutex::new(Default::default()),
+        unverified: Mutex::new(Default::default()),
+        canceled: Mutex::new(Default::default()),
+        written: Mutex::new(Default::default()),
+        submit_errors: Mutex::new(Default::default()),
+        trigger: tx,
+        webhooks: Default::default(),
+        started: Timestamp::now(),
+    });
+    let wakeups = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let run_ctx = ctx.clone();
+    let fut = async move {
+        let ctx = run_ctx;
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..ctx.config.submit_workers.max(1) {
+            tasks.spawn(controller::submit_worker(ctx.clone()));
+        }
+        tasks.spawn(controller::recovery_loop(ctx.clone()));
+        tasks.spawn(controller::poll_loop(ctx.clone()));
+        Controller::for_stream(stream, jobs)
+            .reconcile_on(wakeups)
+            .with_config(kube::runtime::controller::Config::default().concurrency(32))
+            .graceful_shutdown_on(shutdown)
+            .run(controller::reconcile, controller::error_policy, ctx.clone())
+            .for_each(|res| async move {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "kerneljob reconcile");
+                }
+            })
+            .await;
+        tasks.abort_all();
+        let _ = Duration::ZERO;
+    };
+    (ctx, fut)
+}

@@ -1,0 +1,113 @@
+//! The submission queue: KernelJobs waiting for a build, released by priority, then age.
+//! When Buildkite's request budget is short, this order decides who goes first.
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashSet};
+use std::sync::Mutex;
+
+use tokio::sync::Notify;
+
+/// `namespace/name` of a KernelJob.
+pub type JobKey = String;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    priority: i32,
+    /// Creation time (RFC 3339 sorts chronologically), then the key, for a total order.
+    created: String,
+    key: JobKey,
+}
+
+impl Ord for Entry {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // Max-heap: higher priority first, then the OLDER job first.
+        self.priority
+            .cmp(&other.priority)
+            .then_with(|| other.created.cmp(&self.created))
+            .then_with(|| other.key.cmp(&self.key))
+    }
+}
+
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct SubmitQueue {
+    inner: Mutex<(BinaryHeap<Entry>, HashSet<JobKey>)>,
+    notify: Notify,
+}
+
+impl SubmitQueue {
+    /// Queues a job once (a job already queued keeps its place).
+    pub fn push(&self, key: &str, priority: i32, created: &str) {
+        let Ok(mut inner) = self.inner.lock() else { return };
+        if inner.1.insert(key.to_string()) {
+            inner.0.push(Entry { priority, created: created.to_string(), key: key.to_string() });
+            drop(inner);
+            self.notify.notify_one();
+        }
+    }
+
+    /// The next job to submit, if any.
+    pub fn pop(&self) -> Option<JobKey> {
+        let mut inner = self.inner.lock().ok()?;
+        let entry = inner.0.pop()?;
+        inner.1.remove(&entry.key);
+        Some(entry.key)
+    }
+
+    /// Waits for the next job.
+    pub async fn next(&self) -> JobKey {
+        loop {
+            let notified = self.notify.notified();
+            if let Some(key) = self.pop() {
+                return key;
+            }
+            notified.await;
+        }
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.inner.lock().map(|i| i.1.contains(key)).unwrap_or(false)
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.lock().map(|i| i.0.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priority_then_age() {
+        let q = SubmitQueue::default();
+        q.push("ns/young-low", 0, "2026-01-02T00:00:00Z");
+        q.push("ns/old-low", 0, "2026-01-01T00:00:00Z");
+        q.push("ns/high", 10, "2026-01-03T00:00:00Z");
+        q.push("ns/negative", -5, "2025-01-01T00:00:00Z");
+        q.push("ns/old-low", 99, "2026-01-01T00:00:00Z");
+        assert_eq!(q.len(), 4, "duplicates keep their first place");
+        let order: Vec<_> = std::iter::from_fn(|| q.pop()).collect();
+        assert_eq!(order, vec!["ns/high", "ns/old-low", "ns/young-low", "ns/negative"]);
+        assert!(q.is_empty());
+    }
+
+    #[tokio::test]
+    async fn next_waits_for_a_push() {
+        let q = std::sync::Arc::new(SubmitQueue::default());
+        let q2 = q.clone();
+        let waiter = tokio::spawn(async move { q2.next().await });
+        tokio::task::yield_now().await;
+        q.push("ns/a", 0, "t");
+        assert_eq!(waiter.await.unwrap(), "ns/a");
+    }
+}

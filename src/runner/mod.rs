@@ -1,0 +1,597 @@
+//! `benchkite run`: the job side of a KernelJob. Decodes `KERNELBOT_PAYLOAD`, writes the
+//! submission into a fresh directory, compiles it (`cu`) or runs its main file (`py`)
+//! through the harness protocol, and hands back `result.json` (plus the compact summary as
+//! build meta-data) exactly as the seeds' Python runner would, at a fraction of its cost.
+//!
+//! See `shared/reference/kernel-evaluation.md` for the contract and [`crate::contract`] for
+//! the formats. Exit status: 0 when the evaluation ran (whatever the kernel's verdict), 1
+//! when the infrastructure failed (bad payload, missing tool, result not handed back),
+//! 128+N when the runner was stopped by signal N (the build was canceled).
+
+mod cases;
+mod compile;
+mod process;
+mod profile;
+mod report;
+mod sysinfo;
+
+use std::collections::BTreeMap;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub use compile::{CUDA_FLAGS, OUTPUT_BINARY};
+pub use profile::Profiler;
+pub use report::{ReportMode, SIM_META_DATA_FILE_ENV, UploadMode};
+
+use crate::contract::{
+    self, Case, CompileResult, EvalConfig, EvalResult, FullResult, Lang, Mode, PAYLOAD_ENV, PayloadLimits,
+    ProfileResult, RankingBy, RunResult, SystemInfo, exit_code, run_name,
+};
+use process::{Ending, Spec};
+use sysinfo::Probe;
+
+/// Exit status when the evaluation ran.
+pub const EXIT_OK: i32 = 0;
+/// Exit status when the infrastructure failed (the result says why, when it could be written).
+pub const EXIT_INFRA: i32 = 1;
+
+/// Env vars the harness does not get: the payload (it may carry a private seed) and the
+/// agent's job token (with it, a submission could set its own meta-data or artifacts).
+const HIDDEN_FROM_HARNESS: &[&str] =
+    &[PAYLOAD_ENV, report::AGENT_TOKEN_ENV, report::SIM_META_DATA_FILE_ENV, "BENCHKITE_TIMING"];
+/// Largest payload file read (the decoder's own limits apply after).
+const MAX_PAYLOAD_FILE_BYTES: u64 = 64 * 1024 * 1024;
+/// How long the system probe may hold up the first timed stage or the result.
+const PROBE_WAIT: Duration = Duration::from_secs(15);
+
+/// `benchkite run`: evaluate the payload and write `result.json`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Read the payload from this file (`-` for stdin) instead of KERNELBOT_PAYLOAD.
+    #[arg(long, value_name = "FILE")]
+    pub payload_file: Option<PathBuf>,
+    /// Where to write result.json (the agent uploads it from the job directory).
+    #[arg(long, short = 'o', env = "BENCHKITE_RESULT_FILE", default_value = "result.json", value_name = "PATH")]
+    pub output: PathBuf,
+    /// Directory to evaluate in (created; must be empty). Default: a fresh directory
+    /// under $TMPDIR, removed afterwards.
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<PathBuf>,
+    /// Keep the fresh working directory afterwards (for debugging).
+    #[arg(long)]
+    pub keep_workdir: bool,
+    /// Python interpreter for `py` submissions.
+    #[arg(long, env = "BENCHKITE_PYTHON", default_value = "python3", value_name = "PROGRAM")]
+    pub python: String,
+    /// nvcc for `cu` submissions. Default: PATH, then $CUDA_HOME/bin, /usr/local/cuda/bin.
+    #[arg(long, env = "BENCHKITE_NVCC", value_name = "PATH")]
+    pub nvcc: Option<PathBuf>,
+    /// Seconds nvcc may take.
+    #[arg(long, env = "BENCHKITE_COMPILE_TIMEOUT", default_value_t = 120, value_name = "SECONDS")]
+    pub compile_timeout: u64,
+    /// Profiler for profile mode. Default: rocprofv3 on ROCm, nsys then ncu on CUDA.
+    #[arg(long, value_enum, env = "BENCHKITE_PROFILER")]
+    pub profiler: Option<Profiler>,
+    /// Report the summary as build meta-data (`auto`: simulator file, else buildkite-agent
+    /// when BUILDKITE_AGENT_ACCESS_TOKEN is set) or not at all.
+    #[arg(long, value_enum, env = "BENCHKITE_REPORT", default_value_t = ReportMode::Auto)]
+    pub report: ReportMode,
+    /// Upload result.json with `buildkite-agent artifact upload` (`auto`: unless the step's
+    /// artifact_paths already cover it).
+    #[arg(long, value_enum, env = "BENCHKITE_UPLOAD", default_value_t = UploadMode::Auto)]
+    pub upload: UploadMode,
+    /// Do not query nvidia-smi / rocm-smi.
+    #[arg(long)]
+    pub no_gpu_probe: bool,
+    /// Do not kill processes that escape the harness's process group (by default the
+    /// runner is a child subreaper and kills them after each run).
+    #[arg(long)]
+    pub no_sweep: bool,
+}
+
+impl Default for RunArgs {
+    fn default() -> Self {
+        Self {
+            payload_file: None,
+            output: PathBuf::from("result.json"),
+            workdir: None,
+            keep_workdir: false,
+            python: "python3".into(),
+            nvcc: None,
+            compile_timeout: 120,
+            profiler: None,
+            report: ReportMode::Auto,
+            upload: UploadMode::Auto,
+            no_gpu_probe: false,
+            no_sweep: false,
+        }
+    }
+}
+
+/// Runs the evaluation and hands the result back; returns the process exit status.
+///
+/// Installs process-wide SIGTERM/SIGINT/SIGHUP handlers and makes the process a child
+/// subreaper: call it from `main` only.
+pub fn main(args: RunArgs) -> i32 {
+    let t0 = Instant::now();
+    if let Err(e) = process::install_stop_handlers() {
+        log(&format!("warning: cannot handle SIGTERM ({e}); a canceled build may leave no result.json"));
+    }
+    if !args.no_sweep {
+        process::enable_sweep();
+    }
+    let mut probe = Probe::start(args.python.clone(), !args.no_gpu_probe);
+    let mut timing = Timing { start: t0, first_spawn: None };
+    let (mut result, ranking_by) = evaluate(&args, &mut probe, &mut timing);
+    result.system = probe.get(PROBE_WAIT).clone();
+    finish(&args, &result, &ranking_by, &timing)
+}
+
+struct Timing {
+    start: Instant,
+    first_spawn: Option<Instant>,
+}
+
+fn log(msg: &str) {
+    eprintln!("benchkite run: {msg}");
+}
+
+/// Writes result.json, reports it, and picks the exit status.
+fn finish(args: &RunArgs, result: &FullResult, ranking_by: &RankingBy, timing: &Timing) -> i32 {
+    let summary = contract::summarize(result, ranking_by);
+    let mut code = if result.success { EXIT_OK } else { EXIT_INFRA };
+    if !result.success {
+        log(&format!("infrastructure failure: {}", result.error));
+    }
+    if let Err(e) = report::write_result(&args.output, result) {
+        log(&e);
+        return EXIT_INFRA;
+    }
+    let value = summary.to_meta_data_value();
+    let reported = report::report(&args.output, &value, args.report, args.upload);
+    for n in &reported.notes {
+        log(n);
+    }
+    for f in &reported.fatal {
+        log(f);
+        code = EXIT_INFRA;
+    }
+    log(&format!(
+        "done: success={} passed={} score={}",
+        summary.success,
+        summary.passed.map_or("-".to_owned(), |p| p.to_string()),
+        summary.score.map_or("-".to_owned(), |s| format!("{s:.9}"))
+    ));
+    if std::env::var_os("BENCHKITE_TIMING").is_some() {
+        let now = Instant::now();
+        let since_epoch = |i: Instant| {
+            let back = now.saturating_duration_since(i);
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.saturating_sub(back).as_nanos())
+                .unwrap_or(0)
+        };
+        let first = timing.first_spawn.map_or(0, since_epoch);
+        eprintln!(
+            "benchkite-timing: main_start_unix_ns={} first_spawn_unix_ns={first} main_to_first_spawn_us={} main_to_exit_us={}",
+            since_epoch(timing.start),
+            timing.first_spawn.map_or(0, |f| f.saturating_duration_since(timing.start).as_micros()),
+            now.saturating_duration_since(timing.start).as_micros(),
+        );
+    }
+    if let Some(sig) = process::stop_signal() {
+        return 128 + sig;
+    }
+    code
+}
+
+fn infra(error: impl Into<String>) -> FullResult {
+    FullResult::infrastructure_failure(error, SystemInfo::default())
+}
+
+fn read_payload(args: &RunArgs) -> Result<String, String> {
+    let Some(path) = &args.payload_file else {
+        return match std::env::var_os(PAYLOAD_ENV) {
+            None => Err(format!("no payload: set {PAYLOAD_ENV} or pass --payload-file")),
+            Some(v) => v.into_string().map_err(|_| format!("{PAYLOAD_ENV} is not valid UTF-8")),
+        };
+    };
+    let mut bytes = Vec::new();
+    let read = if path.as_os_str() == "-" {
+        std::io::stdin().lock().take(MAX_PAYLOAD_FILE_BYTES + 1).read_to_end(&mut bytes)
+    } else {
+        std::fs::File::open(path).and_then(|f| f.take(MAX_PAYLOAD_FILE_BYTES + 1).read_to_end(&mut bytes))
+    };
+    read.map_err(|e| format!("reading the payload file {} failed: {e}", path.display()))?;
+    if bytes.len() as u64 > MAX_PAYLOAD_FILE_BYTES {
+        return Err(format!("payload file {} is over {MAX_PAYLOAD_FILE_BYTES} bytes", path.display()));
+    }
+    String::from_utf8(bytes).map_err(|_| format!("payload file {} is not valid UTF-8", path.display()))
+}
+
+/// Decodes the payload and runs it; never panics on bad input.
+fn evaluate(args: &RunArgs, probe: &mut Probe, timing: &mut Timing) -> (FullResult, RankingBy) {
+    let payload = match read_payload(args) {
+        Ok(p) => p,
+        Err(e) => return (infra(e), RankingBy::default()),
+    };
+    let config = match contract::decode_payload_with(&payload, &PayloadLimits::default()) {
+        Ok(c) => c,
+        Err(e) => return (infra(e.to_string()), RankingBy::default()),
+    };
+    let ranking_by = config.ranking_by.clone();
+    let dir = match WorkDir::create(args.workdir.as_deref(), args.keep_workdir) {
+        Ok(d) => d,
+        Err(e) => return (infra(e), ranking_by),
+    };
+    let mut ev = Evaluator { args, config: &config, dir: &dir, probe, timing, runs: BTreeMap::new(), error: None };
+    ev.run();
+    let Evaluator { runs, error, .. } = ev;
+    let result = match error {
+        None => FullResult { success: true, error: String::new(), system: SystemInfo::default(), runs },
+        Some(e) => FullResult { success: false, error: e, system: SystemInfo::default(), runs },
+    };
+    drop(dir);
+    (result, ranking_by)
+}
+
+/// The evaluation's directory: `work/` holds the sources (the harness's cwd), the cases
+/// files sit beside it.
+struct WorkDir {
+    root: PathBuf,
+    work: PathBuf,
+    remove: bool,
+}
+
+impl WorkDir {
+    fn create(explicit: Option<&Path>, keep: bool) -> Result<WorkDir, String> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        let mut builder = std::fs::DirBuilder::new();
+        builder.mode(0o700);
+        let (root, remove) = match explicit {
+            Some(dir) => {
+                builder.recursive(true);
+                builder
+                    .create(dir)
+                    .map_err(|e| format!("creating the working directory {} failed: {e}", dir.display()))?;
+                let empty = std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(false);
+                if !empty {
+                    return Err(format!("working directory {} is not empty", dir.display()));
+                }
+                (dir.to_owned(), false)
+            }
+            None => {
+                let base = std::env::temp_dir();
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.subsec_nanos())
+                    .unwrap_or(0);
+                let mut attempt = 0u32;
+                loop {
+                    let p = base.join(format!("benchkite-run-{}-{nanos:x}-{attempt}", std::process::id()));
+                    match builder.create(&p) {
+                        Ok(()) => break (p, !keep),
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => attempt += 1,
+                        Err(e) => {
+                            return Err(format!("creating a working directory in {} failed: {e}", base.display()));
+                        }
+                    }
+                }
+            }
+        };
+        let work = root.join("work");
+        std::fs::create_dir(&work).map_err(|e| format!("creating {} failed: {e}", work.display()))?;
+        Ok(WorkDir { root, work, remove })
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if self.remove {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+}
+
+struct Evaluator<'a> {
+    args: &'a RunArgs,
+    config: &'a EvalConfig,
+    dir: &'a WorkDir,
+    probe: &'a mut Probe,
+    timing: &'a mut Timing,
+    runs: BTreeMap<String, EvalResult>,
+    /// Set when the infrastructure failed; stops the evaluation.
+    error: Option<String>,
+}
+
+/// What a stage runs and under which limit.
+struct Stage<'c> {
+    /// Key in `runs`.
+    name: String,
+    /// The mode argument given to the harness.
+    harness_mode: &'static str,
+    cases: Vec<&'c Case>,
+    timeout_secs: u64,
+    timeout_field: &'static str,
+}
+
+fn now_naive() -> String {
+    contract::format_naive_datetime(jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).datetime())
+}
+
+impl<'a> Evaluator<'a> {
+    fn run(&mut self) {
+        if let Err(e) = self.write_files() {
+            self.error = Some(e);
+            return;
+        }
+        let (program, compilation) = match self.config.lang {
+            Lang::Py => {
+                let main = self.config.main.clone().unwrap_or_default();
+                (vec![self.args.python.clone(), main], None)
+            }
+            Lang::Cu => match self.compile() {
+                Some(c) => (vec![format!("./{OUTPUT_BINARY}")], Some(c)),
+                None => return,
+            },
+        };
+        let cfg = self.config;
+        let ranked: Vec<&Case> = match cfg.ranking_by {
+            // The seeds' runner times only the last benchmark when ranking by it.
+            RankingBy::Last => cfg.benchmarks.last().into_iter().collect(),
+            _ => cfg.benchmarks.iter().collect(),
+        };
+        let test = || Stage {
+            name: run_name::TEST.into(),
+            harness_mode: "test",
+            cases: cfg.tests.iter().collect(),
+            timeout_secs: cfg.test_timeout,
+            timeout_field: "test_timeout",
+        };
+        let benchmark = || Stage {
+            name: run_name::BENCHMARK.into(),
+            harness_mode: "benchmark",
+            cases: ranked.clone(),
+            timeout_secs: cfg.benchmark_timeout,
+            timeout_field: "benchmark_timeout",
+        };
+        let program = &program;
+        let compilation = compilation.as_ref();
+        match cfg.mode {
+            Mode::Test => {
+                self.stage(test(), program, compilation, None);
+            }
+            Mode::Benchmark => {
+                self.before_timed_stage();
+                self.stage(benchmark(), program, compilation, None);
+            }
+            Mode::Leaderboard | Mode::Private => {
+                if !self.stage(test(), program, compilation, None) {
+                    return;
+                }
+                self.before_timed_stage();
+                if !self.stage(benchmark(), program, compilation, None) {
+                    return;
+                }
+                let ranked_stage = Stage {
+                    name: run_name::LEADERBOARD.into(),
+                    harness_mode: "leaderboard",
+                    cases: ranked.clone(),
+                    timeout_secs: cfg.ranked_timeout,
+                    timeout_field: "ranked_timeout",
+                };
+                self.stage(ranked_stage, program, compilation, None);
+            }
+            Mode::Profile => {
+                let runtime = self.probe.get(PROBE_WAIT).runtime.clone();
+                let (profiler, path) = match profile::select(self.args.profiler, &runtime) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.error = Some(e);
+                        return;
+                    }
+                };
+                for (i, case) in cfg.benchmarks.iter().enumerate() {
+                    let stage = Stage {
+                        name: format!("{}{i}", run_name::PROFILE_PREFIX),
+                        harness_mode: "profile",
+                        cases: vec![case],
+                        timeout_secs: cfg.benchmark_timeout,
+                        timeout_field: "benchmark_timeout",
+                    };
+                    if !self.stage(stage, program, compilation, Some((profiler, path.as_path())))
+                        && self.error.is_some()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Timed stages never share the machine with the GPU probe.
+    fn before_timed_stage(&mut self) {
+        self.probe.get(PROBE_WAIT);
+    }
+
+    fn write_files(&self) -> Result<(), String> {
+        let headers = self.config.headers.iter().flat_map(|h| h.iter());
+        for (name, content) in self.config.sources.iter().chain(headers) {
+            let path = self.dir.work.join(name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| format!("creating {} failed: {e}", parent.display()))?;
+            }
+            std::fs::write(&path, content).map_err(|e| format!("writing {} failed: {e}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    fn first_stage_name(&self) -> String {
+        match self.config.mode {
+            Mode::Test | Mode::Leaderboard | Mode::Private => run_name::TEST.into(),
+            Mode::Benchmark => run_name::BENCHMARK.into(),
+            Mode::Profile => format!("{}0", run_name::PROFILE_PREFIX),
+        }
+    }
+
+    /// Compiles a `cu` submission. `None` when there is nothing to run: the compile result
+    /// is recorded under the first stage, and `error` is set when the failure is the
+    /// infrastructure's (nvcc missing, invalid build config).
+    fn compile(&mut self) -> Option<CompileResult> {
+        let start = now_naive();
+        let record = |this: &mut Self, c: CompileResult| {
+            let name = this.first_stage_name();
+            this.runs.insert(
+                name,
+                EvalResult { start: start.clone(), end: now_naive(), compilation: Some(c), run: None, profile: None },
+            );
+        };
+        let args = match compile::nvcc_args(self.config, &self.dir.work) {
+            Ok(a) => a,
+            Err(e) => {
+                self.error = Some(format!("invalid CUDA build config: {e}"));
+                return None;
+            }
+        };
+        let nvcc = match compile::find_nvcc(self.args.nvcc.as_deref()) {
+            Ok(p) => p,
+            Err(why) => {
+                let mut argv = vec!["nvcc".to_owned()];
+                argv.extend(args);
+                record(self, compile::not_found_result(&process::shell_join(&argv), &why));
+                self.error = Some(format!("{why}: this agent cannot compile CUDA submissions"));
+                return None;
+            }
+        };
+        let result = compile::compile(&nvcc, &args, &self.dir.work, Duration::from_secs(self.args.compile_timeout));
+        // Like the seeds: the sources are gone before any submitted code runs.
+        let headers = self.config.headers.iter().flat_map(|h| h.keys());
+        for name in self.config.sources.keys().chain(headers) {
+            let _ = std::fs::remove_file(self.dir.work.join(name));
+        }
+        if let Some(sig) = process::stop_signal() {
+            record(self, result);
+            self.error = Some(format!("canceled by signal {sig} while compiling"));
+            return None;
+        }
+        if !result.nvcc_found {
+            self.error = Some(format!("nvcc could not be started: {}", result.stderr));
+            record(self, result);
+            return None;
+        }
+        if !result.success {
+            log(&format!("compilation failed (exit code {})", result.exit_code));
+            record(self, result);
+            return None;
+        }
+        Some(result)
+    }
+
+    /// Runs one stage and records it; returns whether it passed (`check: pass`).
+    fn stage(
+        &mut self,
+        stage: Stage<'_>,
+        program: &[String],
+        compilation: Option<&CompileResult>,
+        profiler: Option<(Profiler, &Path)>,
+    ) -> bool {
+        let start = now_naive();
+        let cases_path = self.dir.root.join(format!("cases.{}.txt", stage.name));
+        if let Err(e) = std::fs::write(&cases_path, cases::format_cases(stage.cases.iter().copied())) {
+            self.error = Some(format!("writing {} failed: {e}", cases_path.display()));
+            return false;
+        }
+        let mut argv: Vec<String> = Vec::new();
+        let profile_dir = self.dir.work.join(format!("profile_data.{}", stage.name));
+        if let Some((p, path)) = profiler {
+            if let Err(e) = std::fs::create_dir_all(&profile_dir) {
+                self.error = Some(format!("creating {} failed: {e}", profile_dir.display()));
+                return false;
+            }
+            argv.extend(p.args(path, &profile_dir));
+        }
+        argv.extend(program.iter().cloned());
+        argv.push(stage.harness_mode.to_owned());
+        argv.push(cases_path.to_string_lossy().into_owned());
+
+        let mut spec = Spec::new(&argv[0]).args(argv[1..].iter());
+        spec.cwd = Some(self.dir.work.clone());
+        spec.result_pipe = true;
+        spec.timeout = Some(Duration::from_secs(stage.timeout_secs));
+        spec.env_remove = HIDDEN_FROM_HARNESS.iter().map(|s| (*s).to_owned()).collect();
+        if let Some(seed) = self.config.seed {
+            spec.env.push(("POPCORN_SEED".into(), seed.to_string()));
+        }
+        if self.config.multi_gpu {
+            let n = self.probe.get(PROBE_WAIT).device_count.max(1);
+            spec.env.push(("POPCORN_GPUS".into(), n.to_string()));
+        }
+        let command = process::shell_join(&argv);
+        let out = match process::run(&spec) {
+            Ok(o) => o,
+            Err(process::SpawnError::Canceled(sig)) => {
+                self.error = Some(format!("canceled by signal {sig} before the {} run", stage.name));
+                return false;
+            }
+            Err(e) => {
+                self.error = Some(format!("starting the {} run failed: {e}", stage.name));
+                return false;
+            }
+        };
+        self.timing.first_spawn.get_or_insert(out.spawned_at);
+
+        let mut stderr = out.stderr.to_output();
+        let (exit, result) = match out.ending {
+            Ending::TimedOut => {
+                stderr.push_str(&format!(
+                    "\n[benchkite] {} run timed out after {} s ({}); its process group was killed\n",
+                    stage.name, stage.timeout_secs, stage.timeout_field
+                ));
+                // As the seeds' runner: a run that timed out reports no results.
+                (exit_code::TIMEOUT, BTreeMap::new())
+            }
+            Ending::Canceled(sig) => {
+                stderr.push_str(&format!("\n[benchkite] run canceled: the runner received signal {sig}\n"));
+                self.error = Some(format!("canceled by signal {sig} during the {} run", stage.name));
+                (out.ending.python_returncode(), BTreeMap::new())
+            }
+            other => (other.python_returncode(), cases::parse_result_lines(&String::from_utf8_lossy(&out.result))),
+        };
+        let stderr = contract::truncate_output(&stderr).into_owned();
+        let passed = out.ending != Ending::TimedOut && contract::passed(&result);
+        let run = RunResult {
+            success: contract::run_success(exit),
+            passed,
+            command,
+            stdout: out.stdout.to_output(),
+            stderr,
+            exit_code: exit,
+            duration: out.duration.as_secs_f64(),
+            result,
+        };
+        let profile = match profiler {
+            Some((p, _)) if run.success => {
+                let (trace, note) = profile::trace_of(&profile_dir);
+                if let Some(n) = note {
+                    log(&n);
+                }
+                Some(ProfileResult { profiler: p.label().to_owned(), trace, download_url: None })
+            }
+            _ => None,
+        };
+        log(&format!(
+            "{}: exit code {}, {} in {:.3} s",
+            stage.name,
+            run.exit_code,
+            if run.passed { "passed" } else { "not passed" },
+            run.duration
+        ));
+        let passed = run.passed;
+        self.runs.insert(
+            stage.name,
+            EvalResult { start, end: now_naive(), compilation: compilation.cloned(), run: Some(run), profile },
+        );
+        passed && self.error.is_none()
+    }
+}

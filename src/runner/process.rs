@@ -1,0 +1,718 @@
+//! Child processes of the runner: spawned in their own process group, with stdout, stderr
+//! and (for the harness) the `POPCORN_FD` result pipe read concurrently through `poll(2)`,
+//! a deadline after which the whole group is killed, and cancellation when the runner
+//! itself is asked to stop (SIGTERM from the agent).
+//!
+//! Exit is observed through a pidfd (Linux ≥ 5.3) so there is no polling delay; older
+//! kernels fall back to checking every 5 ms.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+/// How much of stdout/stderr is kept in memory; the rest is counted, not stored
+/// (result.json keeps 16 KiB anyway).
+pub(crate) const CAPTURE_LIMIT: usize = 1024 * 1024;
+/// How much of the result pipe is kept.
+pub(crate) const RESULT_PIPE_LIMIT: usize = 16 * 1024 * 1024;
+/// After the child exited (and its group was killed), how long we still wait for the
+/// pipes to reach end-of-file (a process that left the group may hold them open).
+const DRAIN_GRACE: Duration = Duration::from_secs(1);
+/// After SIGKILL, how long we wait for the child to be reaped (a process stuck in a driver
+/// call can take a while to die) before giving up on it.
+const KILL_GRACE: Duration = Duration::from_secs(10);
+
+/// Read end of the self-pipe the signal handlers write to, or -1.
+static CANCEL_FD: AtomicI32 = AtomicI32::new(-1);
+/// The signal that asked the runner to stop, or 0.
+static CANCEL_SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// Write end of the self-pipe (used by the handler only).
+static CANCEL_WRITE_FD: AtomicI32 = AtomicI32::new(-1);
+/// Whether escaped descendants are swept after each run (CLI only: it needs the runner to
+/// be a child subreaper and assumes every other child is ours).
+static SWEEP: AtomicBool = AtomicBool::new(false);
+/// Children spawned by this module that are still running; the sweep leaves them alone.
+static LIVE_CHILDREN: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+extern "C" fn on_stop_signal(sig: libc::c_int) {
+    CANCEL_SIGNAL.store(sig, Ordering::SeqCst);
+    let fd = CANCEL_WRITE_FD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        let b = [1u8];
+        // SAFETY: write(2) is async-signal-safe; the buffer is a live local.
+        unsafe {
+            libc::write(fd, b.as_ptr().cast(), 1);
+        }
+    }
+}
+
+/// Installs SIGTERM/SIGINT/SIGHUP handlers that cancel the running child (its whole group
+/// is killed) instead of killing the runner outright, so `result.json` is still written.
+/// Process-wide: only the CLI entry point calls this.
+pub(crate) fn install_stop_handlers() -> io::Result<()> {
+    if CANCEL_FD.load(Ordering::SeqCst) >= 0 {
+        return Ok(());
+    }
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two descriptors into the array we own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    CANCEL_WRITE_FD.store(fds[1], Ordering::SeqCst);
+    CANCEL_FD.store(fds[0], Ordering::SeqCst);
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // SAFETY: a zeroed sigaction with a plain handler and an empty mask is valid; the
+        // handler only touches atomics and calls write(2).
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_stop_signal as *const () as libc::sighandler_t;
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            if libc::sigaction(sig, &sa, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The signal that asked the runner to stop, if any.
+pub(crate) fn stop_signal() -> Option<i32> {
+    match CANCEL_SIGNAL.load(Ordering::SeqCst) {
+        0 => None,
+        s => Some(s),
+    }
+}
+
+/// Makes the runner a child subreaper and turns on the sweep of escaped descendants: a
+/// harness that leaves its process group (setsid) is reparented to us and killed after
+/// its run. CLI only (process-wide, and it assumes every child is the runner's).
+pub(crate) fn enable_sweep() {
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer argument only.
+    let ok = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) } == 0;
+    SWEEP.store(ok, Ordering::SeqCst);
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub(crate) struct Spec {
+    pub program: OsString,
+    pub args: Vec<OsString>,
+    pub cwd: Option<PathBuf>,
+    pub env: Vec<(String, String)>,
+    pub env_remove: Vec<String>,
+    /// Give the child a `POPCORN_FD` pipe and collect what it writes.
+    pub result_pipe: bool,
+    /// `None`: no deadline.
+    pub timeout: Option<Duration>,
+    /// Written to the child's stdin (then closed); `None`: stdin is /dev/null.
+    pub stdin: Option<Vec<u8>>,
+    /// Stop (kill the group) when the runner receives SIGTERM/SIGINT/SIGHUP.
+    pub cancellable: bool,
+}
+
+impl Spec {
+    pub(crate) fn new(program: impl Into<OsString>) -> Self {
+        Self {
+            program: program.into(),
+            args: Vec::new(),
+            cwd: None,
+            env: Vec::new(),
+            env_remove: Vec::new(),
+            result_pipe: false,
+            timeout: None,
+            stdin: None,
+            cancellable: true,
+        }
+    }
+
+    pub(crate) fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+}
+
+/// How the run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// Exited with this code.
+    Exited(i32),
+    /// Killed by this signal (not by us).
+    Signaled(i32),
+    /// Hit the deadline; the group was killed.
+    TimedOut,
+    /// The runner was asked to stop (this signal); the group was killed.
+    Canceled(i32),
+}
+
+impl Ending {
+    /// Exit code as Python's `subprocess` reports it: the code, or minus the signal.
+    pub(crate) fn python_returncode(self) -> i64 {
+        match self {
+            Ending::Exited(c) => i64::from(c),
+            Ending::Signaled(s) => -i64::from(s),
+            Ending::TimedOut | Ending::Canceled(_) => -i64::from(libc::SIGKILL),
+        }
+    }
+}
+
+/// A stream read into memory up to a limit.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Captured {
+    pub bytes: Vec<u8>,
+    /// Bytes read in total (including the ones not kept).
+    pub total: u64,
+}
+
+impl Captured {
+    fn push(&mut self, data: &[u8], limit: usize) {
+        self.total += data.len() as u64;
+        let room = limit.saturating_sub(self.bytes.len());
+        self.bytes.extend_from_slice(&data[..data.len().min(room)]);
+    }
+
+    /// The text, lossily decoded and cut to the contract's 16 KiB; the omitted count covers
+    /// the bytes that were not even kept in memory.
+    pub(crate) fn to_output(&self) -> String {
+        let text = String::from_utf8_lossy(&self.bytes);
+        let cut = crate::contract::truncate_output(&text);
+        let dropped = self.total.saturating_sub(self.bytes.len() as u64);
+        if dropped == 0 {
+            return cut.into_owned();
+        }
+        // Everything past the head was left out: restate the count for the whole stream.
+        match cut.rfind("[...] ") {
+            Some(pos) if cut[pos..].ends_with(" bytes omitted") => {
+                format!("{}[...] {} bytes omitted", &cut[..pos], self.total.saturating_sub(pos as u64))
+            }
+            _ => cut.into_owned(),
+        }
+    }
+}
+
+/// Everything a finished run produced.
+#[derive(Debug, Clone)]
+pub(crate) struct Output {
+    pub stdout: Captured,
+    pub stderr: Captured,
+    /// What the child wrote to `POPCORN_FD`.
+    pub result: Vec<u8>,
+    pub ending: Ending,
+    /// From just before the spawn to the moment the exit (or the kill) was seen.
+    pub duration: Duration,
+    /// When the child was spawned.
+    pub spawned_at: Instant,
+}
+
+/// Why a run could not happen at all.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SpawnError {
+    #[error("{program}: {source}")]
+    Spawn { program: String, source: io::Error },
+    #[error("setting up pipes for {program}: {source}")]
+    Pipe { program: String, source: io::Error },
+    #[error("waiting for {program}: {source}")]
+    Wait { program: String, source: io::Error },
+    #[error("canceled by signal {0} before it started")]
+    Canceled(i32),
+}
+
+impl SpawnError {
+    /// The program was not found (ENOENT) or is not executable (EACCES).
+    pub(crate) fn is_not_found(&self) -> bool {
+        matches!(self, SpawnError::Spawn { source, .. }
+            if matches!(source.kind(), io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied))
+    }
+}
+
+fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two descriptors into the array we own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    let pid = libc::pid_t::try_from(pid).ok()?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0 as libc::c_uint) };
+    let fd = RawFd::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: the kernel just returned this descriptor to us.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sends `sig` to the process group `pgid` (never to 0, 1 or ourselves).
+pub(crate) fn kill_group(pgid: i32, sig: i32) {
+    if pgid > 1 {
+        // SAFETY: killpg only sends a signal.
+        unsafe {
+            libc::killpg(pgid, sig);
+        }
+    }
+}
+
+/// Runs `spec` to its end. The child leads its own process group; when it exits, times
+/// out or is canceled, the whole group is SIGKILLed, so no descendant outlives the run.
+pub(crate) fn run(spec: &Spec) -> Result<Output, SpawnError> {
+    let program = spec.program.to_string_lossy().into_owned();
+    let pipe_err = |source| SpawnError::Pipe { program: program.clone(), source };
+
+    let mut cmd = Command::new(&spec.program);
+    cmd.args(&spec.args)
+        .stdin(if spec.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    if let Some(dir) = &spec.cwd {
+        cmd.current_dir(dir);
+    }
+    for k in &spec.env_remove {
+        cmd.env_remove(k);
+    }
+    for (k, v) in &spec.env {
+        cmd.env(k, v);
+    }
+    let result_pipe = if spec.result_pipe {
+        let (r, w) = cloexec_pipe().map_err(pipe_err)?;
+        let wfd = w.as_raw_fd();
+        cmd.env("POPCORN_FD", wfd.to_string());
+        // SAFETY: runs in the forked child before exec; fcntl is async-signal-safe and only
+        // clears close-on-exec on the descriptor the child should inherit.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::fcntl(wfd, libc::F_SETFD, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Some((r, w))
+    } else {
+        None
+    };
+
+    if spec.cancellable
+        && let Some(sig) = stop_signal()
+    {
+        return Err(SpawnError::Canceled(sig));
+    }
+
+    let start = Instant::now();
+    let spawned = {
+        // Spawning under the lock keeps the sweep from mistaking the new child for an
+        // escaped descendant.
+        let mut live = LIVE_CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
+        let child = cmd.spawn();
+        if let Ok(c) = &child
+            && let Ok(pid) = i32::try_from(c.id())
+        {
+            live.push(pid);
+        }
+        child
+    };
+    let mut child = spawned.map_err(|source| SpawnError::Spawn { program: program.clone(), source })?;
+    let spawned_at = Instant::now();
+    let pid = child.id();
+    let pgid = i32::try_from(pid).unwrap_or(0);
+
+    let result = wait_and_collect(&mut child, pgid, spec, result_pipe, start, &program);
+
+    {
+        let mut live = LIVE_CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
+        live.retain(|p| *p != pgid);
+    }
+    if SWEEP.load(Ordering::SeqCst) {
+        sweep_escaped();
+    }
+    result.map(|(stdout, stderr, res, ending, duration)| Output {
+        stdout,
+        stderr,
+        result: res,
+        ending,
+        duration,
+        spawned_at,
+    })
+}
+
+type Collected = (Captured, Captured, Vec<u8>, Ending, Duration);
+
+fn wait_and_collect(
+    child: &mut Child,
+    pgid: i32,
+    spec: &Spec,
+    result_pipe: Option<(OwnedFd, OwnedFd)>,
+    start: Instant,
+    program: &str,
+) -> Result<Collected, SpawnError> {
+    // Our copy of the write end must go, or the pipe never reaches end-of-file.
+    let result_read = result_pipe.map(|(r, w)| {
+        drop(w);
+        File::from(r)
+    });
+    let mut stdout = child.stdout.take().map(|s| File::from(OwnedFd::from(s)));
+    let mut stderr = child.stderr.take().map(|s| File::from(OwnedFd::from(s)));
+    let mut result_read = result_read;
+    let stdin_writer = match (child.stdin.take(), &spec.stdin) {
+        (Some(mut stdin), Some(data)) => {
+            let data = data.clone();
+            Some(std::thread::spawn(move || {
+                let _ = stdin.write_all(&data);
+            }))
+        }
+        _ => None,
+    };
+    let pidfd = pidfd_open(child.id());
+    let cancel_fd = if spec.cancellable { CANCEL_FD.load(Ordering::SeqCst) } else { -1 };
+    let deadline = spec.timeout.and_then(|t| start.checked_add(t));
+
+    let mut out = Captured::default();
+    let mut err = Captured::default();
+    let mut res = Captured::default();
+    let mut status: Option<std::process::ExitStatus> = None;
+    let mut exited_at: Option<Instant> = None;
+    let mut forced: Option<Ending> = None;
+    let mut killed_at: Option<Instant> = None;
+    let mut buf = vec![0u8; 64 * 1024];
+
+    loop {
+        let now = Instant::now();
+        let pipes_open = stdout.is_some() || stderr.is_some() || result_read.is_some();
+        // Child reaped and pipes closed (or the drain grace is over): done.
+        if let Some(t) = exited_at
+            && (!pipes_open || now >= t + DRAIN_GRACE)
+        {
+            break;
+        }
+        // Killed but not dying (stuck in the kernel): stop waiting for it.
+        if status.is_none()
+            && let Some(k) = killed_at
+            && now >= k + KILL_GRACE
+        {
+            break;
+        }
+        if status.is_none() && forced.is_none() {
+            if let Some(d) = deadline
+                && now >= d
+            {
+                kill_group(pgid, libc::SIGKILL);
+                forced = Some(Ending::TimedOut);
+                killed_at = Some(now);
+            } else if cancel_fd >= 0
+                && let Some(sig) = stop_signal()
+            {
+                kill_group(pgid, libc::SIGKILL);
+                forced = Some(Ending::Canceled(sig));
+                killed_at = Some(now);
+            }
+        }
+
+        let stdout_fd = stdout.as_ref().map(|f| f.as_raw_fd());
+        let stderr_fd = stderr.as_ref().map(|f| f.as_raw_fd());
+        let result_fd = result_read.as_ref().map(|f| f.as_raw_fd());
+        let watch_exit = status.is_none();
+        let exit_fd = pidfd.as_ref().filter(|_| watch_exit).map(|p| p.as_raw_fd());
+        let cancel = (watch_exit && forced.is_none() && cancel_fd >= 0).then_some(cancel_fd);
+        let mut fds: Vec<libc::pollfd> = [stdout_fd, stderr_fd, result_fd, exit_fd, cancel]
+            .into_iter()
+            .flatten()
+            .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
+            .collect();
+
+        // How long we may sleep: until the deadline, the drain grace or the kill grace.
+        let wake = match (exited_at, killed_at) {
+            (Some(t), _) => Some(t + DRAIN_GRACE),
+            (None, Some(k)) => Some(k + KILL_GRACE),
+            (None, None) => deadline,
+        };
+        let mut timeout_ms: i32 = match wake {
+            // Round up so we do not spin just before the deadline.
+            Some(w) => {
+                i32::try_from(w.saturating_duration_since(now).as_millis().saturating_add(1)).unwrap_or(i32::MAX)
+            }
+            None => -1,
+        };
+        if watch_exit && pidfd.is_none() {
+            timeout_ms = if timeout_ms < 0 { 5 } else { timeout_ms.min(5) };
+        }
+
+        // SAFETY: `fds` is a live, correctly sized array of pollfd.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            kill_group(pgid, libc::SIGKILL);
+            let _ = child.wait();
+            return Err(SpawnError::Wait { program: program.to_owned(), source: e });
+        }
+        let ready = |fd: Option<RawFd>| fd.is_some_and(|fd| fds.iter().any(|p| p.fd == fd && p.revents != 0));
+        if ready(stdout_fd) {
+            read_into(&mut stdout, &mut out, &mut buf, CAPTURE_LIMIT);
+        }
+        if ready(stderr_fd) {
+            read_into(&mut stderr, &mut err, &mut buf, CAPTURE_LIMIT);
+        }
+        if ready(result_fd) {
+            read_into(&mut result_read, &mut res, &mut buf, RESULT_PIPE_LIMIT);
+        }
+        if watch_exit && (exit_fd.is_none() || ready(exit_fd)) {
+            // Kill what the child left behind in its group while it is still a zombie (its
+            // pid, our group id, cannot be reused yet), then reap it.
+            match child.try_wait() {
+                Ok(Some(s)) => {
+                    kill_group(pgid, libc::SIGKILL);
+                    status = Some(s);
+                    exited_at = Some(Instant::now());
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    kill_group(pgid, libc::SIGKILL);
+                    let _ = child.wait();
+                    return Err(SpawnError::Wait { program: program.to_owned(), source: e });
+                }
+            }
+        }
+    }
+    if let Some(h) = stdin_writer {
+        // The child is gone, so the write has finished or failed.
+        let _ = h.join();
+    }
+    let ended = killed_at.or(exited_at).unwrap_or_else(Instant::now);
+    let duration = ended.saturating_duration_since(start);
+    let ending = match (forced, status) {
+        (Some(f), _) => f,
+        (None, Some(s)) => match (s.code(), s.signal()) {
+            (Some(c), _) => Ending::Exited(c),
+            (None, Some(sig)) => Ending::Signaled(sig),
+            (None, None) => Ending::Exited(-1),
+        },
+        (None, None) => Ending::TimedOut,
+    };
+    Ok((out, err, res.bytes, ending, duration))
+}
+
+fn read_into(file: &mut Option<File>, into: &mut Captured, buf: &mut [u8], limit: usize) {
+    let Some(f) = file.as_mut() else {
+        return;
+    };
+    match f.read(buf) {
+        Ok(0) => *file = None,
+        Ok(n) => into.push(&buf[..n], limit),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted || e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(_) => *file = None,
+    }
+}
+
+/// Kills descendants that left their process group and were reparented to us (we are a
+/// child subreaper), then reaps them. Children this module is running are left alone.
+fn sweep_escaped() {
+    let me = std::process::id();
+    for _round in 0..8 {
+        let live = LIVE_CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
+        let strays: Vec<i32> = children_of(me).into_iter().filter(|p| !live.contains(p)).collect();
+        if strays.is_empty() {
+            return;
+        }
+        for pid in &strays {
+            // It may lead a group (setsid); take the group with it.
+            kill_group(*pid, libc::SIGKILL);
+            // SAFETY: kill only sends a signal.
+            unsafe {
+                libc::kill(*pid, libc::SIGKILL);
+            }
+        }
+        drop(live);
+        let until = Instant::now() + Duration::from_millis(500);
+        for pid in strays {
+            loop {
+                let mut st = 0;
+                // SAFETY: waitpid on a pid that is our child; `st` is a live local.
+                let r = unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) };
+                if r != 0 || Instant::now() >= until {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+}
+
+/// Pids whose parent is `parent`, from /proc.
+fn children_of(parent: u32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid …`; comm may contain spaces and parentheses.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next();
+        let ppid = fields.next().and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) && state != Some("Z") {
+            out.push(pid);
+        } else if ppid == Some(parent) && state == Some("Z") {
+            // A zombie child: reap it.
+            let mut st = 0;
+            // SAFETY: waitpid on our own zombie child.
+            unsafe {
+                libc::waitpid(pid, &mut st, libc::WNOHANG);
+            }
+        }
+    }
+    out
+}
+
+/// Looks `name` up on PATH (or takes it as a path when it contains a slash).
+pub(crate) fn which(name: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return is_executable(&p).then_some(p);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| is_executable(p))
+}
+
+pub(crate) fn is_executable(p: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Joins a command line the way Python's `shlex.join` does, for `command` fields.
+pub(crate) fn shell_join<S: AsRef<str>>(args: &[S]) -> String {
+    args.iter().map(|a| shell_quote(a.as_ref())).collect::<Vec<_>>().join(" ")
+}
+
+fn shell_quote(s: &str) -> String {
+    if s.is_empty() {
+        return "''".to_owned();
+    }
+    let safe = s.bytes().all(|b| b.is_ascii_alphanumeric() || b"@%+=:,./-_".contains(&b));
+    if safe { s.to_owned() } else { format!("'{}'", s.replace('\'', "'\"'\"'")) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Spec {
+        Spec::new("/bin/sh").args(["-c", script])
+    }
+
+    #[test]
+    fn captures_stdout_stderr_and_exit_code() {
+        let out = run(&sh("echo out; echo err >&2; exit 3")).unwrap();
+        assert_eq!(out.stdout.bytes, b"out\n");
+        assert_eq!(out.stderr.bytes, b"err\n");
+        assert_eq!(out.ending, Ending::Exited(3));
+        assert_eq!(out.ending.python_returncode(), 3);
+    }
+
+    #[test]
+    fn result_pipe_is_inherited_and_read() {
+        let mut spec = sh("echo \"check: pass\" >&$POPCORN_FD; echo 'x: 1' >&$POPCORN_FD");
+        spec.result_pipe = true;
+        let out = run(&spec).unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.result), "check: pass\nx: 1\n");
+        assert_eq!(out.ending, Ending::Exited(0));
+    }
+
+    #[test]
+    fn timeout_kills_the_whole_group() {
+        let dir = std::env::temp_dir().join(format!("bk-proc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pidfile = dir.join("gc.pid");
+        let mut spec = sh(&format!("sleep 1000 & echo $! > {}; wait", pidfile.display()));
+        spec.timeout = Some(Duration::from_millis(300));
+        let t = Instant::now();
+        let out = run(&spec).unwrap();
+        assert_eq!(out.ending, Ending::TimedOut);
+        assert!(t.elapsed() < Duration::from_secs(5));
+        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        assert!(process_gone(pid), "grandchild {pid} survived");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn signal_death_is_reported_as_negative() {
+        let out = run(&sh("kill -SEGV $$")).unwrap();
+        assert_eq!(out.ending, Ending::Signaled(libc::SIGSEGV));
+        assert_eq!(out.ending.python_returncode(), -11);
+    }
+
+    #[test]
+    fn missing_program_is_not_found() {
+        let err = run(&Spec::new("/nonexistent/benchkite-nope")).unwrap_err();
+        assert!(err.is_not_found(), "{err}");
+    }
+
+    #[test]
+    fn stdin_is_fed() {
+        let mut spec = sh("cat");
+        spec.stdin = Some(b"hello".to_vec());
+        let out = run(&spec).unwrap();
+        assert_eq!(out.stdout.bytes, b"hello");
+    }
+
+    #[test]
+    fn output_over_the_capture_limit_is_counted() {
+        let mut c = Captured::default();
+        let chunk = vec![b'a'; 1000];
+        for _ in 0..(CAPTURE_LIMIT / 1000 + 10) {
+            c.push(&chunk, CAPTURE_LIMIT);
+            c.push(b"\n", CAPTURE_LIMIT);
+        }
+        assert_eq!(c.bytes.len(), CAPTURE_LIMIT);
+        let text = c.to_output();
+        assert!(text.len() <= crate::contract::OUTPUT_LIMIT);
+        let marker = text.rsplit('\n').next().unwrap();
+        let kept = text.len() - marker.len();
+        assert_eq!(marker, format!("[...] {} bytes omitted", c.total - kept as u64));
+    }
+
+    #[test]
+    fn shell_join_quotes_like_python() {
+        assert_eq!(shell_join(&["python3", "eval.py", "test", "/tmp/a b"]), "python3 eval.py test '/tmp/a b'");
+        assert_eq!(shell_join(&["a'b", ""]), "'a'\"'\"'b' ''");
+        assert_eq!(
+            shell_join(&["-DX=1", "-gencode=arch=compute_90a,code=sm_90a"]),
+            "-DX=1 -gencode=arch=compute_90a,code=sm_90a"
+        );
+    }
+
+    /// Gone, or a zombie nobody reaped yet (dead all the same).
+    pub(crate) fn process_gone(pid: i32) -> bool {
+        for _ in 0..100 {
+            match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+                Err(_) => return true,
+                Ok(s) if s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')) => return true,
+                Ok(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        false
+    }
+}
