@@ -66,6 +66,7 @@ fn pool(name: &str, sel: GpuNodeSelector) -> AgentPool {
                 pod: PodOverrides::default(),
             },
             paused: false,
+            buildkite: None,
         },
     )
 }
@@ -216,7 +217,8 @@ async fn h100_pool_runs_one_guaranteed_agent_per_gpu() -> Result<()> {
         let limits = spec.containers[0].resources.as_ref().and_then(|r| r.limits.clone()).context("limits")?;
         ensure!(limits["nvidia.com/gpu"].0 == "1", "{name} gpu limit {:?}", limits["nvidia.com/gpu"]);
         ensure!(limits["cpu"].0 == "16", "{name} cpu {:?}", limits["cpu"]);
-        ensure!(limits["memory"].0 == "131072Mi", "{name} memory {:?}", limits["memory"]);
+        let memory = benchkite::fleet::quantity::whole_units(&limits["memory"].0)?;
+        ensure!(memory == 131072 << 20, "{name} memory {:?}", limits["memory"]);
         ensure!(spec.automount_service_account_token == Some(false), "{name} mounts a token");
         let sc = spec.containers[0].security_context.as_ref().context("security context")?;
         ensure!(sc.privileged != Some(true) && sc.allow_privilege_escalation == Some(false));

@@ -84,6 +84,41 @@ pub struct AgentPoolSpec {
     /// Run no agents (existing ones drain gracefully).
     #[serde(default)]
     pub paused: bool,
+
+    /// Buildkite-side settings of the queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buildkite: Option<PoolBuildkite>,
+}
+
+/// Buildkite-side settings of a pool's queue.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolBuildkite {
+    /// Create the cluster queue when it does not exist (agents refuse to connect to a
+    /// queue that does not exist: the most common setup failure).
+    #[serde(default)]
+    pub create_queue: bool,
+    /// Cluster UUID. Default: the organization's only cluster, or the one named `Default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+    /// Description of a created queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// Live state of the pool's queue, from Buildkite's agent metrics.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueStatus {
+    pub scheduled_jobs: i64,
+    pub running_jobs: i64,
+    pub waiting_jobs: i64,
+    pub idle_agents: i64,
+    pub busy_agents: i64,
+    pub connected_agents: i64,
+    /// When Buildkite reported these numbers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_at: Option<String>,
 }
 
 fn default_gpus_per_agent() -> i32 {
@@ -96,12 +131,26 @@ fn default_gpus_per_agent() -> i32 {
 pub struct GpuNodeSelector {
     /// Labels that must match exactly.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "match_labels_schema")]
     #[x_kube(validation = Rule::new("self.all(k, k.size() <= 316 && k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$'))").message("matchLabels keys must be valid label keys such as 'nvidia.com/gpu.product'"))]
     #[x_kube(validation = Rule::new("self.all(k, self[k].size() <= 63 && self[k].matches('^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$'))").message("matchLabels values must be valid label values: at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"))]
     pub match_labels: BTreeMap<String, String>,
     /// Set-based requirements.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
     pub match_expressions: Vec<SelectorRequirement>,
+}
+
+fn match_labels_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    super::bounded_string_map(64, 63)
+}
+
+fn tags_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    super::bounded_string_map(32, 256)
+}
+
+fn selector_values_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    super::bounded_string_list(64, 63)
 }
 
 /// One set-based requirement of a [`GpuNodeSelector`].
@@ -110,12 +159,14 @@ pub struct GpuNodeSelector {
 #[x_kube(validation = Rule::new("(self.operator == 'In' || self.operator == 'NotIn') ? (has(self.values) && self.values.size() > 0) : (!has(self.values) || self.values.size() == 0)").message("values must be non-empty for In and NotIn, and empty for Exists and DoesNotExist"))]
 pub struct SelectorRequirement {
     /// Label key.
+    #[schemars(length(max = 316))]
     #[x_kube(validation = Rule::new("self.size() >= 1 && self.size() <= 316 && self.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$')").message("key must be a valid label key such as 'nvidia.com/gpu.product'"))]
     pub key: String,
     /// One of In, NotIn, Exists, DoesNotExist.
     pub operator: SelectorOperator,
     /// Values for In and NotIn.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "selector_values_schema")]
     pub values: Vec<String>,
 }
 
@@ -177,6 +228,7 @@ pub struct AgentSpec {
     /// Extra agent tags (`key: value`), added after the managed ones (queue, gpu, vendor,
     /// arch, node, slot).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "tags_schema")]
     #[x_kube(validation = Rule::new("self.all(k, !(k in ['queue', 'gpu', 'vendor', 'arch', 'node', 'slot']))").message("tags may not set queue, gpu, vendor, arch, node or slot: benchkite sets those itself"))]
     #[x_kube(validation = Rule::new("self.all(k, k.matches('^[A-Za-z0-9][A-Za-z0-9_.-]*$') && !self[k].contains(',') && !self[k].contains('='))").message("tag keys may contain only letters, digits, '.', '_' and '-'; tag values may not contain ',' or '='"))]
     pub tags: BTreeMap<String, String>,
@@ -323,6 +375,9 @@ pub struct AgentPoolStatus {
     /// Per selected node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<PoolNodeStatus>,
+    /// The queue's live state (when an agent metrics token is configured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueStatus>,
     #[serde(default)]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,

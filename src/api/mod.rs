@@ -24,6 +24,25 @@ pub const VERSION: &str = "v1alpha1";
 /// The field manager used for every server-side apply benchkite makes.
 pub const FIELD_MANAGER: &str = "benchkite";
 
+/// Schema of a string map with bounded size, so CEL rules over it stay within the API
+/// server's cost budget.
+pub(crate) fn bounded_string_map(max_properties: u64, max_value_length: u64) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "maxProperties": max_properties,
+        "additionalProperties": { "type": "string", "maxLength": max_value_length },
+    })
+}
+
+/// Schema of a list of bounded strings.
+pub(crate) fn bounded_string_list(max_items: u64, max_length: u64) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "maxItems": max_items,
+        "items": { "type": "string", "maxLength": max_length },
+    })
+}
+
 /// All CRDs, in the order they are written to `crds/`.
 pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![("gpunodes", GpuNode::crd()), ("agentpools", AgentPool::crd()), ("kerneljobs", KernelJob::crd())]

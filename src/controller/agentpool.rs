@@ -307,7 +307,23 @@ pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action
         })
         .collect();
     let write_errors: Vec<String> = delete_errors.into_iter().chain(create_errors).collect();
-    let mut event: Option<(EventType, &str, String)> = None;
+
+    // The Buildkite side: create the queue when asked, report its live state.
+    let mut queue_problem: Option<String> = None;
+    let mut queue_created = false;
+    if let Some(settings) = pool.spec.buildkite.as_ref().filter(|b| b.create_queue) {
+        match &ctx.buildkite {
+            Some(bk) => match ctx.queues.ensure(bk, &pool.spec.queue, settings).await {
+                Ok(created) => queue_created = created,
+                Err(msg) => queue_problem = Some(msg),
+            },
+            None => {
+                queue_problem = Some("spec.buildkite.createQueue needs the Buildkite API: start the controller with --buildkite-org and a token".into())
+            }
+        }
+    }
+    // (condition it belongs to, type, reason, note): published when that condition changes.
+    let mut events: Vec<(&str, EventType, &str, String)> = Vec::new();
 
     if conflicts.is_empty() {
         conditions.set(cond::CONFLICT, ConditionStatus::False, "NoConflict", "");
@@ -320,7 +336,7 @@ pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action
             "NodeClaimedByOtherPool",
             format!("nodes claimed by older pools, not used by this one: {msg}"),
         );
-        event = Some((EventType::Warning, "Conflict", format!("nodes claimed by older pools: {msg}")));
+        events.push((cond::CONFLICT, EventType::Warning, "Conflict", format!("nodes claimed by older pools: {msg}")));
     }
 
     let (degraded_reason, degraded_msg): (Option<&str>, String) = if token_missing {
@@ -331,6 +347,8 @@ pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action
                 pool.spec.agent.token_secret_ref.key
             ),
         )
+    } else if let Some(msg) = &queue_problem {
+        (Some("QueueCreationFailed"), msg.clone())
     } else if !write_errors.is_empty() {
         (Some("PodWriteFailed"), write_errors.join("; "))
     } else if !failed_pods.is_empty() {
@@ -355,7 +373,7 @@ pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action
     match degraded_reason {
         Some(reason) => {
             conditions.set(cond::DEGRADED, ConditionStatus::True, reason, degraded_msg.clone());
-            event = Some((EventType::Warning, reason, degraded_msg.clone()));
+            events.push((cond::DEGRADED, EventType::Warning, reason, degraded_msg.clone()));
         }
         None => {
             conditions.set(cond::DEGRADED, ConditionStatus::False, "AsExpected", "");
@@ -402,7 +420,8 @@ pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action
         let drained: Vec<&str> =
             plan.nodes.iter().filter(|n| n.state == NodeState::Maintenance).map(|n| n.gpunode.as_str()).collect();
         if plan.deletes.iter().any(|(_, r)| *r == DeleteReason::NodeIneligible("Maintenance".into())) {
-            event = Some((
+            events.push((
+                "",
                 EventType::Normal,
                 "NodeDrained",
                 format!("draining agents from nodes in maintenance: {}", drained.join(", ")),
@@ -417,6 +436,7 @@ pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action
         ready_agents: plan.ready,
         gpus_claimed: plan.gpus_claimed,
         nodes,
+        queue: ctx.queues.status(&pool.spec.queue),
         conditions: conditions.into_vec(),
     };
     let api: Api<AgentPool> = Api::namespaced(ctx.client.clone(), &ns);
@@ -432,12 +452,15 @@ pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action
         let after = find(&status.conditions, t).map(|c| (c.status.clone(), c.reason.clone()));
         before != after
     };
-    if let Some((type_, reason, note)) = event
-        && (changed(cond::DEGRADED) || changed(cond::CONFLICT) || reason == "NodeDrained")
-    {
-        publish(&ctx, pool.as_ref(), type_, reason, "Reconcile", note).await;
+    for (condition, type_, reason, note) in events {
+        if condition.is_empty() || changed(condition) {
+            publish(&ctx, pool.as_ref(), type_, reason, "Reconcile", note).await;
+        }
     }
 
+    if queue_created {
+        publish(&ctx, pool.as_ref(), EventType::Normal, "QueueCreated", "Reconcile", format!("created Buildkite queue {}", pool.spec.queue)).await;
+    }
     let backoff = failures_snapshot.values().min().copied();
     Ok(if !converged {
         Action::requeue(

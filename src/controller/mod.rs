@@ -7,6 +7,7 @@
 pub mod agentpool;
 pub mod cache;
 pub mod gpunode;
+pub mod queues;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -100,6 +101,9 @@ pub struct Context {
     pub pools: Store<AgentPool>,
     pub recorder: Recorder,
     pub failures: Mutex<SlotFailures>,
+    /// Buildkite API, when configured (queue state and creation).
+    pub buildkite: Option<crate::buildkite::Client>,
+    pub queues: queues::Queues,
 }
 
 impl Context {
@@ -198,7 +202,24 @@ pub async fn run(
         pools: pools.clone(),
         recorder,
         failures: Mutex::new(SlotFailures::default()),
+        buildkite: jobs.as_ref().map(|j| j.buildkite.clone()),
+        queues: queues::Queues::default(),
     });
+    let (pools_changed_tx, mut pools_changed_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let pools_changed = futures::stream::poll_fn(move |cx| pools_changed_rx.poll_recv(cx));
+    let metrics_loop = {
+        let ctx = ctx.clone();
+        async move {
+            if let Some(bk) = ctx.buildkite.clone() {
+                ctx.queues
+                    .metrics_loop(bk, Duration::from_secs(15), || {
+                        let _ = pools_changed_tx.try_send(());
+                    })
+                    .await;
+            }
+            futures::future::pending::<()>().await
+        }
+    };
 
     let (shutdown_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let signal = {
@@ -262,6 +283,7 @@ pub async fn run(
                 .map(|p| kube::runtime::reflector::ObjectRef::from_obj(p.as_ref()))
                 .collect::<Vec<_>>()
         })
+        .reconcile_all_on(pools_changed)
         .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_millis(200)).concurrency(8))
         .graceful_shutdown_on(on_shutdown(&shutdown_tx))
         .run(agentpool::reconcile, agentpool::error_policy, ctx.clone())
@@ -297,6 +319,7 @@ pub async fn run(
     tokio::select! {
         _ = watches => anyhow::bail!("watch streams ended"),
         res = server => { res?; anyhow::bail!("the HTTP server stopped") }
+        _ = metrics_loop => {}
         _ = async { tokio::join!(gpunode_ctrl, discovery_ctrl, pool_ctrl, job_ctrl, signal) } => {}
     }
     tracing::info!("fleet controllers stopped");

@@ -312,6 +312,7 @@ mod tests {
                     pod: PodOverrides::default(),
                 },
                 paused: false,
+                buildkite: None,
             },
         );
         p.metadata.namespace = Some("ci".into());
