@@ -33,6 +33,13 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct ControllerArgs {
+    /// Controllers to run: `fleet` (GpuNode discovery and inventory, AgentPool) and/or
+    /// `kerneljob` (needs --buildkite-org).
+    #[arg(long, env = "BENCHKITE_CONTROLLERS", value_delimiter = ',', default_value = "fleet,kerneljob")]
+    controllers: Vec<ControllerKind>,
+    /// Watch KernelJobs of this namespace only (default: all namespaces).
+    #[arg(long, env = "BENCHKITE_NAMESPACE")]
+    namespace: Option<String>,
     /// Create a GpuNode for every Node that offers a GPU resource.
     #[arg(long, env = "BENCHKITE_DISCOVER_GPU_NODES", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     discover_gpu_nodes: bool,
@@ -63,6 +70,12 @@ struct ControllerArgs {
     /// Log level filter (tracing EnvFilter syntax, e.g. `info,benchkite=debug`).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log_level: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ControllerKind {
+    Fleet,
+    Kerneljob,
 }
 
 /// Buildkite settings of the KernelJob controller. Secrets come from files (mounted
@@ -112,6 +125,9 @@ struct BuildkiteArgs {
     /// Builds created at once.
     #[arg(long, env = "BENCHKITE_SUBMIT_WORKERS", default_value_t = 8)]
     submit_workers: usize,
+    /// Length of Buildkite's rate-limit window in seconds (60; only tests change it).
+    #[arg(long, hide = true, default_value_t = 60.0)]
+    buildkite_rate_limit_window_seconds: f64,
 }
 
 fn secret(file: Option<&PathBuf>, var: &str) -> anyhow::Result<Option<benchkite::buildkite::Secret>> {
@@ -124,7 +140,7 @@ fn secret(file: Option<&PathBuf>, var: &str) -> anyhow::Result<Option<benchkite:
 }
 
 impl BuildkiteArgs {
-    fn setup(&self, reporter: &str) -> anyhow::Result<Option<benchkite::kerneljob::JobSetup>> {
+    fn setup(&self, reporter: &str, namespace: Option<String>) -> anyhow::Result<Option<benchkite::kerneljob::JobSetup>> {
         let Some(org) = &self.buildkite_org else { return Ok(None) };
         let token = secret(self.buildkite_token_file.as_ref(), "BUILDKITE_API_TOKEN")?.ok_or_else(|| {
             anyhow::anyhow!("--buildkite-org is set but no API token: set --buildkite-token-file or BUILDKITE_API_TOKEN")
@@ -136,6 +152,7 @@ impl BuildkiteArgs {
         cfg.default_pipeline = Some(self.buildkite_pipeline.clone());
         cfg.agent_token = secret(self.agent_metrics_token_file.as_ref(), "BUILDKITE_AGENT_METRICS_TOKEN")?;
         cfg.requests_per_minute = self.buildkite_requests_per_minute;
+        cfg.rate_limit_window = Duration::from_secs_f64(self.buildkite_rate_limit_window_seconds.max(0.1));
         let client = benchkite::buildkite::Client::new(cfg).context("configuring the Buildkite client")?;
         let poll = self.poll_interval_seconds.unwrap_or(if webhook_secret.is_some() { 30 } else { 10 });
         let config = benchkite::kerneljob::JobConfig {
@@ -148,7 +165,13 @@ impl BuildkiteArgs {
             submit_workers: self.submit_workers.max(1),
             ..Default::default()
         };
-        Ok(Some(benchkite::kerneljob::JobSetup { buildkite: client, config, webhook_secret, reporter: reporter.to_string() }))
+        Ok(Some(benchkite::kerneljob::JobSetup {
+            buildkite: client,
+            config,
+            webhook_secret,
+            reporter: reporter.to_string(),
+            namespace,
+        }))
     }
 }
 
@@ -173,6 +196,7 @@ fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         let client =
             kube::Client::try_default().await.context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
         let config = benchkite::controller::Config {
+            fleet: args.controllers.contains(&ControllerKind::Fleet),
             discover_gpu_nodes: args.discover_gpu_nodes,
             discovery_grace: Duration::from_secs(args.discovery_grace_seconds),
             agent_image: args.agent_image,
@@ -181,7 +205,11 @@ fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             write_concurrency: args.write_concurrency,
             ..Default::default()
         };
-        let jobs = args.buildkite.setup(&config.reporter)?;
+        let jobs = if args.controllers.contains(&ControllerKind::Kerneljob) {
+            args.buildkite.setup(&config.reporter, args.namespace.clone())?
+        } else {
+            None
+        };
         let http = benchkite::controller::HttpConfig { addr: args.http_addr };
         benchkite::controller::run(client, config, jobs, http, shutdown_signal()).await
     })

@@ -70,16 +70,22 @@ impl Operator {
     /// Starts `benchkite controller <args>` with the e2e kubeconfig, logging to
     /// `target/e2e/logs/<name>.log`.
     pub fn start(name: &str, args: &[&str]) -> Result<Operator> {
+        Self::start_with_env(name, args, &[])
+    }
+
+    /// Like [`Operator::start`], with extra environment (secrets go here, never in flags).
+    pub fn start_with_env(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Result<Operator> {
         let bin = binary()?;
         let logs = e2e_dir().join("logs");
         std::fs::create_dir_all(&logs)?;
         let log = logs.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut cmd = Command::new(bin);
         cmd.arg("controller")
             .args(args)
             .env("KUBECONFIG", kubeconfig_path())
             .env("RUST_LOG", std::env::var("BENCHKITE_E2E_LOG").unwrap_or_else(|_| "info,benchkite=debug".into()))
+            .envs(envs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file);

@@ -346,6 +346,16 @@ async fn ninth_gpu_pod_on_an_eight_gpu_node_is_unschedulable() -> Result<()> {
         let on = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
         ensure!(on.is_none() || on == Some(node.name.as_str()), "pod {} landed on {on:?}", pod.name_any());
     }
+
+    // Pods go before their node: kwok only finalizes pods of nodes it still
+    // manages; pods of a deleted node stay Terminating until the pod GC
+    // controller removes them (40 s or more later).
+    pods.delete_collection(&DeleteParams::default(), &ListParams::default()).await?;
+    wait_until("the test pods to be gone", default_timeout(), || async {
+        Ok(pods.list(&ListParams::default()).await?.items.is_empty().then_some(()))
+    })
+    .await?;
+    drop(node);
     ns.delete().await
 }
 

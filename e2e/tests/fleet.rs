@@ -543,3 +543,68 @@ fn merge(base: &mut serde_json::Value, patch: &serde_json::Value) {
         (b, p) => *b = p.clone(),
     }
 }
+
+/// A changed pool spec rolls every agent; a pod benchkite does not manage landing on the node
+/// shrinks the per-GPU share and the agents roll to the new size.
+#[tokio::test]
+async fn spec_changes_and_foreign_pods_roll_agents() -> Result<()> {
+    let (client, ns) = setup("roll").await?;
+    let id = ns.name().to_string();
+    let node = format!("{id}-n");
+    let result = async {
+        make_node(&client, &node, &id, "32", "128Gi", 4).await?;
+        let pools: Api<AgentPool> = ns.api();
+        pools.create(&PostParams::default(), &pool("roll", selector("benchkite.dev/e2e", &[&id]))).await?;
+        let before = wait_agents(&ns, "roll", 4).await?;
+        let cpu = |p: &Pod| -> String {
+            p.spec.as_ref().and_then(|s| s.containers[0].resources.as_ref()).and_then(|r| r.limits.as_ref()).map(|l| l["cpu"].0.clone()).unwrap_or_default()
+        };
+        ensure!(before.iter().all(|p| cpu(p) == "8"), "32 cores / 4 GPUs");
+
+        // New image: every agent is replaced by one with the new spec.
+        pools
+            .patch("roll", &PatchParams::default(), &Patch::Merge(json!({"spec": {"agent": {"image": "example.invalid/agent:v2"}}})))
+            .await?;
+        let old_uids: Vec<String> = before.iter().filter_map(|p| p.uid()).collect();
+        wait_until("agents rolled to the new image", default_timeout(), || async {
+            let pods = pool_pods(&ns, "roll").await?;
+            let live: Vec<&Pod> = pods.iter().filter(|p| running(p)).collect();
+            let rolled = live.len() == 4
+                && live.iter().all(|p| {
+                    !old_uids.contains(&p.uid().unwrap_or_default())
+                        && p.spec.as_ref().and_then(|s| s.containers[0].image.as_deref()) == Some("example.invalid/agent:v2")
+                });
+            Ok(rolled.then_some(()))
+        })
+        .await?;
+
+        // A foreign pod takes 4 cores: the share drops to 7 cores per GPU and agents follow.
+        let pods: Api<Pod> = ns.api();
+        let foreign: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "daemon"},
+            "spec": {
+                "nodeName": node,
+                "tolerations": [{"operator": "Exists"}],
+                "containers": [{"name": "d", "image": "example.invalid/daemon", "resources": {"requests": {"cpu": "4", "memory": "1Gi"}}}],
+            },
+        }))?;
+        pods.create(&PostParams::default(), &foreign).await?;
+        let gpunodes: Api<GpuNode> = Api::all(client.clone());
+        wait_until("the share shrinks", default_timeout(), || async {
+            let gn = gpunodes.get(&node).await?;
+            Ok(gn.status.and_then(|s| s.per_gpu_share).filter(|s| s.cpu == 7).map(|_| ()))
+        })
+        .await?;
+        wait_until("agents resized to 7 cores", default_timeout(), || async {
+            let pods = pool_pods(&ns, "roll").await?;
+            let live: Vec<&Pod> = pods.iter().filter(|p| running(p)).collect();
+            Ok((live.len() == 4 && live.iter().all(|p| cpu(p) == "7")).then_some(()))
+        })
+        .await?;
+        Ok::<(), anyhow::Error>(())
+    }
+    .await;
+    delete_node(&client, &node).await;
+    result?;
+    ns.delete().await
+}

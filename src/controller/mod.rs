@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{Future, StreamExt};
+use futures::{Future, FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
@@ -26,6 +26,9 @@ use crate::fleet::pod::{LABEL_MANAGED_BY, MANAGED_BY};
 /// Controller settings (flags of `benchkite controller`).
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// Run the fleet controllers (GpuNode, discovery, AgentPool). Off when this process
+    /// only runs KernelJobs.
+    pub fleet: bool,
     /// Create a GpuNode for every Node that offers a GPU resource.
     pub discover_gpu_nodes: bool,
     /// How long a discovered GpuNode outlives its Node before it is deleted.
@@ -45,6 +48,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            fleet: true,
             discover_gpu_nodes: true,
             discovery_grace: Duration::from_secs(600),
             agent_image: crate::DEFAULT_AGENT_IMAGE.to_string(),
@@ -158,14 +162,20 @@ pub async fn run(
     fn sub<T>(name: &str, handle: Option<T>) -> anyhow::Result<T> {
         handle.ok_or_else(|| anyhow::anyhow!("{name} store is not shared"))
     }
-    let node_events_gn = sub("node", nodes_w.subscribe())?;
-    // Subscribe only when discovery runs: an unread subscription would stall the shared watch.
-    let node_events_disc = if config.discover_gpu_nodes { Some(sub("node", nodes_w.subscribe())?) } else { None };
-    let pod_events_gn = sub("pod", pods_w.subscribe())?;
-    let pod_events_ap = sub("pod", pods_w.subscribe())?;
-    let gpunode_events_gn = sub("gpunode", gpunodes_w.subscribe())?;
-    let gpunode_events_ap = sub("gpunode", gpunodes_w.subscribe())?;
-    let pool_events = sub("agentpool", pools_w.subscribe())?;
+    // Subscribe only for controllers that run: an unread subscription stalls the shared watch.
+    let fleet_events = if config.fleet {
+        Some((
+            sub("node", nodes_w.subscribe())?,
+            if config.discover_gpu_nodes { Some(sub("node", nodes_w.subscribe())?) } else { None },
+            sub("pod", pods_w.subscribe())?,
+            sub("pod", pods_w.subscribe())?,
+            sub("gpunode", gpunodes_w.subscribe())?,
+            sub("gpunode", gpunodes_w.subscribe())?,
+            sub("agentpool", pools_w.subscribe())?,
+        ))
+    } else {
+        None
+    };
 
     let wc = watcher::Config::default().any_semantic();
     let node_watch = watcher(Api::<Node>::all(client.clone()), wc.clone())
@@ -236,62 +246,74 @@ pub async fn run(
         }
     };
 
-    let gn_store = gpunodes.clone();
-    let gn_store2 = gpunodes.clone();
-    let gpunode_ctrl = Controller::for_shared_stream(gpunode_events_gn, gpunodes.clone())
-        .watches_shared_stream(node_events_gn, move |node: Arc<Node>| {
-            gpunode::gpunodes_for_node(&gn_store, &node.name_any())
-        })
-        .watches_shared_stream(pod_events_gn, move |pod: Arc<Pod>| {
-            pod.spec
-                .as_ref()
-                .and_then(|s| s.node_name.clone())
-                .map(|n| gpunode::gpunodes_for_node(&gn_store2, &n))
-                .unwrap_or_default()
-        })
-        .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_millis(300)).concurrency(16))
-        .graceful_shutdown_on(on_shutdown(&shutdown_tx))
-        .run(gpunode::reconcile, gpunode::error_policy, ctx.clone())
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "gpunode reconcile");
-            }
-        });
+    let fleet_ctrl = match fleet_events {
+        Some((node_events_gn, node_events_disc, pod_events_gn, pod_events_ap, gpunode_events_gn, gpunode_events_ap, pool_events)) => {
+        let gn_store = gpunodes.clone();
+        let gn_store2 = gpunodes.clone();
+        let gpunode_ctrl = Controller::for_shared_stream(gpunode_events_gn, gpunodes.clone())
+            .watches_shared_stream(node_events_gn, move |node: Arc<Node>| {
+                gpunode::gpunodes_for_node(&gn_store, &node.name_any())
+            })
+            .watches_shared_stream(pod_events_gn, move |pod: Arc<Pod>| {
+                pod.spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .map(|n| gpunode::gpunodes_for_node(&gn_store2, &n))
+                    .unwrap_or_default()
+            })
+            .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_millis(300)).concurrency(16))
+            .graceful_shutdown_on(on_shutdown(&shutdown_tx))
+            .run(gpunode::reconcile, gpunode::error_policy, ctx.clone())
+            .for_each(|res| async move {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "gpunode reconcile");
+                }
+            });
 
-    let discovery_ctrl = {
-        let stream = node_events_disc.map(|events| {
-            Controller::for_shared_stream(events, nodes.clone())
-                .with_config(kube::runtime::controller::Config::default().concurrency(16))
-                .graceful_shutdown_on(on_shutdown(&shutdown_tx))
-                .run(gpunode::discover, gpunode::discover_error_policy, ctx.clone())
-                .for_each(|_| futures::future::ready(()))
-        });
-        async move {
-            if let Some(stream) = stream {
-                stream.await
+        let discovery_ctrl = {
+            let stream = node_events_disc.map(|events| {
+                Controller::for_shared_stream(events, nodes.clone())
+                    .with_config(kube::runtime::controller::Config::default().concurrency(16))
+                    .graceful_shutdown_on(on_shutdown(&shutdown_tx))
+                    .run(gpunode::discover, gpunode::discover_error_policy, ctx.clone())
+                    .for_each(|_| futures::future::ready(()))
+            });
+            async move {
+                if let Some(stream) = stream {
+                    stream.await
+                }
             }
+        };
+
+        let pool_store = pools.clone();
+        let pool_ctrl = Controller::for_shared_stream(pool_events, pools.clone())
+            .owns_shared_stream(pod_events_ap)
+            .watches_shared_stream(gpunode_events_ap, move |_gn: Arc<GpuNode>| {
+                pool_store
+                    .state()
+                    .iter()
+                    .map(|p| kube::runtime::reflector::ObjectRef::from_obj(p.as_ref()))
+                    .collect::<Vec<_>>()
+            })
+            .reconcile_all_on(pools_changed)
+            .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_millis(200)).concurrency(8))
+            .graceful_shutdown_on(on_shutdown(&shutdown_tx))
+            .run(agentpool::reconcile, agentpool::error_policy, ctx.clone())
+            .for_each(|res| async move {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "agentpool reconcile");
+                }
+            });
+            async move {
+                tokio::join!(gpunode_ctrl, discovery_ctrl, pool_ctrl);
+            }
+            .boxed()
+        }
+        None => {
+            tracing::info!("fleet controllers are off (--controllers)");
+            futures::future::ready(()).boxed()
         }
     };
-
-    let pool_store = pools.clone();
-    let pool_ctrl = Controller::for_shared_stream(pool_events, pools.clone())
-        .owns_shared_stream(pod_events_ap)
-        .watches_shared_stream(gpunode_events_ap, move |_gn: Arc<GpuNode>| {
-            pool_store
-                .state()
-                .iter()
-                .map(|p| kube::runtime::reflector::ObjectRef::from_obj(p.as_ref()))
-                .collect::<Vec<_>>()
-        })
-        .reconcile_all_on(pools_changed)
-        .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_millis(200)).concurrency(8))
-        .graceful_shutdown_on(on_shutdown(&shutdown_tx))
-        .run(agentpool::reconcile, agentpool::error_policy, ctx.clone())
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "agentpool reconcile");
-            }
-        });
 
     let (job_ctx, job_ctrl) = match jobs {
         Some(setup) => {
@@ -320,7 +342,7 @@ pub async fn run(
         _ = watches => anyhow::bail!("watch streams ended"),
         res = server => { res?; anyhow::bail!("the HTTP server stopped") }
         _ = metrics_loop => {}
-        _ = async { tokio::join!(gpunode_ctrl, discovery_ctrl, pool_ctrl, job_ctrl, signal) } => {}
+        _ = async { tokio::join!(fleet_ctrl, job_ctrl, signal) } => {}
     }
     tracing::info!("fleet controllers stopped");
     Ok(())

@@ -14,8 +14,8 @@ use crate::buildkite::{Build, BuildState};
 fn rank(state: &BuildState) -> u8 {
     match state {
         BuildState::Creating | BuildState::Scheduled | BuildState::Waiting => 1,
-        BuildState::Running | BuildState::Started | BuildState::Blocked | BuildState::Failing => 2,
-        BuildState::Canceling => 3,
+        BuildState::Running | BuildState::Started | BuildState::Blocked => 2,
+        BuildState::Failing | BuildState::Canceling => 3,
         s if s.is_terminal() => 4,
         _ => 0,
     }
@@ -31,7 +31,7 @@ pub fn is_newer(old: &Build, new: &Build) -> bool {
     let done = |b: &Build| b.jobs.iter().filter(|j| j.state.as_ref().is_some_and(|s| s.is_terminal())).count();
     done(new) > done(old)
         || (new.jobs.len() > old.jobs.len())
-        || (new.meta_data.len() > old.meta_data.len())
+        || new.meta_data.keys().any(|k| !old.meta_data.contains_key(k))
         || (new.finished_at.is_some() && old.finished_at.is_none())
 }
 
@@ -64,7 +64,9 @@ impl Board {
                 // Keep what the older snapshot knew that the newer one lacks (webhook bodies
                 // carry no jobs for build events).
                 let mut merged = build.clone();
-                if merged.jobs.is_empty() {
+                // Webhook build bodies carry no jobs: keep the older snapshot's jobs, but only
+                // from the same stage (jobs of a scheduled build say nothing about a failed one).
+                if merged.jobs.is_empty() && rank(&entry.build.state) == rank(&build.state) {
                     merged.jobs = entry.build.jobs.clone();
                 }
                 for (k, v) in &entry.build.meta_data {
@@ -158,13 +160,16 @@ mod tests {
         let board = Board::default();
         let mut running = build(BuildState::Running, "r1");
         running.jobs = vec![Job { state: Some(JobState::Running), ..Default::default() }];
+        running.meta_data.insert("early".into(), "1".into());
         board.update(&running, now());
-        let mut finished = build(BuildState::Failed, "r1");
-        finished.meta_data.insert("benchkite.result".into(), "{}".into());
-        board.update(&finished, now());
+        let mut later = build(BuildState::Running, "r1");
+        later.meta_data.insert("benchkite.result".into(), "{}".into());
+        assert!(board.update(&later, now()), "a new meta-data key is news");
         let got = board.get("r1").unwrap().build;
-        assert_eq!(got.jobs.len(), 1, "webhook build bodies may lack jobs");
-        assert!(got.meta_data.contains_key("benchkite.result"));
+        assert_eq!(got.jobs.len(), 1, "webhook build bodies lack jobs: same-stage jobs are kept");
+        assert!(got.meta_data.contains_key("benchkite.result") && got.meta_data.contains_key("early"));
+        board.update(&build(BuildState::Failed, "r1"), now());
+        assert!(board.get("r1").unwrap().build.jobs.is_empty(), "a running job says nothing about a failed build");
     }
 
     #[test]

@@ -69,6 +69,15 @@ impl Default for JobConfig {
     }
 }
 
+/// What this process knows about an attempt's build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttemptState {
+    /// Known to have no build: may be created.
+    Absent,
+    /// A create is in flight or its outcome is unknown: create nothing.
+    Creating,
+}
+
 /// Counters of webhook deliveries.
 #[derive(Debug, Default)]
 pub struct WebhookCounters {
@@ -89,8 +98,9 @@ pub struct JobCtx {
     pub board: Board,
     pub queue: SubmitQueue,
     pub recorder: Recorder,
-    /// Run ids known not to have a build yet (so a create cannot duplicate one).
-    pub verified: Mutex<HashSet<String>>,
+    /// What this process knows about the build of each pending attempt (by run id); absent
+    /// = unknown (a build may exist: look it up before creating one).
+    pub attempts: Mutex<HashMap<String, AttemptState>>,
     /// Jobs whose next attempt must be looked up before it may be created.
     pub unverified: Mutex<HashSet<JobKey>>,
     /// Run ids whose build benchkite cancelled.
@@ -291,14 +301,19 @@ pub async fn reconcile(job: Arc<KernelJob>, ctx: Arc<JobCtx>) -> Result<Action> 
             // A first attempt of a job created after this process took over cannot have a
             // build yet: nobody else submits while it leads.
             let fresh = attempt == 1 && created(&job) > ctx.started + k8s_openapi::jiff::SignedDuration::from_secs(5);
-            if fresh {
-                lock(&ctx.verified).insert(run_id.clone());
-            }
-            let known_absent = lock(&ctx.verified).contains(&run_id);
-            if known_absent {
-                ctx.queue.push(&key, job.spec.priority, &created(&job).to_string());
-            } else {
-                lock(&ctx.unverified).insert(key.clone());
+            let state = {
+                let mut attempts = lock(&ctx.attempts);
+                if fresh {
+                    attempts.entry(run_id.clone()).or_insert(AttemptState::Absent);
+                }
+                attempts.get(&run_id).copied()
+            };
+            match state {
+                Some(AttemptState::Absent) => ctx.queue.push(&key, job.spec.priority, &created(&job).to_string()),
+                Some(AttemptState::Creating) => {}
+                None => {
+                    lock(&ctx.unverified).insert(key.clone());
+                }
             }
             let throttled = ctx.bk.would_wait(Priority::Submit).map(|d| {
                 format!("Buildkite's request budget is spent; submitting by priority in about {}s", d.as_secs().max(1))
@@ -394,6 +409,23 @@ async fn follow(
                 build = ctx.board.get(&active.run_id).map(|e| e.build).unwrap_or(b);
             }
             Err(e) => tracing::warn!(job = %key_of(job), error = %e, "reading a quiet build failed"),
+        }
+    }
+
+    // A failed build's jobs say whether the infrastructure failed (webhook bodies carry no
+    // jobs): read them once.
+    if build.state == buildkite::BuildState::Failed
+        && !build.jobs.iter().any(|j| j.state.as_ref().is_some_and(|s| s.is_terminal()))
+    {
+        match ctx.bk.get_build(Some(&bref.pipeline), u64::try_from(bref.number).unwrap_or(0), false).await {
+            Ok(b) => {
+                ctx.board.update(&b, now);
+                build = ctx.board.get(&active.run_id).map(|e| e.build).unwrap_or(b);
+            }
+            Err(e) => {
+                tracing::warn!(job = %key_of(job), error = %e, "reading the jobs of a failed build failed; retrying");
+                return Ok(Action::requeue(Duration::from_secs(5)));
+            }
         }
     }
 
@@ -514,7 +546,7 @@ async fn finish_attempt(
         }
         let uid = job.uid().unwrap_or_default();
         // This process decided the retry: the next run id cannot have a build yet.
-        lock(&ctx.verified).insert(machine::run_id(&uid, attempts_made + 1));
+        lock(&ctx.attempts).insert(machine::run_id(&uid, attempts_made + 1), AttemptState::Absent);
         status.phase = Phase::Pending;
         status.build = None;
         let msg = format!(
@@ -615,7 +647,7 @@ async fn finished(job: &KernelJob, ctx: &JobCtx, status: &KernelJobStatus) -> Re
     for a in &status.attempts {
         ctx.board.forget(&a.run_id);
         lock(&ctx.canceled).remove(&a.run_id);
-        lock(&ctx.verified).remove(&a.run_id);
+        lock(&ctx.attempts).remove(&a.run_id);
     }
     lock(&ctx.submit_errors).remove(&key_of(job));
     remove_finalizer(job, ctx).await?;
@@ -790,13 +822,30 @@ async fn submit_one(ctx: &JobCtx, key: &str) {
     let attempt = next_attempt_number(&status);
     let Some(uid) = cached.uid() else { return };
     let run_id = machine::run_id(&uid, attempt);
-    if ctx.board.get(&run_id).is_some() || !lock(&ctx.verified).contains(&run_id) {
+    // Claim the attempt: taking its run id out of `verified` makes this worker the only one
+    // that may create its build (a job can be queued again while a create is in flight).
+    let claimed = {
+        let mut attempts = lock(&ctx.attempts);
+        match attempts.get_mut(&run_id) {
+            Some(state @ AttemptState::Absent) if ctx.board.get(&run_id).is_none() => {
+                *state = AttemptState::Creating;
+                true
+            }
+            _ => false,
+        }
+    };
+    if !claimed {
         ctx.wake(key);
         return;
     }
+    // Hand the claim back when nothing was created.
+    let release = |ctx: &JobCtx| {
+        lock(&ctx.attempts).insert(run_id.clone(), AttemptState::Absent);
+    };
     let (queue, arch) = match target(&cached, ctx) {
         Ok(t) => t,
         Err(_) => {
+            release(ctx);
             ctx.wake(key);
             return;
         }
@@ -807,6 +856,7 @@ async fn submit_one(ctx: &JobCtx, key: &str) {
         Ok(Some(j)) => j,
         Ok(None) => return,
         Err(e) => {
+            release(ctx);
             lock(&ctx.submit_errors).insert(key.to_string(), format!("reading the KernelJob: {e}"));
             requeue_later(ctx, key, Duration::from_secs(5));
             return;
@@ -815,6 +865,7 @@ async fn submit_one(ctx: &JobCtx, key: &str) {
     let sources = match resolve_sources(&job, ctx).await {
         Ok(s) => s,
         Err(e) => {
+            release(ctx);
             lock(&ctx.submit_errors).insert(key.to_string(), e);
             requeue_later(ctx, key, Duration::from_secs(15));
             return;
@@ -847,21 +898,22 @@ async fn submit_one(ctx: &JobCtx, key: &str) {
     };
     match ctx.bk.create_build(Some(&sub.pipeline), &new_build, Priority::Submit).await {
         Ok(build) => {
-            lock(&ctx.verified).remove(&run_id);
             ctx.board.update(&build, Timestamp::now());
             ctx.wake(key);
         }
         Err(buildkite::Error::Ambiguous { reason, .. }) => {
-            // The build may exist: look it up before creating again.
+            // The build may exist: look it up before creating again (the claim stays taken).
             tracing::warn!(job = %key, %reason, "create_build outcome unknown; looking the build up");
-            lock(&ctx.verified).remove(&run_id);
             lock(&ctx.unverified).insert(key.to_string());
         }
         Err(e) if e.is_transient() => {
+            // Not sent (the client reports anything sent as Ambiguous): nothing was created.
+            release(ctx);
             lock(&ctx.submit_errors).insert(key.to_string(), format!("Buildkite: {e}"));
             requeue_later(ctx, key, Duration::from_secs(5));
         }
         Err(e) => {
+            release(ctx);
             lock(&ctx.submit_errors).insert(key.to_string(), format!("Buildkite refused the build: {e}"));
             requeue_later(ctx, key, Duration::from_secs(30));
         }
@@ -925,7 +977,7 @@ pub async fn recovery_loop(ctx: Arc<JobCtx>) {
                 }
                 for (run, key) in wanted {
                     if ctx.board.get(&run).is_none() {
-                        lock(&ctx.verified).insert(run);
+                        lock(&ctx.attempts).insert(run, AttemptState::Absent);
                     }
                     lock(&ctx.unverified).remove(&key);
                     ctx.wake(&key);

@@ -40,6 +40,8 @@ pub struct JobSetup {
     pub config: JobConfig,
     pub webhook_secret: Option<crate::buildkite::Secret>,
     pub reporter: String,
+    /// Only KernelJobs of this namespace (default: all namespaces).
+    pub namespace: Option<String>,
 }
 
 /// Builds the KernelJob controller: its context (for the webhook route) and the future
@@ -52,7 +54,11 @@ pub fn controller(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> (Arc<JobCtx>, impl std::future::Future<Output = ()> + Send) {
     let (jobs, writer) = reflector::store::<KernelJob>();
-    let stream = watcher(Api::<KernelJob>::all(client.clone()), watcher::Config::default().any_semantic())
+    let api: Api<KernelJob> = match &setup.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let stream = watcher(api, watcher::Config::default().any_semantic())
         .modify(strip_job)
         .default_backoff()
         .reflect(writer)
@@ -69,7 +75,7 @@ pub fn controller(
         board: board::Board::default(),
         queue: queue::SubmitQueue::default(),
         recorder,
-        verified: Mutex::new(Default::default()),
+        attempts: Mutex::new(Default::default()),
         unverified: Mutex::new(Default::default()),
         canceled: Mutex::new(Default::default()),
         written: Mutex::new(Default::default()),

@@ -122,7 +122,7 @@ pub fn main(args: RunArgs) -> i32 {
         process::enable_sweep();
     }
     let mut probe = Probe::start(args.python.clone(), !args.no_gpu_probe);
-    let mut timing = Timing { start: t0, first_spawn: None };
+    let mut timing = Timing { start: t0, first_spawn: None, last_end: None };
     let (mut result, ranking_by) = evaluate(&args, &mut probe, &mut timing);
     result.system = probe.get(PROBE_WAIT).clone();
     finish(&args, &result, &ranking_by, &timing)
@@ -131,10 +131,13 @@ pub fn main(args: RunArgs) -> i32 {
 struct Timing {
     start: Instant,
     first_spawn: Option<Instant>,
+    last_end: Option<Instant>,
 }
 
+/// A line in the job log; a closed stderr (agent gone) is not worth a panic.
 fn log(msg: &str) {
-    eprintln!("benchkite run: {msg}");
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "benchkite run: {msg}");
 }
 
 /// Writes result.json, reports it, and picks the exit status.
@@ -173,17 +176,34 @@ fn finish(args: &RunArgs, result: &FullResult, ranking_by: &RankingBy, timing: &
                 .unwrap_or(0)
         };
         let first = timing.first_spawn.map_or(0, since_epoch);
-        eprintln!(
-            "benchkite-timing: main_start_unix_ns={} first_spawn_unix_ns={first} main_to_first_spawn_us={} main_to_exit_us={}",
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "benchkite-timing: main_start_unix_ns={} first_spawn_unix_ns={first} main_to_first_spawn_us={} \
+             last_run_end_to_exit_us={} main_to_exit_us={} self_cpu_us={}",
             since_epoch(timing.start),
             timing.first_spawn.map_or(0, |f| f.saturating_duration_since(timing.start).as_micros()),
+            timing.last_end.map_or(0, |e| now.saturating_duration_since(e).as_micros()),
             now.saturating_duration_since(timing.start).as_micros(),
+            self_cpu_us(),
         );
     }
     if let Some(sig) = process::stop_signal() {
         return 128 + sig;
     }
     code
+}
+
+/// CPU time (user + system) of the runner itself, children excluded.
+fn self_cpu_us() -> i64 {
+    // SAFETY: getrusage fills the zeroed struct we own.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid, writable rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return 0;
+    }
+    let us = |t: libc::timeval| i64::from(t.tv_sec) * 1_000_000 + i64::from(t.tv_usec);
+    us(ru.ru_utime) + us(ru.ru_stime)
 }
 
 fn infra(error: impl Into<String>) -> FullResult {
@@ -540,6 +560,7 @@ impl<'a> Evaluator<'a> {
             }
         };
         self.timing.first_spawn.get_or_insert(out.spawned_at);
+        self.timing.last_end = Some(out.ended_at);
 
         let mut stderr = out.stderr.to_output();
         let (exit, result) = match out.ending {

@@ -213,6 +213,8 @@ pub(crate) struct Output {
     pub duration: Duration,
     /// When the child was spawned.
     pub spawned_at: Instant,
+    /// When its exit (or the kill) was seen.
+    pub ended_at: Instant,
 }
 
 /// Why a run could not happen at all.
@@ -345,6 +347,7 @@ pub(crate) fn run(spec: &Spec) -> Result<Output, SpawnError> {
         ending,
         duration,
         spawned_at,
+        ended_at: start + duration,
     })
 }
 
@@ -521,6 +524,10 @@ fn read_into(file: &mut Option<File>, into: &mut Captured, buf: &mut [u8], limit
 /// Kills descendants that left their process group and were reparented to us (we are a
 /// child subreaper), then reaps them. Children this module is running are left alone.
 fn sweep_escaped() {
+    if !has_children() {
+        // The common case: nothing was left behind, no need to scan /proc.
+        return;
+    }
     let me = std::process::id();
     for _round in 0..8 {
         let live = LIVE_CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
@@ -550,6 +557,15 @@ fn sweep_escaped() {
             }
         }
     }
+}
+
+/// Whether this process has any child, running or exited but not reaped (no reaping here).
+fn has_children() -> bool {
+    // SAFETY: a zeroed siginfo_t is a valid out-parameter; WNOWAIT leaves children alone.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid writes into `info`, which we own.
+    let r = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT) };
+    !(r == -1 && io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD))
 }
 
 /// Pids whose parent is `parent`, from /proc.

@@ -1,0 +1,360 @@
+//! KernelJobs end to end: the real `benchkite controller` (KernelJob controller, scoped to
+//! the test's namespace) against the local cluster and the Buildkite simulator, whose jobs
+//! run the real `benchkite run` on tiny CPU tasks (tests/tasks/vectoradd).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use benchkite::api::KernelJob;
+use benchkite::api::kerneljob::Phase;
+use benchkite_e2e::operator::{Operator, binary, install_crds};
+use benchkite_e2e::{TestNamespace, client, repo_root, wait_until};
+use buildkite_sim::config::{
+    AgentPoolConfig, ExecutorConfig, PipelineConfig, RateLimitConfig, StepConfig, WebhookAuth, WebhookConfig,
+};
+use buildkite_sim::{InfraFailure, SimConfig, SimHandle, Simulator};
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+const WEBHOOK_SECRET: &str = "e2e-webhook-secret-canary-7f3a";
+const CREATE: &str = "POST /v2/organizations/{org}/pipelines/{pipeline}/builds";
+
+struct Rig {
+    sim: SimHandle,
+    op: Operator,
+    ns: TestNamespace,
+    queue: String,
+    webhook_url: Option<String>,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A simulator (agents on one queue running `benchkite run`, a `broken` pipeline whose step
+/// fails) and a controller for one namespace.
+async fn rig(prefix: &str, webhooks: bool, tune: impl FnOnce(&mut SimConfig), extra: &[&str]) -> Result<(Client, Rig)> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, prefix).await?;
+    let queue = format!("q-{}", ns.name());
+    let mut cfg = SimConfig::default();
+    cfg.executor = ExecutorConfig::command(format!("{} run", binary()?.display()));
+    cfg.clusters[0].queues.push(queue.clone());
+    cfg.agents.push(AgentPoolConfig { queue: queue.clone(), count: 4, ..Default::default() });
+    cfg.rate_limit = RateLimitConfig { org_limit: 200, user_limit: 0, window_secs: 60.0 };
+    cfg.pipelines.push(PipelineConfig {
+        slug: "broken".into(),
+        steps: vec![StepConfig { command: Some("echo the build is broken >&2; exit 3".into()), ..Default::default() }],
+        ..Default::default()
+    });
+    let port = free_port()?;
+    let webhook_url = webhooks.then(|| format!("http://127.0.0.1:{port}/webhooks/buildkite"));
+    if let Some(url) = &webhook_url {
+        cfg.webhooks.push(WebhookConfig {
+            url: url.clone(),
+            token: WEBHOOK_SECRET.into(),
+            auth: WebhookAuth::Signature,
+            ..Default::default()
+        });
+    }
+    tune(&mut cfg);
+    let sim = Simulator::start(cfg).await?;
+    let http = format!("127.0.0.1:{port}");
+    let org = sim.organization();
+    let api = sim.api_url();
+    let agent = sim.agent_url();
+    let mut args = vec![
+        "--controllers", "kerneljob", "--namespace", ns.name(), "--http-addr", &http,
+        "--buildkite-org", &org, "--buildkite-api-url", &api, "--buildkite-agent-api-url", &agent,
+        "--instance", ns.name(),
+    ];
+    if !extra.contains(&"--poll-interval-seconds") {
+        args.extend_from_slice(&["--poll-interval-seconds", if webhooks { "30" } else { "2" }]);
+    }
+    args.extend_from_slice(extra);
+    let token = sim.api_token();
+    let mut envs = vec![("BUILDKITE_API_TOKEN", token.as_str())];
+    if webhooks {
+        envs.push(("BUILDKITE_WEBHOOK_SECRET", WEBHOOK_SECRET));
+    }
+    let op = Operator::start_with_env(&format!("kerneljob-{}", ns.name()), &args, &envs)?;
+    Ok((client, Rig { sim, op, ns, queue, webhook_url }))
+}
+
+fn task_file(name: &str) -> Result<String> {
+    let path = repo_root().join("tests/tasks/vectoradd").join(name);
+    std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// A KernelJob running the vectoradd task with the given submission.
+fn job(name: &str, queue: &str, mode: &str, submission: &str) -> Result<KernelJob> {
+    let sources: BTreeMap<String, String> = [
+        ("eval.py".to_string(), task_file("eval.py")?),
+        ("reference.py".to_string(), task_file("reference.py")?),
+        ("submission.py".to_string(), task_file(submission)?),
+    ]
+    .into();
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "benchkite.dev/v1alpha1", "kind": "KernelJob",
+        "metadata": {"name": name},
+        "spec": {
+            "queue": queue, "mode": mode, "lang": "py", "main": "eval.py", "sources": sources,
+            "tests": [{"size": 64, "seed": 1}, {"size": 256, "seed": 2}],
+            "benchmarks": [{"size": 1024, "seed": 3}],
+            "testTimeoutSeconds": 60, "benchmarkTimeoutSeconds": 60, "rankedTimeoutSeconds": 60,
+        },
+    }))?)
+}
+
+async fn wait_phase(api: &Api<KernelJob>, name: &str, timeout: Duration) -> Result<KernelJob> {
+    wait_until(&format!("KernelJob {name} finished"), timeout, || async {
+        let j = api.get(name).await?;
+        let done = j.status.as_ref().is_some_and(|s| s.phase.is_finished());
+        Ok(done.then_some(j))
+    })
+    .await
+}
+
+/// Prints a build's job logs from the simulator (for failure messages).
+async fn dump_build(rig: &Rig, number: i64) {
+    let http = reqwest::Client::new();
+    let url = format!("{}/organizations/{}/pipelines/kernelbot/builds/{number}", rig.sim.api_url(), rig.sim.organization());
+    let Ok(resp) = http.get(&url).bearer_auth(rig.sim.api_token()).send().await else { return };
+    let Ok(build) = resp.json::<serde_json::Value>().await else { return };
+    for job in build["jobs"].as_array().cloned().unwrap_or_default() {
+        let id = job["id"].as_str().unwrap_or_default();
+        if let Ok(r) = http.get(format!("{}/jobs/{id}", rig.sim.sim_url())).send().await {
+            let text = r.text().await.unwrap_or_default();
+            eprintln!("job {id}: {}", &text[..text.len().min(4000)]);
+        }
+    }
+}
+
+fn cond(job: &KernelJob, t: &str) -> Option<String> {
+    job.status.as_ref()?.conditions.iter().find(|c| c.type_ == t).map(|c| format!("{}/{}", c.status, c.reason))
+}
+
+#[tokio::test]
+async fn results_land_in_status_for_good_wrong_and_broken_submissions() -> Result<()> {
+    let (_client, rig) = rig("kjresult", true, |_| {}, &[]).await?;
+    let api: Api<KernelJob> = rig.ns.api();
+    api.create(&PostParams::default(), &job("good", &rig.queue, "leaderboard", "submission_ok.py")?).await?;
+    api.create(&PostParams::default(), &job("wrong", &rig.queue, "test", "submission_wrong.py")?).await?;
+    let mut broken = job("broken", &rig.queue, "test", "submission_ok.py")?;
+    broken.spec.pipeline = Some("broken".into());
+    api.create(&PostParams::default(), &broken).await?;
+
+    let good = wait_phase(&api, "good", Duration::from_secs(120)).await?;
+    let s = good.status.clone().context("status")?;
+    if s.phase != Phase::Succeeded {
+        dump_build(&rig, s.build.as_ref().map(|b| b.number).unwrap_or(1)).await;
+    }
+    ensure!(s.phase == Phase::Succeeded, "good: {:?} {}", s.phase, s.message);
+    ensure!(s.passed == Some(true), "good passed: {:?}", s.passed);
+    ensure!(s.score.is_some_and(|v| v > 0.0), "leaderboard score: {:?}", s.score);
+    let tests = s.summary.as_ref().and_then(|x| x.tests.clone()).context("test summary")?;
+    ensure!(tests.passed == 2 && tests.total == 2, "{tests:?}");
+    ensure!(s.summary.as_ref().is_some_and(|x| !x.benchmarks.is_empty()), "benchmarks in the summary");
+    ensure!(s.result.as_ref().is_some_and(|r| r.source == "meta-data"), "the result came with the build: {:?}", s.result.as_ref().map(|r| &r.source));
+    ensure!(s.build.as_ref().is_some_and(|b| b.number > 0), "build ref: {:?}", s.build);
+    ensure!(cond(&good, "Complete").as_deref() == Some("True/EvaluationFinished"), "{:?}", cond(&good, "Complete"));
+    ensure!(cond(&good, "Ready").is_some_and(|c| c.starts_with("True")));
+    ensure!(s.observed_generation == good.metadata.generation);
+
+    let wrong = wait_phase(&api, "wrong", Duration::from_secs(120)).await?;
+    let s = wrong.status.clone().context("status")?;
+    ensure!(s.phase == Phase::Succeeded, "a wrong kernel is a finished evaluation: {:?} {}", s.phase, s.message);
+    ensure!(s.passed == Some(false));
+    let failures = s.summary.and_then(|x| x.tests).map(|t| t.failures).unwrap_or_default();
+    ensure!(failures.iter().any(|f| f.contains("size: 256")), "the failing test is named: {failures:?}");
+
+    let broken = wait_phase(&api, "broken", Duration::from_secs(120)).await?;
+    let s = broken.status.clone().context("status")?;
+    ensure!(s.phase == Phase::Failed, "broken build: {:?}", s.phase);
+    ensure!(cond(&broken, "Failed").as_deref() == Some("True/BuildFailed"), "{:?} {}", cond(&broken, "Failed"), s.message);
+    ensure!(s.message.contains("status 3"), "{}", s.message);
+
+    // Exactly one build each, and the result cost no request beyond the create.
+    let counters = rig.sim.counters();
+    ensure!(counters.endpoint(CREATE).status(201) == 3, "{counters:?}");
+    ensure!(rig.sim.rate_limit_stats().rejected == 0);
+    ensure!(!rig.op.log_text().contains(WEBHOOK_SECRET), "the webhook secret leaked into the log");
+    ensure!(!rig.op.log_text().contains(&rig.sim.api_token()), "the API token leaked into the log");
+    rig.ns.delete().await
+}
+
+#[tokio::test]
+async fn timeouts_and_deletions_cancel_builds() -> Result<()> {
+    let (_client, rig) = rig("kjcancel", true, |_| {}, &[]).await?;
+    let api: Api<KernelJob> = rig.ns.api();
+    let mut slow = job("slow", &rig.queue, "test", "submission_hang.py")?;
+    slow.spec.timeout_seconds = Some(8);
+    api.create(&PostParams::default(), &slow).await?;
+    api.create(&PostParams::default(), &job("doomed", &rig.queue, "test", "submission_hang.py")?).await?;
+
+    let slow = wait_phase(&api, "slow", Duration::from_secs(60)).await?;
+    let s = slow.status.clone().context("status")?;
+    ensure!(s.phase == Phase::TimedOut, "{:?} {}", s.phase, s.message);
+    let number = s.build.as_ref().context("build")?.number;
+    wait_until("the timed-out build is cancelled in Buildkite", Duration::from_secs(30), || async {
+        let state = rig.sim.build_state("kernelbot", u64::try_from(number)?);
+        Ok(matches!(state.as_deref(), Some("canceled" | "canceling")).then_some(()))
+    })
+    .await?;
+
+    // Delete a running job: its build is cancelled, then the object goes.
+    let doomed = wait_until("doomed running", Duration::from_secs(60), || async {
+        let j = api.get("doomed").await?;
+        Ok(j.status.clone().filter(|s| s.phase == Phase::Running).map(|_| j))
+    })
+    .await?;
+    let number = doomed.status.as_ref().and_then(|s| s.build.as_ref()).context("build")?.number;
+    api.delete("doomed", &DeleteParams::default()).await?;
+    wait_until("the deleted job's build cancelled and the job gone", Duration::from_secs(60), || async {
+        let state = rig.sim.build_state("kernelbot", u64::try_from(number)?);
+        let gone = api.get_opt("doomed").await?.is_none();
+        Ok((gone && matches!(state.as_deref(), Some("canceled" | "canceling"))).then_some(()))
+    })
+    .await?;
+    rig.ns.delete().await
+}
+
+#[tokio::test]
+async fn an_infrastructure_failure_is_retried_once() -> Result<()> {
+    let (_client, rig) = rig("kjretry", true, |_| {}, &[]).await?;
+    let failure = InfraFailure::parse("agent_lost").map_err(anyhow::Error::msg)?;
+    rig.sim.inject_infra_failures(1, Some(&rig.queue), failure);
+    let api: Api<KernelJob> = rig.ns.api();
+    api.create(&PostParams::default(), &job("flaky", &rig.queue, "test", "submission_ok.py")?).await?;
+    let j = wait_phase(&api, "flaky", Duration::from_secs(120)).await?;
+    let s = j.status.clone().context("status")?;
+    ensure!(s.phase == Phase::Succeeded && s.passed == Some(true), "{:?} {}", s.phase, s.message);
+    ensure!(s.attempts.len() == 2, "attempts: {:?}", s.attempts);
+    ensure!(s.attempts[0].outcome.starts_with("InfrastructureFailure"), "{:?}", s.attempts[0]);
+    ensure!(s.attempts[0].run_id != s.attempts[1].run_id);
+    ensure!(rig.sim.counters().endpoint(CREATE).status(201) == 2, "one build per attempt");
+    rig.ns.delete().await
+}
+
+/// 100 jobs at once under a 60/minute limit: every job completes, Buildkite never answers
+/// 429, and the controller sends at most 1.5 requests per job (polling only, no webhooks).
+#[tokio::test]
+async fn a_hundred_jobs_under_sixty_requests_per_minute() -> Result<()> {
+    // The same rate as 60/minute on a 10 s window keeps the test short.
+    let (_client, rig) = rig(
+        "kjbudget",
+        false,
+        |cfg| {
+            cfg.rate_limit = RateLimitConfig { org_limit: 10, user_limit: 0, window_secs: 10.0 };
+            cfg.agents[0].count = 16;
+        },
+        &["--buildkite-requests-per-minute", "10", "--buildkite-rate-limit-window-seconds", "10", "--poll-interval-seconds", "5"],
+    )
+    .await?;
+    let api: Api<KernelJob> = rig.ns.api();
+    let n = 100;
+    for i in 0..n {
+        api.create(&PostParams::default(), &job(&format!("j{i:03}"), &rig.queue, "test", "submission_ok.py")?).await?;
+    }
+    wait_until("all 100 jobs finished", Duration::from_secs(400), || async {
+        let jobs = api.list(&Default::default()).await?.items;
+        let done = jobs.iter().filter(|j| j.status.as_ref().is_some_and(|s| s.phase.is_finished())).count();
+        Ok((done == n).then_some(jobs))
+    })
+    .await
+    .and_then(|jobs| {
+        let bad: Vec<_> = jobs.iter().filter(|j| j.status.as_ref().is_none_or(|s| s.phase != Phase::Succeeded)).collect();
+        ensure!(bad.is_empty(), "{} jobs did not succeed", bad.len());
+        Ok(())
+    })?;
+    let stats = rig.sim.rate_limit_stats();
+    let per_job = stats.counted as f64 / n as f64;
+    println!("budget: {} requests for {n} jobs ({per_job:.2}/job), {} answered 429", stats.counted, stats.rejected);
+    ensure!(stats.rejected == 0, "{} requests were answered 429", stats.rejected);
+    ensure!(per_job <= 1.5, "{per_job:.2} requests per job");
+    ensure!(rig.sim.counters().endpoint(CREATE).status(201) == n as u64, "one build per job");
+    rig.ns.delete().await
+}
+
+#[tokio::test]
+async fn forged_webhooks_are_refused() -> Result<()> {
+    let (_client, rig) = rig("kjforged", true, |_| {}, &[]).await?;
+    let url = rig.webhook_url.clone().context("webhook url")?;
+    let http = reqwest::Client::new();
+    // Wait for the controller's endpoint.
+    wait_until("the webhook endpoint", Duration::from_secs(30), || async {
+        Ok(http.post(&url).body("{}").send().await.ok().map(|_| ()))
+    })
+    .await?;
+    let body = r#"{"event":"build.finished","build":{"id":"x","number":1,"state":"passed","meta_data":{}}}"#;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let good_sig = buildkite_sim::signature_header(WEBHOOK_SECRET, now as i64, body.as_bytes());
+    let stale_sig = buildkite_sim::signature_header(WEBHOOK_SECRET, now as i64 - 3600, body.as_bytes());
+    let bad_sig = buildkite_sim::signature_header("not-the-secret", now as i64, body.as_bytes());
+    let cases: Vec<(&str, Vec<(&str, String)>, u16)> = vec![
+        ("no authentication", vec![], 401),
+        ("wrong token", vec![("X-Buildkite-Token", "guess".into())], 401),
+        ("bad signature", vec![("X-Buildkite-Signature", bad_sig)], 401),
+        ("stale timestamp", vec![("X-Buildkite-Signature", stale_sig)], 401),
+        ("valid", vec![("X-Buildkite-Signature", good_sig.clone())], 200),
+    ];
+    for (what, headers, want) in cases {
+        let mut req = http.post(&url).header("X-Buildkite-Event", "build.finished").body(body);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        let got = req.send().await?.status().as_u16();
+        ensure!(got == want, "{what}: answered {got}, expected {want}");
+    }
+    // A replay of the valid delivery is acknowledged but not processed twice.
+    let replay = http
+        .post(&url)
+        .header("X-Buildkite-Event", "build.finished")
+        .header("X-Buildkite-Signature", good_sig)
+        .body(body)
+        .send()
+        .await?;
+    ensure!(replay.status().as_u16() == 200 && replay.text().await?.contains("duplicate"));
+    ensure!(!rig.op.log_text().contains(WEBHOOK_SECRET));
+    rig.ns.delete().await
+}
+
+/// SIGKILL the controller while it submits a burst; after a restart every job has exactly
+/// one build.
+#[tokio::test]
+async fn a_killed_controller_never_creates_a_second_build() -> Result<()> {
+    let (_client, mut rig) = rig("kjcrash", true, |cfg| cfg.agents[0].count = 8, &[]).await?;
+    let api: Api<KernelJob> = rig.ns.api();
+    let n = 30;
+    for i in 0..n {
+        api.create(&PostParams::default(), &job(&format!("c{i:02}"), &rig.queue, "test", "submission_ok.py")?).await?;
+        if i == 12 {
+            rig.op.kill();
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let args_log = format!("kerneljob-{}", rig.ns.name());
+    let port = rig.webhook_url.as_deref().and_then(|u| u.split(':').nth(2)).and_then(|p| p.split('/').next()).context("port")?.to_string();
+    let http = format!("127.0.0.1:{port}");
+    let (org, apiu, agent, token) = (rig.sim.organization(), rig.sim.api_url(), rig.sim.agent_url(), rig.sim.api_token());
+    rig.op = Operator::start_with_env(
+        &args_log,
+        &[
+            "--controllers", "kerneljob", "--namespace", rig.ns.name(), "--http-addr", &http, "--buildkite-org", &org,
+            "--buildkite-api-url", &apiu, "--buildkite-agent-api-url", &agent, "--poll-interval-seconds", "30",
+            "--instance", rig.ns.name(),
+        ],
+        &[("BUILDKITE_API_TOKEN", token.as_str()), ("BUILDKITE_WEBHOOK_SECRET", WEBHOOK_SECRET)],
+    )?;
+    wait_until("all jobs finished after the restart", Duration::from_secs(300), || async {
+        let jobs = api.list(&Default::default()).await?.items;
+        Ok((jobs.iter().filter(|j| j.status.as_ref().is_some_and(|s| s.phase == Phase::Succeeded)).count() == n).then_some(()))
+    })
+    .await?;
+    let builds = rig.sim.counters().endpoint(CREATE).status(201);
+    ensure!(builds == n as u64, "{builds} builds for {n} jobs");
+    rig.ns.delete().await
+}
