@@ -8,7 +8,7 @@ E2E_KUBECONFIG := $(if $(filter /%,$(E2E_DIR)),$(E2E_DIR),$(CURDIR)/$(E2E_DIR))/
 # The e2e tests mostly wait on the cluster, so they run a few at a time.
 E2E_TEST_THREADS ?= 4
 
-.PHONY: help test unit-test e2e-test e2e-up e2e-down demo lint
+.PHONY: help test build unit-test crds crds-check e2e-test e2e-up e2e-down demo lint
 
 help:
 	@echo "make test       unit tests, then e2e tests against the local cluster (needs make e2e-up)"
@@ -18,8 +18,19 @@ help:
 	@echo "make e2e-down   stop the local cluster and remove its state"
 	@echo "make demo       the demo"
 	@echo "make lint       rustfmt check and clippy with warnings as errors"
+	@echo "make crds       regenerate crds/ from the Rust types (CI fails when they drift)"
 
-test: unit-test e2e-test
+test: build crds-check unit-test e2e-test
+
+# The e2e tests run these binaries: the operator (also the job-side runner) and the simulator.
+build:
+	cargo build --bin benchkite --bin buildkite-sim
+
+crds:
+	cargo run -q --bin benchkite -- crds --dir crds
+
+crds-check:
+	cargo run -q --bin benchkite -- crds --dir crds --check
 
 unit-test:
 	cargo test --workspace --exclude benchkite-e2e

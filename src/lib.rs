@@ -8,8 +8,8 @@ pub mod controller;
 pub mod error;
 pub mod fleet;
 pub mod kerneljob;
-pub mod server;
 pub mod runner;
+pub mod server;
 pub mod telemetry;
 
 /// Agent image used by pools that name none: the Buildkite agent with the `benchkite` runner.

@@ -17,7 +17,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the controllers (GpuNode discovery and inventory, AgentPool fleet).
-    Controller(ControllerArgs),
+    Controller(Box<ControllerArgs>),
     /// Evaluate a KernelJob payload (KERNELBOT_PAYLOAD) and write result.json (job side).
     Run(benchkite::runner::RunArgs),
     /// Print the CustomResourceDefinitions as YAML, or write/check them in a directory.
@@ -140,10 +140,16 @@ fn secret(file: Option<&PathBuf>, var: &str) -> anyhow::Result<Option<benchkite:
 }
 
 impl BuildkiteArgs {
-    fn setup(&self, reporter: &str, namespace: Option<String>) -> anyhow::Result<Option<benchkite::kerneljob::JobSetup>> {
+    fn setup(
+        &self,
+        reporter: &str,
+        namespace: Option<String>,
+    ) -> anyhow::Result<Option<benchkite::kerneljob::JobSetup>> {
         let Some(org) = &self.buildkite_org else { return Ok(None) };
         let token = secret(self.buildkite_token_file.as_ref(), "BUILDKITE_API_TOKEN")?.ok_or_else(|| {
-            anyhow::anyhow!("--buildkite-org is set but no API token: set --buildkite-token-file or BUILDKITE_API_TOKEN")
+            anyhow::anyhow!(
+                "--buildkite-org is set but no API token: set --buildkite-token-file or BUILDKITE_API_TOKEN"
+            )
         })?;
         let webhook_secret = secret(self.webhook_secret_file.as_ref(), "BUILDKITE_WEBHOOK_SECRET")?;
         let mut cfg = benchkite::buildkite::Config::new(org.clone(), token);
@@ -158,7 +164,10 @@ impl BuildkiteArgs {
         let config = benchkite::kerneljob::JobConfig {
             default_pipeline: self.buildkite_pipeline.clone(),
             instance: self.instance.clone(),
-            limits: benchkite::contract::PayloadLimits { max_source_bytes: self.max_source_bytes, ..Default::default() },
+            limits: benchkite::contract::PayloadLimits {
+                max_source_bytes: self.max_source_bytes,
+                ..Default::default()
+            },
             poll_interval: Duration::from_secs(poll.max(1)),
             stale_after: Duration::from_secs(self.stale_after_seconds.max(1)),
             finalizer_timeout: Duration::from_secs(self.finalizer_timeout_seconds),
@@ -183,7 +192,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Crds { dir: Some(dir), check } => write_or_check_crds(&dir, check),
-        Command::Controller(args) => run_controller(args),
+        Command::Controller(args) => run_controller(*args),
         Command::Run(args) => std::process::exit(benchkite::runner::main(args)),
     }
 }

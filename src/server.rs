@@ -35,7 +35,11 @@ pub async fn serve(
         get(move || {
             let ready = is_ready.load(Ordering::Relaxed);
             async move {
-                if ready { (StatusCode::OK, "ready\n") } else { (StatusCode::SERVICE_UNAVAILABLE, "caches not synced\n") }
+                if ready {
+                    (StatusCode::OK, "ready\n")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "caches not synced\n")
+                }
             }
         }),
     );

@@ -79,7 +79,11 @@ impl Operator {
         let logs = e2e_dir().join("logs");
         std::fs::create_dir_all(&logs)?;
         let log = logs.join(format!("{name}.log"));
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).with_context(|| format!("creating {}", log.display()))?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("creating {}", log.display()))?;
         let mut cmd = Command::new(bin);
         cmd.arg("controller")
             .args(args)

@@ -21,7 +21,8 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
-const CONTROLLER_ARGS: &[&str] = &["--discovery-grace-seconds", "5", "--agent-grace-seconds", "2", "--http-addr", "127.0.0.1:0"];
+const CONTROLLER_ARGS: &[&str] =
+    &["--discovery-grace-seconds", "5", "--agent-grace-seconds", "2", "--http-addr", "127.0.0.1:0"];
 
 async fn setup(prefix: &str) -> Result<(Client, TestNamespace)> {
     let client = client().await?;
@@ -110,7 +111,10 @@ async fn delete_node(client: &Client, name: &str) {
     let _ = nodes.delete(name, &DeleteParams::default()).await;
 }
 
-fn condition<'a>(conds: &'a [k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition], t: &str) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+fn condition<'a>(
+    conds: &'a [k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    t: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
     conds.iter().find(|c| c.type_ == t)
 }
 
@@ -120,8 +124,7 @@ async fn pool_pods(ns: &TestNamespace, pool: &str) -> Result<Vec<Pod>> {
 }
 
 fn running(p: &Pod) -> bool {
-    p.metadata.deletion_timestamp.is_none()
-        && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+    p.metadata.deletion_timestamp.is_none() && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
 }
 
 /// Waits until the pool has exactly `n` Running agent pods and reports them Ready.
@@ -167,7 +170,8 @@ async fn discovery_creates_gpunodes_for_the_default_fleet() -> Result<()> {
     for (name, product, arch, gpus, resource, gpu_type) in expected {
         let gn = wait_until(&format!("GpuNode {name} Ready"), default_timeout(), || async {
             let Some(gn) = api.get_opt(name).await? else { return Ok(None) };
-            let ready = gn.status.as_ref().and_then(|s| condition(&s.conditions, "Ready")).is_some_and(|c| c.status == "True");
+            let ready =
+                gn.status.as_ref().and_then(|s| condition(&s.conditions, "Ready")).is_some_and(|c| c.status == "True");
             Ok(ready.then_some(gn))
         })
         .await?;
@@ -190,9 +194,21 @@ async fn discovery_creates_gpunodes_for_the_default_fleet() -> Result<()> {
             share.memory
         );
         ensure!(status.observed_generation == gn.metadata.generation);
-        ensure!(gn.labels().get("nvidia.com/gpu.product").or(gn.labels().get("amd.com/gpu.product-name")).map(String::as_str) == Some(product), "{name} labels mirror the node's: {:?}", gn.labels());
+        ensure!(
+            gn.labels()
+                .get("nvidia.com/gpu.product")
+                .or(gn.labels().get("amd.com/gpu.product-name"))
+                .map(String::as_str)
+                == Some(product),
+            "{name} labels mirror the node's: {:?}",
+            gn.labels()
+        );
         for t in ["NodeFound", "Exclusive"] {
-            ensure!(condition(&status.conditions, t).is_some_and(|c| c.status == "True"), "{name} {t}: {:?}", status.conditions);
+            ensure!(
+                condition(&status.conditions, t).is_some_and(|c| c.status == "True"),
+                "{name} {t}: {:?}",
+                status.conditions
+            );
         }
     }
     ensure!(api.get_opt("cpu-0").await?.is_none(), "no GpuNode for the CPU-only node");
@@ -308,11 +324,20 @@ async fn overlapping_pools_conflict_and_never_overcommit() -> Result<()> {
         pools.create(&PostParams::default(), &pool("newer", selector("benchkite.dev/e2e", &[&id]))).await?;
         let newer = wait_until("Conflict on the newer pool", default_timeout(), || async {
             let p = pools.get("newer").await?;
-            let conflict = p.status.as_ref().and_then(|s| condition(&s.conditions, "Conflict")).is_some_and(|c| c.status == "True");
+            let conflict = p
+                .status
+                .as_ref()
+                .and_then(|s| condition(&s.conditions, "Conflict"))
+                .is_some_and(|c| c.status == "True");
             Ok(conflict.then_some(p))
         })
         .await?;
-        let msg = newer.status.as_ref().and_then(|s| condition(&s.conditions, "Conflict")).map(|c| c.message.clone()).unwrap_or_default();
+        let msg = newer
+            .status
+            .as_ref()
+            .and_then(|s| condition(&s.conditions, "Conflict"))
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
         ensure!(msg.contains(&node) && msg.contains("older"), "conflict message: {msg}");
         ensure!(pool_pods(&ns, "newer").await?.is_empty(), "the newer pool must not start agents");
         let older = pools.get("older").await?.status.context("status")?;
@@ -320,7 +345,11 @@ async fn overlapping_pools_conflict_and_never_overcommit() -> Result<()> {
         let events: Api<CoreEvent> = ns.api();
         wait_until("a Conflict event", default_timeout(), || async {
             let evs = events.list(&ListParams::default()).await?;
-            Ok(evs.items.iter().any(|e| e.reason.as_deref() == Some("Conflict") && e.involved_object.name.as_deref() == Some("newer")).then_some(()))
+            Ok(evs
+                .items
+                .iter()
+                .any(|e| e.reason.as_deref() == Some("Conflict") && e.involved_object.name.as_deref() == Some("newer"))
+                .then_some(()))
         })
         .await?;
 
@@ -338,7 +367,10 @@ async fn overlapping_pools_conflict_and_never_overcommit() -> Result<()> {
                 .filter(|p| !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")))
                 .collect();
             ensure!(on_node.len() <= 4, "{} live agent pods on a 4-GPU node", on_node.len());
-            let newer_running = on_node.iter().filter(|p| p.labels().get("benchkite.dev/pool").map(String::as_str) == Some("newer") && running(p)).count();
+            let newer_running = on_node
+                .iter()
+                .filter(|p| p.labels().get("benchkite.dev/pool").map(String::as_str) == Some("newer") && running(p))
+                .count();
             if newer_running == 4 {
                 break;
             }
@@ -408,7 +440,8 @@ async fn impossible_pools_say_why_and_start_nothing() -> Result<()> {
                 wait_until(&format!("{name} Degraded/{reason}"), default_timeout(), || async {
                     let p = pools.get(name).await?;
                     let s = p.status.unwrap_or_default();
-                    let ok = condition(&s.conditions, "Degraded").is_some_and(|c| c.status == "True" && c.reason == reason)
+                    let ok = condition(&s.conditions, "Degraded")
+                        .is_some_and(|c| c.status == "True" && c.reason == reason)
                         && condition(&s.conditions, "Ready").is_some_and(|c| c.status == "False");
                     Ok(ok.then_some(()))
                 })
@@ -416,7 +449,9 @@ async fn impossible_pools_say_why_and_start_nothing() -> Result<()> {
             }
         };
         // Selects nothing.
-        pools.create(&PostParams::default(), &pool("nothing", selector("benchkite.dev/e2e", &["no-such-node"]))).await?;
+        pools
+            .create(&PostParams::default(), &pool("nothing", selector("benchkite.dev/e2e", &["no-such-node"])))
+            .await?;
         degraded("nothing", "NoNodesSelected").await?;
         // Token Secret missing.
         make_node(&client, &tiny, &id, "4", "16Gi", 8).await?;
@@ -437,9 +472,13 @@ async fn impossible_pools_say_why_and_start_nothing() -> Result<()> {
         wait_until("Events for each impossible pool", default_timeout(), || async {
             let evs = events.list(&ListParams::default()).await?.items;
             let has = |obj: &str, reason: &str| {
-                evs.iter().any(|e| e.involved_object.name.as_deref() == Some(obj) && e.reason.as_deref() == Some(reason))
+                evs.iter()
+                    .any(|e| e.involved_object.name.as_deref() == Some(obj) && e.reason.as_deref() == Some(reason))
             };
-            Ok((has("nothing", "NoNodesSelected") && has("notoken", "TokenSecretMissing") && has("tiny", "NoUsableNodes")).then_some(()))
+            Ok((has("nothing", "NoNodesSelected")
+                && has("notoken", "TokenSecretMissing")
+                && has("tiny", "NoUsableNodes"))
+            .then_some(()))
         })
         .await?;
         Ok::<(), anyhow::Error>(())
@@ -455,11 +494,8 @@ async fn impossible_pools_say_why_and_start_nothing() -> Result<()> {
 #[tokio::test]
 async fn invalid_objects_are_rejected_by_the_api_server() -> Result<()> {
     let (client, ns) = setup("invalid").await?;
-    let pools: Api<kube::api::DynamicObject> = Api::namespaced_with(
-        client.clone(),
-        ns.name(),
-        &kube::api::ApiResource::erase::<AgentPool>(&()),
-    );
+    let pools: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client.clone(), ns.name(), &kube::api::ApiResource::erase::<AgentPool>(&()));
     let base = serde_json::to_value(pool("bad", GpuNodeSelector::default()))?;
     let cases: Vec<(&str, serde_json::Value, &str)> = vec![
         ("empty queue", json!({"spec": {"queue": ""}}), "queue must be 1 to 100 characters"),
@@ -468,14 +504,42 @@ async fn invalid_objects_are_rejected_by_the_api_server() -> Result<()> {
         ("gpusPerAgent 0", json!({"spec": {"gpusPerAgent": 0}}), "gpusPerAgent must be between 1 and 16"),
         ("gpusPerAgent 17", json!({"spec": {"gpusPerAgent": 17}}), "gpusPerAgent must be between 1 and 16"),
         ("missing token reference", json!({"spec": {"agent": {"tokenSecretRef": null}}}), "tokenSecretRef"),
-        ("empty token secret name", json!({"spec": {"agent": {"tokenSecretRef": {"name": ""}}}}), "tokenSecretRef.name must name a Secret"),
-        ("In without values", json!({"spec": {"gpuNodeSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]}}}), "values must be non-empty for In and NotIn"),
-        ("Exists with values", json!({"spec": {"gpuNodeSelector": {"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]}}}), "empty for Exists"),
-        ("unknown operator", json!({"spec": {"gpuNodeSelector": {"matchExpressions": [{"key": "a", "operator": "Gt", "values": ["1"]}]}}}), "operator"),
-        ("bad label key", json!({"spec": {"gpuNodeSelector": {"matchLabels": {"bad key!": "x"}}}}), "matchLabels keys must be valid label keys"),
-        ("bad label value", json!({"spec": {"gpuNodeSelector": {"matchLabels": {"a": "not valid!"}}}}), "matchLabels values must be valid label values"),
+        (
+            "empty token secret name",
+            json!({"spec": {"agent": {"tokenSecretRef": {"name": ""}}}}),
+            "tokenSecretRef.name must name a Secret",
+        ),
+        (
+            "In without values",
+            json!({"spec": {"gpuNodeSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]}}}),
+            "values must be non-empty for In and NotIn",
+        ),
+        (
+            "Exists with values",
+            json!({"spec": {"gpuNodeSelector": {"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]}}}),
+            "empty for Exists",
+        ),
+        (
+            "unknown operator",
+            json!({"spec": {"gpuNodeSelector": {"matchExpressions": [{"key": "a", "operator": "Gt", "values": ["1"]}]}}}),
+            "operator",
+        ),
+        (
+            "bad label key",
+            json!({"spec": {"gpuNodeSelector": {"matchLabels": {"bad key!": "x"}}}}),
+            "matchLabels keys must be valid label keys",
+        ),
+        (
+            "bad label value",
+            json!({"spec": {"gpuNodeSelector": {"matchLabels": {"a": "not valid!"}}}}),
+            "matchLabels values must be valid label values",
+        ),
         ("managed tag", json!({"spec": {"agent": {"tags": {"queue": "other"}}}}), "tags may not set queue"),
-        ("managed env", json!({"spec": {"agent": {"env": [{"name": "BUILDKITE_AGENT_TOKEN", "value": "x"}]}}}), "env may not set variables benchkite manages"),
+        (
+            "managed env",
+            json!({"spec": {"agent": {"env": [{"name": "BUILDKITE_AGENT_TOKEN", "value": "x"}]}}}),
+            "env may not set variables benchkite manages",
+        ),
     ];
     let mut failures = Vec::new();
     for (what, patch, expect) in &cases {
@@ -489,10 +553,15 @@ async fn invalid_objects_are_rejected_by_the_api_server() -> Result<()> {
             Err(e) => failures.push(format!("{what}: wrong error: {e}")),
         }
     }
-    let gpunodes: Api<kube::api::DynamicObject> = Api::all_with(client.clone(), &kube::api::ApiResource::erase::<GpuNode>(&()));
+    let gpunodes: Api<kube::api::DynamicObject> =
+        Api::all_with(client.clone(), &kube::api::ApiResource::erase::<GpuNode>(&()));
     let gn_cases: Vec<(&str, serde_json::Value, &str)> = vec![
         ("negative cpu reserve", json!({"reserved": {"cpu": "-1"}}), "reserved.cpu must be a non-negative quantity"),
-        ("negative memory reserve", json!({"reserved": {"memory": "-1Gi"}}), "reserved.memory must be a non-negative quantity"),
+        (
+            "negative memory reserve",
+            json!({"reserved": {"memory": "-1Gi"}}),
+            "reserved.memory must be a non-negative quantity",
+        ),
         ("garbage reserve", json!({"reserved": {"memory": "lots"}}), "reserved.memory must be a non-negative quantity"),
         ("bad resource name", json!({"resourceName": "gpu"}), "resourceName must be an extended resource name"),
         ("bad node name", json!({"nodeName": "Not_A_Node"}), "nodeName must be a valid Node name"),
@@ -517,14 +586,22 @@ async fn invalid_objects_are_rejected_by_the_api_server() -> Result<()> {
         "apiVersion": "benchkite.dev/v1alpha1", "kind": "GpuNode", "metadata": {"name": name}, "spec": {"nodeName": "somewhere"},
     }))?;
     gpunodes.create(&PostParams::default(), &obj).await?;
-    match gpunodes.patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"nodeName": "elsewhere"}}))).await {
+    match gpunodes
+        .patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"nodeName": "elsewhere"}})))
+        .await
+    {
         Ok(_) => failures.push("GpuNode nodeName change: accepted".into()),
         Err(kube::Error::Api(s)) if s.message.contains("nodeName is immutable") => {}
         Err(e) => failures.push(format!("GpuNode nodeName change: wrong error: {e}")),
     }
     let _ = gpunodes.delete(&name, &DeleteParams::default()).await;
     if !failures.is_empty() {
-        bail!("{} of {} invalid objects not rejected as expected:\n{}", failures.len(), cases.len() + gn_cases.len() + 1, failures.join("\n"));
+        bail!(
+            "{} of {} invalid objects not rejected as expected:\n{}",
+            failures.len(),
+            cases.len() + gn_cases.len() + 1,
+            failures.join("\n")
+        );
     }
     ns.delete().await
 }

@@ -40,11 +40,13 @@ async fn rig(prefix: &str, webhooks: bool, tune: impl FnOnce(&mut SimConfig), ex
     install_crds(&client).await?;
     let ns = TestNamespace::create(&client, prefix).await?;
     let queue = format!("q-{}", ns.name());
-    let mut cfg = SimConfig::default();
-    cfg.executor = ExecutorConfig::command(format!("{} run", binary()?.display()));
+    let mut cfg = SimConfig {
+        executor: ExecutorConfig::command(format!("{} run", binary()?.display())),
+        rate_limit: RateLimitConfig { org_limit: 200, user_limit: 0, window_secs: 60.0 },
+        ..Default::default()
+    };
     cfg.clusters[0].queues.push(queue.clone());
     cfg.agents.push(AgentPoolConfig { queue: queue.clone(), count: 4, ..Default::default() });
-    cfg.rate_limit = RateLimitConfig { org_limit: 200, user_limit: 0, window_secs: 60.0 };
     cfg.pipelines.push(PipelineConfig {
         slug: "broken".into(),
         steps: vec![StepConfig { command: Some("echo the build is broken >&2; exit 3".into()), ..Default::default() }],
@@ -67,9 +69,20 @@ async fn rig(prefix: &str, webhooks: bool, tune: impl FnOnce(&mut SimConfig), ex
     let api = sim.api_url();
     let agent = sim.agent_url();
     let mut args = vec![
-        "--controllers", "kerneljob", "--namespace", ns.name(), "--http-addr", &http,
-        "--buildkite-org", &org, "--buildkite-api-url", &api, "--buildkite-agent-api-url", &agent,
-        "--instance", ns.name(),
+        "--controllers",
+        "kerneljob",
+        "--namespace",
+        ns.name(),
+        "--http-addr",
+        &http,
+        "--buildkite-org",
+        &org,
+        "--buildkite-api-url",
+        &api,
+        "--buildkite-agent-api-url",
+        &agent,
+        "--instance",
+        ns.name(),
     ];
     if !extra.contains(&"--poll-interval-seconds") {
         args.extend_from_slice(&["--poll-interval-seconds", if webhooks { "30" } else { "2" }]);
@@ -121,7 +134,8 @@ async fn wait_phase(api: &Api<KernelJob>, name: &str, timeout: Duration) -> Resu
 /// Prints a build's job logs from the simulator (for failure messages).
 async fn dump_build(rig: &Rig, number: i64) {
     let http = reqwest::Client::new();
-    let url = format!("{}/organizations/{}/pipelines/kernelbot/builds/{number}", rig.sim.api_url(), rig.sim.organization());
+    let url =
+        format!("{}/organizations/{}/pipelines/kernelbot/builds/{number}", rig.sim.api_url(), rig.sim.organization());
     let Ok(resp) = http.get(&url).bearer_auth(rig.sim.api_token()).send().await else { return };
     let Ok(build) = resp.json::<serde_json::Value>().await else { return };
     for job in build["jobs"].as_array().cloned().unwrap_or_default() {
@@ -158,7 +172,11 @@ async fn results_land_in_status_for_good_wrong_and_broken_submissions() -> Resul
     let tests = s.summary.as_ref().and_then(|x| x.tests.clone()).context("test summary")?;
     ensure!(tests.passed == 2 && tests.total == 2, "{tests:?}");
     ensure!(s.summary.as_ref().is_some_and(|x| !x.benchmarks.is_empty()), "benchmarks in the summary");
-    ensure!(s.result.as_ref().is_some_and(|r| r.source == "meta-data"), "the result came with the build: {:?}", s.result.as_ref().map(|r| &r.source));
+    ensure!(
+        s.result.as_ref().is_some_and(|r| r.source == "meta-data"),
+        "the result came with the build: {:?}",
+        s.result.as_ref().map(|r| &r.source)
+    );
     ensure!(s.build.as_ref().is_some_and(|b| b.number > 0), "build ref: {:?}", s.build);
     ensure!(cond(&good, "Complete").as_deref() == Some("True/EvaluationFinished"), "{:?}", cond(&good, "Complete"));
     ensure!(cond(&good, "Ready").is_some_and(|c| c.starts_with("True")));
@@ -174,7 +192,12 @@ async fn results_land_in_status_for_good_wrong_and_broken_submissions() -> Resul
     let broken = wait_phase(&api, "broken", Duration::from_secs(120)).await?;
     let s = broken.status.clone().context("status")?;
     ensure!(s.phase == Phase::Failed, "broken build: {:?}", s.phase);
-    ensure!(cond(&broken, "Failed").as_deref() == Some("True/BuildFailed"), "{:?} {}", cond(&broken, "Failed"), s.message);
+    ensure!(
+        cond(&broken, "Failed").as_deref() == Some("True/BuildFailed"),
+        "{:?} {}",
+        cond(&broken, "Failed"),
+        s.message
+    );
     ensure!(s.message.contains("status 3"), "{}", s.message);
 
     // Exactly one build each, and the result cost no request beyond the create.
@@ -251,7 +274,14 @@ async fn a_hundred_jobs_under_sixty_requests_per_minute() -> Result<()> {
             cfg.rate_limit = RateLimitConfig { org_limit: 10, user_limit: 0, window_secs: 10.0 };
             cfg.agents[0].count = 16;
         },
-        &["--buildkite-requests-per-minute", "10", "--buildkite-rate-limit-window-seconds", "10", "--poll-interval-seconds", "5"],
+        &[
+            "--buildkite-requests-per-minute",
+            "10",
+            "--buildkite-rate-limit-window-seconds",
+            "10",
+            "--poll-interval-seconds",
+            "5",
+        ],
     )
     .await?;
     let api: Api<KernelJob> = rig.ns.api();
@@ -266,7 +296,8 @@ async fn a_hundred_jobs_under_sixty_requests_per_minute() -> Result<()> {
     })
     .await
     .and_then(|jobs| {
-        let bad: Vec<_> = jobs.iter().filter(|j| j.status.as_ref().is_none_or(|s| s.phase != Phase::Succeeded)).collect();
+        let bad: Vec<_> =
+            jobs.iter().filter(|j| j.status.as_ref().is_none_or(|s| s.phase != Phase::Succeeded)).collect();
         ensure!(bad.is_empty(), "{} jobs did not succeed", bad.len());
         Ok(())
     })?;
@@ -294,7 +325,8 @@ async fn forged_webhooks_are_refused() -> Result<()> {
     let good_sig = buildkite_sim::signature_header(WEBHOOK_SECRET, now as i64, body.as_bytes());
     let stale_sig = buildkite_sim::signature_header(WEBHOOK_SECRET, now as i64 - 3600, body.as_bytes());
     let bad_sig = buildkite_sim::signature_header("not-the-secret", now as i64, body.as_bytes());
-    let cases: Vec<(&str, Vec<(&str, String)>, u16)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, u16);
+    let cases: Vec<Case<'_>> = vec![
         ("no authentication", vec![], 401),
         ("wrong token", vec![("X-Buildkite-Token", "guess".into())], 401),
         ("bad signature", vec![("X-Buildkite-Signature", bad_sig)], 401),
@@ -337,21 +369,42 @@ async fn a_killed_controller_never_creates_a_second_build() -> Result<()> {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let args_log = format!("kerneljob-{}", rig.ns.name());
-    let port = rig.webhook_url.as_deref().and_then(|u| u.split(':').nth(2)).and_then(|p| p.split('/').next()).context("port")?.to_string();
+    let port = rig
+        .webhook_url
+        .as_deref()
+        .and_then(|u| u.split(':').nth(2))
+        .and_then(|p| p.split('/').next())
+        .context("port")?
+        .to_string();
     let http = format!("127.0.0.1:{port}");
-    let (org, apiu, agent, token) = (rig.sim.organization(), rig.sim.api_url(), rig.sim.agent_url(), rig.sim.api_token());
+    let (org, apiu, agent, token) =
+        (rig.sim.organization(), rig.sim.api_url(), rig.sim.agent_url(), rig.sim.api_token());
     rig.op = Operator::start_with_env(
         &args_log,
         &[
-            "--controllers", "kerneljob", "--namespace", rig.ns.name(), "--http-addr", &http, "--buildkite-org", &org,
-            "--buildkite-api-url", &apiu, "--buildkite-agent-api-url", &agent, "--poll-interval-seconds", "30",
-            "--instance", rig.ns.name(),
+            "--controllers",
+            "kerneljob",
+            "--namespace",
+            rig.ns.name(),
+            "--http-addr",
+            &http,
+            "--buildkite-org",
+            &org,
+            "--buildkite-api-url",
+            &apiu,
+            "--buildkite-agent-api-url",
+            &agent,
+            "--poll-interval-seconds",
+            "30",
+            "--instance",
+            rig.ns.name(),
         ],
         &[("BUILDKITE_API_TOKEN", token.as_str()), ("BUILDKITE_WEBHOOK_SECRET", WEBHOOK_SECRET)],
     )?;
     wait_until("all jobs finished after the restart", Duration::from_secs(300), || async {
         let jobs = api.list(&Default::default()).await?.items;
-        Ok((jobs.iter().filter(|j| j.status.as_ref().is_some_and(|s| s.phase == Phase::Succeeded)).count() == n).then_some(()))
+        Ok((jobs.iter().filter(|j| j.status.as_ref().is_some_and(|s| s.phase == Phase::Succeeded)).count() == n)
+            .then_some(()))
     })
     .await?;
     let builds = rig.sim.counters().endpoint(CREATE).status(201);

@@ -459,7 +459,15 @@ pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action
     }
 
     if queue_created {
-        publish(&ctx, pool.as_ref(), EventType::Normal, "QueueCreated", "Reconcile", format!("created Buildkite queue {}", pool.spec.queue)).await;
+        publish(
+            &ctx,
+            pool.as_ref(),
+            EventType::Normal,
+            "QueueCreated",
+            "Reconcile",
+            format!("created Buildkite queue {}", pool.spec.queue),
+        )
+        .await;
     }
     let backoff = failures_snapshot.values().min().copied();
     Ok(if !converged {

@@ -247,63 +247,75 @@ pub async fn run(
     };
 
     let fleet_ctrl = match fleet_events {
-        Some((node_events_gn, node_events_disc, pod_events_gn, pod_events_ap, gpunode_events_gn, gpunode_events_ap, pool_events)) => {
-        let gn_store = gpunodes.clone();
-        let gn_store2 = gpunodes.clone();
-        let gpunode_ctrl = Controller::for_shared_stream(gpunode_events_gn, gpunodes.clone())
-            .watches_shared_stream(node_events_gn, move |node: Arc<Node>| {
-                gpunode::gpunodes_for_node(&gn_store, &node.name_any())
-            })
-            .watches_shared_stream(pod_events_gn, move |pod: Arc<Pod>| {
-                pod.spec
-                    .as_ref()
-                    .and_then(|s| s.node_name.clone())
-                    .map(|n| gpunode::gpunodes_for_node(&gn_store2, &n))
-                    .unwrap_or_default()
-            })
-            .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_millis(300)).concurrency(16))
-            .graceful_shutdown_on(on_shutdown(&shutdown_tx))
-            .run(gpunode::reconcile, gpunode::error_policy, ctx.clone())
-            .for_each(|res| async move {
-                if let Err(e) = res {
-                    tracing::debug!(error = %e, "gpunode reconcile");
-                }
-            });
+        Some((
+            node_events_gn,
+            node_events_disc,
+            pod_events_gn,
+            pod_events_ap,
+            gpunode_events_gn,
+            gpunode_events_ap,
+            pool_events,
+        )) => {
+            let gn_store = gpunodes.clone();
+            let gn_store2 = gpunodes.clone();
+            let gpunode_ctrl = Controller::for_shared_stream(gpunode_events_gn, gpunodes.clone())
+                .watches_shared_stream(node_events_gn, move |node: Arc<Node>| {
+                    gpunode::gpunodes_for_node(&gn_store, &node.name_any())
+                })
+                .watches_shared_stream(pod_events_gn, move |pod: Arc<Pod>| {
+                    pod.spec
+                        .as_ref()
+                        .and_then(|s| s.node_name.clone())
+                        .map(|n| gpunode::gpunodes_for_node(&gn_store2, &n))
+                        .unwrap_or_default()
+                })
+                .with_config(
+                    kube::runtime::controller::Config::default().debounce(Duration::from_millis(300)).concurrency(16),
+                )
+                .graceful_shutdown_on(on_shutdown(&shutdown_tx))
+                .run(gpunode::reconcile, gpunode::error_policy, ctx.clone())
+                .for_each(|res| async move {
+                    if let Err(e) = res {
+                        tracing::debug!(error = %e, "gpunode reconcile");
+                    }
+                });
 
-        let discovery_ctrl = {
-            let stream = node_events_disc.map(|events| {
-                Controller::for_shared_stream(events, nodes.clone())
-                    .with_config(kube::runtime::controller::Config::default().concurrency(16))
-                    .graceful_shutdown_on(on_shutdown(&shutdown_tx))
-                    .run(gpunode::discover, gpunode::discover_error_policy, ctx.clone())
-                    .for_each(|_| futures::future::ready(()))
-            });
-            async move {
-                if let Some(stream) = stream {
-                    stream.await
+            let discovery_ctrl = {
+                let stream = node_events_disc.map(|events| {
+                    Controller::for_shared_stream(events, nodes.clone())
+                        .with_config(kube::runtime::controller::Config::default().concurrency(16))
+                        .graceful_shutdown_on(on_shutdown(&shutdown_tx))
+                        .run(gpunode::discover, gpunode::discover_error_policy, ctx.clone())
+                        .for_each(|_| futures::future::ready(()))
+                });
+                async move {
+                    if let Some(stream) = stream {
+                        stream.await
+                    }
                 }
-            }
-        };
+            };
 
-        let pool_store = pools.clone();
-        let pool_ctrl = Controller::for_shared_stream(pool_events, pools.clone())
-            .owns_shared_stream(pod_events_ap)
-            .watches_shared_stream(gpunode_events_ap, move |_gn: Arc<GpuNode>| {
-                pool_store
-                    .state()
-                    .iter()
-                    .map(|p| kube::runtime::reflector::ObjectRef::from_obj(p.as_ref()))
-                    .collect::<Vec<_>>()
-            })
-            .reconcile_all_on(pools_changed)
-            .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_millis(200)).concurrency(8))
-            .graceful_shutdown_on(on_shutdown(&shutdown_tx))
-            .run(agentpool::reconcile, agentpool::error_policy, ctx.clone())
-            .for_each(|res| async move {
-                if let Err(e) = res {
-                    tracing::debug!(error = %e, "agentpool reconcile");
-                }
-            });
+            let pool_store = pools.clone();
+            let pool_ctrl = Controller::for_shared_stream(pool_events, pools.clone())
+                .owns_shared_stream(pod_events_ap)
+                .watches_shared_stream(gpunode_events_ap, move |_gn: Arc<GpuNode>| {
+                    pool_store
+                        .state()
+                        .iter()
+                        .map(|p| kube::runtime::reflector::ObjectRef::from_obj(p.as_ref()))
+                        .collect::<Vec<_>>()
+                })
+                .reconcile_all_on(pools_changed)
+                .with_config(
+                    kube::runtime::controller::Config::default().debounce(Duration::from_millis(200)).concurrency(8),
+                )
+                .graceful_shutdown_on(on_shutdown(&shutdown_tx))
+                .run(agentpool::reconcile, agentpool::error_policy, ctx.clone())
+                .for_each(|res| async move {
+                    if let Err(e) = res {
+                        tracing::debug!(error = %e, "agentpool reconcile");
+                    }
+                });
             async move {
                 tokio::join!(gpunode_ctrl, discovery_ctrl, pool_ctrl);
             }
@@ -318,7 +330,13 @@ pub async fn run(
     let (job_ctx, job_ctrl) = match jobs {
         Some(setup) => {
             let webhook_secret = setup.webhook_secret.clone();
-            let (jctx, fut) = crate::kerneljob::controller(client.clone(), setup, pools.clone(), gpunodes.clone(), on_shutdown(&shutdown_tx));
+            let (jctx, fut) = crate::kerneljob::controller(
+                client.clone(),
+                setup,
+                pools.clone(),
+                gpunodes.clone(),
+                on_shutdown(&shutdown_tx),
+            );
             (Some((jctx, webhook_secret)), futures::future::Either::Left(fut))
         }
         None => {
@@ -329,7 +347,12 @@ pub async fn run(
     let ready = {
         let (nodes, pods, gpunodes, pools) = (nodes.clone(), pods.clone(), gpunodes.clone(), pools.clone());
         async move {
-            let _ = tokio::join!(nodes.wait_until_ready(), pods.wait_until_ready(), gpunodes.wait_until_ready(), pools.wait_until_ready());
+            let _ = tokio::join!(
+                nodes.wait_until_ready(),
+                pods.wait_until_ready(),
+                gpunodes.wait_until_ready(),
+                pools.wait_until_ready()
+            );
         }
     };
     let server = crate::server::serve(http.addr, job_ctx, ready, on_shutdown(&shutdown_tx));

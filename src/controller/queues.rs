@@ -70,7 +70,12 @@ impl Queues {
     }
 
     /// Makes sure the queue exists in its cluster; returns an error message for status.
-    pub async fn ensure(&self, client: &buildkite::Client, queue: &str, settings: &PoolBuildkite) -> Result<bool, String> {
+    pub async fn ensure(
+        &self,
+        client: &buildkite::Client,
+        queue: &str,
+        settings: &PoolBuildkite,
+    ) -> Result<bool, String> {
         let cluster = match &settings.cluster_id {
             Some(c) => c.clone(),
             None => {
@@ -78,7 +83,8 @@ impl Queues {
                 match cached {
                     Some(c) => c,
                     None => {
-                        let clusters = client.list_clusters().await.map_err(|e| format!("listing clusters: {e}"))?.items;
+                        let clusters =
+                            client.list_clusters().await.map_err(|e| format!("listing clusters: {e}"))?.items;
                         let pick = match clusters.as_slice() {
                             [one] => Some(one.id.clone()),
                             many => many.iter().find(|c| c.name.eq_ignore_ascii_case("default")).map(|c| c.id.clone()),
@@ -98,7 +104,8 @@ impl Queues {
         if self.ensured.lock().map(|e| e.contains(&pair)).unwrap_or(false) {
             return Ok(false);
         }
-        let existing = client.list_queues(&cluster).await.map_err(|e| format!("listing queues of cluster {cluster}: {e}"))?;
+        let existing =
+            client.list_queues(&cluster).await.map_err(|e| format!("listing queues of cluster {cluster}: {e}"))?;
         let created = if existing.items.iter().any(|q| q.key == queue) {
             false
         } else {

@@ -162,11 +162,8 @@ pub fn detect(
 /// `NVIDIA-GeForce-RTX-4090` → `rtx-4090`, `AMD_Instinct_MI300X` → `mi300x`.
 pub fn short_gpu_type(product: &str) -> String {
     const VENDOR_WORDS: &[&str] = &["nvidia", "amd", "tesla", "instinct", "geforce", "radeon", "quadro", "pro"];
-    let words: Vec<String> = product
-        .split(['-', '_', ' '])
-        .filter(|w| !w.is_empty())
-        .map(str::to_ascii_lowercase)
-        .collect();
+    let words: Vec<String> =
+        product.split(['-', '_', ' ']).filter(|w| !w.is_empty()).map(str::to_ascii_lowercase).collect();
     let mut rest = words.iter().skip_while(|w| VENDOR_WORDS.contains(&w.as_str()));
     let short = match rest.next() {
         Some(first) if first == "rtx" || first == "gtx" => match rest.next() {

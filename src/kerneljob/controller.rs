@@ -212,7 +212,13 @@ fn build_ref(build: &Build, pipeline: &str) -> BuildRef {
 }
 
 /// Conditions for a phase (kstatus: Ready True once finished; Complete/Failed like Jobs).
-fn set_phase_conditions(set: &mut ConditionSet<'_>, phase: Phase, reason: &str, message: &str, throttled: Option<&str>) {
+fn set_phase_conditions(
+    set: &mut ConditionSet<'_>,
+    phase: Phase,
+    reason: &str,
+    message: &str,
+    throttled: Option<&str>,
+) {
     let (complete, failed) = match phase {
         Phase::Succeeded => (true, false),
         Phase::Failed | Phase::TimedOut | Phase::Cancelled => (false, true),
@@ -234,7 +240,12 @@ fn set_phase_conditions(set: &mut ConditionSet<'_>, phase: Phase, reason: &str, 
         set.set(cond::READY, ConditionStatus::False, phase.as_str(), message);
     }
     let submitted = !matches!(phase, Phase::Pending);
-    set.set(cond::SUBMITTED, ConditionStatus::from_bool(submitted), if submitted { "BuildCreated" } else { "NotSubmitted" }, "");
+    set.set(
+        cond::SUBMITTED,
+        ConditionStatus::from_bool(submitted),
+        if submitted { "BuildCreated" } else { "NotSubmitted" },
+        "",
+    );
     match throttled {
         Some(msg) => set.set(cond::THROTTLED, ConditionStatus::True, "RequestBudgetExhausted", msg),
         None => set.set(cond::THROTTLED, ConditionStatus::False, "WithinBudget", ""),
@@ -474,7 +485,13 @@ async fn follow(
             } else {
                 format!("build #{} waits for an agent", bref.number)
             };
-            let s = with_conditions(job, status, if running { "BuildRunning" } else { "BuildScheduled" }, msg.clone(), None);
+            let s = with_conditions(
+                job,
+                status,
+                if running { "BuildRunning" } else { "BuildScheduled" },
+                msg.clone(),
+                None,
+            );
             if ctx.current_status(job) != s {
                 ctx.write_status(job, &s).await?;
                 if started_now {
@@ -519,7 +536,10 @@ async fn read_result(
         Ok(b) => b,
         Err(e) => return (None, "artifact", Some(format!("downloading result.json: {e}")), None),
     };
-    match contract::parse_result_json_limited(&bytes, usize::try_from(ctx.config.max_result_bytes).unwrap_or(usize::MAX)) {
+    match contract::parse_result_json_limited(
+        &bytes,
+        usize::try_from(ctx.config.max_result_bytes).unwrap_or(usize::MAX),
+    ) {
         Ok(full) => (Some(contract::summarize(&full, &ranking)), "artifact", None, Some(bytes)),
         Err(e) => (None, "artifact", Some(format!("result.json is malformed: {e}")), Some(bytes)),
     }
@@ -577,7 +597,10 @@ async fn finish_attempt(
             return Ok(Action::requeue(Duration::from_secs(10)));
         }
     }
-    if outcome == BuildOutcome::CanceledByUs && lock(&ctx.canceled).contains(&status.attempts.last().map(|a| a.run_id.clone()).unwrap_or_default()) && left.is_zero() {
+    if outcome == BuildOutcome::CanceledByUs
+        && lock(&ctx.canceled).contains(&status.attempts.last().map(|a| a.run_id.clone()).unwrap_or_default())
+        && left.is_zero()
+    {
         phase = Phase::TimedOut;
         reason = "DeadlineExceeded";
     }
@@ -715,11 +738,21 @@ async fn cleanup(job: &KernelJob, ctx: &JobCtx) -> Result<Action> {
     {
         let terminal = ctx.board.get(&active.run_id).is_some_and(|e| e.build.state.is_terminal());
         if !terminal {
-            match ctx.bk.cancel_build(Some(&bref.pipeline), u64::try_from(bref.number).unwrap_or(0), Priority::Cancel).await
+            match ctx
+                .bk
+                .cancel_build(Some(&bref.pipeline), u64::try_from(bref.number).unwrap_or(0), Priority::Cancel)
+                .await
             {
                 Ok(_) => {
                     lock(&ctx.canceled).insert(active.run_id.clone());
-                    ctx.event(job, EventType::Normal, "Cancelled", "Delete", format!("build #{} cancelled because the KernelJob was deleted", bref.number)).await;
+                    ctx.event(
+                        job,
+                        EventType::Normal,
+                        "Cancelled",
+                        "Delete",
+                        format!("build #{} cancelled because the KernelJob was deleted", bref.number),
+                    )
+                    .await;
                 }
                 Err(e) => error = Some(e.to_string()),
             }
@@ -732,7 +765,17 @@ async fn cleanup(job: &KernelJob, ctx: &JobCtx) -> Result<Action> {
             tracing::warn!(job = %key, error = %e, "cancelling the build of a deleted job failed; retrying");
             return Ok(Action::requeue(Duration::from_secs(10)));
         }
-        ctx.event(job, EventType::Warning, "FinalizerReleased", "Delete", format!("could not cancel the build for {}s ({e}); releasing the KernelJob anyway: cancel the build by hand", waited.as_secs())).await;
+        ctx.event(
+            job,
+            EventType::Warning,
+            "FinalizerReleased",
+            "Delete",
+            format!(
+                "could not cancel the build for {}s ({e}); releasing the KernelJob anyway: cancel the build by hand",
+                waited.as_secs()
+            ),
+        )
+        .await;
     }
     for a in &status.attempts {
         ctx.board.forget(&a.run_id);
@@ -1021,7 +1064,8 @@ pub async fn poll_loop(ctx: Arc<JobCtx>) {
             Ok(listing) => {
                 let mut woken = 0;
                 for build in &listing.items {
-                    if ctx.board.get(board::run_id_of(build).unwrap_or_default()).is_some() && ctx.board.update(build, started)
+                    if ctx.board.get(board::run_id_of(build).unwrap_or_default()).is_some()
+                        && ctx.board.update(build, started)
                         && let Some(key) = build.meta_data.get(meta::JOB)
                     {
                         ctx.wake(key);

@@ -125,7 +125,8 @@ pub fn timeout(spec: &KernelJobSpec) -> Duration {
 
 /// Time left before the deadline (zero when passed).
 pub fn time_left(created: Timestamp, spec: &KernelJobSpec, now: Timestamp) -> Duration {
-    let deadline_ms = created.as_millisecond().saturating_add(i64::try_from(timeout(spec).as_millis()).unwrap_or(i64::MAX));
+    let deadline_ms =
+        created.as_millisecond().saturating_add(i64::try_from(timeout(spec).as_millis()).unwrap_or(i64::MAX));
     let left = deadline_ms.saturating_sub(now.as_millisecond());
     Duration::from_millis(u64::try_from(left.max(0)).unwrap_or(0))
 }
@@ -241,16 +242,20 @@ pub fn finished_phase(outcome: &BuildOutcome, summary: Option<&ResultSummary>) -
         (BuildOutcome::Passed, Some(s)) => {
             (Phase::Failed, "RunnerFailed", format!("the runner reported an infrastructure failure: {}", s.error))
         }
-        (BuildOutcome::Passed, None) => {
-            (Phase::Failed, "ResultMissing", "the build passed but left no result (no benchkite.result meta-data and no result.json artifact)".into())
-        }
+        (BuildOutcome::Passed, None) => (
+            Phase::Failed,
+            "ResultMissing",
+            "the build passed but left no result (no benchkite.result meta-data and no result.json artifact)".into(),
+        ),
         (BuildOutcome::Failed { reason, .. }, Some(s)) if !s.error.is_empty() => {
             (Phase::Failed, "BuildFailed", format!("{reason}: {}", s.error))
         }
         (BuildOutcome::Failed { reason, .. }, _) => (Phase::Failed, "BuildFailed", reason.clone()),
         (BuildOutcome::Infrastructure { reason }, _) => (Phase::Failed, "InfrastructureFailure", reason.clone()),
         (BuildOutcome::CanceledByUs, _) => (Phase::Cancelled, "Cancelled", "the build was cancelled".into()),
-        (BuildOutcome::NotRun { state }, _) => (Phase::Failed, "BuildNotRun", format!("the build ended {state} without running")),
+        (BuildOutcome::NotRun { state }, _) => {
+            (Phase::Failed, "BuildNotRun", format!("the build ended {state} without running"))
+        }
         (BuildOutcome::InFlight { .. }, _) => (Phase::Running, "Running", String::new()),
     }
 }
@@ -308,7 +313,11 @@ mod tests {
     fn classifies_every_build_state() {
         assert_eq!(classify(&build("scheduled", vec![]), false), BuildOutcome::InFlight { running: false });
         assert_eq!(classify(&build("creating", vec![]), false), BuildOutcome::InFlight { running: false });
-        assert_eq!(classify(&build("blocked", vec![]), false), BuildOutcome::InFlight { running: false }, "blocked may unblock");
+        assert_eq!(
+            classify(&build("blocked", vec![]), false),
+            BuildOutcome::InFlight { running: false },
+            "blocked may unblock"
+        );
         assert_eq!(classify(&build("running", vec![]), false), BuildOutcome::InFlight { running: true });
         assert_eq!(classify(&build("failing", vec![]), false), BuildOutcome::InFlight { running: true });
         assert_eq!(classify(&build("passed", vec![job("passed", Some(0), None)]), false), BuildOutcome::Passed);
@@ -316,13 +325,22 @@ mod tests {
             classify(&build("failed", vec![job("failed", Some(1), None)]), false),
             BuildOutcome::Failed { exit_status: Some(1), reason: "the job exited with status 1".into() }
         );
-        assert!(matches!(classify(&build("failed", vec![job("failed", Some(-1), None)]), false), BuildOutcome::Infrastructure { .. }));
-        assert!(matches!(classify(&build("failed", vec![job("failed", Some(255), None)]), false), BuildOutcome::Infrastructure { .. }));
+        assert!(matches!(
+            classify(&build("failed", vec![job("failed", Some(-1), None)]), false),
+            BuildOutcome::Infrastructure { .. }
+        ));
+        assert!(matches!(
+            classify(&build("failed", vec![job("failed", Some(255), None)]), false),
+            BuildOutcome::Infrastructure { .. }
+        ));
         assert!(matches!(
             classify(&build("failed", vec![job("canceled", None, Some("agent_stop"))]), false),
             BuildOutcome::Infrastructure { .. }
         ));
-        assert!(matches!(classify(&build("failed", vec![job("expired", None, None)]), false), BuildOutcome::Infrastructure { .. }));
+        assert!(matches!(
+            classify(&build("failed", vec![job("expired", None, None)]), false),
+            BuildOutcome::Infrastructure { .. }
+        ));
         assert_eq!(
             classify(&build("failed", vec![job("timed_out", Some(-1), Some("cancel"))]), false),
             BuildOutcome::Infrastructure { reason: "agent lost or job not started (exit -1)".into() },
@@ -430,7 +448,11 @@ mod tests {
         let infra = summary(false, None);
         assert_eq!(finished_phase(&BuildOutcome::Passed, Some(&ok)).0, Phase::Succeeded);
         let (phase, reason, msg) = finished_phase(&BuildOutcome::Passed, Some(&wrong));
-        assert_eq!((phase, reason), (Phase::Succeeded, "EvaluationFinished"), "a wrong kernel is still a finished evaluation");
+        assert_eq!(
+            (phase, reason),
+            (Phase::Succeeded, "EvaluationFinished"),
+            "a wrong kernel is still a finished evaluation"
+        );
         assert!(msg.contains("failed its checks"));
         assert_eq!(finished_phase(&BuildOutcome::Passed, Some(&infra)).1, "RunnerFailed");
         assert_eq!(finished_phase(&BuildOutcome::Passed, None).1, "ResultMissing");

@@ -64,7 +64,10 @@ pub fn controller(
         .reflect(writer)
         .applied_objects();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let recorder = Recorder::new(client.clone(), Reporter { controller: setup.reporter.clone(), instance: std::env::var("POD_NAME").ok() });
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter { controller: setup.reporter.clone(), instance: std::env::var("POD_NAME").ok() },
+    );
     let ctx = Arc::new(JobCtx {
         client: client.clone(),
         bk: setup.buildkite,

@@ -77,7 +77,11 @@ fn cases(list: &[BTreeMap<String, Value>]) -> Vec<contract::Case> {
 }
 
 /// The evaluation config of a job, with its sources resolved (inline ∪ sourcesFrom).
-pub fn eval_config(spec: &KernelJobSpec, sources: BTreeMap<String, String>, pool_architecture: Option<&str>) -> EvalConfig {
+pub fn eval_config(
+    spec: &KernelJobSpec,
+    sources: BTreeMap<String, String>,
+    pool_architecture: Option<&str>,
+) -> EvalConfig {
     let lang = match spec.lang {
         Lang::Py => contract::Lang::Py,
         Lang::Cu => contract::Lang::Cu,

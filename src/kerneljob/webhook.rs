@@ -47,7 +47,8 @@ pub async fn receive(State(state): State<Arc<WebhookState>>, headers: HeaderMap,
         let Ok(mut seen) = state.seen.lock() else {
             return (StatusCode::INTERNAL_SERVER_ERROR, "busy\n".to_string());
         };
-        let horizon = now - k8s_openapi::jiff::SignedDuration::from_secs(i64::try_from(state.max_skew.as_secs() * 2).unwrap_or(600));
+        let horizon = now
+            - k8s_openapi::jiff::SignedDuration::from_secs(i64::try_from(state.max_skew.as_secs() * 2).unwrap_or(600));
         seen.retain(|_, t| *t > horizon);
         if seen.insert(sig.to_string(), now).is_some() {
             ctx.webhooks.replayed.fetch_add(1, Ordering::Relaxed);
@@ -64,13 +65,13 @@ pub async fn receive(State(state): State<Arc<WebhookState>>, headers: HeaderMap,
     }
     ctx.webhooks.accepted.fetch_add(1, Ordering::Relaxed);
     // Ours if the board follows it or its KernelJob exists (e.g. just after a restart).
-    let job_exists = build
-        .meta_data
-        .get(meta::JOB)
-        .and_then(|k| k.split_once('/'))
-        .is_some_and(|(ns, name)| ctx.jobs.get(&kube::runtime::reflector::ObjectRef::new(name).within(ns)).is_some());
+    let job_exists =
+        build.meta_data.get(meta::JOB).and_then(|k| k.split_once('/')).is_some_and(|(ns, name)| {
+            ctx.jobs.get(&kube::runtime::reflector::ObjectRef::new(name).within(ns)).is_some()
+        });
     let known = job_exists || super::board::run_id_of(&build).is_some_and(|r| ctx.board.get(r).is_some());
-    if known && ctx.board.update(&build, now)
+    if known
+        && ctx.board.update(&build, now)
         && let Some(key) = build.meta_data.get(meta::JOB)
     {
         ctx.wake(key);
