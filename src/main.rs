@@ -214,13 +214,11 @@ fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             write_concurrency: args.write_concurrency,
             ..Default::default()
         };
-        let jobs = if args.controllers.contains(&ControllerKind::Kerneljob) {
-            args.buildkite.setup(&config.reporter, args.namespace.clone())?
-        } else {
-            None
-        };
+        let setup = args.buildkite.setup(&config.reporter, args.namespace.clone())?;
+        let buildkite = setup.as_ref().map(|s| s.buildkite.clone());
+        let jobs = setup.filter(|_| args.controllers.contains(&ControllerKind::Kerneljob));
         let http = benchkite::controller::HttpConfig { addr: args.http_addr };
-        benchkite::controller::run(client, config, jobs, http, shutdown_signal()).await
+        benchkite::controller::run(client, config, jobs, buildkite, http, shutdown_signal()).await
     })
 }
 

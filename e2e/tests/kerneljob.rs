@@ -287,10 +287,19 @@ async fn a_hundred_jobs_under_sixty_requests_per_minute() -> Result<()> {
     let api: Api<KernelJob> = rig.ns.api();
     let n = 100;
     for i in 0..n {
-        api.create(&PostParams::default(), &job(&format!("j{i:03}"), &rig.queue, "test", "submission_ok.py")?).await?;
+        let mut j = job(&format!("j{i:03}"), &rig.queue, "test", "submission_ok.py")?;
+        // The last five jump the queue.
+        if i >= n - 5 {
+            j.spec.priority = 10;
+        }
+        api.create(&PostParams::default(), &j).await?;
     }
+    let throttled_seen = std::sync::atomic::AtomicBool::new(false);
     wait_until("all 100 jobs finished", Duration::from_secs(400), || async {
         let jobs = api.list(&Default::default()).await?.items;
+        if jobs.iter().any(|j| cond(j, "Throttled").is_some_and(|c| c.starts_with("True"))) {
+            throttled_seen.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let done = jobs.iter().filter(|j| j.status.as_ref().is_some_and(|s| s.phase.is_finished())).count();
         Ok((done == n).then_some(jobs))
     })
@@ -307,6 +316,18 @@ async fn a_hundred_jobs_under_sixty_requests_per_minute() -> Result<()> {
     ensure!(stats.rejected == 0, "{} requests were answered 429", stats.rejected);
     ensure!(per_job <= 1.5, "{per_job:.2} requests per job");
     ensure!(rig.sim.counters().endpoint(CREATE).status(201) == n as u64, "one build per job");
+    ensure!(throttled_seen.load(std::sync::atomic::Ordering::Relaxed), "waiting jobs showed Throttled=True");
+    let jobs = api.list(&Default::default()).await?.items;
+    let number = |name: &str| {
+        jobs.iter()
+            .find(|j| j.metadata.name.as_deref() == Some(name))
+            .and_then(|j| j.status.as_ref()?.build.as_ref().map(|b| b.number))
+            .unwrap_or(i64::MAX)
+    };
+    for i in n - 5..n {
+        let b = number(&format!("j{i:03}"));
+        ensure!(b <= 50, "priority job j{i:03} got build #{b}: it should jump the queue");
+    }
     rig.ns.delete().await
 }
 
@@ -410,4 +431,71 @@ async fn a_killed_controller_never_creates_a_second_build() -> Result<()> {
     let builds = rig.sim.counters().endpoint(CREATE).status(201);
     ensure!(builds == n as u64, "{builds} builds for {n} jobs");
     rig.ns.delete().await
+}
+
+/// A pool with `createQueue` creates its missing cluster queue (agents refuse to connect to
+/// a queue that does not exist), and reports the queue's live state from agent metrics.
+#[tokio::test]
+async fn a_pool_creates_its_queue_and_reports_its_state() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "kjqueue").await?;
+    let queue = format!("q-{}", ns.name());
+    let mut cfg = SimConfig {
+        rate_limit: RateLimitConfig { org_limit: 200, user_limit: 0, window_secs: 60.0 },
+        ..Default::default()
+    };
+    // Agents for a queue the cluster does not have yet: they cannot connect.
+    cfg.agents.push(AgentPoolConfig { queue: queue.clone(), count: 3, ..Default::default() });
+    cfg.metrics_poll_duration_secs = 1;
+    let sim = Simulator::start(cfg).await?;
+    let (org, api_url, agent_url, token, agent_token) =
+        (sim.organization(), sim.api_url(), sim.agent_url(), sim.api_token(), sim.agent_token());
+    let port = free_port()?;
+    let http = format!("127.0.0.1:{port}");
+    let _op = Operator::start_with_env(
+        &format!("fleet-queue-{}", ns.name()),
+        &[
+            "--controllers",
+            "fleet",
+            "--http-addr",
+            &http,
+            "--buildkite-org",
+            &org,
+            "--buildkite-api-url",
+            &api_url,
+            "--buildkite-agent-api-url",
+            &agent_url,
+        ],
+        &[("BUILDKITE_API_TOKEN", token.as_str()), ("BUILDKITE_AGENT_METRICS_TOKEN", agent_token.as_str())],
+    )?;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = ns.api();
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "agent-token"}, "stringData": {"token": "x"}}))?,
+        )
+        .await?;
+    let pools: Api<benchkite::api::AgentPool> = ns.api();
+    let pool: benchkite::api::AgentPool = serde_json::from_value(json!({
+        "apiVersion": "benchkite.dev/v1alpha1", "kind": "AgentPool",
+        "metadata": {"name": "queued"},
+        "spec": {
+            "queue": queue,
+            "gpuNodeSelector": {"matchLabels": {"benchkite.dev/e2e": "nothing-here"}},
+            "agent": {"tokenSecretRef": {"name": "agent-token"}},
+            "buildkite": {"createQueue": true},
+        },
+    }))?;
+    pools.create(&PostParams::default(), &pool).await?;
+    let status = wait_until("the queue created and its agents connected", Duration::from_secs(90), || async {
+        let p = pools.get("queued").await?;
+        Ok(p.status.and_then(|s| s.queue).filter(|q| q.connected_agents == 3 && q.idle_agents == 3))
+    })
+    .await?;
+    ensure!(status.scheduled_jobs == 0 && status.observed_at.is_some(), "{status:?}");
+    let events: Api<k8s_openapi::api::core::v1::Event> = ns.api();
+    let evs = events.list(&Default::default()).await?.items;
+    ensure!(evs.iter().any(|e| e.reason.as_deref() == Some("QueueCreated")), "a QueueCreated event");
+    ns.delete().await
 }

@@ -149,6 +149,7 @@ pub async fn run(
     client: Client,
     config: Config,
     jobs: Option<crate::kerneljob::JobSetup>,
+    buildkite: Option<crate::buildkite::Client>,
     http: HttpConfig,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
@@ -212,7 +213,7 @@ pub async fn run(
         pools: pools.clone(),
         recorder,
         failures: Mutex::new(SlotFailures::default()),
-        buildkite: jobs.as_ref().map(|j| j.buildkite.clone()),
+        buildkite,
         queues: queues::Queues::default(),
     });
     let (pools_changed_tx, mut pools_changed_rx) = tokio::sync::mpsc::channel::<()>(1);

@@ -195,6 +195,7 @@ fn finish(args: &RunArgs, result: &FullResult, ranking_by: &RankingBy, timing: &
 }
 
 /// CPU time (user + system) of the runner itself, children excluded.
+#[allow(clippy::useless_conversion)] // time_t and suseconds_t are not i64 on every target
 fn self_cpu_us() -> i64 {
     // SAFETY: getrusage fills the zeroed struct we own.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
