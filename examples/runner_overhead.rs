@@ -89,13 +89,19 @@ fn main() {
     // Warm the page cache.
     let _ = time_cmd(3, runner_cmd);
 
-    let (mut floor, mut bare, mut harness, mut runner) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut floor, mut floor_nosite, mut bare) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut harness, mut runner) = (Vec::new(), Vec::new());
     let (mut overhead, mut to_spawn, mut main_to_spawn, mut tail, mut cpu) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
         floor.extend(time_cmd(1, || {
             let mut c = Command::new(&python);
             c.args(["-c", "import json, zlib, base64"]);
+            c
+        }));
+        floor_nosite.extend(time_cmd(1, || {
+            let mut c = Command::new(&python);
+            c.args(["-S", "-c", "import json, zlib, base64"]);
             c
         }));
         bare.extend(time_cmd(1, || {
@@ -147,6 +153,7 @@ fn main() {
     println!("| {:<58} | {:>8} | {:>8} | {:>8} |", "measurement (ms)", "median", "p10", "p90");
     println!("|{:-<60}|{:-<10}|{:-<10}|{:-<10}|", "", "", "", "");
     let floor_m = row("floor: python3 -c 'import json, zlib, base64'", &floor);
+    row("  same without site-packages: python3 -S -c '...'", &floor_nosite);
     row("python3 -c pass", &bare);
     row("no-op harness alone: python3 eval.py test cases", &harness);
     row("benchkite run (no-op harness, test mode)", &runner);

@@ -100,7 +100,7 @@ fn a_segfault_is_minus_the_signal() {
 #[test]
 fn a_hanging_submission_is_killed_at_the_timeout_with_its_whole_group() {
     let mut cfg = vectoradd("test", "hang");
-    cfg["test_timeout"] = json!(2);
+    cfg["test_timeout"] = json!(3);
     let scratch = Scratch::new("hang");
     let pidfile = scratch.path().join("grandchild.pid");
     let pidfile_s = pidfile.to_string_lossy().into_owned();
@@ -110,8 +110,8 @@ fn a_hanging_submission_is_killed_at_the_timeout_with_its_whole_group() {
     let t = r.run("test");
     assert_eq!(t.exit_code, exit_code::TIMEOUT);
     assert!(!t.success && !t.passed);
-    assert!(t.duration >= 2.0, "{}", t.duration);
-    assert!(t.stderr.contains("test run timed out after 2 s (test_timeout)"), "{}", t.stderr);
+    assert!(t.duration >= 3.0, "{}", t.duration);
+    assert!(t.stderr.contains("test run timed out after 3 s (test_timeout)"), "{}", t.stderr);
     // As the seeds' runner: no results from a run that timed out.
     assert!(t.result.is_empty());
     let gc = read_pid(&pidfile);
@@ -385,11 +385,7 @@ fn cuda_compiles_once_and_runs_the_binary() {
     let log = scratch.path().join("nvcc.log");
     let log_s = log.to_string_lossy().into_owned();
     let nvcc_s = nvcc.to_string_lossy().into_owned();
-    let r = run_with(
-        Some(&encode(&cu_config("leaderboard"))),
-        &[("FAKE_NVCC_LOG", &log_s)],
-        &["--nvcc", &nvcc_s],
-    );
+    let r = run_with(Some(&encode(&cu_config("leaderboard"))), &[("FAKE_NVCC_LOG", &log_s)], &["--nvcc", &nvcc_s]);
     assert_eq!(r.code(), Some(0), "{}", r.stderr());
     assert!(r.result.success);
     assert_eq!(r.result.runs.keys().collect::<Vec<_>>(), ["benchmark", "leaderboard", "test"]);

@@ -229,3 +229,25 @@ fn profile_mode_profiles_each_benchmark_and_zips_the_trace() {
         assert!(names.contains("profile_data/profile.nsys-rep"), "zip entries");
     }
 }
+
+#[test]
+fn an_unwritable_result_file_fails_but_the_summary_still_goes_out() {
+    let scratch = Scratch::new("unwritable");
+    let md = scratch.path().join("md");
+    let md_s = md.to_string_lossy().into_owned();
+    let out = command(
+        scratch.path(),
+        Some(&encode(&vectoradd("test", "ok"))),
+        &[("BUILDKITE_SIM_META_DATA_FILE", &md_s)],
+        &["--output", "missing-dir/result.json"],
+    )
+    .output()
+    .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("writing missing-dir/result.json failed"), "{err}");
+    let text = std::fs::read_to_string(&md).expect("meta-data");
+    let line: serde_json::Value = serde_json::from_str(text.trim()).expect("line");
+    let s = contract::parse_meta_data_summary(line["value"].as_str().expect("value")).expect("summary");
+    assert_eq!(s.passed, Some(true));
+}

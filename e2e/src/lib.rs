@@ -171,10 +171,16 @@ impl TestNamespace {
         Api::namespaced(self.client.clone(), &self.name)
     }
 
-    /// Deletes the namespace (without waiting for it to be gone).
+    /// Deletes the namespace and waits until it is gone, so that its pods no
+    /// longer take node resources when the next test starts.
     pub async fn delete(mut self) -> Result<()> {
         self.deleted = true;
-        delete_namespace(&self.client, &self.name).await
+        delete_namespace(&self.client, &self.name).await?;
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        wait_until(&format!("namespace {} to be gone", self.name), default_timeout(), || async {
+            Ok(namespaces.get_opt(&self.name).await?.is_none().then_some(()))
+        })
+        .await
     }
 }
 

@@ -106,9 +106,20 @@ async fn make_node(client: &Client, name: &str, test: &str, cpu: &str, memory: &
     Ok(())
 }
 
+/// Deletes a test node and force-deletes the pods left bound to it, as the pod garbage
+/// collector would (kwok cannot finish pods on a node that is gone).
 async fn delete_node(client: &Client, name: &str) {
     let nodes: Api<Node> = Api::all(client.clone());
     let _ = nodes.delete(name, &DeleteParams::default()).await;
+    let pods: Api<Pod> = Api::all(client.clone());
+    if let Ok(list) = pods.list(&ListParams::default().fields(&format!("spec.nodeName={name}"))).await {
+        for p in list.items {
+            let ns = p.namespace().unwrap_or_default();
+            let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+            let _ =
+                api.delete(&p.name_any(), &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await;
+        }
+    }
 }
 
 fn condition<'a>(

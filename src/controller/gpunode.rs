@@ -278,6 +278,7 @@ pub async fn reconcile(gn: Arc<GpuNode>, ctx: Arc<Context>) -> Result<Action> {
         api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
             .await
             .map_err(Error::kube(format!("writing status of GpuNode {name}")))?;
+        tracing::debug!(gpunode = %name, agents = status.agent_count, "GpuNode status written");
     }
     if previous_ready != new_ready
         && let Some((type_, reason, note)) = event
@@ -285,7 +286,7 @@ pub async fn reconcile(gn: Arc<GpuNode>, ctx: Arc<Context>) -> Result<Action> {
         publish(&ctx, gn.as_ref(), type_, reason, "Reconcile", note).await;
     }
     let requeue =
-        if node_missing.is_some() && gn.is_discovered() { Duration::from_secs(30) } else { Duration::from_secs(300) };
+        if node_missing.is_some() && gn.is_discovered() { Duration::from_secs(30) } else { Duration::from_secs(60) };
     Ok(Action::requeue(requeue))
 }
 

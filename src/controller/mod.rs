@@ -271,7 +271,7 @@ pub async fn run(
                         .unwrap_or_default()
                 })
                 .with_config(
-                    kube::runtime::controller::Config::default().debounce(Duration::from_millis(300)).concurrency(16),
+                    kube::runtime::controller::Config::default().debounce(Duration::from_millis(100)).concurrency(16),
                 )
                 .graceful_shutdown_on(on_shutdown(&shutdown_tx))
                 .run(gpunode::reconcile, gpunode::error_policy, ctx.clone())

@@ -147,12 +147,15 @@ fn finish(args: &RunArgs, result: &FullResult, ranking_by: &RankingBy, timing: &
     if !result.success {
         log(&format!("infrastructure failure: {}", result.error));
     }
-    if let Err(e) = report::write_result(&args.output, result) {
-        log(&e);
-        return EXIT_INFRA;
+    let written = report::write_result(&args.output, result);
+    if let Err(e) = &written {
+        // The summary may still reach the platform as meta-data; the artifact cannot.
+        log(e);
+        code = EXIT_INFRA;
     }
     let value = summary.to_meta_data_value();
-    let reported = report::report(&args.output, &value, args.report, args.upload);
+    let upload = if written.is_ok() { args.upload } else { UploadMode::Never };
+    let reported = report::report(&args.output, &value, args.report, upload);
     for n in &reported.notes {
         log(n);
     }

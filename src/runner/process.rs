@@ -663,7 +663,8 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let pidfile = dir.join("gc.pid");
         let mut spec = sh(&format!("sleep 1000 & echo $! > {}; wait", pidfile.display()));
-        spec.timeout = Some(Duration::from_millis(300));
+        // Long enough for sh to start and write the pid file on a loaded machine.
+        spec.timeout = Some(Duration::from_millis(1500));
         let t = Instant::now();
         let out = run(&spec).unwrap();
         assert_eq!(out.ending, Ending::TimedOut);

@@ -24,6 +24,8 @@ pub const AGENT_TOKEN_ENV: &str = "BUILDKITE_AGENT_ACCESS_TOKEN";
 pub const ARTIFACT_PATHS_ENV: &str = "BUILDKITE_ARTIFACT_PATHS";
 /// How long one `buildkite-agent` call may take.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(120);
+/// The same once the build was canceled.
+const AGENT_TIMEOUT_CANCELED: Duration = Duration::from_secs(5);
 
 /// Writes `result.json` (pretty JSON) via a temporary file and a rename, so a reader never
 /// sees half a file.
@@ -133,7 +135,8 @@ fn agent_call(agent: &Path, args: &[&str], cwd: Option<&Path>, stdin: Option<&[u
     let mut spec = Spec::new(agent).args(args.iter().copied());
     spec.cwd = cwd.map(Path::to_owned);
     spec.stdin = stdin.map(<[u8]>::to_vec);
-    spec.timeout = Some(AGENT_TIMEOUT);
+    // After a cancel the agent's grace period (10 s by default) is all that is left.
+    spec.timeout = Some(if process::stop_signal().is_some() { AGENT_TIMEOUT_CANCELED } else { AGENT_TIMEOUT });
     spec.cancellable = false;
     let out = process::run(&spec).map_err(|e| e.to_string())?;
     match out.ending {
