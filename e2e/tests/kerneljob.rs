@@ -48,6 +48,11 @@ async fn rig(prefix: &str, webhooks: bool, tune: impl FnOnce(&mut SimConfig), ex
     cfg.clusters[0].queues.push(queue.clone());
     cfg.agents.push(AgentPoolConfig { queue: queue.clone(), count: 4, ..Default::default() });
     cfg.pipelines.push(PipelineConfig {
+        slug: "silent".into(),
+        steps: vec![StepConfig { command: Some("echo ran, left no result".into()), ..Default::default() }],
+        ..Default::default()
+    });
+    cfg.pipelines.push(PipelineConfig {
         slug: "broken".into(),
         steps: vec![StepConfig { command: Some("echo the build is broken >&2; exit 3".into()), ..Default::default() }],
         ..Default::default()
@@ -498,4 +503,76 @@ async fn a_pool_creates_its_queue_and_reports_its_state() -> Result<()> {
     let evs = events.list(&Default::default()).await?.items;
     ensure!(evs.iter().any(|e| e.reason.as_deref() == Some("QueueCreated")), "a QueueCreated event");
     ns.delete().await
+}
+
+/// What only the controller can tell: sources from a ConfigMap, a payload over the limit, a
+/// build that leaves no result, and a deletion while Buildkite is down.
+#[tokio::test]
+async fn sources_from_payload_limits_missing_results_and_outages() -> Result<()> {
+    let (client, rig) =
+        rig("kjedges", true, |_| {}, &["--max-source-bytes", "200000", "--finalizer-timeout-seconds", "3"]).await?;
+    let api: Api<KernelJob> = rig.ns.api();
+    let _ = client;
+
+    // Sources from a ConfigMap (the submission file), the harness inline.
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = rig.ns.api();
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(
+            json!({"metadata": {"name": "submission"}, "data": {"submission.py": task_file("submission_ok.py")?}}),
+        )?,
+    )
+    .await?;
+    let mut from_cm = job("from-cm", &rig.queue, "test", "submission_ok.py")?;
+    from_cm.spec.sources.remove("submission.py");
+    from_cm.spec.sources_from = vec![serde_json::from_value(json!({"configMap": "submission"}))?];
+    api.create(&PostParams::default(), &from_cm).await?;
+
+    // Over the limit: refused before any build.
+    let mut big = job("too-big", &rig.queue, "test", "submission_ok.py")?;
+    big.spec.sources.insert("padding.py".into(), format!("# {}\n", "x".repeat(250_000)));
+    api.create(&PostParams::default(), &big).await?;
+
+    // A build that passes but leaves no result.
+    let mut silent = job("silent", &rig.queue, "test", "submission_ok.py")?;
+    silent.spec.pipeline = Some("silent".into());
+    api.create(&PostParams::default(), &silent).await?;
+
+    let j = wait_phase(&api, "from-cm", Duration::from_secs(120)).await?;
+    ensure!(
+        j.status.as_ref().is_some_and(|s| s.phase == Phase::Succeeded && s.passed == Some(true)),
+        "{:?}",
+        j.status.map(|s| s.message)
+    );
+    let j = wait_phase(&api, "too-big", Duration::from_secs(60)).await?;
+    ensure!(cond(&j, "Failed").as_deref() == Some("True/PayloadTooLarge"), "{:?}", cond(&j, "Failed"));
+    ensure!(j.status.as_ref().is_some_and(|s| s.attempts.is_empty()), "no build for a payload over the limit");
+    let j = wait_phase(&api, "silent", Duration::from_secs(120)).await?;
+    ensure!(cond(&j, "Failed").as_deref() == Some("True/ResultMissing"), "{:?}", cond(&j, "Failed"));
+
+    // Buildkite goes down while a running job is deleted: the finalizer is released after
+    // the timeout, with an Event saying the build must be cancelled by hand.
+    api.create(&PostParams::default(), &job("orphan", &rig.queue, "test", "submission_hang.py")?).await?;
+    wait_until("orphan running", Duration::from_secs(60), || async {
+        let j = api.get("orphan").await?;
+        Ok(j.status.filter(|s| s.phase == Phase::Running).map(|_| ()))
+    })
+    .await?;
+    rig.sim.start_outage(buildkite_sim::config::OutageConfig { duration_secs: 60.0, ..Default::default() });
+    api.delete("orphan", &DeleteParams::default()).await?;
+    wait_until("the deleted job released despite the outage", Duration::from_secs(60), || async {
+        Ok(api.get_opt("orphan").await?.is_none().then_some(()))
+    })
+    .await?;
+    rig.sim.end_outage();
+    let events: Api<k8s_openapi::api::core::v1::Event> = rig.ns.api();
+    let evs = events.list(&Default::default()).await?.items;
+    ensure!(evs.iter().any(|e| e.reason.as_deref() == Some("FinalizerReleased")), "a FinalizerReleased event");
+    ensure!(
+        evs.iter()
+            .any(|e| e.reason.as_deref() == Some("Submitted")
+                && e.message.as_deref().is_some_and(|n| n.contains("http"))),
+        "Submitted events carry the build URL"
+    );
+    rig.ns.delete().await
 }
