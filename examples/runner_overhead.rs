@@ -161,7 +161,7 @@ fn main() {
     row("exec benchkite -> first harness spawned", &to_spawn);
     row("  of which main() -> first harness spawned", &main_to_spawn);
     row("harness exit seen -> result.json written, runner exiting", &tail);
-    row("CPU time of the runner process itself (user+sys, no children)", &cpu);
+    row("runner's own CPU time (user+sys, children excluded)", &cpu);
     println!();
     println!("runner overhead {overhead_m:.2} ms vs the floor of a Python runner {floor_m:.2} ms");
 }

@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 use futures::{Future, FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
+use tokio::sync::mpsc;
 
 use crate::api::{AgentPool, GpuNode};
 use crate::fleet::pod::{LABEL_MANAGED_BY, MANAGED_BY};
@@ -155,50 +156,96 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     use kube::runtime::controller::Controller;
 
-    const BUFFER: usize = 4096;
-    let (nodes, nodes_w) = reflector::store_shared::<Node>(BUFFER);
-    let (pods, pods_w) = reflector::store_shared::<Pod>(BUFFER);
-    let (gpunodes, gpunodes_w) = reflector::store_shared::<GpuNode>(BUFFER);
-    let (pools, pools_w) = reflector::store_shared::<AgentPool>(BUFFER);
-    fn sub<T>(name: &str, handle: Option<T>) -> anyhow::Result<T> {
-        handle.ok_or_else(|| anyhow::anyhow!("{name} store is not shared"))
-    }
-    // Subscribe only for controllers that run: an unread subscription stalls the shared watch.
-    let fleet_events = if config.fleet {
-        Some((
-            sub("node", nodes_w.subscribe())?,
-            if config.discover_gpu_nodes { Some(sub("node", nodes_w.subscribe())?) } else { None },
-            sub("pod", pods_w.subscribe())?,
-            sub("pod", pods_w.subscribe())?,
-            sub("gpunode", gpunodes_w.subscribe())?,
-            sub("gpunode", gpunodes_w.subscribe())?,
-            sub("agentpool", pools_w.subscribe())?,
-        ))
-    } else {
-        None
-    };
+    // One watch per kind feeds a store and fans its events out to the controllers that
+    // care, over unbounded channels. (kube's shared-store subscriptions are not used: their
+    // streams stall when a broadcast object was deleted from the store meanwhile.)
+    let (nodes, nodes_w) = reflector::store::<Node>();
+    let (pods, pods_w) = reflector::store::<Pod>();
+    let (gpunodes, gpunodes_w) = reflector::store::<GpuNode>();
+    let (pools, pools_w) = reflector::store::<AgentPool>();
+    let fleet = config.fleet;
+    let discover = fleet && config.discover_gpu_nodes;
+    let (gn_tx, gn_rx) = mpsc::unbounded_channel::<Arc<GpuNode>>();
+    let (gn_wake_tx, gn_wake_rx) = mpsc::unbounded_channel::<ObjectRef<GpuNode>>();
+    let (node_tx, node_rx) = mpsc::unbounded_channel::<Arc<Node>>();
+    let (pool_tx, pool_rx) = mpsc::unbounded_channel::<Arc<AgentPool>>();
+    let (pool_wake_tx, pool_wake_rx) = mpsc::unbounded_channel::<ObjectRef<AgentPool>>();
 
     let wc = watcher::Config::default().any_semantic();
-    let node_watch = watcher(Api::<Node>::all(client.clone()), wc.clone())
-        .modify(cache::strip_node)
-        .default_backoff()
-        .reflect_shared(nodes_w)
-        .for_each(|_| futures::future::ready(()));
-    let pod_watch = watcher(Api::<Pod>::all(client.clone()), wc.clone())
-        .modify(cache::strip_pod)
-        .default_backoff()
-        .reflect_shared(pods_w)
-        .for_each(|_| futures::future::ready(()));
-    let gpunode_watch = watcher(Api::<GpuNode>::all(client.clone()), wc.clone())
-        .modify(cache::strip_managed_fields)
-        .default_backoff()
-        .reflect_shared(gpunodes_w)
-        .for_each(|_| futures::future::ready(()));
+    let node_watch = {
+        let (gn_store, wake) = (gpunodes.clone(), gn_wake_tx.clone());
+        watcher(Api::<Node>::all(client.clone()), wc.clone())
+            .modify(cache::strip_node)
+            .default_backoff()
+            .reflect(nodes_w)
+            .for_each(move |ev| {
+                if fleet && let Some(node) = event_object(&ev) {
+                    for r in gpunode::gpunodes_for_node(&gn_store, &node.name_any()) {
+                        let _ = wake.send(r);
+                    }
+                    if discover && !is_delete(&ev) {
+                        let _ = node_tx.send(Arc::new(node.clone()));
+                    }
+                }
+                futures::future::ready(())
+            })
+    };
+    let pod_watch = {
+        let (gn_store, gn_wake, pool_wake) = (gpunodes.clone(), gn_wake_tx.clone(), pool_wake_tx.clone());
+        watcher(Api::<Pod>::all(client.clone()), wc.clone())
+            .modify(cache::strip_pod)
+            .default_backoff()
+            .reflect(pods_w)
+            .for_each(move |ev| {
+                if fleet && let Some(pod) = event_object(&ev) {
+                    if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
+                        for r in gpunode::gpunodes_for_node(&gn_store, node) {
+                            let _ = gn_wake.send(r);
+                        }
+                    }
+                    if agent_pool_uid(pod).is_some()
+                        && let Some(owner) = pod.owner_references().iter().find(|o| o.controller == Some(true))
+                    {
+                        let ns = pod.namespace().unwrap_or_default();
+                        let _ = pool_wake.send(ObjectRef::new(&owner.name).within(&ns));
+                    }
+                }
+                futures::future::ready(())
+            })
+    };
+    let gpunode_watch = {
+        let (pool_store, pool_wake) = (pools.clone(), pool_wake_tx.clone());
+        watcher(Api::<GpuNode>::all(client.clone()), wc.clone())
+            .modify(cache::strip_managed_fields)
+            .default_backoff()
+            .reflect(gpunodes_w)
+            .for_each(move |ev| {
+                if fleet && let Some(gn) = event_object(&ev) {
+                    if !is_delete(&ev) {
+                        let _ = gn_tx.send(Arc::new(gn.clone()));
+                    }
+                    for p in pool_store.state() {
+                        let _ = pool_wake.send(ObjectRef::from_obj(p.as_ref()));
+                    }
+                }
+                futures::future::ready(())
+            })
+    };
     let pool_watch = watcher(Api::<AgentPool>::all(client.clone()), wc.clone())
         .modify(cache::strip_managed_fields)
         .default_backoff()
-        .reflect_shared(pools_w)
-        .for_each(|_| futures::future::ready(()));
+        .reflect(pools_w)
+        .for_each(move |ev| {
+            if fleet
+                && let Some(pool) = event_object(&ev)
+                && !is_delete(&ev)
+            {
+                let _ = pool_tx.send(Arc::new(pool.clone()));
+            }
+            futures::future::ready(())
+        });
+    drop((gn_wake_tx, pool_wake_tx));
+    let fleet_events = fleet.then_some((gn_rx, gn_wake_rx, node_rx, pool_rx, pool_wake_rx));
 
     let recorder = Recorder::new(
         client.clone(),
@@ -248,28 +295,9 @@ pub async fn run(
     };
 
     let fleet_ctrl = match fleet_events {
-        Some((
-            node_events_gn,
-            node_events_disc,
-            pod_events_gn,
-            pod_events_ap,
-            gpunode_events_gn,
-            gpunode_events_ap,
-            pool_events,
-        )) => {
-            let gn_store = gpunodes.clone();
-            let gn_store2 = gpunodes.clone();
-            let gpunode_ctrl = Controller::for_shared_stream(gpunode_events_gn, gpunodes.clone())
-                .watches_shared_stream(node_events_gn, move |node: Arc<Node>| {
-                    gpunode::gpunodes_for_node(&gn_store, &node.name_any())
-                })
-                .watches_shared_stream(pod_events_gn, move |pod: Arc<Pod>| {
-                    pod.spec
-                        .as_ref()
-                        .and_then(|s| s.node_name.clone())
-                        .map(|n| gpunode::gpunodes_for_node(&gn_store2, &n))
-                        .unwrap_or_default()
-                })
+        Some((gn_rx, gn_wake_rx, node_rx, pool_rx, pool_wake_rx)) => {
+            let gpunode_ctrl = Controller::for_shared_stream(channel_stream(gn_rx), gpunodes.clone())
+                .reconcile_on(channel_stream(gn_wake_rx))
                 .with_config(
                     kube::runtime::controller::Config::default().debounce(Duration::from_millis(100)).concurrency(16),
                 )
@@ -280,32 +308,13 @@ pub async fn run(
                         tracing::debug!(error = %e, "gpunode reconcile");
                     }
                 });
-
-            let discovery_ctrl = {
-                let stream = node_events_disc.map(|events| {
-                    Controller::for_shared_stream(events, nodes.clone())
-                        .with_config(kube::runtime::controller::Config::default().concurrency(16))
-                        .graceful_shutdown_on(on_shutdown(&shutdown_tx))
-                        .run(gpunode::discover, gpunode::discover_error_policy, ctx.clone())
-                        .for_each(|_| futures::future::ready(()))
-                });
-                async move {
-                    if let Some(stream) = stream {
-                        stream.await
-                    }
-                }
-            };
-
-            let pool_store = pools.clone();
-            let pool_ctrl = Controller::for_shared_stream(pool_events, pools.clone())
-                .owns_shared_stream(pod_events_ap)
-                .watches_shared_stream(gpunode_events_ap, move |_gn: Arc<GpuNode>| {
-                    pool_store
-                        .state()
-                        .iter()
-                        .map(|p| kube::runtime::reflector::ObjectRef::from_obj(p.as_ref()))
-                        .collect::<Vec<_>>()
-                })
+            let discovery_ctrl = Controller::for_shared_stream(channel_stream(node_rx), nodes.clone())
+                .with_config(kube::runtime::controller::Config::default().concurrency(16))
+                .graceful_shutdown_on(on_shutdown(&shutdown_tx))
+                .run(gpunode::discover, gpunode::discover_error_policy, ctx.clone())
+                .for_each(|_| futures::future::ready(()));
+            let pool_ctrl = Controller::for_shared_stream(channel_stream(pool_rx), pools.clone())
+                .reconcile_on(channel_stream(pool_wake_rx))
                 .reconcile_all_on(pools_changed)
                 .with_config(
                     kube::runtime::controller::Config::default().debounce(Duration::from_millis(200)).concurrency(8),
@@ -370,6 +379,23 @@ pub async fn run(
     }
     tracing::info!("fleet controllers stopped");
     Ok(())
+}
+
+/// The object an Apply or Delete watch event carries.
+fn event_object<K>(ev: &Result<watcher::Event<K>, watcher::Error>) -> Option<&K> {
+    match ev {
+        Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o) | watcher::Event::Delete(o)) => Some(o),
+        _ => None,
+    }
+}
+
+fn is_delete<K>(ev: &Result<watcher::Event<K>, watcher::Error>) -> bool {
+    matches!(ev, Ok(watcher::Event::Delete(_)))
+}
+
+/// A stream over an unbounded channel.
+fn channel_stream<T: Send + 'static>(mut rx: mpsc::UnboundedReceiver<T>) -> impl futures::Stream<Item = T> + Send {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 /// A reference for Events about an object.
