@@ -24,7 +24,7 @@ test: build crds-check unit-test e2e-test
 
 # The e2e tests run these binaries: the operator (also the job-side runner) and the simulator.
 build:
-	cargo build --bin benchkite --bin buildkite-sim
+	cargo build --workspace --bins
 
 crds:
 	cargo run -q --bin benchkite -- crds --dir crds
