@@ -106,6 +106,35 @@ async fn make_node(client: &Client, name: &str, test: &str, cpu: &str, memory: &
     Ok(())
 }
 
+/// A fake node of one test: deleted, with the pods left on it, when dropped (also when the
+/// test fails).
+struct TestNode {
+    name: String,
+}
+
+impl TestNode {
+    async fn create(client: &Client, name: &str, test: &str, cpu: &str, memory: &str, gpus: u32) -> Result<TestNode> {
+        make_node(client, name, test, cpu, memory, gpus).await?;
+        Ok(TestNode { name: name.to_string() })
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        // The test's runtime cannot be blocked on here: clean up from a fresh one.
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async {
+                if let Ok(c) = client().await {
+                    delete_node(&c, &name).await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
 /// Deletes a test node and force-deletes the pods left bound to it, as the pod garbage
 /// collector would (kwok cannot finish pods on a node that is gone).
 async fn delete_node(client: &Client, name: &str) {
@@ -283,41 +312,34 @@ async fn added_nodes_get_agents_maintenance_drains_and_removed_nodes_lose_them()
     let (client, ns) = setup("nodes").await?;
     let id = ns.name().to_string();
     let (a, b) = (format!("{id}-a"), format!("{id}-b"));
-    let result = async {
-        make_node(&client, &a, &id, "64", "256Gi", 4).await?;
-        let pools: Api<AgentPool> = ns.api();
-        pools.create(&PostParams::default(), &pool("grow", selector("benchkite.dev/e2e", &[&id]))).await?;
-        wait_agents(&ns, "grow", 4).await?;
+    let _node_a = TestNode::create(&client, &a, &id, "64", "256Gi", 4).await?;
+    let pools: Api<AgentPool> = ns.api();
+    pools.create(&PostParams::default(), &pool("grow", selector("benchkite.dev/e2e", &[&id]))).await?;
+    wait_agents(&ns, "grow", 4).await?;
 
-        // A node added to the selection gets agents.
-        make_node(&client, &b, &id, "64", "256Gi", 4).await?;
-        let agents = wait_agents(&ns, "grow", 8).await?;
-        ensure!(per_node(&agents).len() == 2);
+    // A node added to the selection gets agents.
+    let _node_b = TestNode::create(&client, &b, &id, "64", "256Gi", 4).await?;
+    let agents = wait_agents(&ns, "grow", 8).await?;
+    ensure!(per_node(&agents).len() == 2);
 
-        // Maintenance drains the node; lifting it brings agents back.
-        let gpunodes: Api<GpuNode> = Api::all(client.clone());
-        gpunodes.patch(&b, &PatchParams::default(), &Patch::Merge(json!({"spec": {"maintenance": true}}))).await?;
-        let agents = wait_agents(&ns, "grow", 4).await?;
-        ensure!(per_node(&agents).keys().all(|n| n == &a), "only {a} keeps agents: {:?}", per_node(&agents));
-        let status = pools.get("grow").await?.status.context("status")?;
-        let node_b = status.nodes.iter().find(|n| n.name == b).context("node b in status")?;
-        ensure!(node_b.state == "Maintenance", "{node_b:?}");
-        gpunodes.patch(&b, &PatchParams::default(), &Patch::Merge(json!({"spec": {"maintenance": false}}))).await?;
-        wait_agents(&ns, "grow", 8).await?;
+    // Maintenance drains the node; lifting it brings agents back.
+    let gpunodes: Api<GpuNode> = Api::all(client.clone());
+    gpunodes.patch(&b, &PatchParams::default(), &Patch::Merge(json!({"spec": {"maintenance": true}}))).await?;
+    let agents = wait_agents(&ns, "grow", 4).await?;
+    ensure!(per_node(&agents).keys().all(|n| n == &a), "only {a} keeps agents: {:?}", per_node(&agents));
+    let status = pools.get("grow").await?.status.context("status")?;
+    let node_b = status.nodes.iter().find(|n| n.name == b).context("node b in status")?;
+    ensure!(node_b.state == "Maintenance", "{node_b:?}");
+    gpunodes.patch(&b, &PatchParams::default(), &Patch::Merge(json!({"spec": {"maintenance": false}}))).await?;
+    wait_agents(&ns, "grow", 8).await?;
 
-        // A deleted Node loses its agents; its discovered GpuNode goes after the grace period.
-        delete_node(&client, &b).await;
-        wait_agents(&ns, "grow", 4).await?;
-        wait_until("discovered GpuNode of a deleted Node removed", Duration::from_secs(90), || async {
-            Ok(gpunodes.get_opt(&b).await?.is_none().then_some(()))
-        })
-        .await?;
-        Ok::<(), anyhow::Error>(())
-    }
-    .await;
-    delete_node(&client, &a).await;
+    // A deleted Node loses its agents; its discovered GpuNode goes after the grace period.
     delete_node(&client, &b).await;
-    result?;
+    wait_agents(&ns, "grow", 4).await?;
+    wait_until("discovered GpuNode of a deleted Node removed", Duration::from_secs(90), || async {
+        Ok(gpunodes.get_opt(&b).await?.is_none().then_some(()))
+    })
+    .await?;
     ns.delete().await
 }
 
@@ -326,76 +348,67 @@ async fn overlapping_pools_conflict_and_never_overcommit() -> Result<()> {
     let (client, ns) = setup("conflict").await?;
     let id = ns.name().to_string();
     let node = format!("{id}-n");
-    let result = async {
-        make_node(&client, &node, &id, "32", "128Gi", 4).await?;
-        let pools: Api<AgentPool> = ns.api();
-        pools.create(&PostParams::default(), &pool("older", selector("benchkite.dev/e2e", &[&id]))).await?;
-        wait_agents(&ns, "older", 4).await?;
-        tokio::time::sleep(Duration::from_millis(1100)).await; // creation timestamps have 1 s resolution
-        pools.create(&PostParams::default(), &pool("newer", selector("benchkite.dev/e2e", &[&id]))).await?;
-        let newer = wait_until("Conflict on the newer pool", default_timeout(), || async {
-            let p = pools.get("newer").await?;
-            let conflict = p
-                .status
-                .as_ref()
-                .and_then(|s| condition(&s.conditions, "Conflict"))
-                .is_some_and(|c| c.status == "True");
-            Ok(conflict.then_some(p))
-        })
-        .await?;
-        let msg = newer
-            .status
-            .as_ref()
-            .and_then(|s| condition(&s.conditions, "Conflict"))
-            .map(|c| c.message.clone())
-            .unwrap_or_default();
-        ensure!(msg.contains(&node) && msg.contains("older"), "conflict message: {msg}");
-        ensure!(pool_pods(&ns, "newer").await?.is_empty(), "the newer pool must not start agents");
-        let older = pools.get("older").await?.status.context("status")?;
-        ensure!(condition(&older.conditions, "Conflict").is_some_and(|c| c.status == "False"));
-        let events: Api<CoreEvent> = ns.api();
-        wait_until("a Conflict event", default_timeout(), || async {
-            let evs = events.list(&ListParams::default()).await?;
-            Ok(evs
-                .items
-                .iter()
-                .any(|e| e.reason.as_deref() == Some("Conflict") && e.involved_object.name.as_deref() == Some("newer"))
-                .then_some(()))
-        })
-        .await?;
+    let _node = TestNode::create(&client, &node, &id, "32", "128Gi", 4).await?;
+    let pools: Api<AgentPool> = ns.api();
+    pools.create(&PostParams::default(), &pool("older", selector("benchkite.dev/e2e", &[&id]))).await?;
+    wait_agents(&ns, "older", 4).await?;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // creation timestamps have 1 s resolution
+    pools.create(&PostParams::default(), &pool("newer", selector("benchkite.dev/e2e", &[&id]))).await?;
+    let newer = wait_until("Conflict on the newer pool", default_timeout(), || async {
+        let p = pools.get("newer").await?;
+        let conflict =
+            p.status.as_ref().and_then(|s| condition(&s.conditions, "Conflict")).is_some_and(|c| c.status == "True");
+        Ok(conflict.then_some(p))
+    })
+    .await?;
+    let msg = newer
+        .status
+        .as_ref()
+        .and_then(|s| condition(&s.conditions, "Conflict"))
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    ensure!(msg.contains(&node) && msg.contains("older"), "conflict message: {msg}");
+    ensure!(pool_pods(&ns, "newer").await?.is_empty(), "the newer pool must not start agents");
+    let older = pools.get("older").await?.status.context("status")?;
+    ensure!(condition(&older.conditions, "Conflict").is_some_and(|c| c.status == "False"));
+    let events: Api<CoreEvent> = ns.api();
+    wait_until("a Conflict event", default_timeout(), || async {
+        let evs = events.list(&ListParams::default()).await?;
+        Ok(evs
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("Conflict") && e.involved_object.name.as_deref() == Some("newer"))
+            .then_some(()))
+    })
+    .await?;
 
-        // Hand-over: when the older pool goes, the newer one takes the node, never holding
-        // more GPU claims on it than it has GPUs.
-        pools.delete("older", &DeleteParams::default()).await?;
-        let pods: Api<Pod> = ns.api();
-        let deadline = std::time::Instant::now() + default_timeout();
-        loop {
-            let on_node: Vec<Pod> = pods
-                .list(&ListParams::default().labels("app.kubernetes.io/managed-by=benchkite"))
-                .await?
-                .items
-                .into_iter()
-                .filter(|p| !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")))
-                .collect();
-            ensure!(on_node.len() <= 4, "{} live agent pods on a 4-GPU node", on_node.len());
-            let newer_running = on_node
-                .iter()
-                .filter(|p| p.labels().get("benchkite.dev/pool").map(String::as_str) == Some("newer") && running(p))
-                .count();
-            if newer_running == 4 {
-                break;
-            }
-            if std::time::Instant::now() > deadline {
-                bail!("newer pool did not take over: {newer_running} running");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    // Hand-over: when the older pool goes, the newer one takes the node, never holding
+    // more GPU claims on it than it has GPUs.
+    pools.delete("older", &DeleteParams::default()).await?;
+    let pods: Api<Pod> = ns.api();
+    let deadline = std::time::Instant::now() + default_timeout();
+    loop {
+        let on_node: Vec<Pod> = pods
+            .list(&ListParams::default().labels("app.kubernetes.io/managed-by=benchkite"))
+            .await?
+            .items
+            .into_iter()
+            .filter(|p| !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")))
+            .collect();
+        ensure!(on_node.len() <= 4, "{} live agent pods on a 4-GPU node", on_node.len());
+        let newer_running = on_node
+            .iter()
+            .filter(|p| p.labels().get("benchkite.dev/pool").map(String::as_str) == Some("newer") && running(p))
+            .count();
+        if newer_running == 4 {
+            break;
         }
-        wait_agents(&ns, "newer", 4).await?;
-        Ok::<(), anyhow::Error>(())
+        if std::time::Instant::now() > deadline {
+            bail!("newer pool did not take over: {newer_running} running");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    .await;
-    delete_node(&client, &node).await;
-    result?;
+    wait_agents(&ns, "newer", 4).await?;
     ns.delete().await
 }
 
@@ -404,36 +417,30 @@ async fn failed_agents_are_replaced_and_reported() -> Result<()> {
     let (client, ns) = setup("failed").await?;
     let id = ns.name().to_string();
     let node = format!("{id}-n");
-    let result = async {
-        make_node(&client, &node, &id, "16", "64Gi", 2).await?;
-        let pools: Api<AgentPool> = ns.api();
-        pools.create(&PostParams::default(), &pool("flaky", selector("benchkite.dev/e2e", &[&id]))).await?;
-        let agents = wait_agents(&ns, "flaky", 2).await?;
-        // What the kubelet does to a pod the topology manager refuses.
-        let victim = agents[0].clone();
-        let pods: Api<Pod> = ns.api();
-        pods.patch_status(
-            &victim.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"phase": "Failed", "reason": "TopologyAffinityError", "message": "Resources cannot be allocated with Topology locality"}})),
-        )
-        .await?;
-        wait_until("Degraded names the failure", default_timeout(), || async {
-            let p = pools.get("flaky").await?;
-            let c = p.status.as_ref().and_then(|s| condition(&s.conditions, "Degraded")).cloned();
-            Ok(c.filter(|c| c.status == "True" && c.message.contains("TopologyAffinityError")).map(|_| ()))
-        })
-        .await?;
-        wait_until("the failed agent replaced", default_timeout(), || async {
-            let p = pool_pods(&ns, "flaky").await?;
-            Ok(p.iter().any(|p| p.name_any() == victim.name_any() && p.uid() != victim.uid() && running(p)).then_some(()))
-        })
-        .await?;
-        Ok::<(), anyhow::Error>(())
-    }
-    .await;
-    delete_node(&client, &node).await;
-    result?;
+    let _node = TestNode::create(&client, &node, &id, "16", "64Gi", 2).await?;
+    let pools: Api<AgentPool> = ns.api();
+    pools.create(&PostParams::default(), &pool("flaky", selector("benchkite.dev/e2e", &[&id]))).await?;
+    let agents = wait_agents(&ns, "flaky", 2).await?;
+    // What the kubelet does to a pod the topology manager refuses.
+    let victim = agents[0].clone();
+    let pods: Api<Pod> = ns.api();
+    pods.patch_status(
+        &victim.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Failed", "reason": "TopologyAffinityError", "message": "Resources cannot be allocated with Topology locality"}})),
+    )
+    .await?;
+    wait_until("Degraded names the failure", default_timeout(), || async {
+        let p = pools.get("flaky").await?;
+        let c = p.status.as_ref().and_then(|s| condition(&s.conditions, "Degraded")).cloned();
+        Ok(c.filter(|c| c.status == "True" && c.message.contains("TopologyAffinityError")).map(|_| ()))
+    })
+    .await?;
+    wait_until("the failed agent replaced", default_timeout(), || async {
+        let p = pool_pods(&ns, "flaky").await?;
+        Ok(p.iter().any(|p| p.name_any() == victim.name_any() && p.uid() != victim.uid() && running(p)).then_some(()))
+    })
+    .await?;
     ns.delete().await
 }
 
@@ -442,61 +449,49 @@ async fn impossible_pools_say_why_and_start_nothing() -> Result<()> {
     let (client, ns) = setup("impossible").await?;
     let id = ns.name().to_string();
     let tiny = format!("{id}-tiny");
-    let result = async {
-        let pools: Api<AgentPool> = ns.api();
-        let events: Api<CoreEvent> = ns.api();
-        let degraded = |name: &'static str, reason: &'static str| {
-            let pools = pools.clone();
-            async move {
-                wait_until(&format!("{name} Degraded/{reason}"), default_timeout(), || async {
-                    let p = pools.get(name).await?;
-                    let s = p.status.unwrap_or_default();
-                    let ok = condition(&s.conditions, "Degraded")
-                        .is_some_and(|c| c.status == "True" && c.reason == reason)
-                        && condition(&s.conditions, "Ready").is_some_and(|c| c.status == "False");
-                    Ok(ok.then_some(()))
-                })
-                .await
-            }
-        };
-        // Selects nothing.
-        pools
-            .create(&PostParams::default(), &pool("nothing", selector("benchkite.dev/e2e", &["no-such-node"])))
-            .await?;
-        degraded("nothing", "NoNodesSelected").await?;
-        // Token Secret missing.
-        make_node(&client, &tiny, &id, "4", "16Gi", 8).await?;
-        let mut p = pool("notoken", selector("kubernetes.io/hostname", &["gpu-l40s-0"]));
-        p.spec.agent.token_secret_ref.name = "missing".into();
-        pools.create(&PostParams::default(), &p).await?;
-        degraded("notoken", "TokenSecretMissing").await?;
-        // Share too small: 4 cores over 8 GPUs.
-        pools.create(&PostParams::default(), &pool("tiny", selector("benchkite.dev/e2e", &[&id]))).await?;
-        degraded("tiny", "NoUsableNodes").await?;
-        let gpunodes: Api<GpuNode> = Api::all(client.clone());
-        let gn = gpunodes.get(&tiny).await?;
-        let ready = gn.status.as_ref().and_then(|s| condition(&s.conditions, "Ready")).context("Ready")?;
-        ensure!(ready.reason == "ShareTooSmall" && ready.message.contains("below the minimum"), "{ready:?}");
-        for name in ["nothing", "notoken", "tiny"] {
-            ensure!(pool_pods(&ns, name).await?.is_empty(), "{name} must start no agents");
+    let pools: Api<AgentPool> = ns.api();
+    let events: Api<CoreEvent> = ns.api();
+    let degraded = |name: &'static str, reason: &'static str| {
+        let pools = pools.clone();
+        async move {
+            wait_until(&format!("{name} Degraded/{reason}"), default_timeout(), || async {
+                let p = pools.get(name).await?;
+                let s = p.status.unwrap_or_default();
+                let ok = condition(&s.conditions, "Degraded").is_some_and(|c| c.status == "True" && c.reason == reason)
+                    && condition(&s.conditions, "Ready").is_some_and(|c| c.status == "False");
+                Ok(ok.then_some(()))
+            })
+            .await
         }
-        wait_until("Events for each impossible pool", default_timeout(), || async {
-            let evs = events.list(&ListParams::default()).await?.items;
-            let has = |obj: &str, reason: &str| {
-                evs.iter()
-                    .any(|e| e.involved_object.name.as_deref() == Some(obj) && e.reason.as_deref() == Some(reason))
-            };
-            Ok((has("nothing", "NoNodesSelected")
-                && has("notoken", "TokenSecretMissing")
-                && has("tiny", "NoUsableNodes"))
-            .then_some(()))
-        })
-        .await?;
-        Ok::<(), anyhow::Error>(())
+    };
+    // Selects nothing.
+    pools.create(&PostParams::default(), &pool("nothing", selector("benchkite.dev/e2e", &["no-such-node"]))).await?;
+    degraded("nothing", "NoNodesSelected").await?;
+    // Token Secret missing.
+    let _node_tiny = TestNode::create(&client, &tiny, &id, "4", "16Gi", 8).await?;
+    let mut p = pool("notoken", selector("kubernetes.io/hostname", &["gpu-l40s-0"]));
+    p.spec.agent.token_secret_ref.name = "missing".into();
+    pools.create(&PostParams::default(), &p).await?;
+    degraded("notoken", "TokenSecretMissing").await?;
+    // Share too small: 4 cores over 8 GPUs.
+    pools.create(&PostParams::default(), &pool("tiny", selector("benchkite.dev/e2e", &[&id]))).await?;
+    degraded("tiny", "NoUsableNodes").await?;
+    let gpunodes: Api<GpuNode> = Api::all(client.clone());
+    let gn = gpunodes.get(&tiny).await?;
+    let ready = gn.status.as_ref().and_then(|s| condition(&s.conditions, "Ready")).context("Ready")?;
+    ensure!(ready.reason == "ShareTooSmall" && ready.message.contains("below the minimum"), "{ready:?}");
+    for name in ["nothing", "notoken", "tiny"] {
+        ensure!(pool_pods(&ns, name).await?.is_empty(), "{name} must start no agents");
     }
-    .await;
-    delete_node(&client, &tiny).await;
-    result?;
+    wait_until("Events for each impossible pool", default_timeout(), || async {
+        let evs = events.list(&ListParams::default()).await?.items;
+        let has = |obj: &str, reason: &str| {
+            evs.iter().any(|e| e.involved_object.name.as_deref() == Some(obj) && e.reason.as_deref() == Some(reason))
+        };
+        Ok((has("nothing", "NoNodesSelected") && has("notoken", "TokenSecretMissing") && has("tiny", "NoUsableNodes"))
+            .then_some(()))
+    })
+    .await?;
     ns.delete().await
 }
 
@@ -639,60 +634,64 @@ async fn spec_changes_and_foreign_pods_roll_agents() -> Result<()> {
     let (client, ns) = setup("roll").await?;
     let id = ns.name().to_string();
     let node = format!("{id}-n");
-    let result = async {
-        make_node(&client, &node, &id, "32", "128Gi", 4).await?;
-        let pools: Api<AgentPool> = ns.api();
-        pools.create(&PostParams::default(), &pool("roll", selector("benchkite.dev/e2e", &[&id]))).await?;
-        let before = wait_agents(&ns, "roll", 4).await?;
-        let cpu = |p: &Pod| -> String {
-            p.spec.as_ref().and_then(|s| s.containers[0].resources.as_ref()).and_then(|r| r.limits.as_ref()).map(|l| l["cpu"].0.clone()).unwrap_or_default()
-        };
-        ensure!(before.iter().all(|p| cpu(p) == "8"), "32 cores / 4 GPUs");
+    let _node = TestNode::create(&client, &node, &id, "32", "128Gi", 4).await?;
+    let pools: Api<AgentPool> = ns.api();
+    pools.create(&PostParams::default(), &pool("roll", selector("benchkite.dev/e2e", &[&id]))).await?;
+    let before = wait_agents(&ns, "roll", 4).await?;
+    let cpu = |p: &Pod| -> String {
+        p.spec
+            .as_ref()
+            .and_then(|s| s.containers[0].resources.as_ref())
+            .and_then(|r| r.limits.as_ref())
+            .map(|l| l["cpu"].0.clone())
+            .unwrap_or_default()
+    };
+    ensure!(before.iter().all(|p| cpu(p) == "8"), "32 cores / 4 GPUs");
 
-        // New image: every agent is replaced by one with the new spec.
-        pools
-            .patch("roll", &PatchParams::default(), &Patch::Merge(json!({"spec": {"agent": {"image": "example.invalid/agent:v2"}}})))
-            .await?;
-        let old_uids: Vec<String> = before.iter().filter_map(|p| p.uid()).collect();
-        wait_until("agents rolled to the new image", default_timeout(), || async {
-            let pods = pool_pods(&ns, "roll").await?;
-            let live: Vec<&Pod> = pods.iter().filter(|p| running(p)).collect();
-            let rolled = live.len() == 4
-                && live.iter().all(|p| {
-                    !old_uids.contains(&p.uid().unwrap_or_default())
-                        && p.spec.as_ref().and_then(|s| s.containers[0].image.as_deref()) == Some("example.invalid/agent:v2")
-                });
-            Ok(rolled.then_some(()))
-        })
+    // New image: every agent is replaced by one with the new spec.
+    pools
+        .patch(
+            "roll",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"agent": {"image": "example.invalid/agent:v2"}}})),
+        )
         .await?;
+    let old_uids: Vec<String> = before.iter().filter_map(|p| p.uid()).collect();
+    wait_until("agents rolled to the new image", default_timeout(), || async {
+        let pods = pool_pods(&ns, "roll").await?;
+        let live: Vec<&Pod> = pods.iter().filter(|p| running(p)).collect();
+        let rolled = live.len() == 4
+            && live.iter().all(|p| {
+                !old_uids.contains(&p.uid().unwrap_or_default())
+                    && p.spec.as_ref().and_then(|s| s.containers[0].image.as_deref())
+                        == Some("example.invalid/agent:v2")
+            });
+        Ok(rolled.then_some(()))
+    })
+    .await?;
 
-        // A foreign pod takes 4 cores: the share drops to 7 cores per GPU and agents follow.
-        let pods: Api<Pod> = ns.api();
-        let foreign: Pod = serde_json::from_value(json!({
-            "metadata": {"name": "daemon"},
-            "spec": {
-                "nodeName": node,
-                "tolerations": [{"operator": "Exists"}],
-                "containers": [{"name": "d", "image": "example.invalid/daemon", "resources": {"requests": {"cpu": "4", "memory": "1Gi"}}}],
-            },
-        }))?;
-        pods.create(&PostParams::default(), &foreign).await?;
-        let gpunodes: Api<GpuNode> = Api::all(client.clone());
-        wait_until("the share shrinks", default_timeout(), || async {
-            let gn = gpunodes.get(&node).await?;
-            Ok(gn.status.and_then(|s| s.per_gpu_share).filter(|s| s.cpu == 7).map(|_| ()))
-        })
-        .await?;
-        wait_until("agents resized to 7 cores", default_timeout(), || async {
-            let pods = pool_pods(&ns, "roll").await?;
-            let live: Vec<&Pod> = pods.iter().filter(|p| running(p)).collect();
-            Ok((live.len() == 4 && live.iter().all(|p| cpu(p) == "7")).then_some(()))
-        })
-        .await?;
-        Ok::<(), anyhow::Error>(())
-    }
-    .await;
-    delete_node(&client, &node).await;
-    result?;
+    // A foreign pod takes 4 cores: the share drops to 7 cores per GPU and agents follow.
+    let pods: Api<Pod> = ns.api();
+    let foreign: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "daemon"},
+        "spec": {
+            "nodeName": node,
+            "tolerations": [{"operator": "Exists"}],
+            "containers": [{"name": "d", "image": "example.invalid/daemon", "resources": {"requests": {"cpu": "4", "memory": "1Gi"}}}],
+        },
+    }))?;
+    pods.create(&PostParams::default(), &foreign).await?;
+    let gpunodes: Api<GpuNode> = Api::all(client.clone());
+    wait_until("the share shrinks", default_timeout(), || async {
+        let gn = gpunodes.get(&node).await?;
+        Ok(gn.status.and_then(|s| s.per_gpu_share).filter(|s| s.cpu == 7).map(|_| ()))
+    })
+    .await?;
+    wait_until("agents resized to 7 cores", default_timeout(), || async {
+        let pods = pool_pods(&ns, "roll").await?;
+        let live: Vec<&Pod> = pods.iter().filter(|p| running(p)).collect();
+        Ok((live.len() == 4 && live.iter().all(|p| cpu(p) == "7")).then_some(()))
+    })
+    .await?;
     ns.delete().await
 }
