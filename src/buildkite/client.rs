@@ -89,6 +89,21 @@ struct Call {
     auth: Auth,
 }
 
+impl Call {
+    /// An idempotent queue write (create, pause, resume): a POST at Submit priority.
+    fn write(endpoint: &'static str, url: Url, body: Vec<u8>) -> Call {
+        Call {
+            endpoint,
+            method: Method::POST,
+            url,
+            body: Some(body),
+            priority: Priority::Submit,
+            mode: Mode::Idempotent,
+            auth: Auth::Api,
+        }
+    }
+}
+
 /// An answer that was not retried away: 2xx, 3xx or 4xx other than 429.
 struct Answer {
     status: StatusCode,
@@ -811,16 +826,7 @@ impl Client {
         }
         let body = self.json_body(EP, &body)?;
         let url = self.org_url(&["clusters", cluster_id, "queues"]);
-        let call = Call {
-            endpoint: EP,
-            method: Method::POST,
-            url,
-            body: Some(body),
-            priority: Priority::Submit,
-            mode: Mode::Idempotent,
-            auth: Auth::Api,
-        };
-        let ans = self.execute(&call).await?;
+        let ans = self.execute(&Call::write(EP, url, body)).await?;
         if ans.status.is_success() {
             return Ok(QueueCreated::Created(self.decode(EP, &ans.body)?));
         }
@@ -854,16 +860,7 @@ impl Client {
     ) -> Result<Queue> {
         let body = self.json_body(endpoint, &body)?;
         let url = self.org_url(&["clusters", cluster_id, "queues", queue_id, action]);
-        let call = Call {
-            endpoint,
-            method: Method::POST,
-            url,
-            body: Some(body),
-            priority: Priority::Submit,
-            mode: Mode::Idempotent,
-            auth: Auth::Api,
-        };
-        let ans = self.execute(&call).await?;
+        let ans = self.execute(&Call::write(endpoint, url, body)).await?;
         if !ans.status.is_success() {
             return Err(self.api_error(endpoint, &ans));
         }
