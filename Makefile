@@ -16,11 +16,14 @@ help:
 	@echo "make e2e-test   e2e tests only (needs make e2e-up)"
 	@echo "make e2e-up     build the cluster binaries (first time: long) and start the local cluster"
 	@echo "make e2e-down   stop the local cluster and remove its state"
-	@echo "make demo       the demo"
+	@echo "make demo       cluster + Buildkite simulator + operator, one KernelJob end to end (own cluster in target/demo)"
+	@echo "make demo-down  stop the demo and remove target/demo"
 	@echo "make lint       rustfmt check and clippy with warnings as errors"
+	@echo "make fuzz-quick every fuzz target for 10 s (cargo-fuzz; make fuzz: 600 s each, FUZZ_SECONDS=N)"
 	@echo "make crds       regenerate crds/ from the Rust types (CI fails when they drift)"
+	@echo "make manifests  regenerate manifests/install.yaml and the chart's CRDs (CI fails when they drift)"
 
-test: build crds-check unit-test e2e-test
+test: build crds-check manifests-check unit-test e2e-test
 
 # The e2e tests run these binaries: the operator (also the job-side runner) and the simulator.
 build:
@@ -28,9 +31,18 @@ build:
 
 crds:
 	cargo run -q --bin benchkite -- crds --dir crds
+	e2e/chart/manifests
 
 crds-check:
 	cargo run -q --bin benchkite -- crds --dir crds --check
+
+.PHONY: manifests manifests-check
+# manifests/install.yaml and the chart's CRDs, rendered from charts/benchkite and crds/.
+manifests:
+	e2e/chart/manifests
+
+manifests-check:
+	e2e/chart/manifests --check
 
 unit-test:
 	cargo test --workspace --exclude benchkite-e2e
@@ -42,15 +54,65 @@ e2e-test:
 	fi
 	cargo test -p benchkite-e2e -- --test-threads=$(E2E_TEST_THREADS)
 
+# The chaos suite (e2e/tests/chaos.rs), one scenario at a time; BENCHKITE_CHAOS_LONG=1 for the
+# long variants. The API server restart scenario refuses the default cluster (target/e2e)
+# unless BENCHKITE_CHAOS_RESTART_APISERVER=1 (CI, which owns its cluster, sets it).
+.PHONY: test-chaos
+test-chaos:
+	@if [[ ! -s "$(E2E_KUBECONFIG)" ]]; then \
+	  echo "make: no e2e cluster ($(E2E_KUBECONFIG) is missing); start it with 'make e2e-up' (or e2e/cluster/up), then rerun" >&2; \
+	  exit 1; \
+	fi
+	cargo build --bin benchkite
+	cargo test -p benchkite-e2e --test chaos -- --ignored --test-threads=1 --nocapture
+
 e2e-up:
 	e2e/cluster/up
 
 e2e-down:
 	e2e/cluster/down
 
+# The demo runs in its own cluster (target/demo), never the e2e one. See e2e/demo/README.md.
+.PHONY: demo demo-down
 demo:
-	@echo "The benchkite demo is coming: it will start the local cluster with a GPU fleet,"
-	@echo "the Buildkite simulator and the operator, and show one agent per GPU."
+	e2e/demo/up
+
+demo-down:
+	e2e/demo/down
+
+# Benchmarks against same-run baselines (issue 8, bench/README.md): tables in
+# bench/results/latest.md. `bench` starts/reuses the cluster of E2E_DIR and uses release
+# binaries (< 45 min on 2 cores); `bench-quick` (CI, a few minutes) needs a running
+# cluster and, by default, the debug binaries `make build` made (BENCH_QUICK_PROFILE=release
+# for release ones). Both add their own nodes and remove them afterwards.
+BENCH_QUICK_PROFILE ?= debug
+BENCH_ARGS ?=
+.PHONY: bench bench-quick
+bench:
+	cargo build --release -p benchkite --bins --example runner_overhead
+	cargo build --release -p benchkite-bench
+	BENCHKITE_E2E_DIR=$(E2E_DIR) e2e/cluster/up
+	BENCHKITE_E2E_DIR=$(E2E_DIR) BENCHKITE_BIN=$(CURDIR)/target/release/benchkite \
+	  nice -n 5 target/release/benchkite-bench $(BENCH_ARGS)
+
+bench-quick:
+	@if [[ ! -s "$(E2E_KUBECONFIG)" ]]; then \
+	  echo "make: no e2e cluster ($(E2E_KUBECONFIG) is missing); start it with 'make e2e-up', then rerun" >&2; \
+	  exit 1; \
+	fi
+	cargo build $(if $(filter release,$(BENCH_QUICK_PROFILE)),--release) -p benchkite --bins --example runner_overhead
+	cargo build $(if $(filter release,$(BENCH_QUICK_PROFILE)),--release) -p benchkite-bench
+	BENCHKITE_E2E_DIR=$(E2E_DIR) BENCHKITE_BIN=$(CURDIR)/target/$(BENCH_QUICK_PROFILE)/benchkite \
+	  target/$(BENCH_QUICK_PROFILE)/benchkite-bench --quick $(BENCH_ARGS)
+
+# Fuzzing (cargo-fuzz; e2e/fuzz/README.md): every target for FUZZ_SECONDS each, one at a time.
+.PHONY: fuzz fuzz-quick
+FUZZ_SECONDS ?= 600
+fuzz:
+	e2e/fuzz/run $(FUZZ_SECONDS)
+
+fuzz-quick:
+	e2e/fuzz/run 10
 
 lint:
 	cargo fmt --all --check

@@ -8,6 +8,8 @@ pub mod controller;
 pub mod error;
 pub mod fleet;
 pub mod kerneljob;
+pub mod leader;
+pub mod metrics;
 pub mod runner;
 pub mod server;
 pub mod telemetry;

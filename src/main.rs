@@ -1,4 +1,5 @@
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -62,6 +63,11 @@ struct ControllerArgs {
     /// Address of /healthz, /readyz and /webhooks/buildkite.
     #[arg(long, env = "BENCHKITE_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     http_addr: std::net::SocketAddr,
+    /// Address of /metrics (Prometheus) and /loglevel (GET the log filter, PUT a new one).
+    #[arg(long, env = "BENCHKITE_METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    metrics_addr: std::net::SocketAddr,
+    #[command(flatten)]
+    leader: LeaderArgs,
     #[command(flatten)]
     buildkite: BuildkiteArgs,
     /// Log format.
@@ -70,6 +76,24 @@ struct ControllerArgs {
     /// Log level filter (tracing EnvFilter syntax, e.g. `info,benchkite=debug`).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log_level: String,
+}
+
+/// Leader election: with several replicas, only the holder of a Lease runs the controllers.
+#[derive(Debug, Args)]
+struct LeaderArgs {
+    /// Take part in leader election (run several replicas with this on).
+    #[arg(long, env = "BENCHKITE_LEADER_ELECT", default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    leader_elect: bool,
+    /// Namespace of the Lease (default: POD_NAMESPACE, else the in-cluster namespace, else `default`).
+    #[arg(long, env = "POD_NAMESPACE")]
+    leader_election_namespace: Option<String>,
+    /// Name of the Lease.
+    #[arg(long, env = "BENCHKITE_LEADER_ELECTION_LEASE_NAME", default_value = "benchkite-controller")]
+    leader_election_lease_name: String,
+    /// Seconds a lease stays valid after its last renewal: how long a standby waits when the
+    /// leader dies without releasing it (it is renewed every two thirds of this).
+    #[arg(long, env = "BENCHKITE_LEADER_ELECTION_LEASE_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=300))]
+    leader_election_lease_seconds: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -159,7 +183,8 @@ impl BuildkiteArgs {
         cfg.agent_token = secret(self.agent_metrics_token_file.as_ref(), "BUILDKITE_AGENT_METRICS_TOKEN")?;
         cfg.requests_per_minute = self.buildkite_requests_per_minute;
         cfg.rate_limit_window = Duration::from_secs_f64(self.buildkite_rate_limit_window_seconds.max(0.1));
-        let client = benchkite::buildkite::Client::new(cfg).context("configuring the Buildkite client")?;
+        let client = benchkite::buildkite::Client::with_observer(cfg, Arc::new(benchkite::metrics::BuildkiteObserver))
+            .context("configuring the Buildkite client")?;
         let poll = self.poll_interval_seconds.unwrap_or(if webhook_secret.is_some() { 30 } else { 10 });
         let config = benchkite::kerneljob::JobConfig {
             default_pipeline: self.buildkite_pipeline.clone(),
@@ -198,7 +223,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
-    telemetry::init(args.log_format, &args.log_level)?;
+    let log_filter = telemetry::init(args.log_format, &args.log_level)?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async move {
@@ -217,8 +242,77 @@ fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         let setup = args.buildkite.setup(&config.reporter, args.namespace.clone())?;
         let buildkite = setup.as_ref().map(|s| s.buildkite.clone());
         let jobs = setup.filter(|_| args.controllers.contains(&ControllerKind::Kerneljob));
-        let http = benchkite::controller::HttpConfig { addr: args.http_addr };
-        benchkite::controller::run(client, config, jobs, buildkite, http, shutdown_signal()).await
+        let http = benchkite::server::HttpState::new(jobs.as_ref().and_then(|j| j.webhook_secret.clone()));
+
+        // Listen first, so a taken port fails the start with a clear message.
+        let http_listener = benchkite::server::bind(args.http_addr).await?;
+        let metrics_listener = benchkite::server::bind(args.metrics_addr).await?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        };
+        tokio::spawn({
+            let stop_tx = stop_tx.clone();
+            async move {
+                shutdown_signal().await;
+                let _ = stop_tx.send(true);
+            }
+        });
+        let servers = futures::future::try_join(
+            benchkite::server::serve(http_listener, http.clone(), stopped()),
+            benchkite::server::serve_metrics(metrics_listener, Some(log_filter), stopped()),
+        );
+        let controllers = async {
+            if args.leader.leader_elect {
+                let cfg = benchkite::leader::LeaderConfig {
+                    namespace: args
+                        .leader
+                        .leader_election_namespace
+                        .clone()
+                        .unwrap_or_else(benchkite::leader::default_namespace),
+                    lease_name: args.leader.leader_election_lease_name.clone(),
+                    identity: benchkite::leader::default_identity(),
+                    lease_duration: Duration::from_secs(args.leader.leader_election_lease_seconds),
+                    pod: match (std::env::var("POD_NAMESPACE"), std::env::var("POD_NAME")) {
+                        (Ok(ns), Ok(name)) if !ns.is_empty() && !name.is_empty() => Some((ns, name)),
+                        _ => None,
+                    },
+                };
+                // A standby is ready: it answers probes and waits for the lease.
+                http.set_ready(true);
+                let http = http.clone();
+                benchkite::leader::run(client.clone(), cfg, stopped(), move |stop| {
+                    benchkite::controller::run(client, config, jobs, buildkite, http, stop)
+                })
+                .await
+            } else {
+                benchkite::metrics::global().set_leader(true);
+                benchkite::controller::run(client, config, jobs, buildkite, http.clone(), stopped()).await
+            }
+        };
+        tokio::pin!(servers, controllers);
+        tokio::select! {
+            res = &mut controllers => {
+                // Stop the servers too (they may still be answering probes).
+                let _ = stop_tx.send(true);
+                let _ = tokio::time::timeout(Duration::from_secs(5), servers).await;
+                res
+            }
+            res = &mut servers => {
+                if !*stop_tx.borrow() {
+                    // A server failed on its own: nothing can reach this process any more.
+                    return res.and_then(|_| Err(anyhow::anyhow!("the HTTP servers stopped")));
+                }
+                // Shutting down: the servers finished first; let the controllers finish.
+                match tokio::time::timeout(Duration::from_secs(30), &mut controllers).await {
+                    Ok(done) => done,
+                    Err(_) => Err(anyhow::anyhow!("the controllers did not stop within 30 s of the shutdown")),
+                }
+            }
+        }
     })
 }
 

@@ -85,9 +85,16 @@ impl Operator {
             .open(&log)
             .with_context(|| format!("creating {}", log.display()))?;
         let mut cmd = Command::new(bin);
-        cmd.arg("controller")
-            .args(args)
-            .env("KUBECONFIG", kubeconfig_path())
+        cmd.arg("controller").args(args);
+        // Parallel tests run many controllers: never the fixed default ports.
+        for (flag, env) in [("--metrics-addr", "BENCHKITE_METRICS_ADDR"), ("--http-addr", "BENCHKITE_HTTP_ADDR")] {
+            let given = args.iter().any(|a| *a == flag || a.starts_with(&format!("{flag}=")))
+                || envs.iter().any(|(k, _)| *k == env);
+            if !given {
+                cmd.arg(flag).arg("127.0.0.1:0");
+            }
+        }
+        cmd.env("KUBECONFIG", kubeconfig_path())
             .env("RUST_LOG", std::env::var("BENCHKITE_E2E_LOG").unwrap_or_else(|_| "info,benchkite=debug".into()))
             .envs(envs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
             .stdin(Stdio::null())
@@ -192,4 +199,21 @@ pub async fn shared_controller(name: &str, args: &[&str]) -> Result<&'static Ope
             Operator::start(name, args)
         })
         .await
+}
+
+/// Waits until the controller at `http_addr` answers `/readyz` with 200 (caches synced), so a
+/// test's clock starts when the controller can act, not while it is still starting.
+pub async fn wait_ready(http_addr: &str) -> Result<()> {
+    let url = format!("http://{http_addr}/readyz");
+    let http = reqwest::Client::new();
+    crate::wait_until(&format!("{url} ready"), crate::default_timeout(), || {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            Ok(match http.get(&url).send().await {
+                Ok(r) if r.status().is_success() => Some(()),
+                _ => None,
+            })
+        }
+    })
+    .await
 }

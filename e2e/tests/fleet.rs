@@ -457,8 +457,11 @@ async fn impossible_pools_say_why_and_start_nothing() -> Result<()> {
             wait_until(&format!("{name} Degraded/{reason}"), default_timeout(), || async {
                 let p = pools.get(name).await?;
                 let s = p.status.unwrap_or_default();
+                // kstatus: only the user can fix these pools, so they are Stalled, not Reconciling.
                 let ok = condition(&s.conditions, "Degraded").is_some_and(|c| c.status == "True" && c.reason == reason)
-                    && condition(&s.conditions, "Ready").is_some_and(|c| c.status == "False");
+                    && condition(&s.conditions, "Ready").is_some_and(|c| c.status == "False")
+                    && condition(&s.conditions, "Stalled").is_some_and(|c| c.status == "True" && c.reason == reason)
+                    && condition(&s.conditions, "Reconciling").is_some_and(|c| c.status == "False");
                 Ok(ok.then_some(()))
             })
             .await
@@ -480,6 +483,8 @@ async fn impossible_pools_say_why_and_start_nothing() -> Result<()> {
     let gn = gpunodes.get(&tiny).await?;
     let ready = gn.status.as_ref().and_then(|s| condition(&s.conditions, "Ready")).context("Ready")?;
     ensure!(ready.reason == "ShareTooSmall" && ready.message.contains("below the minimum"), "{ready:?}");
+    let stalled = gn.status.as_ref().and_then(|s| condition(&s.conditions, "Stalled")).context("Stalled")?;
+    ensure!(stalled.status == "True" && stalled.reason == "ShareTooSmall", "{stalled:?}");
     for name in ["nothing", "notoken", "tiny"] {
         ensure!(pool_pods(&ns, name).await?.is_empty(), "{name} must start no agents");
     }

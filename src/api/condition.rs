@@ -26,6 +26,11 @@ impl ConditionStatus {
     }
 }
 
+/// kstatus: the controller is still working towards the spec.
+pub const RECONCILING: &str = "Reconciling";
+/// kstatus: the controller cannot make progress without the user.
+pub const STALLED: &str = "Stalled";
+
 /// Builds the conditions of one status write.
 ///
 /// `previous` are the conditions currently in the object's status: a condition whose status
@@ -64,6 +69,22 @@ impl<'a> ConditionSet<'a> {
             Some(existing) => *existing = condition,
             None => self.out.push(condition),
         }
+        self
+    }
+
+    /// The two kstatus conditions (sigs.k8s.io/cli-utils kstatus, which Flux and Argo CD's
+    /// health checks follow): `Reconciling` True while the controller still works towards the
+    /// spec, `Stalled` True when it cannot get there without the user (the reason says why).
+    /// Both are always present, `False` when they do not apply.
+    pub fn kstatus(&mut self, reconciling: Option<(&str, &str)>, stalled: Option<(&str, &str)>) -> &mut Self {
+        match reconciling {
+            Some((reason, message)) => self.set(RECONCILING, ConditionStatus::True, reason, message),
+            None => self.set(RECONCILING, ConditionStatus::False, "Reconciled", ""),
+        };
+        match stalled {
+            Some((reason, message)) => self.set(STALLED, ConditionStatus::True, reason, message),
+            None => self.set(STALLED, ConditionStatus::False, "AsExpected", ""),
+        };
         self
     }
 

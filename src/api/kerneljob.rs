@@ -45,6 +45,17 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase, in lifecycle order.
+    pub const ALL: [Phase; 7] = [
+        Phase::Pending,
+        Phase::Submitted,
+        Phase::Running,
+        Phase::Succeeded,
+        Phase::Failed,
+        Phase::TimedOut,
+        Phase::Cancelled,
+    ];
+
     pub fn is_finished(self) -> bool {
         matches!(self, Phase::Succeeded | Phase::Failed | Phase::TimedOut | Phase::Cancelled)
     }

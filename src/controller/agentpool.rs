@@ -149,6 +149,12 @@ pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let token_missing = match secrets.get_metadata_opt(secret_name).await {
         Ok(found) => found.is_none(),
+        // Without `get` on Secrets (the chart's default: rbac.readSecrets=false) the check is
+        // skipped; a missing token then shows in the agent pods (CreateContainerConfigError).
+        Err(kube::Error::Api(s)) if s.is_forbidden() => {
+            tracing::debug!(pool = %format!("{ns}/{}", pool.name_any()), "no permission to check the agent token Secret; check skipped");
+            false
+        }
         Err(e) => return Err(Error::kube(format!("checking Secret {ns}/{secret_name}"))(e)),
     };
 
@@ -414,6 +420,21 @@ pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action
         )
     } else {
         (false, "AgentsNotReady", format!("{} of {} agents ready", plan.ready, plan.desired))
+    };
+    // kstatus: Stalled when only the user can fix the pool, Reconciling while agents converge.
+    let stalled = degraded_reason.filter(|r| {
+        matches!(
+            *r,
+            "TokenSecretMissing" | "QueueCreationFailed" | "NoNodesSelected" | "NoUsableNodes" | "AllNodesClaimed"
+        )
+    });
+    match stalled {
+        Some(reason) => conditions.kstatus(None, Some((reason, ready_msg.as_str()))),
+        None if !converged && !pool.spec.paused => {
+            let msg = format!("{} of {} agents ready", plan.ready, plan.desired);
+            conditions.kstatus(Some(("AgentsConverging", msg.as_str())), None)
+        }
+        None => conditions.kstatus(None, None),
     };
     conditions.set(cond::READY, ConditionStatus::from_bool(ready), ready_reason, ready_msg);
     if plan.nodes.iter().any(|n| n.state == NodeState::Maintenance) {

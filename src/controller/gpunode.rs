@@ -105,6 +105,7 @@ fn compute_status(
         conditions.set(cond::NODE_FOUND, ConditionStatus::False, "NodeNotFound", msg.clone());
         conditions.set(cond::EXCLUSIVE, ConditionStatus::Unknown, "NodeNotFound", "");
         conditions.set(cond::READY, ConditionStatus::False, "NodeNotFound", msg.clone());
+        conditions.kstatus(None, Some(("NodeNotFound", msg.as_str())));
         status.conditions = conditions.into_vec();
         return (status, Some((EventType::Warning, "NodeNotFound", msg)));
     };
@@ -129,6 +130,7 @@ fn compute_status(
             };
             conditions.set(cond::EXCLUSIVE, ConditionStatus::Unknown, reason, "");
             conditions.set(cond::READY, ConditionStatus::False, reason, e.to_string());
+            conditions.kstatus(None, Some((reason, e.to_string().as_str())));
             status.conditions = conditions.into_vec();
             return (status, Some((EventType::Warning, "GpuInventory", e.to_string())));
         }
@@ -205,6 +207,9 @@ fn compute_status(
             None,
         )
     };
+    // kstatus: a GpuNode only reflects its Node; Stalled when the node's setup needs the admin.
+    let stalled = matches!(reason, "NotExclusive" | "ShareTooSmall");
+    conditions.kstatus(None, stalled.then_some((reason, message.as_str())));
     conditions.set(cond::READY, ConditionStatus::from_bool(ready), reason, message);
     status.conditions = conditions.into_vec();
     (status, event)

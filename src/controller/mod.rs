@@ -137,22 +137,16 @@ pub fn pod_terminal(pod: &Pod) -> bool {
     matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
 }
 
-/// HTTP endpoints of the controller process.
-#[derive(Clone, Debug)]
-pub struct HttpConfig {
-    /// Address of `/healthz`, `/readyz` and `/webhooks/buildkite`.
-    pub addr: std::net::SocketAddr,
-}
-
-/// Runs the controllers until `shutdown` resolves: the fleet (GpuNode, AgentPool) always,
-/// KernelJob when Buildkite is configured.
+/// Runs the controllers until `shutdown` resolves: the fleet (GpuNode, AgentPool) unless
+/// turned off, KernelJob when Buildkite is configured. `http` learns when the caches are
+/// synced (readiness) and where webhooks go.
 pub async fn run(
     client: Client,
     config: Config,
     jobs: Option<crate::kerneljob::JobSetup>,
     buildkite: Option<crate::buildkite::Client>,
-    http: HttpConfig,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    http: Arc<crate::server::HttpState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     use kube::runtime::controller::Controller;
 
@@ -302,7 +296,11 @@ pub async fn run(
                     kube::runtime::controller::Config::default().debounce(Duration::from_millis(100)).concurrency(16),
                 )
                 .graceful_shutdown_on(on_shutdown(&shutdown_tx))
-                .run(gpunode::reconcile, gpunode::error_policy, ctx.clone())
+                .run(
+                    |o, c| crate::metrics::timed("gpunode", gpunode::reconcile(o, c)),
+                    gpunode::error_policy,
+                    ctx.clone(),
+                )
                 .for_each(|res| async move {
                     if let Err(e) = res {
                         tracing::debug!(error = %e, "gpunode reconcile");
@@ -311,7 +309,11 @@ pub async fn run(
             let discovery_ctrl = Controller::for_shared_stream(channel_stream(node_rx), nodes.clone())
                 .with_config(kube::runtime::controller::Config::default().concurrency(16))
                 .graceful_shutdown_on(on_shutdown(&shutdown_tx))
-                .run(gpunode::discover, gpunode::discover_error_policy, ctx.clone())
+                .run(
+                    |o, c| crate::metrics::timed("discovery", gpunode::discover(o, c)),
+                    gpunode::discover_error_policy,
+                    ctx.clone(),
+                )
                 .for_each(|_| futures::future::ready(()));
             let pool_ctrl = Controller::for_shared_stream(channel_stream(pool_rx), pools.clone())
                 .reconcile_on(channel_stream(pool_wake_rx))
@@ -320,7 +322,11 @@ pub async fn run(
                     kube::runtime::controller::Config::default().debounce(Duration::from_millis(200)).concurrency(8),
                 )
                 .graceful_shutdown_on(on_shutdown(&shutdown_tx))
-                .run(agentpool::reconcile, agentpool::error_policy, ctx.clone())
+                .run(
+                    |o, c| crate::metrics::timed("agentpool", agentpool::reconcile(o, c)),
+                    agentpool::error_policy,
+                    ctx.clone(),
+                )
                 .for_each(|res| async move {
                     if let Err(e) = res {
                         tracing::debug!(error = %e, "agentpool reconcile");
@@ -337,9 +343,8 @@ pub async fn run(
         }
     };
 
-    let (job_ctx, job_ctrl) = match jobs {
+    let (job_store, job_ctrl) = match jobs {
         Some(setup) => {
-            let webhook_secret = setup.webhook_secret.clone();
             let (jctx, fut) = crate::kerneljob::controller(
                 client.clone(),
                 setup,
@@ -347,37 +352,58 @@ pub async fn run(
                 gpunodes.clone(),
                 on_shutdown(&shutdown_tx),
             );
-            (Some((jctx, webhook_secret)), futures::future::Either::Left(fut))
+            let store = jctx.jobs.clone();
+            http.attach_jobs(jctx);
+            (Some(store), futures::future::Either::Left(fut))
         }
         None => {
             tracing::info!("Buildkite is not configured (--buildkite-org): the KernelJob controller is off");
             (None, futures::future::Either::Right(futures::future::ready(())))
         }
     };
+    crate::metrics::global().attach(crate::metrics::StateSources {
+        jobs: job_store,
+        pools: fleet.then(|| pools.clone()),
+        buildkite: ctx.buildkite.clone(),
+    });
     let ready = {
         let (nodes, pods, gpunodes, pools) = (nodes.clone(), pods.clone(), gpunodes.clone(), pools.clone());
         async move {
-            let _ = tokio::join!(
-                nodes.wait_until_ready(),
-                pods.wait_until_ready(),
-                gpunodes.wait_until_ready(),
-                pools.wait_until_ready()
-            );
+            if fleet {
+                let _ = tokio::join!(nodes.wait_until_ready(), pods.wait_until_ready());
+            }
+            let _ = tokio::join!(gpunodes.wait_until_ready(), pools.wait_until_ready());
         }
     };
-    let server = crate::server::serve(http.addr, job_ctx, ready, on_shutdown(&shutdown_tx));
+    let ready = {
+        let http = http.clone();
+        async move {
+            ready.await;
+            http.set_ready(true);
+            tracing::info!("caches synced");
+            futures::future::pending::<()>().await
+        }
+    };
 
     tracing::info!(discover = config.discover_gpu_nodes, "controllers starting");
+    // A KernelJob-only process needs GpuNodes and AgentPools (targets, architectures) but
+    // neither Nodes nor Pods: it does not watch them.
     let watches = async {
-        tokio::join!(node_watch, pod_watch, gpunode_watch, pool_watch);
+        if fleet {
+            tokio::join!(node_watch, pod_watch, gpunode_watch, pool_watch);
+        } else {
+            drop((node_watch, pod_watch));
+            tokio::join!(gpunode_watch, pool_watch);
+        }
     };
     tokio::select! {
         _ = watches => anyhow::bail!("watch streams ended"),
-        res = server => { res?; anyhow::bail!("the HTTP server stopped") }
+        _ = ready => {}
         _ = metrics_loop => {}
         _ = async { tokio::join!(fleet_ctrl, job_ctrl, signal) } => {}
     }
-    tracing::info!("fleet controllers stopped");
+    http.detach_jobs();
+    tracing::info!("controllers stopped");
     Ok(())
 }
 

@@ -234,10 +234,25 @@ fn set_phase_conditions(
     } else {
         set.set(cond::FAILED, ConditionStatus::False, phase.as_str(), "");
     }
-    if phase.is_finished() {
+    // kstatus: a job is Current once it succeeded, Failed (Stalled) once it failed or
+    // cannot be submitted without the user's help, InProgress (Reconciling) otherwise.
+    let needs_user = machine::needs_user(phase, reason);
+    if phase == Phase::Succeeded {
         set.set(cond::READY, ConditionStatus::True, reason, message);
     } else {
-        set.set(cond::READY, ConditionStatus::False, phase.as_str(), message);
+        set.set(
+            cond::READY,
+            ConditionStatus::False,
+            if phase.is_finished() { reason } else { phase.as_str() },
+            message,
+        );
+    }
+    if needs_user {
+        set.kstatus(None, Some((reason, message)));
+    } else if phase.is_finished() {
+        set.kstatus(None, None);
+    } else {
+        set.kstatus(Some((phase.as_str(), message)), None);
     }
     let submitted = !matches!(phase, Phase::Pending);
     set.set(
@@ -625,6 +640,10 @@ async fn finish_attempt(
     status.completion_time = Some(Time(now));
     let s = with_conditions(job, status, reason, message.clone(), None);
     ctx.write_status(job, &s).await?;
+    if let Some(done) = build.finished_at {
+        let since = Timestamp::now().duration_since(done);
+        crate::metrics::global().job_completed(Duration::try_from(since).unwrap_or_default());
+    }
     let (type_, ev_reason) = match phase {
         Phase::Succeeded => (EventType::Normal, "Completed"),
         Phase::Cancelled => (EventType::Normal, "Cancelled"),
@@ -941,7 +960,15 @@ async fn submit_one(ctx: &JobCtx, key: &str) {
     };
     match ctx.bk.create_build(Some(&sub.pipeline), &new_build, Priority::Submit).await {
         Ok(build) => {
-            ctx.board.update(&build, Timestamp::now());
+            let now = Timestamp::now();
+            // Due since the job's creation (attempt 1) or since the previous attempt ended.
+            let due = if attempt <= 1 {
+                job.metadata.creation_timestamp.as_ref().map(|t| t.0)
+            } else {
+                status.attempts.last().and_then(|a| a.finished_at.as_ref()).map(|t| t.0)
+            };
+            crate::metrics::global().build_created(due.and_then(|d| Duration::try_from(now.duration_since(d)).ok()));
+            ctx.board.update(&build, now);
             ctx.wake(key);
         }
         Err(buildkite::Error::Ambiguous { reason, .. }) => {
@@ -1079,5 +1106,61 @@ pub async fn poll_loop(ctx: Arc<JobCtx>) {
             }
             Err(e) => tracing::warn!(error = %e, "polling builds failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::condition::{RECONCILING, STALLED, find};
+
+    fn conditions(phase: Phase, reason: &str) -> Vec<(String, String, String)> {
+        let mut set = ConditionSet::new(&[], Some(1), Timestamp::now());
+        set_phase_conditions(&mut set, phase, reason, "msg", None);
+        let out = set.into_vec();
+        [cond::READY, RECONCILING, STALLED, cond::COMPLETE, cond::FAILED]
+            .iter()
+            .map(|t| {
+                let c = find(&out, t).unwrap_or_else(|| panic!("{t} missing for {phase:?}"));
+                (c.type_.clone(), c.status.clone(), c.reason.clone())
+            })
+            .collect()
+    }
+
+    fn status_of(conds: &[(String, String, String)], t: &str) -> String {
+        conds.iter().find(|c| c.0 == t).map(|c| c.1.clone()).unwrap_or_default()
+    }
+
+    #[test]
+    fn kstatus_conditions_follow_the_phase() {
+        for phase in Phase::ALL {
+            let c = conditions(phase, "Queued");
+            let (ready, reconciling, stalled) =
+                (status_of(&c, cond::READY), status_of(&c, RECONCILING), status_of(&c, STALLED));
+            match phase {
+                Phase::Succeeded => {
+                    assert_eq!((ready.as_str(), reconciling.as_str(), stalled.as_str()), ("True", "False", "False"))
+                }
+                Phase::Failed | Phase::TimedOut | Phase::Cancelled => {
+                    assert_eq!(
+                        (ready.as_str(), reconciling.as_str(), stalled.as_str()),
+                        ("False", "False", "True"),
+                        "{phase:?}"
+                    )
+                }
+                Phase::Pending | Phase::Submitted | Phase::Running => {
+                    assert_eq!(
+                        (ready.as_str(), reconciling.as_str(), stalled.as_str()),
+                        ("False", "True", "False"),
+                        "{phase:?}"
+                    )
+                }
+            }
+        }
+        // A job naming a pool that does not exist waits for the user, not for the controller.
+        let c = conditions(Phase::Pending, "PoolNotFound");
+        assert_eq!(status_of(&c, STALLED), "True");
+        assert_eq!(status_of(&c, RECONCILING), "False");
+        assert!(c.iter().any(|x| x.0 == STALLED && x.2 == "PoolNotFound"));
     }
 }

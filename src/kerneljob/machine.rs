@@ -227,6 +227,16 @@ pub fn summary_status(result: &ResultStatus, summary: &ResultSummary) -> Summary
     SummaryStatus { tests, benchmarks: ranked }
 }
 
+/// Whether the job cannot make progress without its owner (kstatus `Stalled`): it ended
+/// without a successful evaluation, or it names a target that does not exist.
+pub fn needs_user(phase: Phase, reason: &str) -> bool {
+    match phase {
+        Phase::Failed | Phase::TimedOut | Phase::Cancelled => true,
+        Phase::Pending => matches!(reason, "NoTarget" | "PoolNotFound"),
+        Phase::Submitted | Phase::Running | Phase::Succeeded => false,
+    }
+}
+
 /// The phase, verdict and message of a job whose build reached an end, given its result
 /// (when one was found). `Err` carries the failure reason for the `Failed` condition.
 pub fn finished_phase(outcome: &BuildOutcome, summary: Option<&ResultSummary>) -> (Phase, &'static str, String) {
@@ -263,6 +273,18 @@ pub fn finished_phase(outcome: &BuildOutcome, summary: Option<&ResultSummary>) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stalled_only_when_the_user_must_act() {
+        for phase in Phase::ALL {
+            let expect = matches!(phase, Phase::Failed | Phase::TimedOut | Phase::Cancelled);
+            assert_eq!(needs_user(phase, "Queued"), expect, "{phase:?}");
+        }
+        assert!(needs_user(Phase::Pending, "PoolNotFound"));
+        assert!(needs_user(Phase::Pending, "NoTarget"));
+        assert!(!needs_user(Phase::Pending, "SubmitFailed"));
+        assert!(!needs_user(Phase::Running, "PoolNotFound"));
+    }
     use crate::api::kerneljob::Lang;
     use crate::contract::summary::{RunSummary, TestFailure, TestsSummary};
 

@@ -10,7 +10,6 @@ pub mod webhook;
 pub use controller::{JobConfig, JobCtx};
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
@@ -101,7 +100,11 @@ pub fn controller(
             .reconcile_on(wakeups)
             .with_config(kube::runtime::controller::Config::default().concurrency(32))
             .graceful_shutdown_on(shutdown)
-            .run(controller::reconcile, controller::error_policy, ctx.clone())
+            .run(
+                |o, c| crate::metrics::timed("kerneljob", controller::reconcile(o, c)),
+                controller::error_policy,
+                ctx.clone(),
+            )
             .for_each(|res| async move {
                 if let Err(e) = res {
                     tracing::debug!(error = %e, "kerneljob reconcile");
@@ -109,7 +112,6 @@ pub fn controller(
             })
             .await;
         tasks.abort_all();
-        let _ = Duration::ZERO;
     };
     (ctx, fut)
 }

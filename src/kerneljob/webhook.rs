@@ -33,11 +33,13 @@ pub async fn receive(State(state): State<Arc<WebhookState>>, headers: HeaderMap,
         Ok(ev) => ev,
         Err(e) if e.is_unauthorized() => {
             ctx.webhooks.refused.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::global().webhook("refused");
             tracing::warn!(error = %e, "refused a webhook delivery");
             return (StatusCode::UNAUTHORIZED, format!("refused: {e}\n"));
         }
         Err(e) => {
             ctx.webhooks.refused.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::global().webhook("malformed");
             tracing::warn!(error = %e, "malformed webhook delivery");
             return (StatusCode::BAD_REQUEST, format!("malformed: {e}\n"));
         }
@@ -52,18 +54,22 @@ pub async fn receive(State(state): State<Arc<WebhookState>>, headers: HeaderMap,
         seen.retain(|_, t| *t > horizon);
         if seen.insert(sig.to_string(), now).is_some() {
             ctx.webhooks.replayed.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::global().webhook("duplicate");
             return (StatusCode::OK, "duplicate ignored\n".to_string());
         }
     }
     let Some(build) = event.build else {
         ctx.webhooks.ignored.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::global().webhook("ignored");
         return (StatusCode::OK, "ignored\n".to_string());
     };
     if build.meta_data.get(meta::INSTANCE) != Some(&ctx.config.instance) {
         ctx.webhooks.ignored.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::global().webhook("ignored");
         return (StatusCode::OK, "not ours\n".to_string());
     }
     ctx.webhooks.accepted.fetch_add(1, Ordering::Relaxed);
+    crate::metrics::global().webhook("accepted");
     // Ours if the board follows it or its KernelJob exists (e.g. just after a restart).
     let job_exists =
         build.meta_data.get(meta::JOB).and_then(|k| k.split_once('/')).is_some_and(|(ns, name)| {
