@@ -352,7 +352,9 @@ async fn a_hundred_jobs_under_sixty_requests_per_minute() -> Result<()> {
             "priority job j{i:03} got build #{b} ({built_before_priority} built when it arrived, {backlog} waiting): it should jump the queue"
         );
     }
-    println!("priority jobs arrived after {built_before_priority} builds with {backlog} waiting; built by #{limit} at the latest");
+    println!(
+        "priority jobs arrived after {built_before_priority} builds with {backlog} waiting; built by #{limit} at the latest"
+    );
     rig.ns.delete().await
 }
 
