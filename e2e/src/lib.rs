@@ -5,6 +5,7 @@
 //! kwok faking the kubelets of a fleet of GPU nodes). They never skip: without
 //! a cluster, [`client`] fails with a message saying how to start one.
 
+pub mod chaos;
 pub mod operator;
 
 use std::future::Future;

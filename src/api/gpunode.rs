@@ -48,6 +48,7 @@ pub const DISCOVERED_LABEL: &str = "benchkite.dev/discovered";
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.nodeName) == has(oldSelf.nodeName)").message("nodeName is immutable: it cannot be set or removed after creation; create a new GpuNode for another node"))]
 pub struct GpuNodeSpec {
     /// Name of the Kubernetes Node. Defaults to the GpuNode's own name. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]

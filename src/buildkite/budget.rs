@@ -141,6 +141,11 @@ pub struct BudgetSnapshot {
     pub reset_in: Option<Duration>,
     /// Set after a 429: time until requests may be sent again.
     pub throttled_for: Option<Duration>,
+    /// Set while Buildkite looks down (consecutive 5xx or unanswered requests): time until
+    /// the next probe may be sent.
+    pub outage_pause_for: Option<Duration>,
+    /// Consecutive attempts that got a 5xx or no answer.
+    pub consecutive_failures: u32,
     /// Requests sent and not answered yet.
     pub in_flight: u64,
     /// Callers waiting, urgent class (Submit, Cancel).
@@ -327,12 +332,37 @@ struct State {
     org: Scope,
     user: Option<Scope>,
     throttled_until: Option<Instant>,
+    /// Consecutive attempts that got a 5xx or no answer (an outage, or a flaky network).
+    failures: u32,
+    /// `failures` before the last answer reset it (a 5xx answer puts it back).
+    failures_before_success: u32,
+    /// Set while Buildkite looks down: nothing is sent before, then one probe at a time.
+    paused_until: Option<Instant>,
     /// Waiters by (class, arrival).
     waiters: BTreeMap<(u8, u64), oneshot::Sender<Permit>>,
     next_waiter: u64,
 }
 
+/// Consecutive failures that make an outage: from then on requests pause (1 s, doubling up
+/// to 30 s) and go out one probe at a time until an answer comes back.
+pub const OUTAGE_AFTER: u32 = 2;
+const OUTAGE_PAUSE_MAX: Duration = Duration::from_secs(30);
+
+/// Pause after `failures` consecutive failures (none below [`OUTAGE_AFTER`]).
+pub fn outage_pause(failures: u32) -> Option<Duration> {
+    let n = failures.checked_sub(OUTAGE_AFTER)?;
+    Some(Duration::from_secs(1u64 << n.min(5)).min(OUTAGE_PAUSE_MAX))
+}
+
 impl State {
+    fn record_failure(&mut self, now: Instant) {
+        self.failures = self.failures.saturating_add(1);
+        if let Some(pause) = outage_pause(self.failures) {
+            let until = now + pause;
+            self.paused_until = Some(self.paused_until.map_or(until, |t| t.max(until)));
+        }
+    }
+
     fn scopes(&self) -> impl Iterator<Item = &Scope> {
         std::iter::once(&self.org).chain(self.user.as_ref())
     }
@@ -340,6 +370,9 @@ impl State {
     fn roll(&mut self, now: Instant) {
         if self.throttled_until.is_some_and(|t| now >= t) {
             self.throttled_until = None;
+        }
+        if self.paused_until.is_some_and(|t| now >= t) {
+            self.paused_until = None;
         }
         let (sent, in_flight) = (self.sent_total, self.in_flight);
         self.org.roll(now, sent, in_flight, &self.cfg);
@@ -350,7 +383,11 @@ impl State {
 
     /// Whether a request of class `class` may be sent now (ignoring the queue).
     fn can_take(&self, class: u8, now: Instant) -> bool {
-        if self.throttled_until.is_some_and(|t| now < t) {
+        if self.throttled_until.is_some_and(|t| now < t) || self.paused_until.is_some_and(|t| now < t) {
+            return false;
+        }
+        // During an outage, one probe at a time until an answer comes back.
+        if self.failures >= OUTAGE_AFTER && self.in_flight > 0 {
             return false;
         }
         if !self.calibrated && self.in_flight > 0 {
@@ -368,7 +405,10 @@ impl State {
 
     /// The next moment the budget changes by itself (a window ends, a throttle expires).
     fn earliest_change(&self) -> Option<Instant> {
-        let mut t: Option<Instant> = self.throttled_until;
+        let mut t: Option<Instant> = match (self.throttled_until, self.paused_until) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
         for s in self.scopes() {
             if let Some(end) = s.window_end {
                 t = Some(t.map_or(end, |x| x.min(end)));
@@ -478,12 +518,37 @@ impl Permit {
         }
     }
 
+    /// The attempt got no answer (timeout, refused or dropped connection): counts towards
+    /// the outage pause, then the permit is released like an unanswered one.
+    pub fn failed(self) {
+        {
+            let mut st = self.shared.lock();
+            st.record_failure(Instant::now());
+        }
+        drop(self);
+    }
+
+    /// Reports an answer 5xx: its headers count like any answer, and it counts towards the
+    /// outage pause.
+    pub fn complete_server_error(self, headers: &RateLimitHeaders) {
+        let shared = Arc::clone(&self.shared);
+        self.complete(headers, None);
+        let mut st = shared.lock();
+        // `complete` counted it as a success; undo that and count the failure.
+        st.failures = st.failures_before_success;
+        st.record_failure(Instant::now());
+    }
+
     /// Reports the answer: its rate-limit headers and, for a 429, the announced reset.
     pub fn complete(mut self, headers: &RateLimitHeaders, throttled: Option<(ThrottleScope, Duration)>) {
         let shared = Arc::clone(&self.shared);
         let earlier = {
             let mut st = shared.lock();
             let now = Instant::now();
+            // An answer: Buildkite is up again.
+            st.failures_before_success = st.failures;
+            st.failures = 0;
+            st.paused_until = None;
             let before = st.earliest_change();
             let cfg = st.cfg.clone();
             st.calibrated = true;
@@ -578,6 +643,9 @@ impl Budget {
                     org,
                     user: None,
                     throttled_until: None,
+                    failures: 0,
+                    failures_before_success: 0,
+                    paused_until: None,
                     waiters: BTreeMap::new(),
                     next_waiter: 0,
                 }),
@@ -674,6 +742,8 @@ impl Budget {
             reserve: binding.reserve(st.cfg.reserve_fraction),
             reset_in: binding.window_end.map(|e| e.saturating_duration_since(now)),
             throttled_for: st.throttled_until.map(|t| t.saturating_duration_since(now)),
+            outage_pause_for: st.paused_until.map(|t| t.saturating_duration_since(now)),
+            consecutive_failures: st.failures,
             in_flight: st.in_flight,
             waiting_urgent,
             waiting_refresh: st.waiters.len() - waiting_urgent,

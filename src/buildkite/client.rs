@@ -360,7 +360,9 @@ impl Client {
             let resp = match sent {
                 Ok(r) => r,
                 Err(e) => {
-                    drop(permit);
+                    if let Some(p) = permit.take() {
+                        p.failed();
+                    }
                     self.observe(call.endpoint, None, started.elapsed());
                     let kind = transport_kind(&e);
                     let message = inner.redactor.clean(error_chain(&e));
@@ -416,7 +418,11 @@ impl Client {
             }
 
             if let Some(p) = permit.take() {
-                p.complete(&rate, None);
+                if status.is_server_error() {
+                    p.complete_server_error(&rate);
+                } else {
+                    p.complete(&rate, None);
+                }
             }
             self.observe(call.endpoint, Some(status.as_u16()), elapsed);
 

@@ -76,7 +76,11 @@ pub enum WebhookError {
 impl WebhookError {
     /// Authentication failures (answer 401) versus malformed deliveries (answer 400).
     pub fn is_unauthorized(&self) -> bool {
-        !matches!(self, WebhookError::MissingEvent | WebhookError::InvalidBody(_))
+        // A bad event header on an authenticated delivery is malformed input, not a forgery.
+        !matches!(
+            self,
+            WebhookError::MissingEvent | WebhookError::InvalidBody(_) | WebhookError::HeaderNotText(EVENT_HEADER)
+        )
     }
 }
 
@@ -207,6 +211,20 @@ mod tests {
 
     fn secret() -> Secret {
         Secret::new(SECRET)
+    }
+
+    #[test]
+    fn a_bad_event_header_on_an_authenticated_delivery_is_malformed_not_forged() {
+        // Found by fuzzing (e2e/fuzz/regressions/webhook/event-header-not-text).
+        let mut h = headers(&[("X-Buildkite-Token", SECRET)]);
+        h.insert("x-buildkite-event", http::HeaderValue::from_bytes(&[0xdb]).unwrap());
+        let err = parse_webhook(&h, b"{}", &secret(), ts(1_700_000_000), DEFAULT_MAX_SKEW).unwrap_err();
+        assert!(matches!(err, WebhookError::HeaderNotText(EVENT_HEADER)), "{err:?}");
+        assert!(!err.is_unauthorized(), "answered 400, not 401");
+        let mut bad_sig = headers(&[]);
+        bad_sig.insert("x-buildkite-signature", http::HeaderValue::from_bytes(&[0xdb]).unwrap());
+        let err = parse_webhook(&bad_sig, b"{}", &secret(), ts(1_700_000_000), DEFAULT_MAX_SKEW).unwrap_err();
+        assert!(err.is_unauthorized(), "a broken signature header stays 401: {err:?}");
     }
 
     fn sig_header(t: i64, sig: &str) -> String {

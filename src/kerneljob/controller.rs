@@ -110,6 +110,12 @@ pub struct JobCtx {
     pub written: Mutex<HashMap<JobKey, (u64, KernelJobStatus)>>,
     /// Last submission error per job (shown in status until the next try).
     pub submit_errors: Mutex<HashMap<JobKey, String>>,
+    /// Jobs the submitter found unsubmittable (reason, message): the reconcile, the only
+    /// status writer, marks them Failed.
+    pub refused: Mutex<HashMap<JobKey, (String, String)>>,
+    /// UIDs this process added the finalizer to: a reconcile that runs on a cache older than
+    /// that write (a webhook woke it) does not apply it again.
+    pub finalized: Mutex<std::collections::HashSet<String>>,
     pub trigger: mpsc::UnboundedSender<ObjectRef<KernelJob>>,
     pub webhooks: WebhookCounters,
     /// Creation time of the oldest job that needs a look-up, for the recovery list.
@@ -136,10 +142,14 @@ impl JobCtx {
     }
 
     async fn event(&self, job: &KernelJob, type_: EventType, reason: &str, action: &str, note: String) {
+        // Published in the background: a reconcile does not wait for Events.
         let ev = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
-        if let Err(e) = self.recorder.publish(&ev, &job.object_ref(&())).await {
-            tracing::debug!(error = %e, reason, "publishing event failed");
-        }
+        let (recorder, object) = (self.recorder.clone(), job.object_ref(&()));
+        tokio::spawn(async move {
+            if let Err(e) = recorder.publish(&ev, &object).await {
+                tracing::debug!(error = %e, reason = %ev.reason, "publishing event failed");
+            }
+        });
     }
 
     /// The freshest status known: the cache's, or the one this process wrote last if newer.
@@ -240,12 +250,8 @@ fn set_phase_conditions(
     if phase == Phase::Succeeded {
         set.set(cond::READY, ConditionStatus::True, reason, message);
     } else {
-        set.set(
-            cond::READY,
-            ConditionStatus::False,
-            if phase.is_finished() { reason } else { phase.as_str() },
-            message,
-        );
+        // The specific reason (PoolNotFound, Queued, BuildRunning, BuildFailed, …).
+        set.set(cond::READY, ConditionStatus::False, reason, message);
     }
     if needs_user {
         set.kstatus(None, Some((reason, message)));
@@ -317,6 +323,19 @@ pub async fn reconcile(job: Arc<KernelJob>, ctx: Arc<JobCtx>) -> Result<Action> 
         let s = with_conditions(&job, s, "DeadlineExceeded", msg.clone(), None);
         ctx.write_status(&job, &s).await?;
         ctx.event(&job, EventType::Warning, "TimedOut", "Timeout", msg).await;
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+
+    // The submitter found the job unsubmittable: it fails, without a build.
+    let refusal = lock(&ctx.refused).get(&key).cloned();
+    if let Some((reason, message)) = refusal {
+        let mut s = status;
+        s.phase = Phase::Failed;
+        s.completion_time = Some(Time(now));
+        let s = with_conditions(&job, s, &reason, message.clone(), None);
+        ctx.write_status(&job, &s).await?;
+        lock(&ctx.refused).remove(&key);
+        ctx.event(&job, EventType::Warning, &reason, "Submit", message).await;
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
 
@@ -407,6 +426,21 @@ async fn follow(
     let now = Timestamp::now();
     let entry = match ctx.board.get(&active.run_id) {
         Some(e) => e,
+        None if active.state.parse::<buildkite::BuildState>().is_ok_and(|s| s.is_terminal()) => {
+            // After a restart, status says the build already finished, but a seed from status
+            // would carry no result meta-data and no jobs: read the build itself (rare: only
+            // jobs whose last status write recorded a finished build they had not finished).
+            match ctx.bk.get_build(Some(&bref.pipeline), u64::try_from(bref.number).unwrap_or(0), false).await {
+                Ok(b) => {
+                    ctx.board.update(&b, now);
+                    ctx.board.get(&active.run_id).unwrap_or(board::Entry { build: b, seen: now })
+                }
+                Err(e) => {
+                    tracing::warn!(job = %key_of(job), error = %e, "reading a finished build failed; retrying");
+                    return Ok(Action::requeue(Duration::from_secs(5)));
+                }
+            }
+        }
         None => {
             // After a restart the board is empty: seed it from status so the poller follows
             // the build, without a request per job.
@@ -711,7 +745,8 @@ async fn finished(job: &KernelJob, ctx: &JobCtx, status: &KernelJobStatus) -> Re
 }
 
 async fn ensure_finalizer(job: &KernelJob, ctx: &JobCtx) -> Result<()> {
-    if job.finalizers().iter().any(|f| f == FINALIZER) {
+    let uid = job.uid().unwrap_or_default();
+    if job.finalizers().iter().any(|f| f == FINALIZER) || lock(&ctx.finalized).contains(&uid) {
         return Ok(());
     }
     let api: Api<KernelJob> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
@@ -722,10 +757,12 @@ async fn ensure_finalizer(job: &KernelJob, ctx: &JobCtx) -> Result<()> {
     api.patch(&job.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
         .await
         .map_err(Error::kube(format!("adding the finalizer to KernelJob {}", key_of(job))))?;
+    lock(&ctx.finalized).insert(uid);
     Ok(())
 }
 
 async fn remove_finalizer(job: &KernelJob, ctx: &JobCtx) -> Result<()> {
+    lock(&ctx.finalized).remove(&job.uid().unwrap_or_default());
     if !job.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(());
     }
@@ -850,16 +887,11 @@ async fn resolve_sources(job: &KernelJob, ctx: &JobCtx) -> std::result::Result<B
 }
 
 /// Fails a job that can never be submitted (payload too large, invalid submission).
-async fn fail_unsubmittable(job: &KernelJob, ctx: &JobCtx, reason: &str, message: String) {
-    let mut status = ctx.current_status(job);
-    status.phase = Phase::Failed;
-    status.completion_time = Some(Time(Timestamp::now()));
-    let s = with_conditions(job, status, reason, message.clone(), None);
-    if let Err(e) = ctx.write_status(job, &s).await {
-        tracing::warn!(job = %key_of(job), error = %e, "writing the failure failed");
-        return;
-    }
-    ctx.event(job, EventType::Warning, reason, "Submit", message).await;
+/// Hands a refusal to the reconcile, which writes it (a write from here could race with a
+/// reconcile's Pending write and be lost).
+fn refuse(ctx: &JobCtx, key: &str, reason: &str, message: String) {
+    lock(&ctx.refused).insert(key.to_string(), (reason.to_string(), message));
+    ctx.wake(key);
 }
 
 /// One submission worker: takes the next job by priority, creates its build, wakes its
@@ -946,7 +978,7 @@ async fn submit_one(ctx: &JobCtx, key: &str) {
     let sub = match submission::submission(&job.spec, sources, &sctx) {
         Ok(s) => s,
         Err(e) => {
-            fail_unsubmittable(&job, ctx, e.reason(), e.to_string()).await;
+            refuse(ctx, key, e.reason(), e.to_string());
             return;
         }
     };
@@ -1091,7 +1123,15 @@ pub async fn poll_loop(ctx: Arc<JobCtx>) {
             Ok(listing) => {
                 let mut woken = 0;
                 for build in &listing.items {
-                    if ctx.board.get(board::run_id_of(build).unwrap_or_default()).is_some()
+                    // Ours if the board follows it or its KernelJob exists: after a restart a
+                    // build may have finished before its job was reconciled again.
+                    let followed = ctx.board.get(board::run_id_of(build).unwrap_or_default()).is_some();
+                    let job_exists = build
+                        .meta_data
+                        .get(meta::JOB)
+                        .and_then(|k| k.split_once('/'))
+                        .is_some_and(|(ns, name)| ctx.jobs.get(&ObjectRef::new(name).within(ns)).is_some());
+                    if (followed || job_exists)
                         && ctx.board.update(build, started)
                         && let Some(key) = build.meta_data.get(meta::JOB)
                     {

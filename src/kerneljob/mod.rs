@@ -82,6 +82,8 @@ pub fn controller(
         canceled: Mutex::new(Default::default()),
         written: Mutex::new(Default::default()),
         submit_errors: Mutex::new(Default::default()),
+        refused: Mutex::new(Default::default()),
+        finalized: Mutex::new(Default::default()),
         trigger: tx,
         webhooks: Default::default(),
         started: Timestamp::now(),

@@ -360,3 +360,51 @@ async fn answers_without_headers_keep_counting_locally() {
     assert_eq!(b.snapshot().remaining, 0);
     assert_eq!(b.would_wait(Priority::Submit), Some(Duration::from_secs(61)));
 }
+
+#[test]
+fn outage_pause_grows_and_is_capped() {
+    assert_eq!(outage_pause(0), None);
+    assert_eq!(outage_pause(1), None, "one failure is not an outage");
+    assert_eq!(outage_pause(2), Some(Duration::from_secs(1)));
+    assert_eq!(outage_pause(3), Some(Duration::from_secs(2)));
+    assert_eq!(outage_pause(6), Some(Duration::from_secs(16)));
+    assert_eq!(outage_pause(7), Some(Duration::from_secs(30)));
+    assert_eq!(outage_pause(100), Some(Duration::from_secs(30)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outage_pauses_everything_then_one_probe_and_an_answer_resets_it() {
+    let b = budget(180, 0.1);
+    one(&b, Priority::Refresh, org(200, 199, 60)).await;
+    // Two attempts without an answer: an outage.
+    for _ in 0..2 {
+        let mut p = b.acquire(Priority::Submit).await;
+        p.mark_sent();
+        p.failed();
+    }
+    let snap = b.snapshot();
+    assert_eq!(snap.consecutive_failures, 2);
+    assert_eq!(snap.outage_pause_for, Some(Duration::from_secs(1)));
+    assert!(b.try_acquire(Priority::Cancel).is_none(), "nothing is sent during the pause");
+    // A 5xx answer extends it.
+    let t0 = Instant::now();
+    let mut p = b.acquire(Priority::Submit).await;
+    assert_eq!(t0.elapsed(), Duration::from_secs(1));
+    p.mark_sent();
+    // While the probe is out, nothing else goes.
+    assert!(b.try_acquire(Priority::Submit).is_none(), "one probe at a time");
+    p.complete_server_error(&org(200, 197, 59));
+    assert_eq!(b.snapshot().consecutive_failures, 3);
+    assert_eq!(b.snapshot().outage_pause_for, Some(Duration::from_secs(2)));
+    let t1 = Instant::now();
+    let mut p = b.acquire(Priority::Refresh).await;
+    assert_eq!(t1.elapsed(), Duration::from_secs(2));
+    p.mark_sent();
+    // An answer: back to normal at once.
+    p.complete(&org(200, 196, 57), None);
+    let snap = b.snapshot();
+    assert_eq!((snap.consecutive_failures, snap.outage_pause_for), (0, None));
+    let a = b.try_acquire(Priority::Refresh);
+    let c = b.try_acquire(Priority::Refresh);
+    assert!(a.is_some() && c.is_some(), "several in flight again");
+}

@@ -1,0 +1,438 @@
+//! Scenario 3 (fleet convergence against a plain client creating the same pods) and
+//! scenario 4 (the controller's footprint with a full fleet and many KernelJobs).
+//!
+//! The bench makes its own kwok nodes `bench-h100-<i>` (8 H100 each, label
+//! `benchkite.dev/bench=fleet`, mirrored onto their GpuNodes so the pool selects exactly
+//! them) and removes them, their pods and GpuNodes afterwards, so it can run on a shared
+//! cluster after the tests.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use benchkite::api::{GpuNode, KernelJob};
+use buildkite_sim::Simulator;
+use buildkite_sim::config::{AgentPoolConfig, ExecutorConfig, RateLimitConfig, ScriptedConfig};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Node, Pod, Secret};
+use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use serde_json::{Value, json};
+
+use crate::rig::{self, FinishWatch, RESULT_SUMMARY};
+use crate::stats::{self, median};
+
+pub const BENCH_LABEL: &str = "benchkite.dev/bench";
+const GPUS_PER_NODE: usize = 8;
+/// Pod writes in flight: the controller's default `--write-concurrency`.
+pub const WRITE_CONCURRENCY: usize = 32;
+
+fn node(name: &str) -> Result<Node> {
+    let res = json!({"cpu": "128", "memory": "1Ti", "pods": "110", "nvidia.com/gpu": GPUS_PER_NODE.to_string()});
+    Ok(serde_json::from_value(json!({
+        "metadata": {
+            "name": name,
+            "annotations": {"kwok.x-k8s.io/node": "fake"},
+            "labels": {
+                "type": "kwok", "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                BENCH_LABEL: "fleet",
+                "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "nvidia.com/gpu.count": GPUS_PER_NODE.to_string(),
+                "nvidia.com/gpu.memory": "81559", "nvidia.com/gpu.family": "hopper",
+                "nvidia.com/gpu.compute.major": "9", "nvidia.com/gpu.compute.minor": "0",
+            },
+        },
+        "spec": {"taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]},
+        "status": {"capacity": res, "allocatable": res},
+    }))?)
+}
+
+fn selector() -> String {
+    format!("{BENCH_LABEL}=fleet")
+}
+
+/// Creates the bench nodes and waits until kwok reports all Ready.
+pub async fn create_nodes(client: &Client, n: usize) -> Result<Duration> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let t = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let nodes = nodes.clone();
+            async move {
+                let name = format!("bench-h100-{i}");
+                match nodes.create(&PostParams::default(), &node(&name)?).await {
+                    Ok(_) => Ok(()),
+                    Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+                    Err(e) => Err(anyhow::Error::from(e).context(format!("creating node {name}"))),
+                }
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<()>>()
+        .await?;
+    wait_ready(&nodes, n, "bench nodes").await?;
+    Ok(t.elapsed())
+}
+
+/// Waits until `n` objects labelled as the bench's have a `Ready=True` condition.
+async fn wait_ready<K>(api: &Api<K>, n: usize, what: &str) -> Result<Duration>
+where
+    K: Clone + std::fmt::Debug + serde::de::DeserializeOwned + serde::Serialize,
+{
+    let t = Instant::now();
+    benchkite_e2e::wait_until(&format!("{n} {what} Ready"), Duration::from_secs(600), || async {
+        let list = api.list(&ListParams::default().labels(&selector())).await?;
+        let ready = list
+            .items
+            .iter()
+            .filter(|o| {
+                serde_json::to_value(o).ok().is_some_and(|v| {
+                    v["status"]["conditions"]
+                        .as_array()
+                        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+                })
+            })
+            .count();
+        Ok((ready >= n).then_some(()))
+    })
+    .await?;
+    Ok(t.elapsed())
+}
+
+/// Removes the bench pods of `ns` (if given), then the bench nodes and their GpuNodes.
+pub async fn remove_nodes(client: &Client) -> Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes.delete_collection(&DeleteParams::default(), &ListParams::default().labels(&selector())).await?;
+    let gpunodes: Api<GpuNode> = Api::all(client.clone());
+    let _ = gpunodes.delete_collection(&DeleteParams::default(), &ListParams::default().labels(&selector())).await;
+    Ok(())
+}
+
+/// Deletes every pod of `api` at once (grace 0) and waits until they are gone.
+async fn delete_pods(api: &Api<Pod>) -> Result<Duration> {
+    let t = Instant::now();
+    api.delete_collection(
+        &DeleteParams { grace_period_seconds: Some(0), ..Default::default() },
+        &ListParams::default(),
+    )
+    .await?;
+    loop {
+        let left = api.list_metadata(&ListParams::default().limit(1)).await?;
+        if left.items.is_empty() {
+            return Ok(t.elapsed());
+        }
+        if t.elapsed() > Duration::from_secs(600) {
+            bail!("pods still there 600 s after deleting them");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Tracks which pods of a namespace are Running.
+struct PodWatch {
+    running: Arc<Mutex<HashMap<String, bool>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PodWatch {
+    fn start(api: Api<Pod>) -> Self {
+        let running: Arc<Mutex<HashMap<String, bool>>> = Arc::default();
+        let r = Arc::clone(&running);
+        let task = tokio::spawn(async move {
+            let mut stream = watcher(api, watcher::Config::default()).boxed();
+            while let Some(ev) = stream.next().await {
+                let mut g = r.lock().unwrap_or_else(|e| e.into_inner());
+                match ev {
+                    Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
+                        let up = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                            && p.metadata.deletion_timestamp.is_none();
+                        g.insert(p.name_any(), up);
+                    }
+                    Ok(watcher::Event::Delete(p)) => {
+                        g.remove(&p.name_any());
+                    }
+                    _ => {}
+                }
+            }
+        });
+        PodWatch { running, task }
+    }
+
+    fn running(&self) -> usize {
+        self.running.lock().unwrap_or_else(|e| e.into_inner()).values().filter(|v| **v).count()
+    }
+
+    /// Waits until `n` pods are Running; the time since `t0`.
+    async fn wait(self, n: usize, t0: Instant, timeout: Duration) -> Result<Duration> {
+        loop {
+            let r = self.running();
+            if r >= n {
+                let d = t0.elapsed();
+                self.task.abort();
+                return Ok(d);
+            }
+            if t0.elapsed() > timeout {
+                self.task.abort();
+                bail!("only {r}/{n} pods Running after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn pool(name: &str) -> Result<DynamicObject> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "benchkite.dev/v1alpha1", "kind": "AgentPool",
+        "metadata": {"name": name},
+        "spec": {
+            "queue": "bench-fleet",
+            "gpuNodeSelector": {"matchLabels": {BENCH_LABEL: "fleet"}},
+            "gpusPerAgent": 1,
+            "agent": {
+                "image": "example.invalid/agent:bench",
+                "tokenSecretRef": {"name": "agent-token", "key": "token"},
+                "ephemeral": true,
+            },
+        },
+    }))?)
+}
+
+fn pool_api(client: &Client, ns: &str) -> Api<DynamicObject> {
+    let gvk = kube::api::GroupVersionKind::gvk("benchkite.dev", "v1alpha1", "AgentPool");
+    let ar = kube::api::ApiResource::from_gvk_with_plural(&gvk, "agentpools");
+    Api::namespaced_with(client.clone(), ns, &ar)
+}
+
+async fn apply_pool(client: &Client, ns: &str) -> Result<()> {
+    pool_api(client, ns)
+        .patch("bench", &PatchParams::apply("benchkite-bench").force(), &Patch::Apply(&pool("bench")?))
+        .await
+        .context("applying the AgentPool")?;
+    Ok(())
+}
+
+async fn delete_pool(client: &Client, ns: &str) -> Result<()> {
+    match pool_api(client, ns).delete("bench", &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The pods as a plain client would create them: the controller's pods without what the
+/// server or scheduler added (owner, uid, nodeName, status …).
+fn plain_copies(pods: &[Pod]) -> Vec<Pod> {
+    pods.iter()
+        .map(|p| {
+            let mut c = Pod::default();
+            c.metadata.name = p.metadata.name.clone();
+            c.metadata.labels = p.metadata.labels.clone();
+            c.metadata.annotations = p.metadata.annotations.clone();
+            c.spec = p.spec.clone().map(|mut s| {
+                s.node_name = None;
+                s
+            });
+            c
+        })
+        .collect()
+}
+
+async fn wait_gpunodes_ready(client: &Client, n: usize) -> Result<Duration> {
+    wait_ready(&Api::<GpuNode>::all(client.clone()), n, "bench GpuNodes").await
+}
+
+async fn token_secret(ns: &benchkite_e2e::TestNamespace) -> Result<()> {
+    let secrets: Api<Secret> = ns.api();
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "agent-token"}, "stringData": {"token": "bench-agent-token"},
+    }))?;
+    secrets.create(&PostParams::default(), &secret).await?;
+    Ok(())
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Params {
+    pub nodes: usize,
+    pub repeats: usize,
+    pub kernel_jobs: usize,
+    pub source_bytes: usize,
+}
+
+/// Scenarios 3 and 4 on `p.nodes` bench nodes.
+pub async fn run(client: &Client, p: Params) -> Result<(Value, Value)> {
+    let nodes_time = create_nodes(client, p.nodes).await?;
+    let outcome = async {
+        let conv = convergence(client, p).await.context("fleet convergence")?;
+        let foot = footprint(client, p).await.context("footprint")?;
+        Ok::<_, anyhow::Error>((conv, foot))
+    }
+    .await;
+    // Pods are gone (each phase deletes its namespace); nodes last.
+    remove_nodes(client).await?;
+    let (mut conv, foot) = outcome?;
+    if let Some(o) = conv.as_object_mut() {
+        o.insert("node_setup_secs".into(), json!(nodes_time.as_secs_f64()));
+    }
+    Ok((conv, foot))
+}
+
+async fn convergence(client: &Client, p: Params) -> Result<Value> {
+    let want = p.nodes * GPUS_PER_NODE;
+    let timeout = Duration::from_secs(600 + want as u64 / 10);
+    let ns = rig::namespace(client, "fleet").await?;
+    token_secret(&ns).await?;
+    let args: Vec<String> =
+        ["--controllers", "fleet", "--agent-grace-seconds", "0"].iter().map(|s| s.to_string()).collect();
+    let pods: Api<Pod> = ns.api();
+    let mut controller_secs = Vec::new();
+    let mut baseline_secs = Vec::new();
+    let mut delete_secs = Vec::new();
+    let mut gpunodes_ready = Vec::new();
+    let mut usage = None;
+    let mut timings = Vec::new();
+    for round in 0..p.repeats {
+        // The controller (a fresh process each round, stopped before the plain client runs
+        // so it takes no CPU from it): apply the pool, wait for every agent pod Running.
+        let http = format!("127.0.0.1:{}", rig::free_port()?);
+        let ctl = rig::start_controller("bench-fleet", &http, &args, &[]).await?;
+        gpunodes_ready.push(wait_gpunodes_ready(client, p.nodes).await?.as_secs_f64());
+        let watch = PodWatch::start(pods.clone());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let t0 = Instant::now();
+        apply_pool(client, ns.name()).await?;
+        let d = watch.wait(want, t0, timeout).await.with_context(|| format!("controller round {round}"))?;
+        controller_secs.push(d.as_secs_f64());
+        let copies = plain_copies(&pods.list(&ListParams::default()).await?.items);
+        if usage.is_none() {
+            usage = stats::proc_usage(ctl.op.pid()).ok();
+        }
+        timings.push(ctl.timings().await);
+        // Stopped first, so it cannot re-create what is being deleted.
+        drop(ctl);
+        delete_pool(client, ns.name()).await?;
+        delete_secs.push(delete_pods(&pods).await?.as_secs_f64());
+
+        // The plain client: the same pods, the same number of creates in flight.
+        let watch = PodWatch::start(pods.clone());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let t0 = Instant::now();
+        futures::stream::iter(copies)
+            .map(|pod| {
+                let pods = pods.clone();
+                async move { pods.create(&PostParams::default(), &pod).await.map(|_| ()) }
+            })
+            .buffer_unordered(WRITE_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await
+            .context("baseline creates")?;
+        let d = watch.wait(want, t0, timeout).await.with_context(|| format!("baseline round {round}"))?;
+        baseline_secs.push(d.as_secs_f64());
+        delete_secs.push(delete_pods(&pods).await?.as_secs_f64());
+        eprintln!(
+            "bench: fleet round {round}: controller {:.2} s, plain client {:.2} s",
+            controller_secs[round],
+            d.as_secs_f64()
+        );
+    }
+    rig::drop_namespace(ns).await;
+    let (c, b) = (median(&controller_secs), median(&baseline_secs));
+    Ok(json!({
+        "nodes": p.nodes,
+        "pods": want,
+        "repeats": p.repeats,
+        "write_concurrency": WRITE_CONCURRENCY,
+        "controller_secs": controller_secs,
+        "baseline_secs": baseline_secs,
+        "controller_median_secs": c,
+        "baseline_median_secs": b,
+        "ratio": c.zip(b).map(|(c, b)| c / b),
+        "gpunodes_ready_secs": gpunodes_ready,
+        "pod_delete_secs": delete_secs,
+        "controller_peak_rss_mib": usage.map(|u| u.peak_rss_bytes as f64 / 1048576.0),
+        "controller_cpu_secs": usage.map(|u| u.cpu.as_secs_f64()),
+        "controller_timings": timings,
+    }))
+}
+
+/// A fresh controller (fleet + KernelJobs), the whole fleet, then KernelJobs carrying
+/// `source_bytes` of sources each, through a simulator that never limits; peak RSS and CPU
+/// after each phase.
+async fn footprint(client: &Client, p: Params) -> Result<Value> {
+    let want = p.nodes * GPUS_PER_NODE;
+    let ns = rig::namespace(client, "foot").await?;
+    token_secret(&ns).await?;
+    let queue = "bench-foot";
+    let mut cfg = buildkite_sim::SimConfig {
+        executor: ExecutorConfig::Scripted(ScriptedConfig {
+            duration_ms: 500,
+            meta_data: [(benchkite::contract::META_DATA_KEY.to_string(), RESULT_SUMMARY.to_string())].into(),
+            ..Default::default()
+        }),
+        rate_limit: RateLimitConfig { org_limit: 100_000_000, user_limit: 0, window_secs: 60.0 },
+        ..Default::default()
+    };
+    cfg.clusters[0].queues.push(queue.into());
+    cfg.agents.push(AgentPoolConfig { queue: queue.into(), count: 512, ..Default::default() });
+    let sim = Simulator::start(cfg).await?;
+    let http = format!("127.0.0.1:{}", rig::free_port()?);
+    let limit = crate::latency::UNCONSTRAINED_LIMIT.to_string();
+    let extra =
+        ["--agent-grace-seconds", "0", "--buildkite-requests-per-minute", &limit, "--poll-interval-seconds", "10"];
+    let args = rig::controller_args("fleet,kerneljob", ns.name(), &sim, &extra);
+    let token = sim.api_token();
+    let ctl =
+        rig::start_controller("bench-footprint", &http, &args, &[("BUILDKITE_API_TOKEN", token.as_str())]).await?;
+    let pid = ctl.op.pid();
+    let mut phases = Vec::new();
+    let mut mark = |phase: &str, secs: f64| -> Result<()> {
+        let u = stats::proc_usage(pid)?;
+        phases.push(json!({
+            "phase": phase, "secs": secs,
+            "peak_rss_mib": u.peak_rss_bytes as f64 / 1048576.0, "rss_mib": u.rss_bytes as f64 / 1048576.0,
+            "cpu_secs": u.cpu.as_secs_f64(),
+        }));
+        Ok(())
+    };
+    let t = Instant::now();
+    wait_gpunodes_ready(client, p.nodes).await?;
+    mark("started, GpuNodes Ready", t.elapsed().as_secs_f64())?;
+
+    let pods: Api<Pod> = ns.api();
+    let watch = PodWatch::start(pods.clone());
+    let t = Instant::now();
+    apply_pool(client, ns.name()).await?;
+    watch.wait(want, t, Duration::from_secs(600 + want as u64 / 10)).await?;
+    mark(&format!("{want} agent pods Running"), t.elapsed().as_secs_f64())?;
+
+    let jobs: Api<KernelJob> = ns.api();
+    let (finished, watch_task) = FinishWatch::start(jobs.clone());
+    let t = Instant::now();
+    rig::create_jobs(&jobs, "fp", 0..p.kernel_jobs, queue, p.source_bytes, 16).await?;
+    mark(&format!("{} KernelJobs created", p.kernel_jobs), t.elapsed().as_secs_f64())?;
+    let done = finished.wait(p.kernel_jobs, Duration::from_secs(600 + p.kernel_jobs as u64 / 10)).await;
+    watch_task.abort();
+    mark(&format!("{done} KernelJobs finished"), t.elapsed().as_secs_f64())?;
+    let last = stats::proc_usage(pid)?;
+    let controller_timings = ctl.timings().await;
+    let succeeded = finished.snapshot().values().filter(|(_, ph)| ph == "Succeeded").count();
+
+    rig::delete_all_jobs(&jobs, Duration::from_secs(120)).await?;
+    drop(ctl);
+    delete_pool(client, ns.name()).await?;
+    delete_pods(&pods).await?;
+    sim.shutdown().await;
+    rig::drop_namespace(ns).await;
+    Ok(json!({
+        "nodes": p.nodes,
+        "pods": want,
+        "kernel_jobs": p.kernel_jobs,
+        "source_bytes_per_job": p.source_bytes,
+        "kernel_jobs_finished": done,
+        "kernel_jobs_succeeded": succeeded,
+        "peak_rss_mib": last.peak_rss_bytes as f64 / 1048576.0,
+        "cpu_secs": last.cpu.as_secs_f64(),
+        "phases": phases,
+        "controller_timings": controller_timings,
+    }))
+}

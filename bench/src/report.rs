@@ -1,0 +1,366 @@
+//! The Markdown tables, from the JSON results alone (so they can be regenerated).
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+fn f(v: &Value, digits: usize) -> String {
+    match v.as_f64() {
+        Some(x) if x.is_finite() => format!("{x:.digits$}"),
+        _ => "–".into(),
+    }
+}
+
+fn met(ok: Option<bool>) -> &'static str {
+    match ok {
+        Some(true) => "met",
+        Some(false) => "**missed**",
+        None => "not measured",
+    }
+}
+
+fn le(v: &Value, limit: f64) -> Option<bool> {
+    v.as_f64().filter(|x| x.is_finite()).map(|x| x <= limit)
+}
+
+fn ge(v: &Value, limit: f64) -> Option<bool> {
+    v.as_f64().filter(|x| x.is_finite()).map(|x| x >= limit)
+}
+
+/// The controller's own timing histograms (means), for "where does the time go".
+fn timings(s: &mut String, title: &str, v: &Value) {
+    let Some(m) = v.as_object().filter(|m| !m.is_empty()) else { return };
+    let _ = writeln!(s, "<details><summary>{title}: the controller's /metrics (means)</summary>\n");
+    let _ = writeln!(s, "| series | count | mean (ms) |");
+    let _ = writeln!(s, "|---|---:|---:|");
+    for (k, x) in m {
+        let _ = writeln!(s, "| `{}` | {} | {} |", k.replace('|', "\\|"), f(&x["count"], 0), f(&x["mean_ms"], 1));
+    }
+    let _ = writeln!(s, "\n</details>\n");
+}
+
+pub fn markdown(r: &Value) -> String {
+    let mut s = String::new();
+    let m = &r["machine"];
+    let _ = writeln!(
+        s,
+        "### Benchmarks ({} run, {})\n",
+        r["mode"].as_str().unwrap_or("?"),
+        r["date"].as_str().unwrap_or("?")
+    );
+    let _ = writeln!(
+        s,
+        "Machine: {} cores ({}), {} GiB memory, load at start {}; commit {}; controller `{}`; cluster `{}`.\n\
+         Timings are noisy on this shared machine: compare the ratios against the baselines, which ran in the same invocation.\n",
+        m["cores"],
+        m["cpu"].as_str().unwrap_or("?"),
+        f(&m["memory_gib"], 1),
+        m["load_at_start"].as_str().unwrap_or("?"),
+        m["git"].as_str().unwrap_or("?"),
+        r["controller_binary"].as_str().unwrap_or("?"),
+        r["cluster"].as_str().unwrap_or("?"),
+    );
+    if r["controller_binary"].as_str().is_some_and(|b| b.contains("/debug/")) {
+        let _ = writeln!(
+            s,
+            "**Debug build** of the controller and runner (quick mode default): CPU, memory and latency are \
+             pessimistic; `make bench` uses release builds.\n"
+        );
+    }
+    let sc = &r["scenarios"];
+    let mut targets: Vec<(String, String, Option<bool>)> = Vec::new();
+
+    let e = &sc["efficiency"];
+    if e.is_object() {
+        let (w, p, b) = (&e["webhooks"], &e["polling"], &e["baseline"]);
+        let _ = writeln!(
+            s,
+            "#### 1. Buildkite efficiency: {} KernelJobs × {} s through {} simulated agents, Buildkite limit {}/min\n",
+            e["jobs"],
+            f(&e["job_secs"], 0),
+            e["agents"],
+            f(&e["limit_per_min"], 0)
+        );
+        let _ = writeln!(s, "| | benchkite, webhooks | benchkite, polling only | seeds' launcher (baseline) |");
+        let _ = writeln!(s, "|---|---:|---:|---:|");
+        let row = |s: &mut String, name: &str, key: &str, d: usize| {
+            let _ = writeln!(s, "| {name} | {} | {} | {} |", f(&w[key], d), f(&p[key], d), f(&b[key], d));
+        };
+        row(&mut s, "REST requests per job", "requests_per_job", 3);
+        let _ = writeln!(
+            s,
+            "| baseline ÷ benchkite requests per job | {}× | {}× | 1× |",
+            f(&e["ratio_baseline_over_webhooks"], 1),
+            f(&e["ratio_baseline_over_polling"], 1)
+        );
+        row(&mut s, "REST requests", "requests", 0);
+        row(&mut s, "answered 429", "http_429", 0);
+        row(&mut s, "jobs finished", "finished", 0);
+        row(&mut s, "wall time (s)", "wall_secs", 1);
+        row(&mut s, "ideal: jobs × duration ÷ agents (s)", "ideal_secs", 1);
+        row(&mut s, "wall ÷ ideal", "wall_over_ideal", 2);
+        let mut endpoints: Vec<String> = Vec::new();
+        for v in [w, p, b] {
+            if let Some(o) = v["by_endpoint"].as_object() {
+                for k in o.keys() {
+                    if !endpoints.contains(k) {
+                        endpoints.push(k.clone());
+                    }
+                }
+            }
+        }
+        endpoints.sort();
+        for k in &endpoints {
+            let cell = |v: &Value| f(&v["by_endpoint"][k]["per_job"], 3);
+            let _ = writeln!(
+                s,
+                "| per job: `{}` | {} | {} | {} |",
+                k.replace("/v2/organizations/{org}", "…"),
+                cell(w),
+                cell(p),
+                cell(b)
+            );
+        }
+        let sus = &e["sustainable"];
+        let _ = writeln!(
+            s,
+            "| max concurrent {} s jobs under 200/min (from measured rates) | {} | {} | {} |",
+            f(&e["job_secs"], 0),
+            f(&sus["webhooks"], 0),
+            f(&sus["polling"], 0),
+            f(&sus["baseline"], 0)
+        );
+        let _ = writeln!(
+            s,
+            "| max concurrent 60 s jobs under 200/min (model) | {} | {} | {} |",
+            f(&sus["60s"]["webhooks"], 0),
+            f(&sus["60s"]["polling"], 0),
+            f(&sus["60s"]["baseline"], 0)
+        );
+        let _ = writeln!(
+            s,
+            "| requests per 60 s job (baseline: fixed + one poll per 10 s) | {} | {} | {} |",
+            f(&w["requests_per_job"], 3),
+            f(&p["requests_per_job"], 3),
+            f(&e["baseline_requests_per_60s_job"], 1)
+        );
+        let _ = writeln!(
+            s,
+            "\nAll three ran at once, each against its own simulator. benchkite's simulators enforce 200/min \
+             (controller budget: its default 180/min); the baseline's counts without limiting (it has no budget and \
+             would only collect 429s), so its column is what it needs. The baseline polls every build from its \
+             creation, queued ones too, as N independent submissions do. Max concurrency: benchkite \
+             (200 − poll lists/min) ÷ (other requests per job) × job minutes; baseline 200 ÷ (polls per build-minute \
+             + fixed requests per job ÷ job minutes).\n"
+        );
+        timings(&mut s, "webhooks run", &w["controller_timings"]);
+        timings(&mut s, "polling-only run", &p["controller_timings"]);
+        targets.push((
+            "requests per job ≤ 1.1 with webhooks".into(),
+            f(&w["requests_per_job"], 3),
+            le(&w["requests_per_job"], 1.1),
+        ));
+        targets.push((
+            "requests per job ≤ 1.5 polling only".into(),
+            f(&p["requests_per_job"], 3),
+            le(&p["requests_per_job"], 1.5),
+        ));
+        targets.push((
+            "≥ 10× fewer requests than the baseline for 60 s jobs (webhooks / polling)".into(),
+            format!(
+                "{}× / {}×",
+                f(&e["ratio_60s_baseline_over_webhooks"], 1),
+                f(&e["ratio_60s_baseline_over_polling"], 1)
+            ),
+            ge(&e["ratio_60s_baseline_over_webhooks"], 10.0)
+                .zip(ge(&e["ratio_60s_baseline_over_polling"], 10.0))
+                .map(|(a, b)| a && b),
+        ));
+    }
+
+    let l = &sc["latency"];
+    if l.is_object() {
+        let _ = writeln!(
+            s,
+            "#### 2. Latency: steady {} jobs/s for {} s (achieved {}/s), then a burst of {}\n",
+            f(&l["target_rate_per_sec"], 0),
+            f(&l["steady_secs"], 0),
+            f(&l["achieved_rate_per_sec"], 1),
+            l["burst_size"]
+        );
+        let _ = writeln!(s, "| ms | jobs | p50 | p95 | p99 | max |");
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
+        for (load, key) in [("steady", "steady"), ("burst", "burst")] {
+            for (what, m) in [
+                ("KernelJob created → build created", "create_to_build"),
+                ("build finished (webhook sent) → status", "finish_to_status"),
+            ] {
+                let v = &l[key][m];
+                let _ = writeln!(
+                    s,
+                    "| {what}, {load} | {} | {} | {} | {} | {} |",
+                    v["n"],
+                    f(&v["p50_ms"], 0),
+                    f(&v["p95_ms"], 0),
+                    f(&v["p99_ms"], 0),
+                    f(&v["max_ms"], 0)
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
+            "\nRate limit out of the way: simulator and `--buildkite-requests-per-minute` both {}/min ({} requests, {} answered 429). \
+             {} agents, {} ms jobs. Create time is taken by the client just before the create is sent; build times come \
+             from the simulator (same clock, ms); status time is when a watch saw the finished phase.\n",
+            l["rate_limit_per_min"], l["requests"], l["http_429"], l["agents"], l["job_duration_ms"]
+        );
+        timings(
+            &mut s,
+            "latency run (submit latency counts from creationTimestamp: 1 s resolution)",
+            &l["controller_timings"],
+        );
+        for key in ["steady", "burst"] {
+            targets.push((
+                format!("p99 create → build created ≤ 250 ms ({key})"),
+                f(&l[key]["create_to_build"]["p99_ms"], 0),
+                le(&l[key]["create_to_build"]["p99_ms"], 250.0),
+            ));
+            targets.push((
+                format!("p99 webhook → status ≤ 500 ms ({key})"),
+                f(&l[key]["finish_to_status"]["p99_ms"], 0),
+                le(&l[key]["finish_to_status"]["p99_ms"], 500.0),
+            ));
+        }
+    }
+
+    let fl = &sc["fleet"];
+    if fl.is_object() {
+        let _ = writeln!(
+            s,
+            "#### 3. Fleet convergence: {} GPU nodes × 8 GPUs → {} agent pods Running\n",
+            fl["nodes"], fl["pods"]
+        );
+        let _ = writeln!(s, "| | median (s) | runs (s) |");
+        let _ = writeln!(s, "|---|---:|---|");
+        let runs = |v: &Value| {
+            v.as_array().map(|a| a.iter().map(|x| f(x, 2)).collect::<Vec<_>>().join(", ")).unwrap_or_default()
+        };
+        let _ = writeln!(
+            s,
+            "| benchkite: AgentPool applied → all Running | {} | {} |",
+            f(&fl["controller_median_secs"], 2),
+            runs(&fl["controller_secs"])
+        );
+        let _ = writeln!(
+            s,
+            "| plain kube-rs client creating the same pods ({} in flight) | {} | {} |",
+            fl["write_concurrency"],
+            f(&fl["baseline_median_secs"], 2),
+            runs(&fl["baseline_secs"])
+        );
+        let _ = writeln!(s, "| ratio benchkite ÷ plain client | {} | |", f(&fl["ratio"], 2));
+        let _ = writeln!(
+            s,
+            "\nRounds alternate (controller, then plain client); each starts from no pods; a fresh controller process per \
+             round, already synced (GpuNodes Ready) when the pool is applied, stopped before the plain client runs.\n"
+        );
+        timings(&mut s, "first controller round", &fl["controller_timings"][0]);
+        targets.push((
+            "fleet convergence ≤ 1.25× the plain client".into(),
+            format!("{}×", f(&fl["ratio"], 2)),
+            le(&fl["ratio"], 1.25),
+        ));
+    }
+
+    let fp = &sc["footprint"];
+    if fp.is_object() {
+        let _ = writeln!(
+            s,
+            "#### 4. Footprint: {} GPU nodes, {} agent pods, {} KernelJobs × {} KiB sources (one controller process, fleet + KernelJobs)\n",
+            fp["nodes"],
+            fp["pods"],
+            fp["kernel_jobs"],
+            fp["source_bytes_per_job"].as_u64().unwrap_or(0) / 1024
+        );
+        let _ = writeln!(s, "| after | phase (s) | peak RSS (MiB) | RSS (MiB) | CPU (s, cumulative) |");
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|");
+        for ph in fp["phases"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} |",
+                ph["phase"].as_str().unwrap_or("?"),
+                f(&ph["secs"], 1),
+                f(&ph["peak_rss_mib"], 1),
+                f(&ph["rss_mib"], 1),
+                f(&ph["cpu_secs"], 1)
+            );
+        }
+        let _ = writeln!(s, "\n{} of {} KernelJobs Succeeded.\n", fp["kernel_jobs_succeeded"], fp["kernel_jobs"]);
+        timings(&mut s, "footprint run", &fp["controller_timings"]);
+        targets.push((
+            "controller peak RSS ≤ 150 MiB (scenario 4)".into(),
+            format!("{} MiB", f(&fp["peak_rss_mib"], 1)),
+            le(&fp["peak_rss_mib"], 150.0),
+        ));
+    }
+
+    let rn = &sc["runner"];
+    if rn.is_object() {
+        let _ = writeln!(s, "#### 5. Runner overhead (`examples/runner_overhead.rs`, {} rounds)\n", rn["rounds"]);
+        for line in rn["output"].as_str().unwrap_or("").lines().filter(|l| l.starts_with('|')) {
+            let _ = writeln!(s, "{line}");
+        }
+        let _ = writeln!(
+            s,
+            "\nOverhead of `benchkite run`: {} ms (median), against {} ms for merely starting a Python runner.\n",
+            f(&rn["overhead_ms"], 2),
+            f(&rn["python_floor_ms"], 2)
+        );
+    }
+
+    for (k, v) in sc.as_object().into_iter().flatten().filter(|(k, _)| k.ends_with("_error")) {
+        let _ = writeln!(s, "**Scenario `{}` failed:** {}\n", k.trim_end_matches("_error"), v.as_str().unwrap_or("?"));
+    }
+    if !targets.is_empty() {
+        let _ = writeln!(s, "#### Targets (issue 8; reported, not enforced)\n");
+        let _ = writeln!(s, "| target | measured | |");
+        let _ = writeln!(s, "|---|---:|---|");
+        for (t, v, ok) in &targets {
+            let _ = writeln!(s, "| {t} | {v} | {} |", met(*ok));
+        }
+        let _ = writeln!(s);
+    }
+    let t = &r["timings_secs"];
+    let _ = writeln!(
+        s,
+        "Reproduce: `make bench` (full) or `make bench-quick`; this run took {} s in all.",
+        f(&t["total"], 0)
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn targets_are_marked_met_or_missed() {
+        let r = json!({
+            "mode": "quick", "date": "2026-01-01", "machine": {"cores": 2, "memory_gib": 23.5},
+            "controller_binary": "/x/target/debug/benchkite",
+            "scenarios": {
+                "fleet": {"nodes": 2, "pods": 16, "controller_median_secs": 2.0, "baseline_median_secs": 1.0, "ratio": 2.0,
+                          "controller_secs": [2.0], "baseline_secs": [1.0], "write_concurrency": 32},
+                "footprint": {"nodes": 2, "pods": 16, "kernel_jobs": 10, "source_bytes_per_job": 65536,
+                              "peak_rss_mib": 80.0, "phases": []},
+            },
+            "timings_secs": {"total": 12.0},
+        });
+        let md = markdown(&r);
+        assert!(md.contains("| fleet convergence ≤ 1.25× the plain client | 2.00× | **missed** |"), "{md}");
+        assert!(md.contains("| controller peak RSS ≤ 150 MiB (scenario 4) | 80.0 MiB | met |"), "{md}");
+        assert!(md.contains("**Debug build**"));
+        assert!(!md.contains("Buildkite efficiency"), "absent scenarios print no table");
+    }
+}

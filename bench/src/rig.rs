@@ -1,0 +1,347 @@
+//! What every scenario needs: the cluster, controller processes, KernelJobs, watches.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use benchkite::api::KernelJob;
+use benchkite_e2e::operator::{Operator, binary};
+use futures::{StreamExt, TryStreamExt};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use serde_json::{Value, json};
+
+/// Webhook secret shared by the simulator and the controller (never printed).
+pub const WEBHOOK_SECRET: &str = "bench-webhook-secret";
+
+/// The summary the scripted executor leaves in build meta-data, like `benchkite run`.
+pub const RESULT_SUMMARY: &str = r#"{"v":1,"success":true,"passed":true}"#;
+
+/// A `result.json` for the baseline poller to download (the seeds' launcher reads it).
+pub const RESULT_JSON: &str = r#"{"success":true,"error":"","system":{},"runs":{"test":{"compilation":null,"run":{"success":true,"passed":true,"command":"python eval.py test","stdout":"","stderr":"","exit_code":0,"duration":0.01,"result":{"check":"pass"}},"start":"2026-01-01T00:00:00Z","end":"2026-01-01T00:00:01Z"}}}"#;
+
+/// Milliseconds since the Unix epoch (wall clock, comparable with the simulator's
+/// timestamps: it runs in this process).
+pub fn now_ms() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0)
+}
+
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// `benchkite controller --help` of the binary under test mentions `flag`.
+pub fn controller_supports(flag: &str) -> bool {
+    let Ok(bin) = binary() else { return false };
+    std::process::Command::new(bin)
+        .args(["controller", "--help"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(flag))
+        .unwrap_or(false)
+}
+
+/// A controller process (killed when dropped).
+pub struct Controller {
+    pub op: Operator,
+    /// `host:port` of `/metrics`, when the binary serves it.
+    pub metrics: Option<String>,
+}
+
+/// Families of the controller's `/metrics` that say where time goes.
+const TIMING_FAMILIES: [&str; 5] = [
+    "benchkite_reconcile_duration_seconds",
+    "benchkite_kerneljob_submit_latency_seconds",
+    "benchkite_kerneljob_completion_latency_seconds",
+    "benchkite_buildkite_budget_wait_seconds",
+    "benchkite_buildkite_request_duration_seconds",
+];
+
+impl Controller {
+    /// Count and mean (ms) of the controller's timing histograms, by series; `{}` when
+    /// the binary has no `/metrics` or it does not answer.
+    pub async fn timings(&self) -> Value {
+        let Some(addr) = &self.metrics else { return json!({}) };
+        let text = match reqwest::get(format!("http://{addr}/metrics")).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => return json!({}),
+        };
+        timings_from_metrics(&text)
+    }
+}
+
+/// `{"<family>{labels}": {"count": n, "mean_ms": x}}` from OpenMetrics text.
+pub fn timings_from_metrics(text: &str) -> Value {
+    let mut sums: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let Ok(v) = value.parse::<f64>() else { continue };
+        for fam in TIMING_FAMILIES {
+            let Some(rest) = series.strip_prefix(fam) else { continue };
+            let (kind, labels) = match rest.find('{') {
+                Some(i) => (&rest[..i], &rest[i..]),
+                None => (rest, ""),
+            };
+            let e = sums.entry(format!("{fam}{labels}")).or_default();
+            match kind {
+                "_sum" => e.0 = v,
+                "_count" => e.1 = v,
+                _ => {}
+            }
+        }
+    }
+    let out: serde_json::Map<String, Value> = sums
+        .into_iter()
+        .filter(|(_, (_, n))| *n > 0.0)
+        .map(|(k, (sum, n))| (k, json!({"count": n, "mean_ms": sum / n * 1e3})))
+        .collect();
+    Value::Object(out)
+}
+
+/// Starts `benchkite controller` with `args` (plus `--http-addr http`, and `--metrics-addr`
+/// on a free port when the binary has it) and waits for `/readyz`.
+pub async fn start_controller(name: &str, http: &str, args: &[String], envs: &[(&str, &str)]) -> Result<Controller> {
+    let http = http.to_string();
+    let mut all: Vec<String> = vec!["--http-addr".into(), http.clone()];
+    let metrics =
+        if controller_supports("--metrics-addr") { Some(format!("127.0.0.1:{}", free_port()?)) } else { None };
+    if let Some(m) = &metrics {
+        all.extend(["--metrics-addr".into(), m.clone()]);
+    }
+    all.extend(args.iter().cloned());
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    let mut envs = envs.to_vec();
+    envs.push(("RUST_LOG", "info"));
+    let op = Operator::start_with_env(name, &refs, &envs)?;
+    let url = format!("http://{http}/readyz");
+    let http_client = reqwest::Client::new();
+    let start = Instant::now();
+    loop {
+        if let Ok(r) = http_client.get(&url).send().await
+            && r.status().is_success()
+        {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            bail!("controller {name} not ready after 120 s; log: {}", op.log.display());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Jobs created in the first 5 s of a controller may have been submitted by a previous
+    // one: they are looked up before anything is created. The scenarios measure the
+    // steady state, so they start after that window.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    Ok(Controller { op, metrics })
+}
+
+/// `benchkite controller` flags for `controllers` with KernelJobs of namespace `ns`
+/// against the simulator, then `extra`.
+pub fn controller_args(controllers: &str, ns: &str, sim: &buildkite_sim::SimHandle, extra: &[&str]) -> Vec<String> {
+    let (org, api, agent) = (sim.organization(), sim.api_url(), sim.agent_url());
+    let base = ["--controllers", controllers, "--namespace", ns, "--instance", ns, "--buildkite-org", &org];
+    let urls = ["--buildkite-api-url", &api, "--buildkite-agent-api-url", &agent];
+    base.iter().chain(urls.iter()).chain(extra.iter()).map(|s| s.to_string()).collect()
+}
+
+/// A KernelJob on a raw queue with `source_bytes` of sources (at least a tiny eval.py).
+pub fn kernel_job(name: &str, queue: &str, source_bytes: usize) -> Result<KernelJob> {
+    let mut sources = BTreeMap::from([
+        ("eval.py".to_string(), "import sys\nprint('ok')\n".to_string()),
+        ("submission.py".to_string(), "def custom_kernel(x):\n    return x\n".to_string()),
+    ]);
+    if source_bytes > 0 {
+        // Printable filler that does not compress to nothing in the payload.
+        let filler: String = (0..source_bytes).map(|i| (b'a' + ((i * 7 + i / 13) % 26) as u8) as char).collect();
+        sources.insert("data.py".to_string(), format!("# {filler}\n"));
+    }
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "benchkite.dev/v1alpha1", "kind": "KernelJob",
+        "metadata": {"name": name},
+        "spec": {
+            "queue": queue, "mode": "test", "lang": "py", "main": "eval.py", "sources": sources,
+            "tests": [{"size": 64, "seed": 1}],
+        },
+    }))?)
+}
+
+/// Creates KernelJobs `prefix-00000…` with `concurrency` requests in flight; returns the
+/// client-side timestamp (ms) taken just before each create was sent.
+pub async fn create_jobs(
+    api: &Api<KernelJob>,
+    prefix: &str,
+    range: std::ops::Range<usize>,
+    queue: &str,
+    source_bytes: usize,
+    concurrency: usize,
+) -> Result<HashMap<String, f64>> {
+    let jobs: Vec<KernelJob> =
+        range.map(|i| kernel_job(&format!("{prefix}-{i:05}"), queue, source_bytes)).collect::<Result<_>>()?;
+    futures::stream::iter(jobs)
+        .map(|j| async move {
+            let name = j.name_any();
+            let t = now_ms();
+            api.create(&PostParams::default(), &j).await.with_context(|| format!("creating KernelJob {name}"))?;
+            Ok::<_, anyhow::Error>((name, t))
+        })
+        .buffer_unordered(concurrency.max(1))
+        .try_collect()
+        .await
+}
+
+/// Creates one KernelJob now; returns (name, client timestamp ms).
+pub async fn create_job(api: &Api<KernelJob>, name: &str, queue: &str) -> Result<(String, f64)> {
+    let j = kernel_job(name, queue, 0)?;
+    let t = now_ms();
+    api.create(&PostParams::default(), &j).await.with_context(|| format!("creating KernelJob {name}"))?;
+    Ok((name.to_string(), t))
+}
+
+/// First time (ms) each KernelJob of a namespace was seen finished, and its phase.
+#[derive(Clone, Default)]
+pub struct FinishWatch {
+    seen: Arc<Mutex<HashMap<String, (f64, String)>>>,
+}
+
+impl FinishWatch {
+    /// Watches the KernelJobs of `api` in the background.
+    pub fn start(api: Api<KernelJob>) -> (Self, tokio::task::JoinHandle<()>) {
+        let this = FinishWatch::default();
+        let seen = Arc::clone(&this.seen);
+        let task = tokio::spawn(async move {
+            let mut stream = watcher(api, watcher::Config::default()).boxed();
+            while let Some(ev) = stream.next().await {
+                let t = now_ms();
+                let objs: Vec<KernelJob> = match ev {
+                    Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => vec![o],
+                    _ => continue,
+                };
+                let mut g = seen.lock().unwrap_or_else(|e| e.into_inner());
+                for o in objs {
+                    if let Some(s) = o.status.as_ref().filter(|s| s.phase.is_finished()) {
+                        g.entry(o.name_any()).or_insert((t, s.phase.as_str().to_string()));
+                    }
+                }
+            }
+        });
+        (this, task)
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn snapshot(&self) -> HashMap<String, (f64, String)> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits until `n` jobs finished or `timeout` passed; returns how many finished.
+    pub async fn wait(&self, n: usize, timeout: Duration) -> usize {
+        let start = Instant::now();
+        while self.count() < n && start.elapsed() < timeout {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.count()
+    }
+}
+
+/// Deletes every KernelJob of `api` (the controller, still running, removes finalizers);
+/// after `grace` strips finalizers of those left. Waits until none is left.
+pub async fn delete_all_jobs(api: &Api<KernelJob>, grace: Duration) -> Result<()> {
+    api.delete_collection(&DeleteParams::background(), &ListParams::default()).await?;
+    let start = Instant::now();
+    loop {
+        let left = api.list_metadata(&ListParams::default()).await?.items;
+        if left.is_empty() {
+            return Ok(());
+        }
+        if start.elapsed() > grace {
+            for j in &left {
+                let patch = json!({"metadata": {"finalizers": null}});
+                let _ = api.patch(&j.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await;
+            }
+        }
+        if start.elapsed() > grace * 4 {
+            bail!("{} KernelJobs still there after {:?}", left.len(), grace * 4);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The bench's own namespace `bench-<prefix>-<random>`, labelled like test namespaces.
+pub async fn namespace(client: &Client, prefix: &str) -> Result<benchkite_e2e::TestNamespace> {
+    benchkite_e2e::TestNamespace::create(client, &format!("bench-{prefix}")).await
+}
+
+/// Deletes a bench namespace; a slow deletion only warns (results are already taken).
+pub async fn drop_namespace(ns: benchkite_e2e::TestNamespace) {
+    let name = ns.name().to_string();
+    if let Err(e) = ns.delete().await {
+        eprintln!("warning: namespace {name} not gone yet: {e:#}");
+    }
+}
+
+/// Reads every build of the simulator's `kernelbot` pipeline via REST (pages of 100).
+pub async fn list_builds(sim: &buildkite_sim::SimHandle) -> Result<Vec<serde_json::Value>> {
+    let http = reqwest::Client::new();
+    let mut out = Vec::new();
+    for page in 1.. {
+        let url = format!(
+            "{}/organizations/{}/pipelines/kernelbot/builds?per_page=100&page={page}&exclude_jobs=true&exclude_pipeline=true",
+            sim.api_url(),
+            sim.organization()
+        );
+        let resp = http.get(&url).bearer_auth(sim.api_token()).send().await?.error_for_status()?;
+        let builds: Vec<serde_json::Value> = resp.json().await?;
+        let n = builds.len();
+        out.extend(builds);
+        if n < 100 {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// RFC 3339 → ms since the epoch.
+pub fn ts_ms(v: &serde_json::Value) -> Option<f64> {
+    let t: jiff::Timestamp = v.as_str()?.parse().ok()?;
+    Some(t.as_millisecond() as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scripted_summary_is_one_the_controller_accepts() {
+        let s = benchkite::contract::parse_meta_data_summary(RESULT_SUMMARY).expect("valid summary");
+        assert!(s.success && s.passed == Some(true));
+    }
+
+    #[test]
+    fn kernel_jobs_carry_the_requested_source_bytes() {
+        let j = kernel_job("x", "q", 64 * 1024).expect("job");
+        let total: usize = j.spec.sources.values().map(String::len).sum();
+        assert!((64 * 1024..64 * 1024 + 200).contains(&total), "{total}");
+        assert_eq!(j.spec.queue.as_deref(), Some("q"));
+    }
+
+    #[test]
+    fn timing_means_from_metrics_text() {
+        let text = "# TYPE x histogram\n\
+            benchkite_kerneljob_submit_latency_seconds_sum 3.0\n\
+            benchkite_kerneljob_submit_latency_seconds_count 4\n\
+            benchkite_kerneljob_submit_latency_seconds_bucket{le=\"1\"} 4\n\
+            benchkite_reconcile_duration_seconds_sum{controller=\"kerneljob\"} 0.5\n\
+            benchkite_reconcile_duration_seconds_count{controller=\"kerneljob\"} 100\n";
+        let v = timings_from_metrics(text);
+        assert_eq!(v["benchkite_kerneljob_submit_latency_seconds"]["mean_ms"], json!(750.0));
+        assert_eq!(v["benchkite_reconcile_duration_seconds{controller=\"kerneljob\"}"]["mean_ms"], json!(5.0));
+    }
+
+    #[test]
+    fn timestamps_parse_to_milliseconds() {
+        assert_eq!(ts_ms(&json!("1970-01-01T00:00:01.250Z")), Some(1250.0));
+        assert_eq!(ts_ms(&json!(null)), None);
+    }
+}
