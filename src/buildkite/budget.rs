@@ -334,8 +334,6 @@ struct State {
     throttled_until: Option<Instant>,
     /// Consecutive attempts that got a 5xx or no answer (an outage, or a flaky network).
     failures: u32,
-    /// `failures` before the last answer reset it (a 5xx answer puts it back).
-    failures_before_success: u32,
     /// Set while Buildkite looks down: nothing is sent before, then one probe at a time.
     paused_until: Option<Instant>,
     /// Waiters by (class, arrival).
@@ -531,24 +529,27 @@ impl Permit {
     /// Reports an answer 5xx: its headers count like any answer, and it counts towards the
     /// outage pause.
     pub fn complete_server_error(self, headers: &RateLimitHeaders) {
-        let shared = Arc::clone(&self.shared);
-        self.complete(headers, None);
-        let mut st = shared.lock();
-        // `complete` counted it as a success; undo that and count the failure.
-        st.failures = st.failures_before_success;
-        st.record_failure(Instant::now());
+        self.finish(headers, None, true);
     }
 
     /// Reports the answer: its rate-limit headers and, for a 429, the announced reset.
-    pub fn complete(mut self, headers: &RateLimitHeaders, throttled: Option<(ThrottleScope, Duration)>) {
+    pub fn complete(self, headers: &RateLimitHeaders, throttled: Option<(ThrottleScope, Duration)>) {
+        self.finish(headers, throttled, false);
+    }
+
+    fn finish(mut self, headers: &RateLimitHeaders, throttled: Option<(ThrottleScope, Duration)>, server_error: bool) {
         let shared = Arc::clone(&self.shared);
         let earlier = {
             let mut st = shared.lock();
             let now = Instant::now();
-            // An answer: Buildkite is up again.
-            st.failures_before_success = st.failures;
-            st.failures = 0;
-            st.paused_until = None;
+            // Before waiters are released below: a 5xx extends an outage, any other answer
+            // ends it.
+            if server_error {
+                st.record_failure(now);
+            } else {
+                st.failures = 0;
+                st.paused_until = None;
+            }
             let before = st.earliest_change();
             let cfg = st.cfg.clone();
             st.calibrated = true;
@@ -644,7 +645,6 @@ impl Budget {
                     user: None,
                     throttled_until: None,
                     failures: 0,
-                    failures_before_success: 0,
                     paused_until: None,
                     waiters: BTreeMap::new(),
                     next_waiter: 0,

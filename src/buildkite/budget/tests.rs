@@ -391,9 +391,19 @@ async fn an_outage_pauses_everything_then_one_probe_and_an_answer_resets_it() {
     let mut p = b.acquire(Priority::Submit).await;
     assert_eq!(t0.elapsed(), Duration::from_secs(1));
     p.mark_sent();
-    // While the probe is out, nothing else goes.
+    // While the probe is out, nothing else goes, and a waiter stays waiting when the probe
+    // fails too.
     assert!(b.try_acquire(Priority::Submit).is_none(), "one probe at a time");
+    let waiter = {
+        let b = b.clone();
+        tokio::spawn(async move { b.acquire(Priority::Submit).await })
+    };
+    tokio::task::yield_now().await;
     p.complete_server_error(&org(200, 197, 59));
+    tokio::task::yield_now().await;
+    assert!(!waiter.is_finished(), "a failed probe releases nobody");
+    waiter.abort();
+    let _ = waiter.await;
     assert_eq!(b.snapshot().consecutive_failures, 3);
     assert_eq!(b.snapshot().outage_pause_for, Some(Duration::from_secs(2)));
     let t1 = Instant::now();
