@@ -255,6 +255,7 @@ async fn throttling_mid_run() -> Result<()> {
         .add("answered_429", stats.rejected)
         .add("windows_with_429", stats.windows_with_429)
         .add("after_429_before_reset", stats.after_429_before_reset)
+        .add("in_flight_at_429", stats.in_flight_at_429)
         .add("requests_per_job", format!("{:.2}", stats.counted as f64 / n as f64));
     finish(&client, &rig, n, &mut f, &[]).await?;
     println!("chaos throttling: took {:?}", started.elapsed());

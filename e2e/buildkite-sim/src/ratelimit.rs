@@ -16,11 +16,13 @@ struct Window {
     started: Instant,
     count: u64,
     saw_429: bool,
+    /// When the window's first 429 was decided.
+    first_429_at: Option<Instant>,
 }
 
 impl Window {
     fn fresh(now: Instant) -> Self {
-        Self { started: now, count: 0, saw_429: false }
+        Self { started: now, count: 0, saw_429: false, first_429_at: None }
     }
 }
 
@@ -60,6 +62,10 @@ impl Decision {
     }
 }
 
+/// Requests arriving this soon after a 429 were on the wire before the client could have
+/// read it (loopback round trips take a few milliseconds).
+pub const IN_FLIGHT_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Exact counts for tests and benchmarks.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
 pub struct RateLimitStats {
@@ -67,8 +73,14 @@ pub struct RateLimitStats {
     pub counted: u64,
     /// Requests answered 429.
     pub rejected: u64,
-    /// Requests received after a 429 in the same window, before that window reset.
+    /// Requests received after a 429 in the same window, before that window reset, and
+    /// more than [`IN_FLIGHT_GRACE`] after the 429: the client had the answer when it sent
+    /// them (a request already on the wire when the 429 left is counted in
+    /// `in_flight_at_429` instead).
     pub after_429_before_reset: u64,
+    /// Requests that arrived after a 429 within [`IN_FLIGHT_GRACE`] of it: sent concurrently,
+    /// before the client could know.
+    pub in_flight_at_429: u64,
     /// Windows that saw at least one 429.
     pub windows_with_429: u64,
     /// Requests counted in the current organization window.
@@ -144,14 +156,17 @@ impl RateLimiter {
         let (org_limit, user_limit) = (g.cfg.org_limit, g.cfg.user_limit);
 
         roll(&mut g.org, now, window);
-        let mut after_429 = g.org.saw_429;
+        let mut first_429 = g.org.first_429_at;
         g.org.count += 1;
         let org = state(&g.org, org_limit, now, window);
 
         let user_state = if user_limit > 0 {
             let w = g.users.entry(user.to_string()).or_insert_with(|| Window::fresh(now));
             roll(w, now, window);
-            after_429 |= w.saw_429;
+            first_429 = match (first_429, w.first_429_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             w.count += 1;
             Some(state(w, user_limit, now, window))
         } else {
@@ -160,15 +175,23 @@ impl RateLimiter {
 
         let decision = Decision { org, user: user_state };
         g.stats.counted += 1;
-        if after_429 {
-            g.stats.after_429_before_reset += 1;
+        if let Some(at) = first_429 {
+            if now.duration_since(at) > IN_FLIGHT_GRACE {
+                g.stats.after_429_before_reset += 1;
+            } else {
+                g.stats.in_flight_at_429 += 1;
+            }
         }
         if let Some((scope, _)) = decision.rejected_by() {
             g.stats.rejected += 1;
             let first_in_window = if scope == "rest" {
+                g.org.first_429_at.get_or_insert(now);
                 !std::mem::replace(&mut g.org.saw_429, true)
             } else {
-                g.users.get_mut(user).is_some_and(|w| !std::mem::replace(&mut w.saw_429, true))
+                g.users.get_mut(user).is_some_and(|w| {
+                    w.first_429_at.get_or_insert(now);
+                    !std::mem::replace(&mut w.saw_429, true)
+                })
             };
             if first_in_window {
                 g.stats.windows_with_429 += 1;
@@ -225,10 +248,16 @@ mod tests {
         let (scope, s) = d.rejected_by().unwrap();
         assert_eq!(scope, "rest");
         assert_eq!(s.current, 4);
+        // Right after the 429: on the wire before the client could know.
         rl.check("u");
         let st = rl.stats();
-        assert_eq!(st.rejected, 2);
-        assert_eq!(st.after_429_before_reset, 1);
+        assert_eq!((st.after_429_before_reset, st.in_flight_at_429), (0, 1));
+        // Later in the same window: the client ignored the 429.
+        std::thread::sleep(IN_FLIGHT_GRACE + std::time::Duration::from_millis(20));
+        rl.check("u");
+        let st = rl.stats();
+        assert_eq!(st.rejected, 3);
+        assert_eq!((st.after_429_before_reset, st.in_flight_at_429), (1, 1));
         assert_eq!(st.windows_with_429, 1);
     }
 

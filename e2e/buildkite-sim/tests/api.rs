@@ -231,7 +231,8 @@ async fn rate_limit_exhaustion_and_reset() {
     assert_eq!(body["current"], 6);
     assert!(body["reset"].as_u64().unwrap() >= 1);
     assert!(body["message"].as_str().unwrap().contains("exceeded your API rate limit"));
-    // more requests while limited: counted exactly
+    // more requests while limited (well after the 429: the client knew): counted exactly
+    tokio::time::sleep(buildkite_sim::ratelimit::IN_FLIGHT_GRACE + Duration::from_millis(20)).await;
     for _ in 0..3 {
         assert_eq!(t.get(&url).send().await.unwrap().status(), 429);
     }
