@@ -7,6 +7,7 @@
 
 pub mod chaos;
 pub mod operator;
+pub mod sim;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

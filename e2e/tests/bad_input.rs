@@ -311,27 +311,10 @@ async fn controller_reports_what_only_it_can_tell() -> Result<()> {
     let ns = TestNamespace::create(&client, "badinputctl").await?;
     let sim = Simulator::start(SimConfig::default()).await?;
     let http = format!("127.0.0.1:{}", free_port()?);
-    let (org, api_url, agent_url, token) = (sim.organization(), sim.api_url(), sim.agent_url(), sim.api_token());
-    let args = [
-        "--controllers",
-        "kerneljob",
-        "--namespace",
-        ns.name(),
-        "--http-addr",
-        &http,
-        "--buildkite-org",
-        &org,
-        "--buildkite-api-url",
-        &api_url,
-        "--buildkite-agent-api-url",
-        &agent_url,
-        "--instance",
-        ns.name(),
-        "--poll-interval-seconds",
-        "2",
-        "--max-source-bytes",
-        "4096",
-    ];
+    let token = sim.api_token();
+    let common = benchkite_e2e::sim::kerneljob_args(&sim, ns.name());
+    let mut args: Vec<&str> = common.iter().map(String::as_str).collect();
+    args.extend_from_slice(&["--http-addr", &http, "--poll-interval-seconds", "2", "--max-source-bytes", "4096"]);
     let op = Operator::start_with_env(
         &format!("bad-input-{}", ns.name()),
         &args,

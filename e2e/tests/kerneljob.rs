@@ -8,11 +8,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use benchkite::api::KernelJob;
 use benchkite::api::kerneljob::Phase;
-use benchkite_e2e::operator::{Operator, binary, install_crds, wait_ready};
+use benchkite_e2e::operator::{Operator, install_crds, wait_ready};
 use benchkite_e2e::{TestNamespace, client, repo_root, wait_until};
-use buildkite_sim::config::{
-    AgentPoolConfig, ExecutorConfig, PipelineConfig, RateLimitConfig, StepConfig, WebhookAuth, WebhookConfig,
-};
+use buildkite_sim::config::{AgentPoolConfig, PipelineConfig, RateLimitConfig, StepConfig, WebhookAuth, WebhookConfig};
 use buildkite_sim::{InfraFailure, SimConfig, SimHandle, Simulator};
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
@@ -40,13 +38,7 @@ async fn rig(prefix: &str, webhooks: bool, tune: impl FnOnce(&mut SimConfig), ex
     install_crds(&client).await?;
     let ns = TestNamespace::create(&client, prefix).await?;
     let queue = format!("q-{}", ns.name());
-    let mut cfg = SimConfig {
-        executor: ExecutorConfig::command(format!("{} run", binary()?.display())),
-        rate_limit: RateLimitConfig { org_limit: 200, user_limit: 0, window_secs: 60.0 },
-        ..Default::default()
-    };
-    cfg.clusters[0].queues.push(queue.clone());
-    cfg.agents.push(AgentPoolConfig { queue: queue.clone(), count: 4, ..Default::default() });
+    let mut cfg = benchkite_e2e::sim::queue_config(&queue, 4)?;
     cfg.pipelines.push(PipelineConfig {
         slug: "silent".into(),
         steps: vec![StepConfig { command: Some("echo ran, left no result".into()), ..Default::default() }],
@@ -70,25 +62,9 @@ async fn rig(prefix: &str, webhooks: bool, tune: impl FnOnce(&mut SimConfig), ex
     tune(&mut cfg);
     let sim = Simulator::start(cfg).await?;
     let http = format!("127.0.0.1:{port}");
-    let org = sim.organization();
-    let api = sim.api_url();
-    let agent = sim.agent_url();
-    let mut args = vec![
-        "--controllers",
-        "kerneljob",
-        "--namespace",
-        ns.name(),
-        "--http-addr",
-        &http,
-        "--buildkite-org",
-        &org,
-        "--buildkite-api-url",
-        &api,
-        "--buildkite-agent-api-url",
-        &agent,
-        "--instance",
-        ns.name(),
-    ];
+    let common = benchkite_e2e::sim::kerneljob_args(&sim, ns.name());
+    let mut args: Vec<&str> = common.iter().map(String::as_str).collect();
+    args.extend_from_slice(&["--http-addr", &http]);
     if !extra.contains(&"--poll-interval-seconds") {
         args.extend_from_slice(&["--poll-interval-seconds", if webhooks { "30" } else { "2" }]);
     }

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use benchkite::api::KernelJob;
 use benchkite::api::kerneljob::Phase;
-use benchkite_e2e::operator::{Operator, binary, install_crds};
+use benchkite_e2e::operator::{Operator, install_crds};
 use benchkite_e2e::{TestNamespace, client, repo_root, wait_until};
-use buildkite_sim::config::{AgentPoolConfig, ExecutorConfig, RateLimitConfig, WebhookAuth, WebhookConfig};
-use buildkite_sim::{SimConfig, SimHandle, Simulator};
+use buildkite_sim::config::{WebhookAuth, WebhookConfig};
+use buildkite_sim::{SimHandle, Simulator};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use kube::api::PostParams;
@@ -40,13 +40,7 @@ impl Rig {
         install_crds(&client).await?;
         let ns = TestNamespace::create(&client, prefix).await?;
         let queue = format!("q-{}", ns.name());
-        let mut cfg = SimConfig {
-            executor: ExecutorConfig::command(format!("{} run", binary()?.display())),
-            rate_limit: RateLimitConfig { org_limit: 200, user_limit: 0, window_secs: 60.0 },
-            ..Default::default()
-        };
-        cfg.clusters[0].queues.push(queue.clone());
-        cfg.agents.push(AgentPoolConfig { queue: queue.clone(), count: 4, ..Default::default() });
+        let mut cfg = benchkite_e2e::sim::queue_config(&queue, 4)?;
         if let Some(port) = webhook_port {
             cfg.webhooks.push(WebhookConfig {
                 url: format!("http://127.0.0.1:{port}/webhooks/buildkite"),
@@ -61,14 +55,11 @@ impl Rig {
 
     /// A replica: leader election on, identity `name`, Lease in the test namespace.
     fn replica(&self, name: &str, extra: &[&str]) -> Result<Operator> {
-        let (org, api, agent) = (self.sim.organization(), self.sim.api_url(), self.sim.agent_url());
         let lease = format!("lease-{}", self.ns.name());
         let secs = LEASE_SECONDS.to_string();
-        let mut args = vec![
-            "--controllers",
-            "kerneljob",
-            "--namespace",
-            self.ns.name(),
+        let common = benchkite_e2e::sim::kerneljob_args(&self.sim, self.ns.name());
+        let mut args: Vec<&str> = common.iter().map(String::as_str).collect();
+        args.extend_from_slice(&[
             "--leader-elect=true",
             "--leader-election-namespace",
             self.ns.name(),
@@ -76,17 +67,9 @@ impl Rig {
             &lease,
             "--leader-election-lease-seconds",
             &secs,
-            "--buildkite-org",
-            &org,
-            "--buildkite-api-url",
-            &api,
-            "--buildkite-agent-api-url",
-            &agent,
-            "--instance",
-            self.ns.name(),
             "--poll-interval-seconds",
             "2",
-        ];
+        ]);
         args.extend_from_slice(extra);
         let token = self.sim.api_token();
         let envs =

@@ -141,7 +141,7 @@ impl JobCtx {
         }
     }
 
-    async fn event(&self, job: &KernelJob, type_: EventType, reason: &str, action: &str, note: String) {
+    fn event(&self, job: &KernelJob, type_: EventType, reason: &str, action: &str, note: String) {
         // Published in the background: a reconcile does not wait for Events.
         let ev = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
         let (recorder, object) = (self.recorder.clone(), job.object_ref(&()));
@@ -290,6 +290,10 @@ fn with_conditions(
     status
 }
 
+/// The Throttled condition's message while the request budget is spent.
+const THROTTLED_MESSAGE: &str =
+    "Buildkite's request budget is spent; queued jobs are submitted by priority, then age, as it refills";
+
 pub async fn reconcile(job: Arc<KernelJob>, ctx: Arc<JobCtx>) -> Result<Action> {
     let key = key_of(&job);
     if job.metadata.deletion_timestamp.is_some() {
@@ -299,11 +303,11 @@ pub async fn reconcile(job: Arc<KernelJob>, ctx: Arc<JobCtx>) -> Result<Action> 
     if status.phase.is_finished() {
         return finished(&job, &ctx, &status).await;
     }
-    ensure_finalizer(&job, &ctx).await?;
     let now = Timestamp::now();
     let left = machine::time_left(created(&job), &job.spec, now);
 
     if let Some(active) = active_attempt(&status).cloned() {
+        ensure_finalizer(&job, &ctx).await?;
         return follow(&job, &ctx, status, active, left).await;
     }
 
@@ -313,6 +317,7 @@ pub async fn reconcile(job: Arc<KernelJob>, ctx: Arc<JobCtx>) -> Result<Action> 
     let run_id = machine::run_id(&uid, attempt);
     if let Some(entry) = ctx.board.get(&run_id) {
         // Created (by the submitter or found by the recovery look-up): record it.
+        ensure_finalizer(&job, &ctx).await?;
         return adopt(&job, &ctx, status, attempt, run_id, entry.build).await;
     }
     if left.is_zero() {
@@ -322,7 +327,7 @@ pub async fn reconcile(job: Arc<KernelJob>, ctx: Arc<JobCtx>) -> Result<Action> 
         let msg = "the deadline passed before a build was created".to_string();
         let s = with_conditions(&job, s, "DeadlineExceeded", msg.clone(), None);
         ctx.write_status(&job, &s).await?;
-        ctx.event(&job, EventType::Warning, "TimedOut", "Timeout", msg).await;
+        ctx.event(&job, EventType::Warning, "TimedOut", "Timeout", msg);
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
 
@@ -335,7 +340,7 @@ pub async fn reconcile(job: Arc<KernelJob>, ctx: Arc<JobCtx>) -> Result<Action> 
         let s = with_conditions(&job, s, &reason, message.clone(), None);
         ctx.write_status(&job, &s).await?;
         lock(&ctx.refused).remove(&key);
-        ctx.event(&job, EventType::Warning, &reason, "Submit", message).await;
+        ctx.event(&job, EventType::Warning, &reason, "Submit", message);
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
 
@@ -354,15 +359,20 @@ pub async fn reconcile(job: Arc<KernelJob>, ctx: Arc<JobCtx>) -> Result<Action> 
                 attempts.get(&run_id).copied()
             };
             match state {
-                Some(AttemptState::Absent) => ctx.queue.push(&key, job.spec.priority, &created(&job).to_string()),
+                Some(AttemptState::Absent) => {
+                    if !ctx.queue.contains(&key) {
+                        tracing::debug!(job = %key, priority = job.spec.priority, waiting = ctx.queue.len(), "queued for submission");
+                    }
+                    ctx.queue.push(&key, job.spec.priority, &created(&job).to_string())
+                }
                 Some(AttemptState::Creating) => {}
                 None => {
                     lock(&ctx.unverified).insert(key.clone());
                 }
             }
-            let throttled = ctx.bk.would_wait(Priority::Submit).map(|d| {
-                format!("Buildkite's request budget is spent; submitting by priority in about {}s", d.as_secs().max(1))
-            });
+            // A steady message: a countdown in it would change the status at every reconcile,
+            // and every write wakes the reconcile again (a write loop per waiting job).
+            let throttled = ctx.bk.would_wait(Priority::Submit).map(|_| THROTTLED_MESSAGE.to_string());
             let err = lock(&ctx.submit_errors).get(&key).cloned();
             match err {
                 Some(e) => ("SubmitFailed".to_string(), e, throttled),
@@ -370,6 +380,9 @@ pub async fn reconcile(job: Arc<KernelJob>, ctx: Arc<JobCtx>) -> Result<Action> 
             }
         }
     };
+    // Queued first, so a new job takes its place by priority without waiting for a write.
+    // The submitter makes sure the finalizer is on before it creates a build.
+    ensure_finalizer(&job, &ctx).await?;
     let mut s = status.clone();
     s.phase = Phase::Pending;
     s.queue = target(&job, &ctx).ok().map(|(q, _)| q);
@@ -377,7 +390,7 @@ pub async fn reconcile(job: Arc<KernelJob>, ctx: Arc<JobCtx>) -> Result<Action> 
     if job.status.as_ref() != Some(&s) && ctx.current_status(&job) != s {
         ctx.write_status(&job, &s).await?;
         if reason == "PoolNotFound" || reason == "SubmitFailed" {
-            ctx.event(&job, EventType::Warning, &reason, "Submit", message).await;
+            ctx.event(&job, EventType::Warning, &reason, "Submit", message);
         }
     }
     Ok(Action::requeue(left.min(Duration::from_secs(30))))
@@ -410,7 +423,7 @@ async fn adopt(
     let msg = format!("build #{} created: {}", bref.number, bref.web_url);
     let s = with_conditions(job, status, "BuildCreated", msg.clone(), None);
     ctx.write_status(job, &s).await?;
-    ctx.event(job, EventType::Normal, "Submitted", "Submit", msg).await;
+    ctx.event(job, EventType::Normal, "Submitted", "Submit", msg);
     Ok(Action::requeue(Duration::from_secs(1)))
 }
 
@@ -509,7 +522,7 @@ async fn follow(
         let msg = format!("the deadline passed; build #{} was cancelled", bref.number);
         let s = with_conditions(job, status, "DeadlineExceeded", msg.clone(), None);
         ctx.write_status(job, &s).await?;
-        ctx.event(job, EventType::Warning, "TimedOut", "Timeout", msg).await;
+        ctx.event(job, EventType::Warning, "TimedOut", "Timeout", msg);
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
 
@@ -544,7 +557,7 @@ async fn follow(
             if ctx.current_status(job) != s {
                 ctx.write_status(job, &s).await?;
                 if started_now {
-                    ctx.event(job, EventType::Normal, "Started", "Run", msg).await;
+                    ctx.event(job, EventType::Normal, "Started", "Run", msg);
                 }
             }
             let wait = ctx.config.stale_after.saturating_sub(quiet).max(Duration::from_secs(1));
@@ -626,7 +639,7 @@ async fn finish_attempt(
         );
         let s = with_conditions(job, status, "Retrying", msg.clone(), None);
         ctx.write_status(job, &s).await?;
-        ctx.event(job, EventType::Warning, "Retrying", "Retry", msg).await;
+        ctx.event(job, EventType::Warning, "Retrying", "Retry", msg);
         return Ok(Action::requeue(Duration::from_millis(200)));
     }
 
@@ -683,7 +696,7 @@ async fn finish_attempt(
         Phase::Cancelled => (EventType::Normal, "Cancelled"),
         _ => (EventType::Warning, reason),
     };
-    ctx.event(job, type_, ev_reason, "Finish", message).await;
+    ctx.event(job, type_, ev_reason, "Finish", message);
     Ok(Action::requeue(Duration::from_secs(1)))
 }
 
@@ -807,8 +820,7 @@ async fn cleanup(job: &KernelJob, ctx: &JobCtx) -> Result<Action> {
                         "Cancelled",
                         "Delete",
                         format!("build #{} cancelled because the KernelJob was deleted", bref.number),
-                    )
-                    .await;
+                    );
                 }
                 Err(e) => error = Some(e.to_string()),
             }
@@ -830,8 +842,7 @@ async fn cleanup(job: &KernelJob, ctx: &JobCtx) -> Result<Action> {
                 "could not cancel the build for {}s ({e}); releasing the KernelJob anyway: cancel the build by hand",
                 waited.as_secs()
             ),
-        )
-        .await;
+        );
     }
     for a in &status.attempts {
         ctx.board.forget(&a.run_id);
@@ -916,6 +927,7 @@ async fn submit_one(ctx: &JobCtx, key: &str) {
     let attempt = next_attempt_number(&status);
     let Some(uid) = cached.uid() else { return };
     let run_id = machine::run_id(&uid, attempt);
+    tracing::debug!(job = %key, priority = cached.spec.priority, waiting = ctx.queue.len(), "submitting");
     // Claim the attempt: taking its run id out of `verified` makes this worker the only one
     // that may create its build (a job can be queued again while a create is in flight).
     let claimed = {
@@ -956,6 +968,14 @@ async fn submit_one(ctx: &JobCtx, key: &str) {
             return;
         }
     };
+    // The reconcile queues a new job before it adds the finalizer: without it a deletion
+    // would not cancel the build, so none is created before it is on.
+    if let Err(e) = ensure_finalizer(&job, ctx).await {
+        release(ctx);
+        lock(&ctx.submit_errors).insert(key.to_string(), e.to_string());
+        requeue_later(ctx, key, Duration::from_secs(5));
+        return;
+    }
     let sources = match resolve_sources(&job, ctx).await {
         Ok(s) => s,
         Err(e) => {
