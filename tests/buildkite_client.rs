@@ -637,6 +637,44 @@ async fn fifty_callers_never_exceed_the_window() {
 }
 
 #[tokio::test]
+async fn reservations_count_against_the_window_and_unused_ones_go_back() {
+    const LIMIT: u64 = 4;
+    let limiter = Limiter::new(LIMIT, Duration::from_secs(2));
+    let router = Router::new()
+        .route(
+            "/v2/organizations/{org}/pipelines/{p}/builds",
+            post(|| async { (StatusCode::CREATED, axum::Json(json!({"id": "x", "number": 1, "state": "scheduled"}))) }),
+        )
+        .layer(from_fn_with_state(limiter.clone(), limit));
+    let base = serve(router).await;
+    let mut cfg = config(&base);
+    cfg.requests_per_minute = LIMIT as u32;
+    cfg.rate_limit_window = Duration::from_secs(2);
+    let client = Client::new(cfg).unwrap();
+    let nb = NewBuild { commit: "HEAD".into(), branch: "main".into(), ..Default::default() };
+    // The first answer calibrates the budget.
+    client.create_build(None, &nb, Priority::Submit).await.unwrap();
+    // The rest of the window, reserved: nothing else may be sent now.
+    let held: Vec<_> = futures::future::join_all((1..LIMIT).map(|_| client.reserve(Priority::Submit))).await;
+    assert!(client.would_wait(Priority::Submit).is_some(), "reservations must hold the window");
+    // One handed back unused: exactly one request may go again, at once.
+    let mut held = held.into_iter();
+    drop(held.next());
+    assert!(client.would_wait(Priority::Submit).is_none(), "an unused reservation must go back");
+    let again = tokio::time::timeout(Duration::from_millis(500), client.reserve(Priority::Submit)).await;
+    let again = again.expect("the handed-back reservation is available without waiting");
+    // Sending on reservations waits for nothing more and sends each once.
+    for r in held.chain(std::iter::once(again)) {
+        let t0 = std::time::Instant::now();
+        client.create_build_reserved(None, &nb, r).await.unwrap();
+        assert!(t0.elapsed() < Duration::from_millis(500), "a reserved create waited for the budget");
+    }
+    assert_eq!(limiter.rejected(), 0);
+    assert_eq!(limiter.per_window().iter().sum::<u64>(), LIMIT, "one request per reservation used");
+    assert!(limiter.per_window().iter().all(|n| *n <= LIMIT));
+}
+
+#[tokio::test]
 async fn the_servers_lower_limit_wins() {
     let limiter = Limiter::new(6, Duration::from_secs(1));
     let router = Router::new()

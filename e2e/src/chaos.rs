@@ -295,27 +295,13 @@ impl ChaosRig {
         std::fs::create_dir_all(&dir)?;
         let token_file = dir.join("api-token");
         std::fs::write(&token_file, CANARY_API_TOKEN)?;
-        let mut args: Vec<String> = [
-            "--controllers",
-            "kerneljob",
-            "--namespace",
-            ns.name(),
-            "--buildkite-org",
-            &sim.organization(),
-            "--buildkite-api-url",
-            &sim.api_url(),
-            "--buildkite-agent-api-url",
-            &sim.agent_url(),
-            "--buildkite-token-file",
-            &token_file.to_string_lossy(),
-            "--instance",
-            ns.name(),
-            "--poll-interval-seconds",
-            &opts.poll_secs.to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut args = crate::sim::kerneljob_args(&sim, ns.name());
+        args.extend([
+            "--buildkite-token-file".to_string(),
+            token_file.to_string_lossy().into_owned(),
+            "--poll-interval-seconds".to_string(),
+            opts.poll_secs.to_string(),
+        ]);
         args.extend(opts.extra_args.iter().cloned());
         let rig = ChaosRig { sim, ns, queue, op: None, starts: 0, http_port, args, logs: BTreeSet::new(), token_file };
         Ok((client, rig))

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::budget::{Budget, BudgetConfig, BudgetSnapshot, Priority, RateLimitHeaders, ThrottleScope};
+use super::budget::{Budget, BudgetConfig, BudgetSnapshot, Permit, Priority, RateLimitHeaders, ThrottleScope};
 use super::config::Config;
 use super::error::{Error, Result, TransportKind};
 use super::observer::{ClientStats, Counters, Observer};
@@ -77,6 +77,14 @@ enum Mode {
     /// Must not happen twice: anything after the request may have been received is
     /// [`Error::Ambiguous`].
     CreateOnce,
+}
+
+/// The right to send one REST request, taken from the budget ahead of time
+/// ([`Client::reserve`]).
+#[derive(Debug)]
+pub struct Reservation {
+    permit: Permit,
+    priority: Priority,
 }
 
 struct Call {
@@ -317,24 +325,42 @@ impl Client {
     /// Sends `call`, waiting for the budget before every attempt, retrying what may be
     /// retried. Returns any answer that is not a 5xx or a 429.
     async fn execute(&self, call: &Call) -> Result<Answer> {
+        self.execute_with(call, None).await
+    }
+
+    /// Waits for the budget like a request of `priority` would, and keeps the right to send
+    /// one: the caller decides what to send once it may (say, the most urgent job by then).
+    /// A reservation dropped unused is handed back.
+    pub async fn reserve(&self, priority: Priority) -> Reservation {
+        Reservation { permit: self.acquire(priority).await, priority }
+    }
+
+    async fn acquire(&self, priority: Priority) -> Permit {
+        let inner = &*self.inner;
+        let t0 = Instant::now();
+        let p = inner.budget.acquire(priority).await;
+        let waited = t0.elapsed();
+        if waited >= Duration::from_millis(1) {
+            inner.counters.budget_wait();
+            if let Some(o) = &inner.observer {
+                o.on_budget_wait(priority, waited);
+            }
+        }
+        p
+    }
+
+    /// [`Client::execute`], with the first attempt on `first` when given.
+    async fn execute_with(&self, call: &Call, mut first: Option<Permit>) -> Result<Answer> {
         let inner = &*self.inner;
         let max_retries = inner.cfg.max_retries;
         let mut retries: u32 = 0;
         let mut throttled_once = false;
         loop {
             let mut permit = match call.auth {
-                Auth::Api => {
-                    let t0 = Instant::now();
-                    let p = inner.budget.acquire(call.priority).await;
-                    let waited = t0.elapsed();
-                    if waited >= Duration::from_millis(1) {
-                        inner.counters.budget_wait();
-                        if let Some(o) = &inner.observer {
-                            o.on_budget_wait(call.priority, waited);
-                        }
-                    }
-                    Some(p)
-                }
+                Auth::Api => match first.take() {
+                    Some(p) => Some(p),
+                    None => Some(self.acquire(call.priority).await),
+                },
                 Auth::Agent => None,
             };
             let auth = match call.auth {
@@ -540,6 +566,27 @@ impl Client {
     /// build up by the meta-data you gave it before creating it again. Connection failures
     /// (nothing sent) are retried; a 429 waits for the reset and retries once.
     pub async fn create_build(&self, pipeline: Option<&str>, build: &NewBuild, priority: Priority) -> Result<Build> {
+        self.create_build_with(pipeline, build, priority, None).await
+    }
+
+    /// [`Client::create_build`] sent on a [`Reservation`] (no second wait for the budget).
+    pub async fn create_build_reserved(
+        &self,
+        pipeline: Option<&str>,
+        build: &NewBuild,
+        reservation: Reservation,
+    ) -> Result<Build> {
+        let priority = reservation.priority;
+        self.create_build_with(pipeline, build, priority, Some(reservation.permit)).await
+    }
+
+    async fn create_build_with(
+        &self,
+        pipeline: Option<&str>,
+        build: &NewBuild,
+        priority: Priority,
+        permit: Option<Permit>,
+    ) -> Result<Build> {
         const EP: &str = "create_build";
         let pipeline = self.pipeline(pipeline, EP)?;
         if build.commit.trim().is_empty() || build.branch.trim().is_empty() {
@@ -562,7 +609,7 @@ impl Client {
             mode: Mode::CreateOnce,
             auth: Auth::Api,
         };
-        let ans = self.execute(&call).await?;
+        let ans = self.execute_with(&call, permit).await?;
         if !ans.status.is_success() {
             return Err(self.api_error(EP, &ans));
         }

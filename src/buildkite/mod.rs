@@ -76,7 +76,7 @@ mod webhook;
 mod wire;
 
 pub use budget::{Budget, BudgetConfig, BudgetSnapshot, Priority, RateLimitHeaders};
-pub use client::Client;
+pub use client::{Client, Reservation};
 pub use config::{Config, DEFAULT_AGENT_API_URL, DEFAULT_API_URL, DEFAULT_REQUESTS_PER_MINUTE, Secret};
 pub use error::{Error, Result, TransportKind};
 pub use observer::{ClientStats, Observer};

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
@@ -21,7 +21,7 @@ use crate::api::agentpool::{PoolNodeStatus, conditions as cond};
 use crate::api::condition::{ConditionSet, ConditionStatus, find};
 use crate::api::gpunode::{ResourceShare, conditions as gncond};
 use crate::api::{AgentPool, AgentPoolStatus, FIELD_MANAGER, GpuNode};
-use crate::error::{Error, Result, is_not_found};
+use crate::error::{Error, Result, is_already_exists, is_not_found};
 use crate::fleet::inventory::Vendor;
 use crate::fleet::plan::{self, AgentPhase, Claimant, DeleteReason, ExistingAgent, NodeFacts, NodeState, PoolFacts};
 use crate::fleet::pod::{
@@ -273,13 +273,14 @@ pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action
             let api = pods_api.clone();
             async move {
                 let pod_name = pod.name_any();
-                let mut body = serde_json::to_value(&pod).unwrap_or_default();
-                if let Some(obj) = body.as_object_mut() {
-                    obj.insert("apiVersion".into(), json!("v1"));
-                    obj.insert("kind".into(), json!("Pod"));
-                }
-                match api.patch(&pod_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await {
+                // A plain create: pods are never updated, only created and deleted, and a
+                // server-side apply costs the API server about 2.5 times as much per pod
+                // (measured at fleet scale). A pod that already exists (a cache that has not
+                // seen it yet) is the next reconcile's to compare.
+                let params = PostParams { field_manager: Some(FIELD_MANAGER.to_string()), ..Default::default() };
+                match api.create(&params, &pod).await {
                     Ok(_) => None,
+                    Err(e) if is_already_exists(&e) => None,
                     Err(e) => Some(format!("creating pod {pod_name}: {e}")),
                 }
             }

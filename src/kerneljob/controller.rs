@@ -345,6 +345,7 @@ pub async fn reconcile(job: Arc<KernelJob>, ctx: Arc<JobCtx>) -> Result<Action> 
     }
 
     // Validate what only the controller can tell before queueing.
+    let mut submitting_soon = false;
     let (reason, message, throttled) = match target(&job, &ctx) {
         Err((reason, message)) => (reason.to_string(), message, None),
         Ok(_) => {
@@ -363,9 +364,10 @@ pub async fn reconcile(job: Arc<KernelJob>, ctx: Arc<JobCtx>) -> Result<Action> 
                     if !ctx.queue.contains(&key) {
                         tracing::debug!(job = %key, priority = job.spec.priority, waiting = ctx.queue.len(), "queued for submission");
                     }
-                    ctx.queue.push(&key, job.spec.priority, &created(&job).to_string())
+                    ctx.queue.push(&key, job.spec.priority, &created(&job).to_string());
+                    submitting_soon = ctx.queue.len() <= ctx.config.submit_workers.max(1);
                 }
-                Some(AttemptState::Creating) => {}
+                Some(AttemptState::Creating) => submitting_soon = true,
                 None => {
                     lock(&ctx.unverified).insert(key.clone());
                 }
@@ -380,9 +382,17 @@ pub async fn reconcile(job: Arc<KernelJob>, ctx: Arc<JobCtx>) -> Result<Action> 
             }
         }
     };
-    // Queued first, so a new job takes its place by priority without waiting for a write.
-    // The submitter makes sure the finalizer is on before it creates a build.
-    ensure_finalizer(&job, &ctx).await?;
+    // No finalizer yet: a job without a build has nothing to cancel. The submitter puts it
+    // on just before it creates the build.
+    //
+    // A new job that a free submitter is about to take gets no Queued status: that write
+    // would be followed at once by Submitted, and under a steady stream of jobs the extra
+    // write per job is what slows the API server (and so every job) down. If it is still
+    // waiting on the next look, it gets one.
+    let young = now.duration_since(created(&job)) < k8s_openapi::jiff::SignedDuration::from_secs(3);
+    if submitting_soon && young && job.status.is_none() && reason == "Queued" && throttled.is_none() {
+        return Ok(Action::requeue(Duration::from_secs(2).min(left)));
+    }
     let mut s = status.clone();
     s.phase = Phase::Pending;
     s.queue = target(&job, &ctx).ok().map(|(q, _)| q);
@@ -774,6 +784,37 @@ async fn ensure_finalizer(job: &KernelJob, ctx: &JobCtx) -> Result<()> {
     Ok(())
 }
 
+/// The job with its sources (the cache holds none) and, for sure, the finalizer: a build
+/// must never exist for a job whose deletion would not cancel it. A job without the
+/// finalizer gets it by an apply, whose answer is the object, so it costs one request.
+async fn fetch_with_finalizer(ctx: &JobCtx, cached: &KernelJob) -> Result<Option<KernelJob>> {
+    let ns = cached.namespace().unwrap_or_default();
+    let name = cached.name_any();
+    let api: Api<KernelJob> = Api::namespaced(ctx.client.clone(), &ns);
+    let uid = cached.uid().unwrap_or_default();
+    let has = cached.finalizers().iter().any(|f| f == FINALIZER) || lock(&ctx.finalized).contains(&uid);
+    if has {
+        return api.get_opt(&name).await.map_err(Error::kube(format!("reading KernelJob {ns}/{name}")));
+    }
+    let patch = json!({
+        "apiVersion": "benchkite.dev/v1alpha1", "kind": "KernelJob",
+        "metadata": {"name": name, "uid": uid, "finalizers": [FINALIZER]},
+    });
+    match api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await {
+        Ok(job) => {
+            lock(&ctx.finalized).insert(uid);
+            Ok(Some(job))
+        }
+        // The uid in the patch makes the API server refuse it when the job is gone (409) or
+        // was created again under its name (422): nothing to submit then.
+        Err(e) => match api.get_opt(&name).await {
+            Ok(None) => Ok(None),
+            Ok(Some(j)) if j.uid().as_deref() != Some(uid.as_str()) => Ok(None),
+            _ => Err(Error::kube(format!("adding the finalizer to KernelJob {ns}/{name}"))(e)),
+        },
+    }
+}
+
 async fn remove_finalizer(job: &KernelJob, ctx: &JobCtx) -> Result<()> {
     lock(&ctx.finalized).remove(&job.uid().unwrap_or_default());
     if !job.finalizers().iter().any(|f| f == FINALIZER) {
@@ -905,16 +946,24 @@ fn refuse(ctx: &JobCtx, key: &str, reason: &str, message: String) {
     ctx.wake(key);
 }
 
-/// One submission worker: takes the next job by priority, creates its build, wakes its
+/// One submission worker: waits for a job and for Buildkite's request budget, only then
+/// takes the most urgent job (by priority, then age) and creates its build, and wakes its
 /// reconcile (which records the build).
+///
+/// The budget comes first: a worker that took a job and then waited for a window to open
+/// would hold it while higher-priority jobs arrive behind it.
 pub async fn submit_worker(ctx: Arc<JobCtx>) {
     loop {
-        let key = ctx.queue.next().await;
-        submit_one(&ctx, &key).await;
+        ctx.queue.wait_nonempty().await;
+        let reservation = ctx.bk.reserve(Priority::Submit).await;
+        // Another worker may have taken the last job meanwhile: the reservation goes back.
+        let Some(key) = ctx.queue.pop() else { continue };
+        submit_one(&ctx, &key, reservation).await;
     }
 }
 
-async fn submit_one(ctx: &JobCtx, key: &str) {
+/// Any return before the create hands `reservation` back to the budget unused.
+async fn submit_one(ctx: &JobCtx, key: &str, reservation: crate::buildkite::Reservation) {
     let Some((ns, name)) = key.split_once('/') else { return };
     let Some(cached) = ctx.jobs.get(&ObjectRef::new(name).within(ns)) else { return };
     if cached.metadata.deletion_timestamp.is_some() {
@@ -957,25 +1006,21 @@ async fn submit_one(ctx: &JobCtx, key: &str) {
         }
     };
     // The cache holds no sources: read the object itself.
-    let api: Api<KernelJob> = Api::namespaced(ctx.client.clone(), ns);
-    let job = match api.get_opt(name).await {
-        Ok(Some(j)) => j,
-        Ok(None) => return,
+    let job = match fetch_with_finalizer(ctx, &cached).await {
+        Ok(Some(j)) if j.uid().as_deref() == Some(uid.as_str()) => j,
+        // Gone, or deleted and created again under the same name (its own reconcile
+        // queues the new one).
+        Ok(_) => {
+            release(ctx);
+            return;
+        }
         Err(e) => {
             release(ctx);
-            lock(&ctx.submit_errors).insert(key.to_string(), format!("reading the KernelJob: {e}"));
+            lock(&ctx.submit_errors).insert(key.to_string(), e.to_string());
             requeue_later(ctx, key, Duration::from_secs(5));
             return;
         }
     };
-    // The reconcile queues a new job before it adds the finalizer: without it a deletion
-    // would not cancel the build, so none is created before it is on.
-    if let Err(e) = ensure_finalizer(&job, ctx).await {
-        release(ctx);
-        lock(&ctx.submit_errors).insert(key.to_string(), e.to_string());
-        requeue_later(ctx, key, Duration::from_secs(5));
-        return;
-    }
     let sources = match resolve_sources(&job, ctx).await {
         Ok(s) => s,
         Err(e) => {
@@ -1010,7 +1055,7 @@ async fn submit_one(ctx: &JobCtx, key: &str) {
         meta_data: sub.meta_data.clone(),
         ..Default::default()
     };
-    match ctx.bk.create_build(Some(&sub.pipeline), &new_build, Priority::Submit).await {
+    match ctx.bk.create_build_reserved(Some(&sub.pipeline), &new_build, reservation).await {
         Ok(build) => {
             let now = Timestamp::now();
             // Due since the job's creation (attempt 1) or since the previous attempt ended.

@@ -59,6 +59,17 @@ impl SubmitQueue {
         Some(entry.key)
     }
 
+    /// Waits until a job is queued (takes none).
+    pub async fn wait_nonempty(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if !self.is_empty() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Waits for the next job.
     pub async fn next(&self) -> JobKey {
         loop {
@@ -109,5 +120,19 @@ mod tests {
         tokio::task::yield_now().await;
         q.push("ns/a", 0, "t");
         assert_eq!(waiter.await.unwrap(), "ns/a");
+    }
+
+    #[tokio::test]
+    async fn wait_nonempty_returns_on_a_push_and_takes_nothing() {
+        let q = std::sync::Arc::new(SubmitQueue::default());
+        let q2 = q.clone();
+        let waiter = tokio::spawn(async move { q2.wait_nonempty().await });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "returned on an empty queue");
+        q.push("ns/a", 0, "t");
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await.unwrap().unwrap();
+        assert_eq!(q.len(), 1);
+        // Already non-empty: at once.
+        tokio::time::timeout(std::time::Duration::from_secs(5), q.wait_nonempty()).await.unwrap();
     }
 }
