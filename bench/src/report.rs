@@ -295,7 +295,11 @@ pub fn markdown(r: &Value) -> String {
                 f(&ph["cpu_secs"], 1)
             );
         }
-        let _ = writeln!(s, "\n{} of {} KernelJobs Succeeded.\n", fp["kernel_jobs_succeeded"], fp["kernel_jobs"]);
+        let _ = writeln!(
+            s,
+            "\n{} of {} KernelJobs Succeeded ({} finished within the {} s the run waits after creating them).\n",
+            fp["kernel_jobs_succeeded"], fp["kernel_jobs"], fp["kernel_jobs_finished"], fp["finish_wait_secs"]
+        );
         timings(&mut s, "footprint run", &fp["controller_timings"]);
         targets.push((
             "controller peak RSS ≤ 150 MiB (scenario 4)".into(),

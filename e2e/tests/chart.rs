@@ -663,6 +663,9 @@ async fn fleet_with_chart_rbac(prefix: &str, set: &str, read_secrets: bool) -> R
         &["delete", "nodes"],
         &["patch", "nodes"],
         &["update", "pods", "-A"],
+        // Agent pods are created, never patched; only the leader's own namespace allows a
+        // pod patch (its label).
+        &["patch", "pods", "-A"],
         &["create", "agentpools.benchkite.dev", "-A"],
         &["patch", "agentpools.benchkite.dev", "-A"],
         &["create", "leases.coordination.k8s.io", "-n", "default"],

@@ -323,8 +323,8 @@ async fn a_hundred_jobs_under_sixty_requests_per_minute() -> Result<()> {
             .unwrap_or(i64::MAX)
     };
     // A submit worker takes a job only once the budget lets it send, so only creates already
-    // under way go first (at most the 8 workers'), then the five; a few more may leave
-    // while their reconciles queue them on a loaded machine.
+    // under way go first (at most the 10 a window allows), then the five; a few more may
+    // leave while their reconciles queue them on a loaded machine.
     let limit = built_before_priority as i64 + 8 + 5 + 8;
     let worst = (n - 5..n).map(|i| number(&format!("j{i:03}"))).max().unwrap_or(i64::MAX);
     for i in n - 5..n {

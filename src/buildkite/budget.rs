@@ -509,6 +509,25 @@ pub struct Permit {
 }
 
 impl Permit {
+    /// Whether a permit taken a while ago may still be used as it is: not when a 429 or an
+    /// outage pause came in since, when its window has closed, or when a lower limit learned
+    /// since leaves the window over-committed. An unusable permit is dropped (handed back)
+    /// and the request waits for a new one, so a reservation never lets a request past a
+    /// 429 that arrived while it was held.
+    pub fn usable(&self) -> bool {
+        if self.state != PermitState::Granted {
+            return false;
+        }
+        let mut st = self.shared.lock();
+        let now = Instant::now();
+        st.roll(now);
+        if st.throttled_until.is_some_and(|t| now < t) || st.paused_until.is_some_and(|t| now < t) {
+            return false;
+        }
+        let sent = st.sent_total;
+        st.scopes().all(|s| self.seq > s.window_start_seq && s.used(sent) <= u64::from(s.limit()))
+    }
+
     /// The request is going out now.
     pub fn mark_sent(&mut self) {
         if self.state == PermitState::Granted {

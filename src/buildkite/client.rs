@@ -357,8 +357,9 @@ impl Client {
         let mut throttled_once = false;
         loop {
             let mut permit = match call.auth {
-                Auth::Api => match first.take() {
+                Auth::Api => match first.take().filter(Permit::usable) {
                     Some(p) => Some(p),
+                    // None given, or held past a 429, a pause or its window: a fresh one.
                     None => Some(self.acquire(call.priority).await),
                 },
                 Auth::Agent => None,

@@ -418,3 +418,49 @@ async fn an_outage_pauses_everything_then_one_probe_and_an_answer_resets_it() {
     let c = b.try_acquire(Priority::Refresh);
     assert!(a.is_some() && c.is_some(), "several in flight again");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_held_permit_is_unusable_after_a_429_its_window_or_a_lower_limit() {
+    // A 429 answered while the permit was held.
+    let b = budget(100, 0.0);
+    one(&b, Priority::Submit, org(100, 99, 60)).await;
+    let held = b.try_acquire(Priority::Submit).expect("budget left");
+    assert!(held.usable(), "a fresh permit is usable");
+    let mut other = b.try_acquire(Priority::Submit).expect("budget left");
+    other.mark_sent();
+    other.complete(&org(100, 0, 7), Some((ThrottleScope::Organization, Duration::from_secs(7))));
+    assert!(!held.usable(), "held across a 429");
+    drop(held);
+    tokio::time::advance(Duration::from_secs(9)).await;
+
+    // Its window closed while it was held.
+    let b = budget(100, 0.0);
+    one(&b, Priority::Submit, org(100, 99, 60)).await;
+    let held = b.try_acquire(Priority::Submit).expect("budget left");
+    tokio::time::advance(Duration::from_secs(62)).await;
+    assert!(!held.usable(), "held into the next window");
+    drop(held);
+
+    // A lower limit learned while it was held leaves the window over-committed.
+    let b = budget(100, 0.0);
+    one(&b, Priority::Submit, org(100, 99, 60)).await;
+    let held: Vec<Permit> = (0..5).map(|_| b.try_acquire(Priority::Submit).expect("budget left")).collect();
+    let mut p = b.try_acquire(Priority::Submit).expect("budget left");
+    p.mark_sent();
+    p.complete(&org(5, 0, 50), None);
+    assert!(held.iter().all(|h| !h.usable()), "over the new limit");
+    // Handed back, a sent one stays counted and nothing more fits in this window.
+    drop(held);
+    assert!(b.try_acquire(Priority::Submit).is_none());
+
+    // An outage pause.
+    let b = budget(100, 0.0);
+    one(&b, Priority::Submit, org(100, 99, 60)).await;
+    let held = b.try_acquire(Priority::Submit).expect("budget left");
+    for _ in 0..OUTAGE_AFTER {
+        let mut p = b.acquire(Priority::Refresh).await;
+        p.mark_sent();
+        p.failed();
+    }
+    assert!(!held.usable(), "held into an outage pause");
+}
