@@ -799,6 +799,9 @@ async fn kerneljob_rbac_is_enough_in_its_namespace() -> Result<()> {
         &["get", "configmaps", "-n", "default"],
         &["get", "secrets", "-n", ns],
         &["create", "pods", "-n", ns],
+        // A KernelJob-only process watches neither Nodes nor Pods.
+        &["watch", "nodes"],
+        &["list", "pods", "-A"],
         &["patch", "gpunodes.benchkite.dev"],
         &["patch", "agentpools.benchkite.dev", "--subresource=status", "-n", ns],
     ];
