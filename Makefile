@@ -82,9 +82,9 @@ demo-down:
 
 # Benchmarks against same-run baselines (issue 8, bench/README.md): tables in
 # bench/results/latest.md. `bench` starts/reuses the cluster of E2E_DIR and uses release
-# binaries (< 45 min on 2 cores); `bench-quick` (CI, a few minutes) needs a running
-# cluster and, by default, the debug binaries `make build` made (BENCH_QUICK_PROFILE=release
-# for release ones). Both add their own nodes and remove them afterwards.
+# binaries (over an hour at full sizes on 2 cores: see README, Measured); `bench-quick`
+# (CI, a few minutes) needs a running cluster and, by default, the debug binaries
+# `make build` made (BENCH_QUICK_PROFILE=release for release ones). Both add their own nodes and remove them afterwards.
 BENCH_QUICK_PROFILE ?= debug
 BENCH_ARGS ?=
 .PHONY: bench bench-quick

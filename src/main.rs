@@ -147,7 +147,7 @@ struct BuildkiteArgs {
     #[arg(long, env = "BENCHKITE_STALE_AFTER_SECONDS", default_value_t = 900)]
     stale_after_seconds: u64,
     /// Builds created at once (each worker takes a job only once the request budget lets it send).
-    #[arg(long, env = "BENCHKITE_SUBMIT_WORKERS", default_value_t = 32)]
+    #[arg(long, env = "BENCHKITE_SUBMIT_WORKERS", default_value_t = 8)]
     submit_workers: usize,
     /// Length of Buildkite's rate-limit window in seconds (60; only tests change it).
     #[arg(long, hide = true, default_value_t = 60.0)]

@@ -261,14 +261,18 @@ pub struct Params {
 
 /// Scenarios 3 and 4 on `p.nodes` bench nodes; each keeps its own outcome (a failed
 /// footprint does not lose the convergence figures).
-pub async fn run(client: &Client, p: Params) -> Result<(Result<Value>, Result<Value>)> {
+pub async fn run(client: &Client, p: Params, with_convergence: bool) -> Result<(Option<Result<Value>>, Result<Value>)> {
     let nodes_time = create_nodes(client, p.nodes).await?;
-    let conv = convergence(client, p).await.context("fleet convergence").map(|mut conv| {
-        if let Some(o) = conv.as_object_mut() {
-            o.insert("node_setup_secs".into(), json!(nodes_time.as_secs_f64()));
-        }
-        conv
-    });
+    let conv = if with_convergence {
+        Some(convergence(client, p).await.context("fleet convergence").map(|mut conv| {
+            if let Some(o) = conv.as_object_mut() {
+                o.insert("node_setup_secs".into(), json!(nodes_time.as_secs_f64()));
+            }
+            conv
+        }))
+    } else {
+        None
+    };
     let foot = footprint(client, p).await.context("footprint");
     // Pods are gone (each phase deletes its namespace); nodes last.
     remove_nodes(client).await?;
@@ -378,8 +382,16 @@ async fn footprint(client: &Client, p: Params) -> Result<Value> {
     let sim = Simulator::start(cfg).await?;
     let http = format!("127.0.0.1:{}", rig::free_port()?);
     let limit = crate::latency::UNCONSTRAINED_LIMIT.to_string();
-    let extra =
-        ["--agent-grace-seconds", "0", "--buildkite-requests-per-minute", &limit, "--poll-interval-seconds", "10"];
+    let extra = [
+        "--agent-grace-seconds",
+        "0",
+        "--buildkite-requests-per-minute",
+        &limit,
+        "--poll-interval-seconds",
+        "10",
+        "--submit-workers",
+        crate::latency::SUBMIT_WORKERS,
+    ];
     let args = rig::controller_args("fleet,kerneljob", ns.name(), &sim, &extra);
     let token = sim.api_token();
     let ctl =
@@ -420,7 +432,7 @@ async fn footprint(client: &Client, p: Params) -> Result<Value> {
     let controller_timings = ctl.timings().await;
     let succeeded = finished.snapshot().values().filter(|(_, ph)| ph == "Succeeded").count();
 
-    rig::delete_all_jobs(&jobs, Duration::from_secs(120)).await?;
+    rig::delete_all_jobs(&jobs, Duration::from_secs(120)).await;
     drop(ctl);
     delete_pool(client, ns.name()).await?;
     delete_pods(&pods).await?;

@@ -30,7 +30,8 @@ struct Args {
     /// Scaled-down sizes (CI): minutes instead of half an hour.
     #[arg(long)]
     quick: bool,
-    /// Scenarios to run (default all): efficiency, latency, fleet (3 and 4), runner.
+    /// Scenarios to run (default all): efficiency, latency, fleet (3 and 4), footprint (4
+    /// alone), runner.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Output directory (default `<repo>/bench/results`).
@@ -66,6 +67,11 @@ struct Args {
     /// Scenario 5: rounds of the runner overhead example (full 30, quick 10).
     #[arg(long)]
     runner_rounds: Option<usize>,
+    /// Start from the results in this JSON file (an earlier run of the same mode) and
+    /// replace only the scenarios run now: re-runs one scenario of a full set. The report
+    /// names the scenarios re-run and when.
+    #[arg(long)]
+    merge_into: Option<PathBuf>,
 }
 
 impl Args {
@@ -178,6 +184,21 @@ async fn run(args: &Args) -> Result<Value> {
         "scenarios": {},
         "timings_secs": {},
     });
+    if let Some(path) = &args.merge_into {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let earlier: Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        if earlier["mode"] != results["mode"] {
+            anyhow::bail!("{} holds a {} run; this one is {}", path.display(), earlier["mode"], results["mode"]);
+        }
+        let rerun = json!({"date": results["date"], "only": args.only});
+        results = earlier;
+        let reruns = results["reruns"].as_array().cloned().unwrap_or_default();
+        results["reruns"] = json!(reruns.into_iter().chain(std::iter::once(rerun)).collect::<Vec<_>>());
+        // A scenario that failed before and runs now loses its error.
+        if let Some(sc) = results["scenarios"].as_object_mut() {
+            sc.retain(|k, _| !(k.ends_with("_error") && args.only.iter().any(|o| k.starts_with(o.as_str()))));
+        }
+    }
     let client = benchkite_e2e::client().await?;
     benchkite_e2e::operator::install_crds(&client).await?;
 
@@ -236,7 +257,8 @@ async fn run(args: &Args) -> Result<Value> {
         let outcome = latency::run(&client, p).await.map(|v| vec![("latency".to_string(), v)]);
         record(&mut results, args, "latency", outcome, t.elapsed().as_secs_f64());
     }
-    if args.wants("fleet") {
+    let (want_conv, want_foot) = (args.wants("fleet"), args.wants("fleet") || args.wants("footprint"));
+    if want_conv || want_foot {
         let t = Instant::now();
         let p = fleet::Params {
             nodes: args.pick(args.nodes, 1000, 25),
@@ -245,10 +267,12 @@ async fn run(args: &Args) -> Result<Value> {
             source_bytes: 64 * 1024,
         };
         eprintln!("bench: 3./4. fleet convergence and footprint: {p:?}");
-        match fleet::run(&client, p).await {
+        match fleet::run(&client, p, want_conv).await {
             Ok((conv, foot)) => {
                 let secs = t.elapsed().as_secs_f64();
-                record(&mut results, args, "fleet", conv.map(|v| vec![("fleet".to_string(), v)]), secs);
+                if let Some(conv) = conv {
+                    record(&mut results, args, "fleet", conv.map(|v| vec![("fleet".to_string(), v)]), secs);
+                }
                 record(&mut results, args, "footprint", foot.map(|v| vec![("footprint".to_string(), v)]), secs);
                 // One timing for both (they share the bench nodes).
                 if let Some(t) = results["timings_secs"].as_object_mut() {
@@ -267,7 +291,8 @@ async fn run(args: &Args) -> Result<Value> {
         let outcome = runner_overhead(rounds).map(|v| vec![("runner".to_string(), v)]);
         record(&mut results, args, "runner", outcome, t.elapsed().as_secs_f64());
     }
-    results["timings_secs"]["total"] = json!(started.elapsed().as_secs_f64());
+    let key = if args.merge_into.is_some() { "rerun" } else { "total" };
+    results["timings_secs"][key] = json!(started.elapsed().as_secs_f64());
     save(args, &results)?;
     Ok(results)
 }

@@ -60,6 +60,15 @@ pub fn markdown(r: &Value) -> String {
         r["controller_binary"].as_str().unwrap_or("?"),
         r["cluster"].as_str().unwrap_or("?"),
     );
+    for rerun in r["reruns"].as_array().into_iter().flatten() {
+        let only: Vec<&str> = rerun["only"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        let _ = writeln!(
+            s,
+            "Re-run on its own at {} (same machine and build, merged into this report): {}.\n",
+            rerun["date"].as_str().unwrap_or("?"),
+            if only.is_empty() { "all scenarios".to_string() } else { only.join(", ") }
+        );
+    }
     if r["controller_binary"].as_str().is_some_and(|b| b.contains("/debug/")) {
         let _ = writeln!(
             s,
@@ -337,8 +346,9 @@ pub fn markdown(r: &Value) -> String {
     let t = &r["timings_secs"];
     let _ = writeln!(
         s,
-        "Reproduce: `make bench` (full) or `make bench-quick`; this run took {} s in all.",
-        f(&t["total"], 0)
+        "Reproduce: `make bench` (full) or `make bench-quick`; this run took {} s in all{}.",
+        f(&t["total"], 0),
+        if t["rerun"].is_null() { String::new() } else { format!(", the re-run {} s", f(&t["rerun"], 0)) }
     );
     s
 }
@@ -366,5 +376,20 @@ mod tests {
         assert!(md.contains("| controller peak RSS ≤ 150 MiB (scenario 4) | 80.0 MiB | met |"), "{md}");
         assert!(md.contains("**Debug build**"));
         assert!(!md.contains("Buildkite efficiency"), "absent scenarios print no table");
+        assert!(!md.contains("Re-run on its own"));
+        assert!(md.contains("this run took 12 s in all."), "{md}");
+    }
+
+    #[test]
+    fn merged_reruns_are_named_with_their_time() {
+        let r = json!({
+            "mode": "full", "date": "2026-01-01T10:00:00Z", "machine": {"cores": 2},
+            "reruns": [{"date": "2026-01-01T11:00:00Z", "only": ["efficiency"]}],
+            "scenarios": {},
+            "timings_secs": {"total": 1800.0, "rerun": 700.0},
+        });
+        let md = markdown(&r);
+        assert!(md.contains("Re-run on its own at 2026-01-01T11:00:00Z (same machine and build, merged into this report): efficiency."), "{md}");
+        assert!(md.contains("this run took 1800 s in all, the re-run 700 s."), "{md}");
     }
 }

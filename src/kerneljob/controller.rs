@@ -62,7 +62,7 @@ impl Default for JobConfig {
             poll_interval: Duration::from_secs(30),
             stale_after: Duration::from_secs(900),
             finalizer_timeout: Duration::from_secs(600),
-            submit_workers: 32,
+            submit_workers: 8,
             max_result_bytes: 8 * 1024 * 1024,
             max_configmap_bytes: 512 * 1024,
         }
