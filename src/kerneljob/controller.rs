@@ -361,10 +361,9 @@ pub async fn reconcile(job: Arc<KernelJob>, ctx: Arc<JobCtx>) -> Result<Action> 
             };
             match state {
                 Some(AttemptState::Absent) => {
-                    if !ctx.queue.contains(&key) {
+                    if ctx.queue.push(&key, job.spec.priority, &created(&job).to_string()) {
                         tracing::debug!(job = %key, priority = job.spec.priority, waiting = ctx.queue.len(), "queued for submission");
                     }
-                    ctx.queue.push(&key, job.spec.priority, &created(&job).to_string());
                     submitting_soon = ctx.queue.len() <= ctx.config.submit_workers.max(1);
                 }
                 Some(AttemptState::Creating) => submitting_soon = true,
@@ -768,48 +767,49 @@ async fn finished(job: &KernelJob, ctx: &JobCtx, status: &KernelJobStatus) -> Re
 }
 
 async fn ensure_finalizer(job: &KernelJob, ctx: &JobCtx) -> Result<()> {
-    let uid = job.uid().unwrap_or_default();
-    if job.finalizers().iter().any(|f| f == FINALIZER) || lock(&ctx.finalized).contains(&uid) {
+    if has_finalizer(job, ctx) {
         return Ok(());
     }
-    let api: Api<KernelJob> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
-    let patch = json!({
-        "apiVersion": "benchkite.dev/v1alpha1", "kind": "KernelJob",
-        "metadata": {"name": job.name_any(), "finalizers": [FINALIZER]},
-    });
-    api.patch(&job.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+    apply_finalizer(ctx, job)
         .await
         .map_err(Error::kube(format!("adding the finalizer to KernelJob {}", key_of(job))))?;
-    lock(&ctx.finalized).insert(uid);
     Ok(())
+}
+
+/// On the object, or applied by this process already (the cache may lag).
+fn has_finalizer(job: &KernelJob, ctx: &JobCtx) -> bool {
+    job.finalizers().iter().any(|f| f == FINALIZER) || lock(&ctx.finalized).contains(job.uid().as_deref().unwrap_or(""))
+}
+
+/// Applies the finalizer and answers the object. The patch carries the job's uid: the API
+/// server refuses it when the job is gone (409) or was created again under its name (422).
+async fn apply_finalizer(ctx: &JobCtx, job: &KernelJob) -> kube::Result<KernelJob> {
+    let api: Api<KernelJob> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    let uid = job.uid().unwrap_or_default();
+    let patch = json!({
+        "apiVersion": "benchkite.dev/v1alpha1", "kind": "KernelJob",
+        "metadata": {"name": job.name_any(), "uid": uid, "finalizers": [FINALIZER]},
+    });
+    let applied = api.patch(&job.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    lock(&ctx.finalized).insert(uid);
+    Ok(applied)
 }
 
 /// The job with its sources (the cache holds none) and, for sure, the finalizer: a build
 /// must never exist for a job whose deletion would not cancel it. A job without the
 /// finalizer gets it by an apply, whose answer is the object, so it costs one request.
+/// `None`: the job is gone or was created again under its name.
 async fn fetch_with_finalizer(ctx: &JobCtx, cached: &KernelJob) -> Result<Option<KernelJob>> {
-    let ns = cached.namespace().unwrap_or_default();
-    let name = cached.name_any();
+    let (ns, name) = (cached.namespace().unwrap_or_default(), cached.name_any());
     let api: Api<KernelJob> = Api::namespaced(ctx.client.clone(), &ns);
-    let uid = cached.uid().unwrap_or_default();
-    let has = cached.finalizers().iter().any(|f| f == FINALIZER) || lock(&ctx.finalized).contains(&uid);
-    if has {
+    if has_finalizer(cached, ctx) {
         return api.get_opt(&name).await.map_err(Error::kube(format!("reading KernelJob {ns}/{name}")));
     }
-    let patch = json!({
-        "apiVersion": "benchkite.dev/v1alpha1", "kind": "KernelJob",
-        "metadata": {"name": name, "uid": uid, "finalizers": [FINALIZER]},
-    });
-    match api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await {
-        Ok(job) => {
-            lock(&ctx.finalized).insert(uid);
-            Ok(Some(job))
-        }
-        // The uid in the patch makes the API server refuse it when the job is gone (409) or
-        // was created again under its name (422): nothing to submit then.
+    match apply_finalizer(ctx, cached).await {
+        Ok(job) => Ok(Some(job)),
         Err(e) => match api.get_opt(&name).await {
             Ok(None) => Ok(None),
-            Ok(Some(j)) if j.uid().as_deref() != Some(uid.as_str()) => Ok(None),
+            Ok(Some(j)) if j.uid() != cached.uid() => Ok(None),
             _ => Err(Error::kube(format!("adding the finalizer to KernelJob {ns}/{name}"))(e)),
         },
     }

@@ -41,14 +41,16 @@ pub struct SubmitQueue {
 }
 
 impl SubmitQueue {
-    /// Queues a job once (a job already queued keeps its place).
-    pub fn push(&self, key: &str, priority: i32, created: &str) {
-        let Ok(mut inner) = self.inner.lock() else { return };
-        if inner.1.insert(key.to_string()) {
-            inner.0.push(Entry { priority, created: created.to_string(), key: key.to_string() });
-            drop(inner);
-            self.notify.notify_one();
+    /// Queues a job once (a job already queued keeps its place); whether it was new.
+    pub fn push(&self, key: &str, priority: i32, created: &str) -> bool {
+        let Ok(mut inner) = self.inner.lock() else { return false };
+        if !inner.1.insert(key.to_string()) {
+            return false;
         }
+        inner.0.push(Entry { priority, created: created.to_string(), key: key.to_string() });
+        drop(inner);
+        self.notify.notify_one();
+        true
     }
 
     /// The next job to submit, if any.
@@ -68,21 +70,6 @@ impl SubmitQueue {
             }
             notified.await;
         }
-    }
-
-    /// Waits for the next job.
-    pub async fn next(&self) -> JobKey {
-        loop {
-            let notified = self.notify.notified();
-            if let Some(key) = self.pop() {
-                return key;
-            }
-            notified.await;
-        }
-    }
-
-    pub fn contains(&self, key: &str) -> bool {
-        self.inner.lock().map(|i| i.1.contains(key)).unwrap_or(false)
     }
 
     pub fn len(&self) -> usize {
@@ -105,21 +92,11 @@ mod tests {
         q.push("ns/old-low", 0, "2026-01-01T00:00:00Z");
         q.push("ns/high", 10, "2026-01-03T00:00:00Z");
         q.push("ns/negative", -5, "2025-01-01T00:00:00Z");
-        q.push("ns/old-low", 99, "2026-01-01T00:00:00Z");
+        assert!(!q.push("ns/old-low", 99, "2026-01-01T00:00:00Z"), "a duplicate is not new");
         assert_eq!(q.len(), 4, "duplicates keep their first place");
         let order: Vec<_> = std::iter::from_fn(|| q.pop()).collect();
         assert_eq!(order, vec!["ns/high", "ns/old-low", "ns/young-low", "ns/negative"]);
         assert!(q.is_empty());
-    }
-
-    #[tokio::test]
-    async fn next_waits_for_a_push() {
-        let q = std::sync::Arc::new(SubmitQueue::default());
-        let q2 = q.clone();
-        let waiter = tokio::spawn(async move { q2.next().await });
-        tokio::task::yield_now().await;
-        q.push("ns/a", 0, "t");
-        assert_eq!(waiter.await.unwrap(), "ns/a");
     }
 
     #[tokio::test]
