@@ -109,21 +109,37 @@ pub async fn remove_nodes(client: &Client) -> Result<()> {
     Ok(())
 }
 
-/// Deletes every pod of `api` at once (grace 0) and waits until they are gone.
+/// Deletes every pod of `api` (grace 0), `WRITE_CONCURRENCY` deletes in flight, and waits
+/// until they are gone. (A delete-collection runs on one API server worker, item by item:
+/// 8,000 pods took over 10 minutes that way.)
 async fn delete_pods(api: &Api<Pod>) -> Result<Duration> {
     let t = Instant::now();
-    api.delete_collection(
-        &DeleteParams { grace_period_seconds: Some(0), ..Default::default() },
-        &ListParams::default(),
-    )
-    .await?;
+    let params = DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
     loop {
-        let left = api.list_metadata(&ListParams::default().limit(1)).await?;
-        if left.items.is_empty() {
+        let names: Vec<String> =
+            api.list_metadata(&ListParams::default()).await?.items.iter().map(|p| p.name_any()).collect();
+        if names.is_empty() {
             return Ok(t.elapsed());
         }
-        if t.elapsed() > Duration::from_secs(600) {
-            bail!("pods still there 600 s after deleting them");
+        if t.elapsed() > Duration::from_secs(900) {
+            bail!("{} pods still there 900 s after deleting them", names.len());
+        }
+        let failed = futures::stream::iter(names)
+            .map(|name| {
+                let (api, params) = (api.clone(), params.clone());
+                async move {
+                    match api.delete(&name, &params).await {
+                        Ok(_) => 0,
+                        Err(kube::Error::Api(s)) if s.code == 404 => 0,
+                        Err(_) => 1,
+                    }
+                }
+            })
+            .buffer_unordered(WRITE_CONCURRENCY)
+            .fold(0usize, |n, e| async move { n + e })
+            .await;
+        if failed > 0 {
+            eprintln!("bench: {failed} pod deletes failed; retrying");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -257,117 +273,16 @@ pub struct Params {
     pub repeats: usize,
     pub kernel_jobs: usize,
     pub source_bytes: usize,
+    /// The cluster is deleted after the run (`make bench`): the last round leaves its
+    /// KernelJobs, pods and nodes to that instead of deleting them one by one.
+    pub throwaway: bool,
 }
 
-/// Scenarios 3 and 4 on `p.nodes` bench nodes; each keeps its own outcome (a failed
-/// footprint does not lose the convergence figures).
-pub async fn run(client: &Client, p: Params, with_convergence: bool) -> Result<(Option<Result<Value>>, Result<Value>)> {
-    let nodes_time = create_nodes(client, p.nodes).await?;
-    let conv = if with_convergence {
-        Some(convergence(client, p).await.context("fleet convergence").map(|mut conv| {
-            if let Some(o) = conv.as_object_mut() {
-                o.insert("node_setup_secs".into(), json!(nodes_time.as_secs_f64()));
-            }
-            conv
-        }))
-    } else {
-        None
-    };
-    let foot = footprint(client, p).await.context("footprint");
-    // Pods are gone (each phase deletes its namespace); nodes last.
-    remove_nodes(client).await?;
-    Ok((conv, foot))
-}
-
-async fn convergence(client: &Client, p: Params) -> Result<Value> {
-    let want = p.nodes * GPUS_PER_NODE;
-    let timeout = Duration::from_secs(600 + want as u64 / 10);
-    let ns = rig::namespace(client, "fleet").await?;
-    token_secret(&ns).await?;
-    let args: Vec<String> =
-        ["--controllers", "fleet", "--agent-grace-seconds", "0"].iter().map(|s| s.to_string()).collect();
-    let pods: Api<Pod> = ns.api();
-    let mut controller_secs = Vec::new();
-    let mut baseline_secs = Vec::new();
-    let mut delete_secs = Vec::new();
-    let mut gpunodes_ready = Vec::new();
-    let mut usage = None;
-    let mut timings = Vec::new();
-    for round in 0..p.repeats {
-        // The controller (a fresh process each round, stopped before the plain client runs
-        // so it takes no CPU from it): apply the pool, wait for every agent pod Running.
-        let http = format!("127.0.0.1:{}", rig::free_port()?);
-        let ctl = rig::start_controller("bench-fleet", &http, &args, &[]).await?;
-        gpunodes_ready.push(wait_gpunodes_ready(client, p.nodes).await?.as_secs_f64());
-        let watch = PodWatch::start(pods.clone());
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let t0 = Instant::now();
-        apply_pool(client, ns.name()).await?;
-        let d = watch.wait(want, t0, timeout).await.with_context(|| format!("controller round {round}"))?;
-        controller_secs.push(d.as_secs_f64());
-        let copies = plain_copies(&pods.list(&ListParams::default()).await?.items);
-        if usage.is_none() {
-            usage = stats::proc_usage(ctl.op.pid()).ok();
-        }
-        timings.push(ctl.timings().await);
-        // Stopped first, so it cannot re-create what is being deleted.
-        drop(ctl);
-        delete_pool(client, ns.name()).await?;
-        delete_secs.push(delete_pods(&pods).await?.as_secs_f64());
-
-        // The plain client: the same pods, the same number of creates in flight.
-        let watch = PodWatch::start(pods.clone());
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let t0 = Instant::now();
-        futures::stream::iter(copies)
-            .map(|pod| {
-                let pods = pods.clone();
-                async move { pods.create(&PostParams::default(), &pod).await.map(|_| ()) }
-            })
-            .buffer_unordered(WRITE_CONCURRENCY)
-            .try_collect::<Vec<()>>()
-            .await
-            .context("baseline creates")?;
-        let d = watch.wait(want, t0, timeout).await.with_context(|| format!("baseline round {round}"))?;
-        baseline_secs.push(d.as_secs_f64());
-        delete_secs.push(delete_pods(&pods).await?.as_secs_f64());
-        eprintln!(
-            "bench: fleet round {round}: controller {:.2} s, plain client {:.2} s",
-            controller_secs[round],
-            d.as_secs_f64()
-        );
-    }
-    rig::drop_namespace(ns).await;
-    let (c, b) = (median(&controller_secs), median(&baseline_secs));
-    Ok(json!({
-        "nodes": p.nodes,
-        "pods": want,
-        "repeats": p.repeats,
-        "write_concurrency": WRITE_CONCURRENCY,
-        "controller_secs": controller_secs,
-        "baseline_secs": baseline_secs,
-        "controller_median_secs": c,
-        "baseline_median_secs": b,
-        "ratio": c.zip(b).map(|(c, b)| c / b),
-        "gpunodes_ready_secs": gpunodes_ready,
-        "pod_delete_secs": delete_secs,
-        "controller_peak_rss_mib": usage.map(|u| u.peak_rss_bytes as f64 / 1048576.0),
-        "controller_cpu_secs": usage.map(|u| u.cpu.as_secs_f64()),
-        "controller_timings": timings,
-    }))
-}
-
-/// A fresh controller (fleet + KernelJobs), the whole fleet, then KernelJobs carrying
-/// `source_bytes` of sources each, through a simulator that never limits; peak RSS and CPU
-/// after each phase.
 /// Longest wait for the footprint's KernelJobs to finish once all are created.
-const FOOTPRINT_FINISH_SECS: u64 = 480;
+const FOOTPRINT_FINISH_SECS: u64 = 300;
 
-async fn footprint(client: &Client, p: Params) -> Result<Value> {
-    let want = p.nodes * GPUS_PER_NODE;
-    let ns = rig::namespace(client, "foot").await?;
-    token_secret(&ns).await?;
-    let queue = "bench-foot";
+/// The simulator the footprint's KernelJobs run on: never limits, 512 agents, 500 ms builds.
+async fn footprint_simulator(queue: &str) -> Result<buildkite_sim::SimHandle> {
     let mut cfg = buildkite_sim::SimConfig {
         executor: ExecutorConfig::Scripted(ScriptedConfig {
             duration_ms: 500,
@@ -379,8 +294,43 @@ async fn footprint(client: &Client, p: Params) -> Result<Value> {
     };
     cfg.clusters[0].queues.push(queue.into());
     cfg.agents.push(AgentPoolConfig { queue: queue.into(), count: 512, ..Default::default() });
-    let sim = Simulator::start(cfg).await?;
-    let http = format!("127.0.0.1:{}", rig::free_port()?);
+    Simulator::start(cfg).await
+}
+
+/// Peak RSS, RSS and CPU of a process after a phase.
+fn usage_row(pid: u32, phase: &str, secs: f64) -> Result<Value> {
+    let u = stats::proc_usage(pid)?;
+    Ok(json!({
+        "phase": phase, "secs": secs,
+        "peak_rss_mib": u.peak_rss_bytes as f64 / 1048576.0, "rss_mib": u.rss_bytes as f64 / 1048576.0,
+        "cpu_secs": u.cpu.as_secs_f64(),
+    }))
+}
+
+#[derive(Default)]
+struct Rounds {
+    controller_secs: Vec<f64>,
+    baseline_secs: Vec<f64>,
+    delete_secs: Vec<f64>,
+    gpunodes_ready: Vec<f64>,
+    timings: Vec<Value>,
+    usage: Option<stats::ProcUsage>,
+}
+
+/// Scenarios 3 and 4 on `p.nodes` bench nodes, in one pass so 8,000 pods are brought up
+/// once per round: each round starts a fresh controller (fleet + KernelJobs, as installed),
+/// times the AgentPool to all pods Running, and then a plain client creating the same pods.
+/// The last round's controller goes on into the footprint (KernelJobs on the full fleet)
+/// before its plain-client round. Without `with_convergence`, one controller round and the
+/// footprint only. Each keeps its own outcome (a failed footprint keeps the convergence).
+pub async fn run(client: &Client, p: Params, with_convergence: bool) -> Result<(Option<Result<Value>>, Result<Value>)> {
+    let nodes_time = create_nodes(client, p.nodes).await?;
+    let want = p.nodes * GPUS_PER_NODE;
+    let timeout = Duration::from_secs(600 + want as u64 / 10);
+    let ns = rig::namespace(client, "fleet").await?;
+    token_secret(&ns).await?;
+    let queue = "bench-foot";
+    let sim = footprint_simulator(queue).await?;
     let limit = crate::latency::UNCONSTRAINED_LIMIT.to_string();
     let extra = [
         "--agent-grace-seconds",
@@ -394,53 +344,141 @@ async fn footprint(client: &Client, p: Params) -> Result<Value> {
     ];
     let args = rig::controller_args("fleet,kerneljob", ns.name(), &sim, &extra);
     let token = sim.api_token();
-    let ctl =
-        rig::start_controller("bench-footprint", &http, &args, &[("BUILDKITE_API_TOKEN", token.as_str())]).await?;
-    let pid = ctl.op.pid();
-    let mut phases = Vec::new();
-    let mut mark = |phase: &str, secs: f64| -> Result<()> {
-        let u = stats::proc_usage(pid)?;
-        phases.push(json!({
-            "phase": phase, "secs": secs,
-            "peak_rss_mib": u.peak_rss_bytes as f64 / 1048576.0, "rss_mib": u.rss_bytes as f64 / 1048576.0,
-            "cpu_secs": u.cpu.as_secs_f64(),
-        }));
-        Ok(())
-    };
-    let t = Instant::now();
-    wait_gpunodes_ready(client, p.nodes).await?;
-    mark("started, GpuNodes Ready", t.elapsed().as_secs_f64())?;
-
     let pods: Api<Pod> = ns.api();
-    let watch = PodWatch::start(pods.clone());
-    let t = Instant::now();
-    apply_pool(client, ns.name()).await?;
-    watch.wait(want, t, Duration::from_secs(600 + want as u64 / 10)).await?;
-    mark(&format!("{want} agent pods Running"), t.elapsed().as_secs_f64())?;
+    let rounds_n = if with_convergence { p.repeats.max(1) } else { 1 };
+    let mut r = Rounds::default();
+    let mut foot: Option<Result<Value>> = None;
+    let outcome: Result<()> = async {
+        for round in 0..rounds_n {
+            let last = round + 1 == rounds_n;
+            // The controller: a fresh process, synced, then the pool applied.
+            let http = format!("127.0.0.1:{}", rig::free_port()?);
+            let ctl =
+                rig::start_controller("bench-fleet", &http, &args, &[("BUILDKITE_API_TOKEN", token.as_str())]).await?;
+            let pid = ctl.op.pid();
+            let t = Instant::now();
+            r.gpunodes_ready.push(wait_gpunodes_ready(client, p.nodes).await?.as_secs_f64());
+            let mut phases = vec![usage_row(pid, "started, GpuNodes Ready", t.elapsed().as_secs_f64())?];
+            let watch = PodWatch::start(pods.clone());
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let t0 = Instant::now();
+            apply_pool(client, ns.name()).await?;
+            let d = watch.wait(want, t0, timeout).await.with_context(|| format!("controller round {round}"))?;
+            r.controller_secs.push(d.as_secs_f64());
+            phases.push(usage_row(pid, &format!("{want} agent pods Running"), d.as_secs_f64())?);
+            if r.usage.is_none() {
+                r.usage = stats::proc_usage(pid).ok();
+            }
+            r.timings.push(ctl.timings().await);
+            let copies = plain_copies(&pods.list(&ListParams::default()).await?.items);
+            if last {
+                foot = Some(footprint_jobs(&ns, &ctl, p, queue, phases).await.context("footprint"));
+            }
+            // Stopped first, so it cannot re-create what is being deleted.
+            drop(ctl);
+            r.delete_secs.push(delete_pods(&pods).await?.as_secs_f64());
+            delete_pool(client, ns.name()).await?;
+            if !with_convergence {
+                break;
+            }
 
+            // The plain client: the same pods, the same number of creates in flight.
+            let watch = PodWatch::start(pods.clone());
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let t0 = Instant::now();
+            futures::stream::iter(copies)
+                .map(|pod| {
+                    let pods = pods.clone();
+                    async move { pods.create(&PostParams::default(), &pod).await.map(|_| ()) }
+                })
+                .buffer_unordered(WRITE_CONCURRENCY)
+                .try_collect::<Vec<()>>()
+                .await
+                .context("baseline creates")?;
+            let d = watch.wait(want, t0, timeout).await.with_context(|| format!("baseline round {round}"))?;
+            r.baseline_secs.push(d.as_secs_f64());
+            eprintln!(
+                "bench: fleet round {round}: controller {:.2} s, plain client {:.2} s",
+                r.controller_secs[round],
+                d.as_secs_f64()
+            );
+            if !(last && p.throwaway) {
+                r.delete_secs.push(delete_pods(&pods).await?.as_secs_f64());
+            }
+        }
+        Ok(())
+    }
+    .await;
+    sim.shutdown().await;
+    if !p.throwaway {
+        rig::drop_namespace(ns).await;
+        remove_nodes(client).await?;
+    }
+    let conv = with_convergence.then(|| match &outcome {
+        Ok(()) => Ok(convergence_report(p, &r, nodes_time)),
+        Err(e) => Err(anyhow::anyhow!("fleet convergence: {e:#}")),
+    });
+    let foot = match (foot, outcome) {
+        (Some(f), _) => f,
+        (None, Err(e)) => Err(anyhow::anyhow!("footprint: the fleet did not come up: {e:#}")),
+        (None, Ok(())) => Err(anyhow::anyhow!("footprint: not run")),
+    };
+    Ok((conv, foot))
+}
+
+fn convergence_report(p: Params, r: &Rounds, nodes_time: Duration) -> Value {
+    let (c, b) = (median(&r.controller_secs), median(&r.baseline_secs));
+    json!({
+        "nodes": p.nodes,
+        "pods": p.nodes * GPUS_PER_NODE,
+        "repeats": p.repeats,
+        "write_concurrency": WRITE_CONCURRENCY,
+        "controller_secs": r.controller_secs,
+        "baseline_secs": r.baseline_secs,
+        "controller_median_secs": c,
+        "baseline_median_secs": b,
+        "ratio": c.zip(b).map(|(c, b)| c / b),
+        "gpunodes_ready_secs": r.gpunodes_ready,
+        "pod_delete_secs": r.delete_secs,
+        "node_setup_secs": nodes_time.as_secs_f64(),
+        "controller_peak_rss_mib": r.usage.map(|u| u.peak_rss_bytes as f64 / 1048576.0),
+        "controller_cpu_secs": r.usage.map(|u| u.cpu.as_secs_f64()),
+        "controller_timings": r.timings,
+        "order": "controller first, then the plain client, each round; the last controller round also runs scenario 4",
+    })
+}
+
+/// Scenario 4 on the controller of the last round, with every agent pod Running: KernelJobs
+/// carrying `source_bytes` of sources each, through a simulator that never limits; peak RSS
+/// and CPU after each phase.
+async fn footprint_jobs(
+    ns: &benchkite_e2e::TestNamespace,
+    ctl: &rig::Controller,
+    p: Params,
+    queue: &str,
+    mut phases: Vec<Value>,
+) -> Result<Value> {
+    let pid = ctl.op.pid();
     let jobs: Api<KernelJob> = ns.api();
     let (finished, watch_task) = FinishWatch::start(jobs.clone());
     let t = Instant::now();
     rig::create_jobs(&jobs, "fp", 0..p.kernel_jobs, queue, p.source_bytes, 16).await?;
-    mark(&format!("{} KernelJobs created", p.kernel_jobs), t.elapsed().as_secs_f64())?;
-    // Bounded: the footprint is the point (10,000 jobs are in the caches once created); how
+    phases.push(usage_row(pid, &format!("{} KernelJobs created", p.kernel_jobs), t.elapsed().as_secs_f64())?);
+    // Bounded: the footprint is the point (every job is in the caches once created); how
     // many finished in the time is reported with it.
     let done = finished.wait(p.kernel_jobs, Duration::from_secs(FOOTPRINT_FINISH_SECS)).await;
     watch_task.abort();
-    mark(&format!("{done} KernelJobs finished"), t.elapsed().as_secs_f64())?;
+    phases.push(usage_row(pid, &format!("{done} KernelJobs finished"), t.elapsed().as_secs_f64())?);
     let last = stats::proc_usage(pid)?;
     let controller_timings = ctl.timings().await;
     let succeeded = finished.snapshot().values().filter(|(_, ph)| ph == "Succeeded").count();
-
-    rig::delete_all_jobs(&jobs, Duration::from_secs(120)).await;
-    drop(ctl);
-    delete_pool(client, ns.name()).await?;
-    delete_pods(&pods).await?;
-    sim.shutdown().await;
-    rig::drop_namespace(ns).await;
+    if !p.throwaway {
+        // While the controller runs (it releases the finalizers).
+        rig::delete_all_jobs(&jobs, Duration::from_secs(120)).await;
+    }
     Ok(json!({
         "nodes": p.nodes,
-        "pods": want,
+        "pods": p.nodes * GPUS_PER_NODE,
         "kernel_jobs": p.kernel_jobs,
         "source_bytes_per_job": p.source_bytes,
         "kernel_jobs_finished": done,

@@ -72,6 +72,11 @@ struct Args {
     /// names the scenarios re-run and when.
     #[arg(long)]
     merge_into: Option<PathBuf>,
+    /// The cluster is thrown away after the run (`make bench` deletes it): the last
+    /// fleet/footprint round leaves its KernelJobs, pods and nodes for that instead of
+    /// deleting 10,000s of objects one by one.
+    #[arg(long)]
+    throwaway_cluster: bool,
 }
 
 impl Args {
@@ -265,6 +270,7 @@ async fn run(args: &Args) -> Result<Value> {
             repeats: args.pick(args.fleet_repeats, 2, 3),
             kernel_jobs: args.pick(args.footprint_jobs, 10_000, 300),
             source_bytes: 64 * 1024,
+            throwaway: args.throwaway_cluster,
         };
         eprintln!("bench: 3./4. fleet convergence and footprint: {p:?}");
         match fleet::run(&client, p, want_conv).await {

@@ -270,8 +270,10 @@ pub fn markdown(r: &Value) -> String {
         let _ = writeln!(s, "| ratio benchkite ÷ plain client | {} | |", f(&fl["ratio"], 2));
         let _ = writeln!(
             s,
-            "\nRounds alternate (controller, then plain client); each starts from no pods; a fresh controller process per \
-             round, already synced (GpuNodes Ready) when the pool is applied, stopped before the plain client runs.\n"
+            "\nRounds alternate (controller, then plain client); each starts from no pods. The controller is a fresh \
+             process per round (fleet + KernelJobs, as the chart installs it), already synced (GpuNodes Ready) when the \
+             pool is applied, and stopped before the plain client runs; the last round's controller runs scenario 4 \
+             first.\n"
         );
         timings(&mut s, "first controller round", &fl["controller_timings"][0]);
         targets.push((

@@ -480,7 +480,14 @@ async fn impossible_pools_say_why_and_start_nothing() -> Result<()> {
     pools.create(&PostParams::default(), &pool("tiny", selector("benchkite.dev/e2e", &[&id]))).await?;
     degraded("tiny", "NoUsableNodes").await?;
     let gpunodes: Api<GpuNode> = Api::all(client.clone());
-    let gn = gpunodes.get(&tiny).await?;
+    // The pool may say so before the GpuNode's own status is written (its reconcile is
+    // debounced by a second).
+    let gn = wait_until("the tiny GpuNode's Ready condition", default_timeout(), || async {
+        let gn = gpunodes.get(&tiny).await?;
+        let has = gn.status.as_ref().and_then(|s| condition(&s.conditions, "Ready")).is_some();
+        Ok(has.then_some(gn))
+    })
+    .await?;
     let ready = gn.status.as_ref().and_then(|s| condition(&s.conditions, "Ready")).context("Ready")?;
     ensure!(ready.reason == "ShareTooSmall" && ready.message.contains("below the minimum"), "{ready:?}");
     let stalled = gn.status.as_ref().and_then(|s| condition(&s.conditions, "Stalled")).context("Stalled")?;

@@ -263,14 +263,27 @@ pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action
         .filter_map(futures::future::ready)
         .collect()
         .await;
-    let to_create: Vec<Pod> = plan
-        .creates
-        .iter()
-        .filter_map(|(gpunode, slot)| facts.iter().find(|f| &f.gpunode == gpunode).and_then(|f| build(f, *slot)))
-        .collect();
+    // Creates this process sent that the cache has not shown yet are not sent again.
+    let to_create: Vec<Pod> = {
+        let mut expected = ctx.expected.lock().map_err(|_| Error::MissingField("create expectations"))?;
+        expected.expire(instant);
+        for a in &agents {
+            expected.observed(&format!("{ns}/{}", a.name));
+        }
+        for (pod, _) in &plan.deletes {
+            expected.observed(&format!("{ns}/{pod}"));
+        }
+        let facts_by_node: HashMap<&str, &NodeFacts> = facts.iter().map(|f| (f.gpunode.as_str(), f)).collect();
+        plan.creates
+            .iter()
+            .filter_map(|(gpunode, slot)| facts_by_node.get(gpunode.as_str()).and_then(|f| build(f, *slot)))
+            .filter(|pod| !expected.pending(&format!("{ns}/{}", pod.name_any()), instant))
+            .collect()
+    };
     let create_errors: Vec<String> = futures::stream::iter(to_create)
         .map(|pod| {
             let api = pods_api.clone();
+            let (ctx, ns) = (ctx.clone(), ns.clone());
             async move {
                 let pod_name = pod.name_any();
                 // A plain create: pods are never updated, only created and deleted, and a
@@ -278,11 +291,15 @@ pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action
                 // (measured at fleet scale). A pod that already exists (a cache that has not
                 // seen it yet) is the next reconcile's to compare.
                 let params = PostParams { field_manager: Some(FIELD_MANAGER.to_string()), ..Default::default() };
-                match api.create(&params, &pod).await {
+                let outcome = match api.create(&params, &pod).await {
                     Ok(_) => None,
                     Err(e) if is_already_exists(&e) => None,
-                    Err(e) => Some(format!("creating pod {pod_name}: {e}")),
+                    Err(e) => return Some(format!("creating pod {pod_name}: {e}")),
+                };
+                if let Ok(mut expected) = ctx.expected.lock() {
+                    expected.created(format!("{ns}/{pod_name}"), Instant::now());
                 }
+                outcome
             }
         })
         .buffer_unordered(concurrency)

@@ -1,8 +1,38 @@
 //! What the controller keeps of watched objects. Caches hold only the fields reconciles
 //! read, so memory stays flat on large clusters (8,000 agent pods, 1,000 nodes).
 
+use std::hash::{DefaultHasher, Hash, Hasher};
+
 use k8s_openapi::api::core::v1::{Container, Node, NodeCondition, NodeSpec, NodeStatus, Pod, PodSpec, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
+
+use crate::api::GpuNode;
+
+/// A fingerprint of what an AgentPool's plan reads of a GpuNode: its name, labels, spec and
+/// status except the agents placed on it (pools read those from the pod cache) and the
+/// observed generation. `None` when it cannot be computed (then treat it as changed).
+pub fn pool_view_fingerprint(gn: &GpuNode) -> Option<u64> {
+    let mut view = GpuNode {
+        metadata: ObjectMeta {
+            name: gn.metadata.name.clone(),
+            labels: gn.metadata.labels.clone(),
+            deletion_timestamp: gn.metadata.deletion_timestamp.clone(),
+            ..Default::default()
+        },
+        spec: gn.spec.clone(),
+        status: gn.status.clone(),
+    };
+    if let Some(s) = view.status.as_mut() {
+        s.agents.clear();
+        s.agent_count = 0;
+        s.observed_generation = None;
+    }
+    let bytes = serde_json::to_vec(&view).ok()?;
+    let mut h = DefaultHasher::new();
+    bytes.hash(&mut h);
+    Some(h.finish())
+}
 
 /// Keeps what the fleet logic reads of a Pod: identity, ownership, node, resource requests
 /// and phase.
@@ -80,4 +110,108 @@ pub fn pod_ready(pod: &Pod) -> bool {
         .and_then(|s| s.conditions.as_ref())
         .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
         .is_some_and(|c| c.status == "True")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::gpunode::{GpuNodeSpec, GpuNodeStatus, PlacedAgent, ResourceShare};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+    fn gpunode() -> GpuNode {
+        let mut gn = GpuNode::new("h100-0", GpuNodeSpec::default());
+        gn.metadata.labels = Some([("team".to_string(), "a".to_string())].into());
+        gn.metadata.resource_version = Some("10".into());
+        gn.status = Some(GpuNodeStatus {
+            observed_generation: Some(1),
+            gpu_count: 8,
+            architecture: Some("sm_90".into()),
+            per_gpu_share: Some(ResourceShare { cpu: 15, memory: "120000Mi".into() }),
+            ..Default::default()
+        });
+        gn
+    }
+
+    #[test]
+    fn agents_and_bookkeeping_do_not_change_the_pool_view() {
+        let base = gpunode();
+        let fp = pool_view_fingerprint(&base);
+        assert!(fp.is_some());
+        let mut busy = base.clone();
+        busy.metadata.resource_version = Some("11".into());
+        busy.metadata.managed_fields = Some(vec![Default::default()]);
+        if let Some(s) = busy.status.as_mut() {
+            s.agents = vec![PlacedAgent { pool: "ns/p".into(), pod: "p-h100-0-0".into(), phase: "Running".into() }];
+            s.agent_count = 1;
+            s.observed_generation = Some(2);
+        }
+        assert_eq!(pool_view_fingerprint(&busy), fp);
+    }
+
+    #[test]
+    fn what_a_pool_plans_with_changes_the_pool_view() {
+        let base = gpunode();
+        let fp = pool_view_fingerprint(&base);
+        type Change = Box<dyn Fn(&mut GpuNode)>;
+        let changes: Vec<(&str, Change)> = vec![
+            ("label", Box::new(|g| g.metadata.labels = Some([("team".to_string(), "b".to_string())].into()))),
+            ("maintenance", Box::new(|g| g.spec.maintenance = true)),
+            (
+                "deleting",
+                Box::new(|g| g.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH))),
+            ),
+            (
+                "gpu count",
+                Box::new(|g| {
+                    if let Some(s) = g.status.as_mut() {
+                        s.gpu_count = 4
+                    }
+                }),
+            ),
+            (
+                "share",
+                Box::new(|g| {
+                    if let Some(s) = g.status.as_mut() {
+                        s.per_gpu_share = None
+                    }
+                }),
+            ),
+            (
+                "shared",
+                Box::new(|g| {
+                    if let Some(s) = g.status.as_mut() {
+                        s.shared = true
+                    }
+                }),
+            ),
+            (
+                "arch",
+                Box::new(|g| {
+                    if let Some(s) = g.status.as_mut() {
+                        s.architecture = Some("sm_89".into())
+                    }
+                }),
+            ),
+            (
+                "condition",
+                Box::new(|g| {
+                    if let Some(s) = g.status.as_mut() {
+                        s.conditions = vec![Condition {
+                            type_: "Ready".into(),
+                            status: "True".into(),
+                            reason: "Ready".into(),
+                            message: String::new(),
+                            last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+                            observed_generation: None,
+                        }]
+                    }
+                }),
+            ),
+        ];
+        for (what, change) in changes {
+            let mut g = base.clone();
+            change(&mut g);
+            assert_ne!(pool_view_fingerprint(&g), fp, "{what}");
+        }
+    }
 }

@@ -116,6 +116,9 @@ pub struct JobCtx {
     /// UIDs this process added the finalizer to: a reconcile that runs on a cache older than
     /// that write (a webhook woke it) does not apply it again.
     pub finalized: Mutex<std::collections::HashSet<String>>,
+    /// Jobs (by uid) whose finalizer this process removed, with the resourceVersion of that
+    /// write, until the cache shows it.
+    pub released: Mutex<HashMap<String, u64>>,
     pub trigger: mpsc::UnboundedSender<ObjectRef<KernelJob>>,
     pub webhooks: WebhookCounters,
     /// Creation time of the oldest job that needs a look-up, for the recovery list.
@@ -318,7 +321,7 @@ pub async fn reconcile(job: Arc<KernelJob>, ctx: Arc<JobCtx>) -> Result<Action> 
     if let Some(entry) = ctx.board.get(&run_id) {
         // Created (by the submitter or found by the recovery look-up): record it.
         ensure_finalizer(&job, &ctx).await?;
-        return adopt(&job, &ctx, status, attempt, run_id, entry.build).await;
+        return adopt(&job, &ctx, status, attempt, run_id, entry.build, left).await;
     }
     if left.is_zero() {
         let mut s = status;
@@ -405,7 +408,8 @@ pub async fn reconcile(job: Arc<KernelJob>, ctx: Arc<JobCtx>) -> Result<Action> 
     Ok(Action::requeue(left.min(Duration::from_secs(30))))
 }
 
-/// Records the build of a new attempt.
+/// Records the build of a new attempt and follows it.
+#[allow(clippy::too_many_arguments)]
 async fn adopt(
     job: &KernelJob,
     ctx: &JobCtx,
@@ -413,6 +417,7 @@ async fn adopt(
     attempt: i32,
     run_id: String,
     build: Build,
+    left: Duration,
 ) -> Result<Action> {
     let pipeline = job.spec.pipeline.clone().unwrap_or_else(|| ctx.config.default_pipeline.clone());
     let bref = build_ref(&build, &pipeline);
@@ -429,11 +434,18 @@ async fn adopt(
     status.start_time = status.start_time.or_else(|| Some(Time(Timestamp::now())));
     status.queue = status.queue.or_else(|| target(job, ctx).ok().map(|(q, _)| q));
     lock(&ctx.submit_errors).remove(&key_of(job));
-    let msg = format!("build #{} created: {}", bref.number, bref.web_url);
-    let s = with_conditions(job, status, "BuildCreated", msg.clone(), None);
-    ctx.write_status(job, &s).await?;
-    ctx.event(job, EventType::Normal, "Submitted", "Submit", msg);
-    Ok(Action::requeue(Duration::from_secs(1)))
+    ctx.event(
+        job,
+        EventType::Normal,
+        "Submitted",
+        "Submit",
+        format!("build #{} created: {}", bref.number, bref.web_url),
+    );
+    // The first status write of the attempt already says what the build does now (waiting,
+    // running or even finished): a separate "created" write would be followed at once by
+    // another, and each write of a job carries its sources (up to 64 KiB) through etcd.
+    let active = status.attempts.last().cloned().ok_or(Error::MissingField("attempt"))?;
+    follow(job, ctx, status, active, left).await
 }
 
 /// Follows the build of the active attempt.
@@ -816,7 +828,21 @@ async fn fetch_with_finalizer(ctx: &JobCtx, cached: &KernelJob) -> Result<Option
 }
 
 async fn remove_finalizer(job: &KernelJob, ctx: &JobCtx) -> Result<()> {
-    lock(&ctx.finalized).remove(&job.uid().unwrap_or_default());
+    let uid = job.uid().unwrap_or_default();
+    lock(&ctx.finalized).remove(&uid);
+    let cached_rv = job.metadata.resource_version.as_deref().and_then(|r| r.parse::<u64>().ok()).unwrap_or(0);
+    {
+        // Released by this process already, and the cache has not caught up: a reconcile
+        // of the stale copy would apply the same removal again.
+        let mut released = lock(&ctx.released);
+        match released.get(&uid) {
+            Some(rv) if cached_rv < *rv => return Ok(()),
+            Some(_) => {
+                released.remove(&uid);
+            }
+            None => {}
+        }
+    }
     if !job.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(());
     }
@@ -827,7 +853,16 @@ async fn remove_finalizer(job: &KernelJob, ctx: &JobCtx) -> Result<()> {
         "metadata": {"name": job.name_any(), "finalizers": []},
     });
     match api.patch(&job.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await {
-        Ok(_) => Ok(()),
+        Ok(updated) => {
+            // A job that is being deleted is gone after this; only a live one is remembered
+            // (until the cache shows the removal, above).
+            if updated.metadata.deletion_timestamp.is_none()
+                && let Some(rv) = updated.metadata.resource_version.as_deref().and_then(|r| r.parse::<u64>().ok())
+            {
+                lock(&ctx.released).insert(uid, rv);
+            }
+            Ok(())
+        }
         Err(e) if is_not_found(&e) => Ok(()),
         Err(e) => Err(Error::kube(format!("removing the finalizer of KernelJob {}", key_of(job)))(e)),
     }

@@ -84,6 +84,7 @@ pub fn controller(
         submit_errors: Mutex::new(Default::default()),
         refused: Mutex::new(Default::default()),
         finalized: Mutex::new(Default::default()),
+        released: Mutex::new(Default::default()),
         trigger: tx,
         webhooks: Default::default(),
         started: Timestamp::now(),
