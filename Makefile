@@ -99,7 +99,7 @@ bench:
 	BENCHKITE_E2E_DIR=$(BENCH_E2E_DIR) e2e/cluster/up
 	status=0; \
 	BENCHKITE_E2E_DIR=$(BENCH_E2E_DIR) BENCHKITE_BIN=$(CURDIR)/target/release/benchkite \
-	  nice -n 5 target/release/benchkite-bench $(if $(BENCH_KEEP),,--throwaway-cluster) $(BENCH_ARGS) || status=$$?; \
+	  target/release/benchkite-bench $(if $(BENCH_KEEP),,--throwaway-cluster) $(BENCH_ARGS) || status=$$?; \
 	if [[ -z "$(BENCH_KEEP)" ]]; then BENCHKITE_E2E_DIR=$(BENCH_E2E_DIR) e2e/cluster/down; fi; \
 	exit $$status
 
