@@ -242,7 +242,9 @@ fn plain_copies(pods: &[Pod]) -> Vec<Pod> {
     pods.iter()
         .map(|p| {
             let mut c = Pod::default();
-            c.metadata.name = p.metadata.name.clone();
+            // A name of its own: a lagging kwok or informer that still deletes the
+            // controller's pods by name must not hit the plain client's.
+            c.metadata.name = p.metadata.name.as_ref().map(|n| format!("plain-{n}"));
             c.metadata.labels = p.metadata.labels.clone();
             c.metadata.annotations = p.metadata.annotations.clone();
             c.spec = p.spec.clone().map(|mut s| {
