@@ -113,12 +113,11 @@ pub struct JobCtx {
     /// Jobs the submitter found unsubmittable (reason, message): the reconcile, the only
     /// status writer, marks them Failed.
     pub refused: Mutex<HashMap<JobKey, (String, String)>>,
-    /// UIDs this process added the finalizer to: a reconcile that runs on a cache older than
-    /// that write (a webhook woke it) does not apply it again.
-    pub finalized: Mutex<std::collections::HashSet<String>>,
-    /// Jobs (by uid) whose finalizer this process removed, with the resourceVersion of that
-    /// write, until the cache shows it.
-    pub released: Mutex<HashMap<String, u64>>,
+    /// This process's last finalizer write per job (uid): whether it left the finalizer on,
+    /// and the resourceVersion it produced. A reconcile of a cached copy older than that
+    /// write (a webhook woke it) trusts the write, so it neither adds nor removes the
+    /// finalizer twice; once the cache has caught up the entry goes.
+    pub finalizer_writes: Mutex<HashMap<String, (bool, u64)>>,
     pub trigger: mpsc::UnboundedSender<ObjectRef<KernelJob>>,
     pub webhooks: WebhookCounters,
     /// Creation time of the oldest job that needs a look-up, for the recovery list.
@@ -788,9 +787,23 @@ async fn ensure_finalizer(job: &KernelJob, ctx: &JobCtx) -> Result<()> {
     Ok(())
 }
 
-/// On the object, or applied by this process already (the cache may lag).
+fn resource_version(job: &KernelJob) -> u64 {
+    job.metadata.resource_version.as_deref().and_then(|r| r.parse::<u64>().ok()).unwrap_or(0)
+}
+
+/// Whether the job carries the finalizer: as this process last wrote it while the cached
+/// copy is older than that write, as the copy says afterwards.
 fn has_finalizer(job: &KernelJob, ctx: &JobCtx) -> bool {
-    job.finalizers().iter().any(|f| f == FINALIZER) || lock(&ctx.finalized).contains(job.uid().as_deref().unwrap_or(""))
+    let uid = job.uid().unwrap_or_default();
+    let mut writes = lock(&ctx.finalizer_writes);
+    match writes.get(&uid).copied() {
+        Some((present, rv)) if resource_version(job) < rv => return present,
+        Some(_) => {
+            writes.remove(&uid);
+        }
+        None => {}
+    }
+    job.finalizers().iter().any(|f| f == FINALIZER)
 }
 
 /// Applies the finalizer and answers the object. The patch carries the job's uid: the API
@@ -803,7 +816,7 @@ async fn apply_finalizer(ctx: &JobCtx, job: &KernelJob) -> kube::Result<KernelJo
         "metadata": {"name": job.name_any(), "uid": uid, "finalizers": [FINALIZER]},
     });
     let applied = api.patch(&job.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
-    lock(&ctx.finalized).insert(uid);
+    lock(&ctx.finalizer_writes).insert(uid, (true, resource_version(&applied)));
     Ok(applied)
 }
 
@@ -828,24 +841,10 @@ async fn fetch_with_finalizer(ctx: &JobCtx, cached: &KernelJob) -> Result<Option
 }
 
 async fn remove_finalizer(job: &KernelJob, ctx: &JobCtx) -> Result<()> {
-    let uid = job.uid().unwrap_or_default();
-    lock(&ctx.finalized).remove(&uid);
-    let cached_rv = job.metadata.resource_version.as_deref().and_then(|r| r.parse::<u64>().ok()).unwrap_or(0);
-    {
-        // Released by this process already, and the cache has not caught up: a reconcile
-        // of the stale copy would apply the same removal again.
-        let mut released = lock(&ctx.released);
-        match released.get(&uid) {
-            Some(rv) if cached_rv < *rv => return Ok(()),
-            Some(_) => {
-                released.remove(&uid);
-            }
-            None => {}
-        }
-    }
-    if !job.finalizers().iter().any(|f| f == FINALIZER) {
+    if !has_finalizer(job, ctx) {
         return Ok(());
     }
+    let uid = job.uid().unwrap_or_default();
     let api: Api<KernelJob> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
     // Applying our metadata without the finalizer releases the field we own.
     let patch = json!({
@@ -854,16 +853,19 @@ async fn remove_finalizer(job: &KernelJob, ctx: &JobCtx) -> Result<()> {
     });
     match api.patch(&job.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await {
         Ok(updated) => {
-            // A job that is being deleted is gone after this; only a live one is remembered
-            // (until the cache shows the removal, above).
-            if updated.metadata.deletion_timestamp.is_none()
-                && let Some(rv) = updated.metadata.resource_version.as_deref().and_then(|r| r.parse::<u64>().ok())
-            {
-                lock(&ctx.released).insert(uid, rv);
+            // A job that is being deleted is gone after this: nothing to remember for it.
+            let mut writes = lock(&ctx.finalizer_writes);
+            if updated.metadata.deletion_timestamp.is_none() {
+                writes.insert(uid, (false, resource_version(&updated)));
+            } else {
+                writes.remove(&uid);
             }
             Ok(())
         }
-        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) if is_not_found(&e) => {
+            lock(&ctx.finalizer_writes).remove(&uid);
+            Ok(())
+        }
         Err(e) => Err(Error::kube(format!("removing the finalizer of KernelJob {}", key_of(job)))(e)),
     }
 }
