@@ -6,6 +6,7 @@ pub mod buildkite;
 pub mod contract;
 pub mod controller;
 pub mod error;
+pub mod events;
 pub mod fleet;
 pub mod kerneljob;
 pub mod leader;

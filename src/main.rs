@@ -7,6 +7,12 @@ use clap::{Args, Parser, Subcommand};
 
 use benchkite::telemetry::{self, LogFormat};
 
+/// jemalloc instead of glibc malloc: with glibc's per-thread arenas the controller's RSS sat
+/// near twice its live heap at fleet scale (bench/README.md, footprint).
+#[cfg(all(target_os = "linux", not(target_env = "musl")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// benchkite: one isolated Buildkite agent per GPU, and KernelJobs that run on them.
 #[derive(Debug, Parser)]
 #[command(name = "benchkite", version, about, long_about = None)]

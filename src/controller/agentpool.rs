@@ -264,7 +264,8 @@ pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action
         .collect()
         .await;
     // Creates this process sent that the cache has not shown yet are not sent again.
-    let to_create: Vec<Pod> = {
+    let facts_by_node: HashMap<&str, &NodeFacts> = facts.iter().map(|f| (f.gpunode.as_str(), f)).collect();
+    {
         let mut expected = ctx.expected.lock().map_err(|_| Error::MissingField("create expectations"))?;
         expected.expire(instant);
         for a in &agents {
@@ -273,13 +274,14 @@ pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action
         for (pod, _) in &plan.deletes {
             expected.observed(&format!("{ns}/{pod}"));
         }
-        let facts_by_node: HashMap<&str, &NodeFacts> = facts.iter().map(|f| (f.gpunode.as_str(), f)).collect();
-        plan.creates
-            .iter()
-            .filter_map(|(gpunode, slot)| facts_by_node.get(gpunode.as_str()).and_then(|f| build(f, *slot)))
-            .filter(|pod| !expected.pending(&format!("{ns}/{}", pod.name_any()), instant))
-            .collect()
-    };
+    }
+    // Pods are built as they are sent, not all up front: a pool coming up on 1,000 nodes
+    // would otherwise hold 8,000 whole pod objects at once (the controller's peak memory).
+    let to_create = plan.creates.clone().into_iter().filter_map(|(gpunode, slot)| {
+        let pod = facts_by_node.get(gpunode.as_str()).and_then(|f| build(f, slot))?;
+        let pending = ctx.expected.lock().map(|e| e.pending(&format!("{ns}/{}", pod.name_any()), instant));
+        (!pending.unwrap_or(false)).then_some(pod)
+    });
     let create_errors: Vec<String> = futures::stream::iter(to_create)
         .map(|pod| {
             let api = pods_api.clone();

@@ -53,6 +53,12 @@ pub fn run_id_of(build: &Build) -> Option<&str> {
     build.meta_data.get(meta::RUN_ID).map(String::as_str)
 }
 
+/// What the board keeps of a build: all but its environment, which nothing reads back and
+/// which carries the job's whole evaluation payload (tens of KiB per build).
+fn slim(build: &Build) -> Build {
+    Build { env: Default::default(), ..build.clone() }
+}
+
 impl Board {
     /// Records a snapshot; true when it was news.
     pub fn update(&self, build: &Build, now: Timestamp) -> bool {
@@ -63,7 +69,7 @@ impl Board {
             Some(entry) => {
                 // Keep what the older snapshot knew that the newer one lacks (webhook bodies
                 // carry no jobs for build events).
-                let mut merged = build.clone();
+                let mut merged = slim(build);
                 // Webhook build bodies carry no jobs: keep the older snapshot's jobs, but only
                 // from the same stage (jobs of a scheduled build say nothing about a failed one).
                 if merged.jobs.is_empty() && rank(&entry.build.state) == rank(&build.state) {
@@ -76,7 +82,7 @@ impl Board {
                 true
             }
             None => {
-                builds.insert(run_id.to_string(), Entry { build: build.clone(), seen: now });
+                builds.insert(run_id.to_string(), Entry { build: slim(build), seen: now });
                 true
             }
         }
@@ -180,6 +186,20 @@ mod tests {
         a.jobs = vec![Job { state: Some(JobState::Failed), exit_status: Some(-1), ..Default::default() }];
         assert!(board.update(&a, now()));
         assert_eq!(view(&board.get("r1").unwrap().build).jobs[0].exit_status, Some(-1));
+    }
+
+    #[test]
+    fn the_payload_carrying_environment_is_not_kept() {
+        let board = Board::default();
+        let mut b = build(BuildState::Scheduled, "r1");
+        b.env.insert("KERNELBOT_PAYLOAD".into(), "x".repeat(65536));
+        board.update(&b, now());
+        assert!(board.get("r1").unwrap().build.env.is_empty());
+        b.state = BuildState::Running;
+        assert!(board.update(&b, now()));
+        let kept = board.get("r1").unwrap().build;
+        assert!(kept.env.is_empty() && kept.state == BuildState::Running);
+        assert_eq!(kept.meta_data.get(meta::RUN_ID).map(String::as_str), Some("r1"));
     }
 
     #[test]

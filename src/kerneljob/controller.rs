@@ -6,12 +6,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::events::{Event, EventType, Recorder};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret as K8sSecret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -157,12 +157,8 @@ impl JobCtx {
     /// The freshest status known: the cache's, or the one this process wrote last if newer.
     fn current_status(&self, job: &KernelJob) -> KernelJobStatus {
         let cached_rv = job.metadata.resource_version.as_deref().and_then(|r| r.parse::<u64>().ok()).unwrap_or(0);
-        if let Some((rv, status)) = lock(&self.written).get(&key_of(job))
-            && *rv > cached_rv
-        {
-            return status.clone();
-        }
-        job.status.clone().unwrap_or_default()
+        newer_write(&mut lock(&self.written), &key_of(job), cached_rv)
+            .unwrap_or_else(|| job.status.clone().unwrap_or_default())
     }
 
     async fn write_status(&self, job: &KernelJob, status: &KernelJobStatus) -> Result<()> {
@@ -177,6 +173,24 @@ impl JobCtx {
         let rv = updated.metadata.resource_version.as_deref().and_then(|r| r.parse::<u64>().ok()).unwrap_or(0);
         lock(&self.written).insert(key, (rv, status.clone()));
         Ok(())
+    }
+}
+
+/// The status this process wrote for `key` if the cached copy (at `cached_rv`) is older
+/// than that write. Once the cache has caught up, the record has done its job and goes:
+/// kept, it would hold a status per job for as long as the process runs.
+fn newer_write(
+    written: &mut HashMap<JobKey, (u64, KernelJobStatus)>,
+    key: &str,
+    cached_rv: u64,
+) -> Option<KernelJobStatus> {
+    match written.get(key) {
+        Some((rv, status)) if *rv > cached_rv => Some(status.clone()),
+        Some(_) => {
+            written.remove(key);
+            None
+        }
+        None => None,
     }
 }
 
@@ -1271,6 +1285,25 @@ mod tests {
 
     fn status_of(conds: &[(String, String, String)], t: &str) -> String {
         conds.iter().find(|c| c.0 == t).map(|c| c.1.clone()).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_written_status_counts_until_the_cache_catches_up_then_goes() {
+        let mut written: HashMap<JobKey, (u64, KernelJobStatus)> = HashMap::new();
+        let mine = KernelJobStatus { phase: Phase::Running, ..Default::default() };
+        written.insert("ns/a".into(), (120, mine.clone()));
+        // An older cached copy defers to the write, and the record stays.
+        assert_eq!(newer_write(&mut written, "ns/a", 119), Some(mine.clone()));
+        assert_eq!(newer_write(&mut written, "ns/a", 0), Some(mine));
+        assert!(written.contains_key("ns/a"));
+        // The write itself, or anything after it, is the cache's to tell; the record goes.
+        assert_eq!(newer_write(&mut written, "ns/a", 120), None);
+        assert!(written.is_empty());
+        written.insert("ns/b".into(), (5, KernelJobStatus::default()));
+        assert_eq!(newer_write(&mut written, "ns/b", 9), None);
+        assert!(written.is_empty());
+        // Unknown jobs: nothing.
+        assert_eq!(newer_write(&mut written, "ns/c", 1), None);
     }
 
     #[test]

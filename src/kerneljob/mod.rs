@@ -11,10 +11,10 @@ pub use controller::{JobConfig, JobCtx};
 
 use std::sync::{Arc, Mutex};
 
+use crate::events::{Recorder, Reporter};
 use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Controller;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
@@ -25,11 +25,9 @@ use crate::api::{AgentPool, GpuNode, KernelJob};
 /// the API when it needs them.
 pub fn strip_job(job: &mut KernelJob) {
     job.metadata.managed_fields = None;
-    for v in job.spec.sources.values_mut() {
-        v.clear();
-    }
-    for v in job.spec.headers.values_mut() {
-        v.clear();
+    // Replaced, not cleared: a cleared String keeps its buffer.
+    for v in job.spec.sources.values_mut().chain(job.spec.headers.values_mut()) {
+        *v = String::new();
     }
 }
 
