@@ -25,6 +25,8 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 pub use kube::runtime::events::{Event, EventType, Reporter};
 use serde_json::json;
 
+use crate::contract::text::{floor_char_boundary, truncate_str};
+
 /// How long a repeat of an Event counts as part of the same series.
 pub const SERIES_WINDOW: Duration = Duration::from_secs(6 * 60);
 /// Series remembered at most; past this, expired ones go, and if none has, all of them (a
@@ -125,23 +127,12 @@ fn series_key(reporter: &Reporter, ev: &Event, regarding: &ObjectReference) -> u
 
 /// `s` cut to at most `max` bytes at a character boundary.
 fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
+    s[..floor_char_boundary(s, max)].to_string()
 }
 
-/// A note cut to what the API server takes, marked as cut.
+/// A note cut to what the API server takes, ending in "…" when cut.
 fn fit_note(note: &str) -> String {
-    const MARK: &str = " …";
-    if note.len() <= MAX_NOTE_BYTES {
-        return note.to_string();
-    }
-    format!("{}{MARK}", truncate(note, MAX_NOTE_BYTES - MARK.len()))
+    truncate_str(note, MAX_NOTE_BYTES).0
 }
 
 /// The Event object for a first occurrence.

@@ -8,7 +8,7 @@ mod lenient;
 pub mod payload;
 pub mod result;
 pub mod summary;
-mod text;
+pub(crate) mod text;
 
 pub use payload::{
     Arch, Case, ConfigError, DEFAULT_MAX_DECOMPRESSED_BYTES, DEFAULT_MAX_SOURCE_BYTES, DEFAULT_TIMEOUT_SECS,
