@@ -117,7 +117,7 @@ pub struct JobCtx {
     /// and the resourceVersion it produced. A reconcile of a cached copy older than that
     /// write (a webhook woke it) trusts the write, so it neither adds nor removes the
     /// finalizer twice; once the cache has caught up the entry goes.
-    pub finalizer_writes: Mutex<HashMap<String, (bool, u64)>>,
+    pub finalizer_writes: Mutex<HashMap<String, (u64, bool)>>,
     pub trigger: mpsc::UnboundedSender<ObjectRef<KernelJob>>,
     pub webhooks: WebhookCounters,
     /// Creation time of the oldest job that needs a look-up, for the recovery list.
@@ -156,8 +156,7 @@ impl JobCtx {
 
     /// The freshest status known: the cache's, or the one this process wrote last if newer.
     fn current_status(&self, job: &KernelJob) -> KernelJobStatus {
-        let cached_rv = job.metadata.resource_version.as_deref().and_then(|r| r.parse::<u64>().ok()).unwrap_or(0);
-        newer_write(&mut lock(&self.written), &key_of(job), cached_rv)
+        newer_write(&mut lock(&self.written), &key_of(job), resource_version(job))
             .unwrap_or_else(|| job.status.clone().unwrap_or_default())
     }
 
@@ -170,22 +169,18 @@ impl JobCtx {
             .patch_status(&job.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
             .await
             .map_err(Error::kube(format!("writing status of KernelJob {key}")))?;
-        let rv = updated.metadata.resource_version.as_deref().and_then(|r| r.parse::<u64>().ok()).unwrap_or(0);
-        lock(&self.written).insert(key, (rv, status.clone()));
+        lock(&self.written).insert(key, (resource_version(&updated), status.clone()));
         Ok(())
     }
 }
 
-/// The status this process wrote for `key` if the cached copy (at `cached_rv`) is older
-/// than that write. Once the cache has caught up, the record has done its job and goes:
-/// kept, it would hold a status per job for as long as the process runs.
-fn newer_write(
-    written: &mut HashMap<JobKey, (u64, KernelJobStatus)>,
-    key: &str,
-    cached_rv: u64,
-) -> Option<KernelJobStatus> {
+/// What this process last wrote for `key` (a status, the finalizer's presence) if the
+/// cached copy (at `cached_rv`) is older than that write. Once the cache has caught up, the
+/// record has done its job and goes: kept, it would hold an entry per job for as long as
+/// the process runs.
+fn newer_write<V: Clone>(written: &mut HashMap<String, (u64, V)>, key: &str, cached_rv: u64) -> Option<V> {
     match written.get(key) {
-        Some((rv, status)) if *rv > cached_rv => Some(status.clone()),
+        Some((rv, v)) if *rv > cached_rv => Some(v.clone()),
         Some(_) => {
             written.remove(key);
             None
@@ -809,15 +804,8 @@ fn resource_version(job: &KernelJob) -> u64 {
 /// copy is older than that write, as the copy says afterwards.
 fn has_finalizer(job: &KernelJob, ctx: &JobCtx) -> bool {
     let uid = job.uid().unwrap_or_default();
-    let mut writes = lock(&ctx.finalizer_writes);
-    match writes.get(&uid).copied() {
-        Some((present, rv)) if resource_version(job) < rv => return present,
-        Some(_) => {
-            writes.remove(&uid);
-        }
-        None => {}
-    }
-    job.finalizers().iter().any(|f| f == FINALIZER)
+    newer_write(&mut lock(&ctx.finalizer_writes), &uid, resource_version(job))
+        .unwrap_or_else(|| job.finalizers().iter().any(|f| f == FINALIZER))
 }
 
 /// Applies the finalizer and answers the object. The patch carries the job's uid: the API
@@ -830,7 +818,7 @@ async fn apply_finalizer(ctx: &JobCtx, job: &KernelJob) -> kube::Result<KernelJo
         "metadata": {"name": job.name_any(), "uid": uid, "finalizers": [FINALIZER]},
     });
     let applied = api.patch(&job.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
-    lock(&ctx.finalizer_writes).insert(uid, (true, resource_version(&applied)));
+    lock(&ctx.finalizer_writes).insert(uid, (resource_version(&applied), true));
     Ok(applied)
 }
 
@@ -870,7 +858,7 @@ async fn remove_finalizer(job: &KernelJob, ctx: &JobCtx) -> Result<()> {
             // A job that is being deleted is gone after this: nothing to remember for it.
             let mut writes = lock(&ctx.finalizer_writes);
             if updated.metadata.deletion_timestamp.is_none() {
-                writes.insert(uid, (false, resource_version(&updated)));
+                writes.insert(uid, (resource_version(&updated), false));
             } else {
                 writes.remove(&uid);
             }
@@ -1304,6 +1292,11 @@ mod tests {
         assert!(written.is_empty());
         // Unknown jobs: nothing.
         assert_eq!(newer_write(&mut written, "ns/c", 1), None);
+        // The same record serves the finalizer: a removal not yet cached still counts.
+        let mut finalizers: HashMap<String, (u64, bool)> = HashMap::from([("uid-1".into(), (42, false))]);
+        assert_eq!(newer_write(&mut finalizers, "uid-1", 41), Some(false));
+        assert_eq!(newer_write(&mut finalizers, "uid-1", 42), None);
+        assert!(finalizers.is_empty());
     }
 
     #[test]
