@@ -125,3 +125,4 @@ fuzz-quick:
 lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	images/agent/check.sh --self-test

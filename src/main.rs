@@ -121,9 +121,25 @@ struct BuildkiteArgs {
     /// Agent API base URL (queue metrics).
     #[arg(long, env = "BUILDKITE_AGENT_API_URL", default_value = benchkite::buildkite::DEFAULT_AGENT_API_URL)]
     buildkite_agent_api_url: String,
-    /// Pipeline for KernelJobs that name none.
-    #[arg(long, env = "BUILDKITE_PIPELINE", default_value = "kernelbot")]
-    buildkite_pipeline: String,
+    /// A pipeline you manage yourself, for KernelJobs whose job and pool name none. Default:
+    /// benchkite creates and keeps in sync one pipeline per queue
+    /// (`benchkite[-<instance>]-<queue>-<hash>`).
+    #[arg(long, env = "BUILDKITE_PIPELINE")]
+    buildkite_pipeline: Option<String>,
+    /// Cluster (UUID or name) of managed pipelines and created queues whose pool names none.
+    /// Default: the organization's default cluster (readable with `read_organization_settings`),
+    /// else its only cluster, else the one named "Default cluster".
+    #[arg(long, env = "BUILDKITE_CLUSTER")]
+    buildkite_cluster: Option<String>,
+    /// `repository` of managed pipelines (Buildkite requires one; their steps skip the checkout).
+    #[arg(long, env = "BENCHKITE_PIPELINE_REPOSITORY", default_value = benchkite::controller::pipelines::DEFAULT_PIPELINE_REPOSITORY)]
+    pipeline_repository: String,
+    /// `timeout_in_minutes` of the managed pipelines' step (a pool may set its own).
+    #[arg(long, env = "BENCHKITE_PIPELINE_STEP_TIMEOUT_MINUTES", default_value_t = benchkite::buildkite::pipelines::DEFAULT_STEP_TIMEOUT_MINUTES, value_parser = clap::value_parser!(u32).range(1..=10080))]
+    pipeline_step_timeout_minutes: u32,
+    /// Team UUIDs given access to created pipelines (organizations with Teams), comma-separated.
+    #[arg(long, env = "BENCHKITE_PIPELINE_TEAMS", value_delimiter = ',')]
+    pipeline_teams: Vec<String>,
     /// File holding the REST API token (else the BUILDKITE_API_TOKEN variable).
     #[arg(long, env = "BUILDKITE_API_TOKEN_FILE")]
     buildkite_token_file: Option<PathBuf>,
@@ -185,15 +201,27 @@ impl BuildkiteArgs {
         let mut cfg = benchkite::buildkite::Config::new(org.clone(), token);
         cfg.api_url = self.buildkite_api_url.clone();
         cfg.agent_api_url = self.buildkite_agent_api_url.clone();
-        cfg.default_pipeline = Some(self.buildkite_pipeline.clone());
         cfg.agent_token = secret(self.agent_metrics_token_file.as_ref(), "BUILDKITE_AGENT_METRICS_TOKEN")?;
         cfg.requests_per_minute = self.buildkite_requests_per_minute;
         cfg.rate_limit_window = Duration::from_secs_f64(self.buildkite_rate_limit_window_seconds.max(0.1));
         let client = benchkite::buildkite::Client::with_observer(cfg, Arc::new(benchkite::metrics::BuildkiteObserver))
             .context("configuring the Buildkite client")?;
         let poll = self.poll_interval_seconds.unwrap_or(if webhook_secret.is_some() { 30 } else { 10 });
+        let scopes = benchkite::buildkite::ScopeReport::new();
+        let pipelines = benchkite::controller::pipelines::PipelineManager::new(
+            client.clone(),
+            benchkite::controller::pipelines::PipelineConfig {
+                instance: self.instance.clone(),
+                repository: self.pipeline_repository.clone(),
+                step_timeout_minutes: self.pipeline_step_timeout_minutes,
+                teams: self.pipeline_teams.iter().filter(|t| !t.trim().is_empty()).cloned().collect(),
+                ..Default::default()
+            },
+            benchkite::controller::queues::ClusterResolver::new(self.buildkite_cluster.clone()),
+            scopes.clone(),
+        );
         let config = benchkite::kerneljob::JobConfig {
-            default_pipeline: self.buildkite_pipeline.clone(),
+            pipeline: self.buildkite_pipeline.clone(),
             instance: self.instance.clone(),
             limits: benchkite::contract::PayloadLimits {
                 max_source_bytes: self.max_source_bytes,
@@ -207,6 +235,8 @@ impl BuildkiteArgs {
         };
         Ok(Some(benchkite::kerneljob::JobSetup {
             buildkite: client,
+            pipelines,
+            scopes,
             config,
             webhook_secret,
             reporter: reporter.to_string(),
@@ -247,6 +277,7 @@ fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         };
         let setup = args.buildkite.setup(&config.reporter, args.namespace.clone())?;
         let buildkite = setup.as_ref().map(|s| s.buildkite.clone());
+        let pipelines = setup.as_ref().map(|s| s.pipelines.clone());
         let jobs = setup.filter(|_| args.controllers.contains(&ControllerKind::Kerneljob));
         let http = benchkite::server::HttpState::new(jobs.as_ref().and_then(|j| j.webhook_secret.clone()));
 
@@ -291,12 +322,12 @@ fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
                 http.set_ready(true);
                 let http = http.clone();
                 benchkite::leader::run(client.clone(), cfg, stopped(), move |stop| {
-                    benchkite::controller::run(client, config, jobs, buildkite, http, stop)
+                    benchkite::controller::run(client, config, jobs, buildkite, pipelines, http, stop)
                 })
                 .await
             } else {
                 benchkite::metrics::global().set_leader(true);
-                benchkite::controller::run(client, config, jobs, buildkite, http.clone(), stopped()).await
+                benchkite::controller::run(client, config, jobs, buildkite, pipelines, http.clone(), stopped()).await
             }
         };
         tokio::pin!(servers, controllers);

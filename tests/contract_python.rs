@@ -6,7 +6,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use benchkite::contract::{
-    Arch, CompileResult, EvalConfig, EvalResult, FullResult, Lang, Mode, ProfileResult, RankingBy, RunResult,
+    Arch, Case, CompileResult, EvalConfig, EvalResult, FullResult, Lang, Mode, ProfileResult, RankingBy, RunResult,
     SystemInfo, decode_payload, encode_payload, parse_result_json,
 };
 use serde_json::{Value, json};
@@ -90,7 +90,10 @@ fn python_payload_fields_map_to_the_right_types() {
     assert!(configs[1].multi_gpu);
     assert_eq!(configs[1].extra["submission_id"], 77);
     assert_eq!(configs[1].defines.as_ref().unwrap()["FAST"], Value::Null);
-    assert_eq!((configs[1].test_timeout, configs[1].benchmark_timeout, configs[1].ranked_timeout), (60, 120, 240));
+    assert_eq!(
+        (configs[1].test_timeout, configs[1].benchmark_timeout, configs[1].ranked_timeout),
+        (60.0, 120.0, 240.0)
+    );
     assert_eq!(configs[2].arch, Some(Arch::Number(80)));
     assert_eq!(configs[2].seed, Some(-3));
     assert_eq!(configs[2].mode, Mode::Private);
@@ -102,8 +105,9 @@ fn rust_configs() -> Vec<EvalConfig> {
     py.main = Some("eval.py".into());
     py.sources.insert("eval.py".into(), "print('ok')\n".into());
     py.sources.insert("submission.py".into(), "s = \"quotes \\\\ and ünïcode 🚀\"\n".into());
-    py.tests = vec![json!({"size": 1, "seed": 2}).as_object().unwrap().clone()];
-    py.benchmarks = vec![json!({"size": "big"}).as_object().unwrap().clone()];
+    // Keys not in sorted order: Python must see them in this order.
+    py.tests = vec![Case::parse_line("size: 1; seed: 2").expect("case")];
+    py.benchmarks = vec![json!({"size": "big"}).as_object().expect("object").clone().into()];
     py.ranking_by = RankingBy::Mean;
     py.seed = Some(42);
 
@@ -144,6 +148,19 @@ print(json.dumps(out))
     assert_eq!(decoded[0]["main"], "eval.py");
     assert_eq!(decoded[1]["arch"], 100);
     assert!(decoded[1].get("main").is_none());
+}
+
+#[test]
+fn python_reads_case_keys_in_the_payloads_order() {
+    let payload = encode_payload(&rust_configs()[0]).unwrap();
+    // kernelbot's `build_test_string`, run on what Python decodes.
+    let script = r#"
+import base64, json, sys, zlib
+cfg = json.loads(zlib.decompress(base64.b64decode(sys.stdin.read().strip())).decode("utf-8"))
+for test in cfg["tests"] + cfg["benchmarks"]:
+    print("; ".join(f"{k}: {v}" for k, v in test.items()))
+"#;
+    assert_eq!(python(script, &payload), "size: 1; seed: 2\nsize: big\n");
 }
 
 fn rust_result() -> FullResult {

@@ -5,6 +5,7 @@
 #[path = "tasks/support.rs"]
 mod support;
 
+use base64::Engine as _;
 use benchkite::contract::{self, RankingBy, exit_code};
 use serde_json::{Value, json};
 use support::*;
@@ -110,10 +111,12 @@ fn a_hanging_submission_is_killed_at_the_timeout_with_its_whole_group() {
     let t = r.run("test");
     assert_eq!(t.exit_code, exit_code::TIMEOUT);
     assert!(!t.success && !t.passed);
-    assert!(t.duration >= 3.0, "{}", t.duration);
-    assert!(t.stderr.contains("test run timed out after 3 s (test_timeout)"), "{}", t.stderr);
-    // As the seeds' runner: no results from a run that timed out.
+    // As kernelbot's `run_program`: the limit is the duration, no results, and the run's
+    // stderr is only what the program wrote; the note is in the job log.
+    assert_eq!(t.duration, 3.0);
     assert!(t.result.is_empty());
+    assert!(!t.stderr.contains("timed out"), "{}", t.stderr);
+    assert!(r.stderr().contains("test run timed out after 3 s (test_timeout)"), "{}", r.stderr());
     let gc = read_pid(&pidfile);
     assert!(process_gone(gc), "grandchild sleep {gc} survived the timeout");
 }
@@ -230,15 +233,16 @@ fn seed_and_gpu_count_reach_the_harness() {
 }
 
 #[test]
-fn long_output_is_cut_to_16_kib() {
+fn long_output_is_cut_like_kernelbot() {
     let r = run_config(&vectoradd("test", "noisy"));
     assert_eq!(r.code(), Some(0));
     let t = r.run("test");
     assert!(t.passed);
-    assert!(t.stdout.len() <= contract::OUTPUT_LIMIT, "{}", t.stdout.len());
+    assert!(t.stdout.chars().count() <= contract::OUTPUT_LIMIT, "{}", t.stdout.len());
     assert!(t.stdout.starts_with("debug line 0: "));
+    // kernelbot's `_limit_length`: whole lines, then how many lines were left out.
     let last = t.stdout.lines().last().unwrap_or_default();
-    assert!(last.starts_with("[...] ") && last.ends_with(" bytes omitted"), "{last}");
+    assert!(last.starts_with("[...] ") && last.ends_with(" lines omitted"), "{last}");
     assert_eq!(t.stderr, "END OF NOISE\n");
 }
 
@@ -266,7 +270,10 @@ fn bad_payloads_give_an_infrastructure_failure_and_exit_1() {
     }
     let r = run_with(None, &[], &[]);
     assert_eq!(r.code(), Some(1));
-    assert!(r.result.error.contains("no payload: set KERNELBOT_PAYLOAD"), "{}", r.result.error);
+    assert_eq!(
+        r.result.error,
+        "no payload: neither KERNELBOT_PAYLOAD nor BENCHKITE_PAYLOAD_PARTS is set (or pass --payload-file)"
+    );
 }
 
 #[test]
@@ -438,4 +445,274 @@ fn a_compile_error_is_the_kernels_failure() {
     let s = contract::summarize(&r.result, &RankingBy::Last);
     assert_eq!(s.passed, Some(false));
     assert_eq!(s.runs["test"].compiled, Some(false));
+}
+
+/// The vector-add config as raw JSON text with the cases' keys in kernelbot's order (`size`
+/// before `seed`; `json!` would sort them).
+fn vectoradd_ordered(mode: &str, submission_source: &str, extra: &str) -> String {
+    let sources = json!({
+        "eval.py": task_file("vectoradd/eval.py"),
+        "reference.py": task_file("vectoradd/reference.py"),
+        "submission.py": submission_source,
+    });
+    format!(
+        r#"{{"main": "eval.py", "sources": {sources}, "lang": "py", "arch": null,
+            "benchmarks": [{{"size": 500, "seed": 11}}, {{"size": 1000, "seed": 12}}],
+            "tests": [{{"size": 16, "seed": 1}}, {{"size": 250, "seed": 2}}],
+            "mode": "{mode}", "test_timeout": 60, "benchmark_timeout": 60, "ranked_timeout": 60,
+            "ranking_by": "last", "seed": null, "multi_gpu": false{extra}}}"#
+    )
+}
+
+#[test]
+fn cases_keep_the_payloads_key_order() {
+    let cfg = vectoradd_ordered("leaderboard", &task_file("vectoradd/submission_ok.py"), "");
+    let r = run_with(Some(&encode_bytes(cfg.as_bytes())), &[], &[]);
+    assert_eq!(r.code(), Some(0), "{}", r.stderr());
+    let t = r.run("test");
+    assert_eq!(t.result["test.0.spec"], "size: 16; seed: 1");
+    assert_eq!(t.result["test.1.spec"], "size: 250; seed: 2");
+    // Ranked by the last benchmark: the benchmark and leaderboard runs get that line only.
+    assert_eq!(r.run("benchmark").result["benchmark.0.spec"], "size: 1000; seed: 12");
+    assert_eq!(r.run("leaderboard").result["benchmark.0.spec"], "size: 1000; seed: 12");
+}
+
+/// A submission that "JIT-compiles" like `load_inline(verbose=True)`: the first import in a
+/// directory sleeps 2 s and prints the torch extension build line; later ones find the
+/// cache. It also records the environment of every start.
+const JIT_SUBMISSION: &str = r#"
+import os, sys, time
+with open("starts.log", "a") as f:
+    seen = sorted(k for k in os.environ if "PAYLOAD" in k or k == "BUILDKITE_AGENT_ACCESS_TOKEN")
+    f.write(f"{sys.argv[0]} seed={os.environ.get('POPCORN_SEED')} fd={'POPCORN_FD' in os.environ} hidden={seen}\n")
+if not os.path.exists("build.cache"):
+    print("c++ -MMD -MF main.o.d -DTORCH_EXTENSION_NAME=jit_ext -DTORCH_API_INCLUDE_EXTENSION_H -c main.cpp")
+    print("compile warning", file=sys.stderr)
+    time.sleep(2)
+    open("build.cache", "w").close()
+
+
+def custom_kernel(data):
+    a, b = data
+    return [x + y for x, y in zip(a, b)]
+"#;
+
+#[test]
+fn python_submissions_compile_before_each_stage_outside_its_timeout() {
+    // 1.5 s for the test run: the 2 s "compilation" fits only because the compile step
+    // runs first, outside the limit (kernelbot's `python3 submission.py`).
+    let cfg = vectoradd_ordered("leaderboard", JIT_SUBMISSION, r#", "test_timeout": 1.5"#);
+    let scratch = Scratch::new("jit");
+    let workdir = scratch.path().join("w");
+    let workdir_s = workdir.to_string_lossy().into_owned();
+    let r = run_with(
+        Some(&encode_bytes(cfg.as_bytes())),
+        &[("BUILDKITE_AGENT_ACCESS_TOKEN", "secret")],
+        &["--workdir", &workdir_s],
+    );
+    assert_eq!(r.code(), Some(0), "{}", r.stderr());
+    assert_eq!(r.result.runs.keys().collect::<Vec<_>>(), ["benchmark", "leaderboard", "test"]);
+    let test = &r.result.runs["test"];
+    assert!(test.run.as_ref().is_some_and(|t| t.passed), "{test:?}");
+    let c = test.compilation.as_ref().expect("the compile step built an extension");
+    assert!(c.nvcc_found && c.success && c.nvcc_version.is_empty(), "{c:?}");
+    assert_eq!((c.command.as_str(), c.exit_code), ("python3 submission.py", 0));
+    assert!(c.stdout.contains("-DTORCH_EXTENSION_NAME=jit_ext"), "{}", c.stdout);
+    assert_eq!(c.stderr, "compile warning\n");
+    // Later stages find the cache: nothing printed, no compilation recorded (as kernelbot).
+    for name in ["benchmark", "leaderboard"] {
+        assert!(r.result.runs[name].compilation.is_none(), "{name}");
+    }
+    // One compile step per stage, then the harness's import: the compile step sees seed 1
+    // and a result pipe, and neither sees the payload or the agent token.
+    let starts = std::fs::read_to_string(workdir.join("work/starts.log")).expect("starts.log");
+    let lines: Vec<&str> = starts.lines().collect();
+    assert_eq!(lines.len(), 6, "{starts}");
+    for pair in lines.chunks(2) {
+        assert_eq!(pair[0], "submission.py seed=1 fd=True hidden=[]");
+        assert_eq!(pair[1], "eval.py seed=None fd=True hidden=[]");
+    }
+}
+
+#[test]
+fn a_compile_step_without_an_extension_build_leaves_compilation_null() {
+    let scratch = Scratch::new("noext");
+    let workdir = scratch.path().join("w");
+    let workdir_s = workdir.to_string_lossy().into_owned();
+    let sub = "import sys\nprint('hello from', sys.argv[0])\nraise SystemExit(3)\n";
+    let cfg = vectoradd_ordered("test", sub, "");
+    let r = run_with(Some(&encode_bytes(cfg.as_bytes())), &[], &["--workdir", &workdir_s]);
+    assert_eq!(r.code(), Some(0), "{}", r.stderr());
+    // The compile step ran (and failed): kernelbot records nothing either way.
+    assert!(r.stderr().contains("test: compile step `python3 submission.py` exit code 3"), "{}", r.stderr());
+    assert!(r.result.runs["test"].compilation.is_none());
+}
+
+#[test]
+fn empty_files_and_fractional_or_zero_timeouts_run_as_in_kernelbot() {
+    // An empty submission: kernelbot runs it (the harness's import fails).
+    let r = run_with(Some(&encode_bytes(vectoradd_ordered("test", "", "").as_bytes())), &[], &[]);
+    assert_eq!(r.code(), Some(0), "{}", r.stderr());
+    let t = r.run("test");
+    assert_eq!(t.exit_code, 1);
+    assert!(t.stderr.contains("ImportError: cannot import name 'custom_kernel'"), "{}", t.stderr);
+    // A fractional timeout is the limit and, when hit, the duration.
+    let hang = task_file("vectoradd/submission_hang.py");
+    let r = run_with(
+        Some(&encode_bytes(vectoradd_ordered("test", &hang, r#", "test_timeout": 1.5"#).as_bytes())),
+        &[],
+        &[],
+    );
+    assert_eq!(r.code(), Some(0), "{}", r.stderr());
+    let t = r.run("test");
+    assert_eq!((t.exit_code, t.duration, t.success), (exit_code::TIMEOUT, 1.5, false));
+    // Zero times out at once, as `subprocess.run(timeout=0)` does.
+    let ok = task_file("vectoradd/submission_ok.py");
+    let r =
+        run_with(Some(&encode_bytes(vectoradd_ordered("test", &ok, r#", "test_timeout": 0"#).as_bytes())), &[], &[]);
+    assert_eq!(r.code(), Some(0), "{}", r.stderr());
+    assert_eq!((r.run("test").exit_code, r.run("test").duration), (exit_code::TIMEOUT, 0.0));
+}
+
+/// `len` bytes of random printable ASCII (seeded): text zlib barely shrinks.
+fn noise(len: usize, seed: u64) -> String {
+    use rand::{Rng as _, SeedableRng as _};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..len).map(|_| char::from(rng.random_range(b' '..=b'~'))).collect()
+}
+
+#[test]
+fn a_million_byte_submission_arrives_through_the_split_env() {
+    // A correct submission padded to exactly 1,000,000 bytes with one comment line of
+    // noise; it prints the SHA-256 of its own file and the payload variables it can see.
+    let head = "import hashlib, os\nprint('sha256', hashlib.sha256(open(__file__, 'rb').read()).hexdigest())\n\
+                print('visible', sorted(k for k in os.environ if 'PAYLOAD' in k))\n\
+                def custom_kernel(data):\n    a, b = data\n    return [x + y for x, y in zip(a, b)]\n#";
+    let mut sub = head.to_owned();
+    sub.push_str(&noise(1_000_000 - head.len() - 1, 1));
+    sub.push('\n');
+    assert_eq!(sub.len(), 1_000_000);
+    let want_sha = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(sub.as_bytes()))
+    };
+    let encoded = encode_bytes(vectoradd_ordered("test", &sub, "").as_bytes());
+    assert!(encoded.len() > 2 * contract::PAYLOAD_ENV_MAX, "{} bytes encoded", encoded.len());
+    let env = contract::payload_env(&encoded);
+    assert!(env.iter().all(|(k, v)| k != "KERNELBOT_PAYLOAD" && k.len() + v.len() + 2 < 131_072));
+    let total: usize = env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    assert!(total < 2 * 1024 * 1024, "{total}");
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    // Through a real exec (std's Command hands the env to execve, as the agent does).
+    let r = run_with(None, &env_refs, &[]);
+    assert_eq!(r.code(), Some(0), "{}", r.stderr());
+    let t = r.run("test");
+    assert!(t.passed, "{t:?}");
+    assert_eq!(t.stdout, format!("sha256 {want_sha}\nvisible []\nRunning in mode test with 2 cases\n"));
+
+    // A part lost on the way: an infrastructure failure that names it.
+    let damaged: Vec<(&str, &str)> = env_refs.iter().copied().filter(|(k, _)| *k != "BENCHKITE_PAYLOAD_1").collect();
+    let r = run_with(None, &damaged, &[]);
+    assert_eq!(r.code(), Some(1));
+    assert!(!r.result.success && r.result.runs.is_empty());
+    assert!(r.result.error.starts_with("split payload: BENCHKITE_PAYLOAD_1 is missing"), "{}", r.result.error);
+}
+
+/// A stand-in `nvidia-smi` (one GPU, so the runtime is CUDA) and `ncu` that runs the
+/// profiled command after `--`, writes the report file named by `-o`, and prints a report
+/// for `--import`; it logs its arguments and POPCORN_NCU.
+const FAKE_NCU: &str = r#"#!/bin/sh
+if [ "$1" = "--import" ]; then
+  [ -f "$2" ] || exit 1
+  printf '  custom_kernel(float*) (4, 1, 1)x(128, 1, 1), Context 1, Stream 7, Device 0, CC 9.0\n    Table Name : GPU Throughput\n    DRAM Throughput   %%   42\n'
+  exit 0
+fi
+echo "ncu $* POPCORN_NCU=$POPCORN_NCU" >> "$FAKE_NCU_LOG"
+out=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -o) out="$2"; shift 2 ;;
+    --) shift; break ;;
+    *) shift ;;
+  esac
+done
+echo "report" > "$out"
+exec "$@"
+"#;
+
+#[test]
+fn profile_mode_runs_ncu_like_kernelbot() {
+    let scratch = Scratch::new("ncu");
+    scratch.tool("nvidia-smi", "#!/bin/sh\necho 'NVIDIA Fake GPU'\n");
+    scratch.tool("ncu", FAKE_NCU);
+    let log = scratch.path().join("ncu.log");
+    let log_s = log.to_string_lossy().into_owned();
+    let path = scratch.path_with_tools();
+    let cfg = vectoradd_ordered("profile", &task_file("vectoradd/submission_ok.py"), "");
+    let r = run_with(Some(&encode_bytes(cfg.as_bytes())), &[("PATH", &path), ("FAKE_NCU_LOG", &log_s)], &[]);
+    assert_eq!(r.code(), Some(0), "{}", r.stderr());
+    assert_eq!(r.result.runs.keys().collect::<Vec<_>>(), ["profile.0", "profile.1"]);
+    for (i, spec) in [(0, "size: 500; seed: 11"), (1, "size: 1000; seed: 12")] {
+        let e = &r.result.runs[&format!("profile.{i}")];
+        let run = e.run.as_ref().expect("run");
+        assert!(run.passed, "{run:?}");
+        assert_eq!(run.result["benchmark-count"], "1");
+        assert_eq!(run.result["benchmark.0.spec"], spec);
+        assert!(
+            run.command.contains(" --nvtx --nvtx-include custom_kernel/ --import-source 1 -c 10 -o "),
+            "{}",
+            run.command
+        );
+        let report = base64::engine::general_purpose::STANDARD.decode(&run.result["benchmark.0.report"]).expect("b64");
+        assert_eq!(
+            String::from_utf8(report).expect("utf-8"),
+            "  custom_kernel(float*) (4, 1, 1)x(128, 1, 1), Context 1, Stream 7, Device 0, CC 9.0\n\n    Table Name : GPU Throughput\n    DRAM Throughput   %   42\n"
+        );
+        let p = e.profile.as_ref().expect("profile");
+        assert_eq!((p.profiler.as_str(), p.download_url.as_deref()), ("Nsight-Compute", None));
+        let zip = base64::engine::general_purpose::STANDARD.decode(&p.trace).expect("zip");
+        // The report sits at the root of the archive, as in kernelbot's.
+        assert!(zip.windows(b"profile.ncu-rep".len()).any(|w| w == b"profile.ncu-rep"));
+        assert!(!zip.windows(b"profile_data/".len()).any(|w| w == b"profile_data/"));
+    }
+    let calls = std::fs::read_to_string(&log).expect("ncu log");
+    assert_eq!(calls.lines().count(), 2, "{calls}");
+    assert!(calls.lines().all(|l| l.starts_with("ncu --set full --nvtx") && l.ends_with("POPCORN_NCU=1")), "{calls}");
+}
+
+#[test]
+fn profile_mode_without_a_gpu_fails_like_kernelbot() {
+    let scratch = Scratch::new("nogpu");
+    scratch.tool("placeholder", "#!/bin/sh\n");
+    let path = format!("{}:/usr/bin:/bin", scratch.path().join("bin").display());
+    let cfg = vectoradd_ordered("profile", &task_file("vectoradd/submission_ok.py"), "");
+    let r = run_with(Some(&encode_bytes(cfg.as_bytes())), &[("PATH", &path)], &["--no-gpu-probe"]);
+    assert_eq!(r.code(), Some(1), "{}", r.stderr());
+    assert!(!r.result.success && r.result.runs.is_empty());
+    assert!(r.result.error.starts_with("Unknown runtime \"\""), "{}", r.result.error);
+}
+
+#[test]
+fn a_compile_error_in_profile_mode_is_recorded_for_every_profile_run() {
+    // kernelbot compiles once per profile run, and each records the failure (no profiler is
+    // reached, so even a machine without a GPU gives the kernel's verdict).
+    let scratch = Scratch::new("nvccprof");
+    let nvcc = scratch.tool("nvcc", FAKE_NVCC);
+    let log = scratch.path().join("nvcc.log");
+    let log_s = log.to_string_lossy().into_owned();
+    let nvcc_s = nvcc.to_string_lossy().into_owned();
+    let mut cfg = cu_config("profile");
+    cfg["benchmarks"] = json!([{"size": 64, "seed": 2}, {"size": 128, "seed": 3}]);
+    let r = run_with(
+        Some(&encode(&cfg)),
+        &[("FAKE_NVCC_LOG", &log_s), ("FAKE_NVCC_FAIL", "1")],
+        &["--nvcc", &nvcc_s, "--no-gpu-probe"],
+    );
+    assert_eq!(r.code(), Some(0), "{}", r.stderr());
+    assert!(r.result.success, "{}", r.result.error);
+    assert_eq!(r.result.runs.keys().collect::<Vec<_>>(), ["profile.0", "profile.1"]);
+    for e in r.result.runs.values() {
+        let c = e.compilation.as_ref().expect("compilation");
+        assert!(c.nvcc_found && !c.success && e.run.is_none());
+    }
 }

@@ -249,7 +249,7 @@ fn every_kerneljob_example_runs_with_benchkite_run() -> Result<()> {
         let what = format!("{}: KernelJob {}", doc.file, doc.name());
         let sources = resolve_sources(doc, &job, &docs)?;
         // The examples' pool selects H100 GpuNodes (architecture sm_90).
-        let cfg = eval_config(&job.spec, sources, Some("sm_90"));
+        let cfg = eval_config(&job.spec, sources, Some("sm_90")).with_context(|| format!("{what}: cases"))?;
         let payload = contract::encode_payload(&cfg).with_context(|| format!("{what}: payload"))?;
         let (code, result) = run_payload(&payload, &scratch.join(doc.name()))?;
         let runs = &result["runs"];

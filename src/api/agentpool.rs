@@ -23,6 +23,10 @@ pub mod conditions {
     pub const DEGRADED: &str = "Degraded";
     /// Another, older pool already claims some selected nodes.
     pub const CONFLICT: &str = "Conflict";
+    /// The Buildkite pipeline KernelJobs on the pool's queue build on is ready: the one
+    /// benchkite manages for the queue (created and kept in sync), or the one
+    /// `spec.buildkite.pipeline` names, checked.
+    pub const PIPELINE_READY: &str = "PipelineReady";
 }
 
 /// Agent tag keys benchkite sets itself; `agent.tags` may not override them.
@@ -59,6 +63,7 @@ pub const MANAGED_ENV: &[&str] = &[
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyAgents"),
     printcolumn(name = "GPUs", type_ = "integer", json_path = ".status.gpusClaimed"),
     printcolumn(name = "Paused", type_ = "boolean", json_path = ".spec.paused", priority = 1),
+    printcolumn(name = "Pipeline", type_ = "string", json_path = ".status.pipeline.slug", priority = 1),
     printcolumn(name = "Status", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
@@ -91,19 +96,53 @@ pub struct AgentPoolSpec {
 }
 
 /// Buildkite-side settings of a pool's queue.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PoolBuildkite {
     /// Create the cluster queue when it does not exist (agents refuse to connect to a
     /// queue that does not exist: the most common setup failure).
     #[serde(default)]
     pub create_queue: bool,
-    /// Cluster UUID. Default: the organization's only cluster, or the one named `Default`.
+    /// Cluster of the queue and of its managed pipeline: a UUID (or a name). Default: the
+    /// controller's `--buildkite-cluster`, else the organization's default cluster for new
+    /// pipelines, else its only cluster, else the one named "Default cluster".
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 100))]
+    #[x_kube(validation = Rule::new("self.size() >= 1 && self.size() <= 100").message("clusterId must be 1 to 100 characters long"))]
     pub cluster_id: Option<String>,
     /// Description of a created queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Slug of a pipeline of your own that KernelJobs on this pool build on, instead of the
+    /// one benchkite creates and keeps in sync for the queue. The controller checks its
+    /// settings (queue named literally, checkout skipped, `result.json` artifact, no
+    /// intermediate-build skipping or canceling, cluster) and reports what is wrong in the
+    /// `PipelineReady` condition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 100))]
+    #[x_kube(validation = Rule::new("self.size() <= 100 && self.matches('^[a-zA-Z0-9][a-zA-Z0-9-]*$')").message("pipeline must be a Buildkite pipeline slug: letters, digits and '-', starting with a letter or digit, at most 100 characters"))]
+    pub pipeline: Option<String>,
+    /// `timeout_in_minutes` of the managed pipeline's step (default: the controller's
+    /// `--buildkite-step-timeout-minutes`, 60). It must cover compilation and every run of
+    /// the slowest mode; an evaluation that exceeds it is canceled and never retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 10080").message("stepTimeoutMinutes must be between 1 and 10080 (a week)"))]
+    pub step_timeout_minutes: Option<i32>,
+}
+
+/// The pipeline KernelJobs on the pool's queue build on.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolPipelineStatus {
+    /// Pipeline slug.
+    pub slug: String,
+    /// The pipeline on Buildkite.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_url: Option<String>,
+    /// True when benchkite created it and keeps it in sync; false for
+    /// `spec.buildkite.pipeline`.
+    #[serde(default)]
+    pub managed: bool,
 }
 
 /// Live state of the pool's queue, from Buildkite's agent metrics.
@@ -378,6 +417,9 @@ pub struct AgentPoolStatus {
     /// The queue's live state (when an agent metrics token is configured).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<QueueStatus>,
+    /// The Buildkite pipeline KernelJobs on the queue build on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<PoolPipelineStatus>,
     #[serde(default)]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,

@@ -157,26 +157,29 @@ pub struct KernelJobSpec {
     /// Header files (cu): file name → content.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
-    /// Test cases: each a map of parameters.
+    /// Test cases: each a map of parameters (`{size: 7, seed: 1}`), or a line in
+    /// kernelbot's case format (`"size: 7; seed: 1"`). The API server stores maps with
+    /// their keys sorted; a line keeps kernelbot's key order, which the harness sees and
+    /// which stored spec strings show.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "case_list_schema")]
-    pub tests: Vec<BTreeMap<String, serde_json::Value>>,
-    /// Benchmark cases: each a map of parameters.
+    pub tests: Vec<CaseSpec>,
+    /// Benchmark cases, as `tests`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "case_list_schema")]
-    pub benchmarks: Vec<BTreeMap<String, serde_json::Value>>,
-    /// Limit of the test run, seconds (default 180).
+    pub benchmarks: Vec<CaseSpec>,
+    /// Limit of the test run, seconds (default 180; fractions allowed, as in kernelbot).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self >= 1 && self <= 86400").message("testTimeoutSeconds must be between 1 and 86400"))]
-    pub test_timeout_seconds: Option<i64>,
+    #[x_kube(validation = Rule::new("self > 0.0 && self <= 86400.0").message("testTimeoutSeconds must be more than 0 and at most 86400 (fractions allowed)"))]
+    pub test_timeout_seconds: Option<f64>,
     /// Limit of the benchmark run, seconds (default 180).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self >= 1 && self <= 86400").message("benchmarkTimeoutSeconds must be between 1 and 86400"))]
-    pub benchmark_timeout_seconds: Option<i64>,
+    #[x_kube(validation = Rule::new("self > 0.0 && self <= 86400.0").message("benchmarkTimeoutSeconds must be more than 0 and at most 86400 (fractions allowed)"))]
+    pub benchmark_timeout_seconds: Option<f64>,
     /// Limit of the ranked run, seconds (default 180).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self >= 1 && self <= 86400").message("rankedTimeoutSeconds must be between 1 and 86400"))]
-    pub ranked_timeout_seconds: Option<i64>,
+    #[x_kube(validation = Rule::new("self > 0.0 && self <= 86400.0").message("rankedTimeoutSeconds must be more than 0 and at most 86400 (fractions allowed)"))]
+    pub ranked_timeout_seconds: Option<f64>,
     /// How a leaderboard run is scored: `last`, `mean` or `geom`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ranking_by: Option<RankingBy>,
@@ -206,11 +209,14 @@ pub struct KernelJobSpec {
     /// Runner image (`KERNELBOT_IMAGE`) for pipelines that run the job in a container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    /// Buildkite pipeline slug; defaults to the controller's `--buildkite-pipeline`.
+    /// Buildkite pipeline slug of a pipeline you manage yourself. Default: the pool's
+    /// `spec.buildkite.pipeline`, the controller's `--buildkite-pipeline`, else the pipeline
+    /// benchkite creates and keeps in sync for the queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9][a-z0-9-]{0,99}$')").message("pipeline must be a Buildkite pipeline slug (lowercase letters, digits and '-')"))]
     pub pipeline: Option<String>,
-    /// Build branch (default `main`).
+    /// Build branch. Default: one branch per attempt, `benchkite/<instance>/<run id>`, so no
+    /// pipeline setting that works per branch can skip or cancel this build.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub branch: Option<String>,
     /// Build commit (default `HEAD`).
@@ -219,7 +225,7 @@ pub struct KernelJobSpec {
     /// Extra build environment. Not for secrets: build env is visible to anyone who can see
     /// the build.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[x_kube(validation = Rule::new("self.all(k, k.matches('^[A-Za-z_][A-Za-z0-9_]*$') && !k.startsWith('KERNELBOT_') && !k.startsWith('BUILDKITE'))").message("env names must be identifiers and may not start with KERNELBOT_ or BUILDKITE (benchkite and Buildkite set those)"))]
+    #[x_kube(validation = Rule::new("self.all(k, k.matches('^[A-Za-z_][A-Za-z0-9_]*$') && !k.startsWith('KERNELBOT_') && !k.startsWith('BUILDKITE') && !k.startsWith('BENCHKITE_'))").message("env names must be identifiers and may not start with KERNELBOT_, BENCHKITE_ or BUILDKITE (benchkite and Buildkite set those)"))]
     pub env: BTreeMap<String, String>,
 
     /// Overall wall time from creation, seconds. Default: the mode's run limits plus 10
@@ -246,13 +252,25 @@ fn default_retries() -> i32 {
 }
 
 fn case_list_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    // Each item is a map or a string: a structural schema cannot say "one of two types",
+    // so the item is free-form and the controller checks it (`InvalidSubmission`).
     schemars::json_schema!({
         "type": "array",
-        "items": {
-            "type": "object",
-            "additionalProperties": { "x-kubernetes-preserve-unknown-fields": true },
-        },
+        "maxItems": 1000,
+        "items": { "x-kubernetes-preserve-unknown-fields": true },
     })
+}
+
+/// One test or benchmark case of a KernelJob.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(untagged)]
+pub enum CaseSpec {
+    /// kernelbot's line format, `size: 7; seed: 1`: keys keep this order.
+    Line(String),
+    /// A map of parameters (the API server sorts its keys).
+    Params(BTreeMap<String, serde_json::Value>),
+    /// Anything else: refused by the controller with a message.
+    Other(serde_json::Value),
 }
 
 /// Files of a submission from one ConfigMap or Secret.

@@ -62,7 +62,7 @@ impl std::fmt::Debug for Client {
 
 /// Which credential a request carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Auth {
+pub(super) enum Auth {
     /// `Bearer <api token>`, counted against the REST budget.
     Api,
     /// `Token <agent token>` (agent metrics API; not part of the REST limits).
@@ -71,7 +71,7 @@ enum Auth {
 
 /// How failures after sending are handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
+pub(super) enum Mode {
     /// Safe to repeat: retry 5xx, timeouts and dropped connections.
     Idempotent,
     /// Must not happen twice: anything after the request may have been received is
@@ -87,19 +87,19 @@ pub struct Reservation {
     priority: Priority,
 }
 
-struct Call {
-    endpoint: &'static str,
-    method: Method,
-    url: Url,
-    body: Option<Vec<u8>>,
-    priority: Priority,
-    mode: Mode,
-    auth: Auth,
+pub(super) struct Call {
+    pub(super) endpoint: &'static str,
+    pub(super) method: Method,
+    pub(super) url: Url,
+    pub(super) body: Option<Vec<u8>>,
+    pub(super) priority: Priority,
+    pub(super) mode: Mode,
+    pub(super) auth: Auth,
 }
 
 impl Call {
     /// An idempotent queue write (create, pause, resume): a POST at Submit priority.
-    fn write(endpoint: &'static str, url: Url, body: Vec<u8>) -> Call {
+    pub(super) fn write(endpoint: &'static str, url: Url, body: Vec<u8>) -> Call {
         Call {
             endpoint,
             method: Method::POST,
@@ -113,10 +113,10 @@ impl Call {
 }
 
 /// An answer that was not retried away: 2xx, 3xx or 4xx other than 429.
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Vec<u8>,
+pub(super) struct Answer {
+    pub(super) status: StatusCode,
+    pub(super) headers: HeaderMap,
+    pub(super) body: Vec<u8>,
 }
 
 enum ReadError {
@@ -257,7 +257,7 @@ impl Client {
 
     // ----- plumbing ---------------------------------------------------------------------
 
-    fn org_url(&self, segments: &[&str]) -> Url {
+    pub(super) fn org_url(&self, segments: &[&str]) -> Url {
         let mut url = self.inner.api_base.clone();
         if let Ok(mut p) = url.path_segments_mut() {
             p.pop_if_empty();
@@ -304,7 +304,7 @@ impl Client {
         Error::Ambiguous { endpoint, reason: self.inner.redactor.clean(reason) }
     }
 
-    fn api_error(&self, endpoint: &'static str, ans: &Answer) -> Error {
+    pub(super) fn api_error(&self, endpoint: &'static str, ans: &Answer) -> Error {
         let message = self.inner.redactor.clean(wire::answer_message(&ans.body));
         match ans.status {
             StatusCode::NOT_FOUND => Error::NotFound { endpoint, message },
@@ -312,19 +312,19 @@ impl Client {
         }
     }
 
-    fn decode<T: DeserializeOwned>(&self, endpoint: &'static str, body: &[u8]) -> Result<T> {
+    pub(super) fn decode<T: DeserializeOwned>(&self, endpoint: &'static str, body: &[u8]) -> Result<T> {
         serde_json::from_slice(body)
             .map_err(|e| Error::Decode { endpoint, message: self.inner.redactor.clean(e.to_string()) })
     }
 
-    fn json_body<T: serde::Serialize + ?Sized>(&self, endpoint: &'static str, v: &T) -> Result<Vec<u8>> {
+    pub(super) fn json_body<T: serde::Serialize + ?Sized>(&self, endpoint: &'static str, v: &T) -> Result<Vec<u8>> {
         serde_json::to_vec(v)
             .map_err(|e| Error::InvalidRequest { endpoint, message: format!("encoding the body: {e}") })
     }
 
     /// Sends `call`, waiting for the budget before every attempt, retrying what may be
     /// retried. Returns any answer that is not a 5xx or a 429.
-    async fn execute(&self, call: &Call) -> Result<Answer> {
+    pub(super) async fn execute(&self, call: &Call) -> Result<Answer> {
         self.execute_with(call, None).await
     }
 
@@ -502,7 +502,7 @@ impl Client {
         }
     }
 
-    async fn get(&self, endpoint: &'static str, url: Url, priority: Priority) -> Result<Answer> {
+    pub(super) async fn get(&self, endpoint: &'static str, url: Url, priority: Priority) -> Result<Answer> {
         self.execute(&Call {
             endpoint,
             method: Method::GET,
@@ -516,7 +516,7 @@ impl Client {
     }
 
     /// GETs `first` and every `rel="next"` page (up to `max_pages`), decoding JSON arrays.
-    async fn list_pages<T: DeserializeOwned>(
+    pub(super) async fn list_pages<T: DeserializeOwned>(
         &self,
         endpoint: &'static str,
         first: Url,
@@ -667,6 +667,9 @@ impl Client {
             }
             if query.exclude_jobs {
                 q.append_pair("exclude_jobs", "true");
+            }
+            if query.include_retried_jobs {
+                q.append_pair("include_retried_jobs", "true");
             }
             if query.exclude_pipeline {
                 q.append_pair("exclude_pipeline", "true");

@@ -71,6 +71,8 @@ mod client;
 mod config;
 mod error;
 mod observer;
+pub mod pipelines;
+pub mod scopes;
 mod types;
 mod webhook;
 mod wire;
@@ -80,6 +82,10 @@ pub use client::{Client, Reservation};
 pub use config::{Config, DEFAULT_AGENT_API_URL, DEFAULT_API_URL, DEFAULT_REQUESTS_PER_MINUTE, Secret};
 pub use error::{Error, Result, TransportKind};
 pub use observer::{ClientStats, Observer};
+pub use pipelines::{
+    ManagedStep, NewPipeline, Pipeline, PipelinePatch, PipelineProblem, managed_slug, render_configuration,
+};
+pub use scopes::{AccessToken, Feature, ScopeReport, ScopeState, check_scopes, missing_scopes, required_scopes};
 pub use types::{
     Agent, AgentRef, AllMetrics, Artifact, Author, Build, BuildQuery, BuildState, CancelOutcome, Cluster, Job,
     JobState, Listing, NewBuild, PipelineRef, Queue, QueueCreated, QueueMetrics,

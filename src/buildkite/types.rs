@@ -60,9 +60,22 @@ pub(crate) fn lenient_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::E
 
 pub(crate) fn lenient_ts<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
     Ok(match Value::deserialize(d)? {
-        Value::String(s) => s.trim().parse::<Timestamp>().ok(),
+        Value::String(s) => parse_time(&s),
         _ => None,
     })
+}
+
+/// A Buildkite timestamp: RFC 3339 as the REST API writes it (`2024-05-01T10:00:00.000Z`),
+/// or the shape of the only real webhook body captured in public code (go-buildkite
+/// `builds_test.go`, "taken from buildkite services console"): `2018-03-25 03:58:14 UTC`.
+pub fn parse_time(s: &str) -> Option<Timestamp> {
+    let s = s.trim();
+    if let Ok(t) = s.parse::<Timestamp>() {
+        return Some(t);
+    }
+    let naive = s.strip_suffix(" UTC").or_else(|| s.strip_suffix(" Z"))?;
+    let iso = format!("{}Z", naive.trim().replacen(' ', "T", 1));
+    iso.parse::<Timestamp>().ok()
 }
 
 /// A string map (`env`, `meta_data`): scalars become strings, nested values their JSON text.
@@ -300,8 +313,12 @@ pub struct Job {
     pub started_at: Option<Timestamp>,
     #[serde(deserialize_with = "lenient_ts")]
     pub finished_at: Option<Timestamp>,
+    /// This try was retried (automatically by the step's `retry.automatic`, or by hand):
+    /// a later job of the same step replaced it (`retried_in_job_id`).
     #[serde(deserialize_with = "lenient_bool")]
     pub retried: bool,
+    #[serde(deserialize_with = "lenient_opt_string")]
+    pub retried_in_job_id: Option<String>,
     #[serde(deserialize_with = "lenient_bool")]
     pub soft_failed: bool,
 }
@@ -617,6 +634,8 @@ pub struct BuildQuery {
     pub per_page: Option<u32>,
     /// Pages to follow at most (default: the client's `max_pages`).
     pub max_pages: Option<u32>,
+    /// `include_retried_jobs=true`: also the tries a retry replaced.
+    pub include_retried_jobs: bool,
 }
 
 /// A list answer: the items of all pages followed, and whether more pages were left.

@@ -173,10 +173,18 @@ pub fn parse_webhook(
             .ok_or(WebhookError::MissingEvent)?
             .to_string(),
     };
-    let build = match v.get("build") {
+    let mut build = match v.get("build") {
         None | Some(Value::Null) => None,
         Some(b) => Some(Build::deserialize(b).map_err(|e| WebhookError::InvalidBody(format!("build: {e}")))?),
     };
+    // The body names the pipeline beside the build (docs "Webhooks": `build`, `pipeline`,
+    // `sender`); a build object without its own keeps that one.
+    if let Some(b) = build.as_mut()
+        && b.pipeline_slug().is_none()
+        && let Some(p) = v.get("pipeline").filter(|p| p.is_object())
+    {
+        b.pipeline = super::types::PipelineRef::deserialize(p).ok();
+    }
     let job = match v.get("job") {
         None | Some(Value::Null) => None,
         Some(j) => Some(Job::deserialize(j).map_err(|e| WebhookError::InvalidBody(format!("job: {e}")))?),
@@ -190,6 +198,26 @@ mod tests {
     use std::process::{Command, Stdio};
 
     use super::*;
+
+    /// The shape of the only real webhook body in public code (go-buildkite
+    /// `builds_test.go`, "taken from buildkite services console"): timestamps like
+    /// `2018-03-25 03:58:14 UTC`, no `meta_data`, the pipeline beside the build.
+    #[test]
+    fn console_shaped_bodies_parse() {
+        let body = br#"{"event":"build.finished","build":{"id":"b-9","number":12,"state":"passed",
+            "branch":"benchkite/prod/u-1","created_at":"2018-03-25 03:58:14 UTC",
+            "started_at":"2018-03-25 03:58:20 UTC","finished_at":"2018-03-25 04:01:02 UTC"},
+            "pipeline":{"id":"p-1","slug":"prod-nvidia-h100","name":"prod nvidia-h100"},
+            "sender":{"id":"s","name":"Someone"}}"#;
+        let h = headers(&[("X-Buildkite-Token", SECRET), ("X-Buildkite-Event", "build.finished")]);
+        let ev = parse_webhook(&h, body, &secret(), Timestamp::now(), DEFAULT_MAX_SKEW).unwrap();
+        let b = ev.build.unwrap();
+        assert!(b.meta_data.is_empty());
+        assert_eq!(b.created_at, Some("2018-03-25T03:58:14Z".parse().unwrap()));
+        assert_eq!(b.finished_at, Some("2018-03-25T04:01:02Z".parse().unwrap()));
+        assert_eq!(b.pipeline_slug(), Some("prod-nvidia-h100"), "taken from the body's pipeline");
+        assert_eq!(b.branch.as_deref(), Some("benchkite/prod/u-1"));
+    }
     use crate::buildkite::types::BuildState;
 
     const SECRET: &str = "whsec_canary_0123456789";

@@ -4,6 +4,7 @@
 //! simulator all speak the seeds' platform's formats through this one module, so they
 //! cannot drift apart. See `shared/reference/kernel-evaluation.md` for the contract.
 
+pub mod case;
 mod lenient;
 pub mod payload;
 pub mod result;
@@ -11,9 +12,11 @@ pub mod summary;
 pub(crate) mod text;
 
 pub use payload::{
-    Arch, Case, ConfigError, DEFAULT_MAX_DECOMPRESSED_BYTES, DEFAULT_MAX_SOURCE_BYTES, DEFAULT_TIMEOUT_SECS,
-    EvalConfig, Lang, Mode, PAYLOAD_ENV, PayloadError, PayloadLimits, RankingBy, decode_payload, decode_payload_json,
-    decode_payload_with, encode_payload, encode_payload_with, file_content_from_bytes,
+    Arch, Case, CaseLineError, ConfigError, DEFAULT_MAX_DECOMPRESSED_BYTES, DEFAULT_MAX_SOURCE_BYTES, DEFAULT_TIMEOUT,
+    DEFAULT_TIMEOUT_SECS, EvalConfig, Lang, MAX_PAYLOAD_PARTS, Mode, PAYLOAD_ENV, PAYLOAD_ENV_MAX, PAYLOAD_PART_PREFIX,
+    PAYLOAD_PARTS_ENV, PAYLOAD_SHA256_ENV, PayloadError, PayloadLimits, RankingBy, SplitPayloadError, decode_payload,
+    decode_payload_json, decode_payload_with, decode_runnable_payload, encode_payload, encode_payload_with,
+    file_content_from_bytes, is_payload_env, payload_env, payload_from_env, payload_part_env,
 };
 pub use result::{
     CompileResult, DEFAULT_MAX_RESULT_BYTES, EvalResult, FullResult, OUTPUT_LIMIT, ProfileResult, ResultError,

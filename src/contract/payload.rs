@@ -27,6 +27,9 @@ pub const DEFAULT_MAX_DECOMPRESSED_BYTES: usize = 16 * 1024 * 1024;
 /// Default per-mode timeout in seconds, as in the contract.
 pub const DEFAULT_TIMEOUT_SECS: u64 = 180;
 
+/// [`DEFAULT_TIMEOUT_SECS`] as the timeout fields hold it.
+pub const DEFAULT_TIMEOUT: f64 = DEFAULT_TIMEOUT_SECS as f64;
+
 /// Limits applied when decoding or validating a payload; the defaults follow the contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PayloadLimits {
@@ -193,42 +196,37 @@ impl fmt::Display for Arch {
     }
 }
 
-fn default_timeout() -> u64 {
-    DEFAULT_TIMEOUT_SECS
-}
-
-/// Accepts an integer or an integral float (`180.0`) for the timeouts.
-fn de_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    let v = Value::deserialize(d)?;
-    match &v {
-        Value::Number(n) => {
-            if let Some(u) = n.as_u64() {
-                return Ok(u);
-            }
-            if let Some(f) = n.as_f64()
-                && f.is_finite()
-                && f >= 0.0
-                && f.fract() == 0.0
-                && f < 18_446_744_073_709_551_616.0
-            {
-                return Ok(f as u64);
-            }
-            Err(serde::de::Error::custom(format!("timeout must be a non-negative whole number of seconds, got {n}")))
-        }
-        Value::Null => Ok(DEFAULT_TIMEOUT_SECS),
+/// A timeout as sent: any finite number of seconds (kernelbot hands the value straight to
+/// `subprocess.run(timeout=...)`, so `1.5` is valid); `null` → the default.
+fn de_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Number(n) => n
+            .as_f64()
+            .filter(|f| f.is_finite())
+            .ok_or_else(|| serde::de::Error::custom(format!("timeout must be a finite number of seconds, got {n}"))),
+        Value::Null => Ok(DEFAULT_TIMEOUT),
         other => Err(serde::de::Error::custom(format!("timeout must be a number of seconds, got {other}"))),
     }
 }
 
-/// One test or benchmark case: its `k: v` pairs become a line of the cases file.
-/// Values stay as sent (ints and strings both occur) so re-encoding changes nothing.
-pub type Case = Map<String, Value>;
+/// Whole seconds as a JSON integer (what Python's `json.dumps` writes for kernelbot's int
+/// timeouts), fractions as a float.
+fn ser_timeout<S: Serializer>(secs: &f64, s: S) -> Result<S::Ok, S::Error> {
+    if secs.fract() == 0.0 && secs.abs() < 9_007_199_254_740_992.0 {
+        s.serialize_i64(*secs as i64)
+    } else {
+        s.serialize_f64(*secs)
+    }
+}
+
+pub use super::case::{Case, CaseLineError};
 
 /// The evaluation config, field for field as the seeds' platform sends it. Fields this
 /// version does not know are kept in `extra` and written back, never dropped.
 ///
-/// Deserialising is tolerant where Python is loose (null → default, `180.0` timeouts) and
-/// strict where the runner depends on the value (`lang`, `mode`, file contents).
+/// Deserialising is tolerant where Python is loose (null → default) and strict where the
+/// runner depends on the value (`lang`, `mode`, file contents). Test and benchmark cases
+/// keep the key order of the document (see [`Case`]).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EvalConfig {
     /// `"py"` or `"cu"`.
@@ -237,16 +235,19 @@ pub struct EvalConfig {
     pub arch: Option<Arch>,
     /// What to run.
     pub mode: Mode,
-    /// Test cases (list of maps).
+    /// Test cases (list of maps, key order kept).
     pub tests: Vec<Case>,
-    /// Benchmark cases (list of maps).
+    /// Benchmark cases (list of maps, key order kept).
     pub benchmarks: Vec<Case>,
-    /// Seconds for the test run.
-    pub test_timeout: u64,
-    /// Seconds for the benchmark run.
-    pub benchmark_timeout: u64,
+    /// Seconds for the test run (fractions allowed, as in kernelbot).
+    #[serde(serialize_with = "ser_timeout")]
+    pub test_timeout: f64,
+    /// Seconds for the benchmark run (and each profile run).
+    #[serde(serialize_with = "ser_timeout")]
+    pub benchmark_timeout: f64,
     /// Seconds for the ranked (leaderboard) run.
-    pub ranked_timeout: u64,
+    #[serde(serialize_with = "ser_timeout")]
+    pub ranked_timeout: f64,
     /// How the ranked run is scored; the seeds' runner defaults to `last`.
     pub ranking_by: RankingBy,
     /// `POPCORN_SEED`; `None` → the harness picks.
@@ -278,115 +279,85 @@ pub struct EvalConfig {
     pub extra: Map<String, Value>,
 }
 
-/// The known fields as they arrive. Kept separate from [`EvalConfig`] (instead of
-/// `#[serde(flatten)]` on deserialisation) so errors carry the path of the offending field.
-#[derive(Deserialize)]
-struct KnownFields {
-    lang: Lang,
-    #[serde(default)]
-    arch: Option<Arch>,
-    mode: Mode,
-    #[serde(default, deserialize_with = "super::lenient::null_default")]
-    tests: Vec<Case>,
-    #[serde(default, deserialize_with = "super::lenient::null_default")]
-    benchmarks: Vec<Case>,
-    #[serde(default = "default_timeout", deserialize_with = "de_timeout")]
-    test_timeout: u64,
-    #[serde(default = "default_timeout", deserialize_with = "de_timeout")]
-    benchmark_timeout: u64,
-    #[serde(default = "default_timeout", deserialize_with = "de_timeout")]
-    ranked_timeout: u64,
-    #[serde(default, deserialize_with = "super::lenient::null_default")]
-    ranking_by: RankingBy,
-    #[serde(default)]
-    seed: Option<i64>,
-    #[serde(default, deserialize_with = "super::lenient::bool")]
-    multi_gpu: bool,
-    #[serde(default)]
-    main: Option<String>,
-    #[serde(default, deserialize_with = "super::lenient::null_default")]
-    sources: BTreeMap<String, String>,
-    #[serde(default)]
-    headers: Option<BTreeMap<String, String>>,
-    #[serde(default)]
-    defines: Option<Map<String, Value>>,
-    #[serde(default)]
-    compile_flags: Option<Vec<String>>,
-    #[serde(default)]
-    include_dirs: Option<Vec<String>>,
-    #[serde(default)]
-    libraries: Option<Vec<String>>,
+/// `T` with `null` read as `T::default()`.
+struct NullDefault<T>(T);
+
+impl<'de, T: Deserialize<'de> + Default> Deserialize<'de> for NullDefault<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        super::lenient::null_default(d).map(NullDefault)
+    }
 }
 
-const KNOWN_FIELDS: &[&str] = &[
-    "lang",
-    "arch",
-    "mode",
-    "tests",
-    "benchmarks",
-    "test_timeout",
-    "benchmark_timeout",
-    "ranked_timeout",
-    "ranking_by",
-    "seed",
-    "multi_gpu",
-    "main",
-    "sources",
-    "headers",
-    "defines",
-    "compile_flags",
-    "include_dirs",
-    "libraries",
-];
+/// A boolean as [`super::lenient::bool`] reads it.
+struct LenientBool(bool);
 
-/// A field-level deserialisation failure: where, and what the parser said.
-struct FieldError {
-    path: String,
-    source: serde_json::Error,
+impl<'de> Deserialize<'de> for LenientBool {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        super::lenient::bool(d).map(LenientBool)
+    }
 }
 
-impl EvalConfig {
-    /// Splits a JSON object into known fields and `extra`, reporting the failing path.
-    fn from_json_map(map: Map<String, Value>) -> Result<Self, FieldError> {
-        let mut known = Map::new();
-        let mut extra = Map::new();
-        for (k, v) in map {
-            if KNOWN_FIELDS.contains(&k.as_str()) {
-                known.insert(k, v);
-            } else {
-                extra.insert(k, v);
+/// A timeout as [`de_timeout`] reads it.
+struct Timeout(f64);
+
+impl<'de> Deserialize<'de> for Timeout {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        de_timeout(d).map(Timeout)
+    }
+}
+
+/// Reads the config object field by field, straight from the document: going through a
+/// `serde_json::Value` first would sort the keys of every case. Each field is read by its
+/// own type, so under `serde_path_to_error` an error carries the offending field's path.
+struct ConfigVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ConfigVisitor {
+    type Value = EvalConfig;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an evaluation config (a JSON object)")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<EvalConfig, A::Error> {
+        let mut lang = None;
+        let mut mode = None;
+        let mut c = EvalConfig::new(Lang::Py, Mode::Test);
+        // A repeated key: the last one wins, as in Python's json.loads.
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "lang" => lang = Some(map.next_value::<Lang>()?),
+                "mode" => mode = Some(map.next_value::<Mode>()?),
+                "arch" => c.arch = map.next_value()?,
+                "tests" => c.tests = map.next_value::<NullDefault<_>>()?.0,
+                "benchmarks" => c.benchmarks = map.next_value::<NullDefault<_>>()?.0,
+                "test_timeout" => c.test_timeout = map.next_value::<Timeout>()?.0,
+                "benchmark_timeout" => c.benchmark_timeout = map.next_value::<Timeout>()?.0,
+                "ranked_timeout" => c.ranked_timeout = map.next_value::<Timeout>()?.0,
+                "ranking_by" => c.ranking_by = map.next_value::<NullDefault<_>>()?.0,
+                "seed" => c.seed = map.next_value()?,
+                "multi_gpu" => c.multi_gpu = map.next_value::<LenientBool>()?.0,
+                "main" => c.main = map.next_value()?,
+                "sources" => c.sources = map.next_value::<NullDefault<_>>()?.0,
+                "headers" => c.headers = map.next_value()?,
+                "defines" => c.defines = map.next_value()?,
+                "compile_flags" => c.compile_flags = map.next_value()?,
+                "include_dirs" => c.include_dirs = map.next_value()?,
+                "libraries" => c.libraries = map.next_value()?,
+                _ => {
+                    let v: Value = map.next_value()?;
+                    c.extra.insert(key, v);
+                }
             }
         }
-        let k: KnownFields = serde_path_to_error::deserialize(Value::Object(known))
-            .map_err(|e| FieldError { path: e.path().to_string(), source: e.into_inner() })?;
-        Ok(Self {
-            lang: k.lang,
-            arch: k.arch,
-            mode: k.mode,
-            tests: k.tests,
-            benchmarks: k.benchmarks,
-            test_timeout: k.test_timeout,
-            benchmark_timeout: k.benchmark_timeout,
-            ranked_timeout: k.ranked_timeout,
-            ranking_by: k.ranking_by,
-            seed: k.seed,
-            multi_gpu: k.multi_gpu,
-            main: k.main,
-            sources: k.sources,
-            headers: k.headers,
-            defines: k.defines,
-            compile_flags: k.compile_flags,
-            include_dirs: k.include_dirs,
-            libraries: k.libraries,
-            extra,
-        })
+        c.lang = lang.ok_or_else(|| serde::de::Error::missing_field("lang"))?;
+        c.mode = mode.ok_or_else(|| serde::de::Error::missing_field("mode"))?;
+        Ok(c)
     }
 }
 
 impl<'de> Deserialize<'de> for EvalConfig {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let map = Map::<String, Value>::deserialize(d)?;
-        Self::from_json_map(map).map_err(|e| serde::de::Error::custom(format!("at `{}`: {}", e.path, e.source)))
+        d.deserialize_map(ConfigVisitor)
     }
 }
 
@@ -399,9 +370,9 @@ impl EvalConfig {
             mode,
             tests: Vec::new(),
             benchmarks: Vec::new(),
-            test_timeout: DEFAULT_TIMEOUT_SECS,
-            benchmark_timeout: DEFAULT_TIMEOUT_SECS,
-            ranked_timeout: DEFAULT_TIMEOUT_SECS,
+            test_timeout: DEFAULT_TIMEOUT,
+            benchmark_timeout: DEFAULT_TIMEOUT,
+            ranked_timeout: DEFAULT_TIMEOUT,
             ranking_by: RankingBy::Last,
             seed: None,
             multi_gpu: false,
@@ -422,22 +393,45 @@ impl EvalConfig {
         self.sources.values().chain(headers).map(String::len).sum()
     }
 
-    /// Wall time the whole evaluation may need: the sum of the timeouts its mode runs,
-    /// so callers can derive an overall deadline.
-    pub fn total_timeout_secs(&self) -> u64 {
+    /// Wall time the whole evaluation may need: the sum of the timeouts its mode runs
+    /// (negative ones count as zero), so callers can derive an overall deadline.
+    pub fn total_timeout(&self) -> f64 {
+        let t = |secs: f64| if secs.is_finite() { secs.max(0.0) } else { f64::MAX };
         match self.mode {
-            Mode::Test => self.test_timeout,
-            Mode::Benchmark | Mode::Profile => self.benchmark_timeout,
+            Mode::Test => t(self.test_timeout),
+            Mode::Benchmark | Mode::Profile => t(self.benchmark_timeout),
             Mode::Leaderboard | Mode::Private => {
-                self.test_timeout.saturating_add(self.benchmark_timeout).saturating_add(self.ranked_timeout)
+                t(self.test_timeout) + t(self.benchmark_timeout) + t(self.ranked_timeout)
             }
         }
     }
 
+    /// [`EvalConfig::total_timeout`] in whole seconds, rounded up (saturating).
+    pub fn total_timeout_secs(&self) -> u64 {
+        let total = self.total_timeout().ceil();
+        if total >= u64::MAX as f64 { u64::MAX } else { total as u64 }
+    }
+
     /// Checks what the runner relies on and the platform refuses upstream, so a bad config
-    /// fails before a build is created rather than inside it.
+    /// fails before a build is created rather than inside it: [`EvalConfig::validate_runnable`]
+    /// plus the API's own rules (no empty files unless `limits.allow_empty_files`, timeouts
+    /// above zero).
     pub fn validate(&self, limits: &PayloadLimits) -> Result<(), ConfigError> {
-        if self.sources.is_empty() {
+        self.check(limits, true)
+    }
+
+    /// What `benchkite run` refuses: only what kernelbot's own runner (`run_config`) fails on
+    /// too, and what would be unsafe to run. kernelbot accepts empty files and any timeout
+    /// (`subprocess.run` times out at once on zero or less), so those pass here; a Python
+    /// config without its `main` among the sources fails kernelbot's `assert main in
+    /// sources`; a file name outside the working directory fails its `_create_files` assert.
+    pub fn validate_runnable(&self, limits: &PayloadLimits) -> Result<(), ConfigError> {
+        self.check(limits, false)
+    }
+
+    fn check(&self, limits: &PayloadLimits, strict: bool) -> Result<(), ConfigError> {
+        // A `cu` config without sources is nvcc's error to report, as in kernelbot.
+        if self.sources.is_empty() && (strict || self.lang == Lang::Py) {
             return Err(ConfigError::NoSources);
         }
         if self.lang == Lang::Py {
@@ -452,7 +446,7 @@ impl EvalConfig {
         let headers = self.headers.iter().flat_map(|h| h.iter());
         for (name, content) in self.sources.iter().chain(headers) {
             check_file_name(name)?;
-            if content.is_empty() && !limits.allow_empty_files {
+            if strict && content.is_empty() && !limits.allow_empty_files {
                 return Err(ConfigError::EmptyFile { name: name.clone() });
             }
         }
@@ -471,8 +465,11 @@ impl EvalConfig {
             ("benchmark_timeout", self.benchmark_timeout),
             ("ranked_timeout", self.ranked_timeout),
         ] {
-            if value == 0 {
-                return Err(ConfigError::ZeroTimeout { field });
+            if !value.is_finite() {
+                return Err(ConfigError::InvalidTimeout { field, reason: "not a finite number" });
+            }
+            if strict && value <= 0.0 {
+                return Err(ConfigError::InvalidTimeout { field, reason: "must be more than 0 seconds" });
             }
         }
         Ok(())
@@ -583,11 +580,14 @@ pub enum ConfigError {
         /// The offending arch.
         arch: String,
     },
-    /// A zero timeout would kill every run at once.
-    #[error("{field} must be at least 1 second")]
-    ZeroTimeout {
+    /// A timeout that is not finite, or (for the API) not above zero: every run would be
+    /// killed at once.
+    #[error("{field} {reason}")]
+    InvalidTimeout {
         /// Which timeout.
         field: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
     },
 }
 
@@ -629,6 +629,12 @@ pub enum PayloadError {
     /// Well-formed but refused by [`EvalConfig::validate`].
     #[error("payload config is invalid: {0}")]
     Invalid(#[from] ConfigError),
+    /// Neither transport's variables are set.
+    #[error("no payload: neither {PAYLOAD_ENV} nor {PAYLOAD_PARTS_ENV} is set")]
+    NotSet,
+    /// The split transport's variables are inconsistent.
+    #[error("split payload: {0}")]
+    Split(#[from] SplitPayloadError),
     /// Serialising the config failed (cannot happen with string-keyed maps; kept for safety).
     #[error("config could not be serialised: {0}")]
     Serialize(serde_json::Error),
@@ -668,6 +674,15 @@ pub fn decode_payload_with(encoded: &str, limits: &PayloadLimits) -> Result<Eval
     Ok(config)
 }
 
+/// Decodes a payload for `benchkite run`: as [`decode_payload_with`], but checked with
+/// [`EvalConfig::validate_runnable`] (what kernelbot's runner accepts, it accepts too).
+pub fn decode_runnable_payload(encoded: &str, limits: &PayloadLimits) -> Result<EvalConfig, PayloadError> {
+    let json = decode_payload_json(encoded, limits)?;
+    let config = config_from_json(&json)?;
+    config.validate_runnable(limits)?;
+    Ok(config)
+}
+
 /// The decompressed JSON bytes of a payload, without parsing them; for tools that want
 /// to inspect a payload this version cannot parse.
 pub fn decode_payload_json(encoded: &str, limits: &PayloadLimits) -> Result<Vec<u8>, PayloadError> {
@@ -701,24 +716,180 @@ fn inflate_capped(compressed: &[u8], limit: usize) -> Result<Vec<u8>, PayloadErr
     Ok(out)
 }
 
-fn config_from_json(json: &[u8]) -> Result<EvalConfig, PayloadError> {
-    let root = |source| PayloadError::Json { path: ".".to_owned(), source };
-    let value: Value = serde_json::from_slice(json).map_err(root)?;
-    let Value::Object(map) = value else {
-        return Err(root(serde::de::Error::custom(format!("expected a JSON object, got {}", json_kind(&value)))));
-    };
-    EvalConfig::from_json_map(map).map_err(|e| PayloadError::Json { path: e.path, source: e.source })
+/// Largest value of one payload env variable. Linux refuses an `execve` whose single
+/// `NAME=VALUE` string (NUL included) is over `MAX_ARG_STRLEN` = 32 pages = 131,072 bytes
+/// (`include/uapi/linux/binfmts.h`); the Buildkite agent hands the job env to `execve`, so a
+/// longer `KERNELBOT_PAYLOAD` makes the job fail before it starts. 100,000 bytes leaves
+/// 31,072 bytes of margin for the name, `=`, the NUL and any wrapping.
+pub const PAYLOAD_ENV_MAX: usize = 100_000;
+
+/// Number of parts of a split payload (`BENCHKITE_PAYLOAD_0` … `_{n-1}`).
+pub const PAYLOAD_PARTS_ENV: &str = "BENCHKITE_PAYLOAD_PARTS";
+
+/// Lower-case hex SHA-256 of the whole encoded payload (the parts concatenated).
+pub const PAYLOAD_SHA256_ENV: &str = "BENCHKITE_PAYLOAD_SHA256";
+
+/// Prefix of every split-payload variable; part `i` is `BENCHKITE_PAYLOAD_{i}`.
+pub const PAYLOAD_PART_PREFIX: &str = "BENCHKITE_PAYLOAD_";
+
+/// Most parts a split payload may have: far above anything within the decoder's limits
+/// (16 MiB of JSON is ~22 MB of base64, 224 parts) and far below what would make the runner
+/// loop for long on a corrupt count. The OS refuses much less anyway (`ARG_MAX`, usually
+/// 2 MiB for the whole env).
+pub const MAX_PAYLOAD_PARTS: usize = 1024;
+
+/// The name of part `i` of a split payload.
+pub fn payload_part_env(i: usize) -> String {
+    format!("{PAYLOAD_PART_PREFIX}{i}")
 }
 
-fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+/// Whether `name` is one of the variables that carry a payload (either transport), so a
+/// runner can keep every one of them from the evaluated program.
+pub fn is_payload_env(name: &str) -> bool {
+    name == PAYLOAD_ENV || name.starts_with(PAYLOAD_PART_PREFIX)
+}
+
+/// The environment variables that carry `encoded` (the output of [`encode_payload`]) to a
+/// job: `KERNELBOT_PAYLOAD` alone when it fits [`PAYLOAD_ENV_MAX`] (kernelbot's own
+/// contract), else `BENCHKITE_PAYLOAD_PARTS=<n>`, `BENCHKITE_PAYLOAD_SHA256=<hex>` and
+/// `BENCHKITE_PAYLOAD_0` … `BENCHKITE_PAYLOAD_{n-1}`, each at most [`PAYLOAD_ENV_MAX`]
+/// bytes, and no `KERNELBOT_PAYLOAD`. [`payload_from_env`] reverses it.
+pub fn payload_env(encoded: &str) -> Vec<(String, String)> {
+    if encoded.len() <= PAYLOAD_ENV_MAX {
+        return vec![(PAYLOAD_ENV.to_owned(), encoded.to_owned())];
     }
+    let mut parts = Vec::new();
+    let mut rest = encoded;
+    while !rest.is_empty() {
+        // Base64 is ASCII; the boundary check only matters for a caller passing other text.
+        let mut end = super::text::floor_char_boundary(rest, PAYLOAD_ENV_MAX);
+        if end == 0 {
+            end = rest.char_indices().nth(1).map_or(rest.len(), |(i, _)| i);
+        }
+        let (head, tail) = rest.split_at(end);
+        parts.push(head);
+        rest = tail;
+    }
+    let mut env = Vec::with_capacity(parts.len() + 2);
+    env.push((PAYLOAD_PARTS_ENV.to_owned(), parts.len().to_string()));
+    env.push((PAYLOAD_SHA256_ENV.to_owned(), sha256_hex(encoded)));
+    env.extend(parts.into_iter().enumerate().map(|(i, p)| (payload_part_env(i), p.to_owned())));
+    env
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
+/// Reassembles the encoded payload from a job's environment (`get` looks a variable up):
+/// `KERNELBOT_PAYLOAD`, or the split form [`payload_env`] writes, checked part by part
+/// (count, presence, size) and against its SHA-256. The result still has to go through
+/// [`decode_payload_with`].
+pub fn payload_from_env(get: impl Fn(&str) -> Option<String>) -> Result<String, PayloadError> {
+    let Some(count) = get(PAYLOAD_PARTS_ENV) else {
+        return get(PAYLOAD_ENV).ok_or(PayloadError::NotSet);
+    };
+    if get(PAYLOAD_ENV).is_some() {
+        return Err(SplitPayloadError::Ambiguous.into());
+    }
+    let n: usize = match count.trim().parse() {
+        Ok(n) if n > 0 => n,
+        _ => return Err(SplitPayloadError::BadCount { value: count }.into()),
+    };
+    if n > MAX_PAYLOAD_PARTS {
+        return Err(SplitPayloadError::TooManyParts { parts: n, max: MAX_PAYLOAD_PARTS }.into());
+    }
+    let expected = get(PAYLOAD_SHA256_ENV).ok_or(SplitPayloadError::MissingChecksum)?;
+    let expected = expected.trim().to_ascii_lowercase();
+    if expected.len() != 64 || !expected.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(SplitPayloadError::BadChecksum { value: expected }.into());
+    }
+    let mut encoded = String::with_capacity(n.saturating_mul(PAYLOAD_ENV_MAX).min(32 << 20));
+    for i in 0..n {
+        let name = payload_part_env(i);
+        let part = get(&name).ok_or_else(|| SplitPayloadError::MissingPart { name: name.clone(), parts: n })?;
+        if part.len() > PAYLOAD_ENV_MAX {
+            return Err(SplitPayloadError::OversizePart { name, len: part.len(), max: PAYLOAD_ENV_MAX }.into());
+        }
+        encoded.push_str(&part);
+    }
+    let actual = sha256_hex(&encoded);
+    if actual != expected {
+        return Err(SplitPayloadError::ChecksumMismatch { expected, actual, parts: n }.into());
+    }
+    Ok(encoded)
+}
+
+/// Why a split payload could not be put back together (see [`payload_from_env`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SplitPayloadError {
+    /// Both transports at once: which one is meant is unknowable.
+    #[error("both {PAYLOAD_ENV} and {PAYLOAD_PARTS_ENV} are set; a split payload never carries {PAYLOAD_ENV}")]
+    Ambiguous,
+    /// The part count is not a positive whole number.
+    #[error("{PAYLOAD_PARTS_ENV}={value:?} is not a positive whole number")]
+    BadCount {
+        /// The value found.
+        value: String,
+    },
+    /// More parts than any payload within the limits needs.
+    #[error("{PAYLOAD_PARTS_ENV}={parts} is over the {max}-part limit")]
+    TooManyParts {
+        /// The count found.
+        parts: usize,
+        /// [`MAX_PAYLOAD_PARTS`].
+        max: usize,
+    },
+    /// No checksum beside the parts.
+    #[error("{PAYLOAD_PARTS_ENV} is set but {PAYLOAD_SHA256_ENV} is not")]
+    MissingChecksum,
+    /// The checksum is not 64 hex digits.
+    #[error("{PAYLOAD_SHA256_ENV}={value:?} is not a hex SHA-256 (64 hex digits)")]
+    BadChecksum {
+        /// The value found.
+        value: String,
+    },
+    /// A part named by the count is absent.
+    #[error("{name} is missing ({PAYLOAD_PARTS_ENV}={parts})")]
+    MissingPart {
+        /// The absent variable.
+        name: String,
+        /// The count found.
+        parts: usize,
+    },
+    /// A part longer than the sender may write (it would not have survived `execve`).
+    #[error("{name} is {len} bytes, over the {max}-byte part limit")]
+    OversizePart {
+        /// The offending variable.
+        name: String,
+        /// Its length.
+        len: usize,
+        /// [`PAYLOAD_ENV_MAX`].
+        max: usize,
+    },
+    /// The parts do not add up to what was sent (one lost, reordered or cut).
+    #[error("the {parts} parts do not match {PAYLOAD_SHA256_ENV}: expected {expected}, got {actual}")]
+    ChecksumMismatch {
+        /// The checksum sent.
+        expected: String,
+        /// The checksum of the parts found.
+        actual: String,
+        /// The count found.
+        parts: usize,
+    },
+}
+
+fn config_from_json(json: &[u8]) -> Result<EvalConfig, PayloadError> {
+    // Syntax first, so a malformed document is reported at the root, not at whichever field
+    // the typed pass happened to be reading.
+    serde_json::from_slice::<serde::de::IgnoredAny>(json)
+        .map_err(|source| PayloadError::Json { path: ".".to_owned(), source })?;
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let config: EvalConfig = serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| PayloadError::Json { path: e.path().to_string(), source: e.into_inner() })?;
+    de.end().map_err(|source| PayloadError::Json { path: ".".to_owned(), source })?;
+    Ok(config)
 }
 
 #[cfg(test)]
@@ -731,10 +902,10 @@ mod tests {
         c.main = Some("eval.py".into());
         c.sources.insert("eval.py".into(), "print('hi')\n".into());
         c.sources.insert("submission.py".into(), "def custom_kernel(x): return x\n".into());
-        c.tests = vec![json!({"size": 128, "seed": 42}).as_object().unwrap().clone()];
+        c.tests = vec![Case::parse_line("size: 128; seed: 42").unwrap()];
         c.benchmarks = vec![
-            json!({"size": 1024, "seed": 5}).as_object().unwrap().clone(),
-            json!({"size": 4096, "seed": "7"}).as_object().unwrap().clone(),
+            Case::parse_line("size: 1024; seed: 5").unwrap(),
+            [("size".to_owned(), json!(4096)), ("seed".to_owned(), json!("7"))].into_iter().collect(),
         ];
         c.ranking_by = RankingBy::Geom;
         c.seed = Some(1234);
@@ -834,7 +1005,7 @@ mod tests {
         assert_eq!(c.arch, None);
         assert_eq!(c.seed, None);
         assert!(c.tests.is_empty() && c.benchmarks.is_empty());
-        assert_eq!((c.test_timeout, c.benchmark_timeout, c.ranked_timeout), (180, 180, 180));
+        assert_eq!((c.test_timeout, c.benchmark_timeout, c.ranked_timeout), (180.0, 180.0, 180.0));
         assert_eq!(c.ranking_by, RankingBy::Last);
         assert!(!c.multi_gpu);
     }
@@ -855,12 +1026,17 @@ mod tests {
     }
 
     #[test]
-    fn timeouts_accept_integral_floats_only() {
+    fn timeouts_accept_any_number_of_seconds_like_kernelbot() {
         let j = json!({"lang": "cu", "mode": "test", "sources": {"a.cu": "x"},
-                       "test_timeout": 60.0, "benchmark_timeout": 90});
+                       "test_timeout": 60.0, "benchmark_timeout": 90, "ranked_timeout": 1.5});
         let c = decode_payload(&raw_encode(j.to_string().as_bytes())).unwrap();
-        assert_eq!((c.test_timeout, c.benchmark_timeout), (60, 90));
-        for bad in [json!(1.5), json!(-1), json!("60"), json!([])] {
+        assert_eq!((c.test_timeout, c.benchmark_timeout, c.ranked_timeout), (60.0, 90.0, 1.5));
+        // Whole seconds go back out as integers (as Python wrote them), fractions as floats.
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!((v["test_timeout"].as_u64(), v["benchmark_timeout"].as_u64()), (Some(60), Some(90)));
+        assert_eq!(v["ranked_timeout"].as_f64(), Some(1.5));
+        assert_eq!(decode_payload(&encode_payload(&c).unwrap()).unwrap(), c);
+        for bad in [json!("60"), json!([]), json!(true)] {
             let j = json!({"lang": "cu", "mode": "test", "sources": {"a.cu": "x"}, "ranked_timeout": bad});
             let err = decode_payload(&raw_encode(j.to_string().as_bytes())).unwrap_err();
             match err {
@@ -868,11 +1044,61 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
-        let j = json!({"lang": "cu", "mode": "test", "sources": {"a.cu": "x"}, "test_timeout": 0});
-        assert!(matches!(
-            decode_payload(&raw_encode(j.to_string().as_bytes())),
-            Err(PayloadError::Invalid(ConfigError::ZeroTimeout { field: "test_timeout" }))
-        ));
+        // Zero or less: kernelbot runs it (subprocess.run times out at once), so the runner
+        // takes it; the API-side validation refuses it with the reason.
+        for t in [0.0, -1.0] {
+            let j = json!({"lang": "cu", "mode": "test", "sources": {"a.cu": "x"}, "test_timeout": t});
+            let enc = raw_encode(j.to_string().as_bytes());
+            assert_eq!(decode_runnable_payload(&enc, &PayloadLimits::default()).unwrap().test_timeout, t);
+            let err = decode_payload(&enc).unwrap_err();
+            assert!(matches!(err, PayloadError::Invalid(ConfigError::InvalidTimeout { field: "test_timeout", .. })));
+            assert_eq!(err.to_string(), "payload config is invalid: test_timeout must be more than 0 seconds");
+        }
+        let mut c = EvalConfig::new(Lang::Cu, Mode::Test);
+        c.sources.insert("a.cu".into(), "x".into());
+        c.benchmark_timeout = f64::NAN;
+        assert!(matches!(c.validate_runnable(&PayloadLimits::default()), Err(ConfigError::InvalidTimeout { .. })));
+    }
+
+    #[test]
+    fn runnable_payloads_are_what_kernelbot_runs() {
+        let limits = PayloadLimits::default();
+        // Empty files: kernelbot writes and runs them.
+        let mut c = py_config();
+        c.sources.insert("submission.py".into(), String::new());
+        assert_eq!(c.validate(&limits), Err(ConfigError::EmptyFile { name: "submission.py".into() }));
+        assert_eq!(c.validate_runnable(&limits), Ok(()));
+        let enc = raw_encode(&serde_json::to_vec(&c).unwrap());
+        assert_eq!(decode_runnable_payload(&enc, &limits).unwrap(), c);
+        // A cu config without sources is nvcc's error to report; a py one fails kernelbot's
+        // `assert main in sources`.
+        let mut cu = cu_config();
+        cu.sources.clear();
+        assert_eq!(cu.validate_runnable(&limits), Ok(()));
+        assert_eq!(cu.validate(&limits), Err(ConfigError::NoSources));
+        let mut py = py_config();
+        py.main = Some("nope.py".into());
+        assert_eq!(py.validate_runnable(&limits), Err(ConfigError::MainNotInSources { main: "nope.py".into() }));
+        // Unsafe names and sizes stay refused.
+        let mut c = py_config();
+        c.sources.insert("../x.py".into(), "x".into());
+        assert!(matches!(c.validate_runnable(&limits), Err(ConfigError::UnsafeFileName { .. })));
+    }
+
+    #[test]
+    fn case_key_order_survives_decoding_and_encoding() {
+        let json = br#"{"lang": "py", "mode": "test", "main": "eval.py", "sources": {"eval.py": "x"},
+                        "tests": [{"size": 7, "seed": 1}, {"seed": 2, "size": 8}],
+                        "benchmarks": [{"z": 1, "a": 2, "m": 3}]}"#;
+        let c = decode_payload(&raw_encode(json)).unwrap();
+        let lines: Vec<String> = c.tests.iter().chain(&c.benchmarks).map(Case::to_line).collect();
+        assert_eq!(lines, ["size: 7; seed: 1", "seed: 2; size: 8", "z: 1; a: 2; m: 3"]);
+        let back = decode_payload(&encode_payload(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+        let v =
+            String::from_utf8(decode_payload_json(&encode_payload(&c).unwrap(), &PayloadLimits::default()).unwrap())
+                .unwrap();
+        assert!(v.contains(r#""tests":[{"size":7,"seed":1},{"seed":2,"size":8}]"#), "{v}");
     }
 
     #[test]
@@ -971,7 +1197,7 @@ mod tests {
         let j = br#"{"lang": "py", "mode": "test", "main": "a.py", "sources": {"a.py": "x\udc80"}}"#;
         match decode_payload(&raw_encode(j)) {
             Err(PayloadError::Json { path, source }) => {
-                assert_eq!(path, ".");
+                assert_eq!(path, "sources.a.py");
                 assert!(source.to_string().contains("surrogate"), "{source}");
             }
             other => panic!("{other:?}"),
@@ -1146,21 +1372,137 @@ mod tests {
         assert!(matches!(decode_payload(&raw_encode(j.to_string().as_bytes())), Err(PayloadError::Json { .. })));
     }
 
+    /// `len` bytes of random printable ASCII: text that zlib barely shrinks.
+    fn noise(len: usize, seed: u64) -> String {
+        use rand::{Rng as _, SeedableRng as _};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        (0..len).map(|_| char::from(rng.random_range(b' '..=b'~'))).collect()
+    }
+
+    fn env_of(pairs: &[(String, String)]) -> impl Fn(&str) -> Option<String> + '_ {
+        |k| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+    }
+
+    #[test]
+    fn a_payload_that_fits_travels_as_kernelbot_payload() {
+        for len in [0, 1, PAYLOAD_ENV_MAX] {
+            let encoded = "A".repeat(len);
+            let env = payload_env(&encoded);
+            assert_eq!(env, [(PAYLOAD_ENV.to_owned(), encoded.clone())]);
+            assert_eq!(payload_from_env(env_of(&env)).unwrap(), encoded);
+        }
+        let env = payload_env(&"A".repeat(PAYLOAD_ENV_MAX + 1));
+        assert_eq!(
+            env.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            [PAYLOAD_PARTS_ENV, PAYLOAD_SHA256_ENV, "BENCHKITE_PAYLOAD_0", "BENCHKITE_PAYLOAD_1"]
+        );
+        assert_eq!((env[0].1.as_str(), env[2].1.len(), env[3].1.len()), ("2", PAYLOAD_ENV_MAX, 1));
+        assert!(PAYLOAD_ENV_MAX + "BENCHKITE_PAYLOAD_1023=".len() + 1 < 131_072);
+        assert!(matches!(payload_from_env(|_| None), Err(PayloadError::NotSet)));
+        assert!(
+            is_payload_env(PAYLOAD_ENV) && is_payload_env("BENCHKITE_PAYLOAD_7") && is_payload_env(PAYLOAD_SHA256_ENV)
+        );
+        assert!(!is_payload_env("KERNELBOT_RUN_ID") && !is_payload_env("BENCHKITE_RESULT_FILE"));
+    }
+
+    #[test]
+    fn a_million_byte_submission_is_split_under_the_exec_limits_and_comes_back() {
+        let mut c = py_config();
+        c.sources.insert("submission.py".into(), noise(1_000_000, 42));
+        let limits = PayloadLimits { max_source_bytes: 1_100_000, ..PayloadLimits::default() };
+        let encoded = encode_payload_with(&c, &limits).unwrap();
+        assert!(encoded.len() > 700_000, "poorly compressible: {} bytes encoded", encoded.len());
+        let env = payload_env(&encoded);
+        assert!(env.iter().all(|(k, _)| k != PAYLOAD_ENV));
+        // Linux: each `NAME=VALUE` with its NUL under MAX_ARG_STRLEN (131,072); the whole env
+        // well under the usual 2 MiB ARG_MAX.
+        for (k, v) in &env {
+            assert!(v.len() <= PAYLOAD_ENV_MAX, "{k}: {}", v.len());
+            assert!(k.len() + 1 + v.len() + 1 < 131_072, "{k}");
+        }
+        let total: usize = env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+        assert!(total < 3 * 1024 * 1024 / 2, "{total} bytes of env");
+        let back = payload_from_env(env_of(&env)).unwrap();
+        assert_eq!(back, encoded);
+        assert_eq!(decode_payload_with(&back, &limits).unwrap(), c);
+    }
+
+    #[test]
+    fn a_damaged_split_payload_says_what_is_wrong() {
+        let encoded = noise(PAYLOAD_ENV_MAX * 2 + 10, 7);
+        let env = payload_env(&encoded);
+        assert_eq!(env[0].1, "3");
+        type Env = Vec<(String, String)>;
+        let with = |edit: &dyn Fn(&mut Env)| {
+            let mut e = env.clone();
+            edit(&mut e);
+            payload_from_env(env_of(&e)).unwrap_err().to_string()
+        };
+        let set = |e: &mut Env, k: &str, v: String| {
+            e.retain(|(n, _)| n != k);
+            e.push((k.to_owned(), v));
+        };
+        let cases: Vec<(String, &str)> = vec![
+            (
+                with(&|e| e.retain(|(k, _)| k != "BENCHKITE_PAYLOAD_1")),
+                "BENCHKITE_PAYLOAD_1 is missing (BENCHKITE_PAYLOAD_PARTS=3)",
+            ),
+            (
+                with(&|e| set(e, PAYLOAD_PARTS_ENV, "x".into())),
+                "BENCHKITE_PAYLOAD_PARTS=\"x\" is not a positive whole number",
+            ),
+            (with(&|e| set(e, PAYLOAD_PARTS_ENV, "0".into())), "is not a positive whole number"),
+            (with(&|e| set(e, PAYLOAD_PARTS_ENV, "4".into())), "BENCHKITE_PAYLOAD_3 is missing"),
+            (with(&|e| set(e, PAYLOAD_PARTS_ENV, "2".into())), "the 2 parts do not match BENCHKITE_PAYLOAD_SHA256"),
+            (with(&|e| set(e, PAYLOAD_PARTS_ENV, "5000".into())), "over the 1024-part limit"),
+            (
+                with(&|e| e.retain(|(k, _)| k != PAYLOAD_SHA256_ENV)),
+                "BENCHKITE_PAYLOAD_PARTS is set but BENCHKITE_PAYLOAD_SHA256 is not",
+            ),
+            (with(&|e| set(e, PAYLOAD_SHA256_ENV, "abc".into())), "is not a hex SHA-256"),
+            (
+                with(&|e| set(e, "BENCHKITE_PAYLOAD_2", "A".repeat(PAYLOAD_ENV_MAX + 1))),
+                "BENCHKITE_PAYLOAD_2 is 100001 bytes, over the 100000-byte part limit",
+            ),
+            (
+                with(&|e| {
+                    let (a, b) = (e[2].1.clone(), e[3].1.clone());
+                    e[2].1 = b;
+                    e[3].1 = a;
+                }),
+                "do not match",
+            ),
+            (
+                with(&|e| e.push((PAYLOAD_ENV.into(), "x".into()))),
+                "both KERNELBOT_PAYLOAD and BENCHKITE_PAYLOAD_PARTS are set",
+            ),
+        ];
+        for (got, want) in cases {
+            assert!(got.starts_with("split payload: ") && got.contains(want), "{got:?} should contain {want:?}");
+        }
+        // Upper-case hex is the same checksum.
+        let mut e = env.clone();
+        e[1].1 = e[1].1.to_ascii_uppercase();
+        assert_eq!(payload_from_env(env_of(&e)).unwrap(), encoded);
+    }
+
     #[test]
     fn total_timeout_follows_the_mode() {
         let mut c = EvalConfig::new(Lang::Cu, Mode::Test);
-        c.test_timeout = 10;
-        c.benchmark_timeout = 20;
-        c.ranked_timeout = 30;
+        c.test_timeout = 10.0;
+        c.benchmark_timeout = 20.0;
+        c.ranked_timeout = 30.5;
         assert_eq!(c.total_timeout_secs(), 10);
         c.mode = Mode::Benchmark;
         assert_eq!(c.total_timeout_secs(), 20);
         c.mode = Mode::Profile;
         assert_eq!(c.total_timeout_secs(), 20);
         c.mode = Mode::Leaderboard;
-        assert_eq!(c.total_timeout_secs(), 60);
+        assert_eq!((c.total_timeout(), c.total_timeout_secs()), (60.5, 61));
+        c.test_timeout = -5.0;
+        assert_eq!(c.total_timeout(), 50.5);
         c.mode = Mode::Private;
-        c.ranked_timeout = u64::MAX;
+        c.ranked_timeout = 1e300;
         assert_eq!(c.total_timeout_secs(), u64::MAX);
     }
 

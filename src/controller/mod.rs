@@ -7,6 +7,7 @@
 pub mod agentpool;
 pub mod cache;
 pub mod gpunode;
+pub mod pipelines;
 pub mod queues;
 
 use std::collections::HashMap;
@@ -190,6 +191,7 @@ pub async fn run(
     config: Config,
     jobs: Option<crate::kerneljob::JobSetup>,
     buildkite: Option<crate::buildkite::Client>,
+    pipelines: Option<pipelines::PipelineManager>,
     http: Arc<crate::server::HttpState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -316,8 +318,35 @@ pub async fn run(
         failures: Mutex::new(SlotFailures::default()),
         expected: Mutex::new(CreateExpectations::default()),
         buildkite,
-        queues: queues::Queues::default(),
+        queues: match &pipelines {
+            Some(m) => queues::Queues::with_pipelines(m.clone()),
+            None => queues::Queues::default(),
+        },
     });
+    // The API token's scopes, at start and every 5 minutes, for everything this process
+    // does with it: a missing scope is named (conditions of pools and jobs, a log line).
+    let scope_loop = {
+        let mut features = Vec::new();
+        if jobs.is_some() {
+            features.push(crate::buildkite::Feature::KernelJobs);
+        }
+        if fleet {
+            features.push(crate::buildkite::Feature::ManagedPipelines);
+            features.push(crate::buildkite::Feature::QueueCreation);
+        }
+        let explicit_uuid =
+            pipelines.as_ref().and_then(|m| m.clusters().explicit().map(queues::looks_like_uuid)).unwrap_or(false);
+        if !explicit_uuid {
+            features.push(crate::buildkite::Feature::ClusterLookup);
+        }
+        let check = ctx.buildkite.clone().zip(pipelines.as_ref().map(|m| m.scopes().clone()));
+        async move {
+            if let Some((bk, report)) = check {
+                crate::buildkite::check_scopes(bk, report, features, Duration::from_secs(300)).await;
+            }
+            futures::future::pending::<()>().await
+        }
+    };
     let (pools_changed_tx, mut pools_changed_rx) = tokio::sync::mpsc::channel::<()>(1);
     let pools_changed = futures::stream::poll_fn(move |cx| pools_changed_rx.poll_recv(cx));
     let metrics_loop = {
@@ -464,6 +493,7 @@ pub async fn run(
         _ = watches => anyhow::bail!("watch streams ended"),
         _ = ready => {}
         _ = metrics_loop => {}
+        _ = scope_loop => {}
         _ = async { tokio::join!(fleet_ctrl, job_ctrl, signal) } => {}
     }
     http.detach_jobs();

@@ -43,14 +43,65 @@ pub struct Entry {
     pub seen: Timestamp,
 }
 
+/// Builds of one pipeline that are not finished.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InFlight {
+    pub count: usize,
+    pub oldest: Option<Timestamp>,
+    /// Some are still scheduled (or not known to run).
+    pub waiting: bool,
+}
+
 #[derive(Debug, Default)]
 pub struct Board {
     builds: Mutex<HashMap<String, Entry>>,
 }
 
-/// The run id a build carries (its idempotency key), if benchkite created it.
+/// The branch of an attempt's build: `benchkite/<instance>/<run id>`. One branch per
+/// attempt, so no pipeline setting that works per branch ("Skip intermediate builds",
+/// "Cancel intermediate builds", docs "Skipping builds"/"Canceling builds") can skip or
+/// cancel another job's build, and the build is identified by what it was created with:
+/// the branch is fixed at creation (a running job can rewrite meta-data, never its build's
+/// branch), and webhook bodies without `meta_data` still carry it.
+pub fn attempt_branch(instance: &str, run_id: &str) -> String {
+    format!("{BRANCH_PREFIX}{instance}/{run_id}")
+}
+
+/// First segment of every branch benchkite builds on.
+pub const BRANCH_PREFIX: &str = "benchkite/";
+
+/// The run id a build carries (its idempotency key), if benchkite created it: from its
+/// attempt branch, else (a job that names its own branch) from its meta-data.
 pub fn run_id_of(build: &Build) -> Option<&str> {
+    if let Some(run) = build
+        .branch
+        .as_deref()
+        .and_then(|b| b.strip_prefix(BRANCH_PREFIX))
+        .and_then(|rest| rest.split_once('/'))
+        .map(|(_, run)| run)
+        .filter(|run| !run.is_empty())
+    {
+        return Some(run);
+    }
     build.meta_data.get(meta::RUN_ID).map(String::as_str)
+}
+
+/// Whether this installation created the build: its attempt branch names `instance`, or
+/// (a job that names its own branch) its meta-data does.
+pub fn is_ours(build: &Build, instance: &str) -> bool {
+    let by_branch = build
+        .branch
+        .as_deref()
+        .and_then(|b| b.strip_prefix(BRANCH_PREFIX))
+        .and_then(|rest| rest.split_once('/'))
+        .is_some_and(|(inst, run)| inst == instance && !run.is_empty());
+    by_branch || build.meta_data.get(meta::INSTANCE).is_some_and(|i| i == instance)
+}
+
+/// The KernelJob UID in a run id (`<uid>-<attempt>`).
+pub fn uid_of_run(run_id: &str) -> Option<&str> {
+    let (uid, attempt) = run_id.rsplit_once('-')?;
+    (!uid.is_empty() && !attempt.is_empty() && attempt.chars().all(|c| c.is_ascii_digit())).then_some(uid)
 }
 
 /// What the board keeps of a build: all but its environment, which nothing reads back and
@@ -77,6 +128,17 @@ impl Board {
                 }
                 for (k, v) in &entry.build.meta_data {
                     merged.meta_data.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+                if merged.pipeline_slug().is_none() {
+                    merged.pipeline = entry.build.pipeline.clone().or_else(|| {
+                        entry
+                            .build
+                            .pipeline_slug()
+                            .map(|slug| crate::buildkite::PipelineRef { slug: slug.to_string(), ..Default::default() })
+                    });
+                }
+                if merged.branch.is_none() {
+                    merged.branch = entry.build.branch.clone();
                 }
                 *entry = Entry { build: merged, seen: now };
                 true
@@ -105,6 +167,23 @@ impl Board {
         (live.len(), live.iter().filter_map(|e| e.build.created_at).min())
     }
 
+    /// The pipelines of builds not yet finished: per pipeline, the oldest creation time and
+    /// whether any of them is not known to run yet (a lost `build.running` must be caught).
+    pub fn in_flight_by_pipeline(&self) -> HashMap<String, InFlight> {
+        let mut out: HashMap<String, InFlight> = HashMap::new();
+        let Ok(b) = self.builds.lock() else { return out };
+        for e in b.values().filter(|e| !e.build.state.is_terminal()) {
+            let Some(slug) = e.build.pipeline_slug() else { continue };
+            let f = out.entry(slug.to_string()).or_default();
+            f.count += 1;
+            if let Some(c) = e.build.created_at {
+                f.oldest = Some(f.oldest.map_or(c, |o| o.min(c)));
+            }
+            f.waiting |= rank(&e.build.state) < rank(&BuildState::Running);
+        }
+        out
+    }
+
     pub fn len(&self) -> usize {
         self.builds.lock().map(|b| b.len()).unwrap_or(0)
     }
@@ -125,7 +204,9 @@ pub fn view(build: &Build) -> BuildView {
             .map(|j| JobView {
                 state: j.state.as_ref().map(|s| s.as_str().to_string()).unwrap_or_default(),
                 exit_status: j.exit_status,
+                signal: j.signal.clone(),
                 signal_reason: j.signal_reason.clone(),
+                retried: j.retried || j.retried_in_job_id.is_some(),
             })
             .collect(),
         meta_data: build.meta_data.clone(),
@@ -148,6 +229,63 @@ mod tests {
 
     fn now() -> Timestamp {
         Timestamp::UNIX_EPOCH
+    }
+
+    #[test]
+    fn identity_comes_from_the_attempt_branch() {
+        let branch = attempt_branch("prod", "0a1b-c2d3-2");
+        assert_eq!(branch, "benchkite/prod/0a1b-c2d3-2");
+        let mut b = Build { branch: Some(branch), ..Default::default() };
+        assert_eq!(run_id_of(&b), Some("0a1b-c2d3-2"));
+        assert!(is_ours(&b, "prod"));
+        assert!(!is_ours(&b, "staging"), "another installation's build");
+        // A job that rewrites its build's meta-data cannot claim another run id.
+        b.meta_data.insert(meta::RUN_ID.into(), "victim-1".into());
+        b.meta_data.insert(meta::INSTANCE.into(), "staging".into());
+        assert_eq!(run_id_of(&b), Some("0a1b-c2d3-2"));
+        // A job that names its own branch: meta-data is all there is.
+        let own = Build {
+            branch: Some("main".into()),
+            meta_data: [
+                (meta::RUN_ID.to_string(), "u-1".to_string()),
+                (meta::INSTANCE.to_string(), "prod".to_string()),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        assert_eq!(run_id_of(&own), Some("u-1"));
+        assert!(is_ours(&own, "prod"));
+        assert!(!is_ours(&Build { branch: Some("benchkite/prod/".into()), ..Default::default() }, "prod"));
+        assert_eq!(run_id_of(&Build { branch: Some("benchkite/prod".into()), ..Default::default() }), None);
+        assert_eq!(uid_of_run("0a1b-c2d3-12"), Some("0a1b-c2d3"));
+        assert_eq!(uid_of_run("nodash"), None);
+        assert_eq!(uid_of_run("a-b-x"), None);
+    }
+
+    #[test]
+    fn in_flight_builds_by_pipeline() {
+        let board = Board::default();
+        let on = |p: &str, state: BuildState, run: &str, at: &str| Build {
+            pipeline: Some(crate::buildkite::PipelineRef { slug: p.into(), ..Default::default() }),
+            created_at: Some(at.parse().unwrap()),
+            ..build(state, run)
+        };
+        board.update(&on("a", BuildState::Running, "r1", "2026-01-01T00:00:10Z"), now());
+        board.update(&on("a", BuildState::Running, "r2", "2026-01-01T00:00:05Z"), now());
+        board.update(&on("b", BuildState::Scheduled, "r3", "2026-01-01T00:00:00Z"), now());
+        board.update(&on("c", BuildState::Passed, "r4", "2026-01-01T00:00:00Z"), now());
+        let f = board.in_flight_by_pipeline();
+        assert_eq!(f.len(), 2, "finished builds need no polling");
+        assert_eq!(
+            f["a"],
+            InFlight { count: 2, oldest: Some("2026-01-01T00:00:05Z".parse().unwrap()), waiting: false }
+        );
+        assert!(f["b"].waiting, "a scheduled build may have started unseen");
+        // A webhook body without the pipeline keeps the one the board knew.
+        let mut hook = build(BuildState::Passed, "r1");
+        hook.pipeline = None;
+        board.update(&hook, now());
+        assert_eq!(board.get("r1").unwrap().build.pipeline_slug(), Some("a"));
     }
 
     #[test]

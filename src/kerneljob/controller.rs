@@ -34,8 +34,9 @@ pub const FINALIZER: &str = "benchkite.dev/cancel-build";
 /// Settings of the KernelJob controller.
 #[derive(Clone, Debug)]
 pub struct JobConfig {
-    /// Pipeline for jobs that name none.
-    pub default_pipeline: String,
+    /// A pipeline the user manages, for jobs whose job and pool name none (`None`: the
+    /// pipeline benchkite manages for each queue).
+    pub pipeline: Option<String>,
     /// This installation's id in build meta-data (the poller lists by it).
     pub instance: String,
     pub limits: PayloadLimits,
@@ -56,7 +57,7 @@ pub struct JobConfig {
 impl Default for JobConfig {
     fn default() -> Self {
         JobConfig {
-            default_pipeline: "kernelbot".into(),
+            pipeline: None,
             instance: "benchkite".into(),
             limits: PayloadLimits::default(),
             poll_interval: Duration::from_secs(30),
@@ -122,6 +123,10 @@ pub struct JobCtx {
     pub webhooks: WebhookCounters,
     /// Creation time of the oldest job that needs a look-up, for the recovery list.
     pub started: Timestamp,
+    /// The pipelines builds go to: ensured (created or updated) before a build is created.
+    pub pipelines: crate::controller::pipelines::PipelineManager,
+    /// The API token's scopes: a missing one is named in every waiting job's status.
+    pub scopes: buildkite::ScopeReport,
 }
 
 pub fn key_of(job: &KernelJob) -> JobKey {
@@ -137,6 +142,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl JobCtx {
+    /// The KernelJob a build of this installation belongs to, if it still exists: found by
+    /// the UID in the build's run id. Meta-data only speeds the look-up up; it is trusted
+    /// only when the job it names has that UID (a running job can rewrite meta-data).
+    pub fn job_of(&self, build: &Build) -> Option<JobKey> {
+        let uid = board::uid_of_run(board::run_id_of(build)?)?;
+        if let Some((ns, name)) = build.meta_data.get(meta::JOB).and_then(|k| k.split_once('/'))
+            && let Some(job) = self.jobs.get(&ObjectRef::new(name).within(ns))
+            && job.metadata.uid.as_deref() == Some(uid)
+        {
+            return Some(key_of(&job));
+        }
+        self.jobs.find(|j| j.metadata.uid.as_deref() == Some(uid)).map(|j| key_of(&j))
+    }
+
     pub fn wake(&self, key: &str) {
         if let Some((ns, name)) = key.split_once('/') {
             let _ = self.trigger.send(ObjectRef::new(name).within(ns));
@@ -189,25 +208,44 @@ fn newer_write<V: Clone>(written: &mut HashMap<String, (u64, V)>, key: &str, cac
     }
 }
 
-/// The queue and architecture a job's builds go to.
-fn target(job: &KernelJob, ctx: &JobCtx) -> std::result::Result<(String, Option<String>), (&'static str, String)> {
-    if let Some(queue) = &job.spec.queue {
-        return Ok((queue.clone(), None));
-    }
-    let ns = job.namespace().unwrap_or_default();
-    let Some(pool_name) = &job.spec.pool else {
-        return Err(("NoTarget", "set spec.pool or spec.queue".into()));
+/// Where a job's builds go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Target {
+    queue: String,
+    /// The pool's GPU architecture, for the default `arch`.
+    arch: Option<String>,
+    /// The pipeline slug: the one the job or its pool names, else the pipeline benchkite
+    /// manages for the queue.
+    pipeline: String,
+    /// benchkite creates and updates the pipeline (`pipeline` is its managed slug).
+    managed: bool,
+}
+
+/// The queue, architecture and pipeline a job's builds go to.
+fn target(job: &KernelJob, ctx: &JobCtx) -> std::result::Result<Target, (&'static str, String)> {
+    let (queue, arch, pool_pipeline) = if let Some(queue) = &job.spec.queue {
+        (queue.clone(), None, None)
+    } else {
+        let ns = job.namespace().unwrap_or_default();
+        let Some(pool_name) = &job.spec.pool else {
+            return Err(("NoTarget", "set spec.pool or spec.queue".into()));
+        };
+        let Some(pool) = ctx.pools.get(&ObjectRef::new(pool_name).within(&ns)) else {
+            return Err(("PoolNotFound", format!("AgentPool {ns}/{pool_name} does not exist")));
+        };
+        let arch = pool
+            .status
+            .as_ref()
+            .and_then(|s| s.nodes.iter().find(|n| n.desired > 0).or_else(|| s.nodes.first()))
+            .and_then(|n| ctx.gpunodes.get(&ObjectRef::new(&n.name)))
+            .and_then(|g| g.status.as_ref().and_then(|s| s.architecture.clone()));
+        let own = pool.spec.buildkite.as_ref().and_then(|b| b.pipeline.clone());
+        (pool.spec.queue.clone(), arch, own)
     };
-    let Some(pool) = ctx.pools.get(&ObjectRef::new(pool_name).within(&ns)) else {
-        return Err(("PoolNotFound", format!("AgentPool {ns}/{pool_name} does not exist")));
-    };
-    let arch = pool
-        .status
-        .as_ref()
-        .and_then(|s| s.nodes.iter().find(|n| n.desired > 0).or_else(|| s.nodes.first()))
-        .and_then(|n| ctx.gpunodes.get(&ObjectRef::new(&n.name)))
-        .and_then(|g| g.status.as_ref().and_then(|s| s.architecture.clone()));
-    Ok((pool.spec.queue.clone(), arch))
+    let user = job.spec.pipeline.clone().or(pool_pipeline).or_else(|| ctx.config.pipeline.clone());
+    let managed = user.is_none();
+    let pipeline = user.unwrap_or_else(|| buildkite::managed_slug(&ctx.config.instance, &queue));
+    Ok(Target { queue, arch, pipeline, managed })
 }
 
 /// The attempt that is under way (has a build and no outcome yet).
@@ -357,8 +395,14 @@ pub async fn reconcile(job: Arc<KernelJob>, ctx: Arc<JobCtx>) -> Result<Action> 
 
     // Validate what only the controller can tell before queueing.
     let mut submitting_soon = false;
+    let missing = ctx.scopes.missing_for(&[buildkite::Feature::KernelJobs]);
     let (reason, message, throttled) = match target(&job, &ctx) {
         Err((reason, message)) => (reason.to_string(), message, None),
+        // The token cannot create builds: say which scope to add instead of failing each
+        // create with a generic 403. The job waits; the report is checked again regularly.
+        Ok(_) if !missing.is_empty() => {
+            ("MissingTokenScope".to_string(), buildkite::scopes::missing_scopes_message(&missing, "KernelJobs"), None)
+        }
         Ok(_) => {
             // A first attempt of a job created after this process took over cannot have a
             // build yet: nobody else submits while it leads.
@@ -405,15 +449,16 @@ pub async fn reconcile(job: Arc<KernelJob>, ctx: Arc<JobCtx>) -> Result<Action> 
     }
     let mut s = status.clone();
     s.phase = Phase::Pending;
-    s.queue = target(&job, &ctx).ok().map(|(q, _)| q);
+    s.queue = target(&job, &ctx).ok().map(|t| t.queue);
     let s = with_conditions(&job, s, &reason, message.clone(), throttled.as_deref());
     if job.status.as_ref() != Some(&s) && ctx.current_status(&job) != s {
         ctx.write_status(&job, &s).await?;
-        if reason == "PoolNotFound" || reason == "SubmitFailed" {
+        if matches!(reason.as_str(), "PoolNotFound" | "SubmitFailed" | "MissingTokenScope") {
             ctx.event(&job, EventType::Warning, &reason, "Submit", message);
         }
     }
-    Ok(Action::requeue(left.min(Duration::from_secs(30))))
+    let again = if reason == "MissingTokenScope" { Duration::from_secs(60) } else { Duration::from_secs(30) };
+    Ok(Action::requeue(left.min(again)))
 }
 
 /// Records the build of a new attempt and follows it.
@@ -427,7 +472,11 @@ async fn adopt(
     build: Build,
     left: Duration,
 ) -> Result<Action> {
-    let pipeline = job.spec.pipeline.clone().unwrap_or_else(|| ctx.config.default_pipeline.clone());
+    // The pipeline the build is in (the one it was created on), else where the job's builds go.
+    let pipeline = match build.pipeline_slug() {
+        Some(p) => p.to_string(),
+        None => target(job, ctx).map(|t| t.pipeline).map_err(|_| Error::MissingField("the build's pipeline"))?,
+    };
     let bref = build_ref(&build, &pipeline);
     status.attempts.push(Attempt {
         attempt,
@@ -440,7 +489,7 @@ async fn adopt(
     status.build = Some(bref.clone());
     status.phase = Phase::Submitted;
     status.start_time = status.start_time.or_else(|| Some(Time(Timestamp::now())));
-    status.queue = status.queue.or_else(|| target(job, ctx).ok().map(|(q, _)| q));
+    status.queue = status.queue.or_else(|| target(job, ctx).ok().map(|t| t.queue));
     lock(&ctx.submit_errors).remove(&key_of(job));
     ctx.event(
         job,
@@ -493,6 +542,7 @@ async fn follow(
                 state: active.state.parse().unwrap_or(buildkite::BuildState::Scheduled),
                 meta_data: [(meta::RUN_ID.to_string(), active.run_id.clone())].into(),
                 created_at: active.created_at.as_ref().map(|t| t.0),
+                pipeline: Some(buildkite::PipelineRef { slug: bref.pipeline.clone(), ..Default::default() }),
                 ..Default::default()
             };
             ctx.board.update(&seed, now);
@@ -561,7 +611,9 @@ async fn follow(
         a.state = build.state.as_str().to_string();
         a.started_at = time(build.started_at).or(a.started_at.take());
         a.finished_at = time(build.finished_at).or(a.finished_at.take());
-        if let Some(j) = build.jobs.iter().find(|j| j.kind.as_deref().is_none_or(|k| k == "script")) {
+        if let Some(j) =
+            build.jobs.iter().filter(|j| !j.retried).find(|j| j.kind.as_deref().is_none_or(|k| k == "script"))
+        {
             a.exit_status = j.exit_status;
             a.signal_reason = j.signal_reason.clone();
         }
@@ -596,6 +648,9 @@ async fn follow(
     }
 }
 
+/// Marks a result read error that no retry can fix.
+const PERMANENT: &str = "permanent: ";
+
 /// Reads the result of a finished build: the summary in meta-data (free), else
 /// `result.json` (two requests).
 async fn read_result(
@@ -623,6 +678,22 @@ async fn read_result(
     let Some(artifact) = artifacts.iter().find(|a| a.path == "result.json" || a.filename == "result.json") else {
         return (None, "artifact", None, None);
     };
+    // Artifact states (docs "Artifacts" API): `new` is still uploading (ask again later);
+    // `error`, `deleted` and `expired` (past the plan's retention) never become readable.
+    match artifact.state.as_str() {
+        "error" | "deleted" | "expired" => {
+            return (
+                None,
+                "artifact",
+                Some(format!("{PERMANENT}result.json of build #{number} is {} in Buildkite", artifact.state)),
+                None,
+            );
+        }
+        "new" => {
+            return (None, "artifact", Some(format!("result.json of build #{number} is still uploading")), None);
+        }
+        _ => {}
+    }
     let bytes = match ctx.bk.download_artifact(artifact, ctx.config.max_result_bytes).await {
         Ok(b) => b,
         Err(e) => return (None, "artifact", Some(format!("downloading result.json: {e}")), None),
@@ -682,10 +753,15 @@ async fn finish_attempt(
     {
         if err.contains("malformed") {
             (phase, reason, message) = (Phase::Failed, "ResultMalformed", err.clone());
+        } else if let Some(permanent) = err.strip_prefix(PERMANENT) {
+            (phase, reason, message) = (Phase::Failed, "ResultMissing", format!("the build passed but {permanent}"));
+        } else if left.is_zero() {
+            (phase, reason, message) =
+                (Phase::Failed, "ResultMissing", format!("the deadline passed before the result could be read: {err}"));
         } else {
-            // Transient trouble reading the artifact: try again later.
+            // Transient trouble reading the artifact: try again later, until the deadline.
             tracing::warn!(job = %key_of(job), error = %err, "reading the result failed; retrying");
-            return Ok(Action::requeue(Duration::from_secs(10)));
+            return Ok(Action::requeue(Duration::from_secs(10).min(left).max(Duration::from_secs(1))));
         }
     }
     if outcome == BuildOutcome::CanceledByUs
@@ -1036,7 +1112,7 @@ async fn submit_one(ctx: &JobCtx, key: &str, reservation: crate::buildkite::Rese
     let release = |ctx: &JobCtx| {
         lock(&ctx.attempts).insert(run_id.clone(), AttemptState::Absent);
     };
-    let (queue, arch) = match target(&cached, ctx) {
+    let t = match target(&cached, ctx) {
         Ok(t) => t,
         Err(_) => {
             release(ctx);
@@ -1044,6 +1120,17 @@ async fn submit_one(ctx: &JobCtx, key: &str, reservation: crate::buildkite::Rese
             return;
         }
     };
+    // The pipeline benchkite manages for the queue exists and is as it should be (memoized:
+    // free once ensured).
+    if t.managed
+        && let Err(e) = ctx.pipelines.ensure(&t.queue).await
+    {
+        release(ctx);
+        lock(&ctx.submit_errors)
+            .insert(key.to_string(), format!("the pipeline for queue {} is not ready: {e}", t.queue));
+        requeue_later(ctx, key, Duration::from_secs(15));
+        return;
+    }
     // The cache holds no sources: read the object itself.
     let job = match fetch_with_finalizer(ctx, &cached).await {
         Ok(Some(j)) if j.uid().as_deref() == Some(uid.as_str()) => j,
@@ -1073,9 +1160,9 @@ async fn submit_one(ctx: &JobCtx, key: &str, reservation: crate::buildkite::Rese
         job_key: key,
         uid: &uid,
         attempt,
-        queue: &queue,
-        pool_architecture: arch.as_deref(),
-        default_pipeline: &ctx.config.default_pipeline,
+        queue: &t.queue,
+        pool_architecture: t.arch.as_deref(),
+        pipeline: &t.pipeline,
         instance: &ctx.config.instance,
         limits: ctx.config.limits,
     };
@@ -1092,6 +1179,7 @@ async fn submit_one(ctx: &JobCtx, key: &str, reservation: crate::buildkite::Rese
         message: Some(sub.message.clone()),
         env: sub.env.clone(),
         meta_data: sub.meta_data.clone(),
+        ignore_pipeline_branch_filters: sub.ignore_branch_filters.then_some(true),
         ..Default::default()
     };
     match ctx.bk.create_build_reserved(Some(&sub.pipeline), &new_build, reservation).await {
@@ -1137,8 +1225,88 @@ fn requeue_later(ctx: &JobCtx, key: &str, after: Duration) {
     });
 }
 
-/// Looks up, in one list request, the builds of jobs whose next attempt may already exist
-/// (after a restart or an ambiguous create), so no attempt ever gets a second build.
+/// Jobs looked up one by one per round and pipeline (one narrow request each).
+const RUN_LOOKUPS_PER_ROUND: usize = 4;
+/// Pages of one pipeline-scoped listing (recovery, poller): never an unbounded walk.
+const LIST_PAGES: u32 = 5;
+
+/// A job whose next attempt may already have a build.
+struct Wanted {
+    key: JobKey,
+    run_id: String,
+    /// The job names its own branch: find it by meta-data instead of its attempt branch.
+    own_branch: bool,
+    created: Timestamp,
+}
+
+/// Records the builds of `wanted` runs found in `builds`; returns their run ids.
+fn record_found(ctx: &JobCtx, builds: &[Build], wanted: &[Wanted], now: Timestamp) -> HashSet<String> {
+    let mut found = HashSet::new();
+    for build in builds {
+        if !board::is_ours(build, &ctx.config.instance) {
+            continue;
+        }
+        if let Some(run) = board::run_id_of(build)
+            && wanted.iter().any(|w| w.run_id == run)
+        {
+            ctx.board.update(build, now);
+            found.insert(run.to_string());
+        }
+    }
+    found
+}
+
+/// Settles, with narrow and bounded requests in one pipeline, whether the next attempts of
+/// `wanted` have builds. Returns the run ids it settled (found or known absent): at least
+/// `RUN_LOOKUPS_PER_ROUND` of them (or all) per call, so the look-up always finishes.
+async fn look_up(ctx: &JobCtx, pipeline: &str, wanted: &[Wanted]) -> buildkite::Result<HashSet<String>> {
+    let now = Timestamp::now();
+    let mut settled = HashSet::new();
+    if wanted.len() > RUN_LOOKUPS_PER_ROUND {
+        // One pipeline-scoped listing since the oldest job settles many at once, unless more
+        // builds than a few pages were created in that window.
+        let oldest = wanted.iter().map(|w| w.created).min().unwrap_or(now);
+        let query = BuildQuery {
+            pipeline: Some(pipeline.to_string()),
+            created_from: Some(oldest - k8s_openapi::jiff::SignedDuration::from_secs(300)),
+            exclude_jobs: true,
+            per_page: Some(100),
+            max_pages: Some(LIST_PAGES),
+            ..Default::default()
+        };
+        let listing = ctx.bk.list_builds(&query, Priority::Submit).await?;
+        settled = record_found(ctx, &listing.items, wanted, now);
+        if !listing.truncated {
+            return Ok(wanted.iter().map(|w| w.run_id.clone()).collect());
+        }
+    }
+    // One narrow request per run: its attempt branch names exactly one build.
+    let open: Vec<&Wanted> =
+        wanted.iter().filter(|w| !settled.contains(&w.run_id)).take(RUN_LOOKUPS_PER_ROUND).collect();
+    for w in open {
+        let mut query = BuildQuery {
+            pipeline: Some(pipeline.to_string()),
+            exclude_jobs: true,
+            per_page: Some(10),
+            max_pages: Some(1),
+            ..Default::default()
+        };
+        if w.own_branch {
+            query.meta_data = vec![(meta::RUN_ID.to_string(), w.run_id.clone())];
+        } else {
+            query.branch = Some(board::attempt_branch(&ctx.config.instance, &w.run_id));
+        }
+        let listing = ctx.bk.list_builds(&query, Priority::Submit).await?;
+        record_found(ctx, &listing.items, std::slice::from_ref(w), now);
+        settled.insert(w.run_id.clone());
+    }
+    Ok(settled)
+}
+
+/// Looks up the builds of jobs whose next attempt may already exist (after a restart or an
+/// ambiguous create), so no attempt ever gets a second build. Narrow, pipeline-scoped and
+/// bounded: org-wide listings can be refused as too deep ("Listing builds this deep is not
+/// supported"), and a look-up must finish whatever the number of builds.
 pub async fn recovery_loop(ctx: Arc<JobCtx>) {
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1146,109 +1314,129 @@ pub async fn recovery_loop(ctx: Arc<JobCtx>) {
         if keys.is_empty() {
             continue;
         }
-        let mut wanted: HashMap<String, JobKey> = HashMap::new();
-        let mut oldest: Option<Timestamp> = None;
+        let mut groups: BTreeMap<String, Vec<Wanted>> = BTreeMap::new();
         for key in &keys {
-            let Some((ns, name)) = key.split_once('/') else { continue };
+            let Some((ns, name)) = key.split_once('/') else {
+                lock(&ctx.unverified).remove(key);
+                continue;
+            };
             let Some(job) = ctx.jobs.get(&ObjectRef::new(name).within(ns)) else {
                 lock(&ctx.unverified).remove(key);
                 continue;
             };
             let status = ctx.current_status(&job);
             let Some(uid) = job.uid() else { continue };
-            wanted.insert(machine::run_id(&uid, next_attempt_number(&status)), key.clone());
-            let c = created(&job);
-            oldest = Some(oldest.map_or(c, |o| o.min(c)));
-        }
-        if wanted.is_empty() {
-            continue;
-        }
-        let from = oldest.map(|o| o - k8s_openapi::jiff::SignedDuration::from_secs(300));
-        let query = BuildQuery {
-            meta_data: vec![(meta::INSTANCE.to_string(), ctx.config.instance.clone())],
-            created_from: from,
-            exclude_jobs: false,
-            per_page: Some(100),
-            ..Default::default()
-        };
-        match ctx.bk.list_builds(&query, Priority::Submit).await {
-            Ok(listing) if !listing.truncated => {
-                let now = Timestamp::now();
-                for build in &listing.items {
-                    if let Some(run) = board::run_id_of(build)
-                        && wanted.contains_key(run)
-                    {
-                        ctx.board.update(build, now);
-                    }
-                }
-                for (run, key) in wanted {
-                    if ctx.board.get(&run).is_none() {
-                        lock(&ctx.attempts).insert(run, AttemptState::Absent);
-                    }
-                    lock(&ctx.unverified).remove(&key);
-                    ctx.wake(&key);
-                }
-                tracing::info!(jobs = keys.len(), builds = listing.items.len(), "recovery look-up done");
+            let run_id = machine::run_id(&uid, next_attempt_number(&status));
+            // Finished, following a build, or already found: nothing to look up.
+            if status.phase.is_finished() || active_attempt(&status).is_some() || ctx.board.get(&run_id).is_some() {
+                lock(&ctx.unverified).remove(key);
+                ctx.wake(key);
+                continue;
             }
-            Ok(_) => tracing::warn!("recovery look-up hit the page limit; retrying"),
-            Err(e) => {
-                tracing::warn!(error = %e, "recovery look-up failed; retrying");
-                tokio::time::sleep(Duration::from_secs(2)).await;
+            // Without a target there is no pipeline to look in; the job says why it waits.
+            let Ok(t) = target(&job, &ctx) else { continue };
+            groups.entry(t.pipeline).or_default().push(Wanted {
+                key: key.clone(),
+                run_id,
+                own_branch: job.spec.branch.is_some(),
+                created: created(&job),
+            });
+        }
+        for (pipeline, wanted) in groups {
+            match look_up(&ctx, &pipeline, &wanted).await {
+                Ok(settled) => {
+                    for w in wanted.iter().filter(|w| settled.contains(&w.run_id)) {
+                        if ctx.board.get(&w.run_id).is_none() {
+                            lock(&ctx.attempts).insert(w.run_id.clone(), AttemptState::Absent);
+                        }
+                        lock(&ctx.unverified).remove(&w.key);
+                        ctx.wake(&w.key);
+                    }
+                    tracing::info!(%pipeline, jobs = wanted.len(), settled = settled.len(), "recovery look-up");
+                }
+                Err(e) => {
+                    tracing::warn!(%pipeline, error = %e, "recovery look-up failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
             }
         }
     }
 }
 
-/// The fallback poller: one list request per interval for every build benchkite follows
-/// (builds of this instance finished since the last poll), never one request per job.
-pub async fn poll_loop(ctx: Arc<JobCtx>) {
-    let overlap = k8s_openapi::jiff::SignedDuration::from_secs(60);
-    let mut since: Option<Timestamp> = None;
-    loop {
-        tokio::time::sleep(ctx.config.poll_interval).await;
-        let (live, oldest) = ctx.board.in_flight();
-        if live == 0 {
+/// Records builds a listing returned on the board and wakes their jobs; returns how many
+/// were news.
+fn apply_listing(ctx: &JobCtx, builds: &[Build], now: Timestamp) -> usize {
+    let mut woken = 0;
+    for build in builds {
+        if !board::is_ours(build, &ctx.config.instance) {
             continue;
         }
-        let started = Timestamp::now();
-        let from = match (since, oldest) {
-            (Some(s), _) => s - overlap,
-            (None, Some(o)) => o - overlap,
-            (None, None) => started - k8s_openapi::jiff::SignedDuration::from_secs(3600),
-        };
-        let query = BuildQuery {
-            meta_data: vec![(meta::INSTANCE.to_string(), ctx.config.instance.clone())],
-            finished_from: Some(from),
-            exclude_jobs: false,
-            per_page: Some(100),
-            ..Default::default()
-        };
-        match ctx.bk.list_builds(&query, Priority::Refresh).await {
-            Ok(listing) => {
-                let mut woken = 0;
-                for build in &listing.items {
-                    // Ours if the board follows it or its KernelJob exists: after a restart a
-                    // build may have finished before its job was reconciled again.
-                    let followed = ctx.board.get(board::run_id_of(build).unwrap_or_default()).is_some();
-                    let job_exists = build
-                        .meta_data
-                        .get(meta::JOB)
-                        .and_then(|k| k.split_once('/'))
-                        .is_some_and(|(ns, name)| ctx.jobs.get(&ObjectRef::new(name).within(ns)).is_some());
-                    if (followed || job_exists)
-                        && ctx.board.update(build, started)
-                        && let Some(key) = build.meta_data.get(meta::JOB)
-                    {
-                        ctx.wake(key);
-                        woken += 1;
-                    }
-                }
-                if !listing.truncated {
-                    since = Some(started);
-                }
-                tracing::debug!(in_flight = live, listed = listing.items.len(), woken, "poll");
+        // Ours if the board follows it or its KernelJob exists: after a restart a build may
+        // have finished before its job was reconciled again.
+        let job = ctx.job_of(build);
+        let followed = board::run_id_of(build).is_some_and(|r| ctx.board.get(r).is_some());
+        if (followed || job.is_some()) && ctx.board.update(build, now) {
+            if let Some(key) = job {
+                ctx.wake(&key);
             }
-            Err(e) => tracing::warn!(error = %e, "polling builds failed"),
+            woken += 1;
+        }
+    }
+    woken
+}
+
+/// The fallback poller. Webhooks are at most once (Buildkite documents no redelivery), so
+/// every interval, per pipeline with builds in flight: one listing of the builds finished
+/// since the last poll, and, while some are not known to run, one of the running ones (a
+/// lost `build.running`). Never a request per job, never an org-wide walk.
+pub async fn poll_loop(ctx: Arc<JobCtx>) {
+    let overlap = k8s_openapi::jiff::SignedDuration::from_secs(60);
+    let mut since: HashMap<String, Timestamp> = HashMap::new();
+    loop {
+        tokio::time::sleep(ctx.config.poll_interval).await;
+        let pipelines = ctx.board.in_flight_by_pipeline();
+        since.retain(|p, _| pipelines.contains_key(p));
+        for (pipeline, flight) in pipelines {
+            let started = Timestamp::now();
+            let from = since
+                .get(&pipeline)
+                .map(|s| *s - overlap)
+                .or(flight.oldest.map(|o| o - overlap))
+                .unwrap_or(started - k8s_openapi::jiff::SignedDuration::from_secs(3600));
+            let finished = BuildQuery {
+                pipeline: Some(pipeline.clone()),
+                finished_from: Some(from),
+                per_page: Some(100),
+                max_pages: Some(LIST_PAGES),
+                ..Default::default()
+            };
+            match ctx.bk.list_builds(&finished, Priority::Refresh).await {
+                Ok(listing) => {
+                    let woken = apply_listing(&ctx, &listing.items, started);
+                    if !listing.truncated {
+                        since.insert(pipeline.clone(), started);
+                    }
+                    tracing::debug!(%pipeline, in_flight = flight.count, listed = listing.items.len(), woken, "poll: finished");
+                }
+                Err(e) => tracing::warn!(%pipeline, error = %e, "polling finished builds failed"),
+            }
+            if flight.waiting {
+                let running = BuildQuery {
+                    pipeline: Some(pipeline.clone()),
+                    states: vec!["running".into(), "failing".into(), "canceling".into()],
+                    exclude_jobs: true,
+                    per_page: Some(100),
+                    max_pages: Some(LIST_PAGES),
+                    ..Default::default()
+                };
+                match ctx.bk.list_builds(&running, Priority::Refresh).await {
+                    Ok(listing) => {
+                        let woken = apply_listing(&ctx, &listing.items, started);
+                        tracing::debug!(%pipeline, listed = listing.items.len(), woken, "poll: running");
+                    }
+                    Err(e) => tracing::warn!(%pipeline, error = %e, "polling running builds failed"),
+                }
+            }
         }
     }
 }

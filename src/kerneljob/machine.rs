@@ -33,7 +33,11 @@ pub mod meta {
 pub struct JobView {
     pub state: String,
     pub exit_status: Option<i64>,
+    /// The signal that killed the process (`SIGTERM`, `SIGKILL`), when one did.
+    pub signal: Option<String>,
     pub signal_reason: Option<String>,
+    /// A later try of the same step replaced this one (`retry.automatic` or by hand).
+    pub retried: bool,
 }
 
 /// The parts of a Buildkite build the machine reads.
@@ -51,54 +55,159 @@ pub enum BuildOutcome {
     InFlight { running: bool },
     /// The build passed: the evaluation ran; the result decides `passed`.
     Passed,
-    /// The build failed for a reason that is not the infrastructure's (the runner reported
-    /// an error, the step timed out): final.
+    /// The command failed for a reason that is not the infrastructure's (the runner
+    /// reported an error, a non-zero exit): final.
     Failed { exit_status: Option<i64>, reason: String },
-    /// The agent or Buildkite failed (exit −1/255, agent lost, cancelled by Buildkite):
-    /// worth another attempt.
+    /// The step's own timeout killed the job (job state `timed_out`): final, never retried
+    /// (the same submission would time out again).
+    StepTimedOut { reason: String },
+    /// The agent or its host went away, or the job's process could not start
+    /// (agent lost, `agent_stop`, `process_run_error`, `stack_error`, exit 255): worth
+    /// another attempt.
     Infrastructure { reason: String },
+    /// Buildkite or the agent refused the job for a reason another attempt does not change
+    /// (`agent_refused`, `signature_rejected`, `agent_incompatible`, an `expired` or
+    /// `broken` job): final, with a reason the user can act on.
+    Refused { code: &'static str, reason: String },
     /// Cancelled because benchkite asked (timeout, deletion).
     CanceledByUs,
+    /// Cancelled in Buildkite by someone else (a user, an API client): final.
+    CanceledElsewhere { reason: String },
     /// Skipped or not run: final.
     NotRun { state: String },
 }
 
-/// Signal reasons that mean the agent or its host went away, not the job.
-const INFRA_SIGNALS: &[&str] =
-    &["agent_stop", "agent_refused", "agent_incompatible", "process_run_error", "stack_error", "agent_lost"];
+/// What one finished try of a job says, by Buildkite's documented semantics: exit status
+/// `-1` means the process did not exit by itself; with `signal` set it was killed (a cancel
+/// or the step timeout: `signal_reason: cancel`), without it the agent was lost. The
+/// documented `signal_reason` values (docs "Agent lifecycle" and the pipeline schema's
+/// `retry.automatic.signal_reason`): `agent_refused`, `agent_stop`, `cancel`,
+/// `signature_rejected`, `process_run_error`, `stack_error`, `agent_incompatible`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum JobVerdict {
+    Passed,
+    Exited(i64),
+    TimedOut(String),
+    Killed(String),
+    Infrastructure(String),
+    Refused(&'static str, String),
+    NotRun(String),
+}
 
-fn job_infra_reason(job: &JobView) -> Option<String> {
-    if let Some(sig) = job.signal_reason.as_deref().filter(|s| INFRA_SIGNALS.contains(s)) {
-        return Some(format!("job stopped: {sig}"));
+fn job_verdict(job: &JobView) -> Option<JobVerdict> {
+    let signal = job.signal.as_deref().filter(|s| !s.is_empty());
+    let killed_by = || signal.map(|s| format!(" ({s})")).unwrap_or_default();
+    match job.signal_reason.as_deref().filter(|s| !s.is_empty() && *s != "none") {
+        Some("agent_stop") => return Some(JobVerdict::Infrastructure("the agent was stopped during the job".into())),
+        Some("process_run_error") => {
+            return Some(JobVerdict::Infrastructure(
+                "the agent could not start the job's process (process_run_error)".into(),
+            ));
+        }
+        Some("stack_error") => {
+            return Some(JobVerdict::Infrastructure("the agent stack failed the job (stack_error)".into()));
+        }
+        Some("agent_refused") => {
+            return Some(JobVerdict::Refused(
+                "AgentRefused",
+                "the agent refused the job (agent_refused: a pre-bootstrap hook or the agent's allow-lists)".into(),
+            ));
+        }
+        Some("signature_rejected") => {
+            return Some(JobVerdict::Refused(
+                "SignatureRejected",
+                "the agent rejected the job's pipeline signature (signature_rejected)".into(),
+            ));
+        }
+        Some("agent_incompatible") => {
+            return Some(JobVerdict::Refused(
+                "AgentIncompatible",
+                "the agent cannot run this job (agent_incompatible)".into(),
+            ));
+        }
+        Some("cancel") => {
+            return Some(if job.state == "timed_out" {
+                JobVerdict::TimedOut(format!("the step's timeout killed the job{}", killed_by()))
+            } else {
+                JobVerdict::Killed(format!("the job was cancelled{}", killed_by()))
+            });
+        }
+        Some(other) => return Some(JobVerdict::Infrastructure(format!("the job stopped: {other}"))),
+        None => {}
     }
-    match job.exit_status {
-        Some(-1) => Some("agent lost or job not started (exit -1)".into()),
-        Some(255) => Some("agent/runner failure (exit 255)".into()),
-        _ if job.state == "expired" => Some("job expired waiting for an agent".into()),
-        _ => None,
+    match job.state.as_str() {
+        "passed" => return Some(JobVerdict::Passed),
+        "timed_out" => return Some(JobVerdict::TimedOut(format!("the step's timeout killed the job{}", killed_by()))),
+        "expired" => {
+            return Some(JobVerdict::Refused(
+                "JobExpired",
+                "no agent took the job before Buildkite's scheduled-job expiry".into(),
+            ));
+        }
+        "broken" => {
+            return Some(JobVerdict::Refused("JobBroken", "Buildkite marked the job broken: it cannot run".into()));
+        }
+        "skipped" => return Some(JobVerdict::NotRun("skipped".into())),
+        _ => {}
+    }
+    match (job.exit_status, signal) {
+        (Some(-1), Some(_)) => Some(JobVerdict::Killed(format!("the job's process was killed{}", killed_by()))),
+        (Some(-1), None) => Some(JobVerdict::Infrastructure("the agent was lost (exit -1, no signal)".into())),
+        (Some(255), None) => {
+            Some(JobVerdict::Infrastructure("the agent or the job's bootstrap failed (exit 255)".into()))
+        }
+        (Some(0), _) => Some(JobVerdict::Passed),
+        (Some(code), _) => Some(JobVerdict::Exited(code)),
+        (None, _) if job.state == "canceled" => Some(JobVerdict::Killed("the job was cancelled before it ran".into())),
+        (None, _) if job.state == "failed" => Some(JobVerdict::Exited(1)),
+        (None, _) => None,
     }
 }
 
-/// Classifies a build. `we_canceled` is true when benchkite sent the cancel.
+/// Classifies a build. `we_canceled` is true when benchkite sent the cancel. Only the
+/// latest try of each step counts: a try that `retry.automatic` replaced (`retried`) says
+/// nothing about the build's end.
 pub fn classify(build: &BuildView, we_canceled: bool) -> BuildOutcome {
-    let infra = || build.jobs.iter().find_map(job_infra_reason);
+    let verdicts: Vec<JobVerdict> = build.jobs.iter().filter(|j| !j.retried).filter_map(job_verdict).collect();
+    let first = |f: fn(&JobVerdict) -> bool| verdicts.iter().find(|v| f(v)).cloned();
     match build.state.as_str() {
         "passed" => BuildOutcome::Passed,
-        "failed" => match infra() {
-            Some(reason) => BuildOutcome::Infrastructure { reason },
-            None => {
-                let job = build.jobs.iter().find(|j| j.exit_status.is_some_and(|e| e != 0) || j.state == "timed_out");
-                let exit_status = job.and_then(|j| j.exit_status);
-                let reason = match job {
-                    Some(j) if j.state == "timed_out" => "the step timed out".to_string(),
-                    Some(j) => format!("the job exited with status {}", j.exit_status.unwrap_or_default()),
-                    None => "the build failed".to_string(),
-                };
-                BuildOutcome::Failed { exit_status, reason }
+        "failed" | "canceled" => {
+            if build.state == "canceled" && we_canceled {
+                return BuildOutcome::CanceledByUs;
             }
-        },
-        "canceled" | "canceling" if we_canceled => BuildOutcome::CanceledByUs,
-        "canceled" => BuildOutcome::Infrastructure { reason: "the build was cancelled outside benchkite".into() },
+            // The most telling try first: the infrastructure's, then a refusal, a timeout,
+            // a kill, an exit.
+            if let Some(JobVerdict::Infrastructure(reason)) = first(|v| matches!(v, JobVerdict::Infrastructure(_))) {
+                return BuildOutcome::Infrastructure { reason };
+            }
+            if let Some(JobVerdict::Refused(code, reason)) = first(|v| matches!(v, JobVerdict::Refused(..))) {
+                return BuildOutcome::Refused { code, reason };
+            }
+            if let Some(JobVerdict::TimedOut(reason)) = first(|v| matches!(v, JobVerdict::TimedOut(_))) {
+                return BuildOutcome::StepTimedOut { reason };
+            }
+            if let Some(JobVerdict::Killed(reason)) = first(|v| matches!(v, JobVerdict::Killed(_))) {
+                return if we_canceled {
+                    BuildOutcome::CanceledByUs
+                } else {
+                    BuildOutcome::CanceledElsewhere { reason: format!("{reason} in Buildkite, not by benchkite") }
+                };
+            }
+            if build.state == "canceled" {
+                return BuildOutcome::CanceledElsewhere {
+                    reason: "the build was cancelled in Buildkite, not by benchkite".into(),
+                };
+            }
+            match first(|v| matches!(v, JobVerdict::Exited(_))) {
+                Some(JobVerdict::Exited(code)) => BuildOutcome::Failed {
+                    exit_status: Some(code),
+                    reason: format!("the job exited with status {code}"),
+                },
+                _ => BuildOutcome::Failed { exit_status: None, reason: "the build failed".into() },
+            }
+        }
+        "canceling" if we_canceled => BuildOutcome::CanceledByUs,
         "skipped" | "not_run" => BuildOutcome::NotRun { state: build.state.clone() },
         "running" | "failing" | "canceling" => BuildOutcome::InFlight { running: true },
         _ => BuildOutcome::InFlight { running: false },
@@ -108,9 +217,12 @@ pub fn classify(build: &BuildView, we_canceled: bool) -> BuildOutcome {
 /// The overall deadline of a job.
 pub fn timeout(spec: &KernelJobSpec) -> Duration {
     let secs = spec.timeout_seconds.unwrap_or_else(|| {
-        let t = spec.test_timeout_seconds.unwrap_or(DEFAULT_RUN_TIMEOUT);
-        let b = spec.benchmark_timeout_seconds.unwrap_or(DEFAULT_RUN_TIMEOUT);
-        let r = spec.ranked_timeout_seconds.unwrap_or(DEFAULT_RUN_TIMEOUT);
+        // Fractional limits (kernelbot accepts them) round up to whole seconds here.
+        let whole =
+            |v: Option<f64>| v.filter(|v| v.is_finite() && *v > 0.0).map_or(DEFAULT_RUN_TIMEOUT, |v| v.ceil() as i64);
+        let t = whole(spec.test_timeout_seconds);
+        let b = whole(spec.benchmark_timeout_seconds);
+        let r = whole(spec.ranked_timeout_seconds);
         let runs = match spec.mode {
             Mode::Test => t,
             Mode::Benchmark => b,
@@ -232,7 +344,7 @@ pub fn summary_status(result: &ResultStatus, summary: &ResultSummary) -> Summary
 pub fn needs_user(phase: Phase, reason: &str) -> bool {
     match phase {
         Phase::Failed | Phase::TimedOut | Phase::Cancelled => true,
-        Phase::Pending => matches!(reason, "NoTarget" | "PoolNotFound"),
+        Phase::Pending => matches!(reason, "NoTarget" | "PoolNotFound" | "MissingTokenScope"),
         Phase::Submitted | Phase::Running | Phase::Succeeded => false,
     }
 }
@@ -262,6 +374,9 @@ pub fn finished_phase(outcome: &BuildOutcome, summary: Option<&ResultSummary>) -
         }
         (BuildOutcome::Failed { reason, .. }, _) => (Phase::Failed, "BuildFailed", reason.clone()),
         (BuildOutcome::Infrastructure { reason }, _) => (Phase::Failed, "InfrastructureFailure", reason.clone()),
+        (BuildOutcome::StepTimedOut { reason }, _) => (Phase::TimedOut, "StepTimedOut", reason.clone()),
+        (BuildOutcome::Refused { code, reason }, _) => (Phase::Failed, code, reason.clone()),
+        (BuildOutcome::CanceledElsewhere { reason }, _) => (Phase::Cancelled, "CancelledInBuildkite", reason.clone()),
         (BuildOutcome::CanceledByUs, _) => (Phase::Cancelled, "Cancelled", "the build was cancelled".into()),
         (BuildOutcome::NotRun { state }, _) => {
             (Phase::Failed, "BuildNotRun", format!("the build ended {state} without running"))
@@ -282,10 +397,11 @@ mod tests {
         }
         assert!(needs_user(Phase::Pending, "PoolNotFound"));
         assert!(needs_user(Phase::Pending, "NoTarget"));
+        assert!(needs_user(Phase::Pending, "MissingTokenScope"), "an admin must fix the token");
         assert!(!needs_user(Phase::Pending, "SubmitFailed"));
         assert!(!needs_user(Phase::Running, "PoolNotFound"));
     }
-    use crate::api::kerneljob::Lang;
+    use crate::api::kerneljob::{CaseSpec, Lang};
     use crate::contract::summary::{RunSummary, TestFailure, TestsSummary};
 
     fn spec(mode: Mode) -> KernelJobSpec {
@@ -327,8 +443,23 @@ mod tests {
         BuildView { state: state.into(), jobs, meta_data: BTreeMap::new() }
     }
 
-    fn job(state: &str, exit: Option<i64>, signal: Option<&str>) -> JobView {
-        JobView { state: state.into(), exit_status: exit, signal_reason: signal.map(str::to_string) }
+    fn job(state: &str, exit: Option<i64>, signal_reason: Option<&str>) -> JobView {
+        JobView {
+            state: state.into(),
+            exit_status: exit,
+            signal: None,
+            signal_reason: signal_reason.map(str::to_string),
+            retried: false,
+        }
+    }
+
+    fn killed(state: &str, signal: &str, reason: Option<&str>) -> JobView {
+        JobView { signal: Some(signal.into()), ..job(state, Some(-1), reason) }
+    }
+
+    fn retried(mut j: JobView) -> JobView {
+        j.retried = true;
+        j
     }
 
     #[test]
@@ -347,37 +478,130 @@ mod tests {
             classify(&build("failed", vec![job("failed", Some(1), None)]), false),
             BuildOutcome::Failed { exit_status: Some(1), reason: "the job exited with status 1".into() }
         );
+        assert_eq!(classify(&build("canceled", vec![]), true), BuildOutcome::CanceledByUs);
+        assert_eq!(classify(&build("canceling", vec![]), true), BuildOutcome::CanceledByUs);
+        assert_eq!(classify(&build("canceling", vec![]), false), BuildOutcome::InFlight { running: true });
+        assert!(matches!(classify(&build("canceled", vec![]), false), BuildOutcome::CanceledElsewhere { .. }));
+        assert_eq!(classify(&build("skipped", vec![]), false), BuildOutcome::NotRun { state: "skipped".into() });
+        assert_eq!(classify(&build("not_run", vec![]), false), BuildOutcome::NotRun { state: "not_run".into() });
+    }
+
+    #[test]
+    fn exit_minus_one_means_lost_only_without_a_signal() {
+        // Agent lost: -1, no signal, no signal_reason.
         assert!(matches!(
             classify(&build("failed", vec![job("failed", Some(-1), None)]), false),
             BuildOutcome::Infrastructure { .. }
+        ));
+        // signal_reason "none" is how retry rules spell "no reason": the same.
+        assert!(matches!(
+            classify(&build("failed", vec![job("failed", Some(-1), Some("none"))]), false),
+            BuildOutcome::Infrastructure { .. }
+        ));
+        // Killed by the step timeout: -1 + SIGTERM + cancel, job timed_out: final, not retried.
+        let outcome = classify(&build("failed", vec![killed("timed_out", "SIGTERM", Some("cancel"))]), false);
+        assert_eq!(
+            outcome,
+            BuildOutcome::StepTimedOut { reason: "the step's timeout killed the job (SIGTERM)".into() }
+        );
+        assert_eq!(finished_phase(&outcome, None).0, Phase::TimedOut);
+        assert_eq!(finished_phase(&outcome, None).1, "StepTimedOut");
+        // A timed_out job without a signal_reason (older answers) is still a timeout.
+        assert!(matches!(
+            classify(&build("failed", vec![job("timed_out", None, None)]), false),
+            BuildOutcome::StepTimedOut { .. }
+        ));
+        // Killed by a cancel someone else sent: final, not an infrastructure retry.
+        assert!(matches!(
+            classify(&build("canceled", vec![killed("canceled", "SIGTERM", Some("cancel"))]), false),
+            BuildOutcome::CanceledElsewhere { .. }
+        ));
+        assert_eq!(
+            classify(&build("canceled", vec![killed("canceled", "SIGTERM", Some("cancel"))]), true),
+            BuildOutcome::CanceledByUs
+        );
+        // Killed with a signal but no reason (e.g. SIGKILL after the grace period).
+        assert!(matches!(
+            classify(&build("failed", vec![killed("failed", "SIGKILL", None)]), false),
+            BuildOutcome::CanceledElsewhere { .. }
         ));
         assert!(matches!(
             classify(&build("failed", vec![job("failed", Some(255), None)]), false),
             BuildOutcome::Infrastructure { .. }
         ));
+    }
+
+    #[test]
+    fn every_documented_signal_reason() {
+        let infra = ["agent_stop", "process_run_error", "stack_error"];
+        for r in infra {
+            let out = classify(&build("failed", vec![killed("failed", "SIGTERM", Some(r))]), false);
+            assert!(matches!(out, BuildOutcome::Infrastructure { .. }), "{r}: {out:?}");
+            let out = classify(&build("canceled", vec![job("canceled", Some(-1), Some(r))]), false);
+            assert!(matches!(out, BuildOutcome::Infrastructure { .. }), "{r} on a canceled build: {out:?}");
+        }
+        for (r, code) in [
+            ("agent_refused", "AgentRefused"),
+            ("signature_rejected", "SignatureRejected"),
+            ("agent_incompatible", "AgentIncompatible"),
+        ] {
+            let out = classify(&build("failed", vec![job("failed", Some(-1), Some(r))]), false);
+            assert!(matches!(&out, BuildOutcome::Refused { code: c, .. } if *c == code), "{r}: {out:?}");
+            assert_eq!(
+                finished_phase(&out, None),
+                (
+                    Phase::Failed,
+                    code,
+                    match &out {
+                        BuildOutcome::Refused { reason, .. } => reason.clone(),
+                        _ => unreachable!(),
+                    }
+                )
+            );
+        }
+        // An undocumented reason is not trusted to be final.
         assert!(matches!(
-            classify(&build("failed", vec![job("canceled", None, Some("agent_stop"))]), false),
+            classify(&build("failed", vec![job("failed", Some(-1), Some("something_new"))]), false),
             BuildOutcome::Infrastructure { .. }
         ));
-        assert!(matches!(
-            classify(&build("failed", vec![job("expired", None, None)]), false),
-            BuildOutcome::Infrastructure { .. }
-        ));
+    }
+
+    #[test]
+    fn job_states_expired_broken_limited() {
+        let out = classify(&build("failed", vec![job("expired", None, None)]), false);
+        assert!(matches!(out, BuildOutcome::Refused { code: "JobExpired", .. }), "{out:?}");
+        let out = classify(&build("failed", vec![job("broken", None, None)]), false);
+        assert!(matches!(out, BuildOutcome::Refused { code: "JobBroken", .. }), "{out:?}");
+        // Concurrency-limited jobs wait: the build is still scheduled.
         assert_eq!(
-            classify(&build("failed", vec![job("timed_out", Some(-1), Some("cancel"))]), false),
-            BuildOutcome::Infrastructure { reason: "agent lost or job not started (exit -1)".into() },
-            "exit -1 wins: Buildkite reports agent loss that way"
+            classify(&build("scheduled", vec![job("limited", None, None)]), false),
+            BuildOutcome::InFlight { running: false }
         );
+    }
+
+    #[test]
+    fn only_the_latest_try_counts() {
+        // retry.automatic replaced a lost-agent try; the retry failed for real: a final
+        // failure, not an infrastructure retry of the whole build.
+        let b = build("failed", vec![retried(job("failed", Some(-1), None)), job("failed", Some(3), None)]);
         assert_eq!(
-            classify(&build("failed", vec![job("timed_out", None, None)]), false),
-            BuildOutcome::Failed { exit_status: None, reason: "the step timed out".into() }
+            classify(&b, false),
+            BuildOutcome::Failed { exit_status: Some(3), reason: "the job exited with status 3".into() }
         );
-        assert_eq!(classify(&build("canceled", vec![]), true), BuildOutcome::CanceledByUs);
-        assert_eq!(classify(&build("canceling", vec![]), true), BuildOutcome::CanceledByUs);
-        assert_eq!(classify(&build("canceling", vec![]), false), BuildOutcome::InFlight { running: true });
-        assert!(matches!(classify(&build("canceled", vec![]), false), BuildOutcome::Infrastructure { .. }));
-        assert_eq!(classify(&build("skipped", vec![]), false), BuildOutcome::NotRun { state: "skipped".into() });
-        assert_eq!(classify(&build("not_run", vec![]), false), BuildOutcome::NotRun { state: "not_run".into() });
+        // The retry passed: the build passed.
+        let b = build("passed", vec![retried(job("failed", Some(-1), None)), job("passed", Some(0), None)]);
+        assert_eq!(classify(&b, false), BuildOutcome::Passed);
+        // The retry lost its agent too: infrastructure.
+        let b = build("failed", vec![retried(job("failed", Some(1), None)), job("failed", Some(-1), None)]);
+        assert!(matches!(classify(&b, false), BuildOutcome::Infrastructure { .. }));
+    }
+
+    #[test]
+    fn finished_phase_of_new_outcomes() {
+        let c = BuildOutcome::CanceledElsewhere { reason: "x".into() };
+        assert_eq!(finished_phase(&c, None), (Phase::Cancelled, "CancelledInBuildkite", "x".into()));
+        let r = BuildOutcome::Refused { code: "JobExpired", reason: "y".into() };
+        assert_eq!(finished_phase(&r, None), (Phase::Failed, "JobExpired", "y".into()));
     }
 
     #[test]
@@ -387,12 +611,14 @@ mod tests {
         assert_eq!(timeout(&spec(Mode::Leaderboard)), Duration::from_secs(540 + 600));
         assert_eq!(timeout(&spec(Mode::Private)), Duration::from_secs(540 + 600));
         let mut s = spec(Mode::Leaderboard);
-        s.test_timeout_seconds = Some(10);
-        s.benchmark_timeout_seconds = Some(20);
-        s.ranked_timeout_seconds = Some(30);
+        s.test_timeout_seconds = Some(10.0);
+        s.benchmark_timeout_seconds = Some(20.0);
+        s.ranked_timeout_seconds = Some(30.0);
         assert_eq!(timeout(&s), Duration::from_secs(660));
+        s.test_timeout_seconds = Some(0.5);
+        assert_eq!(timeout(&s), Duration::from_secs(651), "a fractional limit rounds up");
         let mut s = spec(Mode::Profile);
-        s.benchmarks = vec![BTreeMap::new(), BTreeMap::new()];
+        s.benchmarks = vec![CaseSpec::Params(BTreeMap::new()), CaseSpec::Params(BTreeMap::new())];
         assert_eq!(timeout(&s), Duration::from_secs(360 + 600));
         s.timeout_seconds = Some(42);
         assert_eq!(timeout(&s), Duration::from_secs(42), "explicit wins");

@@ -34,6 +34,10 @@ pub fn strip_job(job: &mut KernelJob) {
 /// Everything the KernelJob controller needs besides the shared fleet caches.
 pub struct JobSetup {
     pub buildkite: crate::buildkite::Client,
+    /// The pipelines builds go to (one managed pipeline per queue).
+    pub pipelines: crate::controller::pipelines::PipelineManager,
+    /// What the API token may do (checked at start and periodically).
+    pub scopes: crate::buildkite::ScopeReport,
     pub config: JobConfig,
     pub webhook_secret: Option<crate::buildkite::Secret>,
     pub reporter: String,
@@ -85,6 +89,8 @@ pub fn controller(
         trigger: tx,
         webhooks: Default::default(),
         started: Timestamp::now(),
+        pipelines: setup.pipelines,
+        scopes: setup.scopes,
     });
     let wakeups = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
     let run_ctx = ctx.clone();
@@ -95,7 +101,6 @@ pub fn controller(
             tasks.spawn(controller::submit_worker(ctx.clone()));
         }
         tasks.spawn(controller::recovery_loop(ctx.clone()));
-        tasks.spawn(controller::poll_loop(ctx.clone()));
         Controller::for_stream(stream, jobs)
             .reconcile_on(wakeups)
             .with_config(kube::runtime::controller::Config::default().concurrency(32))

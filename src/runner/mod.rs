@@ -1,7 +1,9 @@
-//! `benchkite run`: the job side of a KernelJob. Decodes `KERNELBOT_PAYLOAD`, writes the
+//! `benchkite run`: the job side of a KernelJob. Decodes the payload (`KERNELBOT_PAYLOAD`, or
+//! the split `BENCHKITE_PAYLOAD_*` form for payloads over one env string), writes the
 //! submission into a fresh directory, compiles it (`cu`) or runs its main file (`py`)
 //! through the harness protocol, and hands back `result.json` (plus the compact summary as
-//! build meta-data) exactly as the seeds' Python runner would, at a fraction of its cost.
+//! build meta-data) exactly as kernelbot's own runner (`run_config` in
+//! `src/libkernelbot/run_eval.py`) would, at a fraction of its cost.
 //!
 //! See `shared/reference/kernel-evaluation.md` for the contract and [`crate::contract`] for
 //! the formats. Exit status: 0 when the evaluation ran (whatever the kernel's verdict), 1
@@ -25,7 +27,7 @@ pub use profile::Profiler;
 pub use report::{ReportMode, SIM_META_DATA_FILE_ENV, UploadMode};
 
 use crate::contract::{
-    self, Case, CompileResult, EvalConfig, EvalResult, FullResult, Lang, Mode, PAYLOAD_ENV, PayloadLimits,
+    self, CompileResult, EvalConfig, EvalResult, FullResult, Lang, Mode, PAYLOAD_ENV, PayloadError, PayloadLimits,
     ProfileResult, RankingBy, RunResult, SystemInfo, exit_code, run_name,
 };
 use process::{Ending, Spec};
@@ -36,12 +38,37 @@ pub const EXIT_OK: i32 = 0;
 /// Exit status when the infrastructure failed (the result says why, when it could be written).
 pub const EXIT_INFRA: i32 = 1;
 
-/// Env vars the harness does not get: the payload (it may carry a private seed) and the
-/// agent's job token (with it, a submission could set its own meta-data or artifacts).
-const HIDDEN_FROM_HARNESS: &[&str] =
-    &[PAYLOAD_ENV, report::AGENT_TOKEN_ENV, report::SIM_META_DATA_FILE_ENV, "BENCHKITE_TIMING"];
+/// Env vars the evaluated programs do not get, beside every payload variable (see
+/// [`hidden_env`]): the agent's job token (with it, a submission could set its own meta-data
+/// or artifacts) and the runner's own settings.
+const HIDDEN_FROM_HARNESS: &[&str] = &[report::AGENT_TOKEN_ENV, report::SIM_META_DATA_FILE_ENV, "BENCHKITE_TIMING"];
+
+/// Everything the evaluated programs must not see: [`HIDDEN_FROM_HARNESS`] and every payload
+/// variable present in this process's environment (`KERNELBOT_PAYLOAD`, the split
+/// `BENCHKITE_PAYLOAD_*`): the payload carries the secret seed of a `private` run.
+/// kernelbot's runner hands its whole environment on; benchkite deliberately does not.
+fn hidden_env() -> Vec<String> {
+    let mut names: Vec<String> = HIDDEN_FROM_HARNESS.iter().map(|s| (*s).to_owned()).collect();
+    names.push(PAYLOAD_ENV.to_owned());
+    for (k, _) in std::env::vars_os() {
+        if let Some(k) = k.to_str()
+            && contract::is_payload_env(k)
+            && k != PAYLOAD_ENV
+        {
+            names.push(k.to_owned());
+        }
+    }
+    names
+}
+
 /// Largest payload file read (the decoder's own limits apply after).
 const MAX_PAYLOAD_FILE_BYTES: u64 = 64 * 1024 * 1024;
+/// The file kernelbot's compile step runs (`run_pytorch_script`: `["python3",
+/// "submission.py"]`, whatever `main` is).
+const PRERUN_FILE: &str = "submission.py";
+/// What in the compile step's stdout makes kernelbot record it as a compilation: the
+/// define torch's `cpp_extension` passes to every build (printed by `load_inline(verbose=True)`).
+const TORCH_EXTENSION_MARKER: &str = "-DTORCH_EXTENSION_NAME";
 /// How long the system probe may hold up the first timed stage or the result.
 const PROBE_WAIT: Duration = Duration::from_secs(15);
 
@@ -67,10 +94,12 @@ pub struct RunArgs {
     /// nvcc for `cu` submissions. Default: PATH, then $CUDA_HOME/bin, /usr/local/cuda/bin.
     #[arg(long, env = "BENCHKITE_NVCC", value_name = "PATH")]
     pub nvcc: Option<PathBuf>,
-    /// Seconds nvcc may take.
+    /// Seconds nvcc may take, and the compile step of a Python submission (kernelbot's
+    /// `python3 submission.py` before each stage; its `Timeout.COMPILE`).
     #[arg(long, env = "BENCHKITE_COMPILE_TIMEOUT", default_value_t = 120, value_name = "SECONDS")]
     pub compile_timeout: u64,
-    /// Profiler for profile mode. Default: rocprofv3 on ROCm, nsys then ncu on CUDA.
+    /// Profiler for profile mode. Default, as kernelbot: ncu on CUDA, rocprofv3 on ROCm,
+    /// and a failure on any other runtime. `nsys` only when asked for.
     #[arg(long, value_enum, env = "BENCHKITE_PROFILER")]
     pub profiler: Option<Profiler>,
     /// Report the summary as build meta-data (`auto`: simulator file, else buildkite-agent
@@ -216,10 +245,14 @@ fn infra(error: impl Into<String>) -> FullResult {
 
 fn read_payload(args: &RunArgs) -> Result<String, String> {
     let Some(path) = &args.payload_file else {
-        return match std::env::var_os(PAYLOAD_ENV) {
-            None => Err(format!("no payload: set {PAYLOAD_ENV} or pass --payload-file")),
-            Some(v) => v.into_string().map_err(|_| format!("{PAYLOAD_ENV} is not valid UTF-8")),
-        };
+        // A value that is not UTF-8 cannot be base64: lossy text fails the decoder (or the
+        // split form's checksum) with a message that says so.
+        return contract::payload_from_env(|k| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned())).map_err(
+            |e| match e {
+                PayloadError::NotSet => format!("{e} (or pass --payload-file)"),
+                e => e.to_string(),
+            },
+        );
     };
     let mut bytes = Vec::new();
     let read = if path.as_os_str() == "-" {
@@ -234,13 +267,20 @@ fn read_payload(args: &RunArgs) -> Result<String, String> {
     String::from_utf8(bytes).map_err(|_| format!("payload file {} is not valid UTF-8", path.display()))
 }
 
+/// What the runner takes: what kernelbot's `run_config` takes (empty files, any timeout, no
+/// size limit of its own: the platform applies its limit before the build exists), bounded
+/// only by the decoder's cap on the decompressed JSON.
+fn runner_limits() -> PayloadLimits {
+    PayloadLimits { max_source_bytes: usize::MAX, allow_empty_files: true, ..PayloadLimits::default() }
+}
+
 /// Decodes the payload and runs it; never panics on bad input.
 fn evaluate(args: &RunArgs, probe: &mut Probe, timing: &mut Timing) -> (FullResult, RankingBy) {
     let payload = match read_payload(args) {
         Ok(p) => p,
         Err(e) => return (infra(e), RankingBy::default()),
     };
-    let config = match contract::decode_payload_with(&payload, &PayloadLimits::default()) {
+    let config = match contract::decode_runnable_payload(&payload, &runner_limits()) {
         Ok(c) => c,
         Err(e) => return (infra(e.to_string()), RankingBy::default()),
     };
@@ -249,7 +289,16 @@ fn evaluate(args: &RunArgs, probe: &mut Probe, timing: &mut Timing) -> (FullResu
         Ok(d) => d,
         Err(e) => return (infra(e), ranking_by),
     };
-    let mut ev = Evaluator { args, config: &config, dir: &dir, probe, timing, runs: BTreeMap::new(), error: None };
+    let mut ev = Evaluator {
+        args,
+        config: &config,
+        dir: &dir,
+        probe,
+        timing,
+        hidden: hidden_env(),
+        runs: BTreeMap::new(),
+        error: None,
+    };
     ev.run();
     let Evaluator { runs, error, .. } = ev;
     let result = match error {
@@ -324,19 +373,24 @@ struct Evaluator<'a> {
     dir: &'a WorkDir,
     probe: &'a mut Probe,
     timing: &'a mut Timing,
+    /// Env vars removed from every program the evaluation runs.
+    hidden: Vec<String>,
     runs: BTreeMap<String, EvalResult>,
     /// Set when the infrastructure failed; stops the evaluation.
     error: Option<String>,
 }
 
 /// What a stage runs and under which limit.
-struct Stage<'c> {
+struct Stage {
     /// Key in `runs`.
     name: String,
     /// The mode argument given to the harness.
     harness_mode: &'static str,
-    cases: Vec<&'c Case>,
-    timeout_secs: u64,
+    /// The cases file, as kernelbot writes it for this run.
+    cases: String,
+    /// Seconds, as sent (fractions allowed; zero or less times out at once, as
+    /// `subprocess.run` does).
+    timeout_secs: f64,
     timeout_field: &'static str,
 }
 
@@ -361,15 +415,17 @@ impl<'a> Evaluator<'a> {
             },
         };
         let cfg = self.config;
-        let ranked: Vec<&Case> = match cfg.ranking_by {
-            // The seeds' runner times only the last benchmark when ranking by it.
-            RankingBy::Last => cfg.benchmarks.last().into_iter().collect(),
-            _ => cfg.benchmarks.iter().collect(),
+        let all_benchmarks = cases::format_cases(cfg.benchmarks.iter());
+        let ranked = match cfg.ranking_by {
+            // kernelbot (`run_single_evaluation`): with `last`, the benchmark and ranked runs
+            // get only the last line of the benchmarks (`splitlines(keepends=True)[-1]`).
+            RankingBy::Last => cases::format_cases(cfg.benchmarks.last()),
+            _ => all_benchmarks,
         };
         let test = || Stage {
             name: run_name::TEST.into(),
             harness_mode: "test",
-            cases: cfg.tests.iter().collect(),
+            cases: cases::format_cases(cfg.tests.iter()),
             timeout_secs: cfg.test_timeout,
             timeout_field: "test_timeout",
         };
@@ -409,7 +465,7 @@ impl<'a> Evaluator<'a> {
             }
             Mode::Profile => {
                 let runtime = self.probe.get(PROBE_WAIT).runtime.clone();
-                let (profiler, path) = match profile::select(self.args.profiler, &runtime) {
+                let selected = match profile::select(self.args.profiler, &runtime) {
                     Ok(p) => p,
                     Err(e) => {
                         self.error = Some(e);
@@ -420,13 +476,13 @@ impl<'a> Evaluator<'a> {
                     let stage = Stage {
                         name: format!("{}{i}", run_name::PROFILE_PREFIX),
                         harness_mode: "profile",
-                        cases: vec![case],
+                        // kernelbot hands each profile run one line of `splitlines()`: no
+                        // line break at the end.
+                        cases: case.to_line(),
                         timeout_secs: cfg.benchmark_timeout,
                         timeout_field: "benchmark_timeout",
                     };
-                    if !self.stage(stage, program, compilation, Some((profiler, path.as_path())))
-                        && self.error.is_some()
-                    {
+                    if !self.stage(stage, program, compilation, Some(&selected)) && self.error.is_some() {
                         return;
                     }
                 }
@@ -465,11 +521,16 @@ impl<'a> Evaluator<'a> {
     fn compile(&mut self) -> Option<CompileResult> {
         let start = now_naive();
         let record = |this: &mut Self, c: CompileResult| {
-            let name = this.first_stage_name();
-            this.runs.insert(
-                name,
-                EvalResult { start: start.clone(), end: now_naive(), compilation: Some(c), run: None, profile: None },
-            );
+            let eval =
+                EvalResult { start: start.clone(), end: now_naive(), compilation: Some(c), run: None, profile: None };
+            this.runs.insert(this.first_stage_name(), eval.clone());
+            // kernelbot compiles again for every profile run and records each failure; the
+            // other modes stop at the first stage.
+            if this.config.mode == Mode::Profile && eval.compilation.as_ref().is_some_and(|c| c.nvcc_found) {
+                for i in 1..this.config.benchmarks.len() {
+                    this.runs.insert(format!("{}{i}", run_name::PROFILE_PREFIX), eval.clone());
+                }
+            }
         };
         let args = match compile::nvcc_args(self.config, &self.dir.work) {
             Ok(a) => a,
@@ -512,28 +573,97 @@ impl<'a> Evaluator<'a> {
         Some(result)
     }
 
+    /// kernelbot's "compile" step for Python submissions (`run_pytorch_script`): before
+    /// every stage, `python3 submission.py` runs once with the environment of a run,
+    /// `POPCORN_SEED=1` and a result pipe whose content is ignored, under the compile timeout
+    /// (`Timeout.COMPILE`, 120 s) and outside the stage's own, so that `load_inline` fills
+    /// its build cache before the timed run. Its outcome becomes `compilation` only when its
+    /// stdout shows a torch extension build (`-DTORCH_EXTENSION_NAME`), then always as a
+    /// success whatever its exit code, exactly as kernelbot records it; otherwise `None`.
+    ///
+    /// kernelbot runs the literal `submission.py` (not `main`); without that file in the
+    /// working directory it gets `None` from a failed start of Python, which is what
+    /// skipping the run gives here. `Err` when the infrastructure failed (`error` is set).
+    fn compile_prerun(&mut self, stage: &str) -> Result<Option<CompileResult>, ()> {
+        if !self.dir.work.join(PRERUN_FILE).is_file() {
+            return Ok(None);
+        }
+        let argv = [self.args.python.clone(), PRERUN_FILE.to_owned()];
+        let mut spec = Spec::new(&argv[0]).args(argv[1..].iter());
+        spec.cwd = Some(self.dir.work.clone());
+        spec.result_pipe = true;
+        spec.timeout = Some(Duration::from_secs(self.args.compile_timeout));
+        spec.env_remove = self.hidden.clone();
+        spec.env.push(("POPCORN_SEED".into(), "1".into()));
+        let out = match process::run(&spec) {
+            Ok(o) => o,
+            Err(process::SpawnError::Canceled(sig)) => {
+                self.error = Some(format!("canceled by signal {sig} before the compile step of the {stage} run"));
+                return Err(());
+            }
+            Err(e) => {
+                self.error = Some(format!("starting the compile step of the {stage} run failed: {e}"));
+                return Err(());
+            }
+        };
+        let exit = match out.ending {
+            Ending::TimedOut => exit_code::TIMEOUT,
+            Ending::Canceled(sig) => {
+                self.error = Some(format!("canceled by signal {sig} during the compile step of the {stage} run"));
+                return Err(());
+            }
+            other => other.python_returncode(),
+        };
+        log(&format!(
+            "{stage}: compile step `{}` exit code {exit} in {:.3} s{}",
+            process::shell_join(&argv),
+            out.duration.as_secs_f64(),
+            if out.ending == Ending::TimedOut { " (timed out)" } else { "" }
+        ));
+        let stdout = out.stdout.to_output();
+        if !stdout.contains(TORCH_EXTENSION_MARKER) {
+            return Ok(None);
+        }
+        Ok(Some(CompileResult {
+            nvcc_found: true,
+            nvcc_version: String::new(),
+            success: true,
+            command: process::shell_join(&argv),
+            stdout,
+            stderr: out.stderr.to_output(),
+            exit_code: exit,
+        }))
+    }
+
     /// Runs one stage and records it; returns whether it passed (`check: pass`).
     fn stage(
         &mut self,
-        stage: Stage<'_>,
+        stage: Stage,
         program: &[String],
         compilation: Option<&CompileResult>,
-        profiler: Option<(Profiler, &Path)>,
+        profiler: Option<&profile::Selected>,
     ) -> bool {
         let start = now_naive();
+        let compilation = match self.config.lang {
+            Lang::Py => match self.compile_prerun(&stage.name) {
+                Ok(c) => c,
+                Err(()) => return false,
+            },
+            Lang::Cu => compilation.cloned(),
+        };
         let cases_path = self.dir.root.join(format!("cases.{}.txt", stage.name));
-        if let Err(e) = std::fs::write(&cases_path, cases::format_cases(stage.cases.iter().copied())) {
+        if let Err(e) = std::fs::write(&cases_path, &stage.cases) {
             self.error = Some(format!("writing {} failed: {e}", cases_path.display()));
             return false;
         }
         let mut argv: Vec<String> = Vec::new();
-        let profile_dir = self.dir.work.join(format!("profile_data.{}", stage.name));
-        if let Some((p, path)) = profiler {
+        let profile_dir = self.dir.root.join(&stage.name).join(profile::OUTPUT_DIR);
+        if let Some(p) = profiler {
             if let Err(e) = std::fs::create_dir_all(&profile_dir) {
                 self.error = Some(format!("creating {} failed: {e}", profile_dir.display()));
                 return false;
             }
-            argv.extend(p.args(path, &profile_dir));
+            argv.extend(p.profiler.args(&p.path, &profile_dir));
         }
         argv.extend(program.iter().cloned());
         argv.push(stage.harness_mode.to_owned());
@@ -542,14 +672,18 @@ impl<'a> Evaluator<'a> {
         let mut spec = Spec::new(&argv[0]).args(argv[1..].iter());
         spec.cwd = Some(self.dir.work.clone());
         spec.result_pipe = true;
-        spec.timeout = Some(Duration::from_secs(stage.timeout_secs));
-        spec.env_remove = HIDDEN_FROM_HARNESS.iter().map(|s| (*s).to_owned()).collect();
+        // `subprocess.run(timeout=...)`: fractions count; zero or less times out at once.
+        spec.timeout = Some(Duration::try_from_secs_f64(stage.timeout_secs.max(0.0)).unwrap_or(Duration::MAX));
+        spec.env_remove = self.hidden.clone();
         if let Some(seed) = self.config.seed {
             spec.env.push(("POPCORN_SEED".into(), seed.to_string()));
         }
         if self.config.multi_gpu {
             let n = self.probe.get(PROBE_WAIT).device_count.max(1);
             spec.env.push(("POPCORN_GPUS".into(), n.to_string()));
+        }
+        if let Some(p) = profiler {
+            spec.env.extend(p.profiler.env().iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
         }
         let command = process::shell_join(&argv);
         let out = match process::run(&spec) {
@@ -567,56 +701,63 @@ impl<'a> Evaluator<'a> {
         self.timing.last_end = Some(out.ended_at);
 
         let mut stderr = out.stderr.to_output();
-        let (exit, result) = match out.ending {
+        let mut duration = out.duration.as_secs_f64();
+        let (exit, mut result) = match out.ending {
             Ending::TimedOut => {
-                stderr.push_str(&format!(
-                    "\n[benchkite] {} run timed out after {} s ({}); its process group was killed\n",
+                // As kernelbot's `run_program` on `TimeoutExpired`: exit code 114, the limit
+                // as the duration, no results, and the output only as the program wrote it
+                // (the note goes to the job log).
+                log(&format!(
+                    "{} run timed out after {} s ({}); its process group was killed",
                     stage.name, stage.timeout_secs, stage.timeout_field
                 ));
-                // As the seeds' runner: a run that timed out reports no results.
+                duration = stage.timeout_secs;
                 (exit_code::TIMEOUT, BTreeMap::new())
             }
             Ending::Canceled(sig) => {
                 stderr.push_str(&format!("\n[benchkite] run canceled: the runner received signal {sig}\n"));
+                stderr = contract::truncate_output(&stderr).into_owned();
                 self.error = Some(format!("canceled by signal {sig} during the {} run", stage.name));
                 (out.ending.python_returncode(), BTreeMap::new())
             }
             other => (other.python_returncode(), cases::parse_result_lines(&String::from_utf8_lossy(&out.result))),
         };
-        let stderr = contract::truncate_output(&stderr).into_owned();
         let passed = out.ending != Ending::TimedOut && contract::passed(&result);
+        let success = contract::run_success(exit);
+        let mut profile = None;
+        if let Some(p) = profiler {
+            // kernelbot reads the ncu report whatever the run's outcome, and keeps a trace
+            // only from a run that succeeded.
+            for note in p.profiler.after_run(&p.path, &profile_dir, &self.dir.work, &mut result) {
+                log(&note);
+            }
+            if success {
+                let (trace, note) = profile::trace_of(&profile_dir);
+                if let Some(n) = note {
+                    log(&n);
+                }
+                profile = Some(ProfileResult { profiler: p.profiler.label().to_owned(), trace, download_url: None });
+            }
+        }
         let run = RunResult {
-            success: contract::run_success(exit),
+            success,
             passed,
             command,
             stdout: out.stdout.to_output(),
             stderr,
             exit_code: exit,
-            duration: out.duration.as_secs_f64(),
+            duration,
             result,
-        };
-        let profile = match profiler {
-            Some((p, _)) if run.success => {
-                let (trace, note) = profile::trace_of(&profile_dir);
-                if let Some(n) = note {
-                    log(&n);
-                }
-                Some(ProfileResult { profiler: p.label().to_owned(), trace, download_url: None })
-            }
-            _ => None,
         };
         log(&format!(
             "{}: exit code {}, {} in {:.3} s",
             stage.name,
             run.exit_code,
             if run.passed { "passed" } else { "not passed" },
-            run.duration
+            out.duration.as_secs_f64()
         ));
         let passed = run.passed;
-        self.runs.insert(
-            stage.name,
-            EvalResult { start, end: now_naive(), compilation: compilation.cloned(), run: Some(run), profile },
-        );
+        self.runs.insert(stage.name, EvalResult { start, end: now_naive(), compilation, run: Some(run), profile });
         passed && self.error.is_none()
     }
 }

@@ -173,32 +173,61 @@ pub(crate) struct Captured {
     pub bytes: Vec<u8>,
     /// Bytes read in total (including the ones not kept).
     pub total: u64,
+    /// Line breaks in the whole stream as Python's universal newlines see them (`\r\n`,
+    /// `\r` and `\n` each one), including the part not kept.
+    pub newlines: u64,
+    /// Whether the last byte read was `\r` (a `\n` right after it is the same break).
+    after_cr: bool,
 }
 
 impl Captured {
     fn push(&mut self, data: &[u8], limit: usize) {
         self.total += data.len() as u64;
+        for &b in data {
+            match b {
+                b'\r' => self.newlines += 1,
+                b'\n' if !self.after_cr => self.newlines += 1,
+                _ => {}
+            }
+            self.after_cr = b == b'\r';
+        }
         let room = limit.saturating_sub(self.bytes.len());
         self.bytes.extend_from_slice(&data[..data.len().min(room)]);
     }
 
-    /// The text, lossily decoded and cut to the contract's 16 KiB; the omitted count covers
-    /// the bytes that were not even kept in memory.
+    /// The text as kernelbot records a run's stdout or stderr: decoded (lossily here; Python
+    /// would fail on bytes that are not UTF-8), line breaks translated as `subprocess.run(...,
+    /// text=True)` does (`\r\n` and `\r` become `\n`), then cut by its `_limit_length`
+    /// (16,384 characters: the lines that fit with 100 to spare, then `[...] N lines
+    /// omitted`). The omitted count covers the lines that were not even kept in memory.
     pub(crate) fn to_output(&self) -> String {
-        let text = String::from_utf8_lossy(&self.bytes);
-        let cut = crate::contract::truncate_output(&text);
-        let dropped = self.total.saturating_sub(self.bytes.len() as u64);
-        if dropped == 0 {
-            return cut.into_owned();
-        }
-        // Everything past the head was left out: restate the count for the whole stream.
-        match cut.rfind("[...] ") {
-            Some(pos) if cut[pos..].ends_with(" bytes omitted") => {
-                format!("{}[...] {} bytes omitted", &cut[..pos], self.total.saturating_sub(pos as u64))
+        let text = String::from_utf8_lossy(&self.bytes).replace("\r\n", "\n").replace('\r', "\n");
+        // Lines of the whole stream: one more than its line breaks.
+        let total_lines = usize::try_from(self.newlines).unwrap_or(usize::MAX).saturating_add(1);
+        limit_length(&text, total_lines, crate::contract::OUTPUT_LIMIT)
+    }
+}
+
+/// kernelbot's `_limit_length(text, max_len)` (`src/libkernelbot/run_eval.py`): keeps whole
+/// lines while their characters plus one per line break stay 100 under `max_len`, then a
+/// last line `[...] N lines omitted`, N counted against `total_lines` (the lines of the
+/// whole stream, of which `text` may be only the beginning).
+pub(crate) fn limit_length(text: &str, total_lines: usize, max_len: usize) -> String {
+    let mut size = 0usize;
+    for (i, line) in text.split('\n').enumerate() {
+        size += line.chars().count() + 1;
+        if size + 100 > max_len {
+            let kept: Vec<&str> = text.split('\n').take(i).collect();
+            let omitted = total_lines.saturating_sub(i);
+            let mut out = kept.join("\n");
+            if i > 0 {
+                out.push('\n');
             }
-            _ => cut.into_owned(),
+            out.push_str(&format!("[...] {omitted} lines omitted"));
+            return out;
         }
     }
+    text.to_owned()
 }
 
 /// Everything a finished run produced.
@@ -698,17 +727,39 @@ mod tests {
     #[test]
     fn output_over_the_capture_limit_is_counted() {
         let mut c = Captured::default();
-        let chunk = vec![b'a'; 1000];
-        for _ in 0..(CAPTURE_LIMIT / 1000 + 10) {
+        let chunk = vec![b'a'; 999];
+        let lines = CAPTURE_LIMIT / 1000 + 10;
+        for _ in 0..lines {
             c.push(&chunk, CAPTURE_LIMIT);
             c.push(b"\n", CAPTURE_LIMIT);
         }
         assert_eq!(c.bytes.len(), CAPTURE_LIMIT);
+        assert_eq!(c.newlines, lines as u64);
         let text = c.to_output();
-        assert!(text.len() <= crate::contract::OUTPUT_LIMIT);
-        let marker = text.rsplit('\n').next().unwrap();
-        let kept = text.len() - marker.len();
-        assert_eq!(marker, format!("[...] {} bytes omitted", c.total - kept as u64));
+        // 16 lines of 1,000 characters fit under 16,384 - 100; the rest (and the empty line
+        // after the last break) are counted, as Python's `text.split("\n")` does.
+        assert_eq!(text.lines().count(), 17);
+        assert_eq!(text.rsplit('\n').next().unwrap(), format!("[...] {} lines omitted", lines + 1 - 16));
+    }
+
+    #[test]
+    fn output_is_cut_like_kernelbots_limit_length() {
+        // Short: unchanged, but with Python's newline translation.
+        let mut c = Captured::default();
+        c.push(b"a\r\nb\rc\n", CAPTURE_LIMIT);
+        c.push(b"\r", CAPTURE_LIMIT);
+        c.push(b"\nd", CAPTURE_LIMIT);
+        assert_eq!((c.to_output(), c.newlines), ("a\nb\nc\n\nd".to_owned(), 4));
+        // Characters, not bytes, count (Python's len of a str).
+        let line = "é".repeat(100);
+        let text: String = (0..200).map(|_| format!("{line}\n")).collect();
+        let cut = limit_length(&text, 201, 16384);
+        // Lines of 101 characters: 161 fit (161 * 101 + 100 <= 16,384).
+        assert_eq!(cut.lines().count(), 161 + 1);
+        assert!(cut.ends_with(&format!("{line}\n[...] 40 lines omitted")));
+        // One line longer than the limit: nothing of it is kept.
+        assert_eq!(limit_length(&"x".repeat(20_000), 1, 16384), "[...] 1 lines omitted");
+        assert_eq!(limit_length("", 1, 16384), "");
     }
 
     #[test]

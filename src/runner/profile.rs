@@ -1,27 +1,60 @@
-//! Profile mode: the vendor profiler wrapped around the harness (Nsight Systems or Nsight
-//! Compute on CUDA, rocprofv3 on ROCm) and its output zipped into `ProfileResult.trace`.
+//! Profile mode, as kernelbot's runner does it (`profile_program` in
+//! `src/libkernelbot/run_eval.py`): Nsight Compute (`ncu`) on CUDA, rocprofv3 on ROCm, any
+//! other runtime refused (`ValueError: Unknown runtime`). ncu is limited to the harness's
+//! `custom_kernel/` NVTX range and 10 kernels, and its speed-of-light summary goes into the
+//! run's results as `benchmark.0.report` (base64), which kernelbot's report code reads.
+//! The profiler's output directory is zipped into `ProfileResult.trace` with the same layout
+//! as Python's `shutil.make_archive(..., "zip", output_dir)`.
 
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use base64::Engine as _;
 use flate2::Compression;
 use flate2::write::DeflateEncoder;
 
-use super::process;
+use super::cases::{is_python_space, python_splitlines};
+use super::process::{self, Ending, Spec};
 
 /// Largest zip we embed in result.json as base64; bigger traces are left out.
 pub const MAX_TRACE_ZIP_BYTES: usize = 16 * 1024 * 1024;
 
+/// Name of the directory the profiler writes into (kernelbot's `profile_data`).
+pub const OUTPUT_DIR: &str = "profile_data";
+
+/// The ncu report file kernelbot names (`-o .../profile.ncu-rep`).
+pub const NCU_REPORT_FILE: &str = "profile.ncu-rep";
+
+/// kernelbot's ncu summary: these tables of the speed-of-light section.
+pub const NCU_REPORT_TABLES: &[&str] =
+    &["GPU Throughput", "Pipe Utilization (% of active cycles)", "Warp State (All Cycles)"];
+
+/// Key of the ncu summary in the run's results (each profile run has one benchmark).
+pub const NCU_REPORT_KEY: &str = "benchmark.0.report";
+
+/// How long `ncu --import ... --print-details body` may take (kernelbot waits without a
+/// limit; a hung import must not hold the GPU).
+const NCU_IMPORT_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// A profiler the runner knows how to drive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Profiler {
-    /// NVIDIA Nsight Systems (`nsys profile`).
-    Nsys,
-    /// NVIDIA Nsight Compute (`ncu`).
+    /// NVIDIA Nsight Compute (`ncu`): kernelbot's profiler on CUDA, and the default there.
     Ncu,
-    /// AMD rocprofv3.
+    /// AMD rocprofv3: kernelbot's profiler on ROCm, and the default there.
     Rocprof,
+    /// NVIDIA Nsight Systems (`nsys profile`): only when asked for; kernelbot never uses it,
+    /// so its results carry no `benchmark.0.report`.
+    Nsys,
+}
+
+/// The profiler a profile run uses, and where it was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Selected {
+    pub profiler: Profiler,
+    pub path: PathBuf,
 }
 
 impl Profiler {
@@ -34,111 +67,265 @@ impl Profiler {
         }
     }
 
-    /// `ProfileResult.profiler`.
+    /// `ProfileResult.profiler`, as kernelbot spells it.
     pub fn label(self) -> &'static str {
         match self {
+            // Not one of kernelbot's: benchkite's own spelling.
             Profiler::Nsys => "nsight-systems",
-            Profiler::Ncu => "nsight-compute",
+            Profiler::Ncu => "Nsight-Compute",
             Profiler::Rocprof => "rocPROF",
         }
     }
 
-    /// The profiler's arguments before the profiled command, writing into `out_dir`.
+    /// The profiler's command line before the profiled command (program first), writing
+    /// into `out_dir`: kernelbot's `profile_program_ncu` / `profile_program_roc` argument
+    /// for argument.
     pub fn args(self, path: &Path, out_dir: &Path) -> Vec<String> {
         let mut a = vec![path.to_string_lossy().into_owned()];
         let out = out_dir.to_string_lossy().into_owned();
+        let strs = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
         match self {
-            Profiler::Nsys => a.extend(
-                [
-                    "profile",
-                    "--force-overwrite",
-                    "true",
-                    "--trace",
-                    "cuda,nvtx,osrt",
-                    "--output",
-                    &format!("{out}/profile"),
-                ]
-                .map(String::from),
-            ),
-            Profiler::Ncu => a.extend(
-                ["--set", "full", "--force-overwrite", "--export", &format!("{out}/profile")].map(String::from),
-            ),
-            Profiler::Rocprof => a.extend(
-                [
+            Profiler::Ncu => {
+                a.extend(strs(&[
+                    "--set",
+                    "full",
+                    "--nvtx",
+                    "--nvtx-include",
+                    "custom_kernel/",
+                    "--import-source",
+                    "1",
+                    "-c",
+                    "10",
+                    "-o",
+                ]));
+                a.push(out_dir.join(NCU_REPORT_FILE).to_string_lossy().into_owned());
+                a.push("--".to_owned());
+            }
+            Profiler::Rocprof => {
+                a.extend(strs(&[
                     "--log-level",
                     "fatal",
                     "--hip-trace",
                     "--kernel-trace",
                     "--rccl-trace",
                     "--marker-trace",
+                    "--hip-trace",
                     "--memory-copy-trace",
                     "--scratch-memory-trace",
                     "--output-format",
                     "pftrace",
                     "csv",
                     "-d",
-                    &out,
-                    "-o",
-                    &format!("{out}/%pid%"),
-                    "--",
-                ]
-                .map(String::from),
-            ),
+                ]));
+                a.push(out);
+                a.extend(strs(&["-o", "%pid%", "--"]));
+            }
+            Profiler::Nsys => {
+                a.extend(strs(&["profile", "--force-overwrite", "true", "--trace", "cuda,nvtx,osrt", "--output"]));
+                a.push(format!("{out}/profile"));
+            }
         }
         a
     }
+
+    /// Extra environment of the profiled run (kernelbot's `extra_env`).
+    pub fn env(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Profiler::Ncu => &[("POPCORN_NCU", "1")],
+            Profiler::Rocprof => &[("GPU_DUMP_CODE_OBJECT", "1")],
+            Profiler::Nsys => &[],
+        }
+    }
+
+    /// What kernelbot does after the profiled run: ncu's summary into `result` (whatever the
+    /// run's outcome; nothing when the import fails); rocprofv3's per-process traces merged
+    /// into `combined.pftrace` and the dumped code objects moved beside them. Returns notes
+    /// for the job log.
+    pub(crate) fn after_run(
+        self,
+        path: &Path,
+        out_dir: &Path,
+        workdir: &Path,
+        result: &mut BTreeMap<String, String>,
+    ) -> Vec<String> {
+        let mut notes = Vec::new();
+        match self {
+            Profiler::Ncu => match ncu_summary(path, out_dir) {
+                Ok(report) => {
+                    result.insert(
+                        NCU_REPORT_KEY.to_owned(),
+                        base64::engine::general_purpose::STANDARD.encode(report.as_bytes()),
+                    );
+                }
+                Err(e) => notes.push(format!("no ncu summary ({NCU_REPORT_KEY}): {e}")),
+            },
+            Profiler::Rocprof => {
+                if let Err(e) = merge_rocprof_output(out_dir, workdir) {
+                    notes.push(format!("post-processing the rocprofv3 output failed: {e}"));
+                }
+            }
+            Profiler::Nsys => {}
+        }
+        notes
+    }
 }
 
-/// Picks the profiler: the requested one, else by runtime (ROCm → rocprofv3; CUDA → nsys,
-/// then ncu), else whichever is installed. The error says what was looked for.
-pub(crate) fn select(requested: Option<Profiler>, runtime: &str) -> Result<(Profiler, PathBuf), String> {
-    let found = |p: Profiler| process::which(p.program()).map(|path| (p, path));
-    if let Some(p) = requested {
-        return found(p).ok_or_else(|| format!("profile mode: {} not found on PATH", p.program()));
-    }
-    let order: &[Profiler] = match runtime {
-        "ROCm" => &[Profiler::Rocprof],
-        "CUDA" => &[Profiler::Nsys, Profiler::Ncu],
-        _ => &[Profiler::Nsys, Profiler::Ncu, Profiler::Rocprof],
+/// Picks the profiler the way kernelbot does: by the runtime (`CUDA` → ncu, `ROCm` →
+/// rocprofv3), refusing any other runtime (kernelbot raises `ValueError(f"Unknown runtime
+/// {runtime}")`, so a machine without a GPU fails profile mode as an infrastructure
+/// failure); an explicit `--profiler` overrides it. The profiler must be on PATH (kernelbot
+/// would fail to start it).
+pub(crate) fn select(requested: Option<Profiler>, runtime: &str) -> Result<Selected, String> {
+    let profiler = match (requested, runtime) {
+        (Some(p), _) => p,
+        (None, "CUDA") => Profiler::Ncu,
+        (None, "ROCm") => Profiler::Rocprof,
+        (None, other) => {
+            return Err(format!(
+                "Unknown runtime {other:?}: profile mode needs a CUDA (ncu) or ROCm (rocprofv3) GPU and none was \
+                 detected (kernelbot's runner fails the same way); --profiler / BENCHKITE_PROFILER picks one explicitly"
+            ));
+        }
     };
-    order.iter().find_map(|p| found(*p)).ok_or_else(|| {
-        let names: Vec<&str> = order.iter().map(|p| p.program()).collect();
-        let rt = if runtime.is_empty() { "no GPU runtime detected" } else { runtime };
-        format!("profile mode needs a vendor profiler ({rt}): none of {} found on PATH", names.join(", "))
-    })
+    let path = process::which(profiler.program())
+        .ok_or_else(|| format!("profile mode: {} not found on PATH", profiler.program()))?;
+    Ok(Selected { profiler, path })
 }
 
-/// Zips every file under `dir` (entries named `<prefix>/<relative path>`), deflated.
-pub(crate) fn zip_dir(dir: &Path, prefix: &str) -> std::io::Result<Vec<u8>> {
-    let mut files = Vec::new();
-    collect_files(dir, dir, &mut files)?;
-    files.sort();
-    let mut zip = ZipWriter::default();
-    for (rel, abs) in files {
-        let data = std::fs::read(&abs)?;
-        zip.add(&format!("{prefix}/{rel}"), &data)?;
+/// `ncu --import <out_dir>/profile.ncu-rep --print-details body`, filtered like kernelbot.
+fn ncu_summary(ncu: &Path, out_dir: &Path) -> Result<String, String> {
+    let mut spec = Spec::new(ncu).args([
+        "--import".into(),
+        out_dir.join(NCU_REPORT_FILE).into_os_string(),
+        "--print-details".into(),
+        "body".into(),
+    ]);
+    spec.timeout = Some(NCU_IMPORT_TIMEOUT);
+    let out = process::run(&spec).map_err(|e| e.to_string())?;
+    if out.ending != Ending::Exited(0) {
+        return Err(format!("ncu --import ended with {:?}: {}", out.ending, out.stderr.to_output().trim_end()));
     }
+    Ok(filter_ncu_report(&String::from_utf8_lossy(&out.stdout.bytes), NCU_REPORT_TABLES))
+}
+
+/// kernelbot's `_filter_ncu_report`, line for line: the header line of each of the first two
+/// kernels with the chosen tables of its details, a note when more kernels follow, at most
+/// 100 table lines.
+pub(crate) fn filter_ncu_report(report: &str, tables: &[&str]) -> String {
+    const TABLE: &str = "Table Name :";
+    let mut result = String::new();
+    let mut n_kernels = 0;
+    let mut collect = false;
+    let mut length = 0;
+    for line in python_splitlines(report) {
+        let chars: Vec<char> = line.chars().take(3).collect();
+        if chars.len() >= 3 && chars[1] == ' ' && chars[2] != ' ' {
+            if n_kernels != 0 {
+                result.push('\n');
+            }
+            n_kernels += 1;
+            if n_kernels == 3 {
+                result.push_str(
+                    "\nAdditional kernel launches follow. Please check the .ncu-rep file for more details.\n",
+                );
+            }
+            result.push_str(line);
+            result.push('\n');
+        }
+        if n_kernels > 2 {
+            continue;
+        }
+        if line.contains("Table Name : ") {
+            let at = line.find(TABLE).map_or(line.len(), |i| i + TABLE.len());
+            let table = line[at..].trim_matches(is_python_space);
+            collect = tables.contains(&table);
+            if collect {
+                result.push('\n');
+            }
+        }
+        if line.trim_matches(is_python_space).is_empty() {
+            collect = false;
+        }
+        if collect {
+            result.push_str(line);
+            result.push('\n');
+            length += 1;
+            if length > 100 {
+                result
+                    .push_str("\n[...]\nReport has been truncated. Please check the .ncu-rep file for more details.\n");
+                break;
+            }
+        }
+    }
+    result
+}
+
+/// kernelbot's rocprofv3 post-processing: every `*.pftrace` concatenated into
+/// `combined.pftrace` (then removed), and the `_code_object*.o` files the run dumped into the
+/// working directory moved into the output directory.
+fn merge_rocprof_output(out_dir: &Path, workdir: &Path) -> std::io::Result<()> {
+    let mut traces: Vec<PathBuf> = std::fs::read_dir(out_dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "pftrace") && p.is_file())
+        .collect();
+    traces.sort();
+    let mut combined = std::fs::File::create(out_dir.join("combined.pftrace"))?;
+    for t in &traces {
+        std::io::copy(&mut std::fs::File::open(t)?, &mut combined)?;
+        std::fs::remove_file(t)?;
+    }
+    for entry in std::fs::read_dir(workdir)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        if name.starts_with("_code_object") && name.ends_with(".o") {
+            std::fs::rename(&path, out_dir.join(&name))?;
+        }
+    }
+    Ok(())
+}
+
+/// Zips the contents of `dir` the way Python's `shutil.make_archive(base, "zip", dir)`
+/// does for kernelbot: entries relative to `dir` itself (no leading directory), walked top
+/// down as `os.walk` does, each directory's subdirectories first (as entries ending in `/`,
+/// sorted), then its files (sorted here; `os.walk` gives them in directory order), then
+/// its subdirectories' contents.
+pub(crate) fn zip_dir(dir: &Path) -> std::io::Result<Vec<u8>> {
+    let mut zip = ZipWriter::default();
+    add_tree(&mut zip, dir, "")?;
     zip.finish()
 }
 
-fn collect_files(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> std::io::Result<()> {
+fn add_tree(zip: &mut ZipWriter, dir: &Path, rel: &str) -> std::io::Result<()> {
+    let mut dirs = Vec::new();
+    let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
         let ty = entry.file_type()?;
         if ty.is_dir() {
-            collect_files(root, &path, out)?;
+            dirs.push(name);
         } else if ty.is_file() {
-            let rel = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().into_owned();
-            out.push((rel, path));
+            files.push(name);
         }
+    }
+    dirs.sort();
+    files.sort();
+    for d in &dirs {
+        zip.add_dir(&format!("{rel}{d}/"))?;
+    }
+    for f in &files {
+        let data = std::fs::read(dir.join(f))?;
+        zip.add(&format!("{rel}{f}"), &data)?;
+    }
+    for d in &dirs {
+        add_tree(zip, &dir.join(d), &format!("{rel}{d}/"))?;
     }
     Ok(())
 }
 
 /// `ProfileResult.trace`: base64 of the zip, or empty when it is over the limit.
 pub(crate) fn trace_of(dir: &Path) -> (String, Option<String>) {
-    match zip_dir(dir, "profile_data") {
+    match zip_dir(dir) {
         Ok(z) if z.len() <= MAX_TRACE_ZIP_BYTES => (base64::engine::general_purpose::STANDARD.encode(z), None),
         Ok(z) => (
             String::new(),
@@ -157,14 +344,26 @@ struct ZipWriter {
 }
 
 impl ZipWriter {
+    /// A file entry, deflated when that is smaller.
     fn add(&mut self, name: &str, data: &[u8]) -> std::io::Result<()> {
-        let too_big = || std::io::Error::other("zip entry or archive over 4 GiB");
-        let mut crc = flate2::Crc::new();
-        crc.update(data);
         let mut enc = DeflateEncoder::new(Vec::new(), Compression::default());
         enc.write_all(data)?;
         let compressed = enc.finish()?;
         let (method, body): (u16, &[u8]) = if compressed.len() < data.len() { (8, &compressed) } else { (0, data) };
+        // A regular file, rw-r--r--.
+        self.entry(name, data, method, body, 0o100_644u32 << 16)
+    }
+
+    /// A directory entry (`name` ends in `/`), stored empty as Python's `zipfile` writes one:
+    /// mode drwxr-xr-x and the MS-DOS directory bit.
+    fn add_dir(&mut self, name: &str) -> std::io::Result<()> {
+        self.entry(name, &[], 0, &[], (0o040_755u32 << 16) | 0x10)
+    }
+
+    fn entry(&mut self, name: &str, data: &[u8], method: u16, body: &[u8], external: u32) -> std::io::Result<()> {
+        let too_big = || std::io::Error::other("zip entry or archive over 4 GiB");
+        let mut crc = flate2::Crc::new();
+        crc.update(data);
         let offset = u32::try_from(self.out.len()).map_err(|_| too_big())?;
         let csize = u32::try_from(body.len()).map_err(|_| too_big())?;
         let usize_ = u32::try_from(data.len()).map_err(|_| too_big())?;
@@ -198,8 +397,7 @@ impl ZipWriter {
         for v in [name_len, 0, 0, 0, 0] {
             c.extend_from_slice(&v.to_le_bytes());
         }
-        // External attributes: a regular file, rw-r--r--.
-        c.extend_from_slice(&((0o100_644u32) << 16).to_le_bytes());
+        c.extend_from_slice(&external.to_le_bytes());
         c.extend_from_slice(&offset.to_le_bytes());
         c.extend_from_slice(name.as_bytes());
         self.entries = self.entries.checked_add(1).ok_or_else(too_big)?;
@@ -226,35 +424,181 @@ impl ZipWriter {
 mod tests {
     use super::*;
 
-    #[test]
-    fn zip_is_readable_by_python() {
-        let dir = std::env::temp_dir().join(format!("bk-zip-{}", std::process::id()));
-        std::fs::create_dir_all(dir.join("sub")).unwrap();
-        std::fs::write(dir.join("a.txt"), "hello hello hello hello hello\n").unwrap();
-        std::fs::write(dir.join("sub/b.bin"), [0u8, 1, 2, 255]).unwrap();
-        let z = zip_dir(&dir, "profile_data").unwrap();
-        let zpath = dir.with_extension("zip");
-        std::fs::write(&zpath, &z).unwrap();
-        let script = "import sys, zipfile\nz = zipfile.ZipFile(sys.argv[1])\nassert z.testzip() is None\n\
-                      print(sorted((i.filename, z.read(i).hex()) for i in z.infolist()))";
-        let out = std::process::Command::new("python3").args(["-c", script]).arg(&zpath).output().unwrap();
+    fn scratch(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("bk-profile-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn python(script: &str, args: &[&Path]) -> String {
+        let out = std::process::Command::new("python3").arg("-c").arg(script).args(args).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains("('profile_data/a.txt', '68656c6c6f"), "{text}");
-        assert!(text.contains("('profile_data/sub/b.bin', '000102ff')"), "{text}");
-        std::fs::remove_dir_all(&dir).unwrap();
-        std::fs::remove_file(&zpath).unwrap();
+        String::from_utf8(out.stdout).unwrap()
     }
 
     #[test]
-    fn missing_profiler_is_a_clear_error() {
-        let e = select(Some(Profiler::Nsys), "CUDA");
+    fn zip_has_the_layout_of_pythons_make_archive() {
+        let root = scratch("zip");
+        let dir = root.join(OUTPUT_DIR);
+        std::fs::create_dir_all(dir.join("sub/deeper")).unwrap();
+        std::fs::write(dir.join("profile.ncu-rep"), "hello hello hello hello hello\n").unwrap();
+        std::fs::write(dir.join("sub/b.bin"), [0u8, 1, 2, 255]).unwrap();
+        std::fs::write(dir.join("sub/deeper/c.csv"), "x,y\n").unwrap();
+        let ours = root.join("ours.zip");
+        std::fs::write(&ours, zip_dir(&dir).unwrap()).unwrap();
+        // What kernelbot's `_directory_to_zip_bytes` makes of the same directory.
+        let theirs = root.join("theirs");
+        python("import shutil, sys\nshutil.make_archive(sys.argv[1], 'zip', sys.argv[2])", &[&theirs, &dir]);
+        let list = "import sys, zipfile\nz = zipfile.ZipFile(sys.argv[1])\nassert z.testzip() is None\n\
+                    for i in z.infolist(): print(i.filename, oct(i.external_attr >> 16), z.read(i).hex())";
+        let ours_list = python(list, &[&ours]);
+        let theirs_list = python(list, &[&theirs.with_extension("zip")]);
+        assert_eq!(ours_list, theirs_list);
+        assert!(ours_list.starts_with("sub/ 0o40755 \nprofile.ncu-rep 0o100644 68656c6c6f"), "{ours_list}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn command_lines_are_kernelbots() {
+        let out = Path::new("/w/profile.0/profile_data");
+        assert_eq!(
+            Profiler::Ncu.args(Path::new("/usr/bin/ncu"), out),
+            [
+                "/usr/bin/ncu",
+                "--set",
+                "full",
+                "--nvtx",
+                "--nvtx-include",
+                "custom_kernel/",
+                "--import-source",
+                "1",
+                "-c",
+                "10",
+                "-o",
+                "/w/profile.0/profile_data/profile.ncu-rep",
+                "--"
+            ]
+        );
+        assert_eq!(Profiler::Ncu.env(), [("POPCORN_NCU", "1")]);
+        assert_eq!(
+            Profiler::Rocprof.args(Path::new("rocprofv3"), out),
+            [
+                "rocprofv3",
+                "--log-level",
+                "fatal",
+                "--hip-trace",
+                "--kernel-trace",
+                "--rccl-trace",
+                "--marker-trace",
+                "--hip-trace",
+                "--memory-copy-trace",
+                "--scratch-memory-trace",
+                "--output-format",
+                "pftrace",
+                "csv",
+                "-d",
+                "/w/profile.0/profile_data",
+                "-o",
+                "%pid%",
+                "--"
+            ]
+        );
+        assert_eq!(Profiler::Rocprof.env(), [("GPU_DUMP_CODE_OBJECT", "1")]);
+        assert_eq!((Profiler::Ncu.label(), Profiler::Rocprof.label()), ("Nsight-Compute", "rocPROF"));
+    }
+
+    #[test]
+    fn the_runtime_picks_the_profiler_and_no_runtime_fails_like_kernelbot() {
+        let e = select(None, "").unwrap_err();
+        assert!(e.starts_with("Unknown runtime \"\""), "{e}");
+        let e = select(None, "Metal").unwrap_err();
+        assert!(e.starts_with("Unknown runtime \"Metal\""), "{e}");
+        for (runtime, program) in [("CUDA", "ncu"), ("ROCm", "rocprofv3")] {
+            match select(None, runtime) {
+                Ok(s) => assert_eq!(s.profiler.program(), program),
+                Err(e) => assert_eq!(e, format!("profile mode: {program} not found on PATH")),
+            }
+        }
+        // An explicit profiler is used whatever the runtime, when it is installed.
         if process::which("nsys").is_none() {
-            assert!(e.unwrap_err().contains("nsys not found"));
+            assert_eq!(select(Some(Profiler::Nsys), "").unwrap_err(), "profile mode: nsys not found on PATH");
         }
-        if ["nsys", "ncu", "rocprofv3"].iter().all(|p| process::which(p).is_none()) {
-            let e = select(None, "").unwrap_err();
-            assert!(e.contains("none of nsys, ncu, rocprofv3"), "{e}");
-        }
+    }
+
+    /// A stand-in `ncu` that prints `report` for `--import <file> --print-details body` when
+    /// the file exists, and fails otherwise.
+    fn fake_ncu(dir: &Path, report: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::write(dir.join("report.txt"), report).unwrap();
+        let p = dir.join("ncu");
+        let script = format!(
+            "#!/bin/sh\n[ \"$1\" = --import ] && [ \"$3 $4\" = '--print-details body' ] && [ -f \"$2\" ] || exit 1\ncat '{}'\n",
+            dir.join("report.txt").display()
+        );
+        std::fs::write(&p, script).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    #[test]
+    fn ncu_summary_goes_into_benchmark_0_report() {
+        let root = scratch("ncu");
+        let out = root.join(OUTPUT_DIR);
+        std::fs::create_dir_all(&out).unwrap();
+        let report = "  k(int) (1, 1, 1)x(32, 1, 1), Context 1, Stream 7, Device 0, CC 9.0\n    Section: GPU Speed Of Light Throughput\n    Table Name : GPU Throughput\n    Memory Throughput   %   1.2\n\n    Table Name : Other\n    Ignored   1\n";
+        let ncu = fake_ncu(&root, report);
+        // No report file (the run failed before ncu wrote one): no key, a note.
+        let mut result = BTreeMap::new();
+        let notes = Profiler::Ncu.after_run(&ncu, &out, &root, &mut result);
+        assert!(result.is_empty() && notes.len() == 1, "{result:?} {notes:?}");
+        std::fs::write(out.join(NCU_REPORT_FILE), "rep").unwrap();
+        let notes = Profiler::Ncu.after_run(&ncu, &out, &root, &mut result);
+        assert!(notes.is_empty(), "{notes:?}");
+        let decoded = base64::engine::general_purpose::STANDARD.decode(&result[NCU_REPORT_KEY]).unwrap();
+        assert_eq!(String::from_utf8(decoded).unwrap(), filter_ncu_report(report, NCU_REPORT_TABLES));
+        assert_eq!(
+            filter_ncu_report(report, NCU_REPORT_TABLES),
+            "  k(int) (1, 1, 1)x(32, 1, 1), Context 1, Stream 7, Device 0, CC 9.0\n\n    Table Name : GPU Throughput\n    Memory Throughput   %   1.2\n"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn ncu_filter_matches_kernelbots_on_its_golden() {
+        // Input and output of kernelbot's own `_filter_ncu_report` (tests/kernelbot/generate.py).
+        // Four kernels (only two are summarised), tables chosen and skipped, a non-ASCII name.
+        let input = include_str!("../../tests/kernelbot/ncu_report.txt");
+        let want = include_str!("../../tests/kernelbot/ncu_report.filtered.txt");
+        assert_eq!(filter_ncu_report(input, NCU_REPORT_TABLES), want);
+        assert!(want.contains("Additional kernel launches follow."));
+        // A table over 100 lines: cut with kernelbot's note.
+        let input = include_str!("../../tests/kernelbot/ncu_report_long.txt");
+        let want = include_str!("../../tests/kernelbot/ncu_report_long.filtered.txt");
+        assert_eq!(filter_ncu_report(input, NCU_REPORT_TABLES), want);
+        assert!(want.ends_with("Report has been truncated. Please check the .ncu-rep file for more details.\n"));
+    }
+
+    #[test]
+    fn rocprof_traces_are_merged_and_code_objects_moved() {
+        let root = scratch("roc");
+        let out = root.join(OUTPUT_DIR);
+        let work = root.join("work");
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::create_dir_all(&work).unwrap();
+        std::fs::write(out.join("12_results.pftrace"), "A").unwrap();
+        std::fs::write(out.join("34_results.pftrace"), "B").unwrap();
+        std::fs::write(out.join("12_kernel_trace.csv"), "k").unwrap();
+        std::fs::write(work.join("_code_object0001.o"), "o").unwrap();
+        std::fs::write(work.join("submission.py"), "s").unwrap();
+        let notes = Profiler::Rocprof.after_run(Path::new("rocprofv3"), &out, &work, &mut BTreeMap::new());
+        assert!(notes.is_empty(), "{notes:?}");
+        let mut names: Vec<String> =
+            std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        assert_eq!(names, ["12_kernel_trace.csv", "_code_object0001.o", "combined.pftrace"]);
+        assert_eq!(std::fs::read_to_string(out.join("combined.pftrace")).unwrap(), "AB");
+        assert!(work.join("submission.py").exists());
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -190,7 +190,17 @@ the chart value behind a flag (for the extraArgs duplicate check).
 {{- $a = append $a (list "--buildkite-org" $bk.organization "buildkite.organization") }}
 {{- $a = append $a (list "--buildkite-api-url" $bk.apiUrl "buildkite.apiUrl") }}
 {{- $a = append $a (list "--buildkite-agent-api-url" $bk.agentApiUrl "buildkite.agentApiUrl") }}
+{{- if $bk.pipeline }}
 {{- $a = append $a (list "--buildkite-pipeline" $bk.pipeline "buildkite.pipeline") }}
+{{- end }}
+{{- if $bk.cluster }}
+{{- $a = append $a (list "--buildkite-cluster" $bk.cluster "buildkite.cluster") }}
+{{- end }}
+{{- $a = append $a (list "--pipeline-repository" $bk.pipelineRepository "buildkite.pipelineRepository") }}
+{{- $a = append $a (list "--pipeline-step-timeout-minutes" (toString (int64 $bk.stepTimeoutMinutes)) "buildkite.stepTimeoutMinutes") }}
+{{- if $bk.pipelineTeams }}
+{{- $a = append $a (list "--pipeline-teams" (join "," $bk.pipelineTeams) "buildkite.pipelineTeams") }}
+{{- end }}
 {{- $a = append $a (list "--buildkite-requests-per-minute" (toString (int64 $bk.requestsPerMinute)) "buildkite.requestsPerMinute") }}
 {{- if gt (int64 $bk.pollIntervalSeconds) 0 }}
 {{- $a = append $a (list "--poll-interval-seconds" (toString (int64 $bk.pollIntervalSeconds)) "buildkite.pollIntervalSeconds") }}

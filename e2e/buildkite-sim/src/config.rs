@@ -22,6 +22,9 @@ pub struct SimConfig {
     /// REST API access tokens (`Authorization: Bearer <token>`). Each token is one user
     /// for the per-user rate limit.
     pub api_tokens: Vec<String>,
+    /// Scopes of REST tokens (token → scopes). A token not listed here has
+    /// [`DEFAULT_TOKEN_SCOPES`]. Each endpoint requires its documented scope (403 otherwise).
+    pub api_token_scopes: BTreeMap<String, Vec<String>>,
     /// Agent tokens accepted by `/v3/metrics` (`Authorization: Token <token>`); they belong
     /// to the first cluster. More can be created with `POST …/clusters/{id}/tokens`.
     pub agent_tokens: Vec<String>,
@@ -29,8 +32,16 @@ pub struct SimConfig {
     pub web_base_url: String,
     /// Pipelines that exist at start.
     pub pipelines: Vec<PipelineConfig>,
-    /// Clusters (with their queues) that exist at start. The first one is the default.
+    /// Clusters (with their queues) that exist at start. Agent tokens in `agent_tokens`
+    /// belong to the first one.
     pub clusters: Vec<ClusterConfig>,
+    /// The organization's default cluster for new pipelines (name or id; the organization
+    /// setting `default_cluster_id`, REST `…/pipeline-settings`). `None`: no default, so a
+    /// pipeline created over REST must name its `cluster_id`.
+    pub default_cluster: Option<String>,
+    /// Repositories the agents can clone, by URL (`public`: no key needed, `private`: the
+    /// agent has no key). A URL not listed is private: its checkout fails like git does.
+    pub repositories: BTreeMap<String, RepositoryVisibility>,
     /// Simulated agents per queue at start.
     pub agents: Vec<AgentPoolConfig>,
     /// What a job runs.
@@ -39,6 +50,18 @@ pub struct SimConfig {
     pub rate_limit: RateLimitConfig,
     /// Lifetime of the signed storage URL handed out by artifact downloads (seconds).
     pub artifact_url_ttl_secs: u64,
+    /// Artifacts older than this become `expired` (build retention; Buildkite: 30 days on
+    /// the Personal plan, 90 on Pro, 1 year on Enterprise).
+    pub artifact_retention_secs: f64,
+    /// A job nobody picks up within this many seconds of its creation becomes `expired`
+    /// and fails its build (Buildkite's scheduled job expiry: 30 days by default).
+    pub job_expiry_secs: f64,
+    /// Build listings whose `page * per_page` exceeds this answer 400 "Listing builds this
+    /// deep is not supported…" (Buildkite documents the 400, not the threshold).
+    pub list_depth_limit: u64,
+    /// Total size of a job's environment (and command line) the simulated agent can exec,
+    /// like ARG_MAX. `None`: `sysconf(_SC_ARG_MAX)` of this machine (2 MiB if unknown).
+    pub exec_arg_max: Option<usize>,
     /// Value of the `Buildkite-Agent-Metrics-Poll-Duration` header (seconds).
     pub metrics_poll_duration_secs: u64,
     /// Webhook notification services.
@@ -59,14 +82,21 @@ impl Default for SimConfig {
             storage_port: 0,
             organization: "benchkite".into(),
             api_tokens: vec!["bk-sim-api-token".into()],
+            api_token_scopes: BTreeMap::new(),
             agent_tokens: vec!["bk-sim-agent-token".into()],
             web_base_url: "https://buildkite.com".into(),
             pipelines: vec![PipelineConfig::default()],
             clusters: vec![ClusterConfig::default()],
+            default_cluster: None,
+            repositories: BTreeMap::new(),
             agents: Vec::new(),
             executor: ExecutorConfig::default(),
             rate_limit: RateLimitConfig::default(),
             artifact_url_ttl_secs: 60,
+            artifact_retention_secs: DEFAULT_ARTIFACT_RETENTION_SECS,
+            job_expiry_secs: DEFAULT_JOB_EXPIRY_SECS,
+            list_depth_limit: DEFAULT_LIST_DEPTH_LIMIT,
+            exec_arg_max: None,
             metrics_poll_duration_secs: 10,
             webhooks: Vec::new(),
             faults: FaultConfig::default(),
@@ -74,6 +104,40 @@ impl Default for SimConfig {
             keep_job_dirs: false,
         }
     }
+}
+
+/// The scopes of a token without an entry in `api_token_scopes`: everything benchkite needs.
+pub const DEFAULT_TOKEN_SCOPES: &[&str] = &[
+    "read_builds",
+    "write_builds",
+    "read_artifacts",
+    "read_pipelines",
+    "write_pipelines",
+    "read_clusters",
+    "write_clusters",
+    "read_agents",
+    "read_organizations",
+    "read_user",
+];
+
+/// Buildkite's default scheduled job expiry: "By default, jobs expire (are canceled) when not
+/// picked up for 30 days" (docs "Build timeouts" → "Scheduled job expiration").
+pub const DEFAULT_JOB_EXPIRY_SECS: f64 = 30.0 * 86_400.0;
+
+/// The shortest build retention (docs "Build retention": Personal plan, 30 days).
+pub const DEFAULT_ARTIFACT_RETENTION_SECS: f64 = 30.0 * 86_400.0;
+
+/// Deepest build listing answered (`page * per_page`); undocumented by Buildkite, chosen strict.
+pub const DEFAULT_LIST_DEPTH_LIMIT: u64 = 1_000;
+
+/// Whether an agent can clone a repository.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RepositoryVisibility {
+    /// Clones without a key.
+    Public,
+    /// Needs a key the simulated agents do not have.
+    Private,
 }
 
 impl SimConfig {
@@ -107,11 +171,18 @@ impl SimConfig {
         if self.rate_limit.window_secs.is_nan() || self.rate_limit.window_secs <= 0.0 {
             anyhow::bail!("rate_limit.window_secs must be > 0");
         }
+        for (what, v) in
+            [("job_expiry_secs", self.job_expiry_secs), ("artifact_retention_secs", self.artifact_retention_secs)]
+        {
+            if !(v.is_finite() && v > 0.0) {
+                anyhow::bail!("{what} must be > 0");
+            }
+        }
         for p in &self.pipelines {
             if p.slug.is_empty() {
                 anyhow::bail!("pipeline slug must not be empty");
             }
-            if p.steps.is_empty() {
+            if p.steps.is_empty() && p.configuration.is_none() {
                 anyhow::bail!("pipeline {} has no steps", p.slug);
             }
         }
@@ -129,19 +200,37 @@ impl SimConfig {
     }
 }
 
-/// A pipeline and its steps. Every build of the pipeline gets one job per step.
+/// A pipeline and its settings steps. Every build of the pipeline gets one job per step.
+/// Steps are interpolated when a build is created, with Buildkite's fixed list of build
+/// variables only (never the build's `env`, see `steps::SETTINGS_VARIABLES`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PipelineConfig {
     pub slug: String,
     pub name: Option<String>,
+    pub description: Option<String>,
     pub repository: String,
     pub default_branch: String,
-    /// Name of the cluster the pipeline belongs to (default: the first cluster).
+    /// Name (or id) of the cluster the pipeline belongs to (default: the organization's
+    /// default cluster, else the first cluster).
     pub cluster: Option<String>,
     /// When a new build is created on a branch, older still-`scheduled` builds of the same
-    /// branch become `skipped` (Buildkite's "skip queued branch builds").
+    /// branch become `skipped` (Buildkite's "Skip intermediate builds").
     pub skip_queued_branch_builds: bool,
+    /// Branch pattern limiting `skip_queued_branch_builds` (e.g. `"!main"`).
+    pub skip_queued_branch_builds_filter: Option<String>,
+    /// When a new build is created on a branch, older running builds of the same branch are
+    /// canceled (Buildkite's "Cancel intermediate builds").
+    pub cancel_running_branch_builds: bool,
+    /// Branch pattern limiting `cancel_running_branch_builds`.
+    pub cancel_running_branch_builds_filter: Option<String>,
+    /// Pipeline-level branch filter; API builds on other branches are refused unless they
+    /// set `ignore_pipeline_branch_filters`.
+    pub branch_configuration: Option<String>,
+    /// The YAML steps (like the REST `configuration`); replaces `steps` when set.
+    pub configuration: Option<String>,
+    /// Top-level `env` of the steps (lowest precedence in the job environment).
+    pub env: BTreeMap<String, String>,
     pub steps: Vec<StepConfig>,
 }
 
@@ -150,19 +239,28 @@ impl Default for PipelineConfig {
         Self {
             slug: "kernelbot".into(),
             name: None,
+            description: None,
             repository: "git@github.com:benchkite/kernelbot.git".into(),
             default_branch: "main".into(),
             cluster: None,
             skip_queued_branch_builds: false,
+            skip_queued_branch_builds_filter: None,
+            cancel_running_branch_builds: false,
+            cancel_running_branch_builds_filter: None,
+            branch_configuration: None,
+            configuration: None,
+            env: BTreeMap::new(),
             steps: vec![StepConfig::default()],
         }
     }
 }
 
-/// A command step. `agents` are agent query rules (`key=value`), interpolated with the
-/// build's `env` when the build is created (`${VAR}` and `${VAR:-default}`), exactly like
-/// Buildkite interpolates an uploaded pipeline. A job without a `queue=` rule goes to the
-/// cluster's default queue.
+/// A command step saved in the pipeline's settings. Its strings (`agents` rules, `command`,
+/// …) are interpolated when a build is created with Buildkite's fixed build variables only
+/// (`BUILDKITE_BRANCH`, `BUILDKITE_COMMIT`, …; docs "Environment variables" → "Variable
+/// interpolation"), never with the build's `env`: `queue=${KERNELBOT_QUEUE:-default}` always
+/// resolves to `queue=default`. A job without a `queue=` rule goes to the cluster's default
+/// queue.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StepConfig {
@@ -177,6 +275,19 @@ pub struct StepConfig {
     pub timeout_in_minutes: Option<u64>,
     /// Finer-grained timeout for tests (seconds); wins over `timeout_in_minutes`.
     pub timeout_secs: Option<f64>,
+    /// Step `env` (above the build env in the job environment).
+    pub env: BTreeMap<String, String>,
+    /// `checkout: {skip: true}` skips the checkout of the pipeline's repository.
+    pub checkout: Option<CheckoutConfig>,
+    /// `retry` exactly as in YAML steps (`{automatic: …}`).
+    pub retry: Option<serde_yaml::Value>,
+}
+
+/// A step's `checkout` attributes (docs "Command step" → "Checkout attributes").
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CheckoutConfig {
+    pub skip: bool,
 }
 
 impl Default for StepConfig {
@@ -189,6 +300,9 @@ impl Default for StepConfig {
             artifact_paths: "result.json".into(),
             timeout_in_minutes: None,
             timeout_secs: None,
+            env: BTreeMap::new(),
+            checkout: None,
+            retry: None,
         }
     }
 }
@@ -207,7 +321,9 @@ pub struct ClusterConfig {
 impl Default for ClusterConfig {
     fn default() -> Self {
         Self {
-            name: "Default".into(),
+            // "When a new Buildkite organization is created, a single default cluster
+            // (initially named **Default cluster**) is also created" (docs "Manage clusters").
+            name: "Default cluster".into(),
             description: Some("Simulated cluster".into()),
             queues: vec!["default".into()],
             default_queue: "default".into(),
@@ -311,7 +427,9 @@ impl Default for ScriptedConfig {
 }
 
 /// Fixed-window rate limits (the window starts with the first request after the previous
-/// one expired, like a counter with a TTL).
+/// one expired, like a counter with a TTL). Defaults from the docs "REST API rate limits":
+/// 200 requests per minute per organization and, on by default, 50 per minute per user
+/// (scope `rest_user`, headers `RateLimit-User-*`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitConfig {
@@ -350,6 +468,22 @@ pub struct WebhookConfig {
     /// Events to send; empty = all (`build.*`, `job.*`, `ping`).
     pub events: Vec<String>,
     pub delivery: WebhookDelivery,
+    /// Body shape of build/job events.
+    pub body_shape: WebhookBodyShape,
+}
+
+/// The JSON shape of webhook bodies.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookBodyShape {
+    /// As documented: `{event, build, pipeline, sender}` (+ `job`), REST timestamps, the
+    /// build with `meta_data` and without `jobs`.
+    #[default]
+    Documented,
+    /// What go-buildkite captured from Buildkite's services console (`builds_test.go`,
+    /// `TestBuildsUnmarshalWebhook`): `{event, build}` (+ `job`), timestamps like
+    /// `2018-03-25 03:58:14 UTC`, and no `meta_data`, `env` or `pipeline`.
+    ServicesConsole,
 }
 
 impl Default for WebhookConfig {
@@ -360,6 +494,7 @@ impl Default for WebhookConfig {
             auth: WebhookAuth::Token,
             events: Vec::new(),
             delivery: WebhookDelivery::default(),
+            body_shape: WebhookBodyShape::Documented,
         }
     }
 }
@@ -374,7 +509,8 @@ pub struct WebhookDelivery {
     pub jitter_ms: u64,
     /// Probability (0..1) that a delivery is sent twice.
     pub duplicate_probability: f64,
-    /// Attempts per delivery (1 = no retry).
+    /// Attempts per delivery (1 = no retry, the default: Buildkite documents no redelivery,
+    /// only that "the last 20 webhook request and responses are saved").
     pub max_attempts: u32,
     /// First retry backoff (ms); doubles per attempt.
     pub backoff_ms: u64,
@@ -388,7 +524,7 @@ impl Default for WebhookDelivery {
             delay_ms: 0,
             jitter_ms: 0,
             duplicate_probability: 0.0,
-            max_attempts: 5,
+            max_attempts: 1,
             backoff_ms: 500,
             timeout_ms: 5_000,
         }

@@ -20,8 +20,13 @@ use crate::state::{ExecKind, ExecSpec, ExternalFinish, InfraFailure, Outcome, St
 pub const MAX_META_DATA_VALUE: usize = 100 * 1024;
 
 /// Runs one job to its end and reports the outcome.
-pub async fn run(sim: Arc<Sim>, spec: ExecSpec) {
+pub async fn run(sim: Arc<Sim>, mut spec: ExecSpec) {
     let job = spec.job;
+    if let Some(o) = spec.preflight.take() {
+        // The bootstrap could not be exec'd or the checkout failed: the command never runs.
+        sim.finish_job(job, o);
+        return;
+    }
     let outcome = match spec.kind.clone() {
         ExecKind::Scripted(cfg) => run_scripted(&sim, spec, cfg).await,
         ExecKind::External => run_external(&sim, spec).await,
@@ -37,7 +42,9 @@ fn infra_outcome(f: &InfraFailure) -> Outcome {
     o.state = JobState::Failed;
     o.signal_reason = f.signal_reason.clone();
     o.lose_agent = f.lose_agent;
-    if f.signal_reason.is_some() {
+    // Agent `agent/run_job.go`: only a stopping agent (and a cancel) signals a running job;
+    // the other reasons mean the job never ran, and a lost agent reports nothing at all.
+    if matches!(f.signal_reason.as_deref(), Some("agent_stop" | "cancel")) {
         o.signal = Some("SIGTERM".into());
     }
     o.log = format!(
@@ -47,18 +54,26 @@ fn infra_outcome(f: &InfraFailure) -> Outcome {
     o
 }
 
-fn canceled_outcome() -> Outcome {
+/// A canceled job's process was killed: `exit_status -1`, the signal that ended it and
+/// `signal_reason: cancel` (agent `agent/run_job.go`: `case r.cancelled.Load(): exit.SignalReason
+/// = SignalReasonCancel`).
+fn canceled_outcome(signal: &str) -> Outcome {
     let mut o = Outcome::from_exit(-1);
     o.state = JobState::Canceled;
-    o.signal = Some("SIGTERM".into());
+    o.signal = Some(signal.into());
     o.signal_reason = Some("cancel".into());
     o
 }
 
-fn timed_out_outcome() -> Outcome {
+/// A step timeout cancels the job the same way (docs "Retry": `cancel` "also happens when a job
+/// times out"; docs "Build timeouts": "Terminated with signal SIGTERM (because the job timed
+/// out). Exit status -1"), but the job ends `timed_out`.
+fn timed_out_outcome(signal: &str) -> Outcome {
     let mut o = Outcome::from_exit(-1);
     o.state = JobState::TimedOut;
-    o.signal = Some("SIGTERM".into());
+    o.signal = Some(signal.into());
+    o.signal_reason = Some("cancel".into());
+    o.log = format!("Terminated with signal {signal} (because the job timed out). Exit status -1\n");
     o
 }
 
@@ -86,15 +101,15 @@ async fn run_scripted(sim: &Sim, spec: ExecSpec, cfg: crate::config::ScriptedCon
             Some(f) => infra_outcome(f),
             None => Outcome::from_exit(cfg.exit_status),
         },
-        () = sleep_opt(timeout) => timed_out_outcome(),
+        () = sleep_opt(timeout) => timed_out_outcome("SIGTERM"),
         stop = &mut stop_rx => match stop {
             Ok(Stop::Infra(f)) => infra_outcome(&f),
             _ => {
                 tokio::time::sleep(Duration::from_millis(cfg.cancel_ms)).await;
-                canceled_outcome()
+                canceled_outcome("SIGTERM")
             }
         },
-        () = sim.shutdown.cancelled() => canceled_outcome(),
+        () = sim.shutdown.cancelled() => canceled_outcome("SIGTERM"),
     }
 }
 
@@ -116,18 +131,18 @@ async fn run_external(sim: &Sim, spec: ExecSpec) -> Outcome {
                 o.log = log;
                 o
             }
-            None => canceled_outcome(),
+            None => canceled_outcome("SIGTERM"),
         },
         () = sleep_opt(infra_after) => match &infra {
             Some(f) => infra_outcome(f),
             None => Outcome::from_exit(-1),
         },
-        () = sleep_opt(timeout) => timed_out_outcome(),
+        () = sleep_opt(timeout) => timed_out_outcome("SIGTERM"),
         stop = &mut stop_rx => match stop {
             Ok(Stop::Infra(f)) => infra_outcome(&f),
-            _ => canceled_outcome(),
+            _ => canceled_outcome("SIGTERM"),
         },
-        () = sim.shutdown.cancelled() => canceled_outcome(),
+        () = sim.shutdown.cancelled() => canceled_outcome("SIGTERM"),
     }
 }
 
@@ -223,14 +238,17 @@ async fn run_command(
             infra_outcome(&f)
         }
         Err(why) => {
+            // SIGTERM, then SIGKILL after the grace period (agent `cancel-grace-period`).
             signal_group(pid, libc::SIGTERM);
+            let mut signal = "SIGTERM";
             if tokio::time::timeout(cancel_grace, child.wait()).await.is_err() {
                 signal_group(pid, libc::SIGKILL);
+                signal = "SIGKILL";
                 let _ = child.wait().await;
             }
             match why {
-                Interrupt::Timeout => timed_out_outcome(),
-                _ => canceled_outcome(),
+                Interrupt::Timeout => timed_out_outcome(signal),
+                _ => canceled_outcome(signal),
             }
         }
     };

@@ -20,6 +20,8 @@
 //! # Ok(()) }
 //! ```
 
+#![recursion_limit = "256"]
+
 pub mod api;
 pub mod config;
 pub mod counters;
@@ -33,6 +35,7 @@ pub mod render;
 pub mod sim;
 pub mod sim_api;
 pub mod state;
+pub mod steps;
 pub mod storage;
 pub mod webhooks;
 
@@ -100,6 +103,7 @@ impl Simulator {
 
         let servers = vec![
             tokio::spawn(Arc::clone(&sim).run_dispatcher()),
+            tokio::spawn(Arc::clone(&sim).run_housekeeping()),
             tokio::spawn(webhooks::run_worker(Arc::clone(&sim), rx)),
             tokio::spawn(http::serve(api_listener, api::router(Arc::clone(&sim)), shutdown.clone(), sim.tasks.clone())),
             tokio::spawn(http::serve(
@@ -156,7 +160,26 @@ impl SimHandle {
 
     /// The first configured REST token.
     pub fn api_token(&self) -> String {
-        self.sim.api_tokens.first().cloned().unwrap_or_default()
+        self.sim.lock().tokens.first().map(|t| t.token.clone()).unwrap_or_default()
+    }
+
+    /// Creates a REST token with exactly these scopes (its own user for the per-user rate
+    /// limit) and returns its value.
+    pub fn create_api_token(&self, scopes: &[&str]) -> String {
+        let mut secret = [0u8; 20];
+        rand::fill(&mut secret);
+        let token = format!("bk-sim-{}", hex::encode(secret));
+        self.sim.lock().add_token(
+            token.clone(),
+            scopes.iter().map(|s| s.to_string()).collect(),
+            "created by the test".into(),
+        );
+        token
+    }
+
+    /// Marks a repository URL public or private for checkouts.
+    pub fn set_repository(&self, url: &str, visibility: config::RepositoryVisibility) {
+        self.sim.lock().repositories.insert(url.to_string(), visibility);
     }
 
     /// The first agent token of the default cluster (for `/v3/metrics`).
@@ -207,10 +230,11 @@ impl SimHandle {
         r.map(|_| ()).map_err(|e| anyhow::anyhow!(e))
     }
 
-    /// Creates a queue in the default cluster (like `POST …/clusters/{id}/queues`).
+    /// Creates a queue in the organization's default cluster (else the first cluster), like
+    /// `POST …/clusters/{id}/queues`.
     pub fn create_queue(&self, key: &str) -> anyhow::Result<Uuid> {
         let mut inner = self.sim.lock();
-        let cluster = inner.clusters[0].id;
+        let cluster = inner.cluster_by_name(None).map_err(|e| anyhow::anyhow!(e))?;
         let r = inner.create_queue(cluster, key, None).map_err(|e| anyhow::anyhow!("{e:?}"));
         drop(inner);
         self.sim.kick();

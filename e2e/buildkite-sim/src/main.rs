@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use buildkite_sim::config::{
-    AgentPoolConfig, EndpointFault, ExecutorConfig, OutageConfig, OutageMode, PipelineConfig, ScriptedConfig,
-    SimConfig, WebhookAuth, WebhookConfig, WebhookDelivery,
+    AgentPoolConfig, EndpointFault, ExecutorConfig, OutageConfig, OutageMode, PipelineConfig, RepositoryVisibility,
+    ScriptedConfig, SimConfig, WebhookAuth, WebhookBodyShape, WebhookConfig, WebhookDelivery,
 };
 use buildkite_sim::{SimHandle, Simulator};
 
@@ -51,8 +51,9 @@ struct Args {
     #[arg(long = "pipeline")]
     pipelines: Vec<String>,
 
-    /// Agent query rule of the default step, interpolated with the build env.
-    /// [default: queue=${KERNELBOT_QUEUE:-default}]
+    /// Agent query rule of the default step. Like Buildkite's settings steps it is
+    /// interpolated with the fixed build variables only (BUILDKITE_BRANCH, …), never with
+    /// the build env. [default: queue=${KERNELBOT_QUEUE:-default}, i.e. queue=default]
     #[arg(long)]
     step_agents: Option<String>,
 
@@ -64,9 +65,22 @@ struct Args {
     #[arg(long)]
     step_timeout_secs: Option<f64>,
 
-    /// Queue to create in the default cluster (repeatable; adds to the configured ones).
+    /// Queue to create in the first cluster (repeatable; adds to the configured ones).
     #[arg(long = "queue")]
     queues: Vec<String>,
+
+    /// Repository the agents can clone: URL=public or URL=private (repeatable). A
+    /// repository not listed is private: jobs that do not skip the checkout fail (exit 128).
+    #[arg(long = "repository", value_parser = parse_repository)]
+    repositories: Vec<(String, RepositoryVisibility)>,
+
+    /// The organization's default cluster for new pipelines (name or id). [default: none]
+    #[arg(long)]
+    default_cluster: Option<String>,
+
+    /// Seconds before a job nobody picked up expires. [default: 2592000 (30 days)]
+    #[arg(long)]
+    job_expiry_secs: Option<f64>,
 
     /// Simulated agents: QUEUE=COUNT (repeatable). Agents of a queue that does not exist
     /// refuse to connect until it is created.
@@ -150,13 +164,18 @@ struct Args {
     #[arg(long)]
     webhook_duplicate_probability: Option<f64>,
 
-    /// Attempts per delivery (retries with exponential backoff). [default: 5]
+    /// Attempts per delivery (retries with exponential backoff). [default: 1, no redelivery]
     #[arg(long)]
     webhook_max_attempts: Option<u32>,
 
     /// First retry backoff (ms). [default: 500]
     #[arg(long)]
     webhook_backoff_ms: Option<u64>,
+
+    /// Webhook body shape: `documented` or `services-console` (go-buildkite's captured body:
+    /// `… UTC` timestamps, no meta_data). [default: documented]
+    #[arg(long, value_parser = ["documented", "services-console"])]
+    webhook_body_shape: Option<String>,
 
     /// Added latency for every API request (ms). [default: 0]
     #[arg(long)]
@@ -205,6 +224,16 @@ fn parse_pool(s: &str) -> Result<(String, u32), String> {
     Ok((q.trim().to_string(), n))
 }
 
+fn parse_repository(s: &str) -> Result<(String, RepositoryVisibility), String> {
+    let (url, v) = s.rsplit_once('=').ok_or_else(|| format!("expected URL=public|private, got {s:?}"))?;
+    let v = match v.trim() {
+        "public" => RepositoryVisibility::Public,
+        "private" => RepositoryVisibility::Private,
+        other => return Err(format!("{other:?} is neither public nor private")),
+    };
+    Ok((url.trim().to_string(), v))
+}
+
 fn build_config(a: &Args) -> anyhow::Result<SimConfig> {
     let mut cfg = match &a.config {
         Some(p) => SimConfig::from_file(p)?,
@@ -251,6 +280,15 @@ fn build_config(a: &Args) -> anyhow::Result<SimConfig> {
         {
             c.queues.push(q.clone());
         }
+    }
+    for (url, v) in &a.repositories {
+        cfg.repositories.insert(url.clone(), *v);
+    }
+    if let Some(c) = &a.default_cluster {
+        cfg.default_cluster = Some(c.clone());
+    }
+    if let Some(v) = a.job_expiry_secs {
+        cfg.job_expiry_secs = v;
     }
     for (queue, count) in &a.agents {
         match cfg.agents.iter_mut().find(|p| &p.queue == queue) {
@@ -347,6 +385,11 @@ fn build_config(a: &Args) -> anyhow::Result<SimConfig> {
             auth: if a.webhook_signature { WebhookAuth::Signature } else { WebhookAuth::Token },
             events: a.webhook_events.clone(),
             delivery: d,
+            body_shape: if a.webhook_body_shape.as_deref() == Some("services-console") {
+                WebhookBodyShape::ServicesConsole
+            } else {
+                WebhookBodyShape::Documented
+            },
         });
     }
     if a.latency_ms.is_some() || a.error_rate.is_some() || a.drop_rate.is_some() {

@@ -21,6 +21,13 @@ pub fn fmt_ts(ts: Timestamp) -> String {
     }
 }
 
+/// The other timestamp shape Buildkite emits: `2018-03-25 03:58:14 UTC` (the services
+/// console webhook captured in go-buildkite `builds_test.go`; `created_at` of the access-token
+/// and pipeline examples in the REST docs).
+pub fn fmt_ts_utc(ts: Timestamp) -> String {
+    format!("{} UTC", ts.strftime("%Y-%m-%d %H:%M:%S"))
+}
+
 pub fn opt_ts(ts: Option<Timestamp>) -> serde_json::Value {
     ts.map_or(serde_json::Value::Null, |t| serde_json::Value::String(fmt_ts(t)))
 }
@@ -151,30 +158,33 @@ pub struct User {
     pub created_at: Timestamp,
 }
 
-/// One step of a pipeline (a template for a job).
-#[derive(Clone, Debug)]
-pub struct Step {
-    pub id: Uuid,
-    pub key: Option<String>,
-    pub label: String,
-    pub command: Option<String>,
-    pub agents: Vec<String>,
-    pub artifact_paths: String,
-    pub timeout: Option<Duration>,
-}
-
 #[derive(Clone, Debug)]
 pub struct Pipeline {
     pub id: Uuid,
     pub slug: String,
     pub name: String,
+    pub description: Option<String>,
     pub repository: String,
     pub default_branch: String,
     pub cluster_id: Uuid,
     pub skip_queued_branch_builds: bool,
-    pub steps: Vec<Step>,
+    pub skip_queued_branch_builds_filter: Option<String>,
+    pub cancel_running_branch_builds: bool,
+    pub cancel_running_branch_builds_filter: Option<String>,
+    pub branch_configuration: Option<String>,
+    /// The YAML steps as saved (REST `configuration`).
+    pub configuration: String,
+    /// `configuration` parsed, not interpolated (interpolated per build).
+    pub template: serde_yaml::Value,
+    /// `template` parsed without interpolation (REST `steps`, `env`).
+    pub settings: crate::steps::Settings,
+    /// Simulator-only per-step timeouts (config `timeout_secs`), by step index.
+    pub timeout_overrides: Vec<Option<Duration>>,
     pub next_number: u64,
     pub created_at: Timestamp,
+    pub created_by: Option<Uuid>,
+    /// Archived pipelines are read-only and take no builds (REST "Archive a pipeline").
+    pub archived_at: Option<Timestamp>,
 }
 
 #[derive(Clone, Debug)]
@@ -189,6 +199,8 @@ pub struct Build {
     pub commit: String,
     pub branch: String,
     pub env: BTreeMap<String, String>,
+    /// The steps' top-level `env`, interpolated when the build was created.
+    pub pipeline_env: BTreeMap<String, String>,
     pub meta_data: BTreeMap<String, String>,
     pub author: Option<serde_json::Value>,
     pub clean_checkout: bool,
@@ -225,7 +237,23 @@ pub struct Job {
     pub runnable_at: Option<Timestamp>,
     pub started_at: Option<Timestamp>,
     pub finished_at: Option<Timestamp>,
+    pub expired_at: Option<Timestamp>,
     pub log: String,
+    /// The step's `env` (above the build env).
+    pub step_env: BTreeMap<String, String>,
+    /// `checkout: {skip: …}` of the step.
+    pub checkout_skip: Option<bool>,
+    /// The step's `retry.automatic` rules and how often each was used so far.
+    pub retry_rules: Vec<crate::steps::RetryRule>,
+    pub retry_counts: Vec<u32>,
+    /// 0 for the first try of a step, n for its n-th automatic retry (`BUILDKITE_RETRY_COUNT`).
+    pub attempt: u32,
+    pub retried: bool,
+    pub retried_in_job_id: Option<Uuid>,
+    /// The job this one retries.
+    pub retry_source: Option<Uuid>,
+    /// What the checkout did: `cloned`, `skipped`, `failed` (`None`: not run).
+    pub checkout: Option<&'static str>,
 }
 
 #[derive(Clone, Debug)]
@@ -234,17 +262,32 @@ pub struct Artifact {
     pub job: Uuid,
     pub build: Uuid,
     pub path: String,
+    /// `new`, `error`, `finished`, `deleted` or `expired` (REST "Artifact data model").
     pub state: &'static str,
     pub mime_type: String,
     pub sha1sum: String,
     pub content: Bytes,
+    pub created_at: Timestamp,
 }
+
+/// The artifact states of the REST API ("Artifact data model").
+pub const ARTIFACT_STATES: &[&str] = &["new", "error", "finished", "deleted", "expired"];
 
 impl Artifact {
     pub fn new(job: Uuid, build: Uuid, path: String, content: Bytes) -> Self {
         let sha1sum = sha1_smol::Sha1::from(&content[..]).digest().to_string();
         let mime_type = mime_for(&path).to_string();
-        Self { id: Uuid::new_v4(), job, build, path, state: "finished", mime_type, sha1sum, content }
+        Self {
+            id: Uuid::new_v4(),
+            job,
+            build,
+            path,
+            state: "finished",
+            mime_type,
+            sha1sum,
+            content,
+            created_at: Timestamp::now(),
+        }
     }
 
     pub fn filename(&self) -> &str {
@@ -389,11 +432,19 @@ pub fn validate_queue_key(key: &str) -> Result<(), String> {
 }
 
 /// Interpolates `$VAR`, `${VAR}`, `${VAR:-default}` and `${VAR-default}` with `env`
-/// (`$$` is a literal `$`), like Buildkite's pipeline interpolation.
+/// (`$$` and `\$` are a literal `$`), like Buildkite's pipeline interpolation. An unknown
+/// variable interpolates to empty (or its default).
 pub fn interpolate(input: &str, env: &BTreeMap<String, String>) -> String {
     let mut out = String::with_capacity(input.len());
     let mut chars = input.char_indices().peekable();
     while let Some((i, c)) = chars.next() {
+        if c == '\\' && chars.peek().map(|&(_, c)| c) == Some('$') {
+            // `\$` is a literal `$` (docs "Environment variables" → "Runtime variable
+            // interpolation": "escape the `$` character using `$$` or `\$`").
+            chars.next();
+            out.push('$');
+            continue;
+        }
         if c != '$' {
             out.push(c);
             continue;
@@ -468,12 +519,14 @@ mod tests {
         assert_eq!(interpolate("queue=${EMPTY-default}", &env), "queue=");
         assert_eq!(interpolate("a=$KERNELBOT_QUEUE/x", &env), "a=nvidia-h100/x");
         assert_eq!(interpolate("cost $$5 ${", &env), "cost $5 ${");
+        assert_eq!(interpolate("run \\$HOME", &env), "run $HOME");
     }
 
     #[test]
     fn timestamps_have_millis() {
         let ts: Timestamp = "2015-05-09T21:05:59.874123Z".parse().unwrap();
         assert_eq!(fmt_ts(ts), "2015-05-09T21:05:59.874Z");
+        assert_eq!(fmt_ts_utc(ts), "2015-05-09 21:05:59 UTC");
         let ts: Timestamp = "2015-05-09T21:05:59Z".parse().unwrap();
         assert_eq!(fmt_ts(ts), "2015-05-09T21:05:59.000Z");
     }

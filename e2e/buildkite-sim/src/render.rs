@@ -44,8 +44,9 @@ impl Ctx<'_> {
         }
     }
 
-    /// A pipeline object. `with_counts` computes the scheduled/running counters (a scan of
-    /// all builds); pipelines embedded in builds report zeros to keep builds cheap.
+    /// A pipeline object (REST "Pipeline data model"). `with_counts` computes the
+    /// scheduled/running counters (a scan of all builds); pipelines embedded in builds report
+    /// zeros to keep builds cheap.
     pub fn pipeline(&self, p: &Pipeline, with_counts: bool) -> Value {
         let url = self.pipeline_url(&p.slug);
         let (mut sb, mut rb, mut sj, mut rj) = (0u64, 0u64, 0u64, 0u64);
@@ -64,39 +65,53 @@ impl Ctx<'_> {
                 }
             }
         }
+        let provider = if p.repository.contains("github.com") { "github" } else { "git" };
         json!({
             "id": p.id,
             "graphql_id": graphql_id("Pipeline", p.id),
             "url": url,
             "web_url": format!("{}/{}/{}", self.inner.web_base, self.inner.org.slug, p.slug),
             "name": p.name,
+            "description": p.description,
             "slug": p.slug,
             "repository": p.repository,
             "cluster_id": p.cluster_id,
             "cluster_url": self.cluster_url(p.cluster_id),
-            "branch_configuration": null,
+            "pipeline_template_uuid": null,
+            "branch_configuration": p.branch_configuration,
             "default_branch": p.default_branch,
-            "provider": {"id": "github", "webhook_url": "", "settings": {}},
+            "provider": {"id": provider, "webhook_url": "", "settings": {"trigger_mode": "code"}},
             "skip_queued_branch_builds": p.skip_queued_branch_builds,
-            "skip_queued_branch_builds_filter": null,
-            "cancel_running_branch_builds": false,
-            "cancel_running_branch_builds_filter": null,
+            "skip_queued_branch_builds_filter": p.skip_queued_branch_builds_filter,
+            "cancel_running_branch_builds": p.cancel_running_branch_builds,
+            "cancel_running_branch_builds_filter": p.cancel_running_branch_builds_filter,
+            "allow_rebuilds": true,
             "builds_url": format!("{url}/builds"),
             "badge_url": format!("{url}/badge.svg"),
+            "created_by": p.created_by.map_or(Value::Null, |u| self.user(u)),
             "created_at": fmt_ts(p.created_at),
+            "archived_at": opt_ts(p.archived_at),
+            "env": p.settings.env,
             "scheduled_builds_count": sb,
             "running_builds_count": rb,
             "scheduled_jobs_count": sj,
             "running_jobs_count": rj,
             "waiting_jobs_count": 0,
-            "steps": p.steps.iter().map(|s| json!({
+            "visibility": "private",
+            "tags": null,
+            "configuration": p.configuration,
+            "steps": p.settings.steps.iter().map(|s| json!({
                 "type": "script",
                 "name": s.label,
                 "key": s.key,
                 "command": s.command,
-                "agent_query_rules": s.agents,
-                "artifact_paths": s.artifact_paths,
+                "artifact_paths": if s.artifact_paths.is_empty() { Value::Null } else { json!(s.artifact_paths) },
+                "branch_configuration": null,
+                "env": s.env,
                 "timeout_in_minutes": s.timeout.map(|t| t.as_secs().div_ceil(60)),
+                "agent_query_rules": s.agents,
+                "concurrency": null,
+                "parallelism": null,
             })).collect::<Vec<_>>(),
         })
     }
@@ -173,12 +188,12 @@ impl Ctx<'_> {
             "runnable_at": opt_ts(j.runnable_at),
             "started_at": opt_ts(j.started_at),
             "finished_at": opt_ts(j.finished_at),
-            "expired_at": null,
-            "retried": false,
-            "retried_in_job_id": null,
-            "retries_count": null,
-            "retry_source": null,
-            "retry_type": null,
+            "expired_at": opt_ts(j.expired_at),
+            "retried": j.retried,
+            "retried_in_job_id": j.retried_in_job_id,
+            "retries_count": if j.attempt == 0 { Value::Null } else { json!(j.attempt) },
+            "retry_source": j.retry_source.map_or(Value::Null, |s| json!({"job_id": s, "retry_type": "automatic"})),
+            "retry_type": if j.retry_source.is_some() { json!("automatic") } else { Value::Null },
             "parallel_group_index": null,
             "parallel_group_total": null,
             "matrix": null,
@@ -189,9 +204,16 @@ impl Ctx<'_> {
         })
     }
 
-    /// A build object. Webhook payloads use `include_jobs = false` (documented: webhook
-    /// build objects carry no jobs).
+    /// A build object with the latest try of each job only. Webhook payloads use
+    /// `include_jobs = false` (documented: webhook build objects carry no jobs).
     pub fn build(&self, b: &Build, include_jobs: bool, include_pipeline: bool) -> Value {
+        self.build_with(b, include_jobs, include_pipeline, false)
+    }
+
+    /// A build object; `include_retried` also lists jobs that were retried (REST
+    /// `include_retried_jobs=true`: "Without this parameter, you'll see only the most recently
+    /// run job for each step").
+    pub fn build_with(&self, b: &Build, include_jobs: bool, include_pipeline: bool, include_retried: bool) -> Value {
         let mut v = json!({
             "id": b.id,
             "graphql_id": graphql_id("Build", b.id),
@@ -220,12 +242,84 @@ impl Ctx<'_> {
         });
         if let Value::Object(m) = &mut v {
             if include_jobs {
-                let jobs: Vec<Value> =
-                    b.jobs.iter().filter_map(|id| self.inner.jobs.get(id)).map(|j| self.job(j, b, true)).collect();
+                let jobs: Vec<Value> = b
+                    .jobs
+                    .iter()
+                    .filter_map(|id| self.inner.jobs.get(id))
+                    .filter(|j| include_retried || !j.retried)
+                    .map(|j| self.job(j, b, true))
+                    .collect();
                 m.insert("jobs".into(), Value::Array(jobs));
             }
             if include_pipeline && let Some(p) = self.inner.pipelines.get(&b.pipeline) {
                 m.insert("pipeline".into(), self.pipeline(p, false));
+            }
+        }
+        v
+    }
+
+    /// `job_state_counts` of the Get-a-build answer: "by default, retried job executions are
+    /// excluded from the count".
+    pub fn job_state_counts(&self, b: &Build, include_retried: bool) -> Value {
+        let mut states: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+        let mut total = 0u64;
+        for j in b.jobs.iter().filter_map(|id| self.inner.jobs.get(id)).filter(|j| include_retried || !j.retried) {
+            *states.entry(j.state.as_str()).or_default() += 1;
+            total += 1;
+        }
+        json!({"total": total, "states": states})
+    }
+
+    /// A build as go-buildkite captured it from Buildkite's services console
+    /// (`builds_test.go`, `TestBuildsUnmarshalWebhook`): `2018-03-25 03:58:14 UTC` timestamps,
+    /// a short `creator`, and no `meta_data`, `env`, `jobs` or `pipeline`.
+    pub fn console_build(&self, b: &Build) -> Value {
+        let creator = self.inner.users.iter().find(|(_, u)| u.id == b.creator).map_or(
+            Value::Null,
+            |(_, u)| json!({"id": u.id, "name": u.name, "email": u.email, "created_at": fmt_ts_utc(u.created_at)}),
+        );
+        let mut v = json!({
+            "id": b.id,
+            "url": self.build_url(b),
+            "web_url": self.build_web_url(b),
+            "number": b.number,
+            "state": b.state,
+            "blocked": b.blocked,
+            "message": b.message,
+            "commit": b.commit,
+            "branch": b.branch,
+            "tag": null,
+            "source": "api",
+            "author": b.author,
+            "creator": creator,
+            "created_at": fmt_ts_utc(b.created_at),
+            "scheduled_at": fmt_ts_utc(b.scheduled_at),
+        });
+        // The captured body was a `build.scheduled` event; later events carry these too (a
+        // guess, in the same timestamp format).
+        if let Value::Object(m) = &mut v {
+            for (k, t) in [("started_at", b.started_at), ("finished_at", b.finished_at)] {
+                if let Some(t) = t {
+                    m.insert(k.into(), json!(fmt_ts_utc(t)));
+                }
+            }
+        }
+        v
+    }
+
+    /// A job in the services-console shape (timestamps as `… UTC`).
+    pub fn console_job(&self, j: &Job, b: &Build) -> Value {
+        let mut v = self.job(j, b, false);
+        if let Value::Object(m) = &mut v {
+            for (k, t) in [
+                ("created_at", Some(j.created_at)),
+                ("scheduled_at", Some(j.scheduled_at)),
+                ("runnable_at", j.runnable_at),
+                ("started_at", j.started_at),
+                ("finished_at", j.finished_at),
+                ("expired_at", j.expired_at),
+            ] {
+                m.insert(k.into(), t.map_or(Value::Null, |t| json!(fmt_ts_utc(t))));
             }
         }
         v

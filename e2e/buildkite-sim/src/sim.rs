@@ -33,8 +33,6 @@ pub struct Sim {
     pub urls: Urls,
     /// The organization slug (immutable).
     pub org_slug: String,
-    /// Accepted REST tokens (immutable).
-    pub api_tokens: Vec<String>,
     state: Mutex<Inner>,
     dispatch: Notify,
     pub rate: RateLimiter,
@@ -66,7 +64,6 @@ impl Sim {
         Self {
             urls,
             org_slug: inner.org.slug.clone(),
-            api_tokens: inner.users.iter().map(|(t, _)| t.clone()).collect(),
             state: Mutex::new(inner),
             dispatch: Notify::new(),
             rate,
@@ -100,6 +97,32 @@ impl Sim {
     pub fn finish_job(&self, job: Uuid, outcome: Outcome) {
         self.lock().finish_job(job, outcome);
         self.kick();
+    }
+
+    /// Time-driven transitions: scheduled jobs past the job expiry become `expired`,
+    /// artifacts past the retention become `expired`. Ticks at a tenth of the shorter of the
+    /// two (between 20 ms and 1 s).
+    pub async fn run_housekeeping(self: Arc<Self>) {
+        loop {
+            let tick = {
+                let inner = self.lock();
+                (inner.job_expiry.min(inner.artifact_retention) / 10)
+                    .clamp(std::time::Duration::from_millis(20), std::time::Duration::from_secs(1))
+            };
+            tokio::select! {
+                () = tokio::time::sleep(tick) => {}
+                () = self.shutdown.cancelled() => break,
+            }
+            let now = jiff::Timestamp::now();
+            let expired = {
+                let mut inner = self.lock();
+                inner.expire_artifacts(now);
+                inner.expire_jobs(now)
+            };
+            if expired > 0 {
+                self.kick();
+            }
+        }
     }
 
     /// The dispatcher loop: assigns jobs to agents whenever kicked.

@@ -22,11 +22,12 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::api::{ApiPath, error, json_response, not_found, op_error};
+use crate::config::RepositoryVisibility;
 use crate::config::{
     AgentPoolConfig, EndpointFault, ExecutorConfig, FaultConfig, OutageConfig, PipelineConfig, RateLimitConfig,
     WebhookConfig,
 };
-use crate::model::{AgentMode, BuildState};
+use crate::model::{AgentMode, BuildState, JobState};
 use crate::render::Ctx;
 use crate::sim::Sim;
 use crate::state::{ExternalFinish, InfraFailure, InfraRule};
@@ -51,7 +52,13 @@ pub fn router() -> Router<Arc<Sim>> {
         .route("/_sim/webhooks", get(webhooks).post(add_webhook))
         .route("/_sim/webhooks/{id}", put(update_webhook).delete(remove_webhook))
         .route("/_sim/pipelines", get(pipelines).post(add_pipeline))
+        .route("/_sim/pipelines/{pipeline}/builds/{number}", get(build))
         .route("/_sim/builds/{id}/state", post(force_state))
+        .route("/_sim/builds/{id}/artifacts/state", post(build_artifacts_state))
+        .route("/_sim/jobs/{id}/state", post(force_job_state))
+        .route("/_sim/artifacts/{id}/state", post(artifact_state))
+        .route("/_sim/tokens", get(tokens).post(create_token))
+        .route("/_sim/repositories", get(repositories).put(set_repository))
         .route("/_sim/executor", get(executor).put(set_executor))
         .route("/_sim/settings", get(settings).put(set_settings))
 }
@@ -351,6 +358,9 @@ async fn job(State(sim): State<Arc<Sim>>, ApiPath(id): ApiPath<String>) -> Respo
         m.insert("build_number".into(), json!(b.number));
         m.insert("pipeline".into(), json!(b.pipeline));
         m.insert("env".into(), json!(b.env));
+        m.insert("step_env".into(), json!(j.step_env));
+        m.insert("checkout".into(), json!(j.checkout));
+        m.insert("attempt".into(), json!(j.attempt));
     }
     ok(&v)
 }
@@ -595,12 +605,21 @@ async fn set_executor(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
 struct SettingsBody {
     artifact_url_ttl_secs: Option<u64>,
     metrics_poll_duration_secs: Option<u64>,
+    job_expiry_secs: Option<f64>,
+    artifact_retention_secs: Option<f64>,
+    list_depth_limit: Option<u64>,
+    exec_arg_max: Option<usize>,
 }
 
 async fn settings(State(sim): State<Arc<Sim>>) -> Response {
+    let inner = sim.lock();
     ok(&json!({
         "artifact_url_ttl_secs": sim.artifact_ttl(),
         "metrics_poll_duration_secs": sim.poll_duration_secs.load(Ordering::Relaxed),
+        "job_expiry_secs": inner.job_expiry.as_secs_f64(),
+        "artifact_retention_secs": inner.artifact_retention.as_secs_f64(),
+        "list_depth_limit": inner.list_depth_limit,
+        "exec_arg_max": inner.exec_arg_max,
     }))
 }
 
@@ -609,11 +628,191 @@ async fn set_settings(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
         Ok(b) => b,
         Err(r) => return r,
     };
+    for v in [b.job_expiry_secs, b.artifact_retention_secs].into_iter().flatten() {
+        if !(v.is_finite() && v > 0.0) {
+            return error(StatusCode::UNPROCESSABLE_ENTITY, "durations must be > 0");
+        }
+    }
     if let Some(v) = b.artifact_url_ttl_secs {
         sim.artifact_ttl_secs.store(v, Ordering::Relaxed);
     }
     if let Some(v) = b.metrics_poll_duration_secs {
         sim.poll_duration_secs.store(v, Ordering::Relaxed);
     }
+    {
+        let mut inner = sim.lock();
+        if let Some(v) = b.job_expiry_secs {
+            inner.job_expiry = std::time::Duration::from_secs_f64(v);
+        }
+        if let Some(v) = b.artifact_retention_secs {
+            inner.artifact_retention = std::time::Duration::from_secs_f64(v);
+        }
+        if let Some(v) = b.list_depth_limit {
+            inner.list_depth_limit = v;
+        }
+        if let Some(v) = b.exec_arg_max {
+            inner.exec_arg_max = v;
+        }
+    }
     settings(State(sim)).await
+}
+
+/// `GET /_sim/pipelines/{pipeline}/builds/{number}`: the REST build with every job (retried
+/// ones too), not rate limited — for tests that poll.
+async fn build(State(sim): State<Arc<Sim>>, ApiPath((pipeline, number)): ApiPath<(String, String)>) -> Response {
+    let inner = sim.lock();
+    let Some(b) = number.parse::<u64>().ok().and_then(|n| inner.build_by_number(&pipeline, n)) else {
+        return not_found("No build found");
+    };
+    let ctx = Ctx { inner: &inner, urls: &sim.urls };
+    ok(&ctx.build_with(b, true, false, true))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobStateBody {
+    state: String,
+}
+
+/// `POST /_sim/jobs/{id}/state {state: limited|scheduled|expired|broken}` for a job that has
+/// not started.
+async fn force_job_state(State(sim): State<Arc<Sim>>, ApiPath(id): ApiPath<String>, body: Bytes) -> Response {
+    let b: JobStateBody = match parse(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Some(state) = JobState::parse(&b.state) else {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "unknown job state");
+    };
+    let Ok(id) = id.parse::<Uuid>() else {
+        return not_found("No job found");
+    };
+    let r = sim.lock().force_job_state(id, state);
+    sim.kick();
+    match r {
+        Ok(()) => ok(&json!({"ok": true})),
+        Err(e) => op_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ArtifactStateBody {
+    state: String,
+    /// Only artifacts whose path matches this glob (build-wide form).
+    #[serde(default)]
+    path: Option<String>,
+}
+
+/// `POST /_sim/artifacts/{id}/state {state: new|error|finished|deleted|expired}`.
+async fn artifact_state(State(sim): State<Arc<Sim>>, ApiPath(id): ApiPath<String>, body: Bytes) -> Response {
+    let b: ArtifactStateBody = match parse(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Ok(id) = id.parse::<Uuid>() else {
+        return not_found("No artifact found");
+    };
+    match sim.lock().set_artifact_state(id, &b.state) {
+        Ok(()) => ok(&json!({"ok": true})),
+        Err(e) => op_error(e),
+    }
+}
+
+/// `POST /_sim/builds/{id}/artifacts/state {state, path?}`: every artifact of the build (whose
+/// path matches `path`).
+async fn build_artifacts_state(State(sim): State<Arc<Sim>>, ApiPath(id): ApiPath<String>, body: Bytes) -> Response {
+    let b: ArtifactStateBody = match parse(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Ok(id) = id.parse::<Uuid>() else {
+        return not_found("No build found");
+    };
+    let mut inner = sim.lock();
+    if !inner.builds.contains_key(&id) {
+        return not_found("No build found");
+    }
+    let ids: Vec<Uuid> = inner
+        .build_artifacts
+        .get(&id)
+        .map(|v| {
+            v.iter()
+                .copied()
+                .filter(|a| {
+                    b.path
+                        .as_deref()
+                        .is_none_or(|g| inner.artifacts.get(a).is_some_and(|x| crate::glob::wildcard_match(g, &x.path)))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    for a in &ids {
+        if let Err(e) = inner.set_artifact_state(*a, &b.state) {
+            return op_error(e);
+        }
+    }
+    ok(&json!({"updated": ids.len()}))
+}
+
+/// `GET /_sim/tokens`: every REST token's uuid, scopes and description (never its value).
+async fn tokens(State(sim): State<Arc<Sim>>) -> Response {
+    let inner = sim.lock();
+    let list: Vec<Value> = inner
+        .tokens
+        .iter()
+        .map(|t| json!({"uuid": t.uuid, "scopes": t.scopes, "description": t.description}))
+        .collect();
+    ok(&Value::Array(list))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenBody {
+    scopes: Vec<String>,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+/// `POST /_sim/tokens {scopes, description?}`: a new REST token (its own user); the value is
+/// only in this answer.
+async fn create_token(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
+    let b: TokenBody = match parse(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if b.scopes.iter().any(|s| s.is_empty() || !s.chars().all(|c| c.is_ascii_lowercase() || c == '_')) {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "scopes are names like read_builds");
+    }
+    let mut secret = [0u8; 20];
+    rand::fill(&mut secret);
+    let token = format!("bk-sim-{}", hex::encode(secret));
+    let uuid = sim.lock().add_token(
+        token.clone(),
+        b.scopes.clone(),
+        b.description.unwrap_or_else(|| "created at run time".into()),
+    );
+    json_response(StatusCode::CREATED, &json!({"token": token, "uuid": uuid, "scopes": b.scopes}))
+}
+
+async fn repositories(State(sim): State<Arc<Sim>>) -> Response {
+    ok(&to_json(&sim.lock().repositories))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RepositoryBody {
+    url: String,
+    visibility: RepositoryVisibility,
+}
+
+/// `PUT /_sim/repositories {url, visibility: public|private}`.
+async fn set_repository(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
+    let b: RepositoryBody = match parse(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let mut inner = sim.lock();
+    inner.repositories.insert(b.url, b.visibility);
+    ok(&to_json(&inner.repositories))
 }

@@ -1,5 +1,6 @@
 //! The simulator's world: pipelines, builds, jobs, agents, queues — and every state
-//! transition (creation, dispatch to agents, completion, cancellation).
+//! transition (creation, dispatch to agents, completion, automatic retries, cancellation,
+//! expiry).
 //!
 //! Everything lives behind one mutex (`Inner`); operations are short and never await while
 //! holding it. Webhook events are queued while the lock is held (a channel send) and
@@ -15,11 +16,21 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::config::{AgentPoolConfig, ExecutorConfig, PipelineConfig, ScriptedConfig, SimConfig};
+use crate::config::{
+    AgentPoolConfig, DEFAULT_TOKEN_SCOPES, ExecutorConfig, PipelineConfig, RepositoryVisibility, ScriptedConfig,
+    SimConfig,
+};
 use crate::model::*;
+use crate::steps::{Settings, StepsError};
 
 /// Identifies a queue: cluster + key (a job may target a key that does not exist).
 pub type QueueRef = (Uuid, String);
+
+/// Linux's limit on one `argv`/`envp` string including its NUL (`MAX_ARG_STRLEN`, 32 pages
+/// of 4 KiB). The agent hands the job env to the bootstrap process with `execve` (agent
+/// `agent/job_runner.go`: `processEnv := append(os.Environ(), env...)`); a longer string
+/// makes `execve` fail with E2BIG.
+pub const MAX_ARG_STRLEN: usize = 131_072;
 
 /// A webhook event to deliver (rendered at delivery time, like Buildkite: the payload may
 /// already show a later state than the event).
@@ -52,9 +63,22 @@ pub struct InfraFailure {
     pub lose_agent: bool,
 }
 
+/// The documented `signal_reason` values (REST "Job data model"; agent `agent/run_job.go`).
+/// There is no `agent_lost`: a lost agent leaves `exit_status -1` and no signal reason.
+pub const SIGNAL_REASONS: &[&str] = &[
+    "agent_stop",
+    "cancel",
+    "process_run_error",
+    "agent_refused",
+    "signature_rejected",
+    "stack_error",
+    "agent_incompatible",
+];
+
 impl InfraFailure {
     /// Parses `<reason>[:<exit_status>][@<after_ms>]`, e.g. `agent_stop`, `agent_lost`,
-    /// `process_run_error:255`, `stack_error:-1@2000`.
+    /// `process_run_error:255`, `stack_error:-1@2000`. `agent_lost` is the simulator's name
+    /// for a lost agent: the job gets no signal reason at all.
     pub fn parse(spec: &str) -> Result<Self, String> {
         let (head, after) = match spec.split_once('@') {
             Some((h, a)) => (h, a.trim().parse::<u64>().map_err(|_| format!("bad delay in {spec:?}"))?),
@@ -64,20 +88,14 @@ impl InfraFailure {
             Some((r, e)) => (r.trim(), e.trim().parse::<i32>().map_err(|_| format!("bad exit status in {spec:?}"))?),
             None => (head.trim(), -1),
         };
-        const REASONS: &[&str] = &[
-            "agent_stop",
-            "cancel",
-            "process_run_error",
-            "agent_refused",
-            "signature_rejected",
-            "stack_error",
-            "agent_incompatible",
-        ];
         if reason == "agent_lost" {
             return Ok(Self { signal_reason: None, exit_status: exit, after_ms: after, lose_agent: true });
         }
-        if !REASONS.contains(&reason) {
-            return Err(format!("unknown infrastructure failure {reason:?} (agent_lost, {})", REASONS.join(", ")));
+        if !SIGNAL_REASONS.contains(&reason) {
+            return Err(format!(
+                "unknown infrastructure failure {reason:?} (agent_lost, {})",
+                SIGNAL_REASONS.join(", ")
+            ));
         }
         Ok(Self {
             signal_reason: Some(reason.to_string()),
@@ -115,6 +133,9 @@ pub struct ExecSpec {
     pub artifact_paths: String,
     pub timeout: Option<Duration>,
     pub infra: Option<InfraFailure>,
+    /// The job ended before its command could run (the bootstrap could not be exec'd, or the
+    /// checkout failed): this is its outcome.
+    pub preflight: Option<Outcome>,
     pub stop_rx: oneshot::Receiver<Stop>,
     pub external_rx: Option<oneshot::Receiver<ExternalFinish>>,
     pub dir: PathBuf,
@@ -172,6 +193,7 @@ pub struct PoolSpec {
 /// Counters of job outcomes.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct JobStats {
+    /// Jobs created (automatic retries included).
     pub created: u64,
     pub started: u64,
     pub passed: u64,
@@ -179,7 +201,21 @@ pub struct JobStats {
     pub timed_out: u64,
     pub canceled: u64,
     pub skipped: u64,
+    /// Jobs that ended with a signal reason other than `cancel`, or lost their agent.
     pub infra_failures: u64,
+    /// Jobs retried automatically by their step's `retry.automatic` (the retries themselves
+    /// are counted in `created`).
+    pub retried: u64,
+    /// Jobs nobody picked up within the job expiry.
+    pub expired: u64,
+    /// Repository clones done before a command (one per job that did not skip the checkout).
+    pub checkouts: u64,
+    /// Checkouts that failed (private repository: exit status 128).
+    pub checkout_failures: u64,
+    /// Jobs that skipped the checkout.
+    pub checkouts_skipped: u64,
+    /// Jobs whose environment the agent could not exec (E2BIG → `process_run_error`).
+    pub exec_env_errors: u64,
 }
 
 /// Error of a state operation, mapped to an API answer by the routes.
@@ -187,8 +223,26 @@ pub struct JobStats {
 pub enum OpError {
     NotFound(&'static str),
     Unprocessable(String),
-    Validation(Vec<(String, &'static str)>),
+    Validation(Vec<FieldError>),
     BadRequest(String),
+}
+
+/// One item of a `422 Validation Failed` answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub code: String,
+    pub message: Option<String>,
+}
+
+impl FieldError {
+    pub fn new(field: &str, code: &str) -> Self {
+        Self { field: field.to_string(), code: code.to_string(), message: None }
+    }
+
+    pub fn with_message(field: &str, code: &str, message: impl Into<String>) -> Self {
+        Self { field: field.to_string(), code: code.to_string(), message: Some(message.into()) }
+    }
 }
 
 /// Request to create a build (already type-checked by the route).
@@ -201,11 +255,98 @@ pub struct CreateBuild {
     pub env: BTreeMap<String, String>,
     pub meta_data: BTreeMap<String, String>,
     pub clean_checkout: bool,
+    pub ignore_pipeline_branch_filters: bool,
+}
+
+/// A REST API access token and its scopes.
+#[derive(Debug, Clone)]
+pub struct ApiToken {
+    pub token: String,
+    pub uuid: Uuid,
+    pub scopes: Vec<String>,
+    pub description: String,
+    pub created_at: Timestamp,
+    pub user: Uuid,
+}
+
+/// Everything a pipeline is made of, validated (from the config, `/_sim/pipelines` or REST).
+#[derive(Debug, Clone)]
+pub struct PipelineSpec {
+    pub slug: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub repository: String,
+    pub default_branch: String,
+    pub cluster_id: Uuid,
+    pub skip_queued_branch_builds: bool,
+    pub skip_queued_branch_builds_filter: Option<String>,
+    pub cancel_running_branch_builds: bool,
+    pub cancel_running_branch_builds_filter: Option<String>,
+    pub branch_configuration: Option<String>,
+    pub configuration: String,
+    pub template: serde_yaml::Value,
+    pub settings: Settings,
+    pub timeout_overrides: Vec<Option<Duration>>,
+    pub created_by: Option<Uuid>,
+}
+
+/// Parses a YAML steps configuration (REST `configuration`): invalid YAML or a document
+/// without steps is refused.
+pub fn parse_configuration(text: &str) -> Result<(serde_yaml::Value, Settings), StepsError> {
+    let template = crate::steps::parse_yaml(text)?;
+    let settings = crate::steps::settings_from_value(&template)?;
+    Ok((template, settings))
+}
+
+/// The config's `steps` as a YAML steps document (what the settings editor would hold).
+fn steps_document(p: &PipelineConfig) -> serde_yaml::Value {
+    use serde_yaml::{Mapping, Value as Y};
+    let mut steps = Vec::new();
+    for s in &p.steps {
+        let mut m = Mapping::new();
+        if let Some(k) = &s.key {
+            m.insert("key".into(), k.clone().into());
+        }
+        m.insert("label".into(), s.label.clone().into());
+        if let Some(c) = &s.command {
+            m.insert("command".into(), c.clone().into());
+        }
+        if !s.agents.is_empty() {
+            m.insert("agents".into(), Y::Sequence(s.agents.iter().map(|a| a.clone().into()).collect()));
+        }
+        if !s.artifact_paths.is_empty() {
+            m.insert("artifact_paths".into(), s.artifact_paths.clone().into());
+        }
+        if let Some(t) = s.timeout_in_minutes {
+            m.insert("timeout_in_minutes".into(), t.into());
+        }
+        if !s.env.is_empty() {
+            let env: Mapping = s.env.iter().map(|(k, v)| (Y::from(k.clone()), Y::from(v.clone()))).collect();
+            m.insert("env".into(), Y::Mapping(env));
+        }
+        if let Some(c) = &s.checkout {
+            let mut cm = Mapping::new();
+            cm.insert("skip".into(), c.skip.into());
+            m.insert("checkout".into(), Y::Mapping(cm));
+        }
+        if let Some(r) = &s.retry {
+            m.insert("retry".into(), r.clone());
+        }
+        steps.push(Y::Mapping(m));
+    }
+    let mut doc = Mapping::new();
+    if !p.env.is_empty() {
+        let env: Mapping = p.env.iter().map(|(k, v)| (Y::from(k.clone()), Y::from(v.clone()))).collect();
+        doc.insert("env".into(), Y::Mapping(env));
+    }
+    doc.insert("steps".into(), Y::Sequence(steps));
+    Y::Mapping(doc)
 }
 
 pub struct Inner {
     pub org: Org,
     pub users: Vec<(String, User)>,
+    pub tokens: Vec<ApiToken>,
     pub pipelines: BTreeMap<String, Pipeline>,
     pub builds: HashMap<Uuid, Build>,
     /// Creation order (oldest first).
@@ -220,6 +361,9 @@ pub struct Inner {
     pub clusters: Vec<Cluster>,
     pub queues: Vec<Queue>,
     pub agent_tokens: Vec<AgentToken>,
+    /// The organization's default cluster for new pipelines.
+    pub default_cluster: Option<Uuid>,
+    pub repositories: BTreeMap<String, RepositoryVisibility>,
     pub pending: HashMap<QueueRef, VecDeque<Uuid>>,
     pub running: HashMap<Uuid, oneshot::Sender<Stop>>,
     pub external: HashMap<Uuid, oneshot::Sender<ExternalFinish>>,
@@ -232,6 +376,18 @@ pub struct Inner {
     pub events: Option<mpsc::UnboundedSender<Event>>,
     /// Base of `web_url`s (no trailing slash).
     pub web_base: String,
+    pub job_expiry: Duration,
+    pub artifact_retention: Duration,
+    pub list_depth_limit: u64,
+    /// ARG_MAX of the simulated agents' `execve`.
+    pub exec_arg_max: usize,
+}
+
+/// `sysconf(_SC_ARG_MAX)`, or 2 MiB if the system does not say.
+pub fn system_arg_max() -> usize {
+    // SAFETY: sysconf only reads a system constant.
+    let v = unsafe { libc::sysconf(libc::_SC_ARG_MAX) };
+    usize::try_from(v).ok().filter(|v| *v > 0).unwrap_or(2 * 1024 * 1024)
 }
 
 impl Inner {
@@ -239,25 +395,10 @@ impl Inner {
         let now = Timestamp::now();
         let org =
             Org { id: Uuid::new_v4(), slug: cfg.organization.clone(), name: cfg.organization.clone(), created_at: now };
-        let users = cfg
-            .api_tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                (
-                    t.clone(),
-                    User {
-                        id: Uuid::new_v4(),
-                        name: if i == 0 { "Buildkite Simulator".into() } else { format!("Buildkite Simulator {i}") },
-                        email: format!("sim{i}@{}.invalid", cfg.organization),
-                        created_at: now,
-                    },
-                )
-            })
-            .collect();
         let mut inner = Self {
             org,
-            users,
+            users: Vec::new(),
+            tokens: Vec::new(),
             pipelines: BTreeMap::new(),
             builds: HashMap::new(),
             build_order: Vec::new(),
@@ -271,6 +412,8 @@ impl Inner {
             clusters: Vec::new(),
             queues: Vec::new(),
             agent_tokens: Vec::new(),
+            default_cluster: None,
+            repositories: cfg.repositories.clone(),
             pending: HashMap::new(),
             running: HashMap::new(),
             external: HashMap::new(),
@@ -282,7 +425,18 @@ impl Inner {
             job_stats: JobStats::default(),
             events,
             web_base: cfg.web_base_url.trim_end_matches('/').to_string(),
+            job_expiry: Duration::from_secs_f64(cfg.job_expiry_secs),
+            artifact_retention: Duration::from_secs_f64(cfg.artifact_retention_secs),
+            list_depth_limit: cfg.list_depth_limit,
+            exec_arg_max: cfg.exec_arg_max.unwrap_or_else(system_arg_max),
         };
+        for t in &cfg.api_tokens {
+            let scopes = match cfg.api_token_scopes.get(t) {
+                Some(s) => s.clone(),
+                None => DEFAULT_TOKEN_SCOPES.iter().map(|s| s.to_string()).collect(),
+            };
+            inner.add_token(t.clone(), scopes, "configured".into());
+        }
         for c in &cfg.clusters {
             let cluster = Cluster {
                 id: Uuid::new_v4(),
@@ -297,18 +451,22 @@ impl Inner {
                 inner.create_queue(cid, q, None).map_err(|e| anyhow::anyhow!("queue {q}: {e:?}"))?;
             }
         }
-        let default_cluster = inner.clusters[0].id;
+        if let Some(d) = &cfg.default_cluster {
+            inner.default_cluster =
+                Some(inner.cluster_by_name(Some(d)).map_err(|e| anyhow::anyhow!("default_cluster: {e}"))?);
+        }
+        let first_cluster = inner.clusters[0].id;
         for t in &cfg.agent_tokens {
             inner.agent_tokens.push(AgentToken {
                 id: Uuid::new_v4(),
-                cluster_id: default_cluster,
+                cluster_id: first_cluster,
                 description: "configured".into(),
                 token: t.clone(),
                 created_at: now,
             });
         }
         for p in &cfg.pipelines {
-            inner.add_pipeline(p).map_err(|e| anyhow::anyhow!("{e}"))?;
+            inner.add_pipeline(p).map_err(|e| anyhow::anyhow!("pipeline {}: {e}", p.slug))?;
         }
         for pool in &cfg.agents {
             inner.set_pool(pool).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -322,13 +480,34 @@ impl Inner {
         }
     }
 
+    /// Adds a REST token (its own user for the per-user rate limit) and returns its uuid.
+    pub fn add_token(&mut self, token: String, scopes: Vec<String>, description: String) -> Uuid {
+        let now = Timestamp::now();
+        let i = self.users.len();
+        let user = User {
+            id: Uuid::new_v4(),
+            name: if i == 0 { "Buildkite Simulator".into() } else { format!("Buildkite Simulator {i}") },
+            email: format!("sim{i}@{}.invalid", self.org.slug),
+            created_at: now,
+        };
+        let uuid = Uuid::new_v4();
+        self.tokens.push(ApiToken { token: token.clone(), uuid, scopes, description, created_at: now, user: user.id });
+        self.users.push((token, user));
+        uuid
+    }
+
+    pub fn token(&self, token: &str) -> Option<&ApiToken> {
+        self.tokens.iter().find(|t| t.token == token)
+    }
+
     pub fn user_for_token(&self, token: &str) -> Option<&User> {
         self.users.iter().find(|(t, _)| t == token).map(|(_, u)| u)
     }
 
+    /// A cluster by name or id; `None`: the organization's default cluster, else the first.
     pub fn cluster_by_name(&self, name: Option<&str>) -> Result<Uuid, String> {
         match name {
-            None => Ok(self.clusters[0].id),
+            None => Ok(self.default_cluster.unwrap_or(self.clusters[0].id)),
             Some(n) => self
                 .clusters
                 .iter()
@@ -338,47 +517,79 @@ impl Inner {
         }
     }
 
+    /// A pipeline from the config (or `/_sim/pipelines`).
     pub fn add_pipeline(&mut self, p: &PipelineConfig) -> Result<(), String> {
-        if p.slug.is_empty() || p.steps.is_empty() {
-            return Err("a pipeline needs a slug and at least one step".into());
+        if !crate::steps::valid_slug(&p.slug) {
+            return Err(format!("pipeline slug {:?} is not a valid slug", p.slug));
         }
         if self.pipelines.contains_key(&p.slug) {
             return Err(format!("pipeline {} already exists", p.slug));
         }
         let cluster_id = self.cluster_by_name(p.cluster.as_deref())?;
-        let steps = p
-            .steps
-            .iter()
-            .map(|s| Step {
-                id: Uuid::new_v4(),
-                key: s.key.clone(),
-                label: s.label.clone(),
-                command: s.command.clone(),
-                agents: s.agents.clone(),
-                artifact_paths: s.artifact_paths.clone(),
-                timeout: s
-                    .timeout_secs
-                    .filter(|t| t.is_finite() && *t > 0.0)
-                    .map(Duration::from_secs_f64)
-                    .or(s.timeout_in_minutes.map(|m| Duration::from_secs(m * 60))),
-            })
-            .collect();
+        let (template, configuration, timeout_overrides) = match &p.configuration {
+            Some(text) => (crate::steps::parse_yaml(text).map_err(|e| e.to_string())?, text.clone(), Vec::new()),
+            None => {
+                let doc = steps_document(p);
+                let text = serde_yaml::to_string(&doc).map_err(|e| format!("rendering the steps: {e}"))?;
+                let overrides = p
+                    .steps
+                    .iter()
+                    .map(|s| s.timeout_secs.filter(|t| t.is_finite() && *t > 0.0).map(Duration::from_secs_f64))
+                    .collect();
+                (doc, text, overrides)
+            }
+        };
+        let settings = crate::steps::settings_from_value(&template).map_err(|e| e.to_string())?;
+        self.insert_pipeline(PipelineSpec {
+            slug: p.slug.clone(),
+            name: p.name.clone().unwrap_or_else(|| p.slug.clone()),
+            description: p.description.clone(),
+            repository: p.repository.clone(),
+            default_branch: p.default_branch.clone(),
+            cluster_id,
+            skip_queued_branch_builds: p.skip_queued_branch_builds,
+            skip_queued_branch_builds_filter: p.skip_queued_branch_builds_filter.clone(),
+            cancel_running_branch_builds: p.cancel_running_branch_builds,
+            cancel_running_branch_builds_filter: p.cancel_running_branch_builds_filter.clone(),
+            branch_configuration: p.branch_configuration.clone(),
+            configuration,
+            template,
+            settings,
+            timeout_overrides,
+            created_by: None,
+        });
+        Ok(())
+    }
+
+    /// Stores a validated pipeline (the slug must be free).
+    pub fn insert_pipeline(&mut self, s: PipelineSpec) -> Uuid {
+        let id = Uuid::new_v4();
         self.pipelines.insert(
-            p.slug.clone(),
+            s.slug.clone(),
             Pipeline {
-                id: Uuid::new_v4(),
-                slug: p.slug.clone(),
-                name: p.name.clone().unwrap_or_else(|| p.slug.clone()),
-                repository: p.repository.clone(),
-                default_branch: p.default_branch.clone(),
-                cluster_id,
-                skip_queued_branch_builds: p.skip_queued_branch_builds,
-                steps,
+                id,
+                slug: s.slug,
+                name: s.name,
+                description: s.description,
+                repository: s.repository,
+                default_branch: s.default_branch,
+                cluster_id: s.cluster_id,
+                skip_queued_branch_builds: s.skip_queued_branch_builds,
+                skip_queued_branch_builds_filter: s.skip_queued_branch_builds_filter,
+                cancel_running_branch_builds: s.cancel_running_branch_builds,
+                cancel_running_branch_builds_filter: s.cancel_running_branch_builds_filter,
+                branch_configuration: s.branch_configuration,
+                configuration: s.configuration,
+                template: s.template,
+                settings: s.settings,
+                timeout_overrides: s.timeout_overrides,
                 next_number: 1,
                 created_at: Timestamp::now(),
+                created_by: s.created_by,
+                archived_at: None,
             },
         );
-        Ok(())
+        id
     }
 
     // ----- queues & clusters -------------------------------------------------------------
@@ -723,17 +934,58 @@ impl Inner {
 
     // ----- builds -----------------------------------------------------------------------------
 
+    // ----- builds -----------------------------------------------------------------------------
+
     pub fn build_by_number(&self, pipeline: &str, number: u64) -> Option<&Build> {
         self.build_by_number.get(&(pipeline.to_string(), number)).and_then(|id| self.builds.get(id))
     }
 
+    /// Creates a build: the pipeline's settings steps are interpolated with Buildkite's
+    /// fixed build variables only (never `req.env`), one job per command step.
     pub fn create_build(&mut self, pipeline: &str, req: CreateBuild, creator: Uuid) -> Result<(Uuid, bool), OpError> {
-        let p = self.pipelines.get_mut(pipeline).ok_or(OpError::NotFound("No pipeline found"))?;
+        let p = self.pipelines.get(pipeline).ok_or(OpError::NotFound("No pipeline found"))?;
+        if p.archived_at.is_some() {
+            // "Archived pipelines are read-only" (REST "Archive a pipeline"); the wording of
+            // the refusal is a guess.
+            return Err(OpError::Unprocessable("This pipeline is archived and can't be built".into()));
+        }
+        if let Some(filter) = p.branch_configuration.as_deref().filter(|f| !f.trim().is_empty())
+            && !req.ignore_pipeline_branch_filters
+            && !crate::steps::branch_matches(filter, &req.branch)
+        {
+            // The create-build docs: `ignore_pipeline_branch_filters` "Run the build regardless
+            // of the pipeline's branch filtering rules". The refusal's wording is a guess.
+            return Err(OpError::Unprocessable(format!(
+                "Branch {:?} does not match the pipeline's branch filter",
+                req.branch
+            )));
+        }
+        // Docs "Environment variables" → "Variable interpolation": only a fixed subset is
+        // available to steps saved in the pipeline settings; the build env is not.
+        let vars = crate::steps::build_variables(
+            &req.branch,
+            &req.commit,
+            req.message.as_deref().unwrap_or_default(),
+            &p.slug,
+            &p.name,
+            &p.id.to_string(),
+            &self.org.slug,
+            &p.repository,
+        );
+        let doc = crate::steps::interpolate_value(&p.template, &vars);
+        let settings = crate::steps::settings_from_value(&doc)
+            .map_err(|e| OpError::Unprocessable(format!("The pipeline configuration is not valid: {e}")))?;
+        let timeout_overrides = p.timeout_overrides.clone();
+        let cluster_id = p.cluster_id;
+        let (skip_queued, skip_filter) = (p.skip_queued_branch_builds, p.skip_queued_branch_builds_filter.clone());
+        let (cancel_running, cancel_filter) =
+            (p.cancel_running_branch_builds, p.cancel_running_branch_builds_filter.clone());
+        let Some(p) = self.pipelines.get_mut(pipeline) else {
+            return Err(OpError::NotFound("No pipeline found"));
+        };
         let number = p.next_number;
         p.next_number += 1;
-        let steps = p.steps.clone();
-        let cluster_id = p.cluster_id;
-        let skip_queued = p.skip_queued_branch_builds;
+
         let now = Timestamp::now();
         let build_id = Uuid::new_v4();
         let default_queue = self.default_queue_key(cluster_id);
@@ -748,10 +1000,9 @@ impl Inner {
             .filter(|t| t.is_finite() && *t > 0.0)
             .map(Duration::from_secs_f64);
 
-        let mut job_ids = Vec::with_capacity(steps.len());
-        for step in &steps {
-            let rules: Vec<String> =
-                step.agents.iter().map(|r| interpolate(r, &req.env)).filter(|r| !r.is_empty()).collect();
+        let mut job_ids = Vec::with_capacity(settings.steps.len());
+        for (i, step) in settings.steps.iter().enumerate() {
+            let rules: Vec<String> = step.agents.iter().filter(|r| !r.is_empty()).cloned().collect();
             let queue_key = rules
                 .iter()
                 .find_map(|r| r.strip_prefix("queue=").map(str::to_string))
@@ -765,7 +1016,7 @@ impl Inner {
             let job = Job {
                 id: Uuid::new_v4(),
                 build: build_id,
-                step_id: step.id,
+                step_id: Uuid::new_v4(),
                 step_key: step.key.clone(),
                 name: step.label.clone(),
                 command: step.command.clone().or_else(|| executor_command.clone()),
@@ -777,14 +1028,24 @@ impl Inner {
                 signal: None,
                 signal_reason: None,
                 artifact_paths: step.artifact_paths.clone(),
-                timeout: timeout_override.or(step.timeout),
+                timeout: timeout_override.or(timeout_overrides.get(i).copied().flatten()).or(step.timeout),
                 agent: None,
                 created_at: now,
                 scheduled_at: now,
                 runnable_at: Some(now),
                 started_at: None,
                 finished_at: None,
+                expired_at: None,
                 log: String::new(),
+                step_env: step.env.clone(),
+                checkout_skip: step.checkout_skip,
+                retry_rules: step.retry.clone(),
+                retry_counts: vec![0; step.retry.len()],
+                attempt: 0,
+                retried: false,
+                retried_in_job_id: None,
+                retry_source: None,
+                checkout: None,
             };
             job_ids.push(job.id);
             self.pending.entry((cluster_id, job.queue_key.clone())).or_default().push_back(job.id);
@@ -803,6 +1064,7 @@ impl Inner {
             commit: req.commit,
             branch: req.branch,
             env: req.env,
+            pipeline_env: settings.env,
             meta_data: req.meta_data,
             author: req.author,
             clean_checkout: req.clean_checkout,
@@ -816,19 +1078,31 @@ impl Inner {
         };
         let branch = build.branch.clone();
 
-        if skip_queued {
-            let older: Vec<Uuid> = self
+        // Docs "Skipping builds": "Skip queued intermediate builds … applies to builds in the
+        // scheduled and creating states"; docs "Canceling builds": "Cancel running intermediate
+        // builds … applies to builds in the started, failing, and blocked (running) states".
+        // Both only touch builds of the same branch; the filter limits the branches.
+        let applies = |on: bool, filter: &Option<String>| {
+            on && filter.as_deref().is_none_or(|f| crate::steps::branch_matches(f, &branch))
+        };
+        let skip = applies(skip_queued, &skip_filter);
+        let cancel = applies(cancel_running, &cancel_filter);
+        if skip || cancel {
+            let older: Vec<(Uuid, BuildState)> = self
                 .build_order
                 .iter()
-                .copied()
-                .filter(|id| {
-                    self.builds.get(id).is_some_and(|b| {
-                        b.pipeline == pipeline && b.branch == branch && b.state == BuildState::Scheduled
-                    })
-                })
+                .filter_map(|id| self.builds.get(id))
+                .filter(|b| b.pipeline == pipeline && b.branch == branch)
+                .map(|b| (b.id, b.state))
                 .collect();
-            for id in older {
-                self.skip_build(id);
+            for (id, state) in older {
+                match state {
+                    BuildState::Scheduled | BuildState::Creating if skip => self.skip_build(id),
+                    BuildState::Running | BuildState::Failing if cancel => {
+                        let _ = self.cancel_build(id, None);
+                    }
+                    _ => {}
+                }
             }
         }
 
@@ -916,6 +1190,94 @@ impl Inner {
         Ok(())
     }
 
+    /// Forces a job that has not started (`/_sim/jobs/{id}/state`): `limited` (waits, not
+    /// dispatched), `scheduled` (back from `limited`), `expired` or `broken` (final).
+    pub fn force_job_state(&mut self, id: Uuid, state: JobState) -> Result<(), OpError> {
+        let job = self.jobs.get(&id).ok_or(OpError::NotFound("No job found"))?;
+        if !matches!(job.state, JobState::Scheduled | JobState::Limited) {
+            return Err(OpError::Unprocessable(format!("job is {}, not scheduled", job.state)));
+        }
+        let build = job.build;
+        let now = Timestamp::now();
+        match state {
+            JobState::Limited | JobState::Scheduled => {
+                if let Some(j) = self.jobs.get_mut(&id) {
+                    j.state = state;
+                }
+            }
+            JobState::Expired | JobState::Broken => {
+                self.remove_pending(id);
+                if let Some(j) = self.jobs.get_mut(&id) {
+                    j.state = state;
+                    j.finished_at = Some(now);
+                    if state == JobState::Expired {
+                        j.expired_at = Some(now);
+                    }
+                }
+                if state == JobState::Expired {
+                    self.job_stats.expired += 1;
+                }
+                self.emit("job.finished", build, Some(id));
+                self.update_build(build);
+            }
+            _ => return Err(OpError::Unprocessable(format!("can't force a job into {state}"))),
+        }
+        Ok(())
+    }
+
+    /// Scheduled (or limited) jobs older than the job expiry become `expired` and fail their
+    /// build (docs "Build timeouts" → "Scheduled job expiration": calculated "from when a job
+    /// is created"). Returns how many expired.
+    pub fn expire_jobs(&mut self, now: Timestamp) -> usize {
+        let expiry = jiff::SignedDuration::try_from(self.job_expiry).unwrap_or(jiff::SignedDuration::MAX);
+        let due: Vec<Uuid> = self
+            .pending
+            .values()
+            .flatten()
+            .filter(|id| {
+                self.jobs.get(id).is_some_and(|j| {
+                    matches!(j.state, JobState::Scheduled | JobState::Limited)
+                        && j.created_at.checked_add(expiry).is_ok_and(|t| t <= now)
+                })
+            })
+            .copied()
+            .collect();
+        for id in &due {
+            let _ = self.force_job_state(*id, JobState::Expired);
+        }
+        due.len()
+    }
+
+    /// Artifacts older than the retention become `expired` (their content is gone).
+    pub fn expire_artifacts(&mut self, now: Timestamp) -> usize {
+        let retention = jiff::SignedDuration::try_from(self.artifact_retention).unwrap_or(jiff::SignedDuration::MAX);
+        let mut n = 0;
+        for a in self.artifacts.values_mut() {
+            if matches!(a.state, "finished" | "new" | "error")
+                && a.created_at.checked_add(retention).is_ok_and(|t| t <= now)
+            {
+                a.state = "expired";
+                a.content = Bytes::new();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Sets an artifact's state (`/_sim`); `expired` and `deleted` drop the content.
+    pub fn set_artifact_state(&mut self, id: Uuid, state: &str) -> Result<(), OpError> {
+        let state = ARTIFACT_STATES
+            .iter()
+            .find(|s| **s == state)
+            .ok_or_else(|| OpError::Unprocessable(format!("artifact state must be one of {ARTIFACT_STATES:?}")))?;
+        let a = self.artifacts.get_mut(&id).ok_or(OpError::NotFound("No artifact found"))?;
+        a.state = state;
+        if matches!(*state, "expired" | "deleted") {
+            a.content = Bytes::new();
+        }
+        Ok(())
+    }
+
     /// `PUT …/cancel`: only while scheduled, running or failing (else 422).
     pub fn cancel_build(&mut self, id: Uuid, reason: Option<String>) -> Result<(), OpError> {
         let b = self.builds.get(&id).ok_or(OpError::NotFound("No build found"))?;
@@ -967,7 +1329,8 @@ impl Inner {
 
     // ----- dispatch & completion -------------------------------------------------------------
 
-    /// Assigns scheduled jobs to idle matching agents of non-paused queues (FIFO).
+    /// Assigns scheduled jobs to idle matching agents of non-paused queues (FIFO). `limited`
+    /// jobs wait in place.
     pub fn dispatch(&mut self) -> Vec<ExecSpec> {
         let mut specs = Vec::new();
         let keys: Vec<QueueRef> = self.pending.iter().filter(|(_, q)| !q.is_empty()).map(|(k, _)| k.clone()).collect();
@@ -992,9 +1355,18 @@ impl Inner {
                     keep.extend(pending.drain(..));
                     break;
                 }
-                let Some(rules) = self.jobs.get(&job_id).map(|j| j.agent_query_rules.clone()) else {
+                let Some((rules, state)) = self.jobs.get(&job_id).map(|j| (j.agent_query_rules.clone(), j.state))
+                else {
                     continue;
                 };
+                match state {
+                    JobState::Scheduled => {}
+                    JobState::Limited => {
+                        keep.push_back(job_id);
+                        continue;
+                    }
+                    _ => continue,
+                }
                 match idle.iter().position(|a| self.agents.get(a).is_some_and(|a| a.matches(&rules))) {
                     Some(pos) => {
                         let agent = idle.remove(pos);
@@ -1061,12 +1433,7 @@ impl Inner {
             (_, ExecutorConfig::Command { command, shell, cancel_grace_secs, max_log_bytes, .. }) => {
                 ExecKind::Command {
                     shell: shell.clone(),
-                    command: pipeline
-                        .steps
-                        .iter()
-                        .find(|s| s.id == job.step_id)
-                        .and_then(|s| s.command.clone())
-                        .unwrap_or_else(|| command.clone()),
+                    command: job.command.clone().unwrap_or_else(|| command.clone()),
                     cancel_grace: Duration::from_secs_f64(cancel_grace_secs.clamp(0.0, 3600.0)),
                     max_log_bytes: *max_log_bytes,
                 }
@@ -1095,12 +1462,25 @@ impl Inner {
 
         let dir = self.job_dir.join(format!("bk-sim-job-{job_id}"));
         let meta_data_file = self.job_dir.join(format!("bk-sim-job-{job_id}.meta-data"));
-        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        // Job environment precedence (docs "Environment variables" → "Environment variable
+        // precedence"): pipeline `env` < build `env` < step `env` < Buildkite's standard
+        // variables; the agent's own environment is below all of them (agent
+        // `job_runner.go`: `append(os.Environ(), env...)`).
+        let mut agent_env: BTreeMap<String, String> = BTreeMap::new();
         if let ExecutorConfig::Command { env: e, .. } = &self.executor {
-            env.extend(e.clone());
+            agent_env.extend(e.clone());
         }
-        env.extend(agent.env.clone());
-        env.extend(build.env.clone());
+        agent_env.extend(agent.env.clone());
+        let mut job_env: BTreeMap<String, String> = build.pipeline_env.clone();
+        job_env.extend(build.env.clone());
+        job_env.extend(job.step_env.clone());
+        let mut env = agent_env.clone();
+        env.extend(job_env.clone());
+        // `checkout.skip` is "Emitted as BUILDKITE_SKIP_CHECKOUT" and "always takes effect"
+        // (docs "Command step" → "Checkout attributes").
+        if let Some(skip) = job.checkout_skip {
+            env.insert("BUILDKITE_SKIP_CHECKOUT".into(), skip.to_string());
+        }
         let creator = self.users.iter().find(|(_, u)| u.id == build.creator).map(|(_, u)| u.clone());
         let web = format!("{}/{}/{}/builds/{}", self.web_base, self.org.slug, pipeline.slug, build.number);
         let protected: Vec<(&str, String)> = vec![
@@ -1133,7 +1513,7 @@ impl Inner {
                 },
             ),
             ("BUILDKITE_ARTIFACT_PATHS", job.artifact_paths.clone()),
-            ("BUILDKITE_RETRY_COUNT", "0".into()),
+            ("BUILDKITE_RETRY_COUNT", job.attempt.to_string()),
             (
                 "BUILDKITE_TIMEOUT",
                 job.timeout.map_or_else(|| "false".into(), |t| (t.as_secs().div_ceil(60)).to_string()),
@@ -1151,9 +1531,19 @@ impl Inner {
             env.insert(k.to_string(), v);
         }
 
+        let preflight = if agent.mode == AgentMode::Simulator {
+            let argv: Vec<String> = match &kind {
+                ExecKind::Command { shell, command, .. } => shell.iter().cloned().chain([command.clone()]).collect(),
+                _ => vec!["buildkite-agent".into(), "bootstrap".into()],
+            };
+            self.preflight(&job, &pipeline, &agent_env, &job_env, &env, &argv)
+        } else {
+            None
+        };
+
         let (stop_tx, stop_rx) = oneshot::channel();
         self.running.insert(job_id, stop_tx);
-        let external_rx = if matches!(kind, ExecKind::External) {
+        let external_rx = if matches!(kind, ExecKind::External) && preflight.is_none() {
             let (tx, rx) = oneshot::channel();
             self.external.insert(job_id, tx);
             Some(rx)
@@ -1168,12 +1558,90 @@ impl Inner {
             artifact_paths: job.artifact_paths.clone(),
             timeout: job.timeout,
             infra,
+            preflight,
             stop_rx,
             external_rx,
             dir,
             meta_data_file,
             keep_dir: self.keep_job_dirs,
         })
+    }
+
+    /// What the agent does before the command: exec the bootstrap with the job env (E2BIG →
+    /// `process_run_error`), then check out the repository unless skipped. `Some` is the
+    /// job's outcome when one of them fails.
+    fn preflight(
+        &mut self,
+        job: &Job,
+        pipeline: &Pipeline,
+        agent_env: &BTreeMap<String, String>,
+        job_env: &BTreeMap<String, String>,
+        env: &BTreeMap<String, String>,
+        argv: &[String],
+    ) -> Option<Outcome> {
+        if let Err(why) = exec_env_check(env, argv, self.exec_arg_max) {
+            self.job_stats.exec_env_errors += 1;
+            // Agent `agent/run_job.go` (runJob): when the process cannot be started it logs
+            // "Error running job: …" and finishes the job with `Status: -1,
+            // SignalReason: SignalReasonProcessRunError` — no signal, the command never ran.
+            let mut o = Outcome::from_exit(-1);
+            o.state = JobState::Failed;
+            o.signal_reason = Some("process_run_error".into());
+            o.log = format!("Error running job: fork/exec /usr/bin/buildkite-agent: argument list too long ({why})\n");
+            return Some(o);
+        }
+        let truthy =
+            |v: Option<&String>| v.is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1"));
+        // Agent `clicommand/global.go` (`skip-checkout`, env BUILDKITE_SKIP_CHECKOUT) and
+        // `agent/job_runner.go`: the agent's own setting skips the checkout; job env may only
+        // set it when the agent's checkout-override mode lets it (the simulated agents
+        // default to the strict mode, see README).
+        let mode = agent_env.get("BUILDKITE_CHECKOUT_OVERRIDE_MODE").map_or("strict", |s| s.trim());
+        let skip = match job.checkout_skip {
+            Some(s) => s,
+            None => {
+                truthy(agent_env.get("BUILDKITE_SKIP_CHECKOUT"))
+                    || (mode != "strict" && truthy(job_env.get("BUILDKITE_SKIP_CHECKOUT")))
+            }
+        };
+        let checkout = if skip {
+            self.job_stats.checkouts_skipped += 1;
+            "skipped"
+        } else {
+            match self.repositories.get(&pipeline.repository).copied().unwrap_or(RepositoryVisibility::Private) {
+                RepositoryVisibility::Public => {
+                    self.job_stats.checkouts += 1;
+                    "cloned"
+                }
+                RepositoryVisibility::Private => {
+                    self.job_stats.checkout_failures += 1;
+                    "failed"
+                }
+            }
+        };
+        if let Some(j) = self.jobs.get_mut(&job.id) {
+            j.checkout = Some(checkout);
+        }
+        if checkout != "failed" {
+            return None;
+        }
+        // What `git clone` prints without a key for the remote; git exits 128 and the agent
+        // finishes the job with that exit status after its checkout attempts.
+        let repo = &pipeline.repository;
+        let reason = if repo.starts_with("http://") || repo.starts_with("https://") {
+            let host = repo.split('/').take(3).collect::<Vec<_>>().join("/");
+            format!("fatal: could not read Username for '{host}': terminal prompts disabled\n")
+        } else {
+            let host = repo.split(':').next().unwrap_or(repo);
+            format!(
+                "{host}: Permission denied (publickey).\r\nfatal: Could not read from remote repository.\n\nPlease make sure you have the correct access rights\nand the repository exists.\n"
+            )
+        };
+        let mut o = Outcome::from_exit(128);
+        o.log = format!(
+            "~~~ Preparing working directory\n$ git clone -v -- {repo} .\nCloning into '.'...\n{reason}🚨 Error: exit status 128\n"
+        );
+        Some(o)
     }
 
     fn release_agent(&mut self, agent_id: Uuid, lost: bool) {
@@ -1199,7 +1667,7 @@ impl Inner {
         }
     }
 
-    /// Records the end of a job and moves the build on.
+    /// Records the end of a job, retries it if its step says so, and moves the build on.
     pub fn finish_job(&mut self, job_id: Uuid, outcome: Outcome) {
         let now = Timestamp::now();
         self.running.remove(&job_id);
@@ -1229,11 +1697,22 @@ impl Inner {
             JobState::Canceled => self.job_stats.canceled += 1,
             _ => self.job_stats.failed += 1,
         }
-        if outcome.lose_agent || (outcome.signal_reason.is_some() && !canceled) {
-            self.job_stats.infra_failures += u64::from(outcome.exit_status != Some(0));
+        let infra = outcome.lose_agent || matches!(outcome.signal_reason.as_deref(), Some(r) if r != "cancel");
+        if infra && !canceled && outcome.exit_status != Some(0) {
+            self.job_stats.infra_failures += 1;
         }
+        let upload_state = self
+            .builds
+            .get(&build_id)
+            .and_then(|b| b.env.get("BUILDKITE_SIM_ARTIFACT_STATE"))
+            .and_then(|s| ARTIFACT_STATES.iter().copied().find(|x| *x == s.trim()))
+            .unwrap_or("finished");
         for (path, content) in outcome.artifacts {
-            let a = Artifact::new(job_id, build_id, path, content);
+            let mut a = Artifact::new(job_id, build_id, path, content);
+            a.state = upload_state;
+            if matches!(upload_state, "expired" | "deleted") {
+                a.content = Bytes::new();
+            }
             self.build_artifacts.entry(build_id).or_default().push(a.id);
             self.artifacts.insert(a.id, a);
         }
@@ -1246,19 +1725,87 @@ impl Inner {
             self.release_agent(a, outcome.lose_agent);
         }
         self.emit("job.finished", build_id, Some(job_id));
+        if !canceled {
+            self.maybe_retry(job_id);
+        }
         self.update_build(build_id);
     }
 
+    /// Docs "Retry": the first `retry.automatic` rule matching the job's `exit_status`,
+    /// `signal` and `signal_reason` retries it while its own count is under its `limit`; the
+    /// job becomes `retried: true` with `retried_in_job_id`, and a new job of the same step
+    /// is scheduled. "Automatic retries never run for jobs that finish in the canceled state,
+    /// or for any job in a canceled build."
+    fn maybe_retry(&mut self, job_id: Uuid) {
+        let Some(job) = self.jobs.get(&job_id) else { return };
+        if !matches!(job.state, JobState::Failed | JobState::TimedOut) {
+            return;
+        }
+        if self.builds.get(&job.build).is_none_or(|b| matches!(b.state, BuildState::Canceling | BuildState::Canceled)) {
+            return;
+        }
+        let Some(idx) = job
+            .retry_rules
+            .iter()
+            .position(|r| r.matches(job.exit_status, job.signal.as_deref(), job.signal_reason.as_deref()))
+        else {
+            return;
+        };
+        if job.retry_counts.get(idx).copied().unwrap_or(0) >= job.retry_rules[idx].limit {
+            return;
+        }
+        let now = Timestamp::now();
+        let mut next = job.clone();
+        next.id = Uuid::new_v4();
+        next.state = JobState::Scheduled;
+        next.exit_status = None;
+        next.signal = None;
+        next.signal_reason = None;
+        next.agent = None;
+        next.created_at = now;
+        next.scheduled_at = now;
+        next.runnable_at = Some(now);
+        next.started_at = None;
+        next.finished_at = None;
+        next.expired_at = None;
+        next.log = String::new();
+        next.checkout = None;
+        next.attempt += 1;
+        next.retried = false;
+        next.retried_in_job_id = None;
+        next.retry_source = Some(job_id);
+        if let Some(c) = next.retry_counts.get_mut(idx) {
+            *c += 1;
+        }
+        let (build_id, next_id) = (next.build, next.id);
+        self.pending.entry((next.cluster_id, next.queue_key.clone())).or_default().push_back(next_id);
+        self.jobs.insert(next_id, next);
+        if let Some(old) = self.jobs.get_mut(&job_id) {
+            old.retried = true;
+            old.retried_in_job_id = Some(next_id);
+        }
+        if let Some(b) = self.builds.get_mut(&build_id) {
+            let pos = b.jobs.iter().position(|j| *j == job_id).map_or(b.jobs.len(), |p| p + 1);
+            b.jobs.insert(pos, next_id);
+        }
+        self.job_stats.created += 1;
+        self.job_stats.retried += 1;
+        self.emit("job.scheduled", build_id, Some(next_id));
+    }
+
+    /// The build's state follows the latest try of each step (retried jobs do not count).
     fn update_build(&mut self, build_id: Uuid) {
         let Some(b) = self.builds.get(&build_id) else { return };
         if b.state.is_finished() {
             return;
         }
-        let states: Vec<JobState> = b.jobs.iter().filter_map(|j| self.jobs.get(j).map(|j| j.state)).collect();
+        let states: Vec<JobState> =
+            b.jobs.iter().filter_map(|j| self.jobs.get(j)).filter(|j| !j.retried).map(|j| j.state).collect();
         let all_done = states.iter().all(|s| s.is_terminal());
-        let any_failed = states
-            .iter()
-            .any(|s| matches!(s, JobState::Failed | JobState::TimedOut | JobState::Broken | JobState::Expired));
+        // `broken` jobs (a branch filter or conditional left them out) do not fail a build;
+        // `expired` ones do (docs "Build timeouts": expiry "will cause the corresponding build
+        // to fail").
+        let any_failed = states.iter().any(|s| matches!(s, JobState::Failed | JobState::TimedOut | JobState::Expired));
         let now = Timestamp::now();
         let Some(b) = self.builds.get_mut(&build_id) else { return };
         if all_done {
@@ -1353,4 +1900,59 @@ pub struct QueueMetrics {
     pub jobs_scheduled: u64,
     pub jobs_running: u64,
     pub jobs_waiting: u64,
+}
+
+/// Would `execve` accept this environment and command line? The agent passes the job env to
+/// the bootstrap process as real process environment, on top of its own (agent
+/// `agent/job_runner.go`: `processEnv := append(os.Environ(), env...)`). Linux refuses one
+/// `NAME=VALUE` string (with its NUL) over [`MAX_ARG_STRLEN`] and argv + envp (strings and
+/// pointers) over ARG_MAX, with E2BIG. The error names the variable, never its value.
+pub fn exec_env_check(env: &BTreeMap<String, String>, argv: &[String], arg_max: usize) -> Result<(), String> {
+    let mut sizes: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
+    for (k, v) in std::env::vars_os() {
+        let (k, v) = (k.as_encoded_bytes().to_vec(), v.as_encoded_bytes().len());
+        let n = k.len() + 1 + v + 1;
+        sizes.insert(k, n);
+    }
+    for (k, v) in env {
+        let n = k.len() + 1 + v.len() + 1;
+        if n > MAX_ARG_STRLEN {
+            return Err(format!(
+                "environment variable {k} is {n} bytes, over Linux's {MAX_ARG_STRLEN}-byte limit for one string (MAX_ARG_STRLEN)"
+            ));
+        }
+        sizes.insert(k.as_bytes().to_vec(), n);
+    }
+    let ptr = std::mem::size_of::<usize>();
+    let total = sizes.values().sum::<usize>()
+        + ptr * (sizes.len() + 1)
+        + argv.iter().map(|a| a.len() + 1).sum::<usize>()
+        + ptr * (argv.len() + 1);
+    if total > arg_max {
+        return Err(format!("environment and arguments are {total} bytes, over ARG_MAX ({arg_max} bytes)"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_limits() {
+        let argv = vec!["sh".to_string()];
+        let mut env = BTreeMap::new();
+        // "BIG=" + value + NUL == MAX_ARG_STRLEN: accepted; one byte more: E2BIG.
+        env.insert("BIG".to_string(), "x".repeat(MAX_ARG_STRLEN - 5));
+        assert!(exec_env_check(&env, &argv, usize::MAX).is_ok());
+        env.insert("BIG".to_string(), "x".repeat(MAX_ARG_STRLEN - 4));
+        let e = exec_env_check(&env, &argv, usize::MAX).unwrap_err();
+        assert!(e.contains("BIG") && !e.contains("xxxx"), "{e}");
+        let mut env = BTreeMap::new();
+        for i in 0..10 {
+            env.insert(format!("PART_{i}"), "y".repeat(100_000));
+        }
+        assert!(exec_env_check(&env, &argv, 4 << 20).is_ok());
+        assert!(exec_env_check(&env, &argv, 900_000).unwrap_err().contains("ARG_MAX"));
+    }
 }

@@ -142,7 +142,9 @@ async fn download(
         inner
             .artifacts
             .get(&id)
-            .filter(|a| a.state != "deleted")
+            // Only an upload that finished is in the bucket (`new`: not yet, `error`: never,
+            // `expired`/`deleted`: removed).
+            .filter(|a| a.state == "finished")
             .map(|a| (a.content.clone(), a.mime_type.clone(), a.sha1sum.clone()))
     };
     match art {

@@ -1,8 +1,10 @@
 //! Webhook notification services: payload `{event, build, pipeline, sender}` (+ `job` for
 //! job events), `X-Buildkite-Event`, and `X-Buildkite-Token` or `X-Buildkite-Signature`
 //! (`timestamp=<unix>,signature=<hex HMAC-SHA256(token, "<timestamp>.<body>")>`).
-//! Delivery is at-least-once and unordered: retries with exponential backoff, optional
-//! delay, jitter (reordering) and duplicates.
+//! Delivery is at most once by default (Buildkite documents no redelivery: "The last 20
+//! webhook request and responses are saved, so you can debug and inspect your webhook", docs
+//! "Webhooks"); retries with exponential backoff only when `max_attempts > 1`. Optional delay,
+//! jitter (reordering) and duplicates.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +20,7 @@ use sha2::Sha256;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::config::{WebhookAuth, WebhookConfig};
+use crate::config::{WebhookAuth, WebhookBodyShape, WebhookConfig};
 use crate::render::Ctx;
 use crate::sim::Sim;
 use crate::state::Event;
@@ -264,6 +266,16 @@ fn render(sim: &Sim, payload: &Payload, cfg: &WebhookConfig) -> Option<(&'static
                 "sender": sender,
             }),
         ),
+        Payload::Event(ev) if cfg.body_shape == WebhookBodyShape::ServicesConsole => {
+            let b = inner.builds.get(&ev.build)?;
+            let mut body = json!({"event": ev.name, "build": ctx.console_build(b)});
+            if let Some(j) = ev.job.and_then(|j| inner.jobs.get(&j))
+                && let serde_json::Value::Object(m) = &mut body
+            {
+                m.insert("job".into(), ctx.console_job(j, b));
+            }
+            (ev.name, body)
+        }
         Payload::Event(ev) => {
             let b = inner.builds.get(&ev.build)?;
             let p = inner.pipelines.get(&b.pipeline)?;

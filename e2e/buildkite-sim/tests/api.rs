@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use buildkite_sim::config::{RateLimitConfig, SimConfig};
-use common::{T, scripted};
+use common::{T, queue_pipeline, scripted};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -274,6 +274,8 @@ async fn rate_limit_exhaustion_and_reset() {
 #[tokio::test]
 async fn clusters_queues_agents_and_metrics() {
     let mut cfg = scripted(400);
+    // the step names its queue literally (settings steps never see the build env)
+    cfg.pipelines[0].steps[0].agents = vec!["queue=nvidia-h100".into()];
     cfg.agents = vec![buildkite_sim::config::AgentPoolConfig {
         queue: "nvidia-h100".into(),
         count: 2,
@@ -287,7 +289,7 @@ async fn clusters_queues_agents_and_metrics() {
 
     let clusters: Value = t.get(&format!("{}/clusters", t.org_url())).send().await.unwrap().json().await.unwrap();
     let cluster = clusters[0]["id"].as_str().unwrap().to_string();
-    assert_eq!(clusters[0]["name"], "Default");
+    assert_eq!(clusters[0]["name"], "Default cluster");
     let queues_url = format!("{}/clusters/{cluster}/queues", t.org_url());
     let q: Value = t.get(&queues_url).send().await.unwrap().json().await.unwrap();
     assert_eq!(q.as_array().unwrap().len(), 1);
@@ -322,7 +324,7 @@ async fn clusters_queues_agents_and_metrics() {
     assert_eq!(v["dispatch_paused"], true);
     assert_eq!(v["dispatch_paused_note"], "maintenance");
     assert_eq!(t.post(&format!("{qurl}/pause_dispatch")).send().await.unwrap().status(), 422);
-    let b = t.create_build(json!({"KERNELBOT_QUEUE": "nvidia-h100"})).await;
+    let b = t.create_build(json!({})).await;
     assert_eq!(b["jobs"][0]["agent_query_rules"], json!(["queue=nvidia-h100"]));
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(t.build(1).await["state"], "scheduled");
@@ -381,16 +383,16 @@ async fn clusters_queues_agents_and_metrics() {
     let r = t.http.get(&metrics).header("Authorization", format!("Token {value}")).send().await.unwrap();
     assert_eq!(r.status(), 200);
 
-    // stop an idle agent: 204, gone from the list; the pool does not replace a stopped agent
+    // stop an idle agent: 204, gone from the list; the pool does not replace a stopped agent.
+    // Stopping needs `write_agents`, which the default token does not have.
     let idle = agents.as_array().unwrap().iter().find(|a| a["job"].is_null()).unwrap();
-    let r = t
-        .put(&format!("{}/agents/{}/stop", t.org_url(), idle["id"].as_str().unwrap()))
-        .json(&json!({"force": false}))
-        .send()
-        .await
-        .unwrap();
+    let stop_url = format!("{}/agents/{}/stop", t.org_url(), idle["id"].as_str().unwrap());
+    let r = t.put(&stop_url).json(&json!({"force": false})).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let writer = t.sim.create_api_token(&["write_agents"]);
+    let r = t.http.put(&stop_url).bearer_auth(&writer).json(&json!({"force": false})).send().await.unwrap();
     assert_eq!(r.status(), 204);
-    let r = t.put(&format!("{}/agents/{}/stop", t.org_url(), idle["id"].as_str().unwrap())).send().await.unwrap();
+    let r = t.http.put(&stop_url).bearer_auth(&writer).send().await.unwrap();
     assert_eq!(r.status(), 400);
     let one: Value = t
         .get(&format!("{}/agents/{}", t.org_url(), idle["id"].as_str().unwrap()))
@@ -410,6 +412,7 @@ async fn builds_queue_while_agents_busy() {
     let mut cfg = scripted(300);
     cfg.agents =
         vec![buildkite_sim::config::AgentPoolConfig { queue: "default".into(), count: 1, ..Default::default() }];
+    cfg.pipelines.push(queue_pipeline("gpu", "gpu"));
     let t = T::start(cfg).await;
     for _ in 0..3 {
         t.create_build(json!({})).await;
@@ -438,12 +441,12 @@ async fn builds_queue_while_agents_busy() {
     // a job for a queue without agents stays scheduled; adding agents at run time runs it
     let (s, _) = t.sim_json(reqwest::Method::POST, "/agents", Some(json!({"tags": ["queue=gpu"]}))).await;
     assert_eq!(s, 422, "agents refuse to join a queue that does not exist");
-    t.create_build(json!({"KERNELBOT_QUEUE": "gpu"})).await;
+    t.create_build_in("gpu", "main", json!({})).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(t.build(4).await["state"], "scheduled");
+    assert_eq!(t.sim_build("gpu", 1).await["state"], "scheduled");
     t.sim.create_queue("gpu").unwrap();
     let (s, _) = t.sim_json(reqwest::Method::PUT, "/agents/pools", Some(json!({"queue": "gpu", "count": 1}))).await;
     assert_eq!(s, 200);
-    t.wait_state(4, "passed", 5.0).await;
+    t.wait_build("gpu", 1, "passed", 5.0).await;
     t.sim.shutdown().await;
 }

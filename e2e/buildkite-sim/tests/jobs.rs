@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use buildkite_sim::config::{AgentPoolConfig, ExecutorConfig, SimConfig};
-use common::{T, scripted};
+use common::{T, public_default_repo, queue_pipeline, scripted};
 use serde_json::{Value, json};
 
 fn command_cfg(command: &str) -> SimConfig {
@@ -20,8 +20,8 @@ fn command_cfg(command: &str) -> SimConfig {
         cancel_grace_secs: 1.0,
         max_log_bytes: 1 << 20,
     };
-    cfg.rate_limit.user_limit = 0;
     cfg.rate_limit.org_limit = 100_000;
+    public_default_repo(&mut cfg);
     cfg.clusters[0].queues.push("nvidia-h100".into());
     cfg.agents = vec![AgentPoolConfig {
         queue: "nvidia-h100".into(),
@@ -31,6 +31,8 @@ fn command_cfg(command: &str) -> SimConfig {
         ..Default::default()
     }];
     cfg.pipelines[0].steps[0].artifact_paths = "result.json;out/*.txt".into();
+    cfg.pipelines[0].steps[0].agents = vec!["queue=nvidia-h100".into()];
+    cfg.pipelines.push(queue_pipeline("nowhere", "nowhere"));
     cfg
 }
 
@@ -60,9 +62,10 @@ async fn command_executor_artifacts_and_storage() {
     assert_eq!(b["meta_data"]["score"], "1.25");
     assert_eq!(b["meta_data"]["multi"], "line1\nline2");
 
-    // job log
-    let log: Value = t.get(job["log_url"].as_str().unwrap()).send().await.unwrap().json().await.unwrap();
-    assert!(log["content"].as_str().unwrap().contains("hello from the job"));
+    // job log (through /_sim: the default token has no read_build_logs scope)
+    let (_, j) = t.sim_json(reqwest::Method::GET, &format!("/jobs/{}", job["id"].as_str().unwrap()), None).await;
+    assert!(j["log"].as_str().unwrap().contains("hello from the job"));
+    assert_eq!(j["checkout"], "cloned");
 
     // artifacts per build and per job
     let arts: Value = t.get(&format!("{}/1/artifacts", t.builds_url())).send().await.unwrap().json().await.unwrap();
@@ -118,6 +121,7 @@ async fn command_executor_artifacts_and_storage() {
         "BUILDKITE_PIPELINE_SLUG=kernelbot",
         "BUILDKITE_BRANCH=main",
         "BUILDKITE_ARTIFACT_PATHS=result.json;out/*.txt",
+        "BUILDKITE_RETRY_COUNT=0",
         "KERNELBOT_QUEUE=nvidia-h100",
         "KERNELBOT_PAYLOAD=eJyrVgrNS8ksSs1NzM9TslIqSaoEAC4cBaA=",
         "KERNELBOT_GPU_INDEX=0",
@@ -161,6 +165,8 @@ async fn cancel_semantics() {
     let done = t.wait_state(1, "canceled", 10.0).await;
     assert_eq!(done["jobs"][0]["state"], "canceled");
     assert_eq!(done["jobs"][0]["signal_reason"], "cancel");
+    assert_eq!(done["jobs"][0]["exit_status"], -1);
+    assert_eq!(done["jobs"][0]["signal"], "SIGTERM");
     assert!(!done["finished_at"].is_null());
     assert_eq!(done["id"], b["id"]);
     // finished builds can't be canceled
@@ -168,8 +174,8 @@ async fn cancel_semantics() {
     assert_eq!(r.status(), 422);
     assert!(r.json::<Value>().await.unwrap()["message"].as_str().unwrap().contains("canceled"));
     // scheduled (no agent for its queue): canceled at once
-    t.create_build(json!({"KERNELBOT_QUEUE": "nowhere"})).await;
-    let r = t.put(&format!("{}/2/cancel", t.builds_url())).send().await.unwrap();
+    t.create_build_in("nowhere", "main", json!({})).await;
+    let r = t.put(&format!("{}/1/cancel", t.builds_url_of("nowhere"))).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["state"], "canceled");
     // the agent is free again
@@ -183,18 +189,22 @@ async fn cancel_semantics() {
 async fn timeouts_and_infra_failures() {
     let mut cfg = scripted(5_000);
     cfg.agents = vec![AgentPoolConfig { queue: "default".into(), count: 2, ..Default::default() }];
+    cfg.pipelines.push(queue_pipeline("nowhere", "nowhere"));
     let t = T::start(cfg).await;
-    // per-step timeout → timed_out job, failed build
+    // per-step timeout → timed_out job (killed: -1, SIGTERM, signal_reason cancel), failed build
     t.create_build(json!({"BUILDKITE_SIM_TIMEOUT_SECS": "0.2"})).await;
     let b = t.wait_state(1, "failed", 5.0).await;
     assert_eq!(b["jobs"][0]["state"], "timed_out");
     assert_eq!(b["jobs"][0]["exit_status"], -1);
+    assert_eq!(b["jobs"][0]["signal"], "SIGTERM");
+    assert_eq!(b["jobs"][0]["signal_reason"], "cancel");
 
     // lost agent: exit -1, agent lost and replaced by the pool
     t.create_build(json!({"BUILDKITE_SIM_INFRA_FAILURE": "agent_lost@50"})).await;
     let b = t.wait_state(2, "failed", 5.0).await;
     assert_eq!(b["jobs"][0]["exit_status"], -1);
     assert!(b["jobs"][0]["signal_reason"].is_null());
+    assert!(b["jobs"][0]["signal"].is_null());
     let (_, agents) = t.sim_json(reqwest::Method::GET, "/agents", None).await;
     let states: Vec<&str> =
         agents.as_array().unwrap().iter().map(|a| a["connection_state"].as_str().unwrap()).collect();
@@ -206,6 +216,7 @@ async fn timeouts_and_infra_failures() {
     let b = t.wait_state(3, "failed", 5.0).await;
     assert_eq!(b["jobs"][0]["exit_status"], 255);
     assert_eq!(b["jobs"][0]["signal_reason"], "process_run_error");
+    assert!(b["jobs"][0]["signal"].is_null(), "the process never ran: no signal");
 
     // injected through /_sim for the next job
     let (s, _) =
@@ -214,6 +225,7 @@ async fn timeouts_and_infra_failures() {
     t.create_build(json!({"BUILDKITE_SIM_DURATION_MS": "50"})).await;
     let b = t.wait_state(4, "failed", 5.0).await;
     assert_eq!(b["jobs"][0]["signal_reason"], "agent_stop");
+    assert_eq!(b["jobs"][0]["signal"], "SIGTERM");
     // the rule is used up: the next job passes, with scripted overrides
     t.create_build(json!({"BUILDKITE_SIM_DURATION_MS": "20", "BUILDKITE_SIM_RESULT_JSON": "{\"ok\":true}", "BUILDKITE_SIM_META_DATA": "{\"k\":\"v\"}"})).await;
     let b = t.wait_state(5, "passed", 5.0).await;
@@ -232,12 +244,12 @@ async fn timeouts_and_infra_failures() {
     assert_eq!(b["jobs"][0]["signal_reason"], "stack_error");
 
     // terminal states operators must handle, forced from /_sim
-    t.create_build(json!({"KERNELBOT_QUEUE": "none"})).await;
-    let id = t.build(7).await["id"].as_str().unwrap().to_string();
+    t.create_build_in("nowhere", "main", json!({})).await;
+    let id = t.sim_build("nowhere", 1).await["id"].as_str().unwrap().to_string();
     let (s, _) =
         t.sim_json(reqwest::Method::POST, &format!("/builds/{id}/state"), Some(json!({"state": "not_run"}))).await;
     assert_eq!(s, 200);
-    assert_eq!(t.build(7).await["state"], "not_run");
+    assert_eq!(t.sim_build("nowhere", 1).await["state"], "not_run");
     let stats = t.sim.job_stats();
     assert_eq!(stats.timed_out, 1);
     t.sim.shutdown().await;
@@ -247,6 +259,7 @@ async fn timeouts_and_infra_failures() {
 async fn external_agent_finishes_jobs() {
     let mut cfg = scripted(10);
     cfg.clusters[0].queues.push("ext".into());
+    cfg.pipelines[0].steps[0].agents = vec!["queue=ext".into()];
     let t = T::start(cfg).await;
     let (s, v) = t
         .sim_json(
@@ -256,7 +269,7 @@ async fn external_agent_finishes_jobs() {
         )
         .await;
     assert_eq!(s, 201, "{v}");
-    t.create_build(json!({"KERNELBOT_QUEUE": "ext"})).await;
+    t.create_build(json!({})).await;
     let b = t.wait_state(1, "running", 5.0).await;
     assert_eq!(b["jobs"][0]["agent"]["name"], "pod-a");
     let job = b["jobs"][0]["id"].as_str().unwrap();

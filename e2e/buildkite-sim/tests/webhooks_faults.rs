@@ -12,7 +12,8 @@ use axum::Router;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use buildkite_sim::config::{
-    AgentPoolConfig, EndpointFault, FaultConfig, OutageConfig, OutageMode, WebhookAuth, WebhookConfig, WebhookDelivery,
+    AgentPoolConfig, EndpointFault, FaultConfig, OutageConfig, OutageMode, WebhookAuth, WebhookBodyShape,
+    WebhookConfig, WebhookDelivery,
 };
 use bytes::Bytes;
 use common::{T, scripted};
@@ -76,7 +77,9 @@ async fn webhook_payloads_and_signature() {
         token: "s3cret".into(),
         auth: WebhookAuth::Signature,
         events: vec![],
-        delivery: WebhookDelivery { backoff_ms: 20, ..WebhookDelivery::default() },
+        // this test asks for redelivery (Buildkite documents none; the default is 1 attempt)
+        delivery: WebhookDelivery { backoff_ms: 20, max_attempts: 3, ..WebhookDelivery::default() },
+        ..WebhookConfig::default()
     }];
     let t = T::start(cfg).await;
     t.create_build(json!({"KERNELBOT_RUN_ID": "run-7"})).await;
@@ -105,6 +108,7 @@ async fn webhook_payloads_and_signature() {
         assert_eq!(v["build"]["env"]["KERNELBOT_RUN_ID"], "run-7");
         assert!(v["build"].get("jobs").is_none(), "webhook builds carry no jobs");
         assert!(v["build"]["meta_data"].is_object());
+        assert!(v["build"]["created_at"].as_str().unwrap().ends_with('Z'), "documented shape: REST timestamps");
         assert_eq!(v["pipeline"]["slug"], "kernelbot");
         assert!(v["sender"]["name"].is_string());
         if v["event"].as_str().unwrap().starts_with("job.") {
@@ -126,6 +130,69 @@ async fn webhook_payloads_and_signature() {
 }
 
 #[tokio::test]
+async fn webhooks_are_delivered_at_most_once_by_default() {
+    assert_eq!(WebhookDelivery::default().max_attempts, 1);
+    // the receiver answers 500 to the first request: that delivery is lost for good
+    let (url, got) = receiver(1).await;
+    let mut cfg = scripted(20);
+    cfg.agents = vec![AgentPoolConfig { queue: "default".into(), count: 1, ..Default::default() }];
+    cfg.webhooks = vec![WebhookConfig { url, events: vec!["build.finished".into()], ..WebhookConfig::default() }];
+    let t = T::start(cfg).await;
+    t.create_build(json!({})).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while t.sim.webhook_stats()[0].stats.gave_up == 0 {
+        assert!(Instant::now() < deadline, "the failed delivery was not given up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // a later event is delivered; the lost one never is
+    t.create_build(json!({})).await;
+    wait_for(&got, "build.finished", 1).await;
+    let stats = t.sim.webhook_stats()[0].stats.clone();
+    assert_eq!((stats.attempts, stats.failed_attempts, stats.retries, stats.gave_up), (2, 1, 0, 1));
+    let received = got.lock().unwrap().clone();
+    assert_eq!(received.len(), 1);
+    let v: Value = serde_json::from_slice(&received[0].1).unwrap();
+    assert_eq!(v["build"]["number"], 2, "build 1's build.finished was not redelivered");
+    t.sim.shutdown().await;
+}
+
+/// `2018-03-25 03:58:14 UTC`
+fn is_utc_timestamp(v: &Value) -> bool {
+    let Some(s) = v.as_str() else { return false };
+    s.len() == 23 && s.ends_with(" UTC") && jiff::civil::DateTime::strptime("%Y-%m-%d %H:%M:%S", &s[..19]).is_ok()
+}
+
+#[tokio::test]
+async fn services_console_body_shape() {
+    let (url, got) = receiver(0).await;
+    let mut cfg = scripted(20);
+    cfg.agents = vec![AgentPoolConfig { queue: "default".into(), count: 1, ..Default::default() }];
+    cfg.webhooks =
+        vec![WebhookConfig { url, body_shape: WebhookBodyShape::ServicesConsole, ..WebhookConfig::default() }];
+    let t = T::start(cfg).await;
+    t.create_build_in("kernelbot", "benchkite/run-9", json!({"K": "v"})).await;
+    wait_for(&got, "build.finished", 1).await;
+    let received = got.lock().unwrap().clone();
+    let bodies: Vec<Value> = received.iter().map(|(_, b)| serde_json::from_slice(b).unwrap()).collect();
+    for v in &bodies {
+        let b = &v["build"];
+        assert!(b.get("meta_data").is_none(), "no meta_data key: {v}");
+        assert!(v.get("pipeline").is_none() && b.get("env").is_none());
+        assert!(is_utc_timestamp(&b["created_at"]) && is_utc_timestamp(&b["scheduled_at"]), "{b}");
+        assert!(is_utc_timestamp(&b["creator"]["created_at"]));
+        assert_eq!(b["branch"], "benchkite/run-9");
+        assert!(b["url"].as_str().unwrap().contains("/pipelines/kernelbot/builds/1"));
+        if v["event"].as_str().unwrap().starts_with("job.") {
+            assert!(is_utc_timestamp(&v["job"]["created_at"]));
+        }
+    }
+    let finished = bodies.iter().find(|v| v["event"] == "build.finished").unwrap();
+    assert_eq!(finished["build"]["state"], "passed");
+    assert!(is_utc_timestamp(&finished["build"]["finished_at"]));
+    t.sim.shutdown().await;
+}
+
+#[tokio::test]
 async fn webhook_token_duplicates_and_filters() {
     let (url, got) = receiver(0).await;
     let mut cfg = scripted(20);
@@ -138,6 +205,7 @@ async fn webhook_token_duplicates_and_filters() {
         auth: WebhookAuth::Token,
         events: vec!["ping".into(), "build.finished".into()],
         delivery: WebhookDelivery { duplicate_probability: 1.0, jitter_ms: 30, ..WebhookDelivery::default() },
+        ..WebhookConfig::default()
     });
     t.create_build(json!({})).await;
     wait_for(&got, "build.finished", 2).await;
@@ -207,6 +275,10 @@ async fn faults_outages_and_counters() {
 async fn garbage_never_panics() {
     let mut cfg = scripted(10);
     cfg.agents = vec![AgentPoolConfig { queue: "default".into(), count: 1, ..Default::default() }];
+    // The per-user limit stays on (50 per minute per token): the requests are spread over
+    // enough tokens (users) that none of them reaches it.
+    cfg.api_tokens = (0..100).map(|i| format!("garbage-token-{i}")).collect();
+    let tokens = cfg.api_tokens.clone();
     let t = T::start(cfg).await;
     let b = t.create_build(json!({"BUILDKITE_SIM_RESULT_JSON": "{}"})).await;
     let b = t.wait_state(b["number"].as_u64().unwrap(), "passed", 5.0).await;
@@ -224,7 +296,7 @@ async fn garbage_never_panics() {
         org.clone(),
         format!("{org}/builds"),
         format!("{org}/pipelines"),
-        format!("{org}/pipelines/kernelbot"),
+        format!("{org}/pipeline-settings"),
         format!("{org}/pipelines/kernelbot/builds"),
         format!("{org}/pipelines/kernelbot/builds/1"),
         format!("{org}/pipelines/kernelbot/builds/1/cancel"),
@@ -250,6 +322,8 @@ async fn garbage_never_panics() {
         format!("{org}/pipelines/kernelbot/builds/-1"),
         format!("{org}/pipelines/%FF%FE/builds"),
         format!("{org}/pipelines/kernelbot/builds/1/jobs/%00/artifacts"),
+        // last: DELETE removes the pipeline
+        format!("{org}/pipelines/kernelbot"),
     ];
     let queries = [
         "",
@@ -268,6 +342,7 @@ async fn garbage_never_panics() {
     ];
     let methods = [reqwest::Method::GET, reqwest::Method::POST, reqwest::Method::PUT, reqwest::Method::DELETE];
     let mut n = 0;
+    let mut authed = 0usize;
     for p in &paths {
         let base = if p.starts_with("http") { p.clone() } else { format!("{}{p}", t.sim.api_url()) };
         for q in &queries {
@@ -276,11 +351,13 @@ async fn garbage_never_panics() {
                     for auth in [true, false] {
                         let mut rb = t.http.request(m.clone(), format!("{base}{q}")).body(body.to_vec());
                         if auth {
-                            rb = rb.bearer_auth(t.sim.api_token());
+                            rb = rb.bearer_auth(&tokens[authed % tokens.len()]);
+                            authed += 1;
                         }
                         let r = rb.send().await.unwrap();
                         let s = r.status().as_u16();
-                        assert!([200, 201, 204, 302, 400, 401, 404, 422].contains(&s), "{m} {base}{q} -> {s}");
+                        // 403: the default token lacks e.g. read_build_logs, write_agents
+                        assert!([200, 201, 204, 302, 400, 401, 403, 404, 422].contains(&s), "{m} {base}{q} -> {s}");
                         if s >= 400 {
                             let v: Value = r.json().await.unwrap_or_else(|_| panic!("{m} {base}{q}: JSON error body"));
                             assert!(v["message"].is_string());
@@ -324,6 +401,7 @@ async fn garbage_never_panics() {
     assert!(n > 2000);
     // still alive and consistent
     assert_eq!(t.sim_json(reqwest::Method::GET, "/health", None).await.0, 200);
-    assert_eq!(t.get(&t.builds_url()).send().await.unwrap().status(), 200);
+    assert_eq!(t.get(&format!("{}/builds", t.sim.api_url())).send().await.unwrap().status(), 200);
+    assert_eq!(t.sim.rate_limit_stats().rejected, 0);
     t.sim.shutdown().await;
 }

@@ -8,7 +8,7 @@ use axum::response::Response;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{ApiPath, check_org, json_response, not_found, paginated, query_get, query_pairs};
+use super::{ApiPath, check_org, error, json_response, not_found, paginated, query_get, query_pairs};
 use crate::model::{Artifact, Build};
 use crate::render::Ctx;
 use crate::sim::Sim;
@@ -40,10 +40,19 @@ fn visible(inner: &Inner, build: Uuid) -> Vec<&Artifact> {
 fn list_response(sim: &Sim, uri: &Uri, inner: &Inner, arts: Vec<&Artifact>) -> Response {
     let pairs = query_pairs(uri);
     let glob = query_get(&pairs, "path").map(str::to_string);
+    // `state`: "Valid values: new, error, finished, deleted, expired. Returns a 422
+    // Unprocessable Entity error for unknown values." (REST "List artifacts for a build").
+    let state = query_get(&pairs, "state").filter(|s| !s.is_empty()).map(str::to_string);
+    if let Some(s) = &state
+        && !crate::model::ARTIFACT_STATES.contains(&s.as_str())
+    {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, &format!("Invalid artifact state: {s}"));
+    }
     let ctx = Ctx { inner, urls: &sim.urls };
     let items = arts
         .into_iter()
         .filter(|a| glob.as_deref().is_none_or(|g| crate::glob::wildcard_match(g, &a.path)))
+        .filter(|a| state.as_deref().is_none_or(|s| a.state == s))
         .map(|a| ctx.artifact(a))
         .collect();
     paginated(sim, uri, &pairs, items)
@@ -160,6 +169,9 @@ fn delete_impl(sim: &Sim, org: &str, build: Option<(&str, &str)>, job: &str, art
     }
 }
 
+/// `302` to a signed storage URL, whatever the artifact's state (the download endpoint
+/// documents no other answer); the storage host only holds `finished` artifacts, so the
+/// URL of a `new`, `error` or `expired` one answers `404 NoSuchKey` (see README).
 fn download_impl(sim: &Sim, org: &str, build: Option<(&str, &str)>, job: &str, artifact: &str) -> Response {
     if let Err(r) = check_org(sim, org) {
         return r;

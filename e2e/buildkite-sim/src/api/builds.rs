@@ -20,7 +20,7 @@ use super::{
 use crate::model::{Build, BuildState};
 use crate::render::Ctx;
 use crate::sim::Sim;
-use crate::state::{CreateBuild, Inner};
+use crate::state::{CreateBuild, FieldError, Inner};
 
 /// Buildkite accepts scalar values in `env`/`meta_data` and stores them as strings.
 fn string_map(v: &Value) -> Result<BTreeMap<String, String>, ()> {
@@ -44,23 +44,23 @@ fn string_map(v: &Value) -> Result<BTreeMap<String, String>, ()> {
     }
 }
 
-fn required_string(
+pub(crate) fn required_string(
     body: &serde_json::Map<String, Value>,
     field: &str,
-    errors: &mut Vec<(String, &'static str)>,
+    errors: &mut Vec<FieldError>,
 ) -> String {
     match body.get(field) {
         None | Some(Value::Null) => {
-            errors.push((field.to_string(), "missing_field"));
+            errors.push(FieldError::new(field, "missing_field"));
             String::new()
         }
         Some(Value::String(s)) if s.trim().is_empty() => {
-            errors.push((field.to_string(), "missing_field"));
+            errors.push(FieldError::new(field, "missing_field"));
             String::new()
         }
         Some(Value::String(s)) => s.clone(),
         Some(_) => {
-            errors.push((field.to_string(), "invalid"));
+            errors.push(FieldError::new(field, "invalid"));
             String::new()
         }
     }
@@ -96,31 +96,33 @@ pub async fn create(
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
         Some(_) => {
-            errors.push(("message".into(), "invalid"));
+            errors.push(FieldError::new("message", "invalid"));
             None
         }
     };
     let env = string_map(body.get("env").unwrap_or(&Value::Null)).unwrap_or_else(|()| {
-        errors.push(("env".into(), "invalid"));
+        errors.push(FieldError::new("env", "invalid"));
         BTreeMap::new()
     });
     let meta_data = string_map(body.get("meta_data").unwrap_or(&Value::Null)).unwrap_or_else(|()| {
-        errors.push(("meta_data".into(), "invalid"));
+        errors.push(FieldError::new("meta_data", "invalid"));
         BTreeMap::new()
     });
     let author = match body.get("author") {
         None | Some(Value::Null) => None,
         Some(v @ Value::Object(_)) => Some(v.clone()),
         Some(_) => {
-            errors.push(("author".into(), "invalid"));
+            errors.push(FieldError::new("author", "invalid"));
             None
         }
     };
     let clean_checkout = matches!(body.get("clean_checkout"), Some(Value::Bool(true)));
+    let ignore_pipeline_branch_filters = matches!(body.get("ignore_pipeline_branch_filters"), Some(Value::Bool(true)));
     if !errors.is_empty() {
         return validation_failed(&errors);
     }
-    let req = CreateBuild { commit, branch, message, author, env, meta_data, clean_checkout };
+    let req =
+        CreateBuild { commit, branch, message, author, env, meta_data, clean_checkout, ignore_pipeline_branch_filters };
     let rendered = {
         let mut inner = sim.lock();
         let creator = creator(&inner, token.as_ref());
@@ -163,7 +165,16 @@ pub async fn get(
     match find_build(&inner, &pipeline, &number) {
         Ok(b) => {
             let ctx = Ctx { inner: &inner, urls: &sim.urls };
-            let v = ctx.build(b, !query_true(&pairs, "exclude_jobs"), !query_true(&pairs, "exclude_pipeline"));
+            let retried = query_true(&pairs, "include_retried_jobs");
+            let mut v = ctx.build_with(
+                b,
+                !query_true(&pairs, "exclude_jobs"),
+                !query_true(&pairs, "exclude_pipeline"),
+                retried,
+            );
+            if let Value::Object(m) = &mut v {
+                m.insert("job_state_counts".into(), ctx.job_state_counts(b, retried));
+            }
             json_response(StatusCode::OK, &v)
         }
         Err(r) => r,
@@ -307,6 +318,15 @@ fn list(sim: &Sim, uri: &Uri, pipeline: Option<&str>) -> Response {
     {
         return not_found("No pipeline found");
     }
+    // All three build listings document `400 {"message": "Listing builds this deep is not
+    // supported. Please narrow your query using filters such as branch or created_from."}`;
+    // the threshold is not documented (`list_depth_limit`, default page × per_page > 1000).
+    if (page as u64).saturating_mul(per_page as u64) > inner.list_depth_limit {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "Listing builds this deep is not supported. Please narrow your query using filters such as branch or created_from.",
+        );
+    }
     // newest first; only the requested page is rendered
     let ids: Vec<uuid::Uuid> = inner
         .build_order
@@ -320,11 +340,12 @@ fn list(sim: &Sim, uri: &Uri, pipeline: Option<&str>) -> Response {
     let ctx = Ctx { inner: &inner, urls: &sim.urls };
     let include_jobs = !query_true(&pairs, "exclude_jobs");
     let include_pipeline = !query_true(&pairs, "exclude_pipeline");
+    let include_retried = query_true(&pairs, "include_retried_jobs");
     let start = (page - 1).saturating_mul(per_page);
     let mut items: Vec<Value> = vec![Value::Null; ids.len()];
     for (i, id) in ids.iter().enumerate().skip(start).take(per_page) {
         if let Some(b) = inner.builds.get(id) {
-            items[i] = ctx.build(b, include_jobs, include_pipeline);
+            items[i] = ctx.build_with(b, include_jobs, include_pipeline, include_retried);
         }
     }
     drop(inner);

@@ -1,4 +1,4 @@
-//! Small endpoints: root, access token, user, organizations, pipelines, and the 404s.
+//! Small endpoints: root, access token, user, organizations, and the 404s.
 
 use std::sync::Arc;
 
@@ -6,7 +6,7 @@ use axum::Extension;
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::response::Response;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::{ApiPath, AuthToken, check_org, json_response, not_found, paginated, query_pairs};
 use crate::render::{Ctx, user_json};
@@ -22,20 +22,22 @@ pub async fn not_found_handler() -> Response {
     not_found("Not Found")
 }
 
+/// `GET /v2/access-token` (REST "Access token API"): `{uuid, scopes, description,
+/// created_at, user}`; "Required scope: none".
 pub async fn access_token(State(sim): State<Arc<Sim>>, token: Option<Extension<AuthToken>>) -> Response {
     let inner = sim.lock();
-    let user = token.and_then(|t| inner.user_for_token(&t.0.0).cloned());
+    let Some(t) = token.and_then(|t| inner.token(&t.0.0).cloned()) else {
+        return not_found("Not Found");
+    };
+    let user = inner.users.iter().find(|(_, u)| u.id == t.user).map(|(_, u)| u.clone());
     json_response(
         StatusCode::OK,
         &json!({
-            "uuid": user.as_ref().map(|u| u.id),
-            "scopes": [
-                "read_agents", "write_agents", "read_clusters", "write_clusters",
-                "read_artifacts", "write_artifacts", "read_builds", "write_builds",
-                "read_build_logs", "read_organizations", "read_pipelines", "read_user"
-            ],
-            "description": "buildkite-sim token",
-            "created_at": user.as_ref().map(|u| crate::model::fmt_ts(u.created_at)),
+            "uuid": t.uuid,
+            "scopes": t.scopes,
+            "description": t.description,
+            "created_at": crate::model::fmt_ts_utc(t.created_at),
+            "expires_at": null,
             "user": user.as_ref().map(|u| json!({"name": u.name, "email": u.email})),
         }),
     )
@@ -65,32 +67,4 @@ pub async fn get_org(State(sim): State<Arc<Sim>>, ApiPath(org): ApiPath<String>)
     let inner = sim.lock();
     let ctx = Ctx { inner: &inner, urls: &sim.urls };
     json_response(StatusCode::OK, &ctx.organization())
-}
-
-pub async fn list_pipelines(State(sim): State<Arc<Sim>>, ApiPath(org): ApiPath<String>, uri: Uri) -> Response {
-    if let Err(r) = check_org(&sim, &org) {
-        return r;
-    }
-    let pairs = query_pairs(&uri);
-    let items: Vec<Value> = {
-        let inner = sim.lock();
-        let ctx = Ctx { inner: &inner, urls: &sim.urls };
-        inner.pipelines.values().map(|p| ctx.pipeline(p, true)).collect()
-    };
-    paginated(&sim, &uri, &pairs, items)
-}
-
-pub async fn get_pipeline(
-    State(sim): State<Arc<Sim>>,
-    ApiPath((org, pipeline)): ApiPath<(String, String)>,
-) -> Response {
-    if let Err(r) = check_org(&sim, &org) {
-        return r;
-    }
-    let inner = sim.lock();
-    let ctx = Ctx { inner: &inner, urls: &sim.urls };
-    match inner.pipelines.get(&pipeline) {
-        Some(p) => json_response(StatusCode::OK, &ctx.pipeline(p, true)),
-        None => not_found("No pipeline found"),
-    }
 }

@@ -11,6 +11,7 @@ mod builds;
 mod clusters;
 mod metrics;
 mod misc;
+mod pipelines;
 
 use std::sync::Arc;
 
@@ -29,7 +30,7 @@ use crate::faults::FaultAction;
 use crate::http::{DropConnection, drop_connection};
 use crate::ratelimit::ScopeState;
 use crate::sim::Sim;
-use crate::state::OpError;
+use crate::state::{FieldError, OpError};
 
 pub const AUTH_MESSAGE: &str = "Authentication required. Please supply a valid API Access Token: https://buildkite.com/docs/apis/rest-api#authentication";
 
@@ -52,8 +53,14 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/v2/organizations", get(misc::list_orgs))
         .route("/v2/organizations/{org}", get(misc::get_org))
         .route("/v2/organizations/{org}/builds", get(builds::list_org))
-        .route("/v2/organizations/{org}/pipelines", get(misc::list_pipelines))
-        .route("/v2/organizations/{org}/pipelines/{pipeline}", get(misc::get_pipeline))
+        .route("/v2/organizations/{org}/pipelines", get(pipelines::list).post(pipelines::create))
+        .route(
+            "/v2/organizations/{org}/pipelines/{pipeline}",
+            get(pipelines::get).patch(pipelines::update).delete(pipelines::delete),
+        )
+        .route("/v2/organizations/{org}/pipelines/{pipeline}/archive", post(pipelines::archive))
+        .route("/v2/organizations/{org}/pipelines/{pipeline}/unarchive", post(pipelines::unarchive))
+        .route("/v2/organizations/{org}/pipeline-settings", get(pipelines::settings).patch(pipelines::update_settings))
         .route(B, get(builds::list_pipeline).post(builds::create))
         .route(BN, get(builds::get))
         .route(&format!("{BN}/cancel"), put(builds::cancel))
@@ -140,15 +147,75 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Authentication and rate limiting of `/v2`. Every `/v2` answer carries the rate-limit
-/// headers; unauthenticated requests are not counted.
+/// The scope each endpoint requires (the "Required scope" line of each REST docs page).
+/// `None`: no scope (`GET /v2/access-token`: "Required scope: none"; the root; unknown routes).
+pub fn required_scope(method: &axum::http::Method, route: &str) -> Option<&'static str> {
+    use axum::http::Method;
+    let read = *method == Method::GET;
+    let r = route.strip_prefix("/v2/organizations/{org}").unwrap_or(route);
+    let scope = match r {
+        "/v2/access-token" | "/" => return None,
+        "/v2/user" => "read_user",
+        "/v2/organizations" | "" => "read_organizations",
+        "/v2/builds" | "/builds" => "read_builds",
+        _ if r.starts_with("/pipeline-settings") => {
+            if read {
+                "read_organization_settings"
+            } else {
+                "write_organization_settings"
+            }
+        }
+        _ if r.ends_with("/log") || r.ends_with("/log.txt") => "read_build_logs",
+        _ if r.contains("/artifacts") => {
+            if read {
+                "read_artifacts"
+            } else {
+                "write_artifacts"
+            }
+        }
+        _ if r.contains("/builds") => {
+            if read {
+                "read_builds"
+            } else {
+                "write_builds"
+            }
+        }
+        _ if r.starts_with("/pipelines") => {
+            if read {
+                "read_pipelines"
+            } else {
+                "write_pipelines"
+            }
+        }
+        _ if r.starts_with("/agents") => {
+            if read {
+                "read_agents"
+            } else {
+                "write_agents"
+            }
+        }
+        _ if r.starts_with("/clusters") => {
+            if read {
+                "read_clusters"
+            } else {
+                "write_clusters"
+            }
+        }
+        _ => return None,
+    };
+    Some(scope)
+}
+
+/// Authentication, rate limiting and token scopes of `/v2`. Every `/v2` answer carries the
+/// rate-limit headers; unauthenticated requests are not counted.
 async fn rest_guard(State(sim): State<Arc<Sim>>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path();
     if !(path == "/v2" || path.starts_with("/v2/")) {
         return next.run(req).await;
     }
-    let token = bearer(req.headers()).filter(|t| sim.api_tokens.iter().any(|x| x == t)).map(str::to_string);
-    let Some(token) = token else {
+    let known =
+        bearer(req.headers()).and_then(|t| sim.lock().token(t).map(|info| (t.to_string(), info.scopes.clone())));
+    let Some((token, scopes)) = known else {
         let mut resp = error(StatusCode::UNAUTHORIZED, AUTH_MESSAGE);
         set_rate_headers(&mut resp, sim.rate.peek(), None);
         return resp;
@@ -169,6 +236,17 @@ async fn rest_guard(State(sim): State<Arc<Sim>>, mut req: Request, next: Next) -
             })),
         )
             .into_response();
+        set_rate_headers(&mut resp, decision.org, decision.user);
+        return resp;
+    }
+    // A token without the endpoint's scope: 403 "Your access token doesn't have the <scope>
+    // scope" (the message Buildkite's CLI shows since it stopped checking scopes itself,
+    // buildkite/cli PR #566; go-buildkite prints the body's `message`).
+    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string());
+    if let Some(scope) = route.as_deref().and_then(|r| required_scope(req.method(), r))
+        && !scopes.iter().any(|s| s == scope)
+    {
+        let mut resp = error(StatusCode::FORBIDDEN, &format!("Your access token doesn't have the {scope} scope"));
         set_rate_headers(&mut resp, decision.org, decision.user);
         return resp;
     }
@@ -212,9 +290,15 @@ pub fn op_error(e: OpError) -> Response {
     }
 }
 
-/// `422 {"message": "Validation Failed", "errors": [{"field", "code"}…]}`.
-pub fn validation_failed(errors: &[(String, &'static str)]) -> Response {
-    let errors: Vec<Value> = errors.iter().map(|(f, c)| json!({"field": f, "code": c})).collect();
+/// `422 {"message": "Validation Failed", "errors": [{"field", "code"[, "message"]}…]}`.
+pub fn validation_failed(errors: &[FieldError]) -> Response {
+    let errors: Vec<Value> = errors
+        .iter()
+        .map(|e| match &e.message {
+            Some(m) => json!({"field": e.field, "code": e.code, "message": m}),
+            None => json!({"field": e.field, "code": e.code}),
+        })
+        .collect();
     (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(json!({"message": "Validation Failed", "errors": errors})))
         .into_response()
 }

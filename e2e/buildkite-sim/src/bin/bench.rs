@@ -84,8 +84,12 @@ async fn main() -> anyhow::Result<()> {
     );
     for (scenario, agents) in [("no agents (builds stay scheduled)", 0u32), ("50 agents, 20 ms scripted jobs", 50)] {
         let mut cfg = SimConfig::default();
+        // Throughput of the simulator itself, not of a Buildkite client: no rate limits.
         cfg.rate_limit.org_limit = u64::MAX / 2;
         cfg.rate_limit.user_limit = 0;
+        // The default pipeline checks out its repository before every job: make it cloneable.
+        let repo = cfg.pipelines[0].repository.clone();
+        cfg.repositories.insert(repo, buildkite_sim::config::RepositoryVisibility::Public);
         cfg.executor = ExecutorConfig::Scripted(ScriptedConfig { duration_ms: 20, ..ScriptedConfig::default() });
         if agents > 0 {
             cfg.agents = vec![AgentPoolConfig { queue: "default".into(), count: agents, ..AgentPoolConfig::default() }];

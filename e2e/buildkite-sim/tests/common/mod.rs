@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use buildkite_sim::config::{ExecutorConfig, ScriptedConfig, SimConfig};
+use buildkite_sim::config::{
+    ExecutorConfig, PipelineConfig, RepositoryVisibility, ScriptedConfig, SimConfig, StepConfig,
+};
 use buildkite_sim::{SimHandle, Simulator};
 use serde_json::{Value, json};
 
@@ -15,13 +17,31 @@ pub fn client() -> reqwest::Client {
         .expect("client")
 }
 
-/// A config with scripted jobs and no per-user limit (tests count org requests).
+/// A config with scripted jobs. The per-user limit stays at its default (50 per minute):
+/// tests poll through `/_sim`, which is not rate limited. The default pipeline's repository
+/// is public, so its jobs clone it (and can run).
 pub fn scripted(duration_ms: u64) -> SimConfig {
     let mut cfg = SimConfig::default();
     cfg.executor = ExecutorConfig::Scripted(ScriptedConfig { duration_ms, ..ScriptedConfig::default() });
     cfg.rate_limit.org_limit = 100_000;
-    cfg.rate_limit.user_limit = 0;
+    public_default_repo(&mut cfg);
     cfg
+}
+
+/// Marks the default pipeline's repository public (cloneable without a key).
+pub fn public_default_repo(cfg: &mut SimConfig) {
+    let repo = cfg.pipelines[0].repository.clone();
+    cfg.repositories.insert(repo, RepositoryVisibility::Public);
+}
+
+/// A pipeline whose single step names `queue` literally (like the pipelines benchkite
+/// creates), with the default repository.
+pub fn queue_pipeline(slug: &str, queue: &str) -> PipelineConfig {
+    PipelineConfig {
+        slug: slug.into(),
+        steps: vec![StepConfig { agents: vec![format!("queue={queue}")], ..StepConfig::default() }],
+        ..PipelineConfig::default()
+    }
 }
 
 pub struct T {
@@ -41,6 +61,42 @@ impl T {
 
     pub fn builds_url(&self) -> String {
         format!("{}/pipelines/kernelbot/builds", self.org_url())
+    }
+
+    pub fn builds_url_of(&self, pipeline: &str) -> String {
+        format!("{}/pipelines/{pipeline}/builds", self.org_url())
+    }
+
+    /// Creates a build of `pipeline` on `branch` (201 asserted) and returns it.
+    pub async fn create_build_in(&self, pipeline: &str, branch: &str, env: Value) -> Value {
+        let r = self
+            .post(&self.builds_url_of(pipeline))
+            .json(&json!({"commit": "HEAD", "branch": branch, "env": env}))
+            .send()
+            .await
+            .expect("create");
+        assert_eq!(r.status(), 201);
+        r.json().await.expect("json")
+    }
+
+    /// A build as `/_sim` renders it (every job, retried ones too); not rate limited.
+    pub async fn sim_build(&self, pipeline: &str, number: u64) -> Value {
+        let (s, v) = self.sim_json(reqwest::Method::GET, &format!("/pipelines/{pipeline}/builds/{number}"), None).await;
+        assert_eq!(s, 200, "{v}");
+        v
+    }
+
+    /// Polls (through `/_sim`) until the build of `pipeline` is in `state`.
+    pub async fn wait_build(&self, pipeline: &str, number: u64, state: &str, secs: f64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs_f64(secs);
+        loop {
+            let b = self.sim_build(pipeline, number).await;
+            if b["state"] == state {
+                return b;
+            }
+            assert!(Instant::now() < deadline, "build {pipeline}/{number} is {} (wanted {state}): {b}", b["state"]);
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     pub fn get(&self, url: &str) -> reqwest::RequestBuilder {
@@ -70,17 +126,19 @@ impl T {
         self.get(&format!("{}/{number}", self.builds_url())).send().await.expect("get").json().await.expect("json")
     }
 
-    /// Polls until the build is in `state` (panics after `secs`).
+    /// Polls (through `/_sim`, not rate limited) until the build of the default pipeline is
+    /// in `state`, then returns it as the REST API does (one counted request).
     pub async fn wait_state(&self, number: u64, state: &str, secs: f64) -> Value {
-        let deadline = Instant::now() + Duration::from_secs_f64(secs);
-        loop {
-            let b = self.build(number).await;
-            if b["state"] == state {
-                return b;
-            }
-            assert!(Instant::now() < deadline, "build {number} is {} (wanted {state})", b["state"]);
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        self.wait_build("kernelbot", number, state, secs).await;
+        self.build(number).await
+    }
+
+    pub fn patch(&self, url: &str) -> reqwest::RequestBuilder {
+        self.http.patch(url).bearer_auth(self.sim.api_token())
+    }
+
+    pub fn delete(&self, url: &str) -> reqwest::RequestBuilder {
+        self.http.delete(url).bearer_auth(self.sim.api_token())
     }
 
     pub async fn sim_json(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
