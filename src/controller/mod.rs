@@ -450,7 +450,11 @@ pub async fn run(
             (Some(store), futures::future::Either::Left(fut))
         }
         None => {
-            tracing::info!("Buildkite is not configured (--buildkite-org): the KernelJob controller is off");
+            if ctx.buildkite.is_some() {
+                tracing::info!("the KernelJob controller is off (--controllers)");
+            } else {
+                tracing::info!("Buildkite is not configured (--buildkite-org): the KernelJob controller is off");
+            }
             (None, futures::future::Either::Right(futures::future::ready(())))
         }
     };

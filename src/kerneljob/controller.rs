@@ -566,9 +566,12 @@ async fn follow(
 
     // A failed build's jobs say whether the infrastructure failed (webhook bodies carry no
     // jobs): read them once.
-    if build.state == buildkite::BuildState::Failed
-        && !build.jobs.iter().any(|j| j.state.as_ref().is_some_and(|s| s.is_terminal()))
-    {
+    // A build cancelled by someone else needs them too (an agent stopped mid-job is an
+    // infrastructure failure, a cancel in the UI is final).
+    let ours = lock(&ctx.canceled).contains(&active.run_id);
+    let needs_jobs =
+        build.state == buildkite::BuildState::Failed || (build.state == buildkite::BuildState::Canceled && !ours);
+    if needs_jobs && !build.jobs.iter().any(|j| j.state.as_ref().is_some_and(|s| s.is_terminal())) {
         match ctx.bk.get_build(Some(&bref.pipeline), u64::try_from(bref.number).unwrap_or(0), false).await {
             Ok(b) => {
                 ctx.board.update(&b, now);
@@ -1208,8 +1211,12 @@ async fn submit_one(ctx: &JobCtx, key: &str, reservation: crate::buildkite::Rese
         }
         Err(e) => {
             release(ctx);
+            // The managed pipeline is gone (deleted in the UI): ensure it again next time.
+            if e.status() == Some(404) && t.managed {
+                ctx.pipelines.invalidate(&t.queue);
+            }
             lock(&ctx.submit_errors).insert(key.to_string(), format!("Buildkite refused the build: {e}"));
-            requeue_later(ctx, key, Duration::from_secs(30));
+            requeue_later(ctx, key, Duration::from_secs(if e.status() == Some(404) { 2 } else { 30 }));
         }
     }
 }
@@ -1343,7 +1350,13 @@ pub async fn recovery_loop(ctx: Arc<JobCtx>) {
             });
         }
         for (pipeline, wanted) in groups {
-            match look_up(&ctx, &pipeline, &wanted).await {
+            // A pipeline that does not exist (a managed one is created at the first submit)
+            // holds no build: every run is settled as absent.
+            let looked = match look_up(&ctx, &pipeline, &wanted).await {
+                Err(e) if e.status() == Some(404) => Ok(wanted.iter().map(|w| w.run_id.clone()).collect()),
+                other => other,
+            };
+            match looked {
                 Ok(settled) => {
                     for w in wanted.iter().filter(|w| settled.contains(&w.run_id)) {
                         if ctx.board.get(&w.run_id).is_none() {

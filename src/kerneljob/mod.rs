@@ -101,6 +101,7 @@ pub fn controller(
             tasks.spawn(controller::submit_worker(ctx.clone()));
         }
         tasks.spawn(controller::recovery_loop(ctx.clone()));
+        tasks.spawn(controller::poll_loop(ctx.clone()));
         Controller::for_stream(stream, jobs)
             .reconcile_on(wakeups)
             .with_config(kube::runtime::controller::Config::default().concurrency(32))
