@@ -145,6 +145,18 @@ esac
 printf 'benchkite.result={"v":1,"success":true,"passed":%s}\n' "$verdict" >> "$BUILDKITE_SIM_META_DATA_FILE"
 "#;
 
+/// Writes `<dir>/benchkite`, an executable that runs [`JOB_SCRIPT`] (whatever its
+/// arguments), and returns its path.
+pub fn write_stub_benchkite(dir: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("benchkite");
+    std::fs::write(&path, format!("#!/bin/sh\n{JOB_SCRIPT}")).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("making {} executable", path.display()))?;
+    Ok(path)
+}
+
 /// A KernelJob whose build sleeps `sleep_ms` and ends with `outcome`.
 pub fn chaos_job(name: &str, queue: &str, outcome: Outcome, sleep_ms: u64) -> Result<KernelJob> {
     Ok(serde_json::from_value(json!({
@@ -208,7 +220,8 @@ impl Default for RigOptions {
             delivery: WebhookDelivery::default(),
             agents: 16,
             poll_secs: 5,
-            rate: RateLimitConfig { org_limit: 200, user_limit: 0, window_secs: 60.0 },
+            // Buildkite's own limits: the per-user one (50/min) binds the rig's one token.
+            rate: crate::sim::buildkite_rate_limit(60.0),
             extra_args: Vec::new(),
         }
     }
@@ -277,9 +290,18 @@ impl ChaosRig {
         install_crds(&client).await?;
         let ns = TestNamespace::create(&client, prefix).await?;
         let queue = format!("q-{}", ns.name());
+        let dir = e2e_dir().join("chaos").join(ns.name());
+        std::fs::create_dir_all(&dir)?;
+        // The managed pipeline's step runs `benchkite run` from the agent's PATH: here a
+        // stand-in that runs JOB_SCRIPT.
+        let stub = write_stub_benchkite(&dir.join("bin"))?;
+        let mut executor = ExecutorConfig::command(JOB_SCRIPT);
+        if let ExecutorConfig::Command { env, .. } = &mut executor {
+            env.insert("PATH".into(), crate::sim::agent_path(&stub)?);
+        }
         let mut cfg = SimConfig {
             api_tokens: vec![CANARY_API_TOKEN.to_string()],
-            executor: ExecutorConfig::command(JOB_SCRIPT),
+            executor,
             rate_limit: opts.rate.clone(),
             ..Default::default()
         };
@@ -291,8 +313,6 @@ impl ChaosRig {
         }
         let sim = Simulator::start(cfg).await?;
         // The token from a file, the webhook secret from the environment: both ways in.
-        let dir = e2e_dir().join("chaos").join(ns.name());
-        std::fs::create_dir_all(&dir)?;
         let token_file = dir.join("api-token");
         std::fs::write(&token_file, CANARY_API_TOKEN)?;
         let mut args = crate::sim::kerneljob_args(&sim, ns.name());
@@ -372,30 +392,12 @@ impl ChaosRig {
         self.log_text().lines().filter(|l| l.contains(needle)).map(str::to_string).collect()
     }
 
-    /// Every build in the simulator (full JSON: env, meta-data, jobs). The rate limit is
-    /// lifted first so that the audit never competes with the controller: take rate
-    /// figures before calling this.
+    /// Every build in the simulator (full JSON: env, meta-data, every job including the ones
+    /// `retry.automatic` replaced), read through `/_sim`: never rate limited, so the audit
+    /// neither competes with the controller nor changes the rate figures, and never refused as
+    /// too deep the way an org-wide REST listing is.
     pub async fn builds(&self) -> Result<Vec<Value>> {
-        self.sim.set_rate_limit(RateLimitConfig { org_limit: 1_000_000, user_limit: 0, window_secs: 60.0 }, true);
-        let http = reqwest::Client::new();
-        let mut out = Vec::new();
-        for page in 1.. {
-            let url = format!("{}/organizations/{}/builds", self.sim.api_url(), self.sim.organization());
-            let resp = http
-                .get(&url)
-                .bearer_auth(CANARY_API_TOKEN)
-                .query(&[("per_page", "100"), ("page", &page.to_string())])
-                .send()
-                .await
-                .context("listing builds")?;
-            ensure!(resp.status().is_success(), "listing builds: {}", resp.status());
-            let items: Vec<Value> = resp.json().await?;
-            if items.is_empty() {
-                break;
-            }
-            out.extend(items);
-        }
-        Ok(out)
+        crate::sim::all_builds(&self.sim).await
     }
 
     /// Waits until every KernelJob of the namespace is finished (or `timeout`).
@@ -437,7 +439,7 @@ pub struct SimBuild {
     pub job: Option<String>,
     /// The `passed` of the `benchkite.result` summary, when there is one.
     pub verdict: Option<bool>,
-    /// A job of the build failed for infrastructure reasons (exit -1/255 or agent lost).
+    /// The latest try of a job ended for an infrastructure reason ([`infra_job`]).
     pub infra: bool,
 }
 
@@ -448,17 +450,40 @@ impl SimBuild {
             .as_str()
             .and_then(|s| serde_json::from_str::<Value>(s).ok())
             .and_then(|v| v["passed"].as_bool());
-        let infra = b["jobs"].as_array().is_some_and(|jobs| {
-            jobs.iter().any(|j| matches!(j["exit_status"].as_i64(), Some(-1 | 255)) || j["signal_reason"].is_string())
-        });
+        // Only the latest try of each step says how the build ended: a try that
+        // `retry.automatic` replaced (`retried`) was followed by another one.
+        let infra = b["jobs"]
+            .as_array()
+            .is_some_and(|jobs| jobs.iter().filter(|j| j["retried"] != Value::Bool(true)).any(infra_job));
+        // benchkite names each attempt's build by its branch (`benchkite/<instance>/<run id>`);
+        // a job with its own `spec.branch` is found by meta-data.
+        let run_id = b["branch"]
+            .as_str()
+            .and_then(|br| br.strip_prefix(benchkite::kerneljob::board::BRANCH_PREFIX))
+            .and_then(|rest| rest.split_once('/'))
+            .map(|(_, run)| run.to_string())
+            .or_else(|| md["benchkite.dev/run-id"].as_str().map(str::to_string));
         SimBuild {
             number: b["number"].as_i64().unwrap_or(-1),
             state: b["state"].as_str().unwrap_or_default().to_string(),
-            run_id: md["benchkite.dev/run-id"].as_str().map(str::to_string),
+            run_id,
             job: md["benchkite.dev/kerneljob"].as_str().map(str::to_string),
             verdict,
             infra,
         }
+    }
+}
+
+/// A job that ended for an infrastructure reason, by Buildkite's documented semantics (REST
+/// "Job data model", agent `agent/run_job.go`): the agent was lost (exit -1, no signal, no
+/// signal reason), stopped (`agent_stop`), could not start the process
+/// (`process_run_error`), the agent stack failed (`stack_error`), or the bootstrap exited
+/// 255. A kill with a signal (`cancel`: a cancel or the step timeout) is not one.
+fn infra_job(j: &Value) -> bool {
+    let signal = j["signal"].as_str().filter(|s| !s.is_empty());
+    match j["signal_reason"].as_str().filter(|s| !s.is_empty() && *s != "none") {
+        Some(reason) => matches!(reason, "agent_stop" | "process_run_error" | "stack_error"),
+        None => matches!((j["exit_status"].as_i64(), signal), (Some(-1 | 255), None)),
     }
 }
 
@@ -700,9 +725,16 @@ pub async fn scan_for_secrets(
     for b in rig.builds().await? {
         let number = b["number"].as_i64().unwrap_or(-1);
         scan.scan(&format!("build #{number}"), &b.to_string());
-        if let Some(payload) = b["env"]["KERNELBOT_PAYLOAD"].as_str() {
+        // The payload is one variable (`KERNELBOT_PAYLOAD`) or, when large, split into
+        // `BENCHKITE_PAYLOAD_*` parts: reassembled as the runner does.
+        let env = &b["env"];
+        let has_payload =
+            env.as_object().is_some_and(|m| m.keys().any(|k| benchkite::contract::payload::is_payload_env(k)));
+        if has_payload {
             let limits = benchkite::contract::payload::PayloadLimits::default();
-            match benchkite::contract::payload::decode_payload_json(payload, &limits) {
+            let decoded = benchkite::contract::payload::payload_from_env(|k| env[k].as_str().map(str::to_string))
+                .and_then(|payload| benchkite::contract::payload::decode_payload_json(&payload, &limits));
+            match decoded {
                 Ok(json) => scan.scan(&format!("build #{number} payload"), &String::from_utf8_lossy(&json)),
                 Err(e) => scan.leaks.push(format!("build #{number}: undecodable payload ({e}): cannot be scanned")),
             }
@@ -1059,4 +1091,60 @@ pub fn metric_sum(text: &str, name: &str, filters: &[&str]) -> f64 {
         .filter(|l| filters.iter().all(|f| l.contains(f)))
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn try_(exit: i64, signal: Option<&str>, reason: Option<&str>, retried: bool) -> Value {
+        json!({"type": "script", "exit_status": exit, "signal": signal, "signal_reason": reason, "retried": retried})
+    }
+
+    fn build(branch: &str, jobs: Vec<Value>) -> Value {
+        json!({"number": 1, "state": "failed", "branch": branch, "meta_data": {}, "jobs": jobs})
+    }
+
+    #[test]
+    fn infrastructure_is_judged_on_the_latest_tries_by_the_documented_semantics() {
+        let infra = |jobs: Vec<Value>| SimBuild::from_json(&build("main", jobs)).infra;
+        // Lost agent, stopped agent, a process that could not start, a failed bootstrap.
+        assert!(infra(vec![try_(-1, None, None, false)]));
+        assert!(infra(vec![try_(-1, Some("SIGTERM"), Some("agent_stop"), false)]));
+        assert!(infra(vec![try_(-1, None, Some("process_run_error"), false)]));
+        assert!(infra(vec![try_(255, None, None, false)]));
+        // A kill (a cancel or the step timeout) and a real failure are not.
+        assert!(!infra(vec![try_(-1, Some("SIGTERM"), Some("cancel"), false)]));
+        assert!(!infra(vec![try_(3, None, None, false)]));
+        // A lost try that Buildkite retried inside the build says nothing about its end.
+        assert!(!infra(vec![try_(-1, None, None, true), try_(3, None, None, false)]));
+    }
+
+    #[test]
+    fn a_build_belongs_to_the_run_its_branch_names_else_its_meta_data() {
+        let b = build("benchkite/inst/0b1c-2", vec![]);
+        assert_eq!(SimBuild::from_json(&b).run_id.as_deref(), Some("0b1c-2"));
+        let mut own = build("feature/x", vec![]);
+        own["meta_data"]["benchkite.dev/run-id"] = json!("0b1c-3");
+        assert_eq!(SimBuild::from_json(&own).run_id.as_deref(), Some("0b1c-3"));
+        assert_eq!(SimBuild::from_json(&build("main", vec![])).run_id, None);
+    }
+
+    #[test]
+    fn the_stub_benchkite_runs_the_job_script() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("benchkite-e2e-stub-{}", std::process::id()));
+        let stub = write_stub_benchkite(&dir)?;
+        let meta = dir.join("meta");
+        let out = std::process::Command::new(&stub)
+            .arg("run")
+            .env("CHAOS_SLEEP", "0")
+            .env("CHAOS_OUTCOME", "wrong")
+            .env("BUILDKITE_SIM_META_DATA_FILE", &meta)
+            .output()?;
+        let written = std::fs::read_to_string(&meta)?;
+        std::fs::remove_dir_all(&dir)?;
+        ensure!(out.status.success(), "{out:?}");
+        ensure!(written.contains(r#""passed":false"#), "{written}");
+        Ok(())
+    }
 }

@@ -11,6 +11,9 @@
 //!   optionally `# controller-event: <Reason>`) — the API server accepts it; the controller
 //!   must set that condition, with `<text>` in its message, and record that Event;
 //! * `# known-defect: <text>` — accepted although it should not be (reported, not failed).
+//!
+//! `valid/` holds valid bases; `valid/kerneljob-kernelbot-shapes.yaml` (what kernelbot runs)
+//! is also created for real and must be submitted with its shapes intact in the payload.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -309,7 +312,11 @@ async fn controller_reports_what_only_it_can_tell() -> Result<()> {
     let client = client().await?;
     install_crds(&client).await?;
     let ns = TestNamespace::create(&client, "badinputctl").await?;
-    let sim = Simulator::start(SimConfig::default()).await?;
+    // The cases' queue exists (no agents: a build that gets created stays scheduled). The
+    // simulator keeps Buildkite's limits, the per-user one included.
+    let mut cfg = SimConfig::default();
+    cfg.clusters[0].queues.push("nvidia-h100".into());
+    let sim = Simulator::start(cfg).await?;
     let http = format!("127.0.0.1:{}", free_port()?);
     let token = sim.api_token();
     let common = benchkite_e2e::sim::kerneljob_args(&sim, ns.name());
@@ -421,8 +428,57 @@ async fn check_controller_cases(
     assert_alive(op, http).await?;
     println!("\nbad input only the controller can judge ({} files)\n{table}", controller_cases.len());
     ensure!(failures.is_empty(), "{} controller cases failed:\n{}", failures.len(), failures.join("\n"));
-    // Every case is refused before a build: none may reach Buildkite.
-    let builds = sim.counters().endpoint(CREATE).status(201);
-    ensure!(builds == 0, "{builds} builds were created for jobs that cannot run");
+
+    // What kernelbot runs, the controller submits: the valid job with kernelbot's shapes gets
+    // a build, and its payload carries them unchanged.
+    let shapes = kernelbot_shapes_reach_the_payload(client, ns, sim).await?;
+    // Every bad case is refused before a build: none may reach Buildkite.
+    let builds = benchkite_e2e::sim::all_builds(sim).await?;
+    let others: Vec<String> = builds
+        .iter()
+        .filter(|b| b["meta_data"]["benchkite.dev/kerneljob"].as_str() != Some(shapes.as_str()))
+        .map(|b| format!("build on {} ({})", b["branch"], b["meta_data"]["benchkite.dev/kerneljob"]))
+        .collect();
+    ensure!(others.is_empty(), "builds were created for jobs that cannot run: {others:?}");
+    ensure!(sim.counters().endpoint(CREATE).status(201) == 1, "one build, for {shapes}");
     Ok(())
+}
+
+/// Creates `valid/kerneljob-kernelbot-shapes.yaml` (an empty source file, fractional
+/// timeouts, a case in kernelbot's line format) and checks that the controller submits it
+/// with a payload that keeps them: the empty file, the timeouts, and the line's key order
+/// (`size: 7; seed: 1`, not sorted). Returns the job's `namespace/name`.
+async fn kernelbot_shapes_reach_the_payload(client: &Client, ns: &TestNamespace, sim: &SimHandle) -> Result<String> {
+    use benchkite::contract::payload::{PayloadLimits, decode_runnable_payload, payload_from_env};
+    let file = "valid/kerneljob-kernelbot-shapes.yaml";
+    let case = load(&bad_input_dir(), file)?;
+    let name = case.doc["metadata"]["name"].as_str().context("no name")?.to_string();
+    if let Err(m) = send(client, ns.name(), &case.doc, false, false).await? {
+        bail!("{file}: refused by the API server: {m}");
+    }
+    let jobs: Api<KernelJob> = ns.api();
+    let build = wait_until(&format!("{file}: a build"), Duration::from_secs(60), || async {
+        let job = jobs.get(&name).await?;
+        let status = job.status.unwrap_or_default();
+        if status.phase.is_finished() {
+            bail!("{file}: ended {:?} without a build: {}", status.phase, status.message);
+        }
+        Ok(status.build)
+    })
+    .await?;
+    let b = benchkite_e2e::sim::build(sim, &build.pipeline, u64::try_from(build.number)?)
+        .await?
+        .with_context(|| format!("{file}: build {} #{} not in the simulator", build.pipeline, build.number))?;
+    let env = &b["env"];
+    let payload = payload_from_env(|k| env[k].as_str().map(str::to_string)).context("the build's payload")?;
+    // Decoded as `benchkite run` decodes it (it runs what kernelbot's runner runs).
+    let cfg = decode_runnable_payload(&payload, &PayloadLimits::default()).context("decoding the build's payload")?;
+    ensure!(cfg.sources.get("submission.py").is_some_and(String::is_empty), "the empty file: {:?}", cfg.sources);
+    let lines: Vec<String> = cfg.tests.iter().map(|c| c.to_line()).collect();
+    ensure!(lines.first().map(String::as_str) == Some("size: 7; seed: 1"), "the case line's key order: {lines:?}");
+    let bench: Vec<String> = cfg.benchmarks.iter().map(|c| c.to_line()).collect();
+    ensure!(bench == ["size: 1024; seed: 2"], "benchmarks: {bench:?}");
+    let timeouts = (cfg.test_timeout, cfg.benchmark_timeout, cfg.ranked_timeout);
+    ensure!(timeouts == (1.5, 90.25, 0.5), "fractional timeouts: {timeouts:?}");
+    Ok(format!("{}/{name}", ns.name()))
 }

@@ -17,6 +17,7 @@ use benchkite_e2e::chaos::{
     process_alive, rate, scan_for_secrets, scrape_metrics, webhook_config,
 };
 use benchkite_e2e::operator::Operator;
+use benchkite_e2e::sim::buildkite_rate_limit;
 use benchkite_e2e::{TestNamespace, client, wait_until};
 use buildkite_sim::InfraFailure;
 use buildkite_sim::config::{EndpointFault, FaultConfig, OutageConfig, OutageMode, RateLimitConfig, WebhookDelivery};
@@ -79,8 +80,10 @@ async fn crash_consistency_under_random_sigkills() -> Result<()> {
     let started = Instant::now();
     let opts = RigOptions {
         agents: 24,
-        rate: RateLimitConfig { org_limit: 1200, user_limit: 0, window_secs: 60.0 },
-        extra_args: strings(&["--buildkite-requests-per-minute", "1100"]),
+        // Buildkite's limits (200 per organization, 50 per user) on a 5 s window: the rig's
+        // one token may send 600 requests a minute, so a few hundred jobs settle in minutes.
+        rate: buildkite_rate_limit(5.0),
+        extra_args: strings(&["--buildkite-rate-limit-window-seconds", "5"]),
         ..Default::default()
     };
     let (client, mut rig) = ChaosRig::start("chaos-crash", opts).await?;
@@ -130,10 +133,27 @@ async fn crash_consistency_under_random_sigkills() -> Result<()> {
     finish(&client, &rig, n, &mut f, &[]).await?;
     println!("chaos crash-consistency: took {:?}", started.elapsed());
     ensure!(killed >= 10, "only {killed} kills");
-    ensure!(
-        rig.sim.counters().endpoint(CREATE).status(201) as usize == n + infra as usize,
-        "expected one build per job plus one per injected infrastructure failure"
-    );
+    // A lost agent is retried inside its build first (the managed pipeline's
+    // `retry.automatic` rule for exit -1 without a signal, docs "Retry"): only a build whose
+    // automatic retries are used up fails and gets another KernelJob attempt. So every
+    // injected failure shows as one lost try, and every build is one attempt (checked by
+    // the audit: builds == attempts, no duplicates).
+    let builds = rig.builds().await?;
+    let tries: Vec<&serde_json::Value> = builds.iter().flat_map(benchkite_e2e::sim::script_jobs).collect();
+    let lost = tries.iter().filter(|j| j["exit_status"] == -1 && j["signal"].is_null()).count();
+    let retried_in_build = tries.iter().filter(|j| j["retried"] == true).count();
+    println!("chaos crash-consistency: {lost} lost tries, {retried_in_build} retried inside their build");
+    ensure!(lost == infra as usize, "{lost} lost tries for {infra} injected agent losses");
+    ensure!(retried_in_build > 0, "no lost try was retried inside its build");
+    let attempts: usize = api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .filter_map(|j| j.status.as_ref())
+        .map(|s| s.attempts.len())
+        .sum();
+    ensure!(rig.sim.counters().endpoint(CREATE).status(201) as usize == attempts, "one build per KernelJob attempt");
     rig.delete().await
 }
 
@@ -149,8 +169,9 @@ async fn buildkite_outage_and_faults() -> Result<()> {
     let started = Instant::now();
     let opts = RigOptions {
         agents: 24,
-        rate: RateLimitConfig { org_limit: 600, user_limit: 0, window_secs: 60.0 },
-        extra_args: strings(&["--buildkite-requests-per-minute", "540"]),
+        // Buildkite's limits on a 5 s window (the per-user limit binds: 600 a minute).
+        rate: buildkite_rate_limit(5.0),
+        extra_args: strings(&["--buildkite-rate-limit-window-seconds", "5"]),
         ..Default::default()
     };
     let (client, rig) = ChaosRig::start("chaos-outage", opts).await?;
@@ -226,7 +247,9 @@ async fn throttling_mid_run() -> Result<()> {
     let opts = RigOptions {
         webhooks: false,
         poll_secs: 2,
-        rate: RateLimitConfig { org_limit: 40, user_limit: 0, window_secs: window },
+        // Buildkite's 4:1 ratio of organization to user limit; the user limit (the rig's
+        // one token) binds: 40 per 10 s, then 10.
+        rate: RateLimitConfig { org_limit: 160, user_limit: 40, window_secs: window },
         extra_args: strings(&["--buildkite-requests-per-minute", "40", "--buildkite-rate-limit-window-seconds", "10"]),
         ..Default::default()
     };
@@ -240,7 +263,7 @@ async fn throttling_mid_run() -> Result<()> {
         })
         .await;
         let before = rig.sim.rate_limit_stats();
-        rig.sim.set_rate_limit(RateLimitConfig { org_limit: 10, user_limit: 0, window_secs: window }, false);
+        rig.sim.set_rate_limit(RateLimitConfig { org_limit: 40, user_limit: 10, window_secs: window }, false);
         (busy, before)
     };
     let (created, (busy, before)) = tokio::join!(create, lower);

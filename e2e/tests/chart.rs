@@ -17,8 +17,7 @@ use benchkite::api::kerneljob::Phase;
 use benchkite::api::{AgentPool, GpuNode, KernelJob};
 use benchkite_e2e::operator::{Operator, binary, install_crds};
 use benchkite_e2e::{TestNamespace, client, default_timeout, e2e_dir, kubeconfig_path, repo_root, wait_until};
-use buildkite_sim::config::{AgentPoolConfig, ExecutorConfig};
-use buildkite_sim::{SimConfig, Simulator};
+use buildkite_sim::Simulator;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
@@ -769,11 +768,9 @@ async fn secret_namespaces_limit_the_secret_grant() -> Result<()> {
 async fn kerneljob_rbac_is_enough_in_its_namespace() -> Result<()> {
     let client = client().await?;
     let queue = format!("chart-kj-{}", suffix());
-    let mut cfg =
-        SimConfig { executor: ExecutorConfig::command(format!("{} run", binary()?.display())), ..Default::default() };
-    cfg.clusters[0].queues.push(queue.clone());
-    cfg.agents.push(AgentPoolConfig { queue: queue.clone(), count: 1, ..Default::default() });
-    let sim = Simulator::start(cfg).await?;
+    // Agents running the real `benchkite run` (the managed pipeline's step finds it on PATH),
+    // Buildkite's rate limits.
+    let sim = Simulator::start(benchkite_e2e::sim::queue_config(&queue, 1)?).await?;
     // The chart's Secret gets a placeholder; the local process reads the real token from a file.
     let set = format!(
         "controllers={{kerneljob}},kernelJobs.watchNamespace=NS,buildkite.organization={},buildkite.apiUrl={},\

@@ -9,8 +9,9 @@ use anyhow::{Context, Result, ensure};
 use benchkite::api::KernelJob;
 use benchkite::api::kerneljob::Phase;
 use benchkite_e2e::operator::{Operator, install_crds, wait_ready};
+use benchkite_e2e::sim::{buildkite_rate_limit, user_pipeline};
 use benchkite_e2e::{TestNamespace, client, repo_root, wait_until};
-use buildkite_sim::config::{AgentPoolConfig, PipelineConfig, RateLimitConfig, StepConfig, WebhookAuth, WebhookConfig};
+use buildkite_sim::config::{AgentPoolConfig, RateLimitConfig, WebhookAuth, WebhookConfig};
 use buildkite_sim::{InfraFailure, SimConfig, SimHandle, Simulator};
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
@@ -31,24 +32,18 @@ fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// A simulator (agents on one queue running `benchkite run`, a `broken` pipeline whose step
-/// fails) and a controller for one namespace.
+/// A simulator (agents on one queue running `benchkite run`; two pipelines a user made for
+/// that queue: `silent`, whose step passes without a result, and `broken`, whose step fails)
+/// and a controller for one namespace. Jobs that name no pipeline run on the pipeline the
+/// controller creates for their queue.
 async fn rig(prefix: &str, webhooks: bool, tune: impl FnOnce(&mut SimConfig), extra: &[&str]) -> Result<(Client, Rig)> {
     let client = client().await?;
     install_crds(&client).await?;
     let ns = TestNamespace::create(&client, prefix).await?;
     let queue = format!("q-{}", ns.name());
     let mut cfg = benchkite_e2e::sim::queue_config(&queue, 4)?;
-    cfg.pipelines.push(PipelineConfig {
-        slug: "silent".into(),
-        steps: vec![StepConfig { command: Some("echo ran, left no result".into()), ..Default::default() }],
-        ..Default::default()
-    });
-    cfg.pipelines.push(PipelineConfig {
-        slug: "broken".into(),
-        steps: vec![StepConfig { command: Some("echo the build is broken >&2; exit 3".into()), ..Default::default() }],
-        ..Default::default()
-    });
+    cfg.pipelines.push(user_pipeline("silent", &queue, Some("echo ran, left no result")));
+    cfg.pipelines.push(user_pipeline("broken", &queue, Some("echo the build is broken >&2; exit 3")));
     let port = free_port()?;
     let webhook_url = webhooks.then(|| format!("http://127.0.0.1:{port}/webhooks/buildkite"));
     if let Some(url) = &webhook_url {
@@ -113,18 +108,22 @@ async fn wait_phase(api: &Api<KernelJob>, name: &str, timeout: Duration) -> Resu
     .await
 }
 
-/// Prints a build's job logs from the simulator (for failure messages).
-async fn dump_build(rig: &Rig, number: i64) {
-    let http = reqwest::Client::new();
-    let url =
-        format!("{}/organizations/{}/pipelines/kernelbot/builds/{number}", rig.sim.api_url(), rig.sim.organization());
-    let Ok(resp) = http.get(&url).bearer_auth(rig.sim.api_token()).send().await else { return };
-    let Ok(build) = resp.json::<serde_json::Value>().await else { return };
+/// The build of a KernelJob's last attempt: its pipeline (the one the controller created for
+/// the queue, or the job's own) and number.
+fn build_of(job: &KernelJob) -> Result<(String, u64)> {
+    let b = job.status.as_ref().and_then(|s| s.build.as_ref()).context("the job has no build")?;
+    Ok((b.pipeline.clone(), u64::try_from(b.number)?))
+}
+
+/// Prints the job logs of a KernelJob's build from the simulator (for failure messages).
+async fn dump_build(rig: &Rig, job: &KernelJob) {
+    let Ok((pipeline, number)) = build_of(job) else { return };
+    let Ok(Some(build)) = benchkite_e2e::sim::build(&rig.sim, &pipeline, number).await else { return };
     for job in build["jobs"].as_array().cloned().unwrap_or_default() {
         let id = job["id"].as_str().unwrap_or_default();
-        if let Ok(r) = http.get(format!("{}/jobs/{id}", rig.sim.sim_url())).send().await {
-            let text = r.text().await.unwrap_or_default();
-            eprintln!("job {id}: {}", &text[..text.len().min(4000)]);
+        if let Ok(details) = benchkite_e2e::sim::job_details(&rig.sim, id).await {
+            let text = details["log"].as_str().unwrap_or_default();
+            eprintln!("{pipeline} #{number} job {id}: {}", &text[..text.len().min(4000)]);
         }
     }
 }
@@ -146,7 +145,7 @@ async fn results_land_in_status_for_good_wrong_and_broken_submissions() -> Resul
     let good = wait_phase(&api, "good", Duration::from_secs(120)).await?;
     let s = good.status.clone().context("status")?;
     if s.phase != Phase::Succeeded {
-        dump_build(&rig, s.build.as_ref().map(|b| b.number).unwrap_or(1)).await;
+        dump_build(&rig, &good).await;
     }
     ensure!(s.phase == Phase::Succeeded, "good: {:?} {}", s.phase, s.message);
     ensure!(s.passed == Some(true), "good passed: {:?}", s.passed);
@@ -208,9 +207,9 @@ async fn timeouts_and_deletions_cancel_builds() -> Result<()> {
     let slow = wait_phase(&api, "slow", Duration::from_secs(60)).await?;
     let s = slow.status.clone().context("status")?;
     ensure!(s.phase == Phase::TimedOut, "{:?} {}", s.phase, s.message);
-    let number = s.build.as_ref().context("build")?.number;
+    let (pipeline, number) = build_of(&slow)?;
     wait_until("the timed-out build is cancelled in Buildkite", Duration::from_secs(30), || async {
-        let state = rig.sim.build_state("kernelbot", u64::try_from(number)?);
+        let state = rig.sim.build_state(&pipeline, number);
         Ok(matches!(state.as_deref(), Some("canceled" | "canceling")).then_some(()))
     })
     .await?;
@@ -221,10 +220,10 @@ async fn timeouts_and_deletions_cancel_builds() -> Result<()> {
         Ok(j.status.clone().filter(|s| s.phase == Phase::Running).map(|_| j))
     })
     .await?;
-    let number = doomed.status.as_ref().and_then(|s| s.build.as_ref()).context("build")?.number;
+    let (pipeline, number) = build_of(&doomed)?;
     api.delete("doomed", &DeleteParams::default()).await?;
     wait_until("the deleted job's build cancelled and the job gone", Duration::from_secs(60), || async {
-        let state = rig.sim.build_state("kernelbot", u64::try_from(number)?);
+        let state = rig.sim.build_state(&pipeline, number);
         let gone = api.get_opt("doomed").await?.is_none();
         Ok((gone && matches!(state.as_deref(), Some("canceled" | "canceling"))).then_some(()))
     })
@@ -232,20 +231,55 @@ async fn timeouts_and_deletions_cancel_builds() -> Result<()> {
     rig.ns.delete().await
 }
 
+/// A lost agent is retried where Buildkite retries it: inside the build, by the managed
+/// pipeline's `retry.automatic` rule (docs "Retry"; `exit_status: -1, signal_reason: none`,
+/// limit 2), so the KernelJob keeps its one attempt. Only when Buildkite's own retries are
+/// used up does the build fail, and benchkite makes a second attempt (a new build).
 #[tokio::test]
-async fn an_infrastructure_failure_is_retried_once() -> Result<()> {
+async fn an_infrastructure_failure_is_retried_in_the_build_then_once_more() -> Result<()> {
     let (_client, rig) = rig("kjretry", true, |_| {}, &[]).await?;
-    let failure = InfraFailure::parse("agent_lost").map_err(anyhow::Error::msg)?;
-    rig.sim.inject_infra_failures(1, Some(&rig.queue), failure);
+    let lost = || InfraFailure::parse("agent_lost").map_err(anyhow::Error::msg);
     let api: Api<KernelJob> = rig.ns.api();
+
+    // One lost agent: Buildkite's automatic retry runs the job again in the same build.
+    rig.sim.inject_infra_failures(1, Some(&rig.queue), lost()?);
+    api.create(&PostParams::default(), &job("healed", &rig.queue, "test", "submission_ok.py")?).await?;
+    let j = wait_phase(&api, "healed", Duration::from_secs(120)).await?;
+    let s = j.status.clone().context("status")?;
+    ensure!(s.phase == Phase::Succeeded && s.passed == Some(true), "{:?} {}", s.phase, s.message);
+    ensure!(s.attempts.len() == 1, "Buildkite retried it in the build; attempts: {:?}", s.attempts);
+    let (pipeline, number) = build_of(&j)?;
+    let build = benchkite_e2e::sim::build(&rig.sim, &pipeline, number).await?.context("the build")?;
+    let tries = benchkite_e2e::sim::script_jobs(&build);
+    ensure!(tries.len() == 2, "a lost try and its automatic retry: {tries:?}");
+    ensure!(
+        tries[0]["retried"] == true && tries[0]["exit_status"] == -1 && tries[0]["signal"].is_null(),
+        "the first try was lost and retried: {}",
+        tries[0]
+    );
+    ensure!(tries[1]["state"] == "passed", "the retry passed: {}", tries[1]);
+    ensure!(rig.sim.counters().endpoint(CREATE).status(201) == 1, "one build");
+
+    // Three lost agents in a row: the rule's two retries are used up, the build fails, and
+    // benchkite tries once more with a new build.
+    rig.sim.inject_infra_failures(3, Some(&rig.queue), lost()?);
     api.create(&PostParams::default(), &job("flaky", &rig.queue, "test", "submission_ok.py")?).await?;
-    let j = wait_phase(&api, "flaky", Duration::from_secs(120)).await?;
+    let j = wait_phase(&api, "flaky", Duration::from_secs(180)).await?;
     let s = j.status.clone().context("status")?;
     ensure!(s.phase == Phase::Succeeded && s.passed == Some(true), "{:?} {}", s.phase, s.message);
     ensure!(s.attempts.len() == 2, "attempts: {:?}", s.attempts);
     ensure!(s.attempts[0].outcome.starts_with("InfrastructureFailure"), "{:?}", s.attempts[0]);
     ensure!(s.attempts[0].run_id != s.attempts[1].run_id);
-    ensure!(rig.sim.counters().endpoint(CREATE).status(201) == 2, "one build per attempt");
+    let first = s.attempts[0].build.as_ref().context("the first attempt's build")?;
+    let build = benchkite_e2e::sim::build(&rig.sim, &first.pipeline, u64::try_from(first.number)?)
+        .await?
+        .context("the first attempt's build")?;
+    let tries = benchkite_e2e::sim::script_jobs(&build);
+    ensure!(
+        tries.len() == 3 && tries.iter().all(|t| t["exit_status"] == -1),
+        "three lost tries in the first build: {tries:?}"
+    );
+    ensure!(rig.sim.counters().endpoint(CREATE).status(201) == 3, "one build per attempt");
     rig.ns.delete().await
 }
 
@@ -258,7 +292,9 @@ async fn a_hundred_jobs_under_sixty_requests_per_minute() -> Result<()> {
         "kjbudget",
         false,
         |cfg| {
-            cfg.rate_limit = RateLimitConfig { org_limit: 10, user_limit: 0, window_secs: 10.0 };
+            // Buildkite's 4:1 ratio of organization to user limit; the user limit (one
+            // token) binds: 10 per 10 s.
+            cfg.rate_limit = RateLimitConfig { org_limit: 40, user_limit: 10, window_secs: 10.0 };
             cfg.agents[0].count = 16;
         },
         &[
@@ -450,10 +486,7 @@ async fn a_pool_creates_its_queue_and_reports_its_state() -> Result<()> {
     install_crds(&client).await?;
     let ns = TestNamespace::create(&client, "kjqueue").await?;
     let queue = format!("q-{}", ns.name());
-    let mut cfg = SimConfig {
-        rate_limit: RateLimitConfig { org_limit: 200, user_limit: 0, window_secs: 60.0 },
-        ..Default::default()
-    };
+    let mut cfg = SimConfig { rate_limit: buildkite_rate_limit(60.0), ..Default::default() };
     // Agents for a queue the cluster does not have yet: they cannot connect.
     cfg.agents.push(AgentPoolConfig { queue: queue.clone(), count: 3, ..Default::default() });
     cfg.metrics_poll_duration_secs = 1;
