@@ -1,6 +1,9 @@
 //! Scenario 1: Buildkite efficiency. N KernelJobs through A simulated agents (scripted,
-//! fixed duration) under Buildkite's 200 requests/minute, with webhooks and polling only,
-//! against a per-build poller modelled on the seeds' launcher, each with its own simulator.
+//! fixed duration) under Buildkite's REST limits as they bind one token (200 requests per
+//! minute per organization and 50 per user, scope `rest_user`: the user limit binds first),
+//! with webhooks and polling only, against a per-build poller modelled on the seeds'
+//! launcher, each with its own simulator. The baseline's simulator is explicitly
+//! unconstrained: it counts what the launcher needs instead of refusing it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,8 +22,21 @@ use serde_json::{Value, json};
 
 use crate::rig::{self, FinishWatch, RESULT_JSON, RESULT_SUMMARY, WEBHOOK_SECRET};
 
-/// Buildkite's documented limit, which the simulators of this scenario enforce.
-pub const BUILDKITE_LIMIT_PER_MIN: f64 = 200.0;
+/// Buildkite's REST limit per organization (docs "REST API rate limits"), enforced by the
+/// simulators of benchkite's runs.
+pub const ORG_LIMIT_PER_MIN: u64 = 200;
+/// Buildkite's REST limit per user (the token's user; scope `rest_user`, same docs page),
+/// enforced by the simulators of benchkite's runs.
+pub const USER_LIMIT_PER_MIN: u64 = 50;
+/// What one token may send per minute: the lower of the two.
+pub const TOKEN_LIMIT_PER_MIN: f64 =
+    if USER_LIMIT_PER_MIN < ORG_LIMIT_PER_MIN { USER_LIMIT_PER_MIN as f64 } else { ORG_LIMIT_PER_MIN as f64 };
+/// The baseline's simulator allows this many requests per minute in both scopes: it counts
+/// what the launcher needs (it has no budget: under the real limits it would only collect
+/// 429s and lose submissions).
+pub const UNCONSTRAINED_PER_MIN: u64 = 10_000_000;
+/// The deadline burst whose cost the scenario reports (submissions at once).
+pub const DEADLINE_BURST: usize = 500;
 /// The seeds' launcher polls each build this often.
 pub const BASELINE_POLL: Duration = Duration::from_secs(10);
 
@@ -36,6 +52,27 @@ impl Params {
     pub fn ideal_secs(&self) -> f64 {
         let d = self.duration_ms as f64 / 1e3;
         (self.jobs as f64 * d / f64::from(self.agents.max(1))).max(d)
+    }
+
+    /// `spec.timeoutSeconds` of the scenario's KernelJobs: twice the ideal under the limit
+    /// plus ten minutes, so that no job times out in the backlog and every one is measured
+    /// (the default deadline of a test job, 13 minutes, is shorter than the time one token
+    /// takes to create 1,000 builds; what fits it is reported apart).
+    pub fn job_timeout_secs(&self) -> i64 {
+        let secs = (self.ideal_under_limit_secs(TOKEN_LIMIT_PER_MIN) * 2.0 + 600.0).ceil();
+        // The CRD accepts up to a week.
+        if secs.is_finite() { (secs as i64).clamp(1, 604_800) } else { 604_800 }
+    }
+
+    /// The ideal once the REST limit counts too: one create per job, at most `per_min` per
+    /// 60 s window (the first window opens with the burst), so the last build is created
+    /// `floor((jobs − 1) ÷ per_min)` windows in and runs one duration; never below
+    /// [`Params::ideal_secs`]. A model: it ignores every request but the creates, and a
+    /// controller's first window may open (with its set-up requests) before the burst.
+    pub fn ideal_under_limit_secs(&self, per_min: f64) -> f64 {
+        let d = self.duration_ms as f64 / 1e3;
+        let windows = if per_min >= 1.0 { ((self.jobs.max(1) - 1) as f64 / per_min.floor()).floor() } else { 0.0 };
+        (windows * 60.0 + d).max(self.ideal_secs())
     }
 }
 
@@ -66,8 +103,25 @@ fn sim_config(p: &Params, limit: RateLimitConfig, webhook: Option<String>) -> Si
     cfg
 }
 
-fn buildkite_limit() -> RateLimitConfig {
-    RateLimitConfig { org_limit: BUILDKITE_LIMIT_PER_MIN as u64, user_limit: 0, window_secs: 60.0 }
+/// Buildkite's limits, both scopes on (the simulator's defaults, spelled out).
+pub fn buildkite_limits() -> RateLimitConfig {
+    RateLimitConfig { org_limit: ORG_LIMIT_PER_MIN, user_limit: USER_LIMIT_PER_MIN, window_secs: 60.0 }
+}
+
+/// The baseline's limits: explicitly unconstrained in both scopes (counted, never refused).
+pub fn unconstrained_limits() -> RateLimitConfig {
+    RateLimitConfig { org_limit: UNCONSTRAINED_PER_MIN, user_limit: UNCONSTRAINED_PER_MIN, window_secs: 60.0 }
+}
+
+/// The limits a simulator enforced, for the report.
+fn limits_json(l: &RateLimitConfig, what: &str) -> Value {
+    json!({"org_per_min": l.org_limit, "user_per_min": l.user_limit, "window_secs": l.window_secs, "what": what})
+}
+
+/// Requests to set things up rather than to run jobs: the token's scopes, clusters,
+/// pipelines and organization settings (everything but builds and their artifacts).
+fn is_setup(endpoint: &str) -> bool {
+    !endpoint.contains("/builds")
 }
 
 /// Requests by endpoint, 429s, totals of one simulator.
@@ -82,9 +136,12 @@ fn request_report(sim: &SimHandle, jobs: usize) -> Value {
             (k.clone(), json!({"total": v.total, "per_job": v.total as f64 / jobs as f64, "by_status": v.by_status}))
         })
         .collect();
+    let setup: u64 =
+        counters.endpoints.iter().filter(|(k, _)| k.contains(" /v2") && is_setup(k)).map(|(_, v)| v.total).sum();
     json!({
         "requests": rate.counted,
         "requests_per_job": rate.counted as f64 / jobs as f64,
+        "setup_requests": setup,
         "http_429": rate.rejected,
         "after_429_before_reset": rate.after_429_before_reset,
         "by_endpoint": by_endpoint,
@@ -92,13 +149,15 @@ fn request_report(sim: &SimHandle, jobs: usize) -> Value {
     })
 }
 
-/// One controller run: its own namespace, simulator (200/minute) and controller process.
+/// One controller run: its own namespace, simulator (Buildkite's limits, both scopes) and
+/// controller process (its default budget; the server's `RateLimit-User-Limit` tightens it).
 pub async fn controller_run(client: &Client, p: Params, webhooks: bool, tag: &str) -> Result<Value> {
     let ns = rig::namespace(client, tag).await?;
     let port = rig::free_port()?;
     let http = format!("127.0.0.1:{port}");
     let webhook_url = webhooks.then(|| format!("http://{http}/webhooks/buildkite"));
-    let sim = Simulator::start(sim_config(&p, buildkite_limit(), webhook_url)).await?;
+    let limits = buildkite_limits();
+    let sim = Simulator::start(sim_config(&p, limits.clone(), webhook_url)).await?;
     let args = rig::controller_args("kerneljob", ns.name(), &sim, &[]);
     let token = sim.api_token();
     let mut envs = vec![("BUILDKITE_API_TOKEN", token.as_str())];
@@ -109,10 +168,19 @@ pub async fn controller_run(client: &Client, p: Params, webhooks: bool, tag: &st
     let api: Api<KernelJob> = ns.api();
     let (watch, watch_task) = FinishWatch::start(api.clone());
     let t0 = rig::now_ms();
-    rig::create_jobs(&api, "kj", 0..p.jobs, QUEUE, 0, 16).await?;
+    let deadline = p.job_timeout_secs();
+    rig::create_jobs_with(&api, "kj", 0..p.jobs, 16, |name| {
+        let mut j = rig::kernel_job(name, QUEUE, 0)?;
+        j.spec.timeout_seconds = Some(deadline);
+        Ok(j)
+    })
+    .await?;
     let created_ms = rig::now_ms() - t0;
-    let timeout = Duration::from_secs_f64(p.ideal_secs() * 4.0 + 180.0);
-    let done = watch.wait(p.jobs, timeout).await;
+    let timeout = Duration::from_secs_f64(p.ideal_under_limit_secs(TOKEN_LIMIT_PER_MIN) * 2.0 + 180.0);
+    // A run in which no job finishes for five windows has stopped (a job takes one
+    // duration once its build exists, and builds are created every window).
+    let stall = Duration::from_secs(300) + Duration::from_millis(p.duration_ms) * 2;
+    let done = watch.wait_progressing(p.jobs, timeout, stall).await;
     let seen = watch.snapshot();
     watch_task.abort();
     let end = seen.values().map(|(t, _)| *t).fold(t0, f64::max);
@@ -121,12 +189,26 @@ pub async fn controller_run(client: &Client, p: Params, webhooks: bool, tag: &st
     let controller_usage = crate::stats::proc_usage(ctl.op.pid()).ok();
     let controller_timings = ctl.timings().await;
     if done < p.jobs {
-        eprintln!("warning: {tag}: only {done}/{} jobs finished within {timeout:?}", p.jobs);
+        eprintln!(
+            "warning: {tag}: only {done}/{} jobs finished (gave up after {timeout:?}, or {stall:?} without one finishing)",
+            p.jobs
+        );
     }
     let wall = (end - t0) / 1e3;
     let creates = sim.counters().endpoint(CREATE).status(201);
+    // When each build was created (simulator clock, same process), read after the request
+    // counts were taken and through /_sim, which counts nothing.
+    let pipeline = rig::managed_pipeline(ns.name(), QUEUE);
+    let mut created_at: Vec<f64> =
+        rig::sim_builds(&sim, &pipeline, creates).await?.iter().filter_map(|b| rig::ts_ms(&b["created_at"])).collect();
+    created_at.sort_by(f64::total_cmp);
+    let mut finished_at: Vec<f64> = seen.values().map(|(t, _)| *t).collect();
+    finished_at.sort_by(f64::total_cmp);
+    let per_min = builds_per_minute(&created_at, t0);
     if let Some(o) = report.as_object_mut() {
         o.insert("mode".into(), json!(if webhooks { "webhooks" } else { "polling only" }));
+        o.insert("limits".into(), limits_json(&limits, "Buildkite's defaults: 200/org and 50/user per 60 s"));
+        o.insert("pipeline".into(), json!(pipeline));
         o.insert("jobs".into(), json!(p.jobs));
         o.insert("finished".into(), json!(done));
         o.insert("succeeded".into(), json!(succeeded));
@@ -134,6 +216,8 @@ pub async fn controller_run(client: &Client, p: Params, webhooks: bool, tag: &st
         o.insert("wall_secs".into(), json!(wall));
         o.insert("ideal_secs".into(), json!(p.ideal_secs()));
         o.insert("wall_over_ideal".into(), json!(wall / p.ideal_secs()));
+        o.insert("ideal_under_limit_secs".into(), json!(p.ideal_under_limit_secs(TOKEN_LIMIT_PER_MIN)));
+        o.insert("wall_over_ideal_under_limit".into(), json!(wall / p.ideal_under_limit_secs(TOKEN_LIMIT_PER_MIN)));
         o.insert("kj_create_secs".into(), json!(created_ms / 1e3));
         o.insert("controller_timings".into(), controller_timings);
         o.insert("wall_minutes".into(), json!(wall / 60.0));
@@ -143,6 +227,21 @@ pub async fn controller_run(client: &Client, p: Params, webhooks: bool, tag: &st
             json!(controller_usage.map(|u| u.peak_rss_bytes as f64 / 1048576.0)),
         );
     }
+    // Needs the counts above (wall minutes, requests by endpoint).
+    let model = builds_per_minute_model(&report, TOKEN_LIMIT_PER_MIN);
+    let burst = burst_cost(&created_at, &finished_at, t0, per_min.or(Some(model)), DEADLINE_BURST);
+    let default_deadline = benchkite::kerneljob::machine::timeout(&rig::kernel_job("x", QUEUE, 0)?.spec);
+    if let Some(o) = report.as_object_mut() {
+        o.insert("builds_per_minute".into(), json!(per_min));
+        o.insert("builds_per_minute_model".into(), json!(model));
+        o.insert("deadline_burst".into(), burst);
+        o.insert("kernel_job_timeout_secs".into(), json!(deadline));
+        o.insert("default_test_deadline_secs".into(), json!(default_deadline.as_secs()));
+        o.insert(
+            "burst_within_default_deadline".into(),
+            json!(burst_within(per_min.unwrap_or(model), default_deadline.as_secs_f64(), p.duration_ms as f64 / 1e3)),
+        );
+    }
     rig::delete_all_jobs(&api, Duration::from_secs(60)).await;
     drop(ctl);
     sim.shutdown().await;
@@ -150,19 +249,82 @@ pub async fn controller_run(client: &Client, p: Params, webhooks: bool, tag: &st
     Ok(report)
 }
 
+/// Which runs did not see all `jobs` through (`"succeeded"`, else `"finished"`, below it), as
+/// one message.
+pub fn incomplete(runs: &[(&str, &Value)], jobs: usize) -> Option<String> {
+    let short: Vec<String> = runs
+        .iter()
+        .filter_map(|(name, v)| {
+            let (key, done) = match v["succeeded"].as_u64() {
+                Some(n) => ("succeeded", n),
+                None => ("finished", v["finished"].as_u64().unwrap_or(0)),
+            };
+            (done < jobs as u64).then(|| format!("{name}: {done}/{jobs} jobs {key}"))
+        })
+        .collect();
+    (!short.is_empty()).then(|| format!("incomplete runs ({}); their figures are not comparable", short.join(", ")))
+}
+
+/// Builds created per minute of the burst: the creates in whole 60 s buckets counted from
+/// `t0` (the first KernelJob create) up to the last create, divided by those minutes (the
+/// last, partial minute left out). `None` when every build was created within a minute.
+pub fn builds_per_minute(created_ms: &[f64], t0: f64) -> Option<f64> {
+    let last = created_ms.iter().copied().fold(f64::NAN, f64::max);
+    let minutes = ((last - t0) / 60_000.0).floor();
+    if minutes.is_nan() || minutes < 1.0 {
+        return None;
+    }
+    let end = t0 + minutes * 60_000.0;
+    Some(created_ms.iter().filter(|t| **t < end).count() as f64 / minutes)
+}
+
+/// Most submissions at once whose builds one token creates (at `per_min` a minute) early
+/// enough to finish a `job_secs` run within a deadline of `deadline_secs` from submission;
+/// the rest time out waiting for the budget.
+pub fn burst_within(per_min: f64, deadline_secs: f64, job_secs: f64) -> f64 {
+    (per_min * ((deadline_secs - job_secs).max(0.0) / 60.0)).floor()
+}
+
+/// What a burst of `n` submissions at once costs: minutes from the burst until the n-th
+/// build was created and until the n-th job finished, measured when the run had `n` jobs,
+/// else (`"measured": false`) the build time modelled as `n ÷ builds per minute`.
+pub fn burst_cost(created_ms: &[f64], finished_ms: &[f64], t0: f64, per_min: Option<f64>, n: usize) -> Value {
+    let nth = |v: &[f64]| v.get(n.wrapping_sub(1)).map(|t| (t - t0) / 60_000.0);
+    match nth(created_ms) {
+        Some(built) => json!({
+            "submissions": n, "measured": true,
+            "minutes_to_last_build": built, "minutes_to_last_finished": nth(finished_ms),
+        }),
+        None => json!({
+            "submissions": n, "measured": false,
+            "minutes_to_last_build": per_min.map(|r| n as f64 / r), "minutes_to_last_finished": null,
+        }),
+    }
+}
+
+/// The pipeline the baseline creates for itself.
+const BASELINE_PIPELINE: &str = "seeds-launcher";
+
 pub const CREATE: &str = "POST /v2/organizations/{org}/pipelines/{pipeline}/builds";
 const GET_BUILD: &str = "GET /v2/organizations/{org}/pipelines/{pipeline}/builds/{number}";
 
 /// The seeds' launcher: every job posts its build, GETs it every 10 s until it is
 /// terminal, then lists its artifacts and downloads `result.json` (following the
 /// redirect to storage without the token). All jobs start at once, like N submissions.
-/// The simulator counts but does not limit (the launcher has no budget: under 200/min
-/// it would just see 429s), so the requests it needs are measured, not its failures.
+/// Its builds go to a pipeline that routes on real Buildkite (created first over REST:
+/// the queue named literally, no checkout); the launcher's own `KERNELBOT_QUEUE` build env
+/// would route nothing. Its simulator is explicitly unconstrained in both scopes (counted,
+/// never refused: the launcher has no budget and under the real limits would only collect
+/// 429s), so the requests it needs are measured, not its failures.
 pub async fn baseline_run(p: Params) -> Result<Value> {
-    let unlimited = RateLimitConfig { org_limit: 10_000_000, user_limit: 0, window_secs: 60.0 };
-    let sim = Simulator::start(sim_config(&p, unlimited, None)).await?;
+    let limits = unconstrained_limits();
+    let sim = Simulator::start(sim_config(&p, limits.clone(), None)).await?;
+    let pipeline = rig::create_routable_pipeline(&sim, BASELINE_PIPELINE, QUEUE).await?;
+    // The set-up is not the launcher's: count from here.
+    sim.reset_counters();
+    sim.reset_rate_limit();
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
-    let base = format!("{}/organizations/{}/pipelines/kernelbot", sim.api_url(), sim.organization());
+    let base = format!("{}/organizations/{}/pipelines/{pipeline}", sim.api_url(), sim.organization());
     let token = sim.api_token();
     let lifetime_ms = Arc::new(AtomicU64::new(0));
     let t0 = Instant::now();
@@ -173,7 +335,7 @@ pub async fn baseline_run(p: Params) -> Result<Value> {
             async move {
                 let body = json!({
                     "commit": "HEAD", "branch": "main", "message": format!("baseline {i}"),
-                    "env": {"KERNELBOT_QUEUE": QUEUE, "KERNELBOT_PAYLOAD": "eJyrrgUAAXUA+Q=="},
+                    "env": {"KERNELBOT_PAYLOAD": "eJyrrgUAAXUA+Q=="},
                 });
                 let created = Instant::now();
                 let build: Value = http
@@ -227,6 +389,11 @@ pub async fn baseline_run(p: Params) -> Result<Value> {
     let mut report = request_report(&sim, p.jobs);
     if let Some(o) = report.as_object_mut() {
         o.insert("mode".into(), json!("baseline: poll each build every 10 s, then artifact list + download"));
+        o.insert(
+            "limits".into(),
+            limits_json(&limits, "unconstrained: the simulator counts the launcher's requests and refuses none"),
+        );
+        o.insert("pipeline".into(), json!(pipeline));
         o.insert("jobs".into(), json!(p.jobs));
         o.insert("finished".into(), json!(p.jobs - failed.len()));
         o.insert("wall_secs".into(), json!(wall));
@@ -254,28 +421,42 @@ fn num(v: &Value, k: &str) -> f64 {
     v[k].as_f64().unwrap_or(f64::NAN)
 }
 
-/// Largest number of concurrent jobs of `job_secs` each that a client sustains under 200
-/// requests/minute, from measured rates.
+/// Largest number of concurrent jobs of `job_secs` each that a client sustains with one
+/// token (`per_min` requests per minute: Buildkite's user limit, 50), from measured rates.
 ///
-/// Controller: per job it spends `f` requests (everything but the shared poll list), plus
-/// `L` list requests per minute whatever the load: C = (200 − L) ÷ f × job minutes.
-/// Baseline: every build in flight costs `p` polls per minute plus `f_b` fixed requests
-/// (create, artifact list, download) per job: C = 200 ÷ (p + f_b ÷ job minutes).
-pub fn sustainable(controller: &Value, baseline: &Value, job_secs: f64) -> (f64, f64) {
+/// Controller: per job it spends `f` requests (everything but its poll lists and one-time
+/// set-up), plus `L` list requests per minute whatever the load: C = (limit − L) ÷ f × job
+/// minutes. Baseline: every build in flight costs `p` polls per minute plus `f_b` fixed
+/// requests (create, artifact list, download) per job: C = limit ÷ (p + f_b ÷ job minutes).
+pub fn sustainable(controller: &Value, baseline: &Value, job_secs: f64, per_min: f64) -> (f64, f64) {
     let minutes = job_secs / 60.0;
+    let (per_job, list_rate) = steady_costs(controller);
+    let c_controller = (per_min - list_rate).max(0.0) / per_job.max(1e-9) * minutes;
+    let p = num(baseline, "build_polls_per_build_minute");
+    let f_b = num(baseline, "fixed_requests_per_job");
+    let c_baseline = per_min / (p + f_b / minutes);
+    (c_controller, c_baseline)
+}
+
+/// A controller run's steady costs from its measured requests: requests per job other than
+/// poll lists and one-time set-up, and poll lists per minute of the run.
+fn steady_costs(controller: &Value) -> (f64, f64) {
     let jobs = num(controller, "jobs");
     let list_key = |k: &str| k.starts_with("GET ") && k.ends_with("/builds");
     let lists: f64 = controller["by_endpoint"]
         .as_object()
         .map(|m| m.iter().filter(|(k, _)| list_key(k)).map(|(_, v)| num(v, "total")).sum())
         .unwrap_or(0.0);
-    let per_job = (num(controller, "requests") - lists) / jobs;
-    let list_rate = lists / num(controller, "wall_minutes").max(1e-9);
-    let c_controller = (BUILDKITE_LIMIT_PER_MIN - list_rate).max(0.0) / per_job.max(1e-9) * minutes;
-    let p = num(baseline, "build_polls_per_build_minute");
-    let f_b = num(baseline, "fixed_requests_per_job");
-    let c_baseline = BUILDKITE_LIMIT_PER_MIN / (p + f_b / minutes);
-    (c_controller, c_baseline)
+    let setup = controller["setup_requests"].as_f64().unwrap_or(0.0);
+    let per_job = (num(controller, "requests") - lists - setup) / jobs;
+    (per_job, lists / num(controller, "wall_minutes").max(1e-9))
+}
+
+/// Builds one token can create per minute by the model: what the limit leaves after the
+/// poll lists, divided by the requests each job needs.
+pub fn builds_per_minute_model(controller: &Value, per_min: f64) -> f64 {
+    let (per_job, list_rate) = steady_costs(controller);
+    (per_min - list_rate).max(0.0) / per_job.max(1e-9)
 }
 
 /// Requests per job of the baseline for jobs of `job_secs` that never queue: the fixed
@@ -300,11 +481,111 @@ mod tests {
         });
         // 6 polls per build-minute, 3 fixed requests per job.
         let baseline = json!({"build_polls_per_build_minute": 6.0, "fixed_requests_per_job": 3.0});
-        let (c, b) = sustainable(&controller, &baseline, 60.0);
+        let (c, b) = sustainable(&controller, &baseline, 60.0, 200.0);
         assert!((c - 195.0).abs() < 1e-9, "{c}");
         assert!((b - 200.0 / 9.0).abs() < 1e-9, "{b}");
+        // One token: 50/min, and set-up requests are not per job.
+        let mut with_setup = controller.clone();
+        with_setup["requests"] = json!(1054);
+        with_setup["setup_requests"] = json!(4);
+        let (c, b) = sustainable(&with_setup, &baseline, 60.0, 50.0);
+        assert!((c - 45.0).abs() < 1e-9, "{c}");
+        assert!((b - 50.0 / 9.0).abs() < 1e-9, "{b}");
+        // 50/min less 5 lists/min, one request per job: 45 builds a minute.
+        assert!((builds_per_minute_model(&with_setup, 50.0) - 45.0).abs() < 1e-9);
         assert!((baseline_requests_per_job(&baseline, 60.0) - 10.0).abs() < 1e-9);
         assert!((baseline_requests_per_job(&baseline, 30.0) - 7.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_limits_are_buildkites_and_the_simulators_defaults() {
+        let d = RateLimitConfig::default();
+        let b = buildkite_limits();
+        assert_eq!((b.org_limit, b.user_limit, b.window_secs), (200, 50, 60.0));
+        assert_eq!((d.org_limit, d.user_limit, d.window_secs), (b.org_limit, b.user_limit, b.window_secs));
+        assert!((TOKEN_LIMIT_PER_MIN - 50.0).abs() < 1e-9);
+        let u = unconstrained_limits();
+        assert!(u.user_limit > 0 && u.org_limit > 0, "unconstrained means a limit out of reach, never 0 (off)");
+    }
+
+    #[test]
+    fn setup_requests_are_everything_but_builds() {
+        assert!(is_setup("GET /v2/access-token"));
+        assert!(is_setup("POST /v2/organizations/{org}/pipelines"));
+        assert!(is_setup("GET /v2/organizations/{org}/clusters"));
+        assert!(!is_setup(CREATE));
+        assert!(!is_setup("GET /v2/organizations/{org}/pipelines/{pipeline}/builds"));
+        assert!(!is_setup("GET /v2/organizations/{org}/pipelines/{pipeline}/builds/{number}/artifacts"));
+    }
+
+    #[test]
+    fn a_run_that_did_not_finish_its_jobs_is_reported() {
+        let all = json!({"finished": 60});
+        let none = json!({"finished": 0});
+        assert_eq!(incomplete(&[("webhooks", &all), ("baseline", &all)], 60), None);
+        let msg = incomplete(&[("webhooks", &all), ("polling only", &none)], 60).unwrap_or_default();
+        assert!(msg.contains("polling only: 0/60 jobs finished"), "{msg}");
+        assert!(!msg.contains("webhooks"), "{msg}");
+        // Jobs that finished by timing out do not count.
+        let timed_out = json!({"finished": 60, "succeeded": 40});
+        let msg = incomplete(&[("webhooks", &timed_out)], 60).unwrap_or_default();
+        assert!(msg.contains("webhooks: 40/60 jobs succeeded"), "{msg}");
+    }
+
+    #[test]
+    fn builds_per_minute_counts_whole_minutes_of_the_burst() {
+        // 50 at once, 50 a minute later, 10 in the third minute: two whole minutes.
+        let t0 = 1_000.0;
+        let mut created: Vec<f64> = (0..50).map(|i| t0 + 100.0 + f64::from(i)).collect();
+        created.extend((0..50).map(|i| t0 + 61_000.0 + f64::from(i)));
+        created.extend((0..10).map(|i| t0 + 122_000.0 + f64::from(i)));
+        assert_eq!(builds_per_minute(&created, t0), Some(50.0));
+        // Within one minute: no whole minute to measure.
+        assert_eq!(builds_per_minute(&created[..50], t0), None);
+        assert_eq!(builds_per_minute(&[], t0), None);
+    }
+
+    #[test]
+    fn a_burst_is_measured_when_the_run_had_enough_jobs_else_modelled() {
+        let t0 = 0.0;
+        let created: Vec<f64> = (0..600).map(|i| f64::from(i) * 1_200.0).collect();
+        let finished: Vec<f64> = created.iter().map(|t| t + 30_000.0).collect();
+        let m = burst_cost(&created, &finished, t0, Some(50.0), 500);
+        assert_eq!(m["measured"], json!(true));
+        assert!((m["minutes_to_last_build"].as_f64().unwrap_or(0.0) - 9.98).abs() < 1e-9, "{m}");
+        assert!((m["minutes_to_last_finished"].as_f64().unwrap_or(0.0) - 10.48).abs() < 1e-9, "{m}");
+        let small = burst_cost(&created[..60], &finished[..60], t0, Some(50.0), 500);
+        assert_eq!(small["measured"], json!(false));
+        assert_eq!(small["minutes_to_last_build"], json!(10.0));
+        assert!(small["minutes_to_last_finished"].is_null());
+    }
+
+    #[test]
+    fn the_burst_within_a_deadline_leaves_time_for_the_last_run() {
+        // 50 a minute, 13 minutes, 30 s runs: 12.5 minutes of creates.
+        assert!((burst_within(50.0, 780.0, 30.0) - 625.0).abs() < 1e-9);
+        assert!((burst_within(50.0, 20.0, 30.0)).abs() < 1e-9, "no time at all");
+    }
+
+    #[test]
+    fn the_scenarios_jobs_outlive_the_backlog() {
+        let p = Params { jobs: 1000, duration_ms: 30_000, agents: 64 };
+        // 1,170 s to create and run them all at 50/min: the deadline is well past it.
+        assert_eq!(p.job_timeout_secs(), 2 * 1170 + 600);
+        let huge = Params { jobs: 10_000_000, duration_ms: 30_000, agents: 64 };
+        assert_eq!(huge.job_timeout_secs(), 604_800, "the CRD's largest");
+    }
+
+    #[test]
+    fn the_ideal_under_the_limit_waits_for_windows() {
+        let p = Params { jobs: 1000, duration_ms: 30_000, agents: 64 };
+        // 999 ÷ 50 = 19 more windows after the first, then one job.
+        assert!((p.ideal_under_limit_secs(50.0) - (19.0 * 60.0 + 30.0)).abs() < 1e-9);
+        // Fewer jobs than the limit: the agents' ideal.
+        let q = Params { jobs: 40, duration_ms: 5_000, agents: 64 };
+        assert!((q.ideal_under_limit_secs(50.0) - 5.0).abs() < 1e-9);
+        // A limit that never binds leaves the agents' ideal.
+        assert!((p.ideal_under_limit_secs(1e9) - p.ideal_secs()).abs() < 1e-9);
     }
 
     #[test]

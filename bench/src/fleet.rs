@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use benchkite::api::{GpuNode, KernelJob};
 use buildkite_sim::Simulator;
-use buildkite_sim::config::{AgentPoolConfig, ExecutorConfig, RateLimitConfig, ScriptedConfig};
+use buildkite_sim::config::{AgentPoolConfig, ExecutorConfig, ScriptedConfig};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
@@ -283,7 +283,9 @@ pub struct Params {
 /// Longest wait for the footprint's KernelJobs to finish once all are created.
 const FOOTPRINT_FINISH_SECS: u64 = 300;
 
-/// The simulator the footprint's KernelJobs run on: never limits, 512 agents, 500 ms builds.
+/// The simulator the footprint's KernelJobs run on: 512 agents, 500 ms builds, and
+/// explicitly unconstrained limits in both scopes (organization and user, never off): the
+/// footprint measures the controller's memory and CPU, not Buildkite's budget.
 async fn footprint_simulator(queue: &str) -> Result<buildkite_sim::SimHandle> {
     let mut cfg = buildkite_sim::SimConfig {
         executor: ExecutorConfig::Scripted(ScriptedConfig {
@@ -291,7 +293,7 @@ async fn footprint_simulator(queue: &str) -> Result<buildkite_sim::SimHandle> {
             meta_data: [(benchkite::contract::META_DATA_KEY.to_string(), RESULT_SUMMARY.to_string())].into(),
             ..Default::default()
         }),
-        rate_limit: RateLimitConfig { org_limit: 100_000_000, user_limit: 0, window_secs: 60.0 },
+        rate_limit: crate::latency::unconstrained(),
         ..Default::default()
     };
     cfg.clusters[0].queues.push(queue.into());
@@ -490,5 +492,9 @@ async fn footprint_jobs(
         "cpu_secs": last.cpu.as_secs_f64(),
         "phases": phases,
         "controller_timings": controller_timings,
+        "limits": {
+            "org_per_min": crate::latency::UNCONSTRAINED_LIMIT, "user_per_min": crate::latency::UNCONSTRAINED_LIMIT,
+            "what": "unconstrained: this scenario measures the controller's footprint, not Buildkite",
+        },
     }))
 }

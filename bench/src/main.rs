@@ -13,6 +13,7 @@
 mod efficiency;
 mod fleet;
 mod latency;
+mod manifests;
 mod report;
 mod rig;
 mod stats;
@@ -196,7 +197,10 @@ async fn run(args: &Args) -> Result<Value> {
         if earlier["mode"] != results["mode"] {
             anyhow::bail!("{} holds a {} run; this one is {}", path.display(), earlier["mode"], results["mode"]);
         }
-        let rerun = json!({"date": results["date"], "only": args.only});
+        let rerun = json!({
+            "date": results["date"], "only": args.only,
+            "controller_binary": results["controller_binary"], "git": results["machine"]["git"],
+        });
         results = earlier;
         let reruns = results["reruns"].as_array().cloned().unwrap_or_default();
         results["reruns"] = json!(reruns.into_iter().chain(std::iter::once(rerun)).collect::<Vec<_>>());
@@ -215,37 +219,52 @@ async fn run(args: &Args) -> Result<Value> {
             duration_ms: args.pick(args.job_ms, 30_000, 5_000),
             agents: args.agents,
         };
-        eprintln!("bench: 1. efficiency: {p:?} (webhooks, polling only and the baseline at once, one simulator each)");
-        let outcome = async {
-        let (w, pl, b) = tokio::join!(
-            efficiency::controller_run(&client, p, true, "eff-webhooks"),
-            efficiency::controller_run(&client, p, false, "eff-polling"),
-            efficiency::baseline_run(p),
+        eprintln!(
+            "bench: 1. efficiency: {p:?} (webhooks, polling only and the baseline at once, one simulator each; \
+             benchkite's under Buildkite's limits, {}/org and {}/user per minute; the baseline's unconstrained, counting)",
+            efficiency::ORG_LIMIT_PER_MIN,
+            efficiency::USER_LIMIT_PER_MIN
         );
-        let (w, pl, b) = (w?, pl?, b?);
-        let secs = p.duration_ms as f64 / 1e3;
-        let (cw, cb) = efficiency::sustainable(&w, &b, secs);
-        let (cp, _) = efficiency::sustainable(&pl, &b, secs);
-        let (cw60, cb60) = efficiency::sustainable(&w, &b, 60.0);
-        let (cp60, _) = efficiency::sustainable(&pl, &b, 60.0);
-        let b60 = efficiency::baseline_requests_per_job(&b, 60.0);
-        let per_job = |v: &Value| v["requests_per_job"].as_f64().unwrap_or(f64::NAN);
-        Ok(vec![(
-            "efficiency".to_string(),
-            json!({
-                "jobs": p.jobs, "job_secs": secs, "agents": p.agents, "limit_per_min": efficiency::BUILDKITE_LIMIT_PER_MIN,
-                "webhooks": w, "polling": pl, "baseline": b,
-                "ratio_baseline_over_webhooks": per_job(&b) / per_job(&w),
-                "ratio_baseline_over_polling": per_job(&b) / per_job(&pl),
-                "sustainable": {
-                    "job_secs": secs, "webhooks": cw, "polling": cp, "baseline": cb,
-                    "60s": {"webhooks": cw60, "polling": cp60, "baseline": cb60},
-                },
-                "baseline_requests_per_60s_job": b60,
-                "ratio_60s_baseline_over_webhooks": b60 / per_job(&w),
-                "ratio_60s_baseline_over_polling": b60 / per_job(&pl),
-            }),
-        )])
+        let outcome = async {
+            let (w, pl, b) = tokio::join!(
+                efficiency::controller_run(&client, p, true, "eff-webhooks"),
+                efficiency::controller_run(&client, p, false, "eff-polling"),
+                efficiency::baseline_run(p),
+            );
+            let (w, pl, b) = (w?, pl?, b?);
+            let secs = p.duration_ms as f64 / 1e3;
+            let limit = efficiency::TOKEN_LIMIT_PER_MIN;
+            let (cw, cb) = efficiency::sustainable(&w, &b, secs, limit);
+            let (cp, _) = efficiency::sustainable(&pl, &b, secs, limit);
+            let (cw60, cb60) = efficiency::sustainable(&w, &b, 60.0, limit);
+            let (cp60, _) = efficiency::sustainable(&pl, &b, 60.0, limit);
+            let b60 = efficiency::baseline_requests_per_job(&b, 60.0);
+            let per_job = |v: &Value| v["requests_per_job"].as_f64().unwrap_or(f64::NAN);
+            // A run whose jobs did not all finish measured nothing it claims: the tables are
+            // kept, and the scenario counts as failed.
+            let incomplete =
+                efficiency::incomplete(&[("webhooks", &w), ("polling only", &pl), ("baseline", &b)], p.jobs);
+            let mut parts = incomplete.map(|e| vec![("efficiency_error".to_string(), json!(e))]).unwrap_or_default();
+            parts.push((
+                "efficiency".to_string(),
+                json!({
+                    "jobs": p.jobs, "job_secs": secs, "agents": p.agents,
+                    "org_limit_per_min": efficiency::ORG_LIMIT_PER_MIN,
+                    "user_limit_per_min": efficiency::USER_LIMIT_PER_MIN,
+                    "limit_per_min": limit,
+                    "webhooks": w, "polling": pl, "baseline": b,
+                    "ratio_baseline_over_webhooks": per_job(&b) / per_job(&w),
+                    "ratio_baseline_over_polling": per_job(&b) / per_job(&pl),
+                    "sustainable": {
+                        "job_secs": secs, "webhooks": cw, "polling": cp, "baseline": cb,
+                        "60s": {"webhooks": cw60, "polling": cp60, "baseline": cb60},
+                    },
+                    "baseline_requests_per_60s_job": b60,
+                    "ratio_60s_baseline_over_webhooks": b60 / per_job(&w),
+                    "ratio_60s_baseline_over_polling": b60 / per_job(&pl),
+                }),
+            ));
+            Ok(parts)
         }
         .await;
         record(&mut results, args, "efficiency", outcome, t.elapsed().as_secs_f64());

@@ -62,9 +62,18 @@ pub fn markdown(r: &Value) -> String {
     );
     for rerun in r["reruns"].as_array().into_iter().flatten() {
         let only: Vec<&str> = rerun["only"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        // Earlier re-runs recorded no binary: they used the report's.
+        let build = match (rerun["controller_binary"].as_str(), rerun["git"].as_str()) {
+            (Some(bin), git) => format!(
+                "commit {}, controller `{bin}`{}",
+                git.unwrap_or("?"),
+                if bin.contains("/debug/") { ", a debug build" } else { "" }
+            ),
+            (None, _) => "same build".to_string(),
+        };
         let _ = writeln!(
             s,
-            "Re-run on its own at {} (same machine and build, merged into this report): {}.\n",
+            "Re-run on its own at {} (same machine, {build}; merged into this report): {}.\n",
             rerun["date"].as_str().unwrap_or("?"),
             if only.is_empty() { "all scenarios".to_string() } else { only.join(", ") }
         );
@@ -82,19 +91,35 @@ pub fn markdown(r: &Value) -> String {
     let e = &sc["efficiency"];
     if e.is_object() {
         let (w, p, b) = (&e["webhooks"], &e["polling"], &e["baseline"]);
+        let limit = f(&e["limit_per_min"], 0);
         let _ = writeln!(
             s,
-            "#### 1. Buildkite efficiency: {} KernelJobs × {} s through {} simulated agents, Buildkite limit {}/min\n",
+            "#### 1. Buildkite efficiency: {} KernelJobs × {} s through {} simulated agents, Buildkite's limits {}/org and {}/user per minute (one token: {}/min)\n",
             e["jobs"],
             f(&e["job_secs"], 0),
             e["agents"],
-            f(&e["limit_per_min"], 0)
+            f(&e["org_limit_per_min"], 0),
+            f(&e["user_limit_per_min"], 0),
+            limit
         );
-        let _ = writeln!(s, "| | benchkite, webhooks | benchkite, polling only | seeds' launcher (baseline) |");
+        let _ = writeln!(
+            s,
+            "| | benchkite, webhooks | benchkite, polling only | seeds' launcher (baseline, unconstrained) |"
+        );
         let _ = writeln!(s, "|---|---:|---:|---:|");
         let row = |s: &mut String, name: &str, key: &str, d: usize| {
             let _ = writeln!(s, "| {name} | {} | {} | {} |", f(&w[key], d), f(&p[key], d), f(&b[key], d));
         };
+        let _ = writeln!(
+            s,
+            "| simulator limits (org / user per min) | {} / {} | {} / {} | {} / {} (counts, refuses nothing) |",
+            w["limits"]["org_per_min"],
+            w["limits"]["user_per_min"],
+            p["limits"]["org_per_min"],
+            p["limits"]["user_per_min"],
+            b["limits"]["org_per_min"],
+            b["limits"]["user_per_min"]
+        );
         row(&mut s, "REST requests per job", "requests_per_job", 3);
         let _ = writeln!(
             s,
@@ -103,11 +128,58 @@ pub fn markdown(r: &Value) -> String {
             f(&e["ratio_baseline_over_polling"], 1)
         );
         row(&mut s, "REST requests", "requests", 0);
+        row(&mut s, "of which set-up (scopes, cluster, pipeline)", "setup_requests", 0);
         row(&mut s, "answered 429", "http_429", 0);
         row(&mut s, "jobs finished", "finished", 0);
         row(&mut s, "wall time (s)", "wall_secs", 1);
         row(&mut s, "ideal: jobs × duration ÷ agents (s)", "ideal_secs", 1);
         row(&mut s, "wall ÷ ideal", "wall_over_ideal", 2);
+        let _ = writeln!(
+            s,
+            "| ideal under {limit}/min: one create per job, {limit} per window (s) | {} | {} | – |",
+            f(&w["ideal_under_limit_secs"], 1),
+            f(&p["ideal_under_limit_secs"], 1)
+        );
+        let _ = writeln!(
+            s,
+            "| wall ÷ ideal under {limit}/min | {} | {} | – |",
+            f(&w["wall_over_ideal_under_limit"], 2),
+            f(&p["wall_over_ideal_under_limit"], 2)
+        );
+        let per_min = |v: &Value| match v["builds_per_minute"].as_f64() {
+            Some(_) => f(&v["builds_per_minute"], 1),
+            None => format!("{} (model)", f(&v["builds_per_minute_model"], 1)),
+        };
+        let _ = writeln!(
+            s,
+            "| builds created per minute, one token (measured over whole minutes) | {} | {} | – |",
+            per_min(w),
+            per_min(p)
+        );
+        let burst = |v: &Value, k: &str| {
+            let x = f(&v["deadline_burst"][k], 1);
+            if v["deadline_burst"]["measured"] == Value::Bool(false) && x != "–" { format!("{x} (model)") } else { x }
+        };
+        let n = w["deadline_burst"]["submissions"].as_u64().unwrap_or(500);
+        let _ = writeln!(
+            s,
+            "| {n} submissions at once: minutes until the last build exists | {} | {} | – |",
+            burst(w, "minutes_to_last_build"),
+            burst(p, "minutes_to_last_build")
+        );
+        let _ = writeln!(
+            s,
+            "| {n} submissions at once: minutes until the last finished | {} | {} | – |",
+            burst(w, "minutes_to_last_finished"),
+            burst(p, "minutes_to_last_finished")
+        );
+        let _ = writeln!(
+            s,
+            "| submissions at once one token starts within the default test deadline ({} s; model) | {} | {} | – |",
+            f(&w["default_test_deadline_secs"], 0),
+            f(&w["burst_within_default_deadline"], 0),
+            f(&p["burst_within_default_deadline"], 0)
+        );
         let mut endpoints: Vec<String> = Vec::new();
         for v in [w, p, b] {
             if let Some(o) = v["by_endpoint"].as_object() {
@@ -133,7 +205,7 @@ pub fn markdown(r: &Value) -> String {
         let sus = &e["sustainable"];
         let _ = writeln!(
             s,
-            "| max concurrent {} s jobs under 200/min (from measured rates) | {} | {} | {} |",
+            "| max concurrent {} s jobs under {limit}/min, one token (from measured rates) | {} | {} | {} |",
             f(&e["job_secs"], 0),
             f(&sus["webhooks"], 0),
             f(&sus["polling"], 0),
@@ -141,7 +213,7 @@ pub fn markdown(r: &Value) -> String {
         );
         let _ = writeln!(
             s,
-            "| max concurrent 60 s jobs under 200/min (model) | {} | {} | {} |",
+            "| max concurrent 60 s jobs under {limit}/min, one token (model) | {} | {} | {} |",
             f(&sus["60s"]["webhooks"], 0),
             f(&sus["60s"]["polling"], 0),
             f(&sus["60s"]["baseline"], 0)
@@ -155,12 +227,24 @@ pub fn markdown(r: &Value) -> String {
         );
         let _ = writeln!(
             s,
-            "\nAll three ran at once, each against its own simulator. benchkite's simulators enforce 200/min \
-             (controller budget: its default 180/min); the baseline's counts without limiting (it has no budget and \
-             would only collect 429s), so its column is what it needs. The baseline polls every build from its \
-             creation, queued ones too, as N independent submissions do. Max concurrency: benchkite \
-             (200 − poll lists/min) ÷ (other requests per job) × job minutes; baseline 200 ÷ (polls per build-minute \
-             + fixed requests per job ÷ job minutes).\n"
+            "\nAll three ran at once, each against its own simulator and token. benchkite's simulators enforce Buildkite's \
+             defaults, {}/min per organization and {}/min per user (scope `rest_user`), so one token gets {limit}/min; the \
+             controller runs with its default budget (180/min), which the server's `RateLimit-User-Limit` tightens. \
+             benchkite's requests include its set-up (token scopes, cluster, creating its pipeline). The baseline's \
+             simulator is explicitly unconstrained (both scopes {}/min: it counts without refusing; the launcher has no \
+             budget and would only collect 429s), so its column is what it needs; its builds go to a pipeline it creates \
+             first over REST whose step names the queue literally and skips the checkout (a `KERNELBOT_QUEUE` build env \
+             routes nothing on Buildkite). The baseline polls every build from its creation, queued ones too, as N \
+             independent submissions do. The KernelJobs set `timeoutSeconds` {} so that none times out in the backlog; \
+             with the default deadline of a test job, the submissions beyond the row \"within the default test deadline\" \
+             (builds per minute × (deadline − job duration)) would end TimedOut waiting for the budget. Builds per \
+             minute: builds created in the whole minutes of the burst. Max \
+             concurrency: benchkite ({limit} − poll lists/min) ÷ (other requests per job, set-up excluded) × job minutes; \
+             baseline {limit} ÷ (polls per build-minute + fixed requests per job ÷ job minutes).\n",
+            f(&e["org_limit_per_min"], 0),
+            f(&e["user_limit_per_min"], 0),
+            b["limits"]["user_per_min"],
+            f(&w["kernel_job_timeout_secs"], 0)
         );
         timings(&mut s, "webhooks run", &w["controller_timings"]);
         timings(&mut s, "polling-only run", &p["controller_timings"]);
@@ -218,7 +302,8 @@ pub fn markdown(r: &Value) -> String {
         }
         let _ = writeln!(
             s,
-            "\nRate limit out of the way: simulator and `--buildkite-requests-per-minute` both {}/min ({} requests, {} answered 429). \
+            "\nUnconstrained on purpose (this scenario measures the controller and the API server, not Buildkite): the \
+             simulator's organization and user limits and `--buildkite-requests-per-minute` are all {}/min ({} requests, {} answered 429). \
              {} agents, {} ms jobs. Create time is taken by the client just before the create is sent; build times come \
              from the simulator (same clock, ms); status time is when a watch saw the finished phase.\n",
             l["rate_limit_per_min"], l["requests"], l["http_429"], l["agents"], l["job_duration_ms"]
@@ -308,8 +393,13 @@ pub fn markdown(r: &Value) -> String {
         }
         let _ = writeln!(
             s,
-            "\n{} of {} KernelJobs Succeeded ({} finished within the {} s the run waits after creating them).\n",
-            fp["kernel_jobs_succeeded"], fp["kernel_jobs"], fp["kernel_jobs_finished"], fp["finish_wait_secs"]
+            "\n{} of {} KernelJobs Succeeded ({} finished within the {} s the run waits after creating them). \
+             Buildkite unconstrained on purpose (simulator organization and user limits {}/min): this measures the controller.\n",
+            fp["kernel_jobs_succeeded"],
+            fp["kernel_jobs"],
+            fp["kernel_jobs_finished"],
+            fp["finish_wait_secs"],
+            fp["limits"]["user_per_min"]
         );
         timings(&mut s, "footprint run", &fp["controller_timings"]);
         targets.push((
@@ -383,15 +473,60 @@ mod tests {
     }
 
     #[test]
+    fn efficiency_names_the_limits_and_marks_modelled_figures() {
+        let run = |per_min: Value, burst_measured: bool| {
+            json!({
+                "limits": {"org_per_min": 200, "user_per_min": 50}, "requests_per_job": 1.05, "requests": 1050,
+                "setup_requests": 4, "http_429": 0, "finished": 1000, "wall_secs": 1200.0, "ideal_secs": 468.75,
+                "wall_over_ideal": 2.56, "ideal_under_limit_secs": 1170.0, "wall_over_ideal_under_limit": 1.03,
+                "builds_per_minute": per_min, "builds_per_minute_model": 47.5,
+                "deadline_burst": {"submissions": 500, "measured": burst_measured,
+                                   "minutes_to_last_build": 10.2, "minutes_to_last_finished": null},
+            })
+        };
+        let r = json!({
+            "mode": "full", "date": "2026-01-01", "machine": {"cores": 2},
+            "scenarios": {"efficiency": {
+                "jobs": 1000, "job_secs": 30.0, "agents": 64,
+                "org_limit_per_min": 200, "user_limit_per_min": 50, "limit_per_min": 50.0,
+                "webhooks": run(json!(48.0), true),
+                "polling": run(Value::Null, false),
+                "baseline": {"limits": {"org_per_min": 10_000_000, "user_per_min": 10_000_000}, "requests_per_job": 28.0},
+            }},
+            "timings_secs": {"total": 1.0},
+        });
+        let md = markdown(&r);
+        assert!(md.contains("Buildkite's limits 200/org and 50/user per minute (one token: 50/min)"), "{md}");
+        assert!(md.contains("| simulator limits (org / user per min) | 200 / 50 | 200 / 50 | 10000000 / 10000000 (counts, refuses nothing) |"), "{md}");
+        assert!(
+            md.contains(
+                "| builds created per minute, one token (measured over whole minutes) | 48.0 | 47.5 (model) | – |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 500 submissions at once: minutes until the last build exists | 10.2 | 10.2 (model) | – |"),
+            "{md}"
+        );
+        assert!(md.contains("| of which set-up (scopes, cluster, pipeline) | 4 | 4 | – |"), "{md}");
+        assert!(md.contains("explicitly unconstrained"), "{md}");
+    }
+
+    #[test]
     fn merged_reruns_are_named_with_their_time() {
         let r = json!({
             "mode": "full", "date": "2026-01-01T10:00:00Z", "machine": {"cores": 2},
-            "reruns": [{"date": "2026-01-01T11:00:00Z", "only": ["efficiency"]}],
+            "reruns": [
+                {"date": "2026-01-01T11:00:00Z", "only": ["efficiency"]},
+                {"date": "2026-01-02T11:00:00Z", "only": ["efficiency"], "git": "abc1234",
+                 "controller_binary": "/w/target/debug/benchkite"},
+            ],
             "scenarios": {},
             "timings_secs": {"total": 1800.0, "rerun": 700.0},
         });
         let md = markdown(&r);
-        assert!(md.contains("Re-run on its own at 2026-01-01T11:00:00Z (same machine and build, merged into this report): efficiency."), "{md}");
+        assert!(md.contains("Re-run on its own at 2026-01-01T11:00:00Z (same machine, same build; merged into this report): efficiency."), "{md}");
+        assert!(md.contains("Re-run on its own at 2026-01-02T11:00:00Z (same machine, commit abc1234, controller `/w/target/debug/benchkite`, a debug build; merged into this report): efficiency."), "{md}");
         assert!(md.contains("this run took 1800 s in all, the re-run 700 s."), "{md}");
     }
 }

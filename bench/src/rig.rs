@@ -175,8 +175,18 @@ pub async fn create_jobs(
     source_bytes: usize,
     concurrency: usize,
 ) -> Result<HashMap<String, f64>> {
-    let jobs: Vec<KernelJob> =
-        range.map(|i| kernel_job(&format!("{prefix}-{i:05}"), queue, source_bytes)).collect::<Result<_>>()?;
+    create_jobs_with(api, prefix, range, concurrency, |name| kernel_job(name, queue, source_bytes)).await
+}
+
+/// Like [`create_jobs`], each KernelJob made by `make` from its name.
+pub async fn create_jobs_with(
+    api: &Api<KernelJob>,
+    prefix: &str,
+    range: std::ops::Range<usize>,
+    concurrency: usize,
+    make: impl Fn(&str) -> Result<KernelJob>,
+) -> Result<HashMap<String, f64>> {
+    let jobs: Vec<KernelJob> = range.map(|i| make(&format!("{prefix}-{i:05}"))).collect::<Result<_>>()?;
     futures::stream::iter(jobs)
         .map(|j| async move {
             let name = j.name_any();
@@ -237,11 +247,26 @@ impl FinishWatch {
 
     /// Waits until `n` jobs finished or `timeout` passed; returns how many finished.
     pub async fn wait(&self, n: usize, timeout: Duration) -> usize {
+        self.wait_progressing(n, timeout, timeout).await
+    }
+
+    /// Like [`FinishWatch::wait`], but also gives up once no job has finished for `stall`
+    /// (a run that stopped moving: waiting out the whole timeout measures nothing more).
+    pub async fn wait_progressing(&self, n: usize, timeout: Duration, stall: Duration) -> usize {
         let start = Instant::now();
-        while self.count() < n && start.elapsed() < timeout {
+        let (mut last_count, mut last_change) = (self.count(), Instant::now());
+        loop {
+            let c = self.count();
+            if c >= n || start.elapsed() >= timeout {
+                return c;
+            }
+            if c != last_count {
+                (last_count, last_change) = (c, Instant::now());
+            } else if last_change.elapsed() >= stall {
+                return c;
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        self.count()
     }
 }
 
@@ -308,25 +333,93 @@ pub async fn drop_namespace(ns: benchkite_e2e::TestNamespace) {
     }
 }
 
-/// Reads every build of the simulator's `kernelbot` pipeline via REST (pages of 100).
-pub async fn list_builds(sim: &buildkite_sim::SimHandle) -> Result<Vec<serde_json::Value>> {
+/// The pipeline benchkite creates and builds on for `queue` when the controller runs with
+/// `--instance instance` (the bench passes its namespace as the instance).
+pub fn managed_pipeline(instance: &str, queue: &str) -> String {
+    benchkite::buildkite::managed_slug(instance, queue)
+}
+
+/// Every build of `pipeline`, read through the simulator's `/_sim` view (never rate limited
+/// nor counted, and not refused as too deep like a REST listing of more than 1,000 builds).
+/// Build numbers are per pipeline and start at 1; a number that is missing is skipped.
+pub async fn sim_builds(sim: &buildkite_sim::SimHandle, pipeline: &str, count: u64) -> Result<Vec<Value>> {
     let http = reqwest::Client::new();
-    let mut out = Vec::new();
-    for page in 1.. {
-        let url = format!(
-            "{}/organizations/{}/pipelines/kernelbot/builds?per_page=100&page={page}&exclude_jobs=true&exclude_pipeline=true",
-            sim.api_url(),
-            sim.organization()
-        );
-        let resp = http.get(&url).bearer_auth(sim.api_token()).send().await?.error_for_status()?;
-        let builds: Vec<serde_json::Value> = resp.json().await?;
-        let n = builds.len();
-        out.extend(builds);
-        if n < 100 {
-            break;
-        }
+    let base = format!("{}/pipelines/{pipeline}/builds", sim.sim_url());
+    let builds: Vec<Option<Value>> = futures::stream::iter(1..=count)
+        .map(|n| {
+            let (http, url) = (http.clone(), format!("{base}/{n}"));
+            async move {
+                let resp = http.get(&url).send().await.with_context(|| format!("GET {url}"))?;
+                if resp.status() == reqwest::StatusCode::NOT_FOUND {
+                    return Ok(None);
+                }
+                let b: Value = resp
+                    .error_for_status()
+                    .with_context(|| format!("GET {url}"))?
+                    .json()
+                    .await
+                    .context("build JSON")?;
+                Ok::<_, anyhow::Error>(Some(b))
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect()
+        .await?;
+    Ok(builds.into_iter().flatten().collect())
+}
+
+/// The YAML steps of a pipeline that routes on real Buildkite: its one step names `queue`
+/// literally (settings steps are never interpolated with a build's env) and skips the
+/// checkout (the evaluation comes with the build), like the pipelines benchkite creates.
+pub fn routable_configuration(queue: &str) -> String {
+    format!(
+        "steps:\n  - label: kernel evaluation\n    command: benchkite run\n    agents:\n      queue: {}\n    \
+         checkout:\n      skip: true\n    artifact_paths: result.json\n",
+        serde_json::Value::String(queue.to_string())
+    )
+}
+
+/// Creates, over the simulator's REST API (`POST …/pipelines`, scope `write_pipelines`), a
+/// pipeline `slug` for `queue` with [`routable_configuration`] in the cluster named "Default
+/// cluster" (the one Buildkite creates with an organization); returns the slug Buildkite gave
+/// it. Used by baselines, which have no managed pipeline of their own.
+pub async fn create_routable_pipeline(sim: &buildkite_sim::SimHandle, slug: &str, queue: &str) -> Result<String> {
+    let http = reqwest::Client::new();
+    let org = format!("{}/organizations/{}", sim.api_url(), sim.organization());
+    let token = sim.api_token();
+    let clusters: Vec<Value> = http
+        .get(format!("{org}/clusters"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .context("listing clusters")?
+        .error_for_status()
+        .context("listing clusters")?
+        .json()
+        .await
+        .context("clusters JSON")?;
+    let cluster = clusters
+        .iter()
+        .find(|c| c["name"] == "Default cluster")
+        .and_then(|c| c["id"].as_str())
+        .context("the simulator has no cluster named \"Default cluster\"")?;
+    let body = json!({
+        "name": slug, "slug": slug, "repository": "git@github.com:benchkite/kernelbot.git",
+        "cluster_id": cluster, "configuration": routable_configuration(queue),
+    });
+    let resp = http
+        .post(format!("{org}/pipelines"))
+        .bearer_auth(&token)
+        .json(&body)
+        .send()
+        .await
+        .with_context(|| format!("creating pipeline {slug}"))?;
+    let status = resp.status();
+    let answer: Value = resp.json().await.with_context(|| format!("creating pipeline {slug}: answer"))?;
+    if !status.is_success() {
+        bail!("creating pipeline {slug}: {status} {answer}");
     }
-    Ok(out)
+    answer["slug"].as_str().map(str::to_string).with_context(|| format!("creating pipeline {slug}: no slug"))
 }
 
 /// RFC 3339 → ms since the epoch.
@@ -364,6 +457,35 @@ mod tests {
         let v = timings_from_metrics(text);
         assert_eq!(v["benchkite_kerneljob_submit_latency_seconds"]["mean_ms"], json!(750.0));
         assert_eq!(v["benchkite_reconcile_duration_seconds{controller=\"kerneljob\"}"]["mean_ms"], json!(5.0));
+    }
+
+    #[test]
+    fn the_baseline_pipeline_names_its_queue_literally_and_skips_the_checkout() {
+        let steps: serde_json::Value =
+            serde_yaml::from_str(&routable_configuration("bench-eff")).expect("the configuration parses");
+        let step = &steps["steps"][0];
+        assert_eq!(step["agents"]["queue"], json!("bench-eff"));
+        assert_eq!(step["checkout"]["skip"], json!(true));
+        assert_eq!(step["artifact_paths"], json!("result.json"));
+        assert!(!routable_configuration("bench-eff").contains('$'), "nothing to interpolate");
+    }
+
+    #[test]
+    fn managed_pipelines_are_the_products_slug() {
+        assert_eq!(managed_pipeline("bench-eff-x", "q"), benchkite::buildkite::managed_slug("bench-eff-x", "q"));
+        assert_ne!(managed_pipeline("a", "q"), managed_pipeline("b", "q"));
+    }
+
+    #[tokio::test]
+    async fn waiting_gives_up_when_nothing_finishes_for_the_stall_time() {
+        let watch = FinishWatch::default();
+        let t = Instant::now();
+        let done = watch.wait_progressing(1, Duration::from_secs(3600), Duration::from_millis(200)).await;
+        assert_eq!(done, 0);
+        assert!(t.elapsed() < Duration::from_secs(3600), "returned on the stall, not the timeout");
+        // Finished jobs end the wait at once, whatever the stall time.
+        watch.seen.lock().unwrap_or_else(|e| e.into_inner()).insert("a".into(), (0.0, "Succeeded".into()));
+        assert_eq!(watch.wait_progressing(1, Duration::from_secs(3600), Duration::from_secs(3600)).await, 1);
     }
 
     #[test]
