@@ -123,7 +123,7 @@ pub struct PoolBuildkite {
     #[x_kube(validation = Rule::new("self.size() <= 100 && self.matches('^[a-zA-Z0-9][a-zA-Z0-9-]*$')").message("pipeline must be a Buildkite pipeline slug: letters, digits and '-', starting with a letter or digit, at most 100 characters"))]
     pub pipeline: Option<String>,
     /// `timeout_in_minutes` of the managed pipeline's step (default: the controller's
-    /// `--buildkite-step-timeout-minutes`, 60). It must cover compilation and every run of
+    /// `--pipeline-step-timeout-minutes`, 60). It must cover compilation and every run of
     /// the slowest mode; an evaluation that exceeds it is canceled and never retried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 1 && self <= 10080").message("stepTimeoutMinutes must be between 1 and 10080 (a week)"))]
