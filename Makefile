@@ -16,6 +16,7 @@ help:
 	@echo "make e2e-test   e2e tests only (needs make e2e-up)"
 	@echo "make e2e-up     build the cluster binaries (first time: long) and start the local cluster"
 	@echo "make e2e-down   stop the local cluster and remove its state"
+	@echo "make fleet-scale 150 GPU nodes, 20 SIGKILL restarts and a leader failover: 0 agents replaced (own cluster)"
 	@echo "make demo       cluster + Buildkite simulator + operator, one KernelJob end to end (own cluster in target/demo)"
 	@echo "make demo-down  stop the demo and remove target/demo"
 	@echo "make lint       rustfmt check and clippy with warnings as errors"
@@ -65,6 +66,25 @@ test-chaos:
 	fi
 	cargo build --bin benchkite
 	cargo test -p benchkite-e2e --test chaos -- --ignored --test-threads=1 --nocapture
+
+# Issue 16's acceptance at full size: 150 GPU nodes (1,200 agents), 20 SIGKILL restarts and
+# a leader failover (e2e/tests/fleet_scale.rs), on a cluster of its own (SCALE_E2E_DIR),
+# then who removed agent pods, from the API server's audit log. FLEET_SCALE_NODES,
+# FLEET_SCALE_RESTARTS override the sizes.
+.PHONY: fleet-scale
+SCALE_E2E_DIR ?= target/scale-e2e
+FLEET_SCALE_NODES ?= 150
+FLEET_SCALE_RESTARTS ?= 20
+fleet-scale:
+	cargo build --bin benchkite
+	cargo test -p benchkite-e2e --test fleet_scale --no-run
+	BENCHKITE_E2E_DIR=$(SCALE_E2E_DIR) BENCHKITE_E2E_CLUSTER=benchkite-scale e2e/cluster/up
+	status=0; \
+	BENCHKITE_E2E_DIR=$(SCALE_E2E_DIR) FLEET_SCALE_NODES=$(FLEET_SCALE_NODES) FLEET_SCALE_RESTARTS=$(FLEET_SCALE_RESTARTS) \
+	  cargo test -p benchkite-e2e --test fleet_scale -- --ignored --nocapture || status=$$?; \
+	BENCHKITE_E2E_DIR=$(SCALE_E2E_DIR) BENCHKITE_E2E_CLUSTER=benchkite-scale e2e/cluster/who-deleted; \
+	BENCHKITE_E2E_DIR=$(SCALE_E2E_DIR) BENCHKITE_E2E_CLUSTER=benchkite-scale e2e/cluster/down; \
+	exit $$status
 
 e2e-up:
 	e2e/cluster/up

@@ -151,6 +151,9 @@ fn request_report(sim: &SimHandle, jobs: usize) -> Value {
 
 /// One controller run: its own namespace, simulator (Buildkite's limits, both scopes) and
 /// controller process (its default budget; the server's `RateLimit-User-Limit` tightens it).
+/// What the API server counts as a KernelJob's writes: the object, its status, Events.
+const API_WRITE_RESOURCES: &[&str] = &["kerneljobs", "events"];
+
 pub async fn controller_run(client: &Client, p: Params, webhooks: bool, tag: &str) -> Result<Value> {
     let ns = rig::namespace(client, tag).await?;
     let port = rig::free_port()?;
@@ -167,6 +170,7 @@ pub async fn controller_run(client: &Client, p: Params, webhooks: bool, tag: &st
     let ctl = rig::start_controller(&format!("bench-{tag}"), &http, &args, &envs).await?;
     let api: Api<KernelJob> = ns.api();
     let (watch, watch_task) = FinishWatch::start(api.clone());
+    let writes_before = rig::api_writes(client, API_WRITE_RESOURCES).await;
     let t0 = rig::now_ms();
     let deadline = p.job_timeout_secs();
     rig::create_jobs_with(&api, "kj", 0..p.jobs, 16, |name| {
@@ -183,6 +187,12 @@ pub async fn controller_run(client: &Client, p: Params, webhooks: bool, tag: &st
     let done = watch.wait_progressing(p.jobs, timeout, stall).await;
     let seen = watch.snapshot();
     watch_task.abort();
+    // Read before the jobs are deleted: finalizer releases are not part of a job's life here.
+    let writes_after = rig::api_writes(client, API_WRITE_RESOURCES).await;
+    let api_writes = match (&writes_before, &writes_after) {
+        (Ok(b), Ok(a)) => rig::writes_per_job(b, a, p.jobs),
+        (Err(e), _) | (_, Err(e)) => json!({"error": format!("{e:#}")}),
+    };
     let end = seen.values().map(|(t, _)| *t).fold(t0, f64::max);
     let succeeded = seen.values().filter(|(_, ph)| ph == "Succeeded").count();
     let mut report = request_report(&sim, p.jobs);
@@ -220,6 +230,7 @@ pub async fn controller_run(client: &Client, p: Params, webhooks: bool, tag: &st
         o.insert("wall_over_ideal_under_limit".into(), json!(wall / p.ideal_under_limit_secs(TOKEN_LIMIT_PER_MIN)));
         o.insert("kj_create_secs".into(), json!(created_ms / 1e3));
         o.insert("controller_timings".into(), controller_timings);
+        o.insert("api_writes_per_job".into(), api_writes);
         o.insert("wall_minutes".into(), json!(wall / 60.0));
         o.insert("controller_cpu_secs".into(), json!(controller_usage.map(|u| u.cpu.as_secs_f64())));
         o.insert(

@@ -128,6 +128,35 @@ pub fn markdown(r: &Value) -> String {
             f(&e["ratio_baseline_over_polling"], 1)
         );
         row(&mut s, "REST requests", "requests", 0);
+        let writes = |v: &Value| {
+            let a = &v["api_writes_per_job"];
+            if a["total"].is_number() {
+                format!(
+                    "{} ({} object, {} status, {} Events)",
+                    f(&a["total"], 2),
+                    f(&a["kerneljob"], 2),
+                    f(&a["kerneljob_status"], 2),
+                    f(&a["events"], 2)
+                )
+            } else {
+                "–".to_string()
+            }
+        };
+        let _ = writeln!(
+            s,
+            "| Kubernetes API writes per KernelJob besides its create (API server's counters) | {} | {} | – |",
+            writes(w),
+            writes(p)
+        );
+        for (mode, v) in [("webhooks", w), ("polling", p)] {
+            if v["api_writes_per_job"]["total"].is_number() {
+                targets.push((
+                    format!("API writes per KernelJob besides the create ≤ 3 ({mode})"),
+                    f(&v["api_writes_per_job"]["total"], 2),
+                    le(&v["api_writes_per_job"]["total"], 3.0),
+                ));
+            }
+        }
         row(&mut s, "of which set-up (scopes, cluster, pipeline)", "setup_requests", 0);
         row(&mut s, "answered 429", "http_429", 0);
         row(&mut s, "jobs finished", "finished", 0);

@@ -494,3 +494,95 @@ mod tests {
         assert_eq!(ts_ms(&json!(null)), None);
     }
 }
+
+/// Successful write requests the API server counted (`apiserver_request_total`, codes 2xx),
+/// summed per `(resource, subresource)`: the API server's own figure of what the controller
+/// wrote, read from its `/metrics` before and after a run.
+pub type ApiWrites = HashMap<(String, String), f64>;
+
+const WRITE_VERBS: &[&str] = &["POST", "PUT", "PATCH", "APPLY", "CREATE", "UPDATE"];
+
+/// Parses the write counts for `resources` out of the API server's metrics text.
+pub fn api_writes_from_metrics(text: &str, resources: &[&str]) -> ApiWrites {
+    let mut out = ApiWrites::new();
+    for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
+        let Some((labels, value)) = line.rsplit_once("} ") else { continue };
+        let label = |k: &str| {
+            let key = format!("{k}=\"");
+            labels
+                .split(",")
+                .find_map(|kv| kv.trim_start_matches("apiserver_request_total{").strip_prefix(&key))
+                .map(|v| v.trim_end_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        let (verb, code, resource) = (label("verb"), label("code"), label("resource"));
+        if !WRITE_VERBS.contains(&verb.as_str()) || !code.starts_with('2') || !resources.contains(&resource.as_str()) {
+            continue;
+        }
+        let Ok(n) = value.trim().parse::<f64>() else { continue };
+        *out.entry((resource, label("subresource"))).or_default() += n;
+    }
+    out
+}
+
+/// The API server's write counts now (see [`api_writes_from_metrics`]).
+pub async fn api_writes(client: &Client, resources: &[&str]) -> Result<ApiWrites> {
+    let req = http::Request::get("/metrics").body(Vec::new()).context("building GET /metrics")?;
+    let text = client.request_text(req).await.context("reading the API server's /metrics")?;
+    Ok(api_writes_from_metrics(&text, resources))
+}
+
+/// Writes per KernelJob between two readings: KernelJob writes besides the `jobs` creates
+/// (object and status), and Events (every writer's: in the efficiency scenario nothing but
+/// the controller writes Events, as no pod runs).
+pub fn writes_per_job(before: &ApiWrites, after: &ApiWrites, jobs: usize) -> Value {
+    let delta = |res: &str, sub: &str| {
+        let k = (res.to_string(), sub.to_string());
+        after.get(&k).copied().unwrap_or(0.0) - before.get(&k).copied().unwrap_or(0.0)
+    };
+    let n = jobs.max(1) as f64;
+    let object = (delta("kerneljobs", "") - jobs as f64).max(0.0);
+    let status = delta("kerneljobs", "status");
+    let events = delta("events", "");
+    json!({
+        "kerneljob": object / n,
+        "kerneljob_status": status / n,
+        "events": events / n,
+        "total": (object + status + events) / n,
+    })
+}
+
+#[cfg(test)]
+mod api_write_tests {
+    use super::*;
+
+    const METRICS: &str = r#"# TYPE apiserver_request_total counter
+apiserver_request_total{code="201",component="apiserver",dry_run="",group="benchkite.dev",resource="kerneljobs",scope="resource",subresource="",verb="POST",version="v1alpha1"} 10
+apiserver_request_total{code="200",component="apiserver",dry_run="",group="benchkite.dev",resource="kerneljobs",scope="resource",subresource="",verb="APPLY",version="v1alpha1"} 20
+apiserver_request_total{code="409",component="apiserver",dry_run="",group="benchkite.dev",resource="kerneljobs",scope="resource",subresource="",verb="APPLY",version="v1alpha1"} 7
+apiserver_request_total{code="200",component="apiserver",dry_run="",group="benchkite.dev",resource="kerneljobs",scope="resource",subresource="status",verb="PATCH",version="v1alpha1"} 30
+apiserver_request_total{code="200",component="apiserver",dry_run="",group="benchkite.dev",resource="kerneljobs",scope="namespace",subresource="",verb="LIST",version="v1alpha1"} 99
+apiserver_request_total{code="201",component="apiserver",dry_run="",group="",resource="events",scope="resource",subresource="",verb="POST",version="v1"} 15
+apiserver_request_total{code="201",component="apiserver",dry_run="",group="",resource="pods",scope="resource",subresource="",verb="POST",version="v1"} 5
+"#;
+
+    #[test]
+    fn counts_successful_writes_of_the_named_resources_only() {
+        let w = api_writes_from_metrics(METRICS, &["kerneljobs", "events"]);
+        assert_eq!(w[&("kerneljobs".to_string(), String::new())], 30.0);
+        assert_eq!(w[&("kerneljobs".to_string(), "status".to_string())], 30.0);
+        assert_eq!(w[&("events".to_string(), String::new())], 15.0);
+        assert!(!w.contains_key(&("pods".to_string(), String::new())));
+    }
+
+    #[test]
+    fn writes_per_job_leave_out_the_creates() {
+        let before = api_writes_from_metrics("", &["kerneljobs", "events"]);
+        let after = api_writes_from_metrics(METRICS, &["kerneljobs", "events"]);
+        let v = writes_per_job(&before, &after, 10);
+        assert_eq!(v["kerneljob"], json!(2.0));
+        assert_eq!(v["kerneljob_status"], json!(3.0));
+        assert_eq!(v["events"], json!(1.5));
+        assert_eq!(v["total"], json!(6.5));
+    }
+}

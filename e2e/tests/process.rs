@@ -136,7 +136,10 @@ async fn a_standby_takes_over_when_the_leader_is_killed_and_no_job_gets_a_second
     let rig = Rig::new("leader", None).await?;
     let a = rig.replica("replica-a", &[])?;
     let b = rig.replica("replica-b", &[])?;
-    let first = rig.wait_holder(&["replica-a", "replica-b"], Duration::from_secs(30)).await?;
+    let first = rig
+        .wait_holder(&["replica-a", "replica-b"], Duration::from_secs(90))
+        .await
+        .with_context(|| format!("{}\n{}", a.log_text(), b.log_text()))?;
     let (leader, standby, standby_name) = if first == "replica-a" { (a, b, "replica-b") } else { (b, a, "replica-a") };
 
     // A burst; kill the leader while it is submitting.
@@ -186,7 +189,7 @@ async fn a_standby_takes_over_when_the_leader_is_killed_and_no_job_gets_a_second
 async fn a_graceful_shutdown_releases_the_lease_and_the_standby_takes_over() -> Result<()> {
     let rig = Rig::new("handover", None).await?;
     let a = rig.replica("replica-a", &[])?;
-    rig.wait_holder(&["replica-a"], Duration::from_secs(30)).await?;
+    rig.wait_holder(&["replica-a"], Duration::from_secs(90)).await.with_context(|| a.log_text())?;
     let b = rig.replica("replica-b", &[])?;
     // b stands by (the lease is held and renewed).
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -213,7 +216,9 @@ async fn metrics_log_level_and_standby_webhooks() -> Result<()> {
     let rig = Rig::new("metrics", Some(port)).await?;
     let (http_a, metrics_a) = (format!("127.0.0.1:{port}"), format!("127.0.0.1:{}", free_port()?));
     let a = rig.replica("replica-a", &["--http-addr", &http_a, "--metrics-addr", &metrics_a])?;
-    rig.wait_holder(&["replica-a"], Duration::from_secs(30)).await?;
+    // A 2-core CI machine runs this next to the other suites: give the first election room,
+    // and say what the replica printed when it does not take the Lease.
+    rig.wait_holder(&["replica-a"], Duration::from_secs(90)).await.with_context(|| a.log_text())?;
     let (http_b, metrics_b) = (format!("127.0.0.1:{}", free_port()?), format!("127.0.0.1:{}", free_port()?));
     let _b = rig.replica("replica-b", &["--http-addr", &http_b, "--metrics-addr", &metrics_b])?;
 
