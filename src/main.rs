@@ -63,6 +63,18 @@ struct ControllerArgs {
     /// Smallest per-GPU memory share worth running an agent with, in MiB.
     #[arg(long, env = "BENCHKITE_MIN_AGENT_MEMORY_MIB", default_value_t = 1024, value_name = "MIB")]
     min_agent_memory_mib: i64,
+    /// Seconds a Node may be not Ready (Ready False or Unknown) before its agents drain, like
+    /// Kubernetes' DefaultTolerationSeconds; meanwhile agents stay and no new ones start.
+    #[arg(long, env = "BENCHKITE_NODE_NOT_READY_TOLERATION_SECONDS", default_value_t = 300, value_name = "SECONDS")]
+    node_not_ready_toleration_seconds: u64,
+    /// CPU per node kept free of agents when the per-GPU share is sized (room for DaemonSets
+    /// added later; a typical exporter asks 100m).
+    #[arg(long, env = "BENCHKITE_NODE_HEADROOM_CPU", default_value = "250m", value_parser = parse_cpu_quantity, value_name = "QUANTITY")]
+    node_headroom_cpu: i64,
+    /// Memory per node kept free of agents when the per-GPU share is sized (a typical exporter
+    /// asks 128Mi).
+    #[arg(long, env = "BENCHKITE_NODE_HEADROOM_MEMORY", default_value = "512Mi", value_parser = parse_memory_quantity, value_name = "QUANTITY")]
+    node_headroom_memory: i64,
     /// Pod writes in flight per pool reconcile.
     #[arg(long, env = "BENCHKITE_WRITE_CONCURRENCY", default_value_t = 32)]
     write_concurrency: usize,
@@ -176,6 +188,24 @@ struct BuildkiteArgs {
     buildkite_rate_limit_window_seconds: f64,
 }
 
+/// A non-negative CPU quantity (`250m`, `1`) in millicores.
+fn parse_cpu_quantity(s: &str) -> Result<i64, String> {
+    match benchkite::fleet::quantity::cpu_millis(s) {
+        Ok(m) if m >= 0 => Ok(m),
+        Ok(_) => Err("must not be negative".into()),
+        Err(e) => Err(format!("not a CPU quantity like 250m or 1: {e}")),
+    }
+}
+
+/// A non-negative memory quantity (`512Mi`, `1Gi`) in bytes.
+fn parse_memory_quantity(s: &str) -> Result<i64, String> {
+    match benchkite::fleet::quantity::whole_units(s) {
+        Ok(b) if b >= 0 => Ok(b),
+        Ok(_) => Err("must not be negative".into()),
+        Err(e) => Err(format!("not a memory quantity like 512Mi or 1Gi: {e}")),
+    }
+}
+
 fn secret(file: Option<&PathBuf>, var: &str) -> anyhow::Result<Option<benchkite::buildkite::Secret>> {
     use benchkite::buildkite::Secret;
     match file {
@@ -258,13 +288,26 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// The Kubernetes client, sending `User-Agent: benchkite/<version> (<identity>)` so the API
+/// server's audit log and metrics tell this controller's requests from everyone else's.
+async fn kube_client() -> anyhow::Result<kube::Client> {
+    let mut config =
+        kube::Config::infer().await.context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
+    let agent = format!("benchkite/{} ({})", env!("CARGO_PKG_VERSION"), benchkite::leader::default_identity());
+    // The identity comes from POD_NAME or the host name; anything not valid in a header is dropped.
+    let agent: String = agent.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').collect();
+    if let Ok(value) = http::HeaderValue::from_str(&agent) {
+        config.headers.push((http::header::USER_AGENT, value));
+    }
+    kube::Client::try_from(config).context("building the Kubernetes client")
+}
+
 fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     let log_filter = telemetry::init(args.log_format, &args.log_level)?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async move {
-        let client =
-            kube::Client::try_default().await.context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
+        let client = kube_client().await?;
         let config = benchkite::controller::Config {
             fleet: args.controllers.contains(&ControllerKind::Fleet),
             discover_gpu_nodes: args.discover_gpu_nodes,
@@ -272,6 +315,11 @@ fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             agent_image: args.agent_image,
             termination_grace_period_seconds: args.agent_grace_seconds,
             min_agent_memory_mib: args.min_agent_memory_mib,
+            node_not_ready_toleration: Duration::from_secs(args.node_not_ready_toleration_seconds),
+            node_headroom: benchkite::fleet::share::Resources {
+                cpu_millis: args.node_headroom_cpu,
+                memory_bytes: args.node_headroom_memory,
+            },
             write_concurrency: args.write_concurrency,
             ..Default::default()
         };

@@ -104,6 +104,9 @@ pub enum Outcome {
     Wrong,
     /// Exit 3, no result → Failed (BuildFailed).
     Fail,
+    /// Exit 0, no meta-data summary, the result only as the `result.json` artifact (its
+    /// state at upload follows the build env `BUILDKITE_SIM_ARTIFACT_STATE`).
+    Artifact,
 }
 
 impl Outcome {
@@ -112,6 +115,7 @@ impl Outcome {
             Outcome::Pass => "pass",
             Outcome::Wrong => "wrong",
             Outcome::Fail => "fail",
+            Outcome::Artifact => "artifact",
         }
     }
 
@@ -129,6 +133,7 @@ impl Outcome {
             "pass" => Some(Outcome::Pass),
             "wrong" => Some(Outcome::Wrong),
             "fail" => Some(Outcome::Fail),
+            "artifact" => Some(Outcome::Artifact),
             _ => None,
         }
     }
@@ -139,6 +144,9 @@ impl Outcome {
 pub const JOB_SCRIPT: &str = r#"sleep "${CHAOS_SLEEP:-0.2}"
 case "${CHAOS_OUTCOME:-pass}" in
   fail) echo "chaos: the build is broken" >&2; exit 3 ;;
+  artifact)
+    printf '{"success":true,"error":"","system":{"gpu":"chaos","device_count":1,"cpu":"","runtime":"CUDA","platform":"","torch":"","hostname":"sim"},"runs":{}}\n' > result.json
+    exit 0 ;;
   wrong) verdict=false ;;
   *) verdict=true ;;
 esac
@@ -211,6 +219,10 @@ pub struct RigOptions {
     pub poll_secs: u32,
     pub rate: RateLimitConfig,
     pub extra_args: Vec<String>,
+    /// Pipelines the user manages, besides the one benchkite manages per queue.
+    pub pipelines: Vec<buildkite_sim::config::PipelineConfig>,
+    /// A user pipeline of this slug whose one step runs on the rig's queue.
+    pub user_pipeline: Option<String>,
 }
 
 impl Default for RigOptions {
@@ -223,6 +235,8 @@ impl Default for RigOptions {
             // Buildkite's own limits: the per-user one (50/min) binds the rig's one token.
             rate: crate::sim::buildkite_rate_limit(60.0),
             extra_args: Vec::new(),
+            pipelines: Vec::new(),
+            user_pipeline: None,
         }
     }
 }
@@ -306,6 +320,10 @@ impl ChaosRig {
             ..Default::default()
         };
         cfg.clusters[0].queues.push(queue.clone());
+        cfg.pipelines.extend(opts.pipelines.iter().cloned());
+        if let Some(slug) = &opts.user_pipeline {
+            cfg.pipelines.push(crate::sim::user_pipeline(slug, &queue, None));
+        }
         cfg.agents.push(AgentPoolConfig { queue: queue.clone(), count: opts.agents, ..Default::default() });
         let http_port = free_port()?;
         if opts.webhooks {
@@ -620,6 +638,8 @@ pub fn audit(jobs: &[KernelJob], builds: &[Value], scripted: bool) -> Audit {
                 Some(Outcome::Pass) => s.phase == Phase::Succeeded && s.passed == Some(true),
                 Some(Outcome::Wrong) => s.phase == Phase::Succeeded && s.passed == Some(false),
                 Some(Outcome::Fail) => s.phase == Phase::Failed,
+                // Decided by the artifact's state: any end.
+                Some(Outcome::Artifact) => s.phase.is_finished(),
                 None => true,
             };
             let infra_exhausted = s.phase == Phase::Failed && build.infra;
@@ -1091,6 +1111,54 @@ pub fn metric_sum(text: &str, name: &str, filters: &[&str]) -> f64 {
         .filter(|l| filters.iter().all(|f| l.contains(f)))
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
         .sum()
+}
+
+/// Sets the state of every artifact of build `build_id` (`POST /_sim/builds/{id}/artifacts/state`):
+/// `error`, `expired`, `deleted` poison a result the controller has not read yet.
+pub async fn set_artifacts_state(sim: &SimHandle, build_id: &str, state: &str) -> Result<()> {
+    let url = format!("{}/builds/{build_id}/artifacts/state", sim.sim_url());
+    let resp = reqwest::Client::new()
+        .post(&url)
+        .json(&json!({ "state": state }))
+        .send()
+        .await
+        .with_context(|| format!("POST {url}"))?;
+    anyhow::ensure!(resp.status().is_success(), "POST {url}: {}", resp.status());
+    Ok(())
+}
+
+/// Creates `count` builds in `pipeline` on branches `filler-<i>` through the REST API (with
+/// the rig's token, retrying 429s) and forces each to `passed` through `/_sim`: finished
+/// builds that fill a recovery look-up's window. Returns how many were created.
+pub async fn fill_pipeline(sim: &SimHandle, pipeline: &str, count: usize) -> Result<usize> {
+    let http = reqwest::Client::new();
+    let url = format!("{}/organizations/{}/pipelines/{pipeline}/builds", sim.api_url(), sim.organization());
+    let ids: Vec<String> = futures::stream::iter((0..count).map(|i| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let body = json!({"commit": "HEAD", "branch": format!("filler-{i}"), "message": "filler"});
+            for _ in 0..600 {
+                let resp = http.post(&url).bearer_auth(CANARY_API_TOKEN).json(&body).send().await?;
+                if resp.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                anyhow::ensure!(resp.status().is_success(), "creating filler {i}: {}", resp.status());
+                let b: Value = resp.json().await?;
+                return b["id"].as_str().map(str::to_string).context("a build without an id");
+            }
+            anyhow::bail!("creating filler {i}: still rate limited")
+        }
+    }))
+    .buffer_unordered(8)
+    .try_collect()
+    .await?;
+    for id in &ids {
+        let url = format!("{}/builds/{id}/state", sim.sim_url());
+        let resp = http.post(&url).json(&json!({"state": "passed"})).send().await?;
+        anyhow::ensure!(resp.status().is_success(), "POST {url}: {}", resp.status());
+    }
+    Ok(ids.len())
 }
 
 #[cfg(test)]

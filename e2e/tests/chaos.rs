@@ -659,3 +659,232 @@ async fn agent_pods_are_isolated_on_the_fleet() -> Result<()> {
     ensure!(checked == 10, "{checked} pods checked");
     ns.delete().await
 }
+
+/// The artifact-listing endpoint's counter key in the simulator.
+const LIST_ARTIFACTS: &str = "GET /v2/organizations/{org}/pipelines/{pipeline}/builds/{number}/artifacts";
+
+/// The builds the simulator holds for KernelJob `ns/name`.
+async fn builds_of(rig: &ChaosRig, name: &str) -> Result<Vec<benchkite_e2e::chaos::SimBuild>> {
+    let key = format!("{}/{name}", rig.ns.name());
+    Ok(rig
+        .builds()
+        .await?
+        .iter()
+        .map(benchkite_e2e::chaos::SimBuild::from_json)
+        .filter(|b| b.job.as_deref() == Some(key.as_str()))
+        .collect())
+}
+
+async fn finished_job(api: &Api<KernelJob>, name: &str, timeout: Duration) -> Result<KernelJob> {
+    wait_until(&format!("KernelJob {name} finished"), timeout, || async {
+        let j = api.get(name).await?;
+        Ok(benchkite_e2e::chaos::phase(&j).is_some_and(|p| p.is_finished()).then_some(j))
+    })
+    .await
+}
+
+fn ready_reason(j: &KernelJob) -> String {
+    j.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.reason.clone())
+        .unwrap_or_default()
+}
+
+/// 9. The KernelJob dead ends of issue 16: a job deleted, or timed out, while its create is
+/// in flight (before the build was recorded) leaves no running build; a result artifact in
+/// `error` or `expired` state ends its job; a create Buildkite refuses with 422 ends the job
+/// `Failed` after bounded tries, even at the highest priority, while other jobs keep flowing.
+#[tokio::test]
+#[ignore]
+async fn kerneljob_dead_ends_leave_nothing_running() -> Result<()> {
+    let started = Instant::now();
+    let filtered = buildkite_sim::config::PipelineConfig {
+        slug: "chaos-filtered".into(),
+        // Only `main` is built: a job naming another branch is refused with 422.
+        branch_configuration: Some("main".into()),
+        ..Default::default()
+    };
+    let opts = RigOptions { agents: 8, pipelines: vec![filtered], ..Default::default() };
+    let (client, rig) = ChaosRig::start("chaos-deadends", opts).await?;
+    let api: Api<KernelJob> = rig.ns.api();
+    let mut f = Figures::new("kerneljob-dead-ends");
+
+    // A + B: creates answer after 6 s. One job is deleted, one times out (3 s) meanwhile.
+    let slow = EndpointFault { latency_ms: 6000, ..Default::default() };
+    rig.sim.set_faults(FaultConfig { endpoints: [(CREATE.to_string(), slow)].into(), ..Default::default() });
+    // Builds that would run for 10 minutes unless cancelled.
+    let long = 600_000;
+    let deleted = benchkite_e2e::chaos::chaos_job("deleted", &rig.queue, benchkite_e2e::chaos::Outcome::Pass, long)?;
+    let mut late = benchkite_e2e::chaos::chaos_job("late", &rig.queue, benchkite_e2e::chaos::Outcome::Pass, long)?;
+    late.spec.timeout_seconds = Some(3);
+    api.create(&PostParams::default(), &deleted).await?;
+    api.create(&PostParams::default(), &late).await?;
+    // The create is in flight once the finalizer is on (it goes on just before the create).
+    wait_until("the create of `deleted` in flight", Duration::from_secs(30), || async {
+        Ok(api.get("deleted").await?.finalizers().iter().any(|x| x == "benchkite.dev/cancel-build").then_some(()))
+    })
+    .await?;
+    api.delete("deleted", &Default::default()).await?;
+    let timed_out = finished_job(&api, "late", Duration::from_secs(60)).await?;
+    ensure!(
+        benchkite_e2e::chaos::phase(&timed_out) == Some(benchkite::api::kerneljob::Phase::TimedOut),
+        "late: {:?}",
+        timed_out.status
+    );
+    wait_until("the deleted job gone", Duration::from_secs(60), || async {
+        Ok(api.get_opt("deleted").await?.is_none().then_some(()))
+    })
+    .await?;
+    // Both creates went through: their builds must end cancelled, never left running.
+    for name in ["deleted", "late"] {
+        let builds = wait_until(&format!("the build of {name} cancelled"), Duration::from_secs(60), || async {
+            let b = builds_of(&rig, name).await?;
+            Ok((!b.is_empty() && b.iter().all(|b| b.state == "canceled" || b.state == "canceling")).then_some(b))
+        })
+        .await
+        .with_context(|| format!("{name}: a build created before it was recorded is still running"))?;
+        f.add(&format!("{name}_builds"), builds.len());
+    }
+    rig.sim.set_faults(FaultConfig::default());
+
+    // C: result.json poisoned after the build passed, before the controller reads it (every
+    // artifact listing is answered 5 s after it was sent): the job ends, naming the state.
+    let slow_listing = EndpointFault { latency_ms: 5000, ..Default::default() };
+    rig.sim.set_faults(FaultConfig {
+        endpoints: [(LIST_ARTIFACTS.to_string(), slow_listing)].into(),
+        ..Default::default()
+    });
+    for state in ["error", "expired"] {
+        let name = format!("poison-{state}");
+        let j = benchkite_e2e::chaos::chaos_job(&name, &rig.queue, benchkite_e2e::chaos::Outcome::Artifact, 50)?;
+        api.create(&PostParams::default(), &j).await?;
+        let key = format!("{}/{name}", rig.ns.name());
+        let id = wait_until(&format!("the build of {name} passed"), Duration::from_secs(60), || async {
+            Ok(rig.builds().await?.into_iter().find_map(|b| {
+                (b["meta_data"]["benchkite.dev/kerneljob"].as_str() == Some(key.as_str()) && b["state"] == "passed")
+                    .then(|| b["id"].as_str().map(str::to_string))
+                    .flatten()
+            }))
+        })
+        .await?;
+        benchkite_e2e::chaos::set_artifacts_state(&rig.sim, &id, state).await?;
+    }
+    for state in ["error", "expired"] {
+        let j = finished_job(&api, &format!("poison-{state}"), Duration::from_secs(120)).await?;
+        let s = j.status.clone().unwrap_or_default();
+        ensure!(
+            s.phase == benchkite::api::kerneljob::Phase::Failed
+                && ready_reason(&j) == "ResultMissing"
+                && s.message.contains(state),
+            "poison-{state}: {:?} {} {}",
+            s.phase,
+            ready_reason(&j),
+            s.message
+        );
+    }
+    rig.sim.set_faults(FaultConfig::default());
+
+    // D: a create refused with 422 at the highest priority, among normal jobs.
+    let before_422 = rig.sim.counters().endpoint(CREATE).status(422);
+    let mut refused = benchkite_e2e::chaos::chaos_job("refused", &rig.queue, benchkite_e2e::chaos::Outcome::Pass, 50)?;
+    refused.spec.pipeline = Some("chaos-filtered".into());
+    refused.spec.branch = Some("feature/not-main".into());
+    refused.spec.priority = 1000;
+    api.create(&PostParams::default(), &refused).await?;
+    create_jobs(&api, "flow", &rig.queue, 0..20, JOB_SLEEP_MS).await?;
+    let j = finished_job(&api, "refused", Duration::from_secs(180)).await?;
+    let s = j.status.clone().unwrap_or_default();
+    let refusals = rig.sim.counters().endpoint(CREATE).status(422) - before_422;
+    ensure!(
+        s.phase == benchkite::api::kerneljob::Phase::Failed
+            && ready_reason(&j) == "BuildRefused"
+            && s.message.contains("422"),
+        "refused: {:?} {} {}",
+        s.phase,
+        ready_reason(&j),
+        s.message
+    );
+    ensure!(refusals == 3, "{refusals} creates refused, expected the bounded 3");
+    ensure!(!s.message.contains(benchkite_e2e::chaos::CANARY_API_TOKEN), "the token leaked into the status");
+    let submitted = s.conditions.iter().find(|c| c.type_ == "Submitted").map(|c| c.status.clone());
+    ensure!(submitted.as_deref() == Some("False"), "Submitted={submitted:?} for a job that never had a build");
+    // Everything else flowed.
+    let total = 2 + 2 + 1 + 20 - 1; // `deleted` is gone
+    settle(&client, &rig, total, Duration::from_secs(300), &mut f).await?;
+    let flowed = api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .filter(|j| j.name_any().starts_with("flow"))
+        .filter(|j| benchkite_e2e::chaos::phase(j).is_some_and(|p| p.is_finished()))
+        .count();
+    f.add("create_422", refusals).add("flow_finished", flowed).add("took_s", started.elapsed().as_secs());
+    f.print();
+    ensure!(flowed == 20, "{flowed} of 20 normal jobs finished");
+    rig.delete().await
+}
+
+/// 10. A restart with 3,000 finished builds in the recovery look-up's window: jobs created
+/// while no controller ran must be looked up (their builds may exist) before they are
+/// created. The pipeline-wide listing is truncated; the look-up must still finish with
+/// bounded requests, and no job is stuck or gets a second build.
+#[tokio::test]
+#[ignore]
+async fn recovery_look_up_with_three_thousand_builds_in_its_window() -> Result<()> {
+    let n = pick(30, 100);
+    let fillers = 3000;
+    let opts = RigOptions {
+        agents: 8,
+        // A 1 s window (both limits on): the fillers are created in about a minute.
+        rate: buildkite_rate_limit(1.0),
+        extra_args: strings(&["--buildkite-rate-limit-window-seconds", "1"]),
+        user_pipeline: Some("busy".into()),
+        ..Default::default()
+    };
+    let (client, mut rig) = ChaosRig::without_controller("chaos-recovery", opts).await?;
+    let api: Api<KernelJob> = rig.ns.api();
+    // Jobs created while no controller runs: after it starts, nobody knows if their builds exist.
+    for i in 0..n {
+        let mut j =
+            benchkite_e2e::chaos::chaos_job(&format!("r{i:03}"), &rig.queue, benchkite_e2e::chaos::Outcome::Pass, 50)?;
+        j.spec.pipeline = Some("busy".into());
+        api.create(&PostParams::default(), &j).await?;
+    }
+    rig.sim.set_agents(&rig.queue, 0)?;
+    let t0 = Instant::now();
+    let created = benchkite_e2e::chaos::fill_pipeline(&rig.sim, "busy", fillers).await?;
+    let fill_s = t0.elapsed().as_secs();
+    rig.sim.set_agents(&rig.queue, 8)?;
+    let lists_key = "GET /v2/organizations/{org}/pipelines/{pipeline}/builds";
+    let before = rig.sim.counters().endpoint(lists_key).total;
+    rig.restart_controller()?;
+    let t1 = Instant::now();
+    let mut f = Figures::new("recovery-3000");
+    settle(&client, &rig, n, Duration::from_secs(300), &mut f).await?;
+    let lists = rig.sim.counters().endpoint(lists_key).total - before;
+    let looked_up = rig.log_lines("recovery look-up").len();
+    f.add("fillers", created)
+        .add("fill_s", fill_s)
+        .add("all_finished_s", t1.elapsed().as_secs())
+        .add("list_requests", lists)
+        .add("recovery_rounds", looked_up);
+    // The audit of the jobs' own builds (the fillers belong to no job by design).
+    let jobs = api.list(&ListParams::default()).await?.items;
+    let ours: Vec<serde_json::Value> = rig
+        .builds()
+        .await?
+        .into_iter()
+        .filter(|b| b["branch"].as_str().is_some_and(|br| !br.starts_with("filler-")))
+        .collect();
+    let a = audit(&jobs, &ours, true);
+    a.figures(&mut f);
+    f.print();
+    ensure!(a.jobs == n, "{} jobs exist, {n} were created", a.jobs);
+    a.ensure_clean()?;
+    // One truncated listing, then one narrow request per job, plus the poller's listings.
+    let bound = 1 + n as u64 + 2 * t1.elapsed().as_secs().div_ceil(5) + 10;
+    ensure!(lists <= bound, "{lists} build listings for {n} jobs (bound {bound})");
+    rig.delete().await
+}

@@ -68,6 +68,7 @@ fn pool(name: &str, sel: GpuNodeSelector) -> AgentPool {
             },
             paused: false,
             buildkite: None,
+            strategy: None,
         },
     )
 }
@@ -227,12 +228,15 @@ async fn discovery_creates_gpunodes_for_the_default_fleet() -> Result<()> {
         ensure!(status.resource_name.as_deref() == Some(resource), "{name} resource: {:?}", status.resource_name);
         ensure!(status.gpu_type.as_deref() == Some(gpu_type), "{name} type: {:?}", status.gpu_type);
         let share = status.per_gpu_share.context("share")?;
-        ensure!(share.cpu == cpu / gpus, "{name} cpu share {} != {cpu}/{gpus}", share.cpu);
+        // Sized with the default headroom (250m, 512Mi) kept free: whole cores, whole GiB.
+        let mib = (mem - 512 * (1 << 20)) / gpus / (1 << 20);
+        let mib = if mib >= 1024 { mib - mib % 1024 } else { mib };
         ensure!(
-            share.memory == format!("{}Mi", mem / gpus / (1 << 20)),
-            "{name} memory share {} for {mem} bytes / {gpus}",
-            share.memory
+            share.cpu == (cpu * 1000 - 250) / gpus / 1000,
+            "{name} cpu share {} for {cpu} cores / {gpus}",
+            share.cpu
         );
+        ensure!(share.memory == format!("{mib}Mi"), "{name} memory share {} for {mem} bytes / {gpus}", share.memory);
         ensure!(status.observed_generation == gn.metadata.generation);
         ensure!(
             gn.labels()
@@ -658,7 +662,7 @@ async fn spec_changes_and_foreign_pods_roll_agents() -> Result<()> {
             .map(|l| l["cpu"].0.clone())
             .unwrap_or_default()
     };
-    ensure!(before.iter().all(|p| cpu(p) == "8"), "32 cores / 4 GPUs");
+    ensure!(before.iter().all(|p| cpu(p) == "7"), "(32 cores − 250m headroom) / 4 GPUs");
 
     // New image: every agent is replaced by one with the new spec.
     pools
@@ -682,27 +686,29 @@ async fn spec_changes_and_foreign_pods_roll_agents() -> Result<()> {
     })
     .await?;
 
-    // A foreign pod takes 4 cores: the share drops to 7 cores per GPU and agents follow.
+    // A foreign pod takes 5 cores, more than the 4 the agents leave free: they would
+    // overcommit the node, so the share drops to 6 cores per GPU and agents follow. (One of
+    // 4 cores would fit in the headroom and rounding slack and change nothing.)
     let pods: Api<Pod> = ns.api();
     let foreign: Pod = serde_json::from_value(json!({
         "metadata": {"name": "daemon"},
         "spec": {
             "nodeName": node,
             "tolerations": [{"operator": "Exists"}],
-            "containers": [{"name": "d", "image": "example.invalid/daemon", "resources": {"requests": {"cpu": "4", "memory": "1Gi"}}}],
+            "containers": [{"name": "d", "image": "example.invalid/daemon", "resources": {"requests": {"cpu": "5", "memory": "1Gi"}}}],
         },
     }))?;
     pods.create(&PostParams::default(), &foreign).await?;
     let gpunodes: Api<GpuNode> = Api::all(client.clone());
     wait_until("the share shrinks", default_timeout(), || async {
         let gn = gpunodes.get(&node).await?;
-        Ok(gn.status.and_then(|s| s.per_gpu_share).filter(|s| s.cpu == 7).map(|_| ()))
+        Ok(gn.status.and_then(|s| s.per_gpu_share).filter(|s| s.cpu == 6).map(|_| ()))
     })
     .await?;
-    wait_until("agents resized to 7 cores", default_timeout(), || async {
+    wait_until("agents resized to 6 cores", default_timeout(), || async {
         let pods = pool_pods(&ns, "roll").await?;
         let live: Vec<&Pod> = pods.iter().filter(|p| running(p)).collect();
-        Ok((live.len() == 4 && live.iter().all(|p| cpu(p) == "7")).then_some(()))
+        Ok((live.len() == 4 && live.iter().all(|p| cpu(p) == "6")).then_some(()))
     })
     .await?;
     ns.delete().await

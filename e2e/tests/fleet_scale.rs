@@ -272,7 +272,6 @@ async fn run(scale: &Scale, restarts: usize, settle: Duration) -> Result<()> {
     // Start counting once the fleet is whole.
     let since = k8s_openapi::jiff::Timestamp::now();
 
-
     let mut restart_times = Vec::new();
     for i in 1..=restarts {
         ctl.kill();
@@ -285,7 +284,9 @@ async fn run(scale: &Scale, restarts: usize, settle: Duration) -> Result<()> {
     ctl.kill();
     if !restart_times.is_empty() {
         let max = restart_times.iter().max().copied().unwrap_or_default();
-        println!("fleet-scale: {restarts} SIGKILL restarts: 0 agents replaced, 0 Warnings; ready within {max:.1?} at most");
+        println!(
+            "fleet-scale: {restarts} SIGKILL restarts: 0 agents replaced, 0 Warnings; ready within {max:.1?} at most"
+        );
     }
 
     // Two replicas with leader election; the leader is killed, the standby takes over.
@@ -294,12 +295,14 @@ async fn run(scale: &Scale, restarts: usize, settle: Duration) -> Result<()> {
     let leases: Api<Lease> = scale.ns.api();
     let lease_name = format!("lease-{}", scale.ns.name());
     let holder = || async {
-        Ok::<_, anyhow::Error>(leases
-            .get_opt(&lease_name)
-            .await?
-            .and_then(|l| l.spec)
-            .and_then(|s| s.holder_identity)
-            .filter(|h| !h.is_empty()))
+        Ok::<_, anyhow::Error>(
+            leases
+                .get_opt(&lease_name)
+                .await?
+                .and_then(|l| l.spec)
+                .and_then(|s| s.holder_identity)
+                .filter(|h| !h.is_empty()),
+        )
     };
     wait_until("replica-a holds the Lease", Duration::from_secs(90), || async {
         Ok(holder().await?.filter(|h| h == "replica-a"))

@@ -6,12 +6,14 @@ use k8s_openapi::api::core::v1::{
     EnvFromSource, EnvVar, LocalObjectReference, PodSecurityContext, SecurityContext, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, LabelSelectorRequirement};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::condition::conditions_schema;
 use super::gpunode::ResourceShare;
+use crate::fleet::rollout::MaxUnavailable;
 
 /// Condition types an AgentPool reports.
 pub mod conditions {
@@ -61,6 +63,7 @@ pub const MANAGED_ENV: &[&str] = &[
     printcolumn(name = "Nodes", type_ = "integer", json_path = ".status.selectedNodes"),
     printcolumn(name = "Desired", type_ = "integer", json_path = ".status.desiredAgents"),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyAgents"),
+    printcolumn(name = "Updated", type_ = "integer", json_path = ".status.updatedAgents"),
     printcolumn(name = "GPUs", type_ = "integer", json_path = ".status.gpusClaimed"),
     printcolumn(name = "Paused", type_ = "boolean", json_path = ".spec.paused", priority = 1),
     printcolumn(name = "Pipeline", type_ = "string", json_path = ".status.pipeline.slug", priority = 1),
@@ -93,6 +96,47 @@ pub struct AgentPoolSpec {
     /// Buildkite-side settings of the queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub buildkite: Option<PoolBuildkite>,
+
+    /// How agents are replaced when the pool's spec, image or per-GPU share changes, and how
+    /// fast maintenance and cordon drains proceed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<PoolStrategy>,
+}
+
+/// How a pool replaces and drains agents.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolStrategy {
+    /// The rolling update (the only strategy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolling_update: Option<RollingUpdate>,
+}
+
+/// Bounds on a rolling update of the agents.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RollingUpdate {
+    /// How many agents may be unavailable at once for voluntary disruptions: agents rolled
+    /// for a changed spec, image or share, agents drained from nodes in maintenance or
+    /// cordoned, and evictions (the pool's PodDisruptionBudget). A number (at least 1) or a
+    /// percentage of the pool's agents (`1%`..`100%`, rounded down, at least 1 agent).
+    /// Default `10%`. A rolled agent finishes its running job first (SIGTERM, within the
+    /// pod's terminationGracePeriodSeconds). Involuntary losses (node gone or NotReady
+    /// beyond its toleration, failed or finished pods) are replaced without waiting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("type(self) == int ? self >= 1 : self.matches('^(100|[1-9][0-9]?)%$')").message("maxUnavailable must be an integer of at least 1 or a percentage from 1% to 100%"))]
+    pub max_unavailable: Option<IntOrString>,
+}
+
+impl AgentPoolSpec {
+    /// `strategy.rollingUpdate.maxUnavailable`, or the default (10%). A value the schema
+    /// should have refused falls back to the most careful budget, one agent.
+    pub fn max_unavailable(&self) -> MaxUnavailable {
+        match self.strategy.as_ref().and_then(|s| s.rolling_update.as_ref()).and_then(|r| r.max_unavailable.as_ref()) {
+            None => MaxUnavailable::DEFAULT,
+            Some(v) => MaxUnavailable::parse(v).unwrap_or(MaxUnavailable::Count(1)),
+        }
+    }
 }
 
 /// Buildkite-side settings of a pool's queue.
@@ -374,8 +418,8 @@ pub struct PodOverrides {
 pub struct PoolNodeStatus {
     /// GpuNode name.
     pub name: String,
-    /// Active, Conflict, Maintenance, NotReady, NodeNotFound, ShareTooSmall, NotExclusive,
-    /// NoGpus, Paused.
+    /// Active, Conflict, Maintenance, NotReady, NotReadyTolerated, Cordoned, NodeNotFound,
+    /// ShareTooSmall, NotExclusive, NoGpus, Paused.
     pub state: String,
     /// GPUs this pool claims on the node.
     #[serde(default)]
@@ -408,6 +452,16 @@ pub struct AgentPoolStatus {
     /// Agent pods Running and Ready.
     #[serde(default)]
     pub ready_agents: i64,
+    /// Live agent pods built from the current spec, image and share.
+    #[serde(default)]
+    pub updated_agents: i64,
+    /// Agents unavailable now (desired, or still draining from a node in maintenance or
+    /// cordoned, but not Running and Ready, or terminating).
+    #[serde(default)]
+    pub unavailable_agents: i64,
+    /// `spec.strategy.rollingUpdate.maxUnavailable` resolved to a number of agents.
+    #[serde(default)]
+    pub max_unavailable_agents: i64,
     /// GPUs claimed by the pool's agents.
     #[serde(default)]
     pub gpus_claimed: i64,

@@ -19,6 +19,25 @@ pub mod conditions {
     pub const NODE_FOUND: &str = "NodeFound";
     /// The GPUs are not shared (no time-slicing or MPS replicas): benchmarks are trustworthy.
     pub const EXCLUSIVE: &str = "Exclusive";
+    /// True when pods that target this node (DaemonSet pods, pods bound to it) cannot run
+    /// because agents hold its CPU or memory; the message names them and the fix.
+    pub const PODS_BLOCKED: &str = "PodsBlocked";
+
+    /// `Ready` reasons the AgentPool controller acts on (a contract between the two
+    /// controllers: keep the strings).
+    pub mod reasons {
+        /// The Node is not Ready for less than the toleration: existing agents stay, no new
+        /// ones are created.
+        pub const NODE_NOT_READY_TOLERATED: &str = "NodeNotReadyTolerated";
+        /// The Node has not been Ready for longer than the toleration: agents drain.
+        pub const NODE_NOT_READY: &str = "NodeNotReady";
+        /// The Node is cordoned: no new agents, running ones finish.
+        pub const NODE_CORDONED: &str = "NodeCordoned";
+        /// `PodsBlocked=True`: agents hold what other pods need.
+        pub const AGENTS_HOLD_RESOURCES: &str = "AgentsHoldResources";
+        /// `PodsBlocked=False`.
+        pub const NO_PODS_BLOCKED: &str = "NoPodsBlocked";
+    }
 }
 
 /// Label put on GpuNodes the controller created itself; only those are ever deleted by it.
@@ -103,6 +122,28 @@ pub struct ResourceShare {
     pub memory: String,
 }
 
+/// What the current per-GPU share was sized from. The share is re-sized only when its
+/// agents no longer fit the node or what it was sized from changed (the GpuNode spec, i.e.
+/// its generation, or the controller's headroom).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ShareBasis {
+    /// `metadata.generation` of the GpuNode when the share was sized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    /// Headroom kept free of agents when the share was sized.
+    pub headroom: NodeResources,
+    /// Node allocatable when the share was sized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocatable: Option<NodeResources>,
+    /// Requests of other pods holding resources on the node when the share was sized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub other_requests: Option<NodeResources>,
+    /// GPUs the share divided by.
+    #[serde(default)]
+    pub gpus: i64,
+}
+
 /// An agent pod placed on this node.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -159,6 +200,9 @@ pub struct GpuNodeStatus {
     /// The exclusive share one GPU's agent gets; absent when too small to run agents.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_gpu_share: Option<ResourceShare>,
+    /// What `perGpuShare` was sized from (absent for shares sized before this was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share_basis: Option<ShareBasis>,
     /// True when the GPUs are shared (time-slicing or MPS replicas): not exclusive.
     #[serde(default)]
     pub shared: bool,

@@ -16,11 +16,13 @@ pub mod conditions {
     pub const COMPLETE: &str = "Complete";
     /// Like batch Jobs: the job ended without an evaluation (Failed, TimedOut, Cancelled).
     pub const FAILED: &str = "Failed";
-    /// kstatus: True once the job is finished, whichever way; False while it runs.
+    /// kstatus: True once the evaluation ran (phase Succeeded); False otherwise, with the
+    /// reason (a failed, timed-out or cancelled job is `Stalled` instead).
     pub const READY: &str = "Ready";
     /// The job waits for Buildkite request budget.
     pub const THROTTLED: &str = "Throttled";
-    /// A build exists for the current attempt.
+    /// A build exists for the current attempt (False for a job refused before any build,
+    /// and while a retry waits for its build).
     pub const SUBMITTED: &str = "Submitted";
 }
 

@@ -3,7 +3,10 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use k8s_openapi::api::core::v1::{Container, Node, NodeCondition, NodeSpec, NodeStatus, Pod, PodSpec, PodStatus};
+use k8s_openapi::api::core::v1::{
+    Affinity, Container, Node, NodeAffinity, NodeCondition, NodeSelector, NodeSelectorTerm, NodeSpec, NodeStatus, Pod,
+    PodSpec, PodStatus,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 
@@ -27,6 +30,10 @@ pub fn pool_view_fingerprint(gn: &GpuNode) -> Option<u64> {
         s.agents.clear();
         s.agent_count = 0;
         s.observed_generation = None;
+        // What other pods request and which are blocked change often and plan nothing.
+        s.other_requests = None;
+        s.share_basis = None;
+        s.conditions.retain(|c| c.type_ != crate::api::gpunode::conditions::PODS_BLOCKED);
     }
     let bytes = serde_json::to_vec(&view).ok()?;
     let mut h = DefaultHasher::new();
@@ -49,8 +56,13 @@ pub fn strip_pod(pod: &mut Pod) {
             restart_policy: c.restart_policy,
             ..Default::default()
         };
+        // An unbound pod keeps the node names its required node affinity pins it to (how
+        // DaemonSet pods are placed): a GpuNode names it when agents keep it from scheduling.
+        // Once bound, the affinity is dropped.
+        let affinity = if spec.node_name.is_none() { pinned_affinity(spec.affinity) } else { None };
         pod.spec = Some(PodSpec {
             node_name: spec.node_name,
+            affinity,
             containers: spec.containers.into_iter().map(keep).collect(),
             init_containers: spec.init_containers.map(|v| v.into_iter().map(keep).collect()),
             overhead: spec.overhead,
@@ -68,6 +80,27 @@ pub fn strip_pod(pod: &mut Pod) {
             ..Default::default()
         });
     }
+}
+
+/// Of a pod's affinity, only the required node-affinity terms' `matchFields` (node names).
+fn pinned_affinity(affinity: Option<Affinity>) -> Option<Affinity> {
+    let required = affinity?.node_affinity?.required_during_scheduling_ignored_during_execution?;
+    let terms: Vec<NodeSelectorTerm> = required
+        .node_selector_terms
+        .into_iter()
+        .filter(|t| t.match_fields.as_ref().is_some_and(|f| !f.is_empty()))
+        .map(|t| NodeSelectorTerm { match_fields: t.match_fields, match_expressions: None })
+        .collect();
+    if terms.is_empty() {
+        return None;
+    }
+    Some(Affinity {
+        node_affinity: Some(NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(NodeSelector { node_selector_terms: terms }),
+            preferred_during_scheduling_ignored_during_execution: None,
+        }),
+        ..Default::default()
+    })
 }
 
 /// Keeps what GPU inventory and share computation read of a Node.
@@ -146,6 +179,70 @@ mod tests {
             s.observed_generation = Some(2);
         }
         assert_eq!(pool_view_fingerprint(&busy), fp);
+    }
+
+    #[test]
+    fn blocked_pods_and_share_bookkeeping_do_not_change_the_pool_view() {
+        let base = gpunode();
+        let fp = pool_view_fingerprint(&base);
+        let mut g = base.clone();
+        if let Some(s) = g.status.as_mut() {
+            s.other_requests = Some(crate::api::gpunode::NodeResources { cpu: "100m".into(), memory: "128Mi".into() });
+            s.share_basis = Some(Default::default());
+            s.conditions.push(Condition {
+                type_: "PodsBlocked".into(),
+                status: "True".into(),
+                reason: "AgentsHoldResources".into(),
+                message: "1 pod(s)".into(),
+                last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+                observed_generation: None,
+            });
+        }
+        assert_eq!(pool_view_fingerprint(&g), fp);
+    }
+
+    #[test]
+    fn unbound_pods_keep_the_nodes_they_are_pinned_to() {
+        let daemon = || -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "exporter-x", "namespace": "mon"},
+                "spec": {
+                    "containers": [{"name": "c", "image": "exporter", "resources": {"requests": {"cpu": "100m"}}}],
+                    "affinity": {
+                        "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                            {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["gpu-1"]}],
+                             "matchExpressions": [{"key": "a", "operator": "Exists"}]},
+                            {"matchExpressions": [{"key": "b", "operator": "Exists"}]},
+                        ]}},
+                        "podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"topologyKey": "x"}]},
+                    },
+                },
+                "status": {"phase": "Pending"},
+            }))
+            .unwrap()
+        };
+        let mut p = daemon();
+        strip_pod(&mut p);
+        assert_eq!(crate::fleet::blocked::pinned_nodes(&p), vec!["gpu-1"]);
+        let affinity = p.spec.as_ref().and_then(|s| s.affinity.as_ref()).unwrap();
+        assert!(affinity.pod_anti_affinity.is_none());
+        let terms = &affinity
+            .node_affinity
+            .as_ref()
+            .unwrap()
+            .required_during_scheduling_ignored_during_execution
+            .as_ref()
+            .unwrap()
+            .node_selector_terms;
+        assert_eq!(terms.len(), 1);
+        assert!(terms[0].match_expressions.is_none());
+        // Bound: nothing of the affinity is kept.
+        let mut bound = daemon();
+        if let Some(s) = bound.spec.as_mut() {
+            s.node_name = Some("gpu-1".into());
+        }
+        strip_pod(&mut bound);
+        assert!(bound.spec.as_ref().unwrap().affinity.is_none());
     }
 
     #[test]

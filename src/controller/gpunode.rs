@@ -14,15 +14,18 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use super::{Context, agent_pool_uid, cache, pod_terminal};
+use super::{Context, agent_pool_uid};
 use crate::api::condition::{ConditionSet, ConditionStatus, find};
-use crate::api::gpunode::{DISCOVERED_LABEL, NodeResources, PlacedAgent, ResourceShare, conditions as cond};
+use crate::api::gpunode::conditions::{self as cond, reasons};
+use crate::api::gpunode::{DISCOVERED_LABEL, NodeResources, PlacedAgent, ResourceShare, ShareBasis};
 use crate::api::{FIELD_MANAGER, GpuNode, GpuNodeStatus};
 use crate::error::{Error, Result};
+use crate::fleet::blocked;
+use crate::fleet::health::{self, NodeHealth};
 use crate::fleet::inventory::{self, InventoryError};
 use crate::fleet::pod::LABEL_POOL;
 use crate::fleet::quantity::{self, MIB};
-use crate::fleet::share::{self, Resources, ShareInput};
+use crate::fleet::share::{self, Resources, Share, ShareChange, ShareInput};
 
 /// GpuNodes describing the Node `node` (normally one, named like it).
 pub fn gpunodes_for_node(store: &Store<GpuNode>, node: &str) -> Vec<ObjectRef<GpuNode>> {
@@ -53,12 +56,30 @@ fn fmt_mem(bytes: i64) -> String {
     if bytes % MIB == 0 { format!("{}Mi", bytes / MIB) } else { bytes.to_string() }
 }
 
+/// How many blocked pods the `PodsBlocked` condition names.
+const BLOCKED_PODS_NAMED: usize = 5;
+
+fn resources_of(r: Resources) -> NodeResources {
+    NodeResources { cpu: fmt_cpu(r.cpu_millis), memory: fmt_mem(r.memory_bytes) }
+}
+
+/// The share in a GpuNode status, if it parses.
+fn share_in(status: &GpuNodeStatus) -> Option<Share> {
+    let s = status.per_gpu_share.as_ref()?;
+    let memory_mib = quantity::whole_units(&s.memory).ok()? / MIB;
+    Some(Share { cpu_cores: s.cpu, memory_mib })
+}
+
+/// A reconcile's findings: the status to write, an Event to publish when the Ready reason
+/// changes, and when to look again (a not-Ready toleration ends).
+struct Computed {
+    status: GpuNodeStatus,
+    event: Option<(EventType, &'static str, String)>,
+    recheck_in: Option<Duration>,
+}
+
 /// Everything the GpuNode status says, computed from the caches.
-fn compute_status(
-    gn: &GpuNode,
-    ctx: &Context,
-    now: Timestamp,
-) -> (GpuNodeStatus, Option<(EventType, &'static str, String)>) {
+fn compute_status(gn: &GpuNode, ctx: &Context, now: Timestamp) -> Computed {
     let previous = gn.status.clone().unwrap_or_default();
     let mut conditions = ConditionSet::new(&previous.conditions, gn.metadata.generation, now);
     let node_name = gn.node_name().to_string();
@@ -84,11 +105,29 @@ fn compute_status(
         .collect();
     agents.sort_by(|a, b| a.pod.cmp(&b.pod));
 
+    // Pods that target this node but cannot run because agents hold its CPU or memory.
+    let blocked =
+        blocked::blocked_pods(&node_name, pods.iter().filter(|p| agent_pool_uid(p).is_none()).map(|p| p.as_ref()));
+    if blocked.is_empty() {
+        conditions.set(cond::PODS_BLOCKED, ConditionStatus::False, reasons::NO_PODS_BLOCKED, "");
+    } else {
+        conditions.set(
+            cond::PODS_BLOCKED,
+            ConditionStatus::True,
+            reasons::AGENTS_HOLD_RESOURCES,
+            blocked::message(&blocked, BLOCKED_PODS_NAMED),
+        );
+    }
+
     let mut status = GpuNodeStatus {
         observed_generation: gn.metadata.generation,
         node_name: Some(node_name.clone()),
         agent_count: i64::try_from(agents.len()).unwrap_or(i64::MAX),
         agents,
+        // Kept through a missing Node or a GPU resource that is briefly gone (device plugin
+        // restart): the share changes only by the rules of `share::next_share`.
+        per_gpu_share: previous.per_gpu_share.clone(),
+        share_basis: previous.share_basis.clone(),
         ..Default::default()
     };
 
@@ -107,7 +146,7 @@ fn compute_status(
         conditions.set(cond::READY, ConditionStatus::False, "NodeNotFound", msg.clone());
         conditions.kstatus(None, Some(("NodeNotFound", msg.as_str())));
         status.conditions = conditions.into_vec();
-        return (status, Some((EventType::Warning, "NodeNotFound", msg)));
+        return Computed { status, event: Some((EventType::Warning, "NodeNotFound", msg)), recheck_in: None };
     };
     conditions.set(cond::NODE_FOUND, ConditionStatus::True, "NodeFound", "");
     let labels: BTreeMap<String, String> = node.labels().clone();
@@ -117,8 +156,7 @@ fn compute_status(
         cpu_millis: allocatable_map.get("cpu").and_then(|q| quantity::cpu_millis(q).ok()).unwrap_or(0),
         memory_bytes: allocatable_map.get("memory").and_then(|q| quantity::whole_units(q).ok()).unwrap_or(0),
     };
-    status.allocatable =
-        Some(NodeResources { cpu: fmt_cpu(allocatable.cpu_millis), memory: fmt_mem(allocatable.memory_bytes) });
+    status.allocatable = Some(resources_of(allocatable));
 
     let inv = match inventory::detect(&labels, &allocatable_map, gn.spec.resource_name.as_deref()) {
         Ok(inv) => inv,
@@ -132,7 +170,11 @@ fn compute_status(
             conditions.set(cond::READY, ConditionStatus::False, reason, e.to_string());
             conditions.kstatus(None, Some((reason, e.to_string().as_str())));
             status.conditions = conditions.into_vec();
-            return (status, Some((EventType::Warning, "GpuInventory", e.to_string())));
+            return Computed {
+                status,
+                event: Some((EventType::Warning, "GpuInventory", e.to_string())),
+                recheck_in: None,
+            };
         }
     };
     status.vendor = Some(inv.vendor.as_str().to_string());
@@ -148,18 +190,45 @@ fn compute_status(
 
     let other = on_node
         .iter()
-        .filter(|p| agent_pool_uid(p).is_none() && !pod_terminal(p))
+        .filter(|p| agent_pool_uid(p).is_none() && share::holds_resources(p))
         .filter_map(|p| p.spec.as_ref())
         .map(share::pod_requests)
         .fold(Resources::default(), Resources::saturating_add);
-    status.other_requests = Some(NodeResources { cpu: fmt_cpu(other.cpu_millis), memory: fmt_mem(other.memory_bytes) });
+    status.other_requests = Some(resources_of(other));
 
-    let share = share::per_gpu_share(
-        ShareInput { allocatable, other_requests: other, reserved: reserved_of(gn), gpus: inv.gpu_count },
-        ctx.config.min_agent_memory_mib,
+    let input = ShareInput {
+        allocatable,
+        other_requests: other,
+        reserved: reserved_of(gn),
+        headroom: ctx.config.node_headroom,
+        gpus: inv.gpu_count,
+    };
+    let headroom = resources_of(ctx.config.node_headroom);
+    let spec_changed =
+        previous.share_basis.as_ref().is_some_and(|b| b.generation != gn.metadata.generation || b.headroom != headroom);
+    let (share, change) = share::next_share(
+        share_in(&previous),
+        share::capacity(input),
+        share::per_gpu_share(input, ctx.config.min_agent_memory_mib),
+        spec_changed,
     );
-    if let Ok(s) = &share {
-        status.per_gpu_share = Some(ResourceShare { cpu: s.cpu_cores, memory: s.memory_quantity() });
+    let basis = ShareBasis {
+        generation: gn.metadata.generation,
+        headroom,
+        allocatable: status.allocatable.clone(),
+        other_requests: status.other_requests.clone(),
+        gpus: inv.gpu_count,
+    };
+    status.per_gpu_share = share.as_ref().ok().map(|s| ResourceShare { cpu: s.cpu_cores, memory: s.memory_quantity() });
+    status.share_basis = match (&share, change) {
+        (Err(_), _) => None,
+        // A share from before bases were recorded is adopted as sized now.
+        (Ok(_), ShareChange::Kept) => previous.share_basis.clone().or(Some(basis)),
+        (Ok(_), _) => Some(basis),
+    };
+    if change != ShareChange::Kept && status.per_gpu_share != previous.per_gpu_share {
+        tracing::info!(gpunode = %gn.name_any(), ?change, from = ?previous.per_gpu_share, to = ?status.per_gpu_share,
+            "per-GPU share re-sized");
     }
 
     if inv.shared {
@@ -177,42 +246,82 @@ fn compute_status(
     }
 
     let unschedulable = node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
-    let (ready, reason, message, event): (bool, &str, String, Option<(EventType, &'static str, String)>) = if gn
-        .spec
-        .maintenance
-    {
-        (
+    let toleration = ctx.config.node_not_ready_toleration;
+    let mut recheck_in = None;
+    let (ready, reason, message, event): (bool, &str, String, Option<(EventType, &'static str, String)>) = match (
+        gn.spec.maintenance,
+        health::node_health(&node, now, toleration),
+    ) {
+        (true, _) => (
             false,
             "Maintenance",
             "agents are drained; set spec.maintenance=false to return the node to service".into(),
             None,
-        )
-    } else if !cache::node_ready(&node) {
-        (false, "NodeNotReady", format!("Node {node_name} is not Ready"), None)
-    } else if unschedulable {
-        (false, "NodeCordoned", format!("Node {node_name} is cordoned (unschedulable)"), None)
-    } else if inv.shared {
-        let m = "GPUs are shared (time-slicing/MPS): agents would not be isolated".to_string();
-        (false, "NotExclusive", m.clone(), Some((EventType::Warning, "NotExclusive", m)))
-    } else if let Err(problem) = &share {
-        let m = problem.to_string();
-        (false, "ShareTooSmall", m.clone(), Some((EventType::Warning, "ShareTooSmall", m)))
-    } else {
-        let s =
-            share.as_ref().map(|s| format!("{} CPU and {} MiB per GPU", s.cpu_cores, s.memory_mib)).unwrap_or_default();
-        (
-            true,
-            "Ready",
-            format!("{} × {} ({}), {s}", inv.gpu_count, inv.product.as_deref().unwrap_or("GPU"), inv.resource_name),
+        ),
+        (false, NodeHealth::NotReady { since }) => (
+            false,
+            reasons::NODE_NOT_READY,
+            format!(
+                "Node {node_name} has not been Ready since {since}, longer than the toleration of {}s: agents drain",
+                toleration.as_secs()
+            ),
             None,
-        )
+        ),
+        (false, NodeHealth::NotReadyTolerated { since, until }) => {
+            recheck_in = Some(Duration::try_from(until.duration_since(now)).unwrap_or_default());
+            if unschedulable {
+                (
+                    false,
+                    reasons::NODE_CORDONED,
+                    format!("Node {node_name} is cordoned (unschedulable) and not Ready since {since}"),
+                    None,
+                )
+            } else {
+                (
+                    false,
+                    reasons::NODE_NOT_READY_TOLERATED,
+                    format!(
+                        "Node {node_name} is not Ready since {since}: its agents are kept until {until} \
+                         (--node-not-ready-toleration-seconds={}) and no new ones start; after that they drain",
+                        toleration.as_secs()
+                    ),
+                    None,
+                )
+            }
+        }
+        (false, NodeHealth::Ready) if unschedulable => {
+            (false, reasons::NODE_CORDONED, format!("Node {node_name} is cordoned (unschedulable)"), None)
+        }
+        (false, NodeHealth::Ready) if inv.shared => {
+            let m = "GPUs are shared (time-slicing/MPS): agents would not be isolated".to_string();
+            (false, "NotExclusive", m.clone(), Some((EventType::Warning, "NotExclusive", m)))
+        }
+        (false, NodeHealth::Ready) => match &share {
+            Err(problem) => {
+                let m = problem.to_string();
+                (false, "ShareTooSmall", m.clone(), Some((EventType::Warning, "ShareTooSmall", m)))
+            }
+            Ok(s) => (
+                true,
+                "Ready",
+                format!(
+                    "{} × {} ({}), {} CPU and {} MiB per GPU",
+                    inv.gpu_count,
+                    inv.product.as_deref().unwrap_or("GPU"),
+                    inv.resource_name,
+                    s.cpu_cores,
+                    s.memory_mib
+                ),
+                None,
+            ),
+        },
     };
     // kstatus: a GpuNode only reflects its Node; Stalled when the node's setup needs the admin.
     let stalled = matches!(reason, "NotExclusive" | "ShareTooSmall");
     conditions.kstatus(None, stalled.then_some((reason, message.as_str())));
     conditions.set(cond::READY, ConditionStatus::from_bool(ready), reason, message);
     status.conditions = conditions.into_vec();
-    (status, event)
+    Computed { status, event, recheck_in }
 }
 
 pub async fn reconcile(gn: Arc<GpuNode>, ctx: Arc<Context>) -> Result<Action> {
@@ -222,7 +331,7 @@ pub async fn reconcile(gn: Arc<GpuNode>, ctx: Arc<Context>) -> Result<Action> {
     let name = gn.name_any();
     let api: Api<GpuNode> = Api::all(ctx.client.clone());
     let now = Timestamp::now();
-    let (status, event) = compute_status(&gn, &ctx, now);
+    let Computed { status, event, recheck_in } = compute_status(&gn, &ctx, now);
 
     // A discovered GpuNode whose Node stayed away for the grace period goes away too.
     let node_missing = find(&status.conditions, cond::NODE_FOUND).filter(|c| c.status == "False");
@@ -262,10 +371,13 @@ pub async fn reconcile(gn: Arc<GpuNode>, ctx: Arc<Context>) -> Result<Action> {
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     if have != want_labels && find(&status.conditions, cond::NODE_FOUND).is_some_and(|c| c.status == "True") {
+        // `spec: {}` as in discovery's apply (same field manager): an apply that left `spec`
+        // out would release it, and the API server refuses a GpuNode without one.
         let patch = json!({
             "apiVersion": "benchkite.dev/v1alpha1",
             "kind": "GpuNode",
             "metadata": { "name": name, "labels": want_labels },
+            "spec": {},
         });
         api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
             .await
@@ -290,9 +402,22 @@ pub async fn reconcile(gn: Arc<GpuNode>, ctx: Arc<Context>) -> Result<Action> {
     {
         publish(&ctx, gn.as_ref(), type_, reason, "Reconcile", note).await;
     }
+    if let Some(note) = newly_blocked(gn.status.as_ref(), &status) {
+        publish(&ctx, gn.as_ref(), EventType::Warning, "PodsBlocked", "Reconcile", note).await;
+    }
     let requeue =
         if node_missing.is_some() && gn.is_discovered() { Duration::from_secs(30) } else { Duration::from_secs(60) };
+    // Look again when a not-Ready toleration ends (a second late, so it has ended).
+    let requeue = recheck_in.map_or(requeue, |r| requeue.min(r + Duration::from_secs(1)));
     Ok(Action::requeue(requeue))
+}
+
+/// The `PodsBlocked` message when the condition turned True with this status (one Warning
+/// Event per episode, not one per reconcile or restart).
+fn newly_blocked(previous: Option<&GpuNodeStatus>, status: &GpuNodeStatus) -> Option<String> {
+    let was = previous.and_then(|p| find(&p.conditions, cond::PODS_BLOCKED)).is_some_and(|c| c.status == "True");
+    let now = find(&status.conditions, cond::PODS_BLOCKED).filter(|c| c.status == "True")?;
+    (!was).then(|| now.message.clone())
 }
 
 pub fn error_policy(gn: Arc<GpuNode>, err: &Error, _ctx: Arc<Context>) -> Action {
@@ -352,3 +477,7 @@ pub async fn publish<K: Resource<DynamicType = ()>>(
         tracing::debug!(error = %e, reason, "publishing event failed");
     }
 }
+
+#[cfg(test)]
+#[path = "gpunode_tests.rs"]
+mod tests;

@@ -6,6 +6,7 @@
 
 pub mod agentpool;
 pub mod cache;
+pub mod gate;
 pub mod gpunode;
 pub mod pipelines;
 pub mod queues;
@@ -24,6 +25,7 @@ use tokio::sync::mpsc;
 
 use crate::api::{AgentPool, GpuNode};
 use crate::fleet::pod::{LABEL_MANAGED_BY, MANAGED_BY};
+use gate::{all_synced, synced, when_synced};
 
 /// Controller settings (flags of `benchkite controller`).
 #[derive(Clone, Debug)]
@@ -41,6 +43,13 @@ pub struct Config {
     pub termination_grace_period_seconds: i64,
     /// Smallest per-GPU memory worth running an agent with, in MiB.
     pub min_agent_memory_mib: i64,
+    /// How long a Node may be not Ready (Ready False or Unknown) before its agents drain; until
+    /// then its GpuNode says `Ready=False, reason NodeNotReadyTolerated` and agents stay.
+    /// Kubernetes' own default (DefaultTolerationSeconds) is 300 s.
+    pub node_not_ready_toleration: Duration,
+    /// CPU and memory per node kept free of agents when the per-GPU share is sized, so
+    /// DaemonSets added later still schedule (see [`crate::fleet::share`]).
+    pub node_headroom: crate::fleet::share::Resources,
     /// Pod creations/deletions in flight per pool reconcile.
     pub write_concurrency: usize,
     /// Name used in Events (`reportingController`) and as the instance id.
@@ -56,6 +65,8 @@ impl Default for Config {
             agent_image: crate::DEFAULT_AGENT_IMAGE.to_string(),
             termination_grace_period_seconds: 900,
             min_agent_memory_mib: 1024,
+            node_not_ready_toleration: crate::fleet::health::DEFAULT_NOT_READY_TOLERATION,
+            node_headroom: crate::fleet::share::default_headroom(),
             write_concurrency: 32,
             reporter: "benchkite".to_string(),
         }
@@ -243,6 +254,14 @@ pub async fn run(
                         for r in gpunode::gpunodes_for_node(&gn_store, node) {
                             let _ = gn_wake.send(r);
                         }
+                    } else if agent_pool_uid(pod).is_none() {
+                        // An unbound pod pinned to nodes (a DaemonSet pod) may be blocked there
+                        // by agents: those GpuNodes report it (condition PodsBlocked).
+                        for node in crate::fleet::blocked::pinned_nodes(pod) {
+                            for r in gpunode::gpunodes_for_node(&gn_store, node) {
+                                let _ = gn_wake.send(r);
+                            }
+                        }
                     }
                     if agent_pool_uid(pod).is_some()
                         && let Some(owner) = pod.owner_references().iter().find(|o| o.controller == Some(true))
@@ -425,9 +444,20 @@ pub async fn run(
                         tracing::debug!(error = %e, "agentpool reconcile");
                     }
                 });
-            async move {
+            // Nothing reconciles before every store it reads has had its initial list: on an
+            // empty cache a pool would select no GpuNode, a GpuNode would find no Node (and
+            // its agents would be deleted) or size its share without the other pods. Events
+            // that arrive meanwhile wait in the channels.
+            let synced = all_synced(vec![
+                synced(nodes.clone()).boxed(),
+                synced(pods.clone()).boxed(),
+                synced(gpunodes.clone()).boxed(),
+                synced(pools.clone()).boxed(),
+            ]);
+            when_synced("fleet", synced, on_shutdown(&shutdown_tx), async move {
                 tokio::join!(gpunode_ctrl, discovery_ctrl, pool_ctrl);
-            }
+            })
+            .map(|_| ())
             .boxed()
         }
         None => {
@@ -447,7 +477,15 @@ pub async fn run(
             );
             let store = jctx.jobs.clone();
             http.attach_jobs(jctx);
-            (Some(store), futures::future::Either::Left(fut))
+            // KernelJobs read pools and GpuNodes (targets, architectures): not before those
+            // stores are loaded.
+            let synced = all_synced(vec![synced(gpunodes.clone()).boxed(), synced(pools.clone()).boxed()]);
+            (
+                Some(store),
+                futures::future::Either::Left(
+                    when_synced("kerneljob", synced, on_shutdown(&shutdown_tx), fut).map(|_| ()),
+                ),
+            )
         }
         None => {
             if ctx.buildkite.is_some() {

@@ -1,8 +1,13 @@
-//! Pure fleet logic: GPU inventory, per-GPU shares, agent pods and pool plans. No client
-//! code here: everything is unit-tested from plain inputs.
+//! Pure fleet logic: GPU inventory, node health, per-GPU shares, pods blocked by agents,
+//! agent pods and pool plans. No client code here: everything is unit-tested from plain
+//! inputs.
 
+pub mod blocked;
+pub mod health;
 pub mod inventory;
+pub mod pdb;
 pub mod plan;
 pub mod pod;
 pub mod quantity;
+pub mod rollout;
 pub mod share;

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::rollout::MaxUnavailable;
 use super::share::Share;
 use crate::api::agentpool::GpuNodeSelector;
 
@@ -30,12 +31,26 @@ pub fn node_owner<'a>(labels: &BTreeMap<String, String>, claimants: &'a [Claiman
         .map(|c| &c.key)
 }
 
+/// Health of the Kubernetes Node behind a GpuNode, from the reason of the GpuNode's `Ready`
+/// condition (the GpuNode controller decides the toleration).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeHealth {
+    Ready,
+    /// NotReady for less than the toleration (`NodeNotReadyTolerated`): agents are kept,
+    /// none are created, like Kubernetes waiting out `node.kubernetes.io/not-ready`.
+    NotReadyTolerated,
+    /// Cordoned (`NodeCordoned`): no new agents; running agents finish.
+    Cordoned,
+    /// NotReady beyond the toleration (`NodeNotReady`): agents are drained at once.
+    NotReady,
+}
+
 /// What the pool knows about one selected node.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NodeFacts {
     pub gpunode: String,
     pub found: bool,
-    pub node_ready: bool,
+    pub health: NodeHealth,
     pub maintenance: bool,
     pub exclusive: bool,
     /// A reason the GpuNode gives for not being usable (share too small, ambiguous resource).
@@ -59,6 +74,10 @@ pub enum NodeState {
     NodeNotFound,
     Maintenance,
     NotReady,
+    /// NotReady within its toleration: agents kept, none created.
+    NotReadyTolerated,
+    /// Cordoned: no new agents; running ones finish.
+    Cordoned,
     NotExclusive,
     Unusable(String, String),
 }
@@ -72,6 +91,8 @@ impl NodeState {
             NodeState::NodeNotFound => "NodeNotFound",
             NodeState::Maintenance => "Maintenance",
             NodeState::NotReady => "NotReady",
+            NodeState::NotReadyTolerated => "NotReadyTolerated",
+            NodeState::Cordoned => "Cordoned",
             NodeState::NotExclusive => "NotExclusive",
             NodeState::Unusable(reason, _) => reason,
         }
@@ -83,13 +104,33 @@ impl NodeState {
             NodeState::Paused => "the pool is paused".into(),
             NodeState::Conflict(owner) => format!("claimed by the older pool {owner}"),
             NodeState::NodeNotFound => "the Kubernetes Node does not exist".into(),
-            NodeState::Maintenance => "the GpuNode is in maintenance: agents drain".into(),
-            NodeState::NotReady => "the Node is not Ready".into(),
+            NodeState::Maintenance => {
+                "the GpuNode is in maintenance: agents drain gracefully, within the pool's maxUnavailable".into()
+            }
+            NodeState::NotReady => "the Node is not Ready beyond its toleration: agents drain".into(),
+            NodeState::NotReadyTolerated => {
+                "the Node is not Ready, within its toleration: agents are kept, none are created".into()
+            }
+            NodeState::Cordoned => {
+                "the Node is cordoned: no new agents; running agents finish their job (non-ephemeral ones drain within the pool's maxUnavailable)".into()
+            }
             NodeState::NotExclusive => {
                 "the GPUs are shared (time-slicing/MPS): benchmarks would not be isolated".into()
             }
             NodeState::Unusable(_, message) => message.clone(),
         }
+    }
+
+    /// The node's agents still count as the pool's desired agents (`NotReadyTolerated`: the
+    /// node is expected back).
+    fn keeps_desired(&self) -> bool {
+        matches!(self, NodeState::Active | NodeState::NotReadyTolerated)
+    }
+
+    /// An admin's voluntary action drains the node: its agents leave within the rollout
+    /// budget, like `kubectl drain` under a PodDisruptionBudget.
+    fn drains_voluntarily(&self) -> bool {
+        matches!(self, NodeState::Maintenance | NodeState::Cordoned)
     }
 }
 
@@ -136,6 +177,13 @@ pub struct ExistingAgent {
     pub message: Option<String>,
 }
 
+impl ExistingAgent {
+    /// Available: Running and Ready (a Deployment's "available" with minReadySeconds 0).
+    fn available(&self) -> bool {
+        self.phase == AgentPhase::Running && self.ready && !self.deleting
+    }
+}
+
 /// Why an agent pod is deleted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DeleteReason {
@@ -165,19 +213,46 @@ pub struct NodePlan {
 pub struct Plan {
     /// (gpunode, slot) pairs to create.
     pub creates: Vec<(String, u32)>,
-    /// (pod name, reason) pairs to delete.
+    /// (pod name, reason) pairs to delete now.
     pub deletes: Vec<(String, DeleteReason)>,
     pub nodes: Vec<NodePlan>,
+    /// Agents the pool should run (on Active nodes and on NotReady nodes within toleration).
     pub desired: i64,
+    /// Of those, Running and Ready (outdated ones included until they are rolled).
     pub ready: i64,
+    /// Live agents on those nodes built from the current spec and share.
+    pub updated: i64,
     pub gpus_claimed: i64,
     /// Slots waiting for capacity (old pods still terminating) or for a failure backoff.
     pub waiting: usize,
+    /// Voluntary deletes (outdated agents, maintenance and cordon drains) held back because
+    /// `max_unavailable` agents are already unavailable.
+    pub deferred: usize,
+    /// Agents unavailable now: the budget base minus the available agents.
+    pub unavailable: i64,
+    /// `maxUnavailable` resolved against the budget base.
+    pub max_unavailable: i64,
+    /// Available agents a voluntary disruption must leave (the PodDisruptionBudget's
+    /// `minAvailable`): the budget base minus `max_unavailable`, at least 0.
+    pub min_available: i64,
 }
 
 impl Plan {
     pub fn converged(&self) -> bool {
-        self.creates.is_empty() && self.deletes.is_empty() && self.waiting == 0 && self.ready == self.desired
+        self.creates.is_empty()
+            && self.deletes.is_empty()
+            && self.waiting == 0
+            && self.deferred == 0
+            && self.ready == self.desired
+    }
+
+    /// Agents left to roll: outdated or still draining, deleted now or held back.
+    pub fn rolling(&self) -> bool {
+        self.deferred > 0
+            || self.deletes.iter().any(|(_, r)| {
+                *r == DeleteReason::Outdated
+                    || matches!(r, DeleteReason::NodeIneligible(s) if s == "Maintenance" || s == "Cordoned")
+            })
     }
 }
 
@@ -187,11 +262,32 @@ pub struct PoolFacts<'a> {
     pub key: &'a str,
     pub paused: bool,
     pub gpus_per_agent: i64,
+    /// Agents disconnect after one job (`spec.agent.ephemeral`).
+    pub ephemeral: bool,
+    /// `spec.strategy.rollingUpdate.maxUnavailable`.
+    pub max_unavailable: MaxUnavailable,
+}
+
+/// What becomes of one observed agent.
+enum Fate {
+    Keep,
+    /// Involuntary or structural: deleted now, whatever the budget.
+    DeleteNow(DeleteReason),
+    /// Voluntary: deleted within the rollout budget.
+    Disrupt(DeleteReason),
 }
 
 /// Plans one pool. `selected` are the nodes its selector matches; `agents` are all live pods
 /// it owns; `desired_hash(gpunode, slot)` is the spec hash a pod built now would carry;
 /// `in_backoff(gpunode, slot)` says a slot recently failed and must wait.
+///
+/// Voluntary disruptions (outdated agents; maintenance and cordon drains) are bounded like a
+/// Deployment's rolling update: the budget base is the desired agents plus the agents still
+/// on voluntarily drained nodes, an available agent is Running, Ready and not terminating,
+/// and an available agent is deleted only while fewer than `maxUnavailable` agents of the
+/// base are unavailable. Unavailable agents (pending, not ready) are replaced at once, as the
+/// Deployment controller cleans up unhealthy old replicas first. Involuntary losses (node
+/// gone or NotReady beyond its toleration, finished or failed pods) do not wait.
 pub fn plan_pool(
     pool: &PoolFacts<'_>,
     selected: &[NodeFacts],
@@ -206,31 +302,20 @@ pub fn plan_pool(
         by_node.entry(a.gpunode.as_str()).or_default().push(a);
     }
     let selected_names: BTreeSet<&str> = selected.iter().map(|n| n.gpunode.as_str()).collect();
+    // Agents still on voluntarily drained nodes (terminating ones too): part of the budget base.
+    let mut draining: i64 = 0;
+    // Available agents in the budget base.
+    let mut available: i64 = 0;
+    // (index into plan.nodes, pod, reason, available) of each voluntary delete.
+    let mut disruptions: Vec<(usize, String, DeleteReason, bool)> = Vec::new();
 
     for node in selected {
-        let state = if pool.paused {
-            NodeState::Paused
-        } else if node.owner.as_deref().is_some_and(|o| o != pool.key) {
-            NodeState::Conflict(node.owner.clone().unwrap_or_default())
-        } else if !node.found {
-            NodeState::NodeNotFound
-        } else if node.maintenance {
-            NodeState::Maintenance
-        } else if !node.node_ready {
-            NodeState::NotReady
-        } else if !node.exclusive {
-            NodeState::NotExclusive
-        } else if let Some((reason, message)) = &node.problem {
-            NodeState::Unusable(reason.clone(), message.clone())
-        } else if node.per_gpu_share.is_none() {
-            NodeState::Unusable("ShareUnknown".into(), "the GpuNode has no per-GPU share yet".into())
-        } else {
-            NodeState::Active
-        };
+        let state = node_state(pool, node);
         let usable_gpus = (node.gpu_count - node.foreign_gpus).max(0);
-        let desired = if state == NodeState::Active { usable_gpus / gpa } else { 0 };
+        let desired = if state.keeps_desired() { usable_gpus / gpa } else { 0 };
         let desired_slots = u32::try_from(desired).unwrap_or(0);
         let mine = by_node.remove(node.gpunode.as_str()).unwrap_or_default();
+        let index = plan.nodes.len();
 
         // GPUs held on the node by live pods (ours included, terminating included).
         let mut held: i64 = node.other_pool_gpus
@@ -245,24 +330,49 @@ pub fn plan_pool(
             if let Some(slot) = a.slot {
                 occupied.insert(slot);
             }
+            if state.drains_voluntarily() && !a.phase.is_terminal() {
+                draining += 1;
+            }
             if a.deleting {
                 continue;
             }
-            let reason = match (a.slot, a.phase) {
-                (_, AgentPhase::Succeeded) => Some(DeleteReason::Completed),
+            let current = |slot: u32| a.spec_hash == desired_hash(node, slot);
+            let fate = match (a.slot, a.phase) {
+                (_, AgentPhase::Succeeded) => Fate::DeleteNow(DeleteReason::Completed),
                 (_, AgentPhase::Failed) => {
-                    Some(DeleteReason::Failed(a.reason.clone().unwrap_or_else(|| "Failed".into())))
+                    Fate::DeleteNow(DeleteReason::Failed(a.reason.clone().unwrap_or_else(|| "Failed".into())))
                 }
-                _ if state != NodeState::Active => Some(DeleteReason::NodeIneligible(state.name().to_string())),
-                (None, _) => Some(DeleteReason::SlotRemoved),
-                (Some(slot), _) if slot >= desired_slots => Some(DeleteReason::SlotRemoved),
-                (Some(slot), _) if a.spec_hash != desired_hash(node, slot) => Some(DeleteReason::Outdated),
-                _ => None,
+                // The kubelet is not answering: a delete could not finish anyway, and the
+                // node is expected back within its toleration.
+                _ if state == NodeState::NotReadyTolerated => Fate::Keep,
+                // Ephemeral agents leave by themselves after their job (the pod Succeeds).
+                _ if state == NodeState::Cordoned && pool.ephemeral => Fate::Keep,
+                _ if state.drains_voluntarily() => Fate::Disrupt(DeleteReason::NodeIneligible(state.name().into())),
+                _ if state != NodeState::Active => Fate::DeleteNow(DeleteReason::NodeIneligible(state.name().into())),
+                (None, _) => Fate::DeleteNow(DeleteReason::SlotRemoved),
+                (Some(slot), _) if slot >= desired_slots => Fate::DeleteNow(DeleteReason::SlotRemoved),
+                (Some(slot), _) if !current(slot) => Fate::Disrupt(DeleteReason::Outdated),
+                _ => Fate::Keep,
             };
-            match reason {
-                Some(r) => plan.deletes.push((a.name.clone(), r)),
-                None if a.phase == AgentPhase::Running && a.ready => ready += 1,
-                None => {}
+            let counted = state.keeps_desired() || state.drains_voluntarily();
+            match fate {
+                Fate::DeleteNow(r) => plan.deletes.push((a.name.clone(), r)),
+                Fate::Disrupt(r) => {
+                    if a.available() {
+                        available += 1;
+                        ready += 1;
+                    }
+                    disruptions.push((index, a.name.clone(), r, a.available()));
+                }
+                Fate::Keep => {
+                    if a.available() && counted {
+                        available += 1;
+                        ready += 1;
+                    }
+                    if state.keeps_desired() && a.slot.is_some_and(|s| s < desired_slots && current(s)) {
+                        plan.updated += 1;
+                    }
+                }
             }
         }
         if state == NodeState::Active {
@@ -279,7 +389,6 @@ pub fn plan_pool(
             }
         }
         plan.desired += desired;
-        plan.ready += ready;
         plan.gpus_claimed += desired * gpa;
         plan.nodes.push(NodePlan {
             gpunode: node.gpunode.clone(),
@@ -290,6 +399,26 @@ pub fn plan_pool(
             gpus: desired * gpa,
         });
     }
+
+    // The rollout budget.
+    let base = plan.desired + draining;
+    plan.max_unavailable = pool.max_unavailable.resolve(base);
+    plan.unavailable = (base - available).max(0);
+    plan.min_available = (base - plan.max_unavailable).max(0);
+    let mut allowed = plan.max_unavailable - plan.unavailable;
+    for (index, pod, reason, was_available) in disruptions {
+        if was_available {
+            if allowed <= 0 {
+                plan.deferred += 1;
+                continue;
+            }
+            allowed -= 1;
+            plan.nodes[index].ready -= 1;
+        }
+        plan.deletes.push((pod, reason));
+    }
+    plan.ready = plan.nodes.iter().filter(|n| n.state.keeps_desired()).map(|n| n.ready).sum();
+
     // Pods on nodes that left the selection.
     for (gpunode, rest) in by_node {
         debug_assert!(!selected_names.contains(gpunode));
@@ -300,212 +429,32 @@ pub fn plan_pool(
     plan
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::api::agentpool::{SelectorOperator, SelectorRequirement};
-
-    const ME: &str = "ci/h100";
-
-    fn node(name: &str, gpus: i64) -> NodeFacts {
-        NodeFacts {
-            gpunode: name.into(),
-            found: true,
-            node_ready: true,
-            maintenance: false,
-            exclusive: true,
-            problem: None,
-            gpu_count: gpus,
-            per_gpu_share: Some(Share { cpu_cores: 16, memory_mib: 131072 }),
-            foreign_gpus: 0,
-            other_pool_gpus: 0,
-            owner: Some(ME.into()),
-        }
-    }
-
-    fn agent(node: &str, slot: u32, phase: AgentPhase, ready: bool) -> ExistingAgent {
-        ExistingAgent {
-            name: format!("h100-{node}-{slot}"),
-            gpunode: node.into(),
-            slot: Some(slot),
-            phase,
-            ready,
-            deleting: false,
-            spec_hash: Some("h1".into()),
-            gpus: 1,
-            reason: None,
-            message: None,
-        }
-    }
-
-    fn pool(gpa: i64) -> PoolFacts<'static> {
-        PoolFacts { key: ME, paused: false, gpus_per_agent: gpa }
-    }
-
-    fn hash(_: &NodeFacts, _: u32) -> Option<String> {
-        Some("h1".into())
-    }
-
-    fn no_backoff(_: &str, _: u32) -> bool {
-        false
-    }
-
-    #[test]
-    fn empty_pool_creates_one_agent_per_gpu() {
-        let plan = plan_pool(&pool(1), &[node("a", 8), node("b", 8)], &[], hash, no_backoff);
-        assert_eq!(plan.creates.len(), 16);
-        assert_eq!(plan.creates[0], ("a".to_string(), 0));
-        assert_eq!(plan.creates[15], ("b".to_string(), 7));
-        assert_eq!((plan.desired, plan.ready, plan.gpus_claimed), (16, 0, 16));
-        assert!(!plan.converged());
-    }
-
-    #[test]
-    fn converged_pool_does_nothing() {
-        let agents: Vec<_> = (0..8).map(|s| agent("a", s, AgentPhase::Running, true)).collect();
-        let plan = plan_pool(&pool(1), &[node("a", 8)], &agents, hash, no_backoff);
-        assert!(plan.creates.is_empty() && plan.deletes.is_empty());
-        assert!(plan.converged());
-        assert_eq!(plan.ready, 8);
-    }
-
-    #[test]
-    fn completed_and_failed_agents_are_replaced() {
-        let mut agents: Vec<_> = (0..8).map(|s| agent("a", s, AgentPhase::Running, true)).collect();
-        agents[2].phase = AgentPhase::Succeeded;
-        agents[5].phase = AgentPhase::Failed;
-        agents[5].reason = Some("TopologyAffinityError".into());
-        let plan = plan_pool(&pool(1), &[node("a", 8)], &agents, hash, no_backoff);
-        assert_eq!(
-            plan.deletes,
-            vec![
-                ("h100-a-2".to_string(), DeleteReason::Completed),
-                ("h100-a-5".to_string(), DeleteReason::Failed("TopologyAffinityError".into())),
-            ]
-        );
-        assert!(plan.creates.is_empty(), "same-named pods must be gone before they are recreated");
-        // Next round, the deleted pods are gone: recreated unless backing off.
-        let agents: Vec<_> = agents.into_iter().filter(|a| a.phase == AgentPhase::Running).collect();
-        let plan = plan_pool(&pool(1), &[node("a", 8)], &agents, hash, |_, slot| slot == 5);
-        assert_eq!(plan.creates, vec![("a".to_string(), 2)]);
-        assert_eq!(plan.waiting, 1);
-    }
-
-    #[test]
-    fn never_more_gpus_than_the_node_has() {
-        // Another pool's agents still hold 3 GPUs (hand-over): only 5 new agents fit.
-        let mut n = node("a", 8);
-        n.other_pool_gpus = 3;
-        let plan = plan_pool(&pool(1), &[n.clone()], &[], hash, no_backoff);
-        assert_eq!(plan.creates.len(), 5);
-        assert_eq!(plan.waiting, 3);
-        // A foreign pod holding 2 GPUs lowers the desired count itself.
-        let mut n = node("a", 8);
-        n.foreign_gpus = 2;
-        let plan = plan_pool(&pool(1), &[n], &[], hash, no_backoff);
-        assert_eq!((plan.creates.len(), plan.desired), (6, 6));
-        // Terminating outdated pods of our own count until they are gone.
-        let mut agents: Vec<_> = (0..8).map(|s| agent("a", s, AgentPhase::Running, true)).collect();
-        for a in &mut agents {
-            a.deleting = true;
-        }
-        let plan = plan_pool(&pool(2), &[node("a", 8)], &agents[4..], hash, no_backoff);
-        // Slots 0..3 are free by name, but four 1-GPU pods still hold 4 GPUs: two 2-GPU agents fit.
-        assert_eq!(plan.creates.len(), 2);
-    }
-
-    #[test]
-    fn multi_gpu_agents() {
-        let plan = plan_pool(&pool(3), &[node("a", 8)], &[], hash, no_backoff);
-        assert_eq!(plan.creates.len(), 2, "floor(8 / 3)");
-        assert_eq!(plan.gpus_claimed, 6);
-        assert_eq!(plan.nodes[0].agent_resources, Some(Share { cpu_cores: 48, memory_mib: 3 * 131072 }));
-    }
-
-    #[test]
-    fn outdated_agents_roll() {
-        let agents: Vec<_> = (0..2).map(|s| agent("a", s, AgentPhase::Running, true)).collect();
-        let plan = plan_pool(&pool(1), &[node("a", 2)], &agents, |_, _| Some("h2".into()), no_backoff);
-        assert_eq!(plan.deletes.len(), 2);
-        assert!(plan.deletes.iter().all(|(_, r)| *r == DeleteReason::Outdated));
-        assert_eq!(plan.ready, 0);
-    }
-
-    #[test]
-    fn slots_beyond_capacity_are_removed() {
-        let agents: Vec<_> = (0..8).map(|s| agent("a", s, AgentPhase::Running, true)).collect();
-        let plan = plan_pool(&pool(1), &[node("a", 6)], &agents, hash, no_backoff);
-        assert_eq!(plan.deletes.len(), 2);
-        assert!(plan.deletes.iter().all(|(_, r)| *r == DeleteReason::SlotRemoved));
-    }
-
-    #[test]
-    fn ineligible_nodes_drain() {
-        let agents: Vec<_> = (0..2).map(|s| agent("a", s, AgentPhase::Running, true)).collect();
-        for (mutate, state) in [
-            (Box::new(|n: &mut NodeFacts| n.maintenance = true) as Box<dyn Fn(&mut NodeFacts)>, "Maintenance"),
-            (Box::new(|n: &mut NodeFacts| n.found = false), "NodeNotFound"),
-            (Box::new(|n: &mut NodeFacts| n.node_ready = false), "NotReady"),
-            (Box::new(|n: &mut NodeFacts| n.exclusive = false), "NotExclusive"),
-            (Box::new(|n: &mut NodeFacts| n.owner = Some("other/old".into())), "Conflict"),
-            (
-                Box::new(|n: &mut NodeFacts| n.problem = Some(("ShareTooSmall".into(), "too small".into()))),
-                "ShareTooSmall",
-            ),
-        ] {
-            let mut n = node("a", 2);
-            mutate(&mut n);
-            let plan = plan_pool(&pool(1), &[n], &agents, hash, no_backoff);
-            assert_eq!(plan.nodes[0].state.name(), state);
-            assert_eq!(plan.deletes.len(), 2, "{state}");
-            assert!(plan.creates.is_empty());
-            assert_eq!(plan.desired, 0);
-        }
-        let paused = PoolFacts { paused: true, ..pool(1) };
-        let plan = plan_pool(&paused, &[node("a", 2)], &agents, hash, no_backoff);
-        assert_eq!(plan.nodes[0].state, NodeState::Paused);
-        assert_eq!(plan.deletes.len(), 2);
-    }
-
-    #[test]
-    fn deselected_nodes_lose_agents_and_deleting_pods_are_left_alone() {
-        let mut agents = vec![agent("gone", 0, AgentPhase::Running, true), agent("gone", 1, AgentPhase::Running, true)];
-        agents[1].deleting = true;
-        let plan = plan_pool(&pool(1), &[], &agents, hash, no_backoff);
-        assert_eq!(plan.deletes, vec![("h100-gone-0".to_string(), DeleteReason::NodeIneligible("Deselected".into()))]);
-    }
-
-    #[test]
-    fn oldest_active_pool_owns_the_node() {
-        let all = GpuNodeSelector::default();
-        let h100 = GpuNodeSelector {
-            match_expressions: vec![SelectorRequirement {
-                key: "nvidia.com/gpu.product".into(),
-                operator: SelectorOperator::In,
-                values: vec!["NVIDIA-H100-80GB-HBM3".into()],
-            }],
-            ..Default::default()
-        };
-        let labels: BTreeMap<String, String> =
-            [("nvidia.com/gpu.product".to_string(), "NVIDIA-H100-80GB-HBM3".to_string())].into();
-        let l40s: BTreeMap<String, String> = [("nvidia.com/gpu.product".to_string(), "NVIDIA-L40S".to_string())].into();
-        let claimants = vec![
-            Claimant { key: "b/new".into(), created: "2026-02-01T00:00:00Z".into(), selector: &all, active: true },
-            Claimant { key: "a/old".into(), created: "2026-01-01T00:00:00Z".into(), selector: &h100, active: true },
-            Claimant {
-                key: "a/older-paused".into(),
-                created: "2025-01-01T00:00:00Z".into(),
-                selector: &all,
-                active: false,
-            },
-        ];
-        assert_eq!(node_owner(&labels, &claimants).map(String::as_str), Some("a/old"));
-        assert_eq!(node_owner(&l40s, &claimants).map(String::as_str), Some("b/new"));
-        let tie = vec![
-            Claimant { key: "z/p".into(), created: "2026-01-01T00:00:00Z".into(), selector: &all, active: true },
-            Claimant { key: "a/p".into(), created: "2026-01-01T00:00:00Z".into(), selector: &all, active: true },
-        ];
-        assert_eq!(node_owner(&labels, &tie).map(String::as_str), Some("a/p"));
-        assert_eq!(node_owner(&labels, &[]), None);
+fn node_state(pool: &PoolFacts<'_>, node: &NodeFacts) -> NodeState {
+    if pool.paused {
+        NodeState::Paused
+    } else if node.owner.as_deref().is_some_and(|o| o != pool.key) {
+        NodeState::Conflict(node.owner.clone().unwrap_or_default())
+    } else if !node.found {
+        NodeState::NodeNotFound
+    } else if node.maintenance {
+        NodeState::Maintenance
+    } else if node.health == NodeHealth::NotReady {
+        NodeState::NotReady
+    } else if node.health == NodeHealth::NotReadyTolerated {
+        NodeState::NotReadyTolerated
+    } else if node.health == NodeHealth::Cordoned {
+        NodeState::Cordoned
+    } else if !node.exclusive {
+        NodeState::NotExclusive
+    } else if let Some((reason, message)) = &node.problem {
+        NodeState::Unusable(reason.clone(), message.clone())
+    } else if node.per_gpu_share.is_none() {
+        NodeState::Unusable("ShareUnknown".into(), "the GpuNode has no per-GPU share yet".into())
+    } else {
+        NodeState::Active
     }
 }
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

@@ -24,6 +24,10 @@ pub const LABEL_SLOT: &str = "benchkite.dev/slot";
 pub const ANNOTATION_SPEC_HASH: &str = "benchkite.dev/spec-hash";
 pub const ANNOTATION_GPUNODE: &str = "benchkite.dev/gpunode";
 pub const ANNOTATION_GPUS: &str = "benchkite.dev/gpus";
+/// The cluster autoscaler does not remove a node to save cost while it holds a pod with
+/// this annotation set to "false" (cluster-autoscaler FAQ, "What types of pods can prevent
+/// CA from removing a node?"): an agent may be running a benchmark at any time.
+pub const ANNOTATION_SAFE_TO_EVICT: &str = "cluster-autoscaler.kubernetes.io/safe-to-evict";
 pub const MANAGED_BY: &str = "benchkite";
 pub const AGENT_NAME: &str = "buildkite-agent";
 pub const HOOKS_PATH: &str = "/etc/buildkite-agent/hooks";
@@ -254,6 +258,7 @@ pub fn agent_pod(slot: &AgentSlot<'_>, defaults: &PodDefaults) -> Pod {
     let mut annotations: BTreeMap<String, String> = agent.pod.annotations.clone();
     annotations.insert(ANNOTATION_GPUNODE.into(), slot.gpunode.to_string());
     annotations.insert(ANNOTATION_GPUS.into(), slot.gpus.to_string());
+    annotations.insert(ANNOTATION_SAFE_TO_EVICT.into(), "false".into());
     let hash = spec_hash(&spec, &labels, &annotations);
     annotations.insert(ANNOTATION_SPEC_HASH.into(), hash);
 
@@ -289,7 +294,7 @@ pub fn pod_spec_hash(pod: &Pod) -> Option<&str> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::api::agentpool::{AgentPoolSpec, AgentSpec, GpuNodeSelector, HooksSource, PodOverrides, SecretKeyRef};
 
@@ -313,11 +318,30 @@ mod tests {
                 },
                 paused: false,
                 buildkite: None,
+                strategy: None,
             },
         );
         p.metadata.namespace = Some("ci".into());
         p.metadata.uid = Some("uid-1".into());
         p
+    }
+
+    /// An agent pod of `pool` on a test node.
+    pub(crate) fn built(pool: &AgentPool) -> Pod {
+        let taints = taints();
+        agent_pod(&slot(pool, &taints), &defaults())
+    }
+
+    #[test]
+    fn agents_keep_the_cluster_autoscaler_away() {
+        let pool = pool("h100");
+        let mut p = pool.clone();
+        // The pool's own annotations cannot switch it off.
+        p.spec.agent.pod.annotations.insert(ANNOTATION_SAFE_TO_EVICT.into(), "true".into());
+        for pod in [built(&pool), built(&p)] {
+            let annotations = pod.metadata.annotations.unwrap_or_default();
+            assert_eq!(annotations.get(ANNOTATION_SAFE_TO_EVICT).map(String::as_str), Some("false"));
+        }
     }
 
     fn taints() -> Vec<Taint> {

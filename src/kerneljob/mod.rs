@@ -1,15 +1,23 @@
 //! KernelJob: from a Kubernetes object to a Buildkite build and back into status.
 
 pub mod board;
+pub mod conditions;
 pub mod controller;
+pub mod decide;
+pub mod follow;
 pub mod machine;
+pub mod memory;
+pub mod outcome;
+pub mod poll;
 pub mod queue;
+pub mod recovery;
 pub mod submission;
+pub mod submit;
 pub mod webhook;
 
 pub use controller::{JobConfig, JobCtx};
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::events::{Recorder, Reporter};
 use futures::StreamExt;
@@ -79,13 +87,7 @@ pub fn controller(
         board: board::Board::default(),
         queue: queue::SubmitQueue::default(),
         recorder,
-        attempts: Mutex::new(Default::default()),
-        unverified: Mutex::new(Default::default()),
-        canceled: Mutex::new(Default::default()),
-        written: Mutex::new(Default::default()),
-        submit_errors: Mutex::new(Default::default()),
-        refused: Mutex::new(Default::default()),
-        finalizer_writes: Mutex::new(Default::default()),
+        memory: memory::Memory::default(),
         trigger: tx,
         webhooks: Default::default(),
         started: Timestamp::now(),
@@ -98,10 +100,10 @@ pub fn controller(
         let ctx = run_ctx;
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..ctx.config.submit_workers.max(1) {
-            tasks.spawn(controller::submit_worker(ctx.clone()));
+            tasks.spawn(submit::submit_worker(ctx.clone()));
         }
-        tasks.spawn(controller::recovery_loop(ctx.clone()));
-        tasks.spawn(controller::poll_loop(ctx.clone()));
+        tasks.spawn(recovery::recovery_loop(ctx.clone()));
+        tasks.spawn(poll::poll_loop(ctx.clone()));
         Controller::for_stream(stream, jobs)
             .reconcile_on(wakeups)
             .with_config(kube::runtime::controller::Config::default().concurrency(32))

@@ -181,6 +181,9 @@ the chart value behind a flag (for the extraArgs duplicate check).
 {{- $a = append $a (list "--agent-grace-seconds" (toString (int64 $v.fleet.agentGraceSeconds)) "fleet.agentGraceSeconds") }}
 {{- $a = append $a (list "--min-agent-memory-mib" (toString (int64 $v.fleet.minAgentMemoryMiB)) "fleet.minAgentMemoryMiB") }}
 {{- $a = append $a (list "--write-concurrency" (toString (int64 $v.fleet.writeConcurrency)) "fleet.writeConcurrency") }}
+{{- $a = append $a (list "--node-not-ready-toleration-seconds" (toString (int64 $v.fleet.nodeNotReadyTolerationSeconds)) "fleet.nodeNotReadyTolerationSeconds") }}
+{{- $a = append $a (list "--node-headroom-cpu" (toString $v.fleet.nodeHeadroom.cpu) "fleet.nodeHeadroom.cpu") }}
+{{- $a = append $a (list "--node-headroom-memory" (toString $v.fleet.nodeHeadroom.memory) "fleet.nodeHeadroom.memory") }}
 {{- with $v.kernelJobs.watchNamespace }}
 {{- $a = append $a (list "--namespace" . "kernelJobs.watchNamespace") }}
 {{- end }}

@@ -1,5 +1,11 @@
 //! AgentPool reconcile: keep exactly one agent pod per GPU (or per `gpusPerAgent` GPUs) on
-//! every selected, usable GpuNode the pool owns.
+//! every selected, usable GpuNode the pool owns; roll and drain them within the pool's
+//! `maxUnavailable`, and keep its PodDisruptionBudget.
+
+mod facts;
+mod pdb;
+mod pipeline;
+mod progress;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,257 +22,18 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::gpunode::publish;
-use super::pipelines::{ManagedPipeline, PipelineCheck, PipelineError, QueueSettings, reason as perr};
-use super::{Context, agent_pool_uid, cache, pod_terminal};
-use crate::api::agentpool::{PoolBuildkite, PoolNodeStatus, PoolPipelineStatus, conditions as cond};
+use super::{Context, agent_pool_uid};
+use crate::api::agentpool::{PoolNodeStatus, conditions as cond};
 use crate::api::condition::{ConditionSet, ConditionStatus, find};
-use crate::api::gpunode::{ResourceShare, conditions as gncond};
+use crate::api::gpunode::ResourceShare;
 use crate::api::{AgentPool, AgentPoolStatus, FIELD_MANAGER, GpuNode};
-use crate::buildkite::pipelines::problem;
 use crate::error::{Error, Result, is_already_exists, is_not_found};
-use crate::fleet::inventory::Vendor;
 use crate::fleet::plan::{self, AgentPhase, Claimant, DeleteReason, ExistingAgent, NodeFacts, NodeState, PoolFacts};
-use crate::fleet::pod::{
-    ANNOTATION_GPUNODE, ANNOTATION_GPUS, AgentSlot, LABEL_SLOT, PodDefaults, agent_pod, pod_spec_hash,
-};
-use crate::fleet::share::{Share, pod_extended};
-
-fn pool_key(p: &AgentPool) -> String {
-    format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any())
-}
-
-fn created(p: &AgentPool) -> String {
-    p.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default()
-}
-
-fn share_of(gn: &GpuNode) -> Option<Share> {
-    let s = gn.status.as_ref()?.per_gpu_share.as_ref()?;
-    let memory_mib = s.memory.strip_suffix("Mi")?.parse().ok()?;
-    Some(Share { cpu_cores: s.cpu, memory_mib })
-}
-
-/// What a pool needs to know about one selected GpuNode, from its status and the pods on it.
-fn node_facts(gn: &GpuNode, owner: Option<String>, pods_on_node: &[Arc<Pod>], pool_uid: &str) -> NodeFacts {
-    let status = gn.status.clone().unwrap_or_default();
-    let ready = find(&status.conditions, gncond::READY);
-    let reason = ready.map(|c| c.reason.as_str()).unwrap_or("Unknown");
-    let resource = status.resource_name.clone().unwrap_or_default();
-    let mut foreign_gpus = 0;
-    let mut other_pool_gpus = 0;
-    for pod in pods_on_node.iter().filter(|p| !pod_terminal(p)) {
-        match agent_pool_uid(pod) {
-            Some(uid) if uid == pool_uid => {}
-            Some(_) => {
-                other_pool_gpus += pod
-                    .annotations()
-                    .get(ANNOTATION_GPUS)
-                    .and_then(|g| g.parse::<i64>().ok())
-                    .unwrap_or_else(|| pod.spec.as_ref().map(|s| pod_extended(s, &resource)).unwrap_or(0));
-            }
-            None => foreign_gpus += pod.spec.as_ref().map(|s| pod_extended(s, &resource)).unwrap_or(0),
-        }
-    }
-    let usable = ready.is_some_and(|c| c.status == "True");
-    NodeFacts {
-        gpunode: gn.name_any(),
-        found: find(&status.conditions, gncond::NODE_FOUND).is_some_and(|c| c.status == "True"),
-        node_ready: !matches!(reason, "NodeNotReady" | "NodeCordoned"),
-        maintenance: gn.spec.maintenance,
-        exclusive: !status.shared,
-        problem: match (usable, reason) {
-            (true, _) | (false, "NodeNotReady" | "NodeCordoned" | "Maintenance" | "NotExclusive" | "NodeNotFound") => {
-                None
-            }
-            (false, r) => Some((
-                r.to_string(),
-                ready.map(|c| c.message.clone()).unwrap_or_else(|| "the GpuNode is not ready yet".into()),
-            )),
-        },
-        gpu_count: status.gpu_count,
-        per_gpu_share: share_of(gn),
-        foreign_gpus,
-        other_pool_gpus,
-        owner,
-    }
-}
-
-fn existing_agent(pod: &Pod) -> ExistingAgent {
-    let status = pod.status.as_ref();
-    ExistingAgent {
-        name: pod.name_any(),
-        gpunode: pod.annotations().get(ANNOTATION_GPUNODE).cloned().unwrap_or_default(),
-        slot: pod.labels().get(LABEL_SLOT).and_then(|s| s.parse().ok()),
-        phase: AgentPhase::parse(status.and_then(|s| s.phase.as_deref())),
-        ready: cache::pod_ready(pod),
-        deleting: pod.metadata.deletion_timestamp.is_some(),
-        spec_hash: pod_spec_hash(pod).map(str::to_string),
-        gpus: pod.annotations().get(ANNOTATION_GPUS).and_then(|g| g.parse().ok()).unwrap_or(0),
-        reason: status.and_then(|s| s.reason.clone()),
-        message: status.and_then(|s| s.message.clone()),
-    }
-}
-
-fn slot_for<'a>(
-    pool: &'a AgentPool,
-    gn: &'a GpuNode,
-    node: &'a k8s_openapi::api::core::v1::Node,
-    slot: u32,
-    share: Share,
-) -> AgentSlot<'a> {
-    let status = gn.status.as_ref();
-    AgentSlot {
-        pool,
-        gpunode: gn.metadata.name.as_deref().unwrap_or_default(),
-        node_name: gn.node_name(),
-        slot,
-        vendor: if status.and_then(|s| s.vendor.as_deref()) == Some("amd") { Vendor::Amd } else { Vendor::Nvidia },
-        gpu_type: status.and_then(|s| s.gpu_type.as_deref()),
-        architecture: status.and_then(|s| s.architecture.as_deref()),
-        resource_name: status.and_then(|s| s.resource_name.as_deref()).unwrap_or("nvidia.com/gpu"),
-        gpus: i64::from(pool.spec.gpus_per_agent.max(1)),
-        resources: share.times(i64::from(pool.spec.gpus_per_agent.max(1))),
-        node_taints: node.spec.as_ref().and_then(|s| s.taints.as_deref()).unwrap_or(&[]),
-    }
-}
-
-/// What became of the pool's pipeline in this reconcile.
-#[derive(Debug, Clone, PartialEq)]
-enum PipelineOutcome {
-    /// This process manages no pipelines (why).
-    Off(&'static str),
-    /// The managed pipeline of the queue is as it should be.
-    Managed(ManagedPipeline),
-    /// The pool's own pipeline, checked.
-    User(PipelineCheck),
-    /// Ensuring or checking failed.
-    Failed { slug: String, managed: bool, error: PipelineError },
-}
-
-/// The `PipelineReady` condition, the pool's `status.pipeline`, and how the outcome feeds
-/// `Degraded`/`Ready`/`Stalled`.
-#[derive(Debug, Clone, PartialEq)]
-struct PipelineVerdict {
-    status: ConditionStatus,
-    reason: &'static str,
-    message: String,
-    /// The pool cannot serve KernelJobs: `Degraded`, not `Ready`.
-    degraded: bool,
-    /// Only the user can fix it (`Stalled`).
-    stalled: bool,
-    pipeline: Option<PoolPipelineStatus>,
-}
-
-/// Longest condition message about a pipeline (the problems can be many).
-const MAX_PIPELINE_MESSAGE: usize = 4096;
-
-fn pipeline_verdict(outcome: &PipelineOutcome, previous: Option<&PoolPipelineStatus>) -> PipelineVerdict {
-    let bounded = |m: String| crate::contract::text::truncate_str(&m, MAX_PIPELINE_MESSAGE).0;
-    match outcome {
-        PipelineOutcome::Off(why) => PipelineVerdict {
-            status: ConditionStatus::Unknown,
-            reason: "PipelinesNotManaged",
-            message: format!("{why}: the pool's pipeline is neither created nor checked"),
-            degraded: false,
-            stalled: false,
-            pipeline: None,
-        },
-        PipelineOutcome::Managed(p) => PipelineVerdict {
-            status: ConditionStatus::True,
-            reason: "PipelineInSync",
-            message: format!(
-                "KernelJobs on this queue build on pipeline {}{}, which benchkite created and keeps in sync",
-                p.slug,
-                p.web_url.as_deref().map(|u| format!(" ({u})")).unwrap_or_default()
-            ),
-            degraded: false,
-            stalled: false,
-            pipeline: Some(PoolPipelineStatus { slug: p.slug.clone(), web_url: p.web_url.clone(), managed: true }),
-        },
-        PipelineOutcome::User(check) => {
-            let pipeline =
-                Some(PoolPipelineStatus { slug: check.slug.clone(), web_url: check.web_url.clone(), managed: false });
-            if check.problems.is_empty() {
-                return PipelineVerdict {
-                    status: ConditionStatus::True,
-                    reason: "PipelineValid",
-                    message: format!(
-                        "pipeline {} (spec.buildkite.pipeline) has every setting KernelJobs need",
-                        check.slug
-                    ),
-                    degraded: false,
-                    stalled: false,
-                    pipeline,
-                };
-            }
-            let not_found = check.problems.iter().all(|p| p.reason == problem::NOT_FOUND);
-            let settings: Vec<&str> = check.problems.iter().map(|p| p.reason).collect();
-            let details: Vec<&str> = check.problems.iter().map(|p| p.message.as_str()).collect();
-            PipelineVerdict {
-                status: ConditionStatus::False,
-                reason: if not_found { "PipelineNotFound" } else { "PipelineInvalid" },
-                message: bounded(if not_found {
-                    details.join("; ")
-                } else {
-                    format!("{}: {}", settings.join(", "), details.join("; "))
-                }),
-                degraded: true,
-                stalled: true,
-                pipeline,
-            }
-        }
-        PipelineOutcome::Failed { slug, managed, error } => PipelineVerdict {
-            status: ConditionStatus::False,
-            reason: match error.reason {
-                perr::MISSING_TOKEN_SCOPE => "MissingTokenScope",
-                perr::CLUSTER_UNRESOLVED => "ClusterUnresolved",
-                perr::CHECK_FAILED => "PipelineCheckFailed",
-                _ => "PipelineCreateFailed",
-            },
-            message: bounded(error.message.clone()),
-            degraded: true,
-            stalled: !error.transient,
-            pipeline: Some(PoolPipelineStatus {
-                slug: slug.clone(),
-                web_url: previous.filter(|p| &p.slug == slug).and_then(|p| p.web_url.clone()),
-                managed: *managed,
-            }),
-        },
-    }
-}
-
-fn queue_settings(b: &PoolBuildkite) -> QueueSettings {
-    QueueSettings {
-        cluster: b.cluster_id.clone().filter(|c| !c.trim().is_empty()),
-        step_timeout_minutes: b.step_timeout_minutes.and_then(|m| u32::try_from(m).ok()).filter(|m| *m > 0),
-    }
-}
-
-/// Ensures the managed pipeline of the pool's queue, or checks the pipeline the pool names.
-async fn pool_pipeline(pool: &AgentPool, ctx: &Context) -> PipelineOutcome {
-    let Some(manager) = ctx.queues.pipelines() else {
-        return PipelineOutcome::Off(if ctx.buildkite.is_none() {
-            "no Buildkite API is configured (--buildkite-org and a token)"
-        } else {
-            "this controller does not manage pipelines"
-        });
-    };
-    let spec = pool.spec.buildkite.clone().unwrap_or_default();
-    let queue = &pool.spec.queue;
-    let settings = queue_settings(&spec);
-    match spec.pipeline.as_deref().filter(|p| !p.is_empty()) {
-        Some(slug) => {
-            manager.set_queue_settings(queue, settings);
-            match manager.check_user_pipeline(slug, queue).await {
-                Ok(check) => PipelineOutcome::User(check),
-                Err(error) => PipelineOutcome::Failed { slug: slug.to_string(), managed: false, error },
-            }
-        }
-        None => match manager.ensure_with(queue, settings).await {
-            Ok(p) => PipelineOutcome::Managed(p),
-            Err(error) => PipelineOutcome::Failed { slug: manager.slug(queue), managed: true, error },
-        },
-    }
-}
+use crate::fleet::pod::{PodDefaults, agent_pod, pod_spec_hash};
+pub use facts::reason as node_reason;
+use facts::{created, existing_agent, node_facts, pool_key, slot_for};
+use pipeline::{pipeline_verdict, pool_pipeline};
+use progress::{progress, reason};
 
 pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action> {
     let ns = pool.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
@@ -357,6 +124,8 @@ pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action
         key: &pool_key(&pool),
         paused: pool.spec.paused || token_missing,
         gpus_per_agent: i64::from(pool.spec.gpus_per_agent),
+        ephemeral: pool.spec.agent.ephemeral,
+        max_unavailable: pool.spec.max_unavailable(),
     };
     let plan = plan::plan_pool(
         &pool_facts,
@@ -393,6 +162,10 @@ pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action
             let api = pods_api.clone();
             async move {
                 tracing::info!(pod = %pod, ?reason, "deleting agent pod");
+                // A graceful delete: the pod's terminationGracePeriodSeconds (from
+                // --agent-grace-seconds) applies, and the agent, on SIGTERM, disconnects
+                // "after completing any job that it may be running" (Buildkite docs, "Agent
+                // lifecycle", Signal handling).
                 match api.delete(&pod, &DeleteParams::default()).await {
                     Ok(_) => None,
                     Err(e) if is_not_found(&e) => None,
@@ -470,10 +243,21 @@ pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action
         .nodes
         .iter()
         .filter(|n| {
-            !matches!(n.state, NodeState::Active | NodeState::Conflict(_) | NodeState::Paused | NodeState::Maintenance)
+            !matches!(
+                n.state,
+                NodeState::Active
+                    | NodeState::Conflict(_)
+                    | NodeState::Paused
+                    | NodeState::Maintenance
+                    | NodeState::Cordoned
+                    | NodeState::NotReadyTolerated
+            ) && n.state.name() != facts::reason::GPUNODE_PENDING
         })
         .collect();
     let write_errors: Vec<String> = delete_errors.into_iter().chain(create_errors).collect();
+
+    // The pool's PodDisruptionBudget: evictions draw from the rollout budget.
+    let pdb_error = pdb::ensure(&ctx.client, &pool, plan.min_available).await.err();
 
     // The Buildkite side: create the queue when asked, report its live state.
     let mut queue_problem: Option<String> = None;
@@ -533,6 +317,8 @@ pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action
         (Some(pipeline.reason), pipeline.message.clone())
     } else if !write_errors.is_empty() {
         (Some("PodWriteFailed"), write_errors.join("; "))
+    } else if let Some(e) = &pdb_error {
+        (Some("DisruptionBudgetFailed"), e.clone())
     } else if !failed_pods.is_empty() {
         (Some("AgentFailed"), failed_pods.iter().map(|(p, r)| format!("{p}: {r}")).collect::<Vec<_>>().join("; "))
     } else if selected.is_empty() {
@@ -562,27 +348,10 @@ pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action
         }
     }
     let converged = plan.converged() && write_errors.is_empty();
-    if converged {
-        conditions.set(
-            cond::PROGRESSING,
-            ConditionStatus::False,
-            "Converged",
-            format!("{} of {} agents ready", plan.ready, plan.desired),
-        );
-    } else {
-        conditions.set(
-            cond::PROGRESSING,
-            ConditionStatus::True,
-            "Reconciling",
-            format!(
-                "{} of {} agents ready; creating {}, deleting {}, waiting {}",
-                plan.ready,
-                plan.desired,
-                plan.creates.len(),
-                plan.deletes.len(),
-                plan.waiting
-            ),
-        );
+    let progress = progress(&plan, converged);
+    conditions.set(cond::PROGRESSING, progress.status, progress.reason, progress.message.clone());
+    if progress.reason == reason::ROLLING_UPDATE {
+        events.push((cond::PROGRESSING, EventType::Normal, reason::ROLLING_UPDATE, progress.message.clone()));
     }
     let (ready, ready_reason, ready_msg) = if pool.spec.paused {
         (true, "Paused", "the pool is paused: no agents run".to_string())
@@ -595,7 +364,7 @@ pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action
             format!("{} agents ready on {} nodes", plan.ready, plan.nodes.iter().filter(|n| n.desired > 0).count()),
         )
     } else {
-        (false, "AgentsNotReady", format!("{} of {} agents ready", plan.ready, plan.desired))
+        (false, progress.ready_reason, progress.message.clone())
     };
     // kstatus: Stalled when only the user can fix the pool, Reconciling while agents converge.
     let stalled = degraded_reason.filter(|r| {
@@ -633,6 +402,9 @@ pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action
         selected_nodes: i64::try_from(selected.len()).unwrap_or(i64::MAX),
         desired_agents: plan.desired,
         ready_agents: plan.ready,
+        updated_agents: plan.updated,
+        unavailable_agents: plan.unavailable,
+        max_unavailable_agents: plan.max_unavailable,
         gpus_claimed: plan.gpus_claimed,
         nodes,
         queue: ctx.queues.status(&pool.spec.queue),
@@ -684,143 +456,4 @@ pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action
 pub fn error_policy(pool: Arc<AgentPool>, err: &Error, _ctx: Arc<Context>) -> Action {
     tracing::warn!(pool = %pool.name_any(), error = %err, "AgentPool reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::buildkite::PipelineProblem;
-
-    fn error(reason: &'static str, transient: bool) -> PipelineError {
-        PipelineError { reason, message: format!("{reason} happened"), transient, missing_scopes: Vec::new() }
-    }
-
-    #[test]
-    fn a_managed_pipeline_in_sync_is_ready() {
-        let v = pipeline_verdict(
-            &PipelineOutcome::Managed(ManagedPipeline {
-                slug: "benchkite-gpu-1a2b3c4d".into(),
-                web_url: Some("https://buildkite.com/o/benchkite-gpu-1a2b3c4d".into()),
-                cluster_id: Some("c1".into()),
-            }),
-            None,
-        );
-        assert_eq!(
-            (v.status, v.reason, v.degraded, v.stalled),
-            (ConditionStatus::True, "PipelineInSync", false, false)
-        );
-        assert!(v.message.contains("benchkite-gpu-1a2b3c4d") && v.message.contains("https://buildkite.com/o/"));
-        assert_eq!(
-            v.pipeline,
-            Some(PoolPipelineStatus {
-                slug: "benchkite-gpu-1a2b3c4d".into(),
-                web_url: Some("https://buildkite.com/o/benchkite-gpu-1a2b3c4d".into()),
-                managed: true
-            })
-        );
-    }
-
-    #[test]
-    fn a_user_pipeline_reports_every_setting_by_name() {
-        let check = |problems: Vec<PipelineProblem>| PipelineCheck {
-            slug: "theirs".into(),
-            web_url: Some("https://buildkite.com/o/theirs".into()),
-            cluster_id: None,
-            problems,
-        };
-        let ok = pipeline_verdict(&PipelineOutcome::User(check(vec![])), None);
-        assert_eq!((ok.status, ok.reason, ok.degraded), (ConditionStatus::True, "PipelineValid", false));
-        assert_eq!(ok.pipeline.as_ref().map(|p| p.managed), Some(false));
-
-        let bad = pipeline_verdict(
-            &PipelineOutcome::User(check(vec![
-                PipelineProblem {
-                    reason: problem::CANCEL_INTERMEDIATE_BUILDS,
-                    message: "\"Cancel intermediate builds\" is on".into(),
-                },
-                PipelineProblem { reason: problem::CHECKOUT_NOT_SKIPPED, message: "checks out".into() },
-            ])),
-            None,
-        );
-        assert_eq!((bad.status, bad.reason), (ConditionStatus::False, "PipelineInvalid"));
-        assert!(bad.degraded && bad.stalled, "only the user can fix their pipeline");
-        assert!(bad.message.starts_with("CancelIntermediateBuilds, CheckoutNotSkipped: "), "{}", bad.message);
-        assert!(bad.message.contains("Cancel intermediate builds"), "{}", bad.message);
-
-        let missing = pipeline_verdict(
-            &PipelineOutcome::User(PipelineCheck {
-                web_url: None,
-                ..check(vec![PipelineProblem { reason: problem::NOT_FOUND, message: "no pipeline theirs".into() }])
-            }),
-            None,
-        );
-        assert_eq!((missing.reason, missing.stalled), ("PipelineNotFound", true));
-
-        let long = pipeline_verdict(
-            &PipelineOutcome::User(check(vec![
-                PipelineProblem {
-                    reason: problem::QUEUE_MISMATCH,
-                    message: "x".repeat(10_000)
-                };
-                3
-            ])),
-            None,
-        );
-        assert!(long.message.len() <= MAX_PIPELINE_MESSAGE, "bounded: {}", long.message.len());
-    }
-
-    #[test]
-    fn failures_name_their_reason_and_keep_the_known_url() {
-        let previous =
-            PoolPipelineStatus { slug: "s".into(), web_url: Some("https://buildkite.com/o/s".into()), managed: true };
-        let failed = |reason, transient| PipelineOutcome::Failed {
-            slug: "s".into(),
-            managed: true,
-            error: error(reason, transient),
-        };
-
-        let v = pipeline_verdict(&failed(perr::MISSING_TOKEN_SCOPE, false), Some(&previous));
-        assert_eq!(
-            (v.status, v.reason, v.degraded, v.stalled),
-            (ConditionStatus::False, "MissingTokenScope", true, true)
-        );
-        assert_eq!(v.pipeline.as_ref().and_then(|p| p.web_url.as_deref()), Some("https://buildkite.com/o/s"));
-
-        let v = pipeline_verdict(&failed(perr::CREATE_FAILED, true), Some(&previous));
-        assert_eq!((v.reason, v.stalled), ("PipelineCreateFailed", false), "a 5xx may pass");
-        let v = pipeline_verdict(&failed(perr::CREATE_FAILED, false), None);
-        assert_eq!((v.reason, v.stalled), ("PipelineCreateFailed", true), "a 422 needs the user");
-        assert_eq!(v.pipeline.as_ref().and_then(|p| p.web_url.clone()), None);
-        assert_eq!(pipeline_verdict(&failed(perr::CLUSTER_UNRESOLVED, false), None).reason, "ClusterUnresolved");
-        assert_eq!(pipeline_verdict(&failed(perr::CHECK_FAILED, true), None).reason, "PipelineCheckFailed");
-
-        // Another slug than before: its URL is not known.
-        let other = PoolPipelineStatus { slug: "t".into(), ..previous };
-        assert_eq!(
-            pipeline_verdict(&failed(perr::CREATE_FAILED, true), Some(&other)).pipeline.and_then(|p| p.web_url),
-            None
-        );
-    }
-
-    #[test]
-    fn without_pipeline_management_nothing_is_claimed() {
-        let v = pipeline_verdict(&PipelineOutcome::Off("no Buildkite API"), None);
-        assert_eq!((v.status, v.degraded, v.pipeline), (ConditionStatus::Unknown, false, None));
-    }
-
-    #[test]
-    fn pool_settings_reach_the_pipeline() {
-        let s = queue_settings(&PoolBuildkite {
-            cluster_id: Some("c1".into()),
-            step_timeout_minutes: Some(90),
-            ..Default::default()
-        });
-        assert_eq!(s, QueueSettings { cluster: Some("c1".into()), step_timeout_minutes: Some(90) });
-        let s = queue_settings(&PoolBuildkite {
-            cluster_id: Some(" ".into()),
-            step_timeout_minutes: Some(-5),
-            ..Default::default()
-        });
-        assert_eq!(s, QueueSettings::default());
-    }
 }

@@ -1,0 +1,210 @@
+//! What the AgentPool controller reads from its caches: facts about selected GpuNodes and
+//! the pool's agent pods, in the planner's terms.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::ResourceExt;
+
+use super::super::{agent_pool_uid, cache, pod_terminal};
+use crate::api::AgentPool;
+use crate::api::GpuNode;
+use crate::api::condition::find;
+use crate::api::gpunode::conditions as gncond;
+use crate::fleet::inventory::Vendor;
+use crate::fleet::plan::{AgentPhase, ExistingAgent, NodeFacts, NodeHealth};
+use crate::fleet::pod::{ANNOTATION_GPUNODE, ANNOTATION_GPUS, AgentSlot, LABEL_SLOT, pod_spec_hash};
+use crate::fleet::share::{Share, pod_extended};
+
+/// Reasons of the GpuNode `Ready` condition about the Node's health (the GpuNode
+/// controller's contract).
+pub mod reason {
+    /// NotReady beyond the toleration: agents drain.
+    pub const NODE_NOT_READY: &str = "NodeNotReady";
+    /// NotReady within the toleration: agents are kept, none created.
+    pub const NODE_NOT_READY_TOLERATED: &str = "NodeNotReadyTolerated";
+    /// Cordoned (unschedulable): no new agents; running ones finish.
+    pub const NODE_CORDONED: &str = "NodeCordoned";
+    /// Not a GpuNode reason: its controller has not written a `Ready` condition yet (a pool
+    /// created with its nodes). The node waits; nothing about it is reported as a fault.
+    pub const GPUNODE_PENDING: &str = "GpuNodePending";
+}
+
+/// The Node's health from the reason of the GpuNode's `Ready` condition.
+pub(super) fn node_health(ready_reason: &str) -> NodeHealth {
+    match ready_reason {
+        reason::NODE_NOT_READY => NodeHealth::NotReady,
+        reason::NODE_NOT_READY_TOLERATED => NodeHealth::NotReadyTolerated,
+        reason::NODE_CORDONED => NodeHealth::Cordoned,
+        _ => NodeHealth::Ready,
+    }
+}
+
+pub(super) fn pool_key(p: &AgentPool) -> String {
+    format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any())
+}
+
+pub(super) fn created(p: &AgentPool) -> String {
+    p.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default()
+}
+
+fn share_of(gn: &GpuNode) -> Option<Share> {
+    let s = gn.status.as_ref()?.per_gpu_share.as_ref()?;
+    let memory_mib = s.memory.strip_suffix("Mi")?.parse().ok()?;
+    Some(Share { cpu_cores: s.cpu, memory_mib })
+}
+
+/// What a pool needs to know about one selected GpuNode, from its status and the pods on it.
+pub(super) fn node_facts(gn: &GpuNode, owner: Option<String>, pods_on_node: &[Arc<Pod>], pool_uid: &str) -> NodeFacts {
+    let status = gn.status.clone().unwrap_or_default();
+    let ready = find(&status.conditions, gncond::READY);
+    let reason = ready.map(|c| c.reason.as_str()).unwrap_or(reason::GPUNODE_PENDING);
+    let resource = status.resource_name.clone().unwrap_or_default();
+    let mut foreign_gpus = 0;
+    let mut other_pool_gpus = 0;
+    for pod in pods_on_node.iter().filter(|p| !pod_terminal(p)) {
+        match agent_pool_uid(pod) {
+            Some(uid) if uid == pool_uid => {}
+            Some(_) => {
+                other_pool_gpus += pod
+                    .annotations()
+                    .get(ANNOTATION_GPUS)
+                    .and_then(|g| g.parse::<i64>().ok())
+                    .unwrap_or_else(|| pod.spec.as_ref().map(|s| pod_extended(s, &resource)).unwrap_or(0));
+            }
+            None => foreign_gpus += pod.spec.as_ref().map(|s| pod_extended(s, &resource)).unwrap_or(0),
+        }
+    }
+    let usable = ready.is_some_and(|c| c.status == "True");
+    NodeFacts {
+        gpunode: gn.name_any(),
+        // A GpuNode its controller has not reported on yet is unknown, not missing: only a
+        // NodeFound=False says the Node is gone.
+        found: find(&status.conditions, gncond::NODE_FOUND).is_none_or(|c| c.status != "False"),
+        health: node_health(reason),
+        maintenance: gn.spec.maintenance,
+        exclusive: !status.shared,
+        problem: match (usable, reason) {
+            (true, _)
+            | (
+                false,
+                reason::NODE_NOT_READY
+                | reason::NODE_NOT_READY_TOLERATED
+                | reason::NODE_CORDONED
+                | "Maintenance"
+                | "NotExclusive"
+                | "NodeNotFound",
+            ) => None,
+            (false, r) => Some((
+                r.to_string(),
+                ready.map(|c| c.message.clone()).unwrap_or_else(|| "the GpuNode is not ready yet".into()),
+            )),
+        },
+        gpu_count: status.gpu_count,
+        per_gpu_share: share_of(gn),
+        foreign_gpus,
+        other_pool_gpus,
+        owner,
+    }
+}
+
+pub(super) fn existing_agent(pod: &Pod) -> ExistingAgent {
+    let status = pod.status.as_ref();
+    ExistingAgent {
+        name: pod.name_any(),
+        gpunode: pod.annotations().get(ANNOTATION_GPUNODE).cloned().unwrap_or_default(),
+        slot: pod.labels().get(LABEL_SLOT).and_then(|s| s.parse().ok()),
+        phase: AgentPhase::parse(status.and_then(|s| s.phase.as_deref())),
+        ready: cache::pod_ready(pod),
+        deleting: pod.metadata.deletion_timestamp.is_some(),
+        spec_hash: pod_spec_hash(pod).map(str::to_string),
+        gpus: pod.annotations().get(ANNOTATION_GPUS).and_then(|g| g.parse().ok()).unwrap_or(0),
+        reason: status.and_then(|s| s.reason.clone()),
+        message: status.and_then(|s| s.message.clone()),
+    }
+}
+
+pub(super) fn slot_for<'a>(
+    pool: &'a AgentPool,
+    gn: &'a GpuNode,
+    node: &'a Node,
+    slot: u32,
+    share: Share,
+) -> AgentSlot<'a> {
+    let status = gn.status.as_ref();
+    AgentSlot {
+        pool,
+        gpunode: gn.metadata.name.as_deref().unwrap_or_default(),
+        node_name: gn.node_name(),
+        slot,
+        vendor: if status.and_then(|s| s.vendor.as_deref()) == Some("amd") { Vendor::Amd } else { Vendor::Nvidia },
+        gpu_type: status.and_then(|s| s.gpu_type.as_deref()),
+        architecture: status.and_then(|s| s.architecture.as_deref()),
+        resource_name: status.and_then(|s| s.resource_name.as_deref()).unwrap_or("nvidia.com/gpu"),
+        gpus: i64::from(pool.spec.gpus_per_agent.max(1)),
+        resources: share.times(i64::from(pool.spec.gpus_per_agent.max(1))),
+        node_taints: node.spec.as_ref().and_then(|s| s.taints.as_deref()).unwrap_or(&[]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gpunode(reason: &str) -> GpuNode {
+        let gn: Result<GpuNode, _> = serde_json::from_value(serde_json::json!({
+            "apiVersion": "benchkite.dev/v1alpha1",
+            "kind": "GpuNode",
+            "metadata": {"name": "gpu-a"},
+            "spec": {"nodeName": "gpu-a"},
+            "status": {
+                "gpuCount": 8,
+                "perGpuShare": {"cpu": 16, "memory": "131072Mi"},
+                "conditions": [
+                    {"type": "Ready", "status": if reason == "Ready" { "True" } else { "False" }, "reason": reason,
+                     "message": format!("{reason} message"), "lastTransitionTime": "2026-01-01T00:00:00Z"},
+                    {"type": "NodeFound", "status": "True", "reason": "NodeFound", "message": "",
+                     "lastTransitionTime": "2026-01-01T00:00:00Z"},
+                ],
+            },
+        }));
+        gn.unwrap_or_else(|e| panic!("test GpuNode: {e}"))
+    }
+
+    #[test]
+    fn the_gpunode_ready_reason_decides_the_node_health() {
+        for (reason, health) in [
+            ("Ready", NodeHealth::Ready),
+            ("NodeNotReady", NodeHealth::NotReady),
+            ("NodeNotReadyTolerated", NodeHealth::NotReadyTolerated),
+            ("NodeCordoned", NodeHealth::Cordoned),
+        ] {
+            let facts = node_facts(&gpunode(reason), None, &[], "uid");
+            assert_eq!(facts.health, health, "{reason}");
+            assert_eq!(facts.problem, None, "{reason} is a node state, not a problem of the GpuNode");
+            assert!(facts.found);
+        }
+        let facts = node_facts(&gpunode("ShareTooSmall"), None, &[], "uid");
+        assert_eq!(facts.health, NodeHealth::Ready);
+        assert_eq!(facts.problem, Some(("ShareTooSmall".into(), "ShareTooSmall message".into())));
+    }
+
+    #[test]
+    fn a_gpunode_not_reported_on_yet_is_pending_not_missing() {
+        let mut fresh = gpunode("Ready");
+        fresh.status = None;
+        let facts = node_facts(&fresh, None, &[], "uid");
+        assert!(facts.found, "no NodeFound condition yet says nothing about the Node");
+        assert_eq!(facts.problem.map(|(r, _)| r), Some(reason::GPUNODE_PENDING.to_string()));
+
+        let mut gone = gpunode("NodeNotFound");
+        if let Some(s) = gone.status.as_mut() {
+            for c in &mut s.conditions {
+                if c.type_ == "NodeFound" {
+                    c.status = "False".into();
+                }
+            }
+        }
+        assert!(!node_facts(&gone, None, &[], "uid").found, "NodeFound=False is a missing Node");
+    }
+}

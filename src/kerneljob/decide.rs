@@ -1,0 +1,596 @@
+//! The KernelJob core as a pure decision: what is observed (the object, its freshest status,
+//! the board's builds, this process's memory of the job, the budget and the clock) in, what
+//! to do (cancel, write status, queue, look up, release the finalizer, requeue) out. The
+//! executor in [`super::controller`] only carries a [`Plan`] out, so every transition,
+//! including the dead ends of issue 16, is covered by the table tests below.
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+
+use super::conditions::{Stamp, with_conditions};
+use super::machine::{self, BuildOutcome};
+use super::memory::{AttemptState, JobMemory, SubmitFailure};
+pub use super::outcome::{CreateFailure, ResultError, ResultRead, classify_create_error};
+use crate::api::KernelJob;
+use crate::api::kerneljob::{Attempt, BuildRef, KernelJobStatus, Phase};
+use crate::buildkite::{Build, BuildState};
+
+/// Creates Buildkite refused for a permanent reason before the job fails.
+pub const MAX_CREATE_REFUSALS: u32 = 3;
+/// Failed reads of a finished build's result before the job fails `ResultUnreadable`.
+pub const MAX_RESULT_TRIES: u32 = 6;
+/// Longest Buildkite message kept in a status or an Event.
+const MAX_MESSAGE: usize = 300;
+
+/// The Throttled condition's message while the request budget is spent.
+pub const THROTTLED_MESSAGE: &str =
+    "Buildkite's request budget is spent; queued jobs are submitted by priority, then age, as it refills";
+
+/// A build to cancel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cancel {
+    pub pipeline: String,
+    pub number: u64,
+    pub run_id: String,
+}
+
+/// An Event to publish.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Note {
+    pub warning: bool,
+    pub reason: String,
+    pub action: &'static str,
+    pub message: String,
+}
+
+impl Note {
+    fn warning(reason: &str, action: &'static str, message: impl Into<String>) -> Self {
+        Note { warning: true, reason: reason.into(), action, message: message.into() }
+    }
+}
+
+/// What to do, in this order: cancel, store the output, write the status, publish the Event,
+/// queue or look up, release the finalizer, delete, forget, requeue.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    pub cancel: Option<Cancel>,
+    pub status: Option<KernelJobStatus>,
+    pub event: Option<Note>,
+    /// Queue the job for submission.
+    pub submit: bool,
+    /// Queue it behind every job whose create was not refused: a request Buildkite refused
+    /// does not go ahead of healthy jobs (of any namespace) while it uses its bounded tries.
+    pub demote: bool,
+    /// Look the next attempt's build up before anything is created.
+    pub look_up: bool,
+    /// This run id is known to have no build (a retry decided here, a refusal).
+    pub absent: Option<String>,
+    /// Follow the active attempt's build (or adopt the next attempt's): the executor reads
+    /// what [`decide_follow`] needs.
+    pub follow: bool,
+    /// Read the finished build's result, then decide again.
+    pub read_result: bool,
+    /// Keep this `result.json` in the job's ConfigMap (its name goes into the status).
+    pub store_output: Option<Vec<u8>>,
+    pub release: bool,
+    pub delete: bool,
+    /// The job is going away: forget its builds and its memory.
+    pub forget: bool,
+    /// `None`: wait for a change.
+    pub requeue: Option<Duration>,
+}
+
+impl Plan {
+    fn after(d: Duration) -> Self {
+        Plan { requeue: Some(d), ..Default::default() }
+    }
+}
+
+/// What is known about the build of the next attempt (the one status does not record).
+#[derive(Clone, Copy, Debug)]
+pub enum Next<'a> {
+    /// Known to have none.
+    Absent,
+    /// A create is in flight, or its outcome is unknown.
+    Creating,
+    /// Not known (after a restart): a build may exist.
+    Unknown,
+    /// The board has it.
+    Built(&'a Build),
+}
+
+impl<'a> Next<'a> {
+    pub fn of(memory: &JobMemory, run_id: &str, board: Option<&'a Build>) -> Self {
+        match (board, memory.attempts.get(run_id)) {
+            (Some(b), _) => Next::Built(b),
+            (None, Some(AttemptState::Absent)) => Next::Absent,
+            (None, Some(AttemptState::Creating)) => Next::Creating,
+            (None, None) => Next::Unknown,
+        }
+    }
+}
+
+/// Everything the decision reads.
+#[derive(Clone, Debug)]
+pub struct Observed<'a> {
+    pub job: &'a KernelJob,
+    /// The freshest status (the cache's, or the one this process wrote last).
+    pub status: &'a KernelJobStatus,
+    pub has_finalizer: bool,
+    pub now: Timestamp,
+    pub memory: &'a JobMemory,
+    /// The next attempt's build.
+    pub next: Next<'a>,
+    /// The active attempt's build is known to be finished (board), if there is one.
+    pub active_terminal: Option<bool>,
+    /// Where the job's builds go: the queue, or why there is none (reason, message).
+    pub target: Result<String, (&'static str, String)>,
+    /// The token lacks a scope KernelJobs need (the message names it).
+    pub missing_scopes: Option<String>,
+    /// Buildkite's budget would make a submission wait.
+    pub throttled: bool,
+    /// A free submitter would take the job at once.
+    pub submitting_soon: bool,
+    /// A first attempt of a job created after this process took over: cannot have a build.
+    pub fresh: bool,
+    pub finalizer_timeout: Duration,
+}
+
+/// Conditions keep their transition times from the freshest status known (the one this
+/// process wrote last, if the cache has not caught up yet).
+fn stamp<'a>(job: &KernelJob, freshest: &'a KernelJobStatus, now: Timestamp) -> Stamp<'a> {
+    Stamp { previous: &freshest.conditions, generation: job.metadata.generation, now }
+}
+
+fn created(job: &KernelJob, now: Timestamp) -> Timestamp {
+    job.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or(now)
+}
+
+/// The attempt that is under way (has a build and no outcome yet).
+pub fn active_attempt(status: &KernelJobStatus) -> Option<&Attempt> {
+    status.attempts.last().filter(|a| a.outcome.is_empty() && a.build.is_some())
+}
+
+pub fn next_attempt_number(status: &KernelJobStatus) -> i32 {
+    i32::try_from(status.attempts.len()).unwrap_or(i32::MAX - 1) + 1
+}
+
+fn since(now: Timestamp, then: Timestamp) -> Duration {
+    Duration::try_from(now.duration_since(then)).unwrap_or_default()
+}
+
+pub(super) fn bounded(message: &str) -> String {
+    if message.len() <= MAX_MESSAGE {
+        return message.to_string();
+    }
+    let mut end = MAX_MESSAGE;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &message[..end])
+}
+
+/// The whole decision for a reconcile that does not follow a build.
+pub fn decide(o: &Observed<'_>) -> Plan {
+    if o.job.metadata.deletion_timestamp.is_some() {
+        return decide_deleted(o);
+    }
+    if o.status.phase.is_finished() {
+        return decide_finished(o);
+    }
+    if active_attempt(o.status).is_some() || matches!(o.next, Next::Built(_)) {
+        return Plan { follow: true, ..Default::default() };
+    }
+    decide_pending(o)
+}
+
+/// A stray build of the next attempt (created while the job was deleted or finished
+/// before the build was recorded): cancel it, wait for a create in flight, look up an
+/// unknown one. `None`: nothing can be left running.
+fn stray(o: &Observed<'_>, run_id: &str) -> Option<Plan> {
+    match o.next {
+        Next::Built(b) if !b.state.is_terminal() && !o.memory.canceled.contains(run_id) => Some(Plan {
+            cancel: Some(Cancel {
+                pipeline: b.pipeline_slug().unwrap_or_default().to_string(),
+                number: b.number,
+                run_id: run_id.to_string(),
+            }),
+            requeue: Some(Duration::from_secs(1)),
+            ..Default::default()
+        }),
+        Next::Creating => Some(Plan::after(Duration::from_secs(1))),
+        // Only a job that records no build may have an unrecorded one (a finished attempt's
+        // job never created the next), and only one that had the finalizer (it is put on
+        // before any create).
+        Next::Unknown if o.status.build.is_none() && o.has_finalizer => {
+            Some(Plan { look_up: true, requeue: Some(Duration::from_secs(2)), ..Default::default() })
+        }
+        _ => None,
+    }
+}
+
+fn next_run_id(o: &Observed<'_>) -> String {
+    machine::run_id(&o.job.uid().unwrap_or_default(), next_attempt_number(o.status))
+}
+
+/// A deleted job: cancel what still runs, then let it go. If Buildkite stays unreachable,
+/// the finalizer is released after `finalizer_timeout` with a Warning.
+pub fn decide_deleted(o: &Observed<'_>) -> Plan {
+    if !o.has_finalizer {
+        return Plan { forget: true, ..Default::default() };
+    }
+    let since_deletion = o.job.metadata.deletion_timestamp.as_ref().map(|t| since(o.now, t.0)).unwrap_or_default();
+    let expired = since_deletion >= o.finalizer_timeout;
+    let mut work = None;
+    if !o.status.phase.is_finished()
+        && let Some(active) = active_attempt(o.status)
+        && let Some(bref) = &active.build
+        && o.active_terminal != Some(true)
+        && !o.memory.canceled.contains(&active.run_id)
+    {
+        work = Some(Plan {
+            cancel: Some(Cancel {
+                pipeline: bref.pipeline.clone(),
+                number: u64::try_from(bref.number).unwrap_or(0),
+                run_id: active.run_id.clone(),
+            }),
+            requeue: Some(Duration::from_secs(1)),
+            ..Default::default()
+        });
+    }
+    if work.is_none() {
+        work = stray(o, &next_run_id(o));
+    }
+    match work {
+        Some(plan) if !expired => plan,
+        Some(_) => Plan {
+            event: Some(Note::warning(
+                "FinalizerReleased",
+                "Delete",
+                format!(
+                    "could not make sure the job's build was cancelled within {}s; releasing the KernelJob anyway: cancel its build (branch benchkite/…/{}) by hand",
+                    o.finalizer_timeout.as_secs(),
+                    next_run_id(o)
+                ),
+            )),
+            release: true,
+            forget: true,
+            ..Default::default()
+        },
+        None => Plan { release: true, forget: true, ..Default::default() },
+    }
+}
+
+/// A finished job: cancel a stray build, release the finalizer, honour the TTL.
+pub fn decide_finished(o: &Observed<'_>) -> Plan {
+    if let Some(plan) = stray(o, &next_run_id(o)) {
+        return plan;
+    }
+    let mut plan = Plan { release: o.has_finalizer, ..Default::default() };
+    if let (Some(ttl), Some(done)) = (o.job.spec.ttl_seconds_after_finished, o.status.completion_time.as_ref()) {
+        let age = since(o.now, done.0).as_secs();
+        let ttl = u64::try_from(ttl).unwrap_or(0);
+        if age >= ttl {
+            plan.delete = true;
+            plan.forget = true;
+        } else {
+            plan.requeue = Some(Duration::from_secs((ttl - age).max(1)));
+        }
+    }
+    plan
+}
+
+/// A job with no build for its next attempt.
+pub fn decide_pending(o: &Observed<'_>) -> Plan {
+    let (job, now) = (o.job, o.now);
+    let left = machine::time_left(created(job, now), &job.spec, now);
+    let finish = |phase: Phase, reason: &str, message: String, action: &'static str| {
+        let mut s = o.status.clone();
+        s.phase = phase;
+        s.build = None;
+        s.completion_time = Some(Time(now));
+        let s = with_conditions(stamp(job, o.status, now), s, reason, message.clone(), None);
+        Plan {
+            status: Some(s),
+            event: Some(Note::warning(reason, action, message)),
+            requeue: Some(Duration::from_secs(1)),
+            ..Default::default()
+        }
+    };
+    if left.is_zero() {
+        // A create still in flight is cancelled once it answers (decide_finished).
+        return finish(
+            Phase::TimedOut,
+            "DeadlineExceeded",
+            "the deadline passed before a build was created".into(),
+            "Timeout",
+        );
+    }
+    if let Some((reason, message)) = &o.memory.refused {
+        return finish(Phase::Failed, reason, message.clone(), "Submit");
+    }
+    if let Some(SubmitFailure::Permanent { status, message, tries }) = &o.memory.submit_failure
+        && *tries >= MAX_CREATE_REFUSALS
+    {
+        return finish(
+            Phase::Failed,
+            "BuildRefused",
+            format!("Buildkite refused the build {tries} times ({status}): {}", bounded(message)),
+            "Submit",
+        );
+    }
+    let mut plan = Plan::default();
+    let (reason, message, throttled) = match (&o.target, &o.missing_scopes) {
+        (Err((reason, message)), _) => (reason.to_string(), message.clone(), None),
+        // The token cannot create builds: say which scope to add instead of failing each
+        // create with a generic 403. The job waits; the report is checked again regularly.
+        (Ok(_), Some(missing)) => ("MissingTokenScope".to_string(), missing.clone(), None),
+        (Ok(_), None) => {
+            match o.next {
+                Next::Absent => plan.submit = true,
+                Next::Unknown if o.fresh => plan.submit = true,
+                Next::Unknown => plan.look_up = true,
+                Next::Creating | Next::Built(_) => {}
+            }
+            // A steady message: a countdown in it would change the status at every
+            // reconcile, and every write wakes the reconcile again.
+            let throttled = o.throttled.then(|| THROTTLED_MESSAGE.to_string());
+            match &o.memory.submit_failure {
+                Some(f) => ("SubmitFailed".to_string(), bounded(&f.message()), throttled),
+                None => ("Queued".to_string(), "waiting to be submitted".to_string(), throttled),
+            }
+        }
+    };
+    plan.demote = plan.submit && matches!(o.memory.submit_failure, Some(SubmitFailure::Permanent { .. }));
+    if o.fresh && plan.submit {
+        plan.absent = Some(next_run_id(o));
+    }
+    let again = if reason == "MissingTokenScope" { Duration::from_secs(60) } else { Duration::from_secs(30) };
+    // A new job that a free submitter is about to take gets no Queued status: that write
+    // would be followed at once by Submitted.
+    let young = since(now, created(job, now)) < Duration::from_secs(3);
+    if o.submitting_soon && young && job.status.is_none() && reason == "Queued" && throttled.is_none() {
+        plan.requeue = Some(Duration::from_secs(2).min(left));
+        return plan;
+    }
+    let mut s = o.status.clone();
+    s.phase = Phase::Pending;
+    s.build = None;
+    s.queue = o.target.as_ref().ok().cloned().or(s.queue);
+    let s = with_conditions(stamp(job, o.status, now), s, &reason, message.clone(), throttled.as_deref());
+    if job.status.as_ref() != Some(&s) && o.status != &s {
+        // Warnings only when the reason is new: a repeated write of the same problem is not.
+        let before = crate::api::condition::find(&o.status.conditions, crate::api::kerneljob::conditions::READY)
+            .map(|c| c.reason.clone());
+        if matches!(reason.as_str(), "PoolNotFound" | "SubmitFailed" | "MissingTokenScope")
+            && before.as_deref() != Some(reason.as_str())
+        {
+            plan.event = Some(Note::warning(&reason, "Submit", message));
+        }
+        plan.status = Some(s);
+    }
+    plan.requeue = Some(left.min(again));
+    plan
+}
+
+/// The next attempt's build was created (or found): record it in the status.
+pub fn adopt(
+    status: &KernelJobStatus,
+    attempt: i32,
+    run_id: &str,
+    build: &Build,
+    pipeline: &str,
+    now: Timestamp,
+) -> KernelJobStatus {
+    let mut status = status.clone();
+    let bref = build_ref(build, pipeline);
+    status.attempts.push(Attempt {
+        attempt,
+        run_id: run_id.to_string(),
+        build: Some(bref.clone()),
+        state: build.state.as_str().to_string(),
+        created_at: build.created_at.map(Time),
+        ..Default::default()
+    });
+    status.build = Some(bref);
+    status.phase = Phase::Submitted;
+    status.start_time = status.start_time.or(Some(Time(now)));
+    status
+}
+
+pub fn build_ref(build: &Build, pipeline: &str) -> BuildRef {
+    BuildRef {
+        pipeline: build.pipeline_slug().unwrap_or(pipeline).to_string(),
+        number: i64::try_from(build.number).unwrap_or(i64::MAX),
+        id: build.id.clone(),
+        web_url: build.web_url.clone().unwrap_or_default(),
+    }
+}
+
+/// What following the active attempt's build reads.
+#[derive(Clone, Debug)]
+pub struct Following<'a> {
+    pub job: &'a KernelJob,
+    /// The status, with the active attempt last.
+    pub status: &'a KernelJobStatus,
+    /// The freshest snapshot of the build.
+    pub build: &'a Build,
+    pub we_canceled: bool,
+    pub now: Timestamp,
+    /// Time since the board last learned something about the build.
+    pub quiet: Duration,
+    pub stale_after: Duration,
+    pub result: Option<&'a ResultRead>,
+    /// Failed result reads so far.
+    pub result_tries: u32,
+    /// The status already records this attempt (false: just adopted, not yet written).
+    pub recorded: bool,
+}
+
+/// Follows the build of the active attempt.
+pub fn decide_follow(f: &Following<'_>) -> Plan {
+    let (job, now) = (f.job, f.now);
+    let mut status = f.status.clone();
+    let Some(active) = status.attempts.last().cloned() else { return Plan::after(Duration::from_secs(5)) };
+    let Some(bref) = active.build.clone() else { return Plan::after(Duration::from_secs(5)) };
+    let number = u64::try_from(bref.number).unwrap_or(0);
+    let left = machine::time_left(created(job, now), &job.spec, now);
+    let build = f.build;
+    let finish = |mut s: KernelJobStatus, phase: Phase, reason: &str, message: String, warn: bool| {
+        if let Some(a) = s.attempts.last_mut() {
+            a.outcome = format!("{reason}: {message}");
+        }
+        s.phase = phase;
+        s.completion_time = Some(Time(now));
+        let s = with_conditions(stamp(job, f.status, now), s, reason, message.clone(), None);
+        // The terminal transition is the one Event a job gets besides warnings.
+        let event = match phase {
+            Phase::Succeeded => Note { warning: false, reason: "Completed".into(), action: "Finish", message },
+            Phase::Cancelled if !warn => Note { warning: false, reason: "Cancelled".into(), action: "Finish", message },
+            _ => Note { warning: true, reason: reason.to_string(), action: "Finish", message },
+        };
+        Plan { status: Some(s), event: Some(event), requeue: Some(Duration::from_secs(1)), ..Default::default() }
+    };
+
+    if left.is_zero() && !build.state.is_terminal() && build.state != BuildState::Canceling {
+        // The deadline passed: cancel the build, then the job is TimedOut.
+        if let Some(a) = status.attempts.last_mut() {
+            a.state = "canceling".into();
+        }
+        let msg = format!("the deadline passed; build #{number} was cancelled");
+        let mut plan = finish(status, Phase::TimedOut, "DeadlineExceeded", msg, true);
+        if let Some(s) = plan.status.as_mut()
+            && let Some(a) = s.attempts.last_mut()
+        {
+            a.outcome = "Cancelled: deadline exceeded".into();
+        }
+        plan.cancel = Some(Cancel { pipeline: bref.pipeline.clone(), number, run_id: active.run_id.clone() });
+        return plan;
+    }
+
+    let we_canceled = f.we_canceled || left.is_zero();
+    let outcome = machine::classify(&super::board::view(build), we_canceled);
+    if let Some(a) = status.attempts.last_mut() {
+        a.state = build.state.as_str().to_string();
+        a.started_at = build.started_at.map(Time).or(a.started_at.take());
+        a.finished_at = build.finished_at.map(Time).or(a.finished_at.take());
+        if let Some(j) =
+            build.jobs.iter().filter(|j| !j.retried).find(|j| j.kind.as_deref().is_none_or(|k| k == "script"))
+        {
+            a.exit_status = j.exit_status;
+            a.signal_reason = j.signal_reason.clone();
+        }
+    }
+    let attempts_made = i32::try_from(status.attempts.len()).unwrap_or(i32::MAX);
+    match &outcome {
+        BuildOutcome::InFlight { running } => {
+            status.phase = if *running { Phase::Running } else { Phase::Submitted };
+            let msg = if *running {
+                format!("build #{number} is running")
+            } else {
+                format!("build #{number} waits for an agent")
+            };
+            let reason = if *running { "BuildRunning" } else { "BuildScheduled" };
+            let s = with_conditions(stamp(job, f.status, now), status, reason, msg, None);
+            let wait = f.stale_after.saturating_sub(f.quiet).max(Duration::from_secs(1));
+            return Plan {
+                status: (f.status != &s).then_some(s),
+                requeue: Some(wait.min(left).max(Duration::from_secs(1))),
+                ..Default::default()
+            };
+        }
+        BuildOutcome::Infrastructure { reason } if machine::may_retry(&job.spec, attempts_made) && !left.is_zero() => {
+            if let Some(a) = status.attempts.last_mut() {
+                a.outcome = format!("InfrastructureFailure: {reason}");
+            }
+            status.phase = Phase::Pending;
+            status.build = None;
+            let msg = format!(
+                "build #{number} hit an infrastructure failure ({reason}); retrying (attempt {} of {})",
+                attempts_made + 1,
+                job.spec.retries + 1
+            );
+            let s = with_conditions(stamp(job, f.status, now), status, "Retrying", msg.clone(), None);
+            return Plan {
+                status: Some(s),
+                event: Some(Note::warning("Retrying", "Retry", msg)),
+                // This process decided the retry: the next run id cannot have a build yet.
+                absent: Some(machine::run_id(&job.uid().unwrap_or_default(), attempts_made + 1)),
+                requeue: Some(Duration::from_millis(200)),
+                ..Default::default()
+            };
+        }
+        _ => {}
+    }
+
+    let wants_result = matches!(outcome, BuildOutcome::Passed | BuildOutcome::Failed { .. });
+    let Some(read) = f.result.filter(|_| wants_result) else {
+        if wants_result {
+            return Plan { read_result: true, ..Default::default() };
+        }
+        let (phase, reason, message) = machine::finished_phase(&outcome, None);
+        let (phase, reason) = if outcome == BuildOutcome::CanceledByUs && left.is_zero() {
+            (Phase::TimedOut, "DeadlineExceeded")
+        } else {
+            (phase, reason)
+        };
+        return finish(status, phase, reason, message, phase != Phase::Cancelled);
+    };
+    let (summary, source, raw) = match read {
+        ResultRead::Found { summary, source, raw } => (Some(summary), *source, raw.clone()),
+        ResultRead::Missing => (None, "", None),
+        ResultRead::Failed(_) if outcome != BuildOutcome::Passed => (None, "", None),
+        ResultRead::Failed(err) => {
+            let tries = f.result_tries.saturating_add(1);
+            let (reason, message) = match err {
+                ResultError::Malformed(_) => ("ResultMalformed", err.to_string()),
+                ResultError::Unreadable { .. } => ("ResultMissing", format!("the build passed but {err}")),
+                _ if left.is_zero() => {
+                    ("ResultMissing", format!("the deadline passed before the result could be read: {err}"))
+                }
+                _ if tries >= MAX_RESULT_TRIES => (
+                    "ResultUnreadable",
+                    format!("the build passed but its result could not be read after {tries} tries: {err}"),
+                ),
+                _ => {
+                    // Transient trouble reading the artifact: try again later, a bounded number
+                    // of times, backing off.
+                    let backoff =
+                        Duration::from_secs(5u64.saturating_mul(1 << tries.min(4))).min(Duration::from_secs(60));
+                    let mut plan =
+                        Plan { requeue: Some(backoff.min(left).max(Duration::from_secs(1))), ..Default::default() };
+                    // A build that finished before it was recorded: record it now, so the
+                    // job shows its build while the result is retried.
+                    if !f.recorded {
+                        status.phase = Phase::Running;
+                        let msg = format!("build #{number} finished; reading its result");
+                        plan.status =
+                            Some(with_conditions(stamp(job, f.status, now), status, "ReadingResult", msg, None));
+                    }
+                    return plan;
+                }
+            };
+            return finish(status, Phase::Failed, reason, message, true);
+        }
+    };
+    let (phase, reason, message) = machine::finished_phase(&outcome, summary);
+    if let Some(s) = summary {
+        let result = machine::result_status(s, source);
+        status.summary = Some(machine::summary_status(&result, s));
+        status.result = Some(result);
+        if phase == Phase::Succeeded {
+            status.passed = s.passed;
+            status.score = s.score.filter(|v| v.is_finite());
+        }
+    }
+    let mut plan = finish(status, phase, reason, message, phase != Phase::Succeeded);
+    plan.store_output = raw;
+    plan
+}
+
+#[cfg(test)]
+#[path = "decide_tests.rs"]
+mod tests;

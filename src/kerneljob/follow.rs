@@ -1,0 +1,234 @@
+//! Following the active attempt's build: the reads [`decide::decide_follow`] needs (the
+//! build, its jobs, its result), then its plan, carried out by the executor.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::controller::{JobCtx, ensure_finalizer, execute, key_of, pipeline_of, target};
+use super::decide::{self, Following, ResultError, ResultRead, active_attempt, next_attempt_number};
+use super::machine::{self, meta};
+use super::memory::JobMemory;
+use crate::api::kerneljob::{BuildRef, KernelJobStatus};
+use crate::api::{FIELD_MANAGER, KernelJob};
+use crate::buildkite::{self, Build};
+use crate::contract;
+use crate::error::{Error, Result};
+
+/// Follows the build of the active attempt (recording the next attempt's build first if
+/// the board has one): reads what the decision needs (the build, its jobs, its result),
+/// then carries out [`decide::decide_follow`].
+pub(super) async fn follow(
+    job: &KernelJob,
+    ctx: &JobCtx,
+    mut status: KernelJobStatus,
+    memory: &JobMemory,
+) -> Result<Action> {
+    let (key, uid) = (key_of(job), job.uid().unwrap_or_default());
+    let now = Timestamp::now();
+    let recorded = active_attempt(&status).is_some();
+    if !recorded {
+        let attempt = next_attempt_number(&status);
+        let run_id = machine::run_id(&uid, attempt);
+        let Some(entry) = ctx.board.get(&run_id) else { return Ok(Action::requeue(Duration::from_secs(1))) };
+        // The pipeline the build is in (the one it was created on), else where the job's builds go.
+        let pipeline = match entry.build.pipeline_slug() {
+            Some(p) => p.to_string(),
+            None => pipeline_of(job, ctx, &status).ok_or(Error::MissingField("the build's pipeline"))?,
+        };
+        status = decide::adopt(&status, attempt, &run_id, &entry.build, &pipeline, now);
+        status.queue = status.queue.or_else(|| target(job, ctx).ok().map(|t| t.queue));
+        // Not `result_tries`: a build that finished before it was recorded is recorded
+        // again at each reconcile until its result is read, and the bound must hold.
+        ctx.memory.with_existing(&key, &uid, |m| m.submit_failure = None);
+    }
+    ensure_finalizer(job, ctx).await?;
+    let active = status.attempts.last().cloned().ok_or(Error::MissingField("attempt"))?;
+    let bref = active.build.clone().ok_or(Error::MissingField("the attempt's build"))?;
+    let Some((build, seen)) = board_build(job, ctx, &active.run_id, &active, &bref).await else {
+        return Ok(Action::requeue(Duration::from_secs(5)));
+    };
+    let quiet = Duration::try_from(now.duration_since(seen)).unwrap_or_default();
+    let mut build = build;
+    let number = u64::try_from(bref.number).unwrap_or(0);
+    // No news for a long time: read the build once (webhooks and the poller may both have
+    // missed it).
+    if !build.state.is_terminal() && quiet >= ctx.config.stale_after {
+        match ctx.bk.get_build(Some(&bref.pipeline), number, false).await {
+            Ok(b) => {
+                ctx.board.update(&b, now);
+                build = ctx.board.get(&active.run_id).map(|e| e.build).unwrap_or(b);
+            }
+            Err(e) => tracing::warn!(job = %key, error = %e, "reading a quiet build failed"),
+        }
+    }
+    // A failed build's jobs say whether the infrastructure failed (webhook bodies carry no
+    // jobs): read them once. A build cancelled by someone else needs them too (an agent
+    // stopped mid-job is an infrastructure failure, a cancel in the UI is final).
+    let we_canceled = memory.canceled.contains(&active.run_id);
+    let needs_jobs = build.state == buildkite::BuildState::Failed
+        || (build.state == buildkite::BuildState::Canceled && !we_canceled);
+    if needs_jobs && !build.jobs.iter().any(|j| j.state.as_ref().is_some_and(|s| s.is_terminal())) {
+        match ctx.bk.get_build(Some(&bref.pipeline), number, false).await {
+            Ok(b) => {
+                ctx.board.update(&b, now);
+                build = ctx.board.get(&active.run_id).map(|e| e.build).unwrap_or(b);
+            }
+            Err(e) => {
+                tracing::warn!(job = %key, error = %e, "reading the jobs of a failed build failed; retrying");
+                return Ok(Action::requeue(Duration::from_secs(5)));
+            }
+        }
+    }
+    let mut result: Option<ResultRead> = None;
+    loop {
+        let plan = decide::decide_follow(&Following {
+            job,
+            status: &status,
+            build: &build,
+            we_canceled,
+            now,
+            quiet,
+            stale_after: ctx.config.stale_after,
+            result: result.as_ref(),
+            result_tries: memory.result_tries,
+            recorded,
+        });
+        if plan.read_result && result.is_none() {
+            result = Some(read_result(job, ctx, &bref, &build).await);
+            continue;
+        }
+        if let Some(ResultRead::Failed(e)) = &result
+            && plan.status.is_none()
+        {
+            tracing::warn!(job = %key, error = %e, "reading the result failed; retrying");
+            ctx.memory.with(&key, &uid, |m| m.result_tries = m.result_tries.saturating_add(1));
+        }
+        return execute(job, ctx, plan, &status).await;
+    }
+}
+
+/// The board's snapshot of the active attempt's build and when it last changed; after a
+/// restart seeded from status (no request), or read once when status says it finished.
+async fn board_build(
+    job: &KernelJob,
+    ctx: &JobCtx,
+    run_id: &str,
+    active: &crate::api::kerneljob::Attempt,
+    bref: &BuildRef,
+) -> Option<(Build, Timestamp)> {
+    let now = Timestamp::now();
+    if let Some(e) = ctx.board.get(run_id) {
+        return Some((e.build, e.seen));
+    }
+    if active.state.parse::<buildkite::BuildState>().is_ok_and(|s| s.is_terminal()) {
+        // Status says the build already finished, but a seed from status would carry no
+        // result meta-data and no jobs: read the build itself.
+        return match ctx.bk.get_build(Some(&bref.pipeline), u64::try_from(bref.number).unwrap_or(0), false).await {
+            Ok(b) => {
+                ctx.board.update(&b, now);
+                Some(ctx.board.get(run_id).map(|e| (e.build, e.seen)).unwrap_or((b, now)))
+            }
+            Err(e) => {
+                tracing::warn!(job = %key_of(job), error = %e, "reading a finished build failed; retrying");
+                None
+            }
+        };
+    }
+    // After a restart the board is empty: seed it from status so the poller follows the
+    // build, without a request per job.
+    let seed = Build {
+        id: bref.id.clone(),
+        number: u64::try_from(bref.number).unwrap_or(0),
+        web_url: Some(bref.web_url.clone()),
+        state: active.state.parse().unwrap_or(buildkite::BuildState::Scheduled),
+        meta_data: [(meta::RUN_ID.to_string(), run_id.to_string())].into(),
+        created_at: active.created_at.as_ref().map(|t| t.0),
+        pipeline: Some(buildkite::PipelineRef { slug: bref.pipeline.clone(), ..Default::default() }),
+        ..Default::default()
+    };
+    ctx.board.update(&seed, now);
+    ctx.board.get(run_id).map(|e| (e.build, e.seen))
+}
+
+/// Reads the result of a finished build: the summary in meta-data (free), else
+/// `result.json` (two requests). Never fails the reconcile: what went wrong is typed.
+async fn read_result(job: &KernelJob, ctx: &JobCtx, bref: &BuildRef, build: &Build) -> ResultRead {
+    let ranking = match job.spec.ranking_by {
+        Some(crate::api::kerneljob::RankingBy::Mean) => contract::RankingBy::Mean,
+        Some(crate::api::kerneljob::RankingBy::Geom) => contract::RankingBy::Geom,
+        _ => contract::RankingBy::Last,
+    };
+    if let Some(value) = build.meta_data.get(contract::META_DATA_KEY) {
+        match contract::parse_meta_data_summary(value) {
+            Ok(summary) => return ResultRead::Found { summary, source: "meta-data", raw: None },
+            Err(e) => tracing::info!(job = %key_of(job), error = %e, "meta-data summary unusable; reading result.json"),
+        }
+    }
+    let number = u64::try_from(bref.number).unwrap_or(0);
+    let artifacts = match ctx.bk.list_artifacts(Some(&bref.pipeline), number).await {
+        Ok(a) => a.items,
+        Err(e) => return ResultRead::Failed(ResultError::Fetch(format!("listing artifacts of build #{number}: {e}"))),
+    };
+    let Some(artifact) = artifacts.iter().find(|a| a.path == "result.json" || a.filename == "result.json") else {
+        return ResultRead::Missing;
+    };
+    // Artifact states (docs "Artifacts" API): `new` is still uploading (ask again later);
+    // `error`, `deleted` and `expired` (past the plan's retention) never become readable.
+    match artifact.state.as_str() {
+        "error" | "deleted" | "expired" => {
+            return ResultRead::Failed(ResultError::Unreadable { state: artifact.state.clone() });
+        }
+        "new" => return ResultRead::Failed(ResultError::Uploading),
+        _ => {}
+    }
+    let bytes = match ctx.bk.download_artifact(artifact, ctx.config.max_result_bytes).await {
+        Ok(b) => b,
+        Err(e) => return ResultRead::Failed(ResultError::Fetch(format!("downloading result.json: {e}"))),
+    };
+    match contract::parse_result_json_limited(
+        &bytes,
+        usize::try_from(ctx.config.max_result_bytes).unwrap_or(usize::MAX),
+    ) {
+        Ok(full) => {
+            ResultRead::Found { summary: contract::summarize(&full, &ranking), source: "artifact", raw: Some(bytes) }
+        }
+        Err(e) => ResultRead::Failed(ResultError::Malformed(e.to_string())),
+    }
+}
+
+/// Keeps the full `result.json` in a ConfigMap owned by the job (bounded).
+pub(super) async fn store_output(job: &KernelJob, ctx: &JobCtx, bytes: &[u8]) -> Option<String> {
+    let ns = job.namespace()?;
+    let name = crate::fleet::pod::agent_pod_name(&job.name_any(), "result", 0).trim_end_matches("-0").to_string();
+    let text = String::from_utf8_lossy(bytes);
+    let body = if text.len() <= ctx.config.max_configmap_bytes {
+        text.to_string()
+    } else {
+        format!(
+            "{{\"truncated\": true, \"note\": \"result.json is {} bytes, over the {}-byte limit; download it from the build's artifacts\"}}",
+            text.len(),
+            ctx.config.max_configmap_bytes
+        )
+    };
+    let owner = job.controller_owner_ref(&())?;
+    let cm = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": ns, "ownerReferences": [owner],
+                     "labels": {"app.kubernetes.io/managed-by": "benchkite", "benchkite.dev/kerneljob": crate::fleet::pod::label_value(&job.name_any())}},
+        "data": {"result.json": body},
+    });
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+    match api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&cm)).await {
+        Ok(_) => Some(name),
+        Err(e) => {
+            tracing::warn!(job = %key_of(job), error = %e, "storing result.json failed");
+            None
+        }
+    }
+}
