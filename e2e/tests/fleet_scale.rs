@@ -3,7 +3,9 @@
 //! them, every agent Running; then `FLEET_SCALE_RESTARTS` SIGKILL restarts of the controller
 //! (default 20) and a failover between two replicas with leader election. Asserts that no
 //! agent pod was deleted or replaced (same UIDs, none terminating) and that no Warning Event
-//! and no false condition appeared on the pool or its GpuNodes.
+//! and no false condition appeared on the pool or its GpuNodes. Then `spec.reserved` changes
+//! on every GpuNode: available agents, sampled every second, stay at 90% of desired or more
+//! (the default maxUnavailable, 10%) while the whole fleet rolls to the new share.
 //!
 //! `#[ignore]`d: `make fleet-scale` runs it on a cluster of its own at the size
 //! (`FLEET_SCALE_NODES=6 FLEET_SCALE_RESTARTS=3` for a quick look on the e2e cluster).
@@ -188,6 +190,14 @@ fn controller(scale: &Scale, name: &str, http: &str, elect: bool) -> Result<Oper
     Operator::start_with_env(&format!("{}-{name}", scale.ns.name()), &args, &[("POD_NAME", name)])
 }
 
+/// Waits until `addr` can be bound again (the killed process is gone).
+async fn port_free(addr: &str) -> Result<()> {
+    wait_until(&format!("{addr} free"), Duration::from_secs(30), || async {
+        Ok(std::net::TcpListener::bind(addr).ok().map(drop))
+    })
+    .await
+}
+
 /// Waits until the controller answers `/readyz`, then gives it `settle` to act on what it
 /// loaded: a controller that would delete or warn does it within its first reconciles.
 async fn ready_then_settle(http: &str, settle: Duration) -> Result<()> {
@@ -276,6 +286,8 @@ async fn run(scale: &Scale, restarts: usize, settle: Duration) -> Result<()> {
     for i in 1..=restarts {
         ctl.kill();
         let started = Instant::now();
+        // SIGKILL is asynchronous: the next process needs the port the dead one held.
+        port_free(&http).await?;
         ctl = controller(scale, "replica-a", &http, false)?;
         ready_then_settle(&http, settle).await.with_context(|| ctl.log_text())?;
         restart_times.push(started.elapsed() - settle);
@@ -323,6 +335,53 @@ async fn run(scale: &Scale, restarts: usize, settle: Duration) -> Result<()> {
     tokio::time::sleep(settle).await;
     check(scale, &uids, &since, "after the leader failover").await?;
     println!("fleet-scale: leader failover in {handover:.1?}: 0 agents replaced, 0 Warnings");
+
+    // `spec.reserved` changed on every GpuNode: every share shrinks, every agent is outdated.
+    // With the default maxUnavailable (10%), available agents sampled every second never
+    // fall below 90% of desired, and the fleet converges on the new share.
+    let floor = want - (want / 10).max(1);
+    let gpunodes: Api<GpuNode> = Api::all(scale.client.clone());
+    let started = Instant::now();
+    futures::stream::iter(scale.node_names())
+        .map(|name| {
+            let gpunodes = gpunodes.clone();
+            async move {
+                let reserved = json!({"spec": {"reserved": {"cpu": "8", "memory": "64Gi"}}});
+                gpunodes.patch(&name, &PatchParams::default(), &Patch::Merge(reserved)).await
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>()
+        .await?;
+    let pools: Api<AgentPool> = scale.ns.api();
+    let mut min_available = usize::MAX;
+    let mut samples = 0;
+    let roll_timeout = Duration::from_secs(300 + scale.nodes as u64 * 8);
+    loop {
+        let (_, running, _) = scale.agents().await?;
+        min_available = min_available.min(running);
+        samples += 1;
+        let pool = pools.get("scale").await?;
+        let st = pool.status.unwrap_or_default();
+        if st.updated_agents == want as i64 && st.ready_agents == want as i64 && running == want {
+            break;
+        }
+        ensure!(
+            started.elapsed() < roll_timeout,
+            "the reserved change did not converge in {roll_timeout:?}: {}/{want} updated, {running} available",
+            st.updated_agents
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    ensure!(
+        min_available >= floor,
+        "available agents fell to {min_available} during the roll (desired {want}, at least {floor} with maxUnavailable 10%)"
+    );
+    println!(
+        "fleet-scale: reserved changed on {} nodes: rolled {want} agents in {:.0?}, at least {min_available} of {want} available ({samples} samples, floor {floor})",
+        scale.nodes,
+        started.elapsed()
+    );
     drop(b);
     Ok(())
 }
