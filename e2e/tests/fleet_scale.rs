@@ -27,6 +27,9 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
 const GPUS: usize = 8;
+/// The per-GPU CPU share after `spec.reserved: {cpu: 8}` on a 128-core node with the default
+/// 250m headroom: floor((128 − 8 − 0.25) ÷ 8) = 14 (15 before).
+const RESERVED_SHARE_CPU: i64 = 14;
 const LEASE_SECONDS: u64 = 10;
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -353,7 +356,7 @@ async fn run(scale: &Scale, restarts: usize, settle: Duration) -> Result<()> {
         .buffer_unordered(16)
         .try_collect::<Vec<_>>()
         .await?;
-    let pools: Api<AgentPool> = scale.ns.api();
+    let pods: Api<Pod> = scale.ns.api();
     let mut min_available = usize::MAX;
     let mut samples = 0;
     let roll_timeout = Duration::from_secs(300 + scale.nodes as u64 * 8);
@@ -361,15 +364,44 @@ async fn run(scale: &Scale, restarts: usize, settle: Duration) -> Result<()> {
         let (_, running, _) = scale.agents().await?;
         min_available = min_available.min(running);
         samples += 1;
-        let pool = pools.get("scale").await?;
-        let st = pool.status.unwrap_or_default();
-        if st.updated_agents == want as i64 && st.ready_agents == want as i64 && running == want {
+        // Converged: every agent Running with the CPU of its GpuNode's new share.
+        let shares: BTreeMap<String, i64> = gpunodes
+            .list(&ListParams::default().labels(&format!("benchkite.dev/e2e={}", scale.label)))
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|gn| {
+                let st = gn.status.as_ref()?;
+                let current = st.observed_generation == gn.metadata.generation;
+                let cpu = st.per_gpu_share.as_ref()?.cpu;
+                (current && cpu == RESERVED_SHARE_CPU).then(|| (gn.name_any(), cpu))
+            })
+            .collect();
+        let list = pods.list(&ListParams::default().labels("benchkite.dev/pool=scale")).await?.items;
+        let rolled = list
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .filter(|p| {
+                let node = p.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+                let cpu = p
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.containers.first())
+                    .and_then(|c| c.resources.as_ref())
+                    .and_then(|r| r.limits.as_ref())
+                    .and_then(|l| l.get("cpu"))
+                    .map(|q| q.0.clone());
+                shares.get(&node).is_some_and(|c| cpu.as_deref() == Some(c.to_string().as_str()))
+            })
+            .count();
+        if shares.len() == scale.nodes && rolled == want && running == want {
             break;
         }
         ensure!(
             started.elapsed() < roll_timeout,
-            "the reserved change did not converge in {roll_timeout:?}: {}/{want} updated, {running} available",
-            st.updated_agents
+            "the reserved change did not converge in {roll_timeout:?}: {} GpuNodes re-sized, {rolled}/{want} agents rolled, {running} available",
+            shares.len()
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
