@@ -7,6 +7,7 @@
 //! (`tests/fleet.rs`); cargo runs test binaries one after another.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use benchkite::api::{AgentPool, GpuNode};
@@ -413,5 +414,62 @@ async fn daemonsets_fit_in_the_headroom_and_blocked_ones_are_named() -> Result<(
     let _ = &fleet.http;
     drop(fleet);
     drop(nodes);
+    ns.delete().await
+}
+
+/// A Node NotReady for 60 s keeps its agents (the toleration is 300 s), and its GpuNode says
+/// so (`NodeNotReadyTolerated`); once Ready again, the GpuNode is Ready. kwok keeps its nodes
+/// Ready through heartbeats, so the test sets `Ready=False` again every second for the whole
+/// minute, and asserts the GpuNode did report the tolerated state (else the test would prove
+/// nothing).
+#[tokio::test]
+async fn a_node_not_ready_for_a_minute_keeps_its_agents() -> Result<()> {
+    let _turn = ONE_CONTROLLER_AT_A_TIME.lock().await;
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "notready").await?;
+    let id = ns.name().to_string();
+    let name = format!("{id}-0");
+    let _node = TestNode::create(&client, &name, &id, "32", "256Gi", 4).await?;
+    pool_on_test_nodes(&ns, "nr").await?;
+    let fleet = Fleet::start(&format!("{id}-fleet")).await?;
+    let uids = wait_agents(&ns, "nr", 4).await.with_context(|| tail(&fleet.op))?;
+
+    let nodes: Api<Node> = Api::all(client.clone());
+    let gpunodes: Api<GpuNode> = Api::all(client.clone());
+    let since = k8s_openapi::jiff::Timestamp::now();
+    let not_ready = json!({"status": {"conditions": [{
+        "type": "Ready", "status": "False", "reason": "KubeletNotReady",
+        "message": "e2e: heartbeats stopped", "lastHeartbeatTime": since.to_string(),
+        "lastTransitionTime": since.to_string(),
+    }]}});
+    let mut tolerated_seen = false;
+    let mut lost = Vec::new();
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        nodes.patch_status(&name, &PatchParams::default(), &Patch::Strategic(not_ready.clone())).await?;
+        let gn = gpunodes.get(&name).await?;
+        let conds = gn.status.map(|s| s.conditions).unwrap_or_default();
+        tolerated_seen |= condition(&conds, "Ready").is_some_and(|c| c.reason == "NodeNotReadyTolerated");
+        let now: BTreeSet<String> =
+            agents(&ns, "nr").await?.iter().filter(|p| running(p)).filter_map(|p| p.uid()).collect();
+        lost.extend(uids.difference(&now).cloned());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    lost.sort();
+    lost.dedup();
+    ensure!(lost.is_empty(), "agents deleted during a 60 s NotReady: {lost:?}\n{}", tail(&fleet.op));
+    ensure!(tolerated_seen, "the GpuNode never said NodeNotReadyTolerated: the Node was never seen NotReady");
+
+    // kwok's heartbeat makes the Node Ready again; the GpuNode follows, the agents are the same.
+    wait_until("the GpuNode Ready again", default_timeout(), || async {
+        let gn = gpunodes.get(&name).await?;
+        let conds = gn.status.map(|s| s.conditions).unwrap_or_default();
+        Ok(condition(&conds, "Ready").filter(|c| c.status == "True").map(|_| ()))
+    })
+    .await?;
+    let after: BTreeSet<String> = agents(&ns, "nr").await?.iter().filter_map(|p| p.uid()).collect();
+    ensure!(after == uids, "agents replaced after the Node came back: {uids:?} -> {after:?}");
+    drop(fleet);
     ns.delete().await
 }
