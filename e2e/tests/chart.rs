@@ -15,13 +15,14 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use benchkite::api::kerneljob::Phase;
 use benchkite::api::{AgentPool, GpuNode, KernelJob};
+use benchkite_e2e::nodes::TestNode;
 use benchkite_e2e::operator::{Operator, binary, install_crds};
 use benchkite_e2e::{TestNamespace, client, default_timeout, e2e_dir, kubeconfig_path, repo_root, wait_until};
 use buildkite_sim::Simulator;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde::Deserialize;
 use serde_json::json;
@@ -438,57 +439,6 @@ fn read_tree(dir: &Path) -> Result<String> {
     Ok(out)
 }
 
-/// A kwok node with GPUs of its own (deleted with its GpuNode and the pods on it when dropped).
-struct TestNode {
-    name: String,
-}
-
-impl TestNode {
-    async fn create(client: &Client, name: &str, gpus: u32) -> Result<TestNode> {
-        let nodes: Api<Node> = Api::all(client.clone());
-        let resources = json!({"cpu": "32", "memory": "256Gi", "pods": "110", "nvidia.com/gpu": gpus.to_string()});
-        let node: Node = serde_json::from_value(json!({
-            "metadata": {
-                "name": name,
-                "annotations": {"kwok.x-k8s.io/node": "fake"},
-                "labels": {"type": "kwok", "kubernetes.io/hostname": name, "benchkite.dev/e2e": name,
-                           "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "nvidia.com/gpu.compute.major": "9",
-                           "nvidia.com/gpu.compute.minor": "0"},
-            },
-            "spec": {"taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]},
-            "status": {"capacity": resources, "allocatable": resources},
-        }))?;
-        nodes.create(&PostParams::default(), &node).await.with_context(|| format!("creating node {name}"))?;
-        let status = json!({"status": {"capacity": resources, "allocatable": resources}});
-        nodes.patch_status(name, &PatchParams::default(), &Patch::Merge(status)).await?;
-        Ok(TestNode { name: name.to_string() })
-    }
-}
-
-impl Drop for TestNode {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
-            rt.block_on(async {
-                let Ok(c) = client().await else { return };
-                let _ = Api::<Node>::all(c.clone()).delete(&name, &DeleteParams::default()).await;
-                // Its discovered GpuNode would wait out the discovery grace (600 s by default).
-                let _ = Api::<GpuNode>::all(c.clone()).delete(&name, &DeleteParams::default()).await;
-                let pods: Api<Pod> = Api::all(c.clone());
-                if let Ok(list) = pods.list(&ListParams::default().fields(&format!("spec.nodeName={name}"))).await {
-                    for p in list.items {
-                        let api: Api<Pod> = Api::namespaced(c.clone(), &p.namespace().unwrap_or_default());
-                        let dp = DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
-                        let _ = api.delete(&p.name_any(), &dp).await;
-                    }
-                }
-            })
-        })
-        .join();
-    }
-}
-
 /// A Helm release uninstalled when dropped (cluster-scoped RBAC outlives namespaces).
 struct Release {
     name: String,
@@ -696,7 +646,7 @@ async fn fleet_with_chart_rbac(prefix: &str, set: &str, read_secrets: bool) -> R
     let local = "127.0.0.1:0".to_string();
     let operator = chart.start(&[("--http-addr", local.clone()), ("--metrics-addr", local)]).await?;
     let node_name = format!("{prefix}-{}", chart.id);
-    let _node = TestNode::create(&client, &node_name, 2).await?;
+    let _node = TestNode::create(&client, &node_name, &node_name, "32", "256Gi", 2).await?;
     let secrets: Api<Secret> = chart.ns.api();
     let secret: Secret = serde_json::from_value(json!({
         "metadata": {"name": "agent-token"}, "stringData": {"token": "e2e-agent-token-not-a-secret"},

@@ -14,6 +14,7 @@ use benchkite::api::agentpool::{
     AgentPoolSpec, AgentSpec, GpuNodeSelector, PodOverrides, SecretKeyRef, SelectorOperator, SelectorRequirement,
 };
 use benchkite::api::{AgentPool, GpuNode};
+use benchkite_e2e::nodes::{TestNode, delete_node};
 use benchkite_e2e::operator::shared_controller;
 use benchkite_e2e::{TestNamespace, client, default_timeout, wait_until};
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Node, Pod, Secret};
@@ -71,85 +72,6 @@ fn pool(name: &str, sel: GpuNodeSelector) -> AgentPool {
             strategy: None,
         },
     )
-}
-
-/// A fake H100-like node of our own, managed by kwok, labelled for one test.
-async fn make_node(client: &Client, name: &str, test: &str, cpu: &str, memory: &str, gpus: u32) -> Result<()> {
-    let nodes: Api<Node> = Api::all(client.clone());
-    let resources = json!({"cpu": cpu, "memory": memory, "pods": "110", "nvidia.com/gpu": gpus.to_string()});
-    let node: Node = serde_json::from_value(json!({
-        "metadata": {
-            "name": name,
-            "annotations": {"kwok.x-k8s.io/node": "fake"},
-            "labels": {
-                "type": "kwok",
-                "kubernetes.io/hostname": name,
-                "benchkite.dev/e2e": test,
-                "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
-                "nvidia.com/gpu.count": gpus.to_string(),
-                "nvidia.com/gpu.memory": "81559",
-                "nvidia.com/gpu.family": "hopper",
-                "nvidia.com/gpu.compute.major": "9",
-                "nvidia.com/gpu.compute.minor": "0",
-            },
-        },
-        "spec": {"taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]},
-        "status": {"capacity": resources, "allocatable": resources},
-    }))?;
-    nodes.create(&PostParams::default(), &node).await.with_context(|| format!("creating node {name}"))?;
-    nodes
-        .patch_status(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"capacity": resources, "allocatable": resources}})),
-        )
-        .await?;
-    Ok(())
-}
-
-/// A fake node of one test: deleted, with the pods left on it, when dropped (also when the
-/// test fails).
-struct TestNode {
-    name: String,
-}
-
-impl TestNode {
-    async fn create(client: &Client, name: &str, test: &str, cpu: &str, memory: &str, gpus: u32) -> Result<TestNode> {
-        make_node(client, name, test, cpu, memory, gpus).await?;
-        Ok(TestNode { name: name.to_string() })
-    }
-}
-
-impl Drop for TestNode {
-    fn drop(&mut self) {
-        // The test's runtime cannot be blocked on here: clean up from a fresh one.
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
-            rt.block_on(async {
-                if let Ok(c) = client().await {
-                    delete_node(&c, &name).await;
-                }
-            })
-        })
-        .join();
-    }
-}
-
-/// Deletes a test node and force-deletes the pods left bound to it, as the pod garbage
-/// collector would (kwok cannot finish pods on a node that is gone).
-async fn delete_node(client: &Client, name: &str) {
-    let nodes: Api<Node> = Api::all(client.clone());
-    let _ = nodes.delete(name, &DeleteParams::default()).await;
-    let pods: Api<Pod> = Api::all(client.clone());
-    if let Ok(list) = pods.list(&ListParams::default().fields(&format!("spec.nodeName={name}"))).await {
-        for p in list.items {
-            let ns = p.namespace().unwrap_or_default();
-            let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-            let _ =
-                api.delete(&p.name_any(), &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await;
-        }
-    }
 }
 
 fn condition<'a>(
@@ -276,9 +198,11 @@ async fn h100_pool_runs_one_guaranteed_agent_per_gpu() -> Result<()> {
         ensure!(spec.containers.len() == 1);
         let limits = spec.containers[0].resources.as_ref().and_then(|r| r.limits.clone()).context("limits")?;
         ensure!(limits["nvidia.com/gpu"].0 == "1", "{name} gpu limit {:?}", limits["nvidia.com/gpu"]);
-        ensure!(limits["cpu"].0 == "16", "{name} cpu {:?}", limits["cpu"]);
+        // 128 cores and 1 TiB over 8 GPUs, less the default headroom (250m, 512Mi), in whole
+        // cores and whole GiB: 15 cores, 127 GiB.
+        ensure!(limits["cpu"].0 == "15", "{name} cpu {:?}", limits["cpu"]);
         let memory = benchkite::fleet::quantity::whole_units(&limits["memory"].0)?;
-        ensure!(memory == 131072 << 20, "{name} memory {:?}", limits["memory"]);
+        ensure!(memory == 127 << 30, "{name} memory {:?}", limits["memory"]);
         ensure!(spec.automount_service_account_token == Some(false), "{name} mounts a token");
         let sc = spec.containers[0].security_context.as_ref().context("security context")?;
         ensure!(sc.privileged != Some(true) && sc.allow_privilege_escalation == Some(false));

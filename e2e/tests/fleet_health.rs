@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use benchkite::api::{AgentPool, GpuNode};
+use benchkite_e2e::nodes::TestNode;
 use benchkite_e2e::operator::{Operator, install_crds, wait_ready};
 use benchkite_e2e::{TestNamespace, client, default_timeout, wait_until};
 use k8s_openapi::api::apps::v1::DaemonSet;
@@ -61,69 +62,6 @@ fn tail(op: &Operator) -> String {
     let log = op.log_text();
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
-/// A fake GPU node of one test, deleted (with the pods left on it) when dropped.
-struct TestNode {
-    name: String,
-}
-
-impl TestNode {
-    async fn create(client: &Client, name: &str, test: &str, cpu: &str, memory: &str, gpus: u32) -> Result<TestNode> {
-        let nodes: Api<Node> = Api::all(client.clone());
-        let resources = json!({"cpu": cpu, "memory": memory, "pods": "110", "nvidia.com/gpu": gpus.to_string()});
-        let node: Node = serde_json::from_value(json!({
-            "metadata": {
-                "name": name,
-                "annotations": {"kwok.x-k8s.io/node": "fake"},
-                "labels": {
-                    "type": "kwok",
-                    "kubernetes.io/hostname": name,
-                    "benchkite.dev/e2e": test,
-                    "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
-                    "nvidia.com/gpu.count": gpus.to_string(),
-                    "nvidia.com/gpu.memory": "81559",
-                    "nvidia.com/gpu.family": "hopper",
-                    "nvidia.com/gpu.compute.major": "9",
-                    "nvidia.com/gpu.compute.minor": "0",
-                },
-            },
-            "spec": {"taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]},
-            "status": {"capacity": resources, "allocatable": resources},
-        }))?;
-        nodes.create(&PostParams::default(), &node).await.with_context(|| format!("creating node {name}"))?;
-        nodes
-            .patch_status(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": {"capacity": resources, "allocatable": resources}})),
-            )
-            .await?;
-        Ok(TestNode { name: name.to_string() })
-    }
-}
-
-impl Drop for TestNode {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
-            rt.block_on(async {
-                let Ok(c) = client().await else { return };
-                let _ = Api::<Node>::all(c.clone()).delete(&name, &DeleteParams::default()).await;
-                let _ = Api::<GpuNode>::all(c.clone()).delete(&name, &DeleteParams::default()).await;
-                let pods: Api<Pod> = Api::all(c.clone());
-                if let Ok(list) = pods.list(&ListParams::default().fields(&format!("spec.nodeName={name}"))).await {
-                    for p in list.items {
-                        let api: Api<Pod> = Api::namespaced(c.clone(), &p.namespace().unwrap_or_default());
-                        let dp = DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
-                        let _ = api.delete(&p.name_any(), &dp).await;
-                    }
-                }
-            })
-        })
-        .join();
-    }
 }
 
 /// The namespace, its agent token Secret and a pool `name` over the test's nodes.

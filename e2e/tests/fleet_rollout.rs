@@ -15,6 +15,7 @@ use benchkite::api::agentpool::{
     AgentPoolSpec, AgentSpec, GpuNodeSelector, PodOverrides, PoolStrategy, RollingUpdate, SecretKeyRef,
 };
 use benchkite::api::{AgentPool, GpuNode};
+use benchkite_e2e::nodes::TestNode;
 use benchkite_e2e::operator::shared_controller;
 use benchkite_e2e::{TestNamespace, client, default_timeout, wait_until};
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
@@ -70,70 +71,6 @@ fn pool(name: &str, test: &str, ephemeral: bool, max_unavailable: Option<IntOrSt
                 .map(|m| PoolStrategy { rolling_update: Some(RollingUpdate { max_unavailable: Some(m) }) }),
         },
     )
-}
-
-/// A fake H100-like node of one test, managed by kwok; deleted (with its pods) when dropped.
-struct TestNode {
-    name: String,
-}
-
-impl TestNode {
-    async fn create(client: &Client, name: &str, test: &str, gpus: u32) -> Result<TestNode> {
-        let nodes: Api<Node> = Api::all(client.clone());
-        let resources = json!({"cpu": "64", "memory": "256Gi", "pods": "110", "nvidia.com/gpu": gpus.to_string()});
-        let node: Node = serde_json::from_value(json!({
-            "metadata": {
-                "name": name,
-                "annotations": {"kwok.x-k8s.io/node": "fake"},
-                "labels": {
-                    "type": "kwok",
-                    "kubernetes.io/hostname": name,
-                    "benchkite.dev/e2e": test,
-                    "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
-                    "nvidia.com/gpu.count": gpus.to_string(),
-                    "nvidia.com/gpu.memory": "81559",
-                    "nvidia.com/gpu.family": "hopper",
-                    "nvidia.com/gpu.compute.major": "9",
-                    "nvidia.com/gpu.compute.minor": "0",
-                },
-            },
-            "spec": {"taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]},
-            "status": {"capacity": resources, "allocatable": resources},
-        }))?;
-        nodes.create(&PostParams::default(), &node).await.with_context(|| format!("creating node {name}"))?;
-        let this = TestNode { name: name.to_string() };
-        nodes
-            .patch_status(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": {"capacity": resources, "allocatable": resources}})),
-            )
-            .await?;
-        Ok(this)
-    }
-}
-
-impl Drop for TestNode {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
-            rt.block_on(async {
-                let Ok(c) = client().await else { return };
-                let nodes: Api<Node> = Api::all(c.clone());
-                let _ = nodes.delete(&name, &DeleteParams::default()).await;
-                let pods: Api<Pod> = Api::all(c.clone());
-                if let Ok(list) = pods.list(&ListParams::default().fields(&format!("spec.nodeName={name}"))).await {
-                    for p in list.items {
-                        let api: Api<Pod> = Api::namespaced(c.clone(), &p.namespace().unwrap_or_default());
-                        let force = DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
-                        let _ = api.delete(&p.name_any(), &force).await;
-                    }
-                }
-            })
-        })
-        .join();
-    }
 }
 
 async fn pool_pods(ns: &TestNamespace, pool: &str) -> Result<Vec<Pod>> {
@@ -196,7 +133,7 @@ async fn a_rollout_keeps_max_unavailable_and_the_budget_refuses_evictions_beyond
     let id = ns.name().to_string();
     let mut nodes = Vec::new();
     for i in 0..3 {
-        nodes.push(TestNode::create(&client, &format!("{id}-{i}"), &id, 4).await?);
+        nodes.push(TestNode::create(&client, &format!("{id}-{i}"), &id, "64", "256Gi", 4).await?);
     }
     // 12 agents, 20% → at most 2 unavailable (rounded down).
     let (desired, max_unavailable) = (12usize, 2usize);
@@ -328,7 +265,7 @@ async fn a_cordoned_node_keeps_its_ephemeral_agents_and_gets_no_new_ones() -> Re
     let (client, ns) = setup("cordon").await?;
     let id = ns.name().to_string();
     let name = format!("{id}-0");
-    let node = TestNode::create(&client, &name, &id, 2).await?;
+    let node = TestNode::create(&client, &name, &id, "64", "256Gi", 2).await?;
     let pools: Api<AgentPool> = ns.api();
     pools.create(&PostParams::default(), &pool("cord", &id, true, None)).await?;
     let before = wait_converged(&ns, "cord", 2, default_timeout(), |_| true).await?;

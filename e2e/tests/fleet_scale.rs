@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use benchkite::api::{AgentPool, GpuNode};
+use benchkite_e2e::nodes::create_h100_node;
 use benchkite_e2e::operator::{Operator, install_crds};
 use benchkite_e2e::{TestNamespace, client, wait_until};
 use futures::{StreamExt, TryStreamExt};
@@ -40,25 +41,6 @@ fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn node(name: &str, label: &str) -> Result<Node> {
-    let res = json!({"cpu": "128", "memory": "1Ti", "pods": "110", "nvidia.com/gpu": GPUS.to_string()});
-    Ok(serde_json::from_value(json!({
-        "metadata": {
-            "name": name,
-            "annotations": {"kwok.x-k8s.io/node": "fake"},
-            "labels": {
-                "type": "kwok", "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
-                "benchkite.dev/e2e": label,
-                "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "nvidia.com/gpu.count": GPUS.to_string(),
-                "nvidia.com/gpu.memory": "81559", "nvidia.com/gpu.family": "hopper",
-                "nvidia.com/gpu.compute.major": "9", "nvidia.com/gpu.compute.minor": "0",
-            },
-        },
-        "spec": {"taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]},
-        "status": {"capacity": res, "allocatable": res},
-    }))?)
-}
-
 struct Scale {
     client: Client,
     ns: TestNamespace,
@@ -72,17 +54,9 @@ impl Scale {
     }
 
     async fn create_nodes(&self) -> Result<()> {
-        let nodes: Api<Node> = Api::all(self.client.clone());
         futures::stream::iter(self.node_names())
-            .map(|name| {
-                let (nodes, label) = (nodes.clone(), self.label.clone());
-                async move {
-                    let n = node(&name, &label)?;
-                    nodes.create(&PostParams::default(), &n).await.with_context(|| format!("creating node {name}"))?;
-                    let status = json!({"status": n.status});
-                    nodes.patch_status(&name, &PatchParams::default(), &Patch::Merge(status)).await?;
-                    Ok::<_, anyhow::Error>(())
-                }
+            .map(|name| async move {
+                create_h100_node(&self.client, &name, &self.label, "128", "1Ti", GPUS as u32).await
             })
             .buffer_unordered(16)
             .try_collect::<Vec<()>>()
