@@ -167,6 +167,57 @@ fn controller(scale: &Scale, name: &str, http: &str, elect: bool) -> Result<Oper
     Operator::start_with_env(&format!("{}-{name}", scale.ns.name()), &args, &[("POD_NAME", name)])
 }
 
+/// The fewest available agents (Running, not terminating) of the pool after any pod watch
+/// event, from the first full list (said on `listed_tx`) until `stop`: every change is seen,
+/// not a sample of them.
+async fn min_available_while(
+    pods: Api<Pod>,
+    listed_tx: tokio::sync::oneshot::Sender<()>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> Result<(usize, usize)> {
+    use kube::runtime::{WatchStreamExt, watcher};
+    let available = |p: &Pod| {
+        p.metadata.deletion_timestamp.is_none() && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+    };
+    let stream = watcher(pods, watcher::Config::default().labels("benchkite.dev/pool=scale")).default_backoff();
+    futures::pin_mut!(stream);
+    let mut now: BTreeMap<String, bool> = BTreeMap::new();
+    let mut init: BTreeMap<String, bool> = BTreeMap::new();
+    let (mut listed, mut min, mut events) = (false, usize::MAX, 0usize);
+    let mut listed_tx = Some(listed_tx);
+    loop {
+        let ev = tokio::select! {
+            _ = &mut stop => break,
+            ev = stream.next() => ev,
+        };
+        let Some(ev) = ev else { break };
+        match ev.context("watching the agent pods")? {
+            watcher::Event::Init => init.clear(),
+            watcher::Event::InitApply(p) => {
+                init.insert(p.name_any(), available(&p));
+            }
+            watcher::Event::InitDone => {
+                now = std::mem::take(&mut init);
+                listed = true;
+                if let Some(tx) = listed_tx.take() {
+                    let _ = tx.send(());
+                }
+            }
+            watcher::Event::Apply(p) => {
+                now.insert(p.name_any(), available(&p));
+            }
+            watcher::Event::Delete(p) => {
+                now.remove(&p.name_any());
+            }
+        }
+        if listed {
+            events += 1;
+            min = min.min(now.values().filter(|a| **a).count());
+        }
+    }
+    Ok((min, events))
+}
+
 /// Waits until `addr` can be bound again (the killed process is gone).
 async fn port_free(addr: &str) -> Result<()> {
     wait_until(&format!("{addr} free"), Duration::from_secs(30), || async {
@@ -318,6 +369,11 @@ async fn run(scale: &Scale, restarts: usize, settle: Duration) -> Result<()> {
     // fall below 90% of desired, and the fleet converges on the new share.
     let floor = want - (want / 10).max(1);
     let gpunodes: Api<GpuNode> = Api::all(scale.client.clone());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (listed_tx, listed_rx) = tokio::sync::oneshot::channel::<()>();
+    let watched = tokio::spawn(min_available_while(scale.ns.api(), listed_tx, stop_rx));
+    // Nothing changes before the watch has listed every agent.
+    listed_rx.await.context("the agent pod watch ended before its first list")?;
     let started = Instant::now();
     futures::stream::iter(scale.node_names())
         .map(|name| {
@@ -379,14 +435,17 @@ async fn run(scale: &Scale, restarts: usize, settle: Duration) -> Result<()> {
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    let rolled_in = started.elapsed();
+    let _ = stop_tx.send(());
+    let (watched_min, events) = watched.await??;
+    let min_available = min_available.min(watched_min);
     ensure!(
         min_available >= floor,
         "available agents fell to {min_available} during the roll (desired {want}, at least {floor} with maxUnavailable 10%)"
     );
     println!(
-        "fleet-scale: reserved changed on {} nodes: rolled {want} agents in {:.0?}, at least {min_available} of {want} available ({samples} samples, floor {floor})",
+        "fleet-scale: reserved changed on {} nodes: rolled {want} agents in {rolled_in:.0?}, at least {min_available} of {want} available (after each of {events} pod watch events, and {samples} lists; floor {floor})",
         scale.nodes,
-        started.elapsed()
     );
     drop(b);
     Ok(())
