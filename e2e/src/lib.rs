@@ -63,6 +63,17 @@ pub fn kubeconfig_path() -> PathBuf {
 /// A client for the e2e cluster. Fails (never skips) when the cluster is not
 /// there, saying how to start it.
 pub async fn client() -> Result<Client> {
+    client_with(true).await
+}
+
+/// Like [`client`], without kube's automatic retries of 429/503/504 (up to 15, backing off
+/// to minutes): for tests that expect a refusal, such as an eviction a
+/// PodDisruptionBudget forbids (answered 429).
+pub async fn client_without_retries() -> Result<Client> {
+    client_with(false).await
+}
+
+async fn client_with(retries: bool) -> Result<Client> {
     let path = kubeconfig_path();
     if !path.exists() {
         bail!(
@@ -75,6 +86,8 @@ pub async fn client() -> Result<Client> {
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .with_context(|| format!("loading kubeconfig {}", path.display()))?;
+    let mut config = config;
+    config.default_retry = retries;
     let client = Client::try_from(config).context("building a kube client")?;
     client.apiserver_version().await.with_context(|| {
         format!(
