@@ -100,3 +100,15 @@ impl Drop for TestNode {
         .join();
     }
 }
+
+/// The agent token Secret (`agent-token`, key `token`) the test pools name. A placeholder:
+/// kwok runs no agent, and the controller never reads it.
+pub async fn create_agent_token(ns: &crate::TestNamespace) -> Result<()> {
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = ns.api();
+    let secret = serde_json::from_value(json!({
+        "metadata": {"name": "agent-token"},
+        "stringData": {"token": "e2e-agent-token-not-a-secret"},
+    }))?;
+    secrets.create(&PostParams::default(), &secret).await.context("creating the agent token Secret")?;
+    Ok(())
+}

@@ -17,7 +17,7 @@ use benchkite::api::{AgentPool, GpuNode};
 use benchkite_e2e::nodes::{TestNode, delete_node};
 use benchkite_e2e::operator::shared_controller;
 use benchkite_e2e::{TestNamespace, client, default_timeout, wait_until};
-use k8s_openapi::api::core::v1::{Event as CoreEvent, Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{Event as CoreEvent, Node, Pod};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
@@ -29,12 +29,7 @@ async fn setup(prefix: &str) -> Result<(Client, TestNamespace)> {
     let client = client().await?;
     shared_controller("fleet", CONTROLLER_ARGS).await?;
     let ns = TestNamespace::create(&client, prefix).await?;
-    let secrets: Api<Secret> = ns.api();
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "agent-token"},
-        "stringData": {"token": "e2e-agent-token-not-a-secret"},
-    }))?;
-    secrets.create(&PostParams::default(), &secret).await?;
+    benchkite_e2e::nodes::create_agent_token(&ns).await?;
     Ok((client, ns))
 }
 

@@ -15,7 +15,7 @@ use benchkite_e2e::nodes::TestNode;
 use benchkite_e2e::operator::{Operator, install_crds, wait_ready};
 use benchkite_e2e::{TestNamespace, client, default_timeout, wait_until};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Event as CoreEvent, Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{Event as CoreEvent, Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -66,12 +66,7 @@ fn tail(op: &Operator) -> String {
 
 /// The namespace, its agent token Secret and a pool `name` over the test's nodes.
 async fn pool_on_test_nodes(ns: &TestNamespace, name: &str) -> Result<()> {
-    let secrets: Api<Secret> = ns.api();
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "agent-token"},
-        "stringData": {"token": "e2e-agent-token-not-a-secret"},
-    }))?;
-    secrets.create(&PostParams::default(), &secret).await?;
+    benchkite_e2e::nodes::create_agent_token(ns).await?;
     let pool: AgentPool = serde_json::from_value(json!({
         "apiVersion": "benchkite.dev/v1alpha1", "kind": "AgentPool",
         "metadata": {"name": name},

@@ -18,7 +18,7 @@ use benchkite::api::{AgentPool, GpuNode};
 use benchkite_e2e::nodes::TestNode;
 use benchkite_e2e::operator::shared_controller;
 use benchkite_e2e::{TestNamespace, client, default_timeout, wait_until};
-use k8s_openapi::api::core::v1::{Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams};
@@ -35,12 +35,7 @@ async fn setup(prefix: &str) -> Result<(Client, TestNamespace)> {
     let client = client().await?;
     shared_controller("fleet-rollout", CONTROLLER_ARGS).await?;
     let ns = TestNamespace::create(&client, prefix).await?;
-    let secrets: Api<Secret> = ns.api();
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "agent-token"},
-        "stringData": {"token": "e2e-agent-token-not-a-secret"},
-    }))?;
-    secrets.create(&PostParams::default(), &secret).await?;
+    benchkite_e2e::nodes::create_agent_token(&ns).await?;
     Ok((client, ns))
 }
 
