@@ -114,6 +114,13 @@ struct LeaderArgs {
     leader_election_lease_seconds: u64,
 }
 
+/// Which KernelJob Events are published.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum JobEvents {
+    Warnings,
+    All,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum ControllerKind {
     Fleet,
@@ -174,9 +181,15 @@ struct BuildkiteArgs {
     /// Largest submission (sum of source files) in bytes.
     #[arg(long, env = "BENCHKITE_MAX_SOURCE_BYTES", default_value_t = 1_000_000)]
     max_source_bytes: usize,
-    /// Seconds a deleted KernelJob waits for its build to be cancelled before it is released.
+    /// Seconds a deleted KernelJob that still carries the finalizer of an earlier version
+    /// waits for its build to be cancelled before it is released (new jobs get no finalizer).
     #[arg(long, env = "BENCHKITE_FINALIZER_TIMEOUT_SECONDS", default_value_t = 600)]
     finalizer_timeout_seconds: u64,
+    /// KernelJob Events: `warnings` (default: problems only; a job's end is in its status) or
+    /// `all` (also a Normal Event when a job completes or is cancelled: one more API write
+    /// per job).
+    #[arg(long, env = "BENCHKITE_KERNELJOB_EVENTS", value_enum, default_value_t = JobEvents::Warnings)]
+    kerneljob_events: JobEvents,
     /// Seconds without news after which a build is read directly.
     #[arg(long, env = "BENCHKITE_STALE_AFTER_SECONDS", default_value_t = 900)]
     stale_after_seconds: u64,
@@ -261,6 +274,7 @@ impl BuildkiteArgs {
             stale_after: Duration::from_secs(self.stale_after_seconds.max(1)),
             finalizer_timeout: Duration::from_secs(self.finalizer_timeout_seconds),
             submit_workers: self.submit_workers.max(1),
+            normal_events: self.kerneljob_events == JobEvents::All,
             ..Default::default()
         };
         Ok(Some(benchkite::kerneljob::JobSetup {
@@ -291,16 +305,37 @@ fn main() -> anyhow::Result<()> {
 /// The Kubernetes client, sending `User-Agent: benchkite/<version> (<identity>)` so the API
 /// server's audit log and metrics tell this controller's requests from everyone else's.
 async fn kube_client() -> anyhow::Result<kube::Client> {
-    let mut config =
-        kube::Config::infer().await.context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
+    let config = kube::Config::infer().await.context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
+    client_from(config)
+}
+
+fn client_from(mut config: kube::Config) -> anyhow::Result<kube::Client> {
     let agent = format!("benchkite/{} ({})", env!("CARGO_PKG_VERSION"), benchkite::leader::default_identity());
     // The identity comes from POD_NAME or the host name; anything not valid in a header is dropped.
     let agent: String = agent.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').collect();
     if let Ok(value) = http::HeaderValue::from_str(&agent) {
         config.headers.push((http::header::USER_AGENT, value));
     }
-    kube::Client::try_from(config).context("building the Kubernetes client")
+    // kube's default retries a 429/503/504 up to 15 times with a backoff growing to 1000 s,
+    // inside the request: a reconcile could sit minutes on one call while holding its slot.
+    // Here: at most 4 retries over about 3 s (or what `Retry-After` asks, if that is no
+    // longer than the backoff), then the error reaches the reconcile, whose error policy
+    // requeues the object (watches back off on their own).
+    config.default_retry = false;
+    let policy =
+        kube::client::retry::RetryPolicy::new(Duration::from_millis(200), Duration::from_secs(2), KUBE_RETRIES, true)
+            .context("building the Kubernetes client's retry policy")?;
+    let builder = kube::client::ClientBuilder::try_from(config).context("building the Kubernetes client")?;
+    // The retry layer clones the service per request: a buffer in front makes it cloneable
+    // (as kube's own example of a retry stack does).
+    Ok(builder
+        .with_layer(&tower::buffer::BufferLayer::new(1024))
+        .with_layer(&tower::retry::RetryLayer::new(policy))
+        .build())
 }
+
+/// Retries of a Kubernetes request answered 429, 503 or 504 before the caller sees the error.
+const KUBE_RETRIES: u32 = 4;
 
 fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     let log_filter = telemetry::init(args.log_format, &args.log_level)?;
@@ -440,4 +475,45 @@ fn write_or_check_crds(dir: &std::path::Path, check: bool) -> anyhow::Result<()>
         anyhow::bail!("CRDs out of date: {} (run `cargo run -- crds --dir crds` and commit)", drift.join(", "));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    /// A 429 is retried a bounded number of times inside the request, then reaches the caller
+    /// (kube's default would keep retrying up to 15 times, for minutes), and carries the
+    /// User-Agent that names this controller.
+    #[tokio::test]
+    async fn throttled_requests_are_retried_a_bounded_number_of_times() {
+        let hits = Arc::new(AtomicU32::new(0));
+        let agents = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let (h, a) = (hits.clone(), agents.clone());
+        let app = axum::Router::new().fallback(move |headers: http::HeaderMap| {
+            let (h, a) = (h.clone(), a.clone());
+            async move {
+                h.fetch_add(1, Ordering::SeqCst);
+                if let Some(ua) = headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok())
+                    && let Ok(mut a) = a.lock()
+                {
+                    a.push(ua.to_string());
+                }
+                (http::StatusCode::TOO_MANY_REQUESTS, "slow down")
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
+        let client = super::client_from(config).unwrap();
+        let api: kube::Api<ConfigMap> = kube::Api::namespaced(client, "default");
+        let err = api.get("x").await.expect_err("a 429 every time");
+        assert!(err.to_string().contains("429") || matches!(&err, kube::Error::Api(s) if s.code == 429), "{err}");
+        assert_eq!(hits.load(Ordering::SeqCst), 1 + super::KUBE_RETRIES);
+        let agents = agents.lock().unwrap().clone();
+        assert!(agents.iter().all(|ua| ua.starts_with("benchkite/")), "{agents:?}");
+    }
 }

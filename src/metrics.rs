@@ -75,6 +75,7 @@ pub struct Metrics {
     buildkite_retries: Family<EndpointLabels, Counter>,
     buildkite_budget_wait: Family<PriorityLabels, Histogram, fn() -> Histogram>,
     builds_created: Counter,
+    orphans_cancelled: Counter,
     submit_latency: Histogram,
     completion_latency: Histogram,
     webhook_deliveries: Family<ResultLabels, Counter>,
@@ -137,6 +138,12 @@ impl Metrics {
         );
         let builds_created = Counter::default();
         registry.register("builds_created", "Buildkite builds created for KernelJob attempts", builds_created.clone());
+        let orphans_cancelled = Counter::default();
+        registry.register(
+            "kerneljob_orphan_builds_cancelled",
+            "Builds of deleted KernelJobs cancelled (delete event, sweep or the listing after a start)",
+            orphans_cancelled.clone(),
+        );
         let submit_latency = Histogram::new(latency_buckets());
         registry.register(
             "kerneljob_submit_latency_seconds",
@@ -170,6 +177,7 @@ impl Metrics {
             buildkite_retries,
             buildkite_budget_wait,
             builds_created,
+            orphans_cancelled,
             submit_latency,
             completion_latency,
             webhook_deliveries,
@@ -199,6 +207,10 @@ impl Metrics {
         if let Some(d) = due_for {
             self.submit_latency.observe(d.as_secs_f64());
         }
+    }
+
+    pub fn orphan_cancelled(&self) {
+        self.orphans_cancelled.inc();
     }
 
     pub fn job_completed(&self, since_build_finished: Duration) {
@@ -414,6 +426,7 @@ mod tests {
         BuildkiteObserver.on_throttled();
         m.build_created(Some(Duration::from_millis(40)));
         m.webhook("accepted");
+        m.orphan_cancelled();
         let text = m.encode().unwrap_or_default();
         for needle in [
             "benchkite_reconciles_total{controller=\"test\"}",
@@ -423,6 +436,7 @@ mod tests {
             "benchkite_buildkite_requests_total{endpoint=\"get_build\",code=\"none\"}",
             "benchkite_buildkite_throttled_total",
             "benchkite_builds_created_total",
+            "benchkite_kerneljob_orphan_builds_cancelled_total",
             "benchkite_kerneljob_submit_latency_seconds_count",
             "benchkite_webhook_deliveries_total{result=\"accepted\"}",
             "benchkite_leader ",

@@ -514,6 +514,8 @@ pub struct Audit {
     pub attempts: usize,
     /// Extra builds for a run id that already had one.
     pub duplicates: usize,
+    /// The run ids with more than one build (at most 10), for the error message.
+    pub duplicated_runs: Vec<String>,
     /// Builds no job attempt claims.
     pub orphans: usize,
     /// Attempts without a build, and jobs that never finished.
@@ -544,7 +546,7 @@ impl Audit {
     pub fn ensure_clean(&self) -> Result<()> {
         let mut problems = Vec::new();
         if self.duplicates > 0 {
-            problems.push(format!("{} duplicate builds", self.duplicates));
+            problems.push(format!("{} duplicate builds (runs {:?})", self.duplicates, self.duplicated_runs));
         }
         if self.orphans > 0 {
             problems.push(format!("{} builds belong to no attempt", self.orphans));
@@ -578,6 +580,7 @@ pub fn audit(jobs: &[KernelJob], builds: &[Value], scripted: bool) -> Audit {
         }
     }
     a.duplicates = by_run.values().map(|v| v.len().saturating_sub(1)).sum();
+    a.duplicated_runs = by_run.iter().filter(|(_, v)| v.len() > 1).map(|(r, _)| r.clone()).take(10).collect();
     let mut claimed = BTreeSet::new();
     for j in jobs {
         let name = j.name_any();

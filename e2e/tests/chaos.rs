@@ -720,11 +720,12 @@ async fn kerneljob_dead_ends_leave_nothing_running() -> Result<()> {
     late.spec.timeout_seconds = Some(3);
     api.create(&PostParams::default(), &deleted).await?;
     api.create(&PostParams::default(), &late).await?;
-    // The create is in flight once the finalizer is on (it goes on just before the create).
-    wait_until("the create of `deleted` in flight", Duration::from_secs(30), || async {
-        Ok(api.get("deleted").await?.finalizers().iter().any(|x| x == "benchkite.dev/cancel-build").then_some(()))
+    // Both creates are in flight (held 6 s by the simulator) once it has received two.
+    wait_until("the creates in flight", Duration::from_secs(30), || async {
+        Ok((rig.sim.arrivals().endpoint(CREATE).total >= 2).then_some(()))
     })
     .await?;
+    ensure!(api.get("deleted").await?.finalizers().is_empty(), "no finalizer: deletion is never held");
     api.delete("deleted", &Default::default()).await?;
     let timed_out = finished_job(&api, "late", Duration::from_secs(60)).await?;
     ensure!(

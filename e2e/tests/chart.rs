@@ -713,7 +713,7 @@ async fn secret_namespaces_limit_the_secret_grant() -> Result<()> {
 
 /// The KernelJob controller alone, for one namespace (kernelJobs.watchNamespace: its rules
 /// bound there only), against the Buildkite simulator: a job runs to Succeeded and, deleted,
-/// is released (finalizer), without a forbidden request.
+/// goes (its build cancelled, no finalizer), without a forbidden request.
 #[tokio::test]
 async fn kerneljob_rbac_is_enough_in_its_namespace() -> Result<()> {
     let client = client().await?;

@@ -140,6 +140,10 @@ impl Board {
                 if merged.branch.is_none() {
                     merged.branch = entry.build.branch.clone();
                 }
+                // Webhook bodies may leave times out: a time once known stays known (the
+                // decision records a build by its age).
+                merged.created_at = merged.created_at.or(entry.build.created_at);
+                merged.started_at = merged.started_at.or(entry.build.started_at);
                 *entry = Entry { build: merged, seen: now };
                 true
             }
@@ -158,6 +162,12 @@ impl Board {
         if let Ok(mut b) = self.builds.lock() {
             b.remove(run_id);
         }
+    }
+
+    /// Snapshots of the builds not yet finished.
+    pub fn unfinished(&self) -> Vec<Build> {
+        let Ok(b) = self.builds.lock() else { return Vec::new() };
+        b.values().filter(|e| !e.build.state.is_terminal()).map(|e| e.build.clone()).collect()
     }
 
     /// Builds not yet finished, and the oldest creation time among them.
@@ -286,6 +296,8 @@ mod tests {
         hook.pipeline = None;
         board.update(&hook, now());
         assert_eq!(board.get("r1").unwrap().build.pipeline_slug(), Some("a"));
+        // ... and the times it knew (a build is recorded in status by its age).
+        assert_eq!(board.get("r1").unwrap().build.created_at, Some("2026-01-01T00:00:10Z".parse().unwrap()));
     }
 
     #[test]

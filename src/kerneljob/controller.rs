@@ -3,13 +3,13 @@
 //! [`Plan`] out. Background tasks (submitter, recovery look-up, poller, webhook receiver)
 //! talk to Buildkite and wake the reconcile up.
 //!
-//! The finalizer is handled here rather than with kube-runtime's `finalizer` helper: the
-//! helper adds its finalizer on the first reconcile of every object (a write for each job,
-//! even one refused before any build) as a separate JSON patch. Here the finalizer goes on
-//! only just before a build is created, by an apply carrying the job's UID whose answer is
-//! also the full object the submitter needs (the cache keeps no sources): one request for
-//! both. Its release is decided by [`decide::decide_deleted`] / [`decide::decide_finished`]
-//! after any stray build was cancelled.
+//! No finalizer (issue 16: at most 3 API writes per job). A finalizer costs two writes per
+//! job (on, off) and makes every deletion wait for Buildkite. The build of a deleted job is
+//! cancelled instead by [`super::reaper`]: at once from the watch's delete event, by a sweep
+//! of the builds the board follows whose job is gone (checked with a read of the job), and,
+//! after a start, by one listing of each pipeline's unfinished builds. Jobs written by
+//! earlier versions still carry [`FINALIZER`]: it is honoured (cancel, then release) and
+//! never added again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,7 +35,7 @@ use crate::buildkite::{self, Build, CancelOutcome, Priority};
 use crate::contract::PayloadLimits;
 use crate::error::{Error, Result, is_not_found};
 
-/// Finalizer that cancels the build of a deleted, unfinished KernelJob.
+/// The finalizer earlier versions put on jobs with a build: removed, never added (see above).
 pub const FINALIZER: &str = "benchkite.dev/cancel-build";
 
 /// Settings of the KernelJob controller.
@@ -59,6 +59,9 @@ pub struct JobConfig {
     pub max_result_bytes: u64,
     /// Largest `result.json` kept in the job's result ConfigMap.
     pub max_configmap_bytes: usize,
+    /// Publish Normal Events (a job's end) too, not only Warnings: one more API write per
+    /// job (`--kerneljob-events=all`).
+    pub normal_events: bool,
 }
 
 impl Default for JobConfig {
@@ -73,6 +76,7 @@ impl Default for JobConfig {
             submit_workers: 8,
             max_result_bytes: 8 * 1024 * 1024,
             max_configmap_bytes: 512 * 1024,
+            normal_events: false,
         }
     }
 }
@@ -139,6 +143,11 @@ impl JobCtx {
     }
 
     fn event(&self, job: &KernelJob, note: Note) {
+        // The end of a job is in its status (phase, conditions, result); a Normal Event per job
+        // is one more write, so it is published only when asked for.
+        if !note.warning && !self.config.normal_events {
+            return;
+        }
         // Published in the background: a reconcile does not wait for Events.
         let ev = Event {
             type_: if note.warning { EventType::Warning } else { EventType::Normal },
@@ -271,7 +280,6 @@ pub async fn reconcile(job: Arc<KernelJob>, ctx: Arc<JobCtx>) -> Result<Action> 
         missing_scopes: (!missing.is_empty())
             .then(|| buildkite::scopes::missing_scopes_message(&missing, "KernelJobs")),
         throttled: ctx.bk.would_wait(Priority::Submit).is_some(),
-        submitting_soon: ctx.queue.len() < ctx.config.submit_workers.max(1),
         fresh,
         finalizer_timeout: ctx.config.finalizer_timeout,
     };
@@ -322,7 +330,7 @@ pub(super) async fn execute(job: &KernelJob, ctx: &JobCtx, mut plan: Plan, befor
         ctx.event(job, note);
     }
     if let Some(run) = &plan.absent {
-        ctx.memory.with(&key, &uid, |m| m.attempts.insert(run.clone(), AttemptState::Absent));
+        ctx.memory.with(&key, &uid, |m| m.mark_absent(run));
     }
     let priority = if plan.demote { i32::MIN } else { job.spec.priority };
     if plan.submit && ctx.queue.push(&key, priority, &created(job).to_string()) {
@@ -358,22 +366,13 @@ pub(super) async fn execute(job: &KernelJob, ctx: &JobCtx, mut plan: Plan, befor
     Ok(plan.requeue.map_or_else(Action::await_change, Action::requeue))
 }
 
-pub(super) async fn ensure_finalizer(job: &KernelJob, ctx: &JobCtx) -> Result<()> {
-    if has_finalizer(job, ctx) {
-        return Ok(());
-    }
-    apply_finalizer(ctx, job)
-        .await
-        .map_err(Error::kube(format!("adding the finalizer to KernelJob {}", key_of(job))))?;
-    Ok(())
-}
-
 pub(super) fn resource_version(job: &KernelJob) -> u64 {
     job.metadata.resource_version.as_deref().and_then(|r| r.parse::<u64>().ok()).unwrap_or(0)
 }
 
-/// Whether the job carries the finalizer: as this process last wrote it while the cached
-/// copy is older than that write, as the copy says afterwards.
+/// Whether the job still carries an earlier version's finalizer: as this process last wrote
+/// it (its removal) while the cached copy is older than that write, as the copy says
+/// afterwards.
 pub(super) fn has_finalizer(job: &KernelJob, ctx: &JobCtx) -> bool {
     let (key, uid) = (key_of(job), job.uid().unwrap_or_default());
     ctx.memory
@@ -382,41 +381,13 @@ pub(super) fn has_finalizer(job: &KernelJob, ctx: &JobCtx) -> bool {
         .unwrap_or_else(|| job.finalizers().iter().any(|f| f == FINALIZER))
 }
 
-/// Applies the finalizer and answers the object. The patch carries the job's uid: the API
-/// server refuses it when the job is gone (409) or was created again under its name (422).
-async fn apply_finalizer(ctx: &JobCtx, job: &KernelJob) -> kube::Result<KernelJob> {
-    let api: Api<KernelJob> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
-    let uid = job.uid().unwrap_or_default();
-    let patch = json!({
-        "apiVersion": "benchkite.dev/v1alpha1", "kind": "KernelJob",
-        "metadata": {"name": job.name_any(), "uid": uid, "finalizers": [FINALIZER]},
-    });
-    let applied = api.patch(&job.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
-    let rv = resource_version(&applied);
-    ctx.memory.with(&key_of(job), &uid, |m| m.finalizer_write = Some((rv, true)));
-    Ok(applied)
-}
-
-/// The job with its sources (the cache holds none) and, for sure, the finalizer: a build
-/// must never exist for a job whose deletion would not cancel it. A job without the
-/// finalizer gets it by an apply, whose answer is the object, so it costs one request.
-/// `None`: the job is gone, being deleted, or was created again under its name.
-pub(super) async fn fetch_with_finalizer(ctx: &JobCtx, cached: &KernelJob) -> Result<Option<KernelJob>> {
+/// The job itself (the cache holds no sources). `None`: the job is gone, being deleted, or
+/// was created again under its name.
+pub(super) async fn fetch_job(ctx: &JobCtx, cached: &KernelJob) -> Result<Option<KernelJob>> {
     let (ns, name) = (cached.namespace().unwrap_or_default(), cached.name_any());
     let api: Api<KernelJob> = Api::namespaced(ctx.client.clone(), &ns);
-    let fetched = if has_finalizer(cached, ctx) {
-        api.get_opt(&name).await.map_err(Error::kube(format!("reading KernelJob {ns}/{name}")))?
-    } else {
-        match apply_finalizer(ctx, cached).await {
-            Ok(job) => Some(job),
-            Err(e) => match api.get_opt(&name).await {
-                Ok(None) => None,
-                Ok(Some(j)) if j.uid() != cached.uid() => None,
-                _ => return Err(Error::kube(format!("adding the finalizer to KernelJob {ns}/{name}"))(e)),
-            },
-        }
-    };
-    // A job being deleted gets no build: its cleanup may already have looked for one.
+    let fetched = api.get_opt(&name).await.map_err(Error::kube(format!("reading KernelJob {ns}/{name}")))?;
+    // A job being deleted gets no build.
     Ok(fetched.filter(|j| j.uid() == cached.uid() && j.metadata.deletion_timestamp.is_none()))
 }
 

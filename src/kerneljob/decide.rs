@@ -1,6 +1,6 @@
 //! The KernelJob core as a pure decision: what is observed (the object, its freshest status,
 //! the board's builds, this process's memory of the job, the budget and the clock) in, what
-//! to do (cancel, write status, queue, look up, release the finalizer, requeue) out. The
+//! to do (cancel, write status, queue, look up, release an old finalizer, requeue) out. The
 //! executor in [`super::controller`] only carries a [`Plan`] out, so every transition,
 //! including the dead ends of issue 16, is covered by the table tests below.
 
@@ -24,6 +24,15 @@ pub const MAX_CREATE_REFUSALS: u32 = 3;
 pub const MAX_RESULT_TRIES: u32 = 6;
 /// Longest Buildkite message kept in a status or an Event.
 const MAX_MESSAGE: usize = 300;
+/// A job that only waits its turn gets its `Pending`/`Queued` status once it has waited this
+/// long: most jobs are submitted sooner, and a write that the next one replaces within
+/// seconds is API-server load for nothing (issue 16: at most 3 writes per job).
+pub const QUEUED_AFTER: Duration = Duration::from_secs(10);
+/// A build is recorded in the status once it has existed this long, or once it finished,
+/// whichever comes first: a short job gets one write (its result) instead of three
+/// (Submitted, Running, the result). Until then the board (memory) follows it; after a
+/// restart the recovery look-up finds it by its attempt branch.
+pub const RECORD_AFTER: Duration = Duration::from_secs(10);
 
 /// The Throttled condition's message while the request budget is spent.
 pub const THROTTLED_MESSAGE: &str =
@@ -119,6 +128,7 @@ pub struct Observed<'a> {
     pub job: &'a KernelJob,
     /// The freshest status (the cache's, or the one this process wrote last).
     pub status: &'a KernelJobStatus,
+    /// The job carries the finalizer of an earlier version (new jobs get none).
     pub has_finalizer: bool,
     pub now: Timestamp,
     pub memory: &'a JobMemory,
@@ -132,8 +142,6 @@ pub struct Observed<'a> {
     pub missing_scopes: Option<String>,
     /// Buildkite's budget would make a submission wait.
     pub throttled: bool,
-    /// A free submitter would take the job at once.
-    pub submitting_soon: bool,
     /// A first attempt of a job created after this process took over: cannot have a build.
     pub fresh: bool,
     pub finalizer_timeout: Duration,
@@ -173,6 +181,25 @@ pub(super) fn bounded(message: &str) -> String {
     format!("{}…", &message[..end])
 }
 
+/// Whether writing `planned` would change the stored status `stored`: compared as written
+/// (Kubernetes times have whole seconds; a sub-second difference in memory is no change).
+pub fn same_as_written(stored: &KernelJobStatus, planned: &KernelJobStatus) -> bool {
+    stored == planned || serde_json::to_value(stored).ok() == serde_json::to_value(planned).ok()
+}
+
+/// The same status with its Throttled condition as in `previous`: whether a job waits for
+/// the request budget changes by the second, so it is written with other news only.
+fn throttled_as_before(planned: &KernelJobStatus, previous: &KernelJobStatus) -> KernelJobStatus {
+    let mut s = planned.clone();
+    let key = crate::api::kerneljob::conditions::THROTTLED;
+    if let Some(before) = previous.conditions.iter().find(|c| c.type_ == key)
+        && let Some(now) = s.conditions.iter_mut().find(|c| c.type_ == key)
+    {
+        *now = before.clone();
+    }
+    s
+}
+
 /// The whole decision for a reconcile that does not follow a build.
 pub fn decide(o: &Observed<'_>) -> Plan {
     if o.job.metadata.deletion_timestamp.is_some() {
@@ -203,8 +230,10 @@ fn stray(o: &Observed<'_>, run_id: &str) -> Option<Plan> {
         }),
         Next::Creating => Some(Plan::after(Duration::from_secs(1))),
         // Only a job that records no build may have an unrecorded one (a finished attempt's
-        // job never created the next), and only one that had the finalizer (it is put on
-        // before any create).
+        // job never created the next). A job of an earlier version (finalizer) is looked
+        // up; for the others the reaper's listing of unfinished builds after a start puts
+        // such a build on the board (then `Next::Built`, cancelled above): no look-up per
+        // finished job.
         Next::Unknown if o.status.build.is_none() && o.has_finalizer => {
             Some(Plan { look_up: true, requeue: Some(Duration::from_secs(2)), ..Default::default() })
         }
@@ -349,19 +378,24 @@ pub fn decide_pending(o: &Observed<'_>) -> Plan {
         plan.absent = Some(next_run_id(o));
     }
     let again = if reason == "MissingTokenScope" { Duration::from_secs(60) } else { Duration::from_secs(30) };
-    // A new job that a free submitter is about to take gets no Queued status: that write
-    // would be followed at once by Submitted.
-    let young = since(now, created(job, now)) < Duration::from_secs(3);
-    if o.submitting_soon && young && job.status.is_none() && reason == "Queued" && throttled.is_none() {
-        plan.requeue = Some(Duration::from_secs(2).min(left));
-        return plan;
-    }
     let mut s = o.status.clone();
     s.phase = Phase::Pending;
     s.build = None;
     s.queue = o.target.as_ref().ok().cloned().or(s.queue);
     let s = with_conditions(stamp(job, o.status, now), s, &reason, message.clone(), throttled.as_deref());
-    if job.status.as_ref() != Some(&s) && o.status != &s {
+    let waited = since(now, created(job, now));
+    // A job that only waits its turn is told so once it has waited `QUEUED_AFTER` (its
+    // first attempt; a retry says Retrying at once); a change of the Throttled condition
+    // alone is no news worth a write. A problem (PoolNotFound, SubmitFailed, …) is written
+    // at once.
+    let first_wait = reason == "Queued" && o.status.attempts.is_empty() && o.status.conditions.is_empty();
+    if first_wait && waited < QUEUED_AFTER {
+        plan.requeue = Some((QUEUED_AFTER - waited).max(Duration::from_secs(1)).min(left));
+        return plan;
+    }
+    let news = !same_as_written(o.status, &throttled_as_before(&s, o.status));
+    let cached_differs = job.status.as_ref().is_none_or(|c| !same_as_written(c, &s));
+    if news && cached_differs {
         // Warnings only when the reason is new: a repeated write of the same problem is not.
         let before = crate::api::condition::find(&o.status.conditions, crate::api::kerneljob::conditions::READY)
             .map(|c| c.reason.clone());
@@ -496,8 +530,19 @@ pub fn decide_follow(f: &Following<'_>) -> Plan {
             let reason = if *running { "BuildRunning" } else { "BuildScheduled" };
             let s = with_conditions(stamp(job, f.status, now), status, reason, msg, None);
             let wait = f.stale_after.saturating_sub(f.quiet).max(Duration::from_secs(1));
+            // A build not yet recorded is recorded once it has existed `RECORD_AFTER`
+            // (or when it finishes): until then its news (running, finished) wake the
+            // reconcile, and a short job is written once, with its result.
+            let age = build.created_at.map(|c| since(now, c)).unwrap_or(RECORD_AFTER);
+            if !f.recorded && age < RECORD_AFTER {
+                let until = (RECORD_AFTER - age).max(Duration::from_secs(1));
+                return Plan {
+                    requeue: Some(until.min(wait).min(left).max(Duration::from_secs(1))),
+                    ..Default::default()
+                };
+            }
             return Plan {
-                status: (f.status != &s).then_some(s),
+                status: (!f.recorded || !same_as_written(f.status, &s)).then_some(s),
                 requeue: Some(wait.min(left).max(Duration::from_secs(1))),
                 ..Default::default()
             };

@@ -10,7 +10,7 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use super::controller::{JobCtx, ensure_finalizer, execute, key_of, pipeline_of, target};
+use super::controller::{JobCtx, execute, key_of, pipeline_of, target};
 use super::decide::{self, Following, ResultError, ResultRead, active_attempt, next_attempt_number};
 use super::machine::{self, meta};
 use super::memory::JobMemory;
@@ -47,7 +47,6 @@ pub(super) async fn follow(
         // again at each reconcile until its result is read, and the bound must hold.
         ctx.memory.with_existing(&key, &uid, |m| m.submit_failure = None);
     }
-    ensure_finalizer(job, ctx).await?;
     let active = status.attempts.last().cloned().ok_or(Error::MissingField("attempt"))?;
     let bref = active.build.clone().ok_or(Error::MissingField("the attempt's build"))?;
     let Some((build, seen)) = board_build(job, ctx, &active.run_id, &active, &bref).await else {

@@ -69,6 +69,14 @@ pub struct JobMemory {
 }
 
 impl JobMemory {
+    /// Records that `run` has no build, unless something is known of it already: a
+    /// reconcile decides on a snapshot, and a submitter may have claimed the run (Creating)
+    /// since; turning that back to Absent would let a second worker create another build
+    /// for the same attempt.
+    pub fn mark_absent(&mut self, run: &str) {
+        self.attempts.entry(run.to_string()).or_insert(AttemptState::Absent);
+    }
+
     /// The job finished and let go of its builds: keep only the records of this process's
     /// last writes (they stop a stale cached copy from causing a second write).
     pub fn settle(&mut self) {
@@ -164,6 +172,19 @@ impl Memory {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_decision_never_turns_a_claimed_run_back_to_absent() {
+        // A reconcile that read the memory before a submitter claimed the run must not mark
+        // it Absent after the claim: a second worker would create the same attempt again
+        // (the likely cause of 3 duplicate builds in one run of the outage chaos scenario).
+        let mut m = JobMemory::default();
+        m.mark_absent("u-1");
+        assert_eq!(m.attempts.get("u-1"), Some(&AttemptState::Absent));
+        m.attempts.insert("u-1".into(), AttemptState::Creating);
+        m.mark_absent("u-1");
+        assert_eq!(m.attempts.get("u-1"), Some(&AttemptState::Creating), "a claim in flight stays claimed");
+    }
 
     #[test]
     fn memory_is_per_object_and_goes_with_it() {

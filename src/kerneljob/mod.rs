@@ -10,6 +10,7 @@ pub mod memory;
 pub mod outcome;
 pub mod poll;
 pub mod queue;
+pub mod reaper;
 pub mod recovery;
 pub mod submission;
 pub mod submit;
@@ -67,10 +68,19 @@ pub fn controller(
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
+    // Deletions reach the reaper (no finalizer: the reconcile never sees a deleted job).
+    let (deleted_tx, deleted_rx) = tokio::sync::mpsc::unbounded_channel();
     let stream = watcher(api, watcher::Config::default().any_semantic())
         .modify(strip_job)
         .default_backoff()
         .reflect(writer)
+        .inspect(move |ev| {
+            if let Ok(watcher::Event::Delete(job)) = ev
+                && let Some(d) = reaper::Deleted::of(job)
+            {
+                let _ = deleted_tx.send(d);
+            }
+        })
         .applied_objects();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let recorder = Recorder::new(
@@ -104,6 +114,7 @@ pub fn controller(
         }
         tasks.spawn(recovery::recovery_loop(ctx.clone()));
         tasks.spawn(poll::poll_loop(ctx.clone()));
+        tasks.spawn(reaper::reap_loop(ctx.clone(), deleted_rx));
         Controller::for_stream(stream, jobs)
             .reconcile_on(wakeups)
             .with_config(kube::runtime::controller::Config::default().concurrency(32))

@@ -11,7 +11,7 @@ use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::reflector::ObjectRef;
 
-use super::controller::{JobCtx, fetch_with_finalizer, target};
+use super::controller::{JobCtx, fetch_job, target};
 use super::decide::{self, CreateFailure, active_attempt, next_attempt_number};
 use super::machine;
 use super::memory::{AttemptState, SubmitFailure};
@@ -141,7 +141,7 @@ async fn submit_one(ctx: &JobCtx, key: &str, reservation: crate::buildkite::Rese
         return;
     }
     // The cache holds no sources: read the object itself.
-    let job = match fetch_with_finalizer(ctx, &cached).await {
+    let job = match fetch_job(ctx, &cached).await {
         Ok(Some(j)) => j,
         // Gone, being deleted, or deleted and created again under the same name (its own
         // reconcile queues the new one).

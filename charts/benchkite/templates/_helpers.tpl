@@ -211,6 +211,7 @@ the chart value behind a flag (for the extraArgs duplicate check).
 {{- $a = append $a (list "--instance" $bk.instance "buildkite.instance") }}
 {{- $a = append $a (list "--max-source-bytes" (toString (int64 $v.kernelJobs.maxSourceBytes)) "kernelJobs.maxSourceBytes") }}
 {{- $a = append $a (list "--finalizer-timeout-seconds" (toString (int64 $v.kernelJobs.finalizerTimeoutSeconds)) "kernelJobs.finalizerTimeoutSeconds") }}
+{{- $a = append $a (list "--kerneljob-events" $v.kernelJobs.events "kernelJobs.events") }}
 {{- $a = append $a (list "--stale-after-seconds" (toString (int64 $v.kernelJobs.staleAfterSeconds)) "kernelJobs.staleAfterSeconds") }}
 {{- $a = append $a (list "--submit-workers" (toString (int64 $v.kernelJobs.submitWorkers)) "kernelJobs.submitWorkers") }}
 {{- if hasKey $creds "api-token" }}

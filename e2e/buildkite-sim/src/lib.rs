@@ -192,6 +192,12 @@ impl SimHandle {
         self.sim.counters.snapshot()
     }
 
+    /// API requests counted as they arrive, before an injected latency holds them (status 0):
+    /// tells a test that a request is in flight.
+    pub fn arrivals(&self) -> CountersSnapshot {
+        self.sim.arrivals.snapshot()
+    }
+
     /// Request counters of the storage listener.
     pub fn storage_counters(&self) -> CountersSnapshot {
         self.sim.storage_counters.snapshot()
@@ -200,6 +206,7 @@ impl SimHandle {
     /// Clears the request counters.
     pub fn reset_counters(&self) {
         self.sim.counters.reset();
+        self.sim.arrivals.reset();
         self.sim.storage_counters.reset();
     }
 

@@ -37,6 +37,8 @@ pub struct Sim {
     dispatch: Notify,
     pub rate: RateLimiter,
     pub counters: Counters,
+    /// API requests as they arrive (before faults delay them), status 0.
+    pub arrivals: Counters,
     pub storage_counters: Counters,
     pub faults: Faults,
     pub webhooks: Webhooks,
@@ -68,6 +70,7 @@ impl Sim {
             dispatch: Notify::new(),
             rate,
             counters: Counters::default(),
+            arrivals: Counters::default(),
             storage_counters: Counters::default(),
             faults,
             webhooks,

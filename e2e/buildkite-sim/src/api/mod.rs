@@ -109,6 +109,7 @@ async fn count_layer(State(sim): State<Arc<Sim>>, req: Request, next: Next) -> R
         return next.run(req).await;
     }
     let key = endpoint_key(&req);
+    sim.arrivals.record(&key, 0);
     let resp = next.run(req).await;
     let status = if resp.extensions().get::<DropConnection>().is_some() {
         crate::counters::DROPPED
