@@ -706,7 +706,7 @@ async fn kerneljob_dead_ends_leave_nothing_running() -> Result<()> {
         ..Default::default()
     };
     let opts = RigOptions { agents: 8, pipelines: vec![filtered], ..Default::default() };
-    let (client, rig) = ChaosRig::start("chaos-deadends", opts).await?;
+    let (client, mut rig) = ChaosRig::start("chaos-deadends", opts).await?;
     let api: Api<KernelJob> = rig.ns.api();
     let mut f = Figures::new("kerneljob-dead-ends");
 
@@ -821,9 +821,47 @@ async fn kerneljob_dead_ends_leave_nothing_running() -> Result<()> {
         .filter(|j| j.name_any().starts_with("flow"))
         .filter(|j| benchkite_e2e::chaos::phase(j).is_some_and(|p| p.is_finished()))
         .count();
+    ensure!(flowed == 20, "{flowed} of 20 normal jobs finished");
+
+    // E: a running job deleted while no controller runs (no finalizer holds the deletion):
+    // the next controller finds its build by listing the pipeline's unfinished builds and
+    // cancels it.
+    let j = benchkite_e2e::chaos::chaos_job("unwatched", &rig.queue, benchkite_e2e::chaos::Outcome::Pass, long)?;
+    api.create(&PostParams::default(), &j).await?;
+    wait_until("the build of `unwatched` running", Duration::from_secs(60), || async {
+        let b = builds_of(&rig, "unwatched").await?;
+        Ok(b.iter().any(|b| b.state == "running").then_some(()))
+    })
+    .await?;
+    if let Some(op) = rig.op.take() {
+        op.kill();
+    }
+    api.delete("unwatched", &Default::default()).await?;
+    wait_until("`unwatched` gone with no controller running", Duration::from_secs(30), || async {
+        Ok(api.get_opt("unwatched").await?.is_none().then_some(()))
+    })
+    .await?;
+    let at_restart: Vec<String> = builds_of(&rig, "unwatched").await?.iter().map(|b| b.state.clone()).collect();
+    rig.restart_controller()?;
+    let cancelled =
+        wait_until("the build of `unwatched` cancelled after the start", Duration::from_secs(90), || async {
+            let b = builds_of(&rig, "unwatched").await?;
+            Ok((!b.is_empty() && b.iter().all(|b| b.state == "canceled" || b.state == "canceling")).then_some(b.len()))
+        })
+        .await
+        .with_context(|| format!("the build's states at the restart: {at_restart:?}"))?;
+    f.add("deleted_unwatched_builds_cancelled", cancelled);
+    // The restarted controller runs jobs (its cache loaded the finished, refused and
+    // timed-out jobs above).
+    create_jobs(&api, "after", &rig.queue, 0..1, JOB_SLEEP_MS).await?;
+    let j = finished_job(&api, "after000", Duration::from_secs(120)).await?;
+    ensure!(
+        benchkite_e2e::chaos::phase(&j).is_some_and(|p| p.is_finished()),
+        "after000 after the restart: {:?}",
+        j.status
+    );
     f.add("create_422", refusals).add("flow_finished", flowed).add("took_s", started.elapsed().as_secs());
     f.print();
-    ensure!(flowed == 20, "{flowed} of 20 normal jobs finished");
     rig.delete().await
 }
 

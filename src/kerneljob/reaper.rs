@@ -66,6 +66,7 @@ pub fn named_job(build: &Build) -> Option<(String, String)> {
 /// The reaper: delete events as they come, a sweep every poll interval, and the listing
 /// after a start until it went through once.
 pub async fn reap_loop(ctx: Arc<JobCtx>, mut deleted: mpsc::UnboundedReceiver<Deleted>) {
+    tracing::debug!("reaper started");
     let mut listed = false;
     let mut tick = tokio::time::interval(ctx.config.poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -179,35 +180,40 @@ fn pipelines(ctx: &JobCtx) -> BTreeSet<String> {
     out
 }
 
-/// One listing of each pipeline's unfinished builds (after a start): ours go on the board
-/// and their jobs, if they exist, are woken. True once every listing went through.
+/// After a start: the unfinished builds of this installation. One organization-wide
+/// listing filtered by the installation's meta-data (it finds builds in any pipeline, also
+/// one no remaining job or pool names); if Buildkite refuses it, one listing per pipeline
+/// the cached jobs and pools name. Ours go on the board and their jobs, if they exist, are
+/// woken. True once a listing went through.
 async fn list_unfinished(ctx: &JobCtx) -> bool {
-    let mut complete = true;
-    let now = Timestamp::now();
-    for pipeline in pipelines(ctx) {
-        let query = BuildQuery {
-            pipeline: Some(pipeline.clone()),
-            states: vec!["scheduled".into(), "running".into(), "failing".into()],
-            exclude_jobs: true,
-            per_page: Some(100),
-            max_pages: Some(LIST_PAGES),
-            ..Default::default()
-        };
-        match ctx.bk.list_builds(&query, Priority::Refresh).await {
-            Ok(listing) => {
-                let mut ours = 0;
-                for build in listing.items.iter().filter(|b| board::is_ours(b, &ctx.config.instance)) {
-                    ours += 1;
-                    ctx.board.update(build, now);
-                    if let Some(key) = ctx.job_of(build) {
-                        ctx.wake(&key);
-                    }
-                }
-                if listing.truncated {
-                    tracing::warn!(%pipeline, listed = listing.items.len(), "more unfinished builds than one listing holds; the oldest were not checked for orphans");
-                }
-                tracing::debug!(%pipeline, listed = listing.items.len(), ours, "unfinished builds listed after the start");
-            }
+    // Not waiting for the job cache: the sweep reads a job before it cancels its build, and
+    // a job the cache does not hold yet is reconciled (and finds its build on the board)
+    // once it does.
+    tracing::debug!(jobs = ctx.jobs.state().len(), "listing this installation's unfinished builds");
+    let query = |pipeline: Option<String>| BuildQuery {
+        pipeline,
+        states: vec!["scheduled".into(), "running".into(), "failing".into()],
+        meta_data: vec![(meta::INSTANCE.to_string(), ctx.config.instance.clone())],
+        exclude_jobs: true,
+        per_page: Some(100),
+        max_pages: Some(LIST_PAGES),
+        ..Default::default()
+    };
+    match ctx.bk.list_builds(&query(None), Priority::Refresh).await {
+        Ok(listing) => {
+            take(ctx, "(organization)", &listing.items, listing.truncated);
+            return true;
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "listing unfinished builds across the organization failed; listing per pipeline")
+        }
+    }
+    let pipelines = pipelines(ctx);
+    // Nothing to list yet (the caches may still be loading): again at the next tick.
+    let mut complete = !pipelines.is_empty();
+    for pipeline in pipelines {
+        match ctx.bk.list_builds(&query(Some(pipeline.clone())), Priority::Refresh).await {
+            Ok(listing) => take(ctx, &pipeline, &listing.items, listing.truncated),
             Err(e) => {
                 complete = false;
                 tracing::warn!(%pipeline, error = %e, "listing unfinished builds failed; trying again");
@@ -215,6 +221,28 @@ async fn list_unfinished(ctx: &JobCtx) -> bool {
         }
     }
     complete
+}
+
+/// Puts the listed builds of this installation on the board and wakes their jobs.
+fn take(ctx: &JobCtx, scope: &str, builds: &[Build], truncated: bool) {
+    let now = Timestamp::now();
+    let mut ours = 0;
+    for build in builds.iter().filter(|b| board::is_ours(b, &ctx.config.instance)) {
+        ours += 1;
+        tracing::debug!(build = build.number, state = build.state.as_str(), job = ?build.meta_data.get(meta::JOB), "an unfinished build of this installation");
+        ctx.board.update(build, now);
+        if let Some(key) = ctx.job_of(build) {
+            ctx.wake(&key);
+        }
+    }
+    if truncated {
+        tracing::warn!(
+            scope,
+            listed = builds.len(),
+            "more unfinished builds than one listing holds; the oldest were not checked for orphans"
+        );
+    }
+    tracing::info!(scope, listed = builds.len(), ours, "unfinished builds listed after the start");
 }
 
 #[cfg(test)]

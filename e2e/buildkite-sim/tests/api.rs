@@ -156,6 +156,14 @@ async fn list_filters_and_pagination() {
     assert_eq!(list("state=finished").await.0, [5, 4, 3, 2, 1]);
     assert_eq!(list("state[]=scheduled").await.0, Vec::<u64>::new());
     assert_eq!(list("meta_data[run]=r2").await.0, [3]);
+    // The organization's listing, with the filters percent-encoded as a client sends them.
+    let mut org = reqwest::Url::parse(&format!("{}/builds", t.org_url())).unwrap();
+    org.query_pairs_mut().append_pair("state[]", "failed").append_pair("meta_data[run]", "r4");
+    let r = t.get(org.as_str()).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let numbers: Vec<u64> = v.as_array().unwrap().iter().map(|b| b["number"].as_u64().unwrap()).collect();
+    assert_eq!(numbers, [5], "{org}");
     assert_eq!(list("branch=main").await.0, [5, 3, 1]);
     assert_eq!(list("branch=*dev*").await.0, [4, 2]);
     assert_eq!(list("commit=c1").await.0, [2]);
