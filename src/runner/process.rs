@@ -13,8 +13,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// How much of stdout/stderr is kept in memory; the rest is counted, not stored
@@ -29,76 +28,10 @@ const DRAIN_GRACE: Duration = Duration::from_secs(1);
 /// call can take a while to die) before giving up on it.
 const KILL_GRACE: Duration = Duration::from_secs(10);
 
-/// Read end of the self-pipe the signal handlers write to, or -1.
-static CANCEL_FD: AtomicI32 = AtomicI32::new(-1);
-/// The signal that asked the runner to stop, or 0.
-static CANCEL_SIGNAL: AtomicI32 = AtomicI32::new(0);
-/// Write end of the self-pipe (used by the handler only).
-static CANCEL_WRITE_FD: AtomicI32 = AtomicI32::new(-1);
-/// Whether escaped descendants are swept after each run (CLI only: it needs the runner to
-/// be a child subreaper and assumes every other child is ours).
-static SWEEP: AtomicBool = AtomicBool::new(false);
-/// Children spawned by this module that are still running; the sweep leaves them alone.
-static LIVE_CHILDREN: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+mod stop;
 
-extern "C" fn on_stop_signal(sig: libc::c_int) {
-    CANCEL_SIGNAL.store(sig, Ordering::SeqCst);
-    let fd = CANCEL_WRITE_FD.load(Ordering::SeqCst);
-    if fd >= 0 {
-        let b = [1u8];
-        // SAFETY: write(2) is async-signal-safe; the buffer is a live local.
-        unsafe {
-            libc::write(fd, b.as_ptr().cast(), 1);
-        }
-    }
-}
-
-/// Installs SIGTERM/SIGINT/SIGHUP handlers that cancel the running child (its whole group
-/// is killed) instead of killing the runner outright, so `result.json` is still written.
-/// Process-wide: only the CLI entry point calls this.
-pub(crate) fn install_stop_handlers() -> io::Result<()> {
-    if CANCEL_FD.load(Ordering::SeqCst) >= 0 {
-        return Ok(());
-    }
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: pipe2 writes two descriptors into the array we own.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    CANCEL_WRITE_FD.store(fds[1], Ordering::SeqCst);
-    CANCEL_FD.store(fds[0], Ordering::SeqCst);
-    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-        // SAFETY: a zeroed sigaction with a plain handler and an empty mask is valid; the
-        // handler only touches atomics and calls write(2).
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_stop_signal as *const () as libc::sighandler_t;
-            sa.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut sa.sa_mask);
-            if libc::sigaction(sig, &sa, std::ptr::null_mut()) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The signal that asked the runner to stop, if any.
-pub(crate) fn stop_signal() -> Option<i32> {
-    match CANCEL_SIGNAL.load(Ordering::SeqCst) {
-        0 => None,
-        s => Some(s),
-    }
-}
-
-/// Makes the runner a child subreaper and turns on the sweep of escaped descendants: a
-/// harness that leaves its process group (setsid) is reparented to us and killed after
-/// its run. CLI only (process-wide, and it assumes every child is the runner's).
-pub(crate) fn enable_sweep() {
-    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer argument only.
-    let ok = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) } == 0;
-    SWEEP.store(ok, Ordering::SeqCst);
-}
+use stop::{CANCEL_FD, LIVE_CHILDREN, SWEEP, sweep_escaped};
+pub(crate) use stop::{enable_sweep, install_stop_handlers, stop_signal};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -550,88 +483,6 @@ fn read_into(file: &mut Option<File>, into: &mut Captured, buf: &mut [u8], limit
     }
 }
 
-/// Kills descendants that left their process group and were reparented to us (we are a
-/// child subreaper), then reaps them. Children this module is running are left alone.
-fn sweep_escaped() {
-    if !has_children() {
-        // The common case: nothing was left behind, no need to scan /proc.
-        return;
-    }
-    let me = std::process::id();
-    for _round in 0..8 {
-        let live = LIVE_CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
-        let strays: Vec<i32> = children_of(me).into_iter().filter(|p| !live.contains(p)).collect();
-        if strays.is_empty() {
-            return;
-        }
-        for pid in &strays {
-            // It may lead a group (setsid); take the group with it.
-            kill_group(*pid, libc::SIGKILL);
-            // SAFETY: kill only sends a signal.
-            unsafe {
-                libc::kill(*pid, libc::SIGKILL);
-            }
-        }
-        drop(live);
-        let until = Instant::now() + Duration::from_millis(500);
-        for pid in strays {
-            loop {
-                let mut st = 0;
-                // SAFETY: waitpid on a pid that is our child; `st` is a live local.
-                let r = unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) };
-                if r != 0 || Instant::now() >= until {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        }
-    }
-}
-
-/// Whether this process has any child, running or exited but not reaped (no reaping here).
-fn has_children() -> bool {
-    // SAFETY: a zeroed siginfo_t is a valid out-parameter; WNOWAIT leaves children alone.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // SAFETY: waitid writes into `info`, which we own.
-    let r = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT) };
-    !(r == -1 && io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD))
-}
-
-/// Pids whose parent is `parent`, from /proc.
-fn children_of(parent: u32) -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for entry in dir.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // `pid (comm) state ppid …`; comm may contain spaces and parentheses.
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-            continue;
-        };
-        let mut fields = rest.split_whitespace();
-        let state = fields.next();
-        let ppid = fields.next().and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(parent) && state != Some("Z") {
-            out.push(pid);
-        } else if ppid == Some(parent) && state == Some("Z") {
-            // A zombie child: reap it.
-            let mut st = 0;
-            // SAFETY: waitpid on our own zombie child.
-            unsafe {
-                libc::waitpid(pid, &mut st, libc::WNOHANG);
-            }
-        }
-    }
-    out
-}
-
 /// Looks `name` up on PATH (or takes it as a path when it contains a slash).
 pub(crate) fn which(name: &str) -> Option<PathBuf> {
     if name.contains('/') {
@@ -661,126 +512,4 @@ fn shell_quote(s: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sh(script: &str) -> Spec {
-        Spec::new("/bin/sh").args(["-c", script])
-    }
-
-    #[test]
-    fn captures_stdout_stderr_and_exit_code() {
-        let out = run(&sh("echo out; echo err >&2; exit 3")).unwrap();
-        assert_eq!(out.stdout.bytes, b"out\n");
-        assert_eq!(out.stderr.bytes, b"err\n");
-        assert_eq!(out.ending, Ending::Exited(3));
-        assert_eq!(out.ending.python_returncode(), 3);
-    }
-
-    #[test]
-    fn result_pipe_is_inherited_and_read() {
-        let mut spec = sh("echo \"check: pass\" >&$POPCORN_FD; echo 'x: 1' >&$POPCORN_FD");
-        spec.result_pipe = true;
-        let out = run(&spec).unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.result), "check: pass\nx: 1\n");
-        assert_eq!(out.ending, Ending::Exited(0));
-    }
-
-    #[test]
-    fn timeout_kills_the_whole_group() {
-        let dir = std::env::temp_dir().join(format!("bk-proc-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let pidfile = dir.join("gc.pid");
-        let mut spec = sh(&format!("sleep 1000 & echo $! > {}; wait", pidfile.display()));
-        // Long enough for sh to start and write the pid file on a loaded machine.
-        spec.timeout = Some(Duration::from_millis(1500));
-        let t = Instant::now();
-        let out = run(&spec).unwrap();
-        assert_eq!(out.ending, Ending::TimedOut);
-        assert!(t.elapsed() < Duration::from_secs(5));
-        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
-        assert!(process_gone(pid), "grandchild {pid} survived");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn signal_death_is_reported_as_negative() {
-        let out = run(&sh("kill -SEGV $$")).unwrap();
-        assert_eq!(out.ending, Ending::Signaled(libc::SIGSEGV));
-        assert_eq!(out.ending.python_returncode(), -11);
-    }
-
-    #[test]
-    fn missing_program_is_not_found() {
-        let err = run(&Spec::new("/nonexistent/benchkite-nope")).unwrap_err();
-        assert!(err.is_not_found(), "{err}");
-    }
-
-    #[test]
-    fn stdin_is_fed() {
-        let mut spec = sh("cat");
-        spec.stdin = Some(b"hello".to_vec());
-        let out = run(&spec).unwrap();
-        assert_eq!(out.stdout.bytes, b"hello");
-    }
-
-    #[test]
-    fn output_over_the_capture_limit_is_counted() {
-        let mut c = Captured::default();
-        let chunk = vec![b'a'; 999];
-        let lines = CAPTURE_LIMIT / 1000 + 10;
-        for _ in 0..lines {
-            c.push(&chunk, CAPTURE_LIMIT);
-            c.push(b"\n", CAPTURE_LIMIT);
-        }
-        assert_eq!(c.bytes.len(), CAPTURE_LIMIT);
-        assert_eq!(c.newlines, lines as u64);
-        let text = c.to_output();
-        // 16 lines of 1,000 characters fit under 16,384 - 100; the rest (and the empty line
-        // after the last break) are counted, as Python's `text.split("\n")` does.
-        assert_eq!(text.lines().count(), 17);
-        assert_eq!(text.rsplit('\n').next().unwrap(), format!("[...] {} lines omitted", lines + 1 - 16));
-    }
-
-    #[test]
-    fn output_is_cut_like_kernelbots_limit_length() {
-        // Short: unchanged, but with Python's newline translation.
-        let mut c = Captured::default();
-        c.push(b"a\r\nb\rc\n", CAPTURE_LIMIT);
-        c.push(b"\r", CAPTURE_LIMIT);
-        c.push(b"\nd", CAPTURE_LIMIT);
-        assert_eq!((c.to_output(), c.newlines), ("a\nb\nc\n\nd".to_owned(), 4));
-        // Characters, not bytes, count (Python's len of a str).
-        let line = "é".repeat(100);
-        let text: String = (0..200).map(|_| format!("{line}\n")).collect();
-        let cut = limit_length(&text, 201, 16384);
-        // Lines of 101 characters: 161 fit (161 * 101 + 100 <= 16,384).
-        assert_eq!(cut.lines().count(), 161 + 1);
-        assert!(cut.ends_with(&format!("{line}\n[...] 40 lines omitted")));
-        // One line longer than the limit: nothing of it is kept.
-        assert_eq!(limit_length(&"x".repeat(20_000), 1, 16384), "[...] 1 lines omitted");
-        assert_eq!(limit_length("", 1, 16384), "");
-    }
-
-    #[test]
-    fn shell_join_quotes_like_python() {
-        assert_eq!(shell_join(&["python3", "eval.py", "test", "/tmp/a b"]), "python3 eval.py test '/tmp/a b'");
-        assert_eq!(shell_join(&["a'b", ""]), "'a'\"'\"'b' ''");
-        assert_eq!(
-            shell_join(&["-DX=1", "-gencode=arch=compute_90a,code=sm_90a"]),
-            "-DX=1 -gencode=arch=compute_90a,code=sm_90a"
-        );
-    }
-
-    /// Gone, or a zombie nobody reaped yet (dead all the same).
-    pub(crate) fn process_gone(pid: i32) -> bool {
-        for _ in 0..100 {
-            match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-                Err(_) => return true,
-                Ok(s) if s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')) => return true,
-                Ok(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
-        false
-    }
-}
+mod tests;

@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use http::HeaderMap;
+
 use super::*;
 
 fn budget(limit: u32, reserve: f64) -> Budget {
