@@ -6,8 +6,9 @@
 //! unconstrained: it counts what the launcher needs instead of refusing it.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -19,6 +20,7 @@ use buildkite_sim::{SimConfig, SimHandle, Simulator};
 use futures::StreamExt;
 use kube::{Api, Client};
 use serde_json::{Value, json};
+use tokio::sync::{OnceCell, watch};
 
 use crate::rig::{self, FinishWatch, RESULT_JSON, RESULT_SUMMARY, WEBHOOK_SECRET};
 
@@ -149,12 +151,254 @@ fn request_report(sim: &SimHandle, jobs: usize) -> Value {
     })
 }
 
+/// The controller runs of one invocation measure their Kubernetes API writes over one shared
+/// window. The API server's counters (`apiserver_request_total`) are server-wide and cannot
+/// be split by run, so they are read once when every run is about to create its jobs and
+/// once when every run has seen all its jobs finish (before any deletes its jobs): their
+/// figure is both runs together ÷ all their jobs. The audit log, over the same window, tells
+/// each run's controller apart by its User-Agent.
+pub struct WriteWindow {
+    members: watch::Sender<Members>,
+    opened: OnceCell<Mark>,
+    closed: OnceCell<Mark>,
+    audit: OnceCell<Result<rig::AuditWrites, String>>,
+}
+
+/// The runs in a window: still in (registered), at the start line (ready), finished (done);
+/// the jobs and controller identities of those that got to the start line.
+#[derive(Default)]
+struct Members {
+    registered: usize,
+    ready: usize,
+    done: usize,
+    jobs: usize,
+    identities: Vec<String>,
+}
+
+/// One reading of the window's edge: when (ms), the API server's counters, and where the
+/// audit log ended.
+#[derive(Clone)]
+pub struct Mark {
+    pub at_ms: f64,
+    pub counters: Result<rig::WriteCounts, String>,
+    pub audit_offset: Result<u64, String>,
+}
+
+/// A run's place in a [`WriteWindow`]; leaving (dropped) releases the runs waiting for it.
+pub struct Member<'a> {
+    window: &'a WriteWindow,
+    ready: bool,
+    done: bool,
+}
+
+/// A job's last writes (its Events) follow the final status a watch sees: the window closes
+/// this long after the last run saw its last job finish.
+const SETTLE: Duration = Duration::from_secs(2);
+
+impl Default for WriteWindow {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl WriteWindow {
+    pub fn new() -> Self {
+        WriteWindow {
+            members: watch::Sender::new(Members::default()),
+            opened: OnceCell::new(),
+            closed: OnceCell::new(),
+            audit: OnceCell::new(),
+        }
+    }
+
+    /// Joins the window. Every run joins before any reaches [`Member::ready`] (they start
+    /// together: join before the first `.await`).
+    pub fn join(&self) -> Member<'_> {
+        self.members.send_modify(|m| m.registered += 1);
+        Member { window: self, ready: false, done: false }
+    }
+
+    async fn wait(&self, until: impl Fn(&Members) -> bool) {
+        let mut rx = self.members.subscribe();
+        // The sender lives as long as the window: the wait ends only on `until`.
+        let _ = rx.wait_for(|m| until(m)).await;
+    }
+
+    /// The audit log's writes over the window, read once (after [`Member::done`]: call it
+    /// when the run has cleaned up, so the log holds every request received in the window).
+    pub async fn audit(&self, path: &Path) -> Result<rig::AuditWrites, String> {
+        let (Some(opened), Some(closed)) = (self.opened.get(), self.closed.get()) else {
+            return Err("the write window was never opened and closed".into());
+        };
+        let offset = opened.audit_offset.clone()?;
+        let (path, from, to) = (path.to_path_buf(), opened.at_ms, closed.at_ms);
+        self.audit
+            .get_or_init(|| async move {
+                tokio::task::spawn_blocking(move || rig::read_audit_writes(&path, offset, from, to))
+                    .await
+                    .map_err(|e| format!("reading the audit log: {e}"))
+                    .and_then(|r| r.map_err(|e| format!("{e:#}")))
+            })
+            .await
+            .clone()
+    }
+
+    /// Both runs together: the API server's counters (every client) and the audit log (the
+    /// runs' controllers; every writer) per KernelJob of all runs, over the window.
+    pub fn all_runs(&self, audit: &Result<rig::AuditWrites, String>) -> Value {
+        let (jobs, identities) = {
+            let m = self.members.borrow();
+            (m.jobs, m.identities.clone())
+        };
+        let (Some(opened), Some(closed)) = (self.opened.get(), self.closed.get()) else {
+            return json!({"error": "the write window was never opened and closed"});
+        };
+        let counters = match (&opened.counters, &closed.counters) {
+            (Ok(b), Ok(a)) => Ok(rig::counter_delta(b, a, jobs)),
+            (Err(e), _) | (_, Err(e)) => Err(e.clone()),
+        };
+        all_runs_figures(&counters, audit, &identities, jobs, (closed.at_ms - opened.at_ms) / 1e3)
+    }
+}
+
+/// [`WriteWindow::all_runs`] from its parts.
+fn all_runs_figures(
+    counters: &Result<rig::WriteCounts, String>,
+    audit: &Result<rig::AuditWrites, String>,
+    identities: &[String],
+    jobs: usize,
+    window_secs: f64,
+) -> Value {
+    let mut out = json!({
+        "runs": identities.len(), "jobs": jobs, "window_secs": window_secs,
+        "counter_verbs": rig::METRIC_WRITE_VERBS, "audit_verbs": rig::AUDIT_WRITE_VERBS,
+        "settle_secs": SETTLE.as_secs_f64(),
+    });
+    let missing = match (counters, audit) {
+        (Ok(c), Ok(a)) => rig::unaudited(c, &rig::sum_writers(a, None)),
+        _ => Vec::new(),
+    };
+    out["counters"] = match counters {
+        Ok(c) => rig::per_job(c, jobs, &[]),
+        Err(e) => json!({"error": e}),
+    };
+    match audit {
+        Ok(a) => {
+            out["audit_controllers"] = rig::per_job(&rig::sum_writers(a, Some(identities)), jobs, &missing);
+            out["audit_all_writers"] = rig::per_job(&rig::sum_writers(a, None), jobs, &missing);
+        }
+        Err(e) => out["audit_controllers"] = json!({"error": e}),
+    }
+    out["not_audited"] = json!(missing);
+    out
+}
+
+/// One run's controller writes per KernelJob from the window's audit log: the writes whose
+/// User-Agent names `identity`, over `jobs` jobs; categories the cluster's audit policy does
+/// not record (see [`rig::unaudited`], from the window's figures) are `null`.
+fn run_figures(audit: &Result<rig::AuditWrites, String>, all_runs: &Value, identity: &str, jobs: usize) -> Value {
+    let a = match audit {
+        Ok(a) => a,
+        Err(e) => return json!({"error": e}),
+    };
+    let missing: Vec<&str> = all_runs["not_audited"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter_map(|c| rig::WRITE_CATEGORIES.into_iter().find(|k| *k == c))
+        .collect();
+    let own = rig::sum_writers(a, Some(&[identity.to_string()]));
+    if own.is_empty() && jobs > 0 {
+        return json!({"error": format!(
+            "the audit log has no write by User-Agent `benchkite/… ({identity})`: does the controller send it, \
+             and does the cluster's audit policy (e2e/cluster/audit-policy.yaml) record KernelJob writes?"
+        )});
+    }
+    let mut v = rig::per_job(&own, jobs, &missing);
+    v["identity"] = json!(identity);
+    v["verbs"] = json!(rig::AUDIT_WRITE_VERBS);
+    v
+}
+
+impl Member<'_> {
+    /// This run is about to create `jobs` KernelJobs, its controller sending `identity` in
+    /// its User-Agent. Waits for every run still in, then returns the window's opening mark
+    /// (`read` by the first run past the line, [`opening_mark`] in a scenario).
+    pub async fn ready(&mut self, jobs: usize, identity: &str, read: impl Future<Output = Mark>) -> Mark {
+        if !self.ready {
+            self.ready = true;
+            self.window.members.send_modify(|m| {
+                m.ready += 1;
+                m.jobs += jobs;
+                m.identities.push(identity.to_string());
+            });
+        }
+        self.window.wait(|m| m.ready >= m.registered).await;
+        self.window.opened.get_or_init(|| read).await.clone()
+    }
+
+    /// This run saw all its jobs finish (or gave up). Waits for every run still in, then
+    /// returns the window's closing mark (`read` by the first run past the line,
+    /// [`closing_mark`] in a scenario).
+    pub async fn done(&mut self, read: impl Future<Output = Mark>) -> Mark {
+        if !self.done {
+            self.done = true;
+            self.window.members.send_modify(|m| m.done += 1);
+        }
+        self.window.wait(|m| m.done >= m.registered).await;
+        self.window.closed.get_or_init(|| read).await.clone()
+    }
+}
+
+/// Where the window opens: the audit log's end (first: every event of the window is after
+/// it), the time, the API server's counters.
+pub async fn opening_mark(client: &Client, audit_log: &Path) -> Mark {
+    let audit_offset = rig::audit_log_len(audit_log).map_err(|e| format!("{e:#}"));
+    let at_ms = rig::now_ms();
+    let counters = rig::api_writes(client).await.map_err(|e| format!("{e:#}"));
+    Mark { at_ms, counters, audit_offset }
+}
+
+/// Where the window closes: [`SETTLE`] from now, the time and the API server's counters.
+pub async fn closing_mark(client: &Client) -> Mark {
+    tokio::time::sleep(SETTLE).await;
+    let at_ms = rig::now_ms();
+    let counters = rig::api_writes(client).await.map_err(|e| format!("{e:#}"));
+    Mark { at_ms, counters, audit_offset: Ok(0) }
+}
+
+impl Drop for Member<'_> {
+    fn drop(&mut self) {
+        let (ready, done) = (self.ready, self.done);
+        self.window.members.send_modify(|m| {
+            m.registered -= 1;
+            m.ready -= usize::from(ready);
+            m.done -= usize::from(done);
+        });
+    }
+}
+
+/// The window of the controller runs `main` starts together (webhooks and polling only).
+static WINDOW: LazyLock<WriteWindow> = LazyLock::new(WriteWindow::new);
+
 /// One controller run: its own namespace, simulator (Buildkite's limits, both scopes) and
 /// controller process (its default budget; the server's `RateLimit-User-Limit` tightens it).
-/// What the API server counts as a KernelJob's writes: the object, its status, Events.
-const API_WRITE_RESOURCES: &[&str] = &["kerneljobs", "events"];
-
+/// Its API writes are measured in the invocation's shared [`WriteWindow`].
 pub async fn controller_run(client: &Client, p: Params, webhooks: bool, tag: &str) -> Result<Value> {
+    controller_run_in(&WINDOW, client, p, webhooks, tag).await
+}
+
+/// [`controller_run`] in `window`, which every run started at the same time shares.
+pub async fn controller_run_in(
+    window: &WriteWindow,
+    client: &Client,
+    p: Params,
+    webhooks: bool,
+    tag: &str,
+) -> Result<Value> {
+    // Before any `.await`: the runs started together all join before any opens the window.
+    let mut member = window.join();
     let ns = rig::namespace(client, tag).await?;
     let port = rig::free_port()?;
     let http = format!("127.0.0.1:{port}");
@@ -163,14 +407,18 @@ pub async fn controller_run(client: &Client, p: Params, webhooks: bool, tag: &st
     let sim = Simulator::start(sim_config(&p, limits.clone(), webhook_url)).await?;
     let args = rig::controller_args("kerneljob", ns.name(), &sim, &[]);
     let token = sim.api_token();
-    let mut envs = vec![("BUILDKITE_API_TOKEN", token.as_str())];
+    // The controller's User-Agent names it (`benchkite/<version> (<POD_NAME>)`): the audit
+    // log tells its writes from the other run's.
+    let identity = format!("{}-controller", ns.name());
+    let mut envs = vec![("BUILDKITE_API_TOKEN", token.as_str()), ("POD_NAME", identity.as_str())];
     if webhooks {
         envs.push(("BUILDKITE_WEBHOOK_SECRET", WEBHOOK_SECRET));
     }
     let ctl = rig::start_controller(&format!("bench-{tag}"), &http, &args, &envs).await?;
     let api: Api<KernelJob> = ns.api();
     let (watch, watch_task) = FinishWatch::start(api.clone());
-    let writes_before = rig::api_writes(client, API_WRITE_RESOURCES).await;
+    let audit_log = rig::audit_log_path();
+    member.ready(p.jobs, &identity, opening_mark(client, &audit_log)).await;
     let t0 = rig::now_ms();
     let deadline = p.job_timeout_secs();
     rig::create_jobs_with(&api, "kj", 0..p.jobs, 16, |name| {
@@ -187,12 +435,8 @@ pub async fn controller_run(client: &Client, p: Params, webhooks: bool, tag: &st
     let done = watch.wait_progressing(p.jobs, timeout, stall).await;
     let seen = watch.snapshot();
     watch_task.abort();
-    // Read before the jobs are deleted: finalizer releases are not part of a job's life here.
-    let writes_after = rig::api_writes(client, API_WRITE_RESOURCES).await;
-    let api_writes = match (&writes_before, &writes_after) {
-        (Ok(b), Ok(a)) => rig::writes_per_job(b, a, p.jobs),
-        (Err(e), _) | (_, Err(e)) => json!({"error": format!("{e:#}")}),
-    };
+    // Closed before any run deletes its jobs: deletions are not part of a job's life here.
+    member.done(closing_mark(client)).await;
     let end = seen.values().map(|(t, _)| *t).fold(t0, f64::max);
     let succeeded = seen.values().filter(|(_, ph)| ph == "Succeeded").count();
     let mut report = request_report(&sim, p.jobs);
@@ -230,7 +474,6 @@ pub async fn controller_run(client: &Client, p: Params, webhooks: bool, tag: &st
         o.insert("wall_over_ideal_under_limit".into(), json!(wall / p.ideal_under_limit_secs(TOKEN_LIMIT_PER_MIN)));
         o.insert("kj_create_secs".into(), json!(created_ms / 1e3));
         o.insert("controller_timings".into(), controller_timings);
-        o.insert("api_writes_per_job".into(), api_writes);
         o.insert("wall_minutes".into(), json!(wall / 60.0));
         o.insert("controller_cpu_secs".into(), json!(controller_usage.map(|u| u.cpu.as_secs_f64())));
         o.insert(
@@ -254,6 +497,15 @@ pub async fn controller_run(client: &Client, p: Params, webhooks: bool, tag: &st
         );
     }
     rig::delete_all_jobs(&api, Duration::from_secs(60)).await;
+    // After the clean-up: by now the log holds every request received in the window.
+    let audit = window.audit(&audit_log).await;
+    let all_runs = window.all_runs(&audit);
+    if let Some(o) = report.as_object_mut() {
+        o.insert("controller_writes_per_job".into(), run_figures(&audit, &all_runs, &identity, p.jobs));
+        o.insert("api_writes_all_runs".into(), all_runs);
+        o.insert("audit_log".into(), json!(audit_log.display().to_string()));
+    }
+    drop(member);
     drop(ctl);
     sim.shutdown().await;
     rig::drop_namespace(ns).await;
@@ -597,6 +849,95 @@ mod tests {
         assert!((q.ideal_under_limit_secs(50.0) - 5.0).abs() < 1e-9);
         // A limit that never binds leaves the agents' ideal.
         assert!((p.ideal_under_limit_secs(1e9) - p.ideal_secs()).abs() < 1e-9);
+    }
+
+    fn mark(at_ms: f64, counters: &[(&'static str, f64)]) -> Mark {
+        Mark { at_ms, counters: Ok(counters.iter().copied().collect()), audit_offset: Ok(0) }
+    }
+
+    #[tokio::test]
+    async fn the_runs_share_one_window_read_once() {
+        let window = WriteWindow::new();
+        let reads = std::sync::atomic::AtomicUsize::new(0);
+        let read = |at: f64| {
+            let reads = &reads;
+            async move {
+                reads.fetch_add(1, Ordering::SeqCst);
+                mark(at, &[])
+            }
+        };
+        let (mut a, mut b) = (window.join(), window.join());
+        // Neither opens the window before both are at the start line.
+        let (ma, mb) = tokio::join!(a.ready(10, "a", read(1.0)), b.ready(20, "b", read(2.0)));
+        assert_eq!(reads.load(Ordering::SeqCst), 1, "one reading for both runs");
+        assert_eq!(ma.at_ms, mb.at_ms);
+        let (ca, cb) = tokio::join!(a.done(read(5.0)), b.done(read(6.0)));
+        assert_eq!(reads.load(Ordering::SeqCst), 2);
+        assert_eq!(ca.at_ms, cb.at_ms);
+        let m = window.members.borrow();
+        assert_eq!((m.jobs, m.identities.clone()), (30, vec!["a".to_string(), "b".to_string()]));
+    }
+
+    #[tokio::test]
+    async fn a_run_that_fails_releases_the_others() {
+        let window = WriteWindow::new();
+        let mut a = window.join();
+        let b = window.join();
+        drop(b); // failed before its start line
+        let m = a.ready(1, "a", async { mark(1.0, &[]) }).await;
+        assert_eq!(m.at_ms, 1.0);
+        let mut c = window.join();
+        let mut d = window.join();
+        let (opened, _) =
+            tokio::join!(c.ready(1, "c", async { mark(9.0, &[]) }), d.ready(1, "d", async { mark(9.0, &[]) }));
+        assert_eq!(opened.at_ms, 1.0, "the window opens once");
+        drop(d); // failed after its start line
+        // `a` and `c` are done; the window closes without waiting for the ones that left.
+        let (x, y) = tokio::join!(a.done(async { mark(3.0, &[]) }), c.done(async { mark(4.0, &[]) }));
+        assert_eq!(x.at_ms, y.at_ms);
+    }
+
+    #[test]
+    fn each_run_counts_only_its_own_controllers_writes() {
+        let w = |status: f64, events: f64, cms: f64| {
+            rig::WriteCounts::from([("kerneljob_status", status), ("events", events), ("configmaps", cms)])
+        };
+        // Webhooks: 2 writes a job; polling: 5 (over 10 jobs each); another client wrote 4 Events.
+        let audit: rig::AuditWrites = [
+            ("wh".to_string(), w(10.0, 5.0, 5.0)),
+            ("po".to_string(), w(30.0, 10.0, 10.0)),
+            ("other:kube-controller-manager".to_string(), rig::WriteCounts::from([("events", 4.0)])),
+        ]
+        .into();
+        let ids = ["wh".to_string(), "po".to_string()];
+        // The server counted everyone's: 74 writes besides the creates over both runs' 20 jobs.
+        let counters = rig::WriteCounts::from([("kerneljob_status", 40.0), ("events", 19.0), ("configmaps", 15.0)]);
+        let all = all_runs_figures(&Ok(counters), &Ok(audit.clone()), &ids, 20, 60.0);
+        assert_eq!(all["counters"]["total"], json!(74.0 / 20.0));
+        assert_eq!(all["audit_controllers"]["total"], json!(70.0 / 20.0), "the two controllers, together");
+        assert_eq!(all["audit_all_writers"]["total"], json!(74.0 / 20.0), "agrees with the counters");
+        let wh = run_figures(&Ok(audit.clone()), &all, "wh", 10);
+        let po = run_figures(&Ok(audit.clone()), &all, "po", 10);
+        assert_eq!(wh["total"], json!(2.0), "{wh}");
+        assert_eq!(wh["kerneljob_status"], json!(1.0));
+        assert_eq!(wh["configmaps"], json!(0.5));
+        assert_eq!(po["total"], json!(5.0), "{po}");
+        assert_eq!(wh["complete"], json!(true));
+        // A controller the log never saw is an error, not 0 writes.
+        assert!(run_figures(&Ok(audit), &all, "nobody", 10)["error"].is_string());
+    }
+
+    #[test]
+    fn writes_the_cluster_does_not_audit_are_not_counted_as_none() {
+        // The counters saw ConfigMap writes, the audit log none by anyone: an old policy.
+        let audit: rig::AuditWrites = [("wh".to_string(), rig::WriteCounts::from([("kerneljob_status", 10.0)]))].into();
+        let counters = rig::WriteCounts::from([("kerneljob_status", 10.0), ("configmaps", 10.0)]);
+        let all = all_runs_figures(&Ok(counters), &Ok(audit.clone()), &["wh".to_string()], 10, 1.0);
+        assert_eq!(all["not_audited"], json!(["configmaps"]));
+        let wh = run_figures(&Ok(audit), &all, "wh", 10);
+        assert_eq!(wh["configmaps"], Value::Null);
+        assert_eq!(wh["complete"], json!(false));
+        assert_eq!(wh["total"], json!(1.0));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! What every scenario needs: the cluster, controller processes, KernelJobs, watches.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -495,61 +496,221 @@ mod tests {
     }
 }
 
-/// Successful write requests the API server counted (`apiserver_request_total`, codes 2xx),
-/// summed per `(resource, subresource)`: the API server's own figure of what the controller
-/// wrote, read from its `/metrics` before and after a run.
-pub type ApiWrites = HashMap<(String, String), f64>;
+/// The API writes of a KernelJob's life besides its create, by category: its object (the
+/// controller's applies to it), its status, the Events about it and the ConfigMap that holds
+/// its result.json.
+pub const WRITE_CATEGORIES: [&str; 4] = ["kerneljob", "kerneljob_status", "events", "configmaps"];
 
-const WRITE_VERBS: &[&str] = &["POST", "PUT", "PATCH", "APPLY", "CREATE", "UPDATE"];
+/// What counts as a write in the API server's counters (`apiserver_request_total`): create,
+/// update, patch and server-side apply.
+pub const METRIC_WRITE_VERBS: &[&str] = &["POST", "CREATE", "PUT", "UPDATE", "PATCH", "APPLY"];
 
-/// Parses the write counts for `resources` out of the API server's metrics text.
-pub fn api_writes_from_metrics(text: &str, resources: &[&str]) -> ApiWrites {
-    let mut out = ApiWrites::new();
-    for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
-        let Some((labels, value)) = line.rsplit_once("} ") else { continue };
+/// The same writes in the audit log (a server-side apply is a `patch` there).
+pub const AUDIT_WRITE_VERBS: &[&str] = &["create", "update", "patch"];
+
+/// The category (one of [`WRITE_CATEGORIES`]) of a write to `group`/`resource`/`subresource`,
+/// when it is one of a KernelJob's.
+pub fn write_category(group: &str, resource: &str, subresource: &str) -> Option<&'static str> {
+    match (group, resource, subresource) {
+        ("benchkite.dev", "kerneljobs", "") => Some("kerneljob"),
+        ("benchkite.dev", "kerneljobs", "status") => Some("kerneljob_status"),
+        ("" | "events.k8s.io", "events", "") => Some("events"),
+        ("", "configmaps", "") => Some("configmaps"),
+        _ => None,
+    }
+}
+
+/// Successful (2xx) writes by category.
+pub type WriteCounts = BTreeMap<&'static str, f64>;
+
+/// The API server's successful write counts by category, from its metrics text: every
+/// client's, server-wide (the counters have no label that tells clients apart).
+pub fn api_writes_from_metrics(text: &str) -> WriteCounts {
+    let mut out = WriteCounts::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else { continue };
+        let Some((labels, value)) = rest.rsplit_once("} ") else { continue };
         let label = |k: &str| {
             let key = format!("{k}=\"");
-            labels
-                .split(",")
-                .find_map(|kv| kv.trim_start_matches("apiserver_request_total{").strip_prefix(&key))
-                .map(|v| v.trim_end_matches('"').to_string())
-                .unwrap_or_default()
+            labels.split(',').find_map(|kv| kv.strip_prefix(&key)).map(|v| v.trim_end_matches('"')).unwrap_or_default()
         };
-        let (verb, code, resource) = (label("verb"), label("code"), label("resource"));
-        if !WRITE_VERBS.contains(&verb.as_str()) || !code.starts_with('2') || !resources.contains(&resource.as_str()) {
+        if !METRIC_WRITE_VERBS.contains(&label("verb")) || !label("code").starts_with('2') {
             continue;
         }
+        let Some(cat) = write_category(label("group"), label("resource"), label("subresource")) else { continue };
         let Ok(n) = value.trim().parse::<f64>() else { continue };
-        *out.entry((resource, label("subresource"))).or_default() += n;
+        *out.entry(cat).or_default() += n;
     }
     out
 }
 
 /// The API server's write counts now (see [`api_writes_from_metrics`]).
-pub async fn api_writes(client: &Client, resources: &[&str]) -> Result<ApiWrites> {
+pub async fn api_writes(client: &Client) -> Result<WriteCounts> {
     let req = http::Request::get("/metrics").body(Vec::new()).context("building GET /metrics")?;
     let text = client.request_text(req).await.context("reading the API server's /metrics")?;
-    Ok(api_writes_from_metrics(&text, resources))
+    Ok(api_writes_from_metrics(&text))
 }
 
-/// Writes per KernelJob between two readings: KernelJob writes besides the `jobs` creates
-/// (object and status), and Events (every writer's: in the efficiency scenario nothing but
-/// the controller writes Events, as no pod runs).
-pub fn writes_per_job(before: &ApiWrites, after: &ApiWrites, jobs: usize) -> Value {
-    let delta = |res: &str, sub: &str| {
-        let k = (res.to_string(), sub.to_string());
-        after.get(&k).copied().unwrap_or(0.0) - before.get(&k).copied().unwrap_or(0.0)
-    };
+/// `after − before` by category, the `jobs` KernelJob creates left out of the object's writes.
+pub fn counter_delta(before: &WriteCounts, after: &WriteCounts, jobs: usize) -> WriteCounts {
+    WRITE_CATEGORIES
+        .iter()
+        .map(|&c| {
+            let mut d = after.get(c).copied().unwrap_or(0.0) - before.get(c).copied().unwrap_or(0.0);
+            if c == "kerneljob" {
+                d -= jobs as f64;
+            }
+            (c, d.max(0.0))
+        })
+        .collect()
+}
+
+/// Writes per KernelJob by category and in total (`"total"`), over `jobs` jobs; the
+/// categories in `missing` (not recorded) are `null` and left out of the total, which is then
+/// a lower bound (`"complete": false`).
+pub fn per_job(counts: &WriteCounts, jobs: usize, missing: &[&str]) -> Value {
     let n = jobs.max(1) as f64;
-    let object = (delta("kerneljobs", "") - jobs as f64).max(0.0);
-    let status = delta("kerneljobs", "status");
-    let events = delta("events", "");
-    json!({
-        "kerneljob": object / n,
-        "kerneljob_status": status / n,
-        "events": events / n,
-        "total": (object + status + events) / n,
-    })
+    let mut out = serde_json::Map::new();
+    let mut total = 0.0;
+    for c in WRITE_CATEGORIES {
+        if missing.contains(&c) {
+            out.insert(c.into(), Value::Null);
+            continue;
+        }
+        let x = counts.get(c).copied().unwrap_or(0.0);
+        total += x;
+        out.insert(c.into(), json!(x / n));
+    }
+    out.insert("total".into(), json!(total / n));
+    out.insert("complete".into(), json!(missing.is_empty()));
+    out.insert("writes".into(), json!(counts));
+    out.insert("jobs".into(), json!(jobs));
+    Value::Object(out)
+}
+
+/// The API server's audit log of the e2e cluster the bench runs against:
+/// `<BENCHKITE_E2E_DIR>/kwok/clusters/<cluster>/logs/audit.log`, the cluster being
+/// `BENCHKITE_E2E_CLUSTER`, else the only one in that directory, else `benchkite-e2e`
+/// (as `e2e/cluster/who-deleted` finds it).
+pub fn audit_log_path() -> PathBuf {
+    let clusters = benchkite_e2e::e2e_dir().join("kwok").join("clusters");
+    let name = match std::env::var("BENCHKITE_E2E_CLUSTER") {
+        Ok(n) if !n.is_empty() => n,
+        _ => {
+            let names: Vec<String> = std::fs::read_dir(&clusters)
+                .map(|d| d.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned())).collect())
+                .unwrap_or_default();
+            match names.as_slice() {
+                [one] => one.clone(),
+                _ => "benchkite-e2e".to_string(),
+            }
+        }
+    };
+    clusters.join(name).join("logs").join("audit.log")
+}
+
+/// The audit log's length now: where a window's events start.
+pub fn audit_log_len(path: &Path) -> Result<u64> {
+    let meta = std::fs::metadata(path).with_context(|| {
+        format!(
+            "no audit log at {} (a cluster created before e2e/cluster/audit-policy.yaml: recreate it with \
+             e2e/cluster/down && e2e/cluster/up)",
+            path.display()
+        )
+    })?;
+    Ok(meta.len())
+}
+
+/// The identity a benchkite controller names in its User-Agent, `benchkite/<version> (<identity>)`.
+pub fn benchkite_identity(user_agent: &str) -> Option<&str> {
+    let rest = user_agent.strip_prefix("benchkite/")?;
+    let (_, inner) = rest.split_once(" (")?;
+    inner.strip_suffix(')').filter(|i| !i.is_empty())
+}
+
+/// Who wrote, in an audit log: a benchkite controller's identity, else `other:<product>` of
+/// the User-Agent (`other:` alone without one).
+pub fn audit_writer(user_agent: &str) -> String {
+    match benchkite_identity(user_agent) {
+        Some(id) => id.to_string(),
+        None => format!("other:{}", user_agent.split(['/', ' ']).next().unwrap_or_default()),
+    }
+}
+
+/// Successful writes of a KernelJob's life by writer ([`audit_writer`]) and category.
+pub type AuditWrites = BTreeMap<String, WriteCounts>;
+
+/// Counts the writes in audit log lines (JSON, one event a line) whose requests the API
+/// server received in `[from_ms, to_ms)`: completed requests (`ResponseComplete`) answered
+/// 2xx with a verb of [`AUDIT_WRITE_VERBS`] to a [`write_category`], KernelJob creates left
+/// out. Lines that are not events (a partial first or last line) are skipped.
+pub fn audit_writes_from(log: impl std::io::BufRead, from_ms: f64, to_ms: f64) -> AuditWrites {
+    let mut out = AuditWrites::new();
+    for line in log.split(b'\n') {
+        let Ok(line) = line else { break };
+        // Most events are of other kinds: skip them before parsing.
+        if !line.windows(16).any(|w| w == b"ResponseComplete") {
+            continue;
+        }
+        let Ok(ev) = serde_json::from_slice::<Value>(&line) else { continue };
+        if ev["stage"] != "ResponseComplete" {
+            continue;
+        }
+        let code = ev["responseStatus"]["code"].as_u64().unwrap_or(0);
+        let verb = ev["verb"].as_str().unwrap_or_default();
+        if !(200..300).contains(&code) || !AUDIT_WRITE_VERBS.contains(&verb) {
+            continue;
+        }
+        let r = &ev["objectRef"];
+        let s = |k: &str| r[k].as_str().unwrap_or_default();
+        let Some(cat) = write_category(s("apiGroup"), s("resource"), s("subresource")) else { continue };
+        if cat == "kerneljob" && verb == "create" {
+            continue;
+        }
+        let Some(t) = ts_ms(&ev["requestReceivedTimestamp"]) else { continue };
+        if t < from_ms || t >= to_ms {
+            continue;
+        }
+        let writer = audit_writer(ev["userAgent"].as_str().unwrap_or_default());
+        *out.entry(writer).or_default().entry(cat).or_default() += 1.0;
+    }
+    out
+}
+
+/// [`audit_writes_from`] the audit log at `path`, from byte `offset` on.
+pub fn read_audit_writes(path: &Path, offset: u64, from_ms: f64, to_ms: f64) -> Result<AuditWrites> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening the audit log {}", path.display()))?;
+    let len = f.metadata().with_context(|| format!("reading {}", path.display()))?.len();
+    if len < offset {
+        bail!("the audit log {} shrank from {offset} to {len} bytes during the run (rotated?)", path.display());
+    }
+    f.seek(SeekFrom::Start(offset)).with_context(|| format!("seeking in {}", path.display()))?;
+    Ok(audit_writes_from(std::io::BufReader::new(f), from_ms, to_ms))
+}
+
+/// Sums the writes of `writers` (all of them when `None`) by category.
+pub fn sum_writers(audit: &AuditWrites, writers: Option<&[String]>) -> WriteCounts {
+    let mut out = WriteCounts::new();
+    for (w, counts) in audit {
+        if writers.is_some_and(|ws| !ws.contains(w)) {
+            continue;
+        }
+        for (c, n) in counts {
+            *out.entry(c).or_default() += n;
+        }
+    }
+    out
+}
+
+/// The categories the API server counted writes of (`counters`, every client's) in a window
+/// in which its audit log has none by anyone: the cluster's audit policy does not record
+/// them (a cluster started before e2e/cluster/audit-policy.yaml covered them).
+pub fn unaudited(counters: &WriteCounts, audit_all: &WriteCounts) -> Vec<&'static str> {
+    WRITE_CATEGORIES
+        .into_iter()
+        .filter(|c| counters.get(c).copied().unwrap_or(0.0) > 0.0 && audit_all.get(c).copied().unwrap_or(0.0) == 0.0)
+        .collect()
 }
 
 #[cfg(test)]
@@ -563,26 +724,161 @@ apiserver_request_total{code="409",component="apiserver",dry_run="",group="bench
 apiserver_request_total{code="200",component="apiserver",dry_run="",group="benchkite.dev",resource="kerneljobs",scope="resource",subresource="status",verb="PATCH",version="v1alpha1"} 30
 apiserver_request_total{code="200",component="apiserver",dry_run="",group="benchkite.dev",resource="kerneljobs",scope="namespace",subresource="",verb="LIST",version="v1alpha1"} 99
 apiserver_request_total{code="201",component="apiserver",dry_run="",group="",resource="events",scope="resource",subresource="",verb="POST",version="v1"} 15
+apiserver_request_total{code="201",component="apiserver",dry_run="",group="events.k8s.io",resource="events",scope="resource",subresource="",verb="POST",version="v1"} 5
+apiserver_request_total{code="200",component="apiserver",dry_run="",group="",resource="configmaps",scope="resource",subresource="",verb="APPLY",version="v1"} 10
+apiserver_request_total{code="200",component="apiserver",dry_run="",group="",resource="configmaps",scope="resource",subresource="",verb="GET",version="v1"} 50
 apiserver_request_total{code="201",component="apiserver",dry_run="",group="",resource="pods",scope="resource",subresource="",verb="POST",version="v1"} 5
+apiserver_request_total{code="201",component="apiserver",dry_run="",group="other.io",resource="kerneljobs",scope="resource",subresource="",verb="POST",version="v1"} 5
 "#;
 
     #[test]
-    fn counts_successful_writes_of_the_named_resources_only() {
-        let w = api_writes_from_metrics(METRICS, &["kerneljobs", "events"]);
-        assert_eq!(w[&("kerneljobs".to_string(), String::new())], 30.0);
-        assert_eq!(w[&("kerneljobs".to_string(), "status".to_string())], 30.0);
-        assert_eq!(w[&("events".to_string(), String::new())], 15.0);
-        assert!(!w.contains_key(&("pods".to_string(), String::new())));
+    fn counts_successful_writes_of_a_kerneljobs_life_only() {
+        let w = api_writes_from_metrics(METRICS);
+        assert_eq!(w["kerneljob"], 30.0, "creates and applies answered 2xx, of benchkite.dev only");
+        assert_eq!(w["kerneljob_status"], 30.0);
+        assert_eq!(w["events"], 20.0, "core and events.k8s.io Events");
+        assert_eq!(w["configmaps"], 10.0, "writes, not reads");
+        assert_eq!(w.len(), 4, "{w:?}");
     }
 
     #[test]
-    fn writes_per_job_leave_out_the_creates() {
-        let before = api_writes_from_metrics("", &["kerneljobs", "events"]);
-        let after = api_writes_from_metrics(METRICS, &["kerneljobs", "events"]);
-        let v = writes_per_job(&before, &after, 10);
+    fn counter_writes_per_job_leave_out_the_creates() {
+        let before = api_writes_from_metrics("");
+        let after = api_writes_from_metrics(METRICS);
+        let v = per_job(&counter_delta(&before, &after, 10), 10, &[]);
         assert_eq!(v["kerneljob"], json!(2.0));
         assert_eq!(v["kerneljob_status"], json!(3.0));
-        assert_eq!(v["events"], json!(1.5));
-        assert_eq!(v["total"], json!(6.5));
+        assert_eq!(v["events"], json!(2.0));
+        assert_eq!(v["configmaps"], json!(1.0));
+        assert_eq!(v["total"], json!(8.0));
+        assert_eq!(v["complete"], json!(true));
+    }
+
+    fn event(ua: &str, verb: &str, group: &str, resource: &str, sub: &str, code: u16, at: &str) -> String {
+        let mut r =
+            json!({"resource": resource, "namespace": "ns", "name": "x", "apiGroup": group, "apiVersion": "v1"});
+        if !sub.is_empty() {
+            r["subresource"] = json!(sub);
+        }
+        json!({
+            "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata", "stage": "ResponseComplete",
+            "verb": verb, "userAgent": ua, "objectRef": r, "responseStatus": {"metadata": {}, "code": code},
+            "requestReceivedTimestamp": at, "stageTimestamp": at,
+        })
+        .to_string()
+    }
+
+    const A: &str = "benchkite/0.1.0 (bench-eff-webhooks-1-controller)";
+    const B: &str = "benchkite/0.1.0 (bench-eff-polling-2-controller)";
+    const T: &str = "2026-01-01T00:00:01.000000Z";
+
+    /// Two controllers' writes interleaved, with what must not count.
+    fn log() -> String {
+        let lines = [
+            event(A, "patch", "benchkite.dev", "kerneljobs", "status", 200, T),
+            event(B, "patch", "benchkite.dev", "kerneljobs", "status", 200, T),
+            event(B, "patch", "benchkite.dev", "kerneljobs", "status", 200, T),
+            event(A, "patch", "benchkite.dev", "kerneljobs", "", 200, T),
+            event(A, "create", "events.k8s.io", "events", "", 201, T),
+            event(B, "create", "", "events", "", 201, T),
+            event(B, "patch", "events.k8s.io", "events", "", 200, T),
+            event(A, "patch", "", "configmaps", "", 201, T),
+            event(B, "patch", "", "configmaps", "", 200, T),
+            // Refused, not a write, another resource, the bench's create, outside the window.
+            event(A, "patch", "benchkite.dev", "kerneljobs", "status", 409, T),
+            event(A, "delete", "benchkite.dev", "kerneljobs", "", 200, T),
+            event(A, "create", "", "pods", "", 201, T),
+            event("kube-rs/0.1", "create", "benchkite.dev", "kerneljobs", "", 201, T),
+            event(A, "patch", "benchkite.dev", "kerneljobs", "status", 200, "2026-01-01T00:00:09.000000Z"),
+            // Another client's write.
+            event(
+                "kube-controller-manager/v1.36.3 (linux/amd64) kubernetes/x/root-ca",
+                "create",
+                "",
+                "configmaps",
+                "",
+                201,
+                T,
+            ),
+        ];
+        // A partial line first (the window opened mid-line) and a request-received stage.
+        let partial = event(A, "patch", "benchkite.dev", "kerneljobs", "status", 200, T);
+        let mut s = format!("{}\n", &partial[partial.len() / 3..]);
+        assert!(s.contains("ResponseComplete"), "the partial line is one the parser must skip");
+        s.push_str(&json!({"stage": "RequestReceived", "verb": "patch", "userAgent": A}).to_string());
+        s.push('\n');
+        for l in lines {
+            s.push_str(&l);
+            s.push('\n');
+        }
+        s
+    }
+
+    #[test]
+    fn audit_writes_are_attributed_to_each_controller() {
+        let (from, to) = (
+            ts_ms(&json!("2026-01-01T00:00:00Z")).unwrap_or(0.0),
+            ts_ms(&json!("2026-01-01T00:00:05Z")).unwrap_or(0.0),
+        );
+        let w = audit_writes_from(log().as_bytes(), from, to);
+        let a = &w["bench-eff-webhooks-1-controller"];
+        let b = &w["bench-eff-polling-2-controller"];
+        assert_eq!(a.get("kerneljob_status"), Some(&1.0), "B's status writes are not A's: {w:?}");
+        assert_eq!(a.get("kerneljob"), Some(&1.0));
+        assert_eq!(a.get("events"), Some(&1.0));
+        assert_eq!(a.get("configmaps"), Some(&1.0));
+        assert_eq!(b.get("kerneljob_status"), Some(&2.0), "{w:?}");
+        assert_eq!(b.get("kerneljob"), None);
+        assert_eq!(b.get("events"), Some(&2.0), "a create and a patch, core and events.k8s.io");
+        assert_eq!(b.get("configmaps"), Some(&1.0));
+        assert_eq!(w["other:kube-controller-manager"].get("configmaps"), Some(&1.0));
+        assert!(!w.contains_key("other:kube-rs"), "KernelJob creates are left out: {w:?}");
+        assert_eq!(w.len(), 3, "{w:?}");
+
+        let ids = ["bench-eff-webhooks-1-controller".to_string()];
+        let only_a = sum_writers(&w, Some(&ids));
+        assert_eq!(per_job(&only_a, 2, &[])["total"], json!(2.0));
+        let all = sum_writers(&w, None);
+        assert_eq!(all["configmaps"], 3.0);
+        assert_eq!(all["kerneljob_status"], 3.0);
+    }
+
+    #[test]
+    fn a_category_the_counters_saw_but_the_audit_log_did_not_is_unaudited() {
+        let counters = WriteCounts::from([("kerneljob_status", 5.0), ("configmaps", 4.0), ("events", 0.0)]);
+        let audit = WriteCounts::from([("kerneljob_status", 5.0)]);
+        assert_eq!(unaudited(&counters, &audit), vec!["configmaps"]);
+        let v = per_job(&WriteCounts::from([("kerneljob_status", 4.0)]), 2, &["configmaps"]);
+        assert_eq!(v["configmaps"], Value::Null);
+        assert_eq!(v["total"], json!(2.0));
+        assert_eq!(v["complete"], json!(false));
+    }
+
+    #[test]
+    fn user_agents_name_the_controller() {
+        assert_eq!(benchkite_identity("benchkite/0.1.0 (bench-x-controller)"), Some("bench-x-controller"));
+        assert_eq!(benchkite_identity("benchkite/0.1.0"), None);
+        assert_eq!(benchkite_identity("kube-rs/1.0 (x)"), None);
+        assert_eq!(
+            audit_writer("kube-controller-manager/v1.36.3 (linux/amd64) kubernetes/x/gc"),
+            "other:kube-controller-manager"
+        );
+        assert_eq!(audit_writer(""), "other:");
+    }
+
+    #[test]
+    fn a_shrunk_audit_log_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("bench-audit-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("audit.log");
+        std::fs::write(&path, log()).expect("writing a test log");
+        let len = audit_log_len(&path).expect("length");
+        let all = read_audit_writes(&path, 0, 0.0, f64::MAX).expect("reading");
+        assert_eq!(all.len(), 3);
+        let none = read_audit_writes(&path, len, 0.0, f64::MAX).expect("reading from the end");
+        assert!(none.is_empty());
+        assert!(read_audit_writes(&path, len + 1, 0.0, f64::MAX).is_err());
+        assert!(audit_log_len(&dir.join("missing.log")).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
