@@ -342,12 +342,15 @@ pub(super) async fn execute(job: &KernelJob, ctx: &JobCtx, mut plan: Plan, befor
     let status = plan.status.as_ref().unwrap_or(before);
     if plan.release {
         remove_finalizer(job, ctx).await?;
-        // Nothing of the job's builds is needed any more.
+    }
+    if plan.release || plan.settle {
+        // Nothing of the job's builds is needed any more (a stray build found later comes
+        // back on the board and is cancelled).
         for a in &status.attempts {
             ctx.board.forget(&a.run_id);
         }
         ctx.board.forget(&machine::run_id(&uid, next_attempt_number(status)));
-        ctx.memory.with(&key, &uid, JobMemory::settle);
+        ctx.memory.with_existing(&key, &uid, JobMemory::settle);
     }
     if plan.delete {
         let api: Api<KernelJob> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());

@@ -84,7 +84,11 @@ pub struct Plan {
     pub read_result: bool,
     /// Keep this `result.json` in the job's ConfigMap (its name goes into the status).
     pub store_output: Option<Vec<u8>>,
+    /// Release an earlier version's finalizer.
     pub release: bool,
+    /// The job is finished and nothing of it runs: forget its builds and keep only the
+    /// records of this process's last writes (a finished job must not hold memory).
+    pub settle: bool,
     pub delete: bool,
     /// The job is going away: forget its builds and its memory.
     pub forget: bool,
@@ -298,7 +302,7 @@ pub fn decide_finished(o: &Observed<'_>) -> Plan {
     if let Some(plan) = stray(o, &next_run_id(o)) {
         return plan;
     }
-    let mut plan = Plan { release: o.has_finalizer, ..Default::default() };
+    let mut plan = Plan { release: o.has_finalizer, settle: true, ..Default::default() };
     if let (Some(ttl), Some(done)) = (o.job.spec.ttl_seconds_after_finished, o.status.completion_time.as_ref()) {
         let age = since(o.now, done.0).as_secs();
         let ttl = u64::try_from(ttl).unwrap_or(0);

@@ -112,6 +112,18 @@ impl Case<'_> {
         plan
     }
 
+    fn clone_case(&self) -> Self {
+        Case {
+            job: self.job.clone(),
+            status: self.status.clone(),
+            memory: self.memory.clone(),
+            board_next: self.board_next.clone(),
+            target: self.target.clone(),
+            scopes: self.scopes,
+            ..*self
+        }
+    }
+
     fn next(mut self, state: AttemptState) -> Self {
         let run = machine::run_id(UID, next_attempt_number(&self.status));
         self.memory.attempts.insert(run, state);
@@ -279,7 +291,11 @@ fn a_finished_build_job_releases_and_honours_the_ttl() {
     c.status.completion_time = Some(Time(at(5)));
     // The next attempt was never created: no look-up, whatever the memory says.
     let p = c.run();
-    assert!(p.release && !p.look_up && p.requeue.is_none());
+    assert!(p.release && p.settle && !p.look_up && p.requeue.is_none());
+    // A job of this version (no finalizer) lets go of its builds and memory all the same:
+    // nothing of a finished job stays on the board.
+    let p = Case { has_finalizer: false, ..c.clone_case() }.run();
+    assert!(!p.release && p.settle, "{p:?}");
     c.job.spec.ttl_seconds_after_finished = Some(60);
     let p = c.run();
     assert_eq!(p.requeue, Some(Duration::from_secs(55)));

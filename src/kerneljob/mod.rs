@@ -34,10 +34,10 @@ use crate::api::{AgentPool, GpuNode, KernelJob};
 /// the API when it needs them.
 pub fn strip_job(job: &mut KernelJob) {
     job.metadata.managed_fields = None;
-    // Replaced, not cleared: a cleared String keeps its buffer.
-    for v in job.spec.sources.values_mut().chain(job.spec.headers.values_mut()) {
-        *v = String::new();
-    }
+    // Replaced, not cleared: a cleared map or String keeps its allocation. Nothing reads
+    // the cached job's sources or headers (the submitter reads the object itself).
+    job.spec.sources = Default::default();
+    job.spec.headers = Default::default();
 }
 
 /// Everything the KernelJob controller needs besides the shared fleet caches.
