@@ -1,12 +1,10 @@
 //! What the controller keeps of watched objects. Caches hold only the fields reconciles
-//! read, so memory stays flat on large clusters (8,000 agent pods, 1,000 nodes).
+//! read, so memory stays flat on large clusters (8,000 agent pods, 1,000 nodes). Pods are
+//! cached as [`crate::fleet::cached_pod::CachedPod`], decoded with only those fields.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use k8s_openapi::api::core::v1::{
-    Affinity, Container, Node, NodeAffinity, NodeCondition, NodeSelector, NodeSelectorTerm, NodeSpec, NodeStatus, Pod,
-    PodSpec, PodStatus,
-};
+use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 
@@ -41,68 +39,6 @@ pub fn pool_view_fingerprint(gn: &GpuNode) -> Option<u64> {
     Some(h.finish())
 }
 
-/// Keeps what the fleet logic reads of a Pod: identity, ownership, node, resource requests
-/// and phase.
-pub fn strip_pod(pod: &mut Pod) {
-    pod.managed_fields_mut().clear();
-    let meta = &mut pod.metadata;
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.retain(|k, _| k.starts_with("benchkite.dev/"));
-    }
-    if let Some(spec) = pod.spec.take() {
-        let keep = |c: Container| Container {
-            name: c.name,
-            resources: c.resources,
-            restart_policy: c.restart_policy,
-            ..Default::default()
-        };
-        // An unbound pod keeps the node names its required node affinity pins it to (how
-        // DaemonSet pods are placed): a GpuNode names it when agents keep it from scheduling.
-        // Once bound, the affinity is dropped.
-        let affinity = if spec.node_name.is_none() { pinned_affinity(spec.affinity) } else { None };
-        pod.spec = Some(PodSpec {
-            node_name: spec.node_name,
-            affinity,
-            containers: spec.containers.into_iter().map(keep).collect(),
-            init_containers: spec.init_containers.map(|v| v.into_iter().map(keep).collect()),
-            overhead: spec.overhead,
-            ..Default::default()
-        });
-    }
-    if let Some(status) = pod.status.take() {
-        pod.status = Some(PodStatus {
-            phase: status.phase,
-            reason: status.reason,
-            message: status.message,
-            conditions: status
-                .conditions
-                .map(|cs| cs.into_iter().filter(|c| c.type_ == "Ready" || c.type_ == "PodScheduled").collect()),
-            ..Default::default()
-        });
-    }
-}
-
-/// Of a pod's affinity, only the required node-affinity terms' `matchFields` (node names).
-fn pinned_affinity(affinity: Option<Affinity>) -> Option<Affinity> {
-    let required = affinity?.node_affinity?.required_during_scheduling_ignored_during_execution?;
-    let terms: Vec<NodeSelectorTerm> = required
-        .node_selector_terms
-        .into_iter()
-        .filter(|t| t.match_fields.as_ref().is_some_and(|f| !f.is_empty()))
-        .map(|t| NodeSelectorTerm { match_fields: t.match_fields, match_expressions: None })
-        .collect();
-    if terms.is_empty() {
-        return None;
-    }
-    Some(Affinity {
-        node_affinity: Some(NodeAffinity {
-            required_during_scheduling_ignored_during_execution: Some(NodeSelector { node_selector_terms: terms }),
-            preferred_during_scheduling_ignored_during_execution: None,
-        }),
-        ..Default::default()
-    })
-}
-
 /// Keeps what GPU inventory and share computation read of a Node.
 pub fn strip_node(node: &mut Node) {
     node.managed_fields_mut().clear();
@@ -130,15 +66,6 @@ pub fn strip_managed_fields<K: kube::Resource>(obj: &mut K) {
 /// Node Ready condition is True.
 pub fn node_ready(node: &Node) -> bool {
     node.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
-        .is_some_and(|c| c.status == "True")
-}
-
-/// Pod Ready condition is True.
-pub fn pod_ready(pod: &Pod) -> bool {
-    pod.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
@@ -199,50 +126,6 @@ mod tests {
             });
         }
         assert_eq!(pool_view_fingerprint(&g), fp);
-    }
-
-    #[test]
-    fn unbound_pods_keep_the_nodes_they_are_pinned_to() {
-        let daemon = || -> Pod {
-            serde_json::from_value(serde_json::json!({
-                "metadata": {"name": "exporter-x", "namespace": "mon"},
-                "spec": {
-                    "containers": [{"name": "c", "image": "exporter", "resources": {"requests": {"cpu": "100m"}}}],
-                    "affinity": {
-                        "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-                            {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["gpu-1"]}],
-                             "matchExpressions": [{"key": "a", "operator": "Exists"}]},
-                            {"matchExpressions": [{"key": "b", "operator": "Exists"}]},
-                        ]}},
-                        "podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"topologyKey": "x"}]},
-                    },
-                },
-                "status": {"phase": "Pending"},
-            }))
-            .unwrap()
-        };
-        let mut p = daemon();
-        strip_pod(&mut p);
-        assert_eq!(crate::fleet::blocked::pinned_nodes(&p), vec!["gpu-1"]);
-        let affinity = p.spec.as_ref().and_then(|s| s.affinity.as_ref()).unwrap();
-        assert!(affinity.pod_anti_affinity.is_none());
-        let terms = &affinity
-            .node_affinity
-            .as_ref()
-            .unwrap()
-            .required_during_scheduling_ignored_during_execution
-            .as_ref()
-            .unwrap()
-            .node_selector_terms;
-        assert_eq!(terms.len(), 1);
-        assert!(terms[0].match_expressions.is_none());
-        // Bound: nothing of the affinity is kept.
-        let mut bound = daemon();
-        if let Some(s) = bound.spec.as_mut() {
-            s.node_name = Some("gpu-1".into());
-        }
-        strip_pod(&mut bound);
-        assert!(bound.spec.as_ref().unwrap().affinity.is_none());
     }
 
     #[test]

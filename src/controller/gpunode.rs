@@ -23,7 +23,6 @@ use crate::error::{Error, Result};
 use crate::fleet::blocked;
 use crate::fleet::health::{self, NodeHealth};
 use crate::fleet::inventory::{self, InventoryError};
-use crate::fleet::pod::LABEL_POOL;
 use crate::fleet::quantity::{self, MIB};
 use crate::fleet::share::{self, Resources, Share, ShareChange, ShareInput};
 
@@ -85,22 +84,15 @@ fn compute_status(gn: &GpuNode, ctx: &Context, now: Timestamp) -> Computed {
     let node_name = gn.node_name().to_string();
     let node = ctx.nodes.get(&ObjectRef::new(&node_name));
     let pods = ctx.pods.state();
-    let on_node: Vec<_> = pods
-        .iter()
-        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node_name.as_str()))
-        .collect();
+    let on_node: Vec<_> = pods.iter().filter(|p| p.node_name.as_deref() == Some(node_name.as_str())).collect();
 
     let mut agents: Vec<PlacedAgent> = on_node
         .iter()
         .filter(|p| agent_pool_uid(p).is_some())
         .map(|p| PlacedAgent {
-            pool: format!(
-                "{}/{}",
-                p.namespace().unwrap_or_default(),
-                p.labels().get(LABEL_POOL).cloned().unwrap_or_default()
-            ),
+            pool: format!("{}/{}", p.namespace().unwrap_or_default(), p.pool_label.as_deref().unwrap_or_default()),
             pod: p.name_any(),
-            phase: p.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_else(|| "Pending".into()),
+            phase: p.phase.clone().unwrap_or_else(|| "Pending".into()),
         })
         .collect();
     agents.sort_by(|a, b| a.pod.cmp(&b.pod));
@@ -191,8 +183,7 @@ fn compute_status(gn: &GpuNode, ctx: &Context, now: Timestamp) -> Computed {
     let other = on_node
         .iter()
         .filter(|p| agent_pool_uid(p).is_none() && share::holds_resources(p))
-        .filter_map(|p| p.spec.as_ref())
-        .map(share::pod_requests)
+        .map(|p| p.requests)
         .fold(Resources::default(), Resources::saturating_add);
     status.other_requests = Some(resources_of(other));
 

@@ -3,7 +3,7 @@
 
 use std::sync::Mutex;
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector;
@@ -15,6 +15,7 @@ use crate::api::gpunode::{GpuNodeSpec, Reserved};
 use crate::api::{AgentPool, GpuNode};
 use crate::controller::{Config, CreateExpectations, SlotFailures, queues};
 use crate::events::{Recorder, Reporter};
+use crate::fleet::cached_pod::CachedPod;
 
 fn now() -> Timestamp {
     Timestamp::from_second(1_800_000_000).unwrap()
@@ -47,7 +48,7 @@ fn node(ready: (&str, i64), cordoned: bool) -> Node {
     .unwrap()
 }
 
-fn foreign_pod(name: &str, cpu: &str, memory: &str) -> Pod {
+fn foreign_pod(name: &str, cpu: &str, memory: &str) -> CachedPod {
     serde_json::from_value(json!({
         "metadata": {"name": name, "namespace": "mon"},
         "spec": {"nodeName": "gpu-1", "containers": [{"name": "c", "resources": {"requests": {"cpu": cpu, "memory": memory}}}]},
@@ -56,9 +57,9 @@ fn foreign_pod(name: &str, cpu: &str, memory: &str) -> Pod {
     .unwrap()
 }
 
-fn context(nodes: Vec<Node>, pods: Vec<Pod>) -> Context {
+fn context(nodes: Vec<Node>, pods: Vec<CachedPod>) -> Context {
     let (node_store, mut nw) = reflector::store::<Node>();
-    let (pod_store, mut pw) = reflector::store::<Pod>();
+    let (pod_store, mut pw) = reflector::store::<CachedPod>();
     let (gpunodes, _) = reflector::store::<GpuNode>();
     let (pools, _) = reflector::store::<AgentPool>();
     for n in nodes {
@@ -150,7 +151,7 @@ async fn the_share_is_sized_once_and_kept_until_it_no_longer_fits_or_the_spec_ch
     // A DaemonSet of 2 cores and 2 Gi fits in the slack: kept. So does a pod that holds
     // nothing yet (bound by name, not admitted).
     let mut pending = foreign_pod("static", "20", "64Gi");
-    pending.status = Some(serde_json::from_value(json!({"phase": "Pending"})).unwrap());
+    pending.phase = Some("Pending".into());
     let ctx = context(vec![node(("True", 0), false)], vec![foreign_pod("exporter", "2", "2Gi"), pending]);
     let kept = compute_status(&gn, &ctx, now());
     assert_eq!(share(&kept), share(&first));
@@ -201,7 +202,7 @@ async fn a_share_from_before_bases_is_adopted_and_survives_a_missing_node() {
 
 #[tokio::test]
 async fn pods_blocked_by_agents_are_named_in_a_condition() {
-    let daemon: Pod = serde_json::from_value(json!({
+    let daemon: CachedPod = serde_json::from_value(json!({
         "metadata": {"name": "node-exporter-x", "namespace": "mon"},
         "spec": {"containers": [], "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
             "nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["gpu-1"]}]}]}}}},

@@ -17,14 +17,14 @@ use std::time::{Duration, Instant};
 
 use crate::events::{Recorder, Reporter};
 use futures::{Future, FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Node;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
 
 use crate::api::{AgentPool, GpuNode};
-use crate::fleet::pod::{LABEL_MANAGED_BY, MANAGED_BY};
+use crate::fleet::cached_pod::CachedPod;
 use gate::{all_synced, synced, when_synced};
 
 /// Controller settings (flags of `benchkite controller`).
@@ -156,7 +156,8 @@ pub struct Context {
     pub client: Client,
     pub config: Config,
     pub nodes: Store<Node>,
-    pub pods: Store<Pod>,
+    /// Every pod of the cluster, as the fleet reads it ([`CachedPod`]).
+    pub pods: Store<CachedPod>,
     pub gpunodes: Store<GpuNode>,
     pub pools: Store<AgentPool>,
     pub recorder: Recorder,
@@ -170,10 +171,10 @@ pub struct Context {
 
 impl Context {
     /// Pods of a node, by Kubernetes node name, in one pass over the pod cache.
-    pub fn pods_by_node(&self) -> HashMap<String, Vec<Arc<Pod>>> {
-        let mut out: HashMap<String, Vec<Arc<Pod>>> = HashMap::new();
+    pub fn pods_by_node(&self) -> HashMap<String, Vec<Arc<CachedPod>>> {
+        let mut out: HashMap<String, Vec<Arc<CachedPod>>> = HashMap::new();
         for pod in self.pods.state() {
-            if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
+            if let Some(node) = pod.node_name.clone() {
                 out.entry(node).or_default().push(pod);
             }
         }
@@ -182,16 +183,13 @@ impl Context {
 }
 
 /// The AgentPool UID that controls an agent pod, if it is one.
-pub fn agent_pool_uid(pod: &Pod) -> Option<&str> {
-    if pod.labels().get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGED_BY) {
-        return None;
-    }
-    pod.owner_references().iter().find(|o| o.controller == Some(true) && o.kind == "AgentPool").map(|o| o.uid.as_str())
+pub fn agent_pool_uid(pod: &CachedPod) -> Option<&str> {
+    pod.agent_pool.as_ref().map(|o| o.uid.as_str())
 }
 
 /// Whether a pod is terminal (holds no resources).
-pub fn pod_terminal(pod: &Pod) -> bool {
-    matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+pub fn pod_terminal(pod: &CachedPod) -> bool {
+    pod.terminal()
 }
 
 /// Runs the controllers until `shutdown` resolves: the fleet (GpuNode, AgentPool) unless
@@ -212,7 +210,7 @@ pub async fn run(
     // care, over unbounded channels. (kube's shared-store subscriptions are not used: their
     // streams stall when a broadcast object was deleted from the store meanwhile.)
     let (nodes, nodes_w) = reflector::store::<Node>();
-    let (pods, pods_w) = reflector::store::<Pod>();
+    let (pods, pods_w) = reflector::store::<CachedPod>();
     let (gpunodes, gpunodes_w) = reflector::store::<GpuNode>();
     let (pools, pools_w) = reflector::store::<AgentPool>();
     let fleet = config.fleet;
@@ -244,34 +242,32 @@ pub async fn run(
     };
     let pod_watch = {
         let (gn_store, gn_wake, pool_wake) = (gpunodes.clone(), gn_wake_tx.clone(), pool_wake_tx.clone());
-        watcher(Api::<Pod>::all(client.clone()), wc.clone())
-            .modify(cache::strip_pod)
-            .default_backoff()
-            .reflect(pods_w)
-            .for_each(move |ev| {
+        // Decoded straight into the slim cache type: what the fleet does not read of a pod is
+        // never kept (about 5 KiB per pod as a stripped k8s-openapi `Pod`).
+        watcher(Api::<CachedPod>::all(client.clone()), wc.clone()).default_backoff().reflect(pods_w).for_each(
+            move |ev| {
                 if fleet && let Some(pod) = event_object(&ev) {
-                    if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
+                    if let Some(node) = pod.node_name.as_deref() {
                         for r in gpunode::gpunodes_for_node(&gn_store, node) {
                             let _ = gn_wake.send(r);
                         }
                     } else if agent_pool_uid(pod).is_none() {
                         // An unbound pod pinned to nodes (a DaemonSet pod) may be blocked there
                         // by agents: those GpuNodes report it (condition PodsBlocked).
-                        for node in crate::fleet::blocked::pinned_nodes(pod) {
+                        for node in &pod.pinned_nodes {
                             for r in gpunode::gpunodes_for_node(&gn_store, node) {
                                 let _ = gn_wake.send(r);
                             }
                         }
                     }
-                    if agent_pool_uid(pod).is_some()
-                        && let Some(owner) = pod.owner_references().iter().find(|o| o.controller == Some(true))
-                    {
+                    if let Some(owner) = &pod.agent_pool {
                         let ns = pod.namespace().unwrap_or_default();
                         let _ = pool_wake.send(ObjectRef::new(&owner.name).within(&ns));
                     }
                 }
                 futures::future::ready(())
-            })
+            },
+        )
     };
     let gpunode_watch = {
         let (pool_store, pool_wake) = (pools.clone(), pool_wake_tx.clone());

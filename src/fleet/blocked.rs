@@ -14,7 +14,9 @@
 
 use std::collections::BTreeSet;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodSpec};
+
+use super::cached_pod::CachedPod;
 
 /// `metadata.name`, the node field DaemonSet pods are pinned by.
 const NODE_NAME_FIELD: &str = "metadata.name";
@@ -31,10 +33,15 @@ pub struct BlockedPod {
 /// The nodes a pod's required node affinity pins it to by name (`matchFields` on
 /// `metadata.name` with operator `In`). Empty when it is not pinned that way.
 pub fn pinned_nodes(pod: &Pod) -> Vec<&str> {
-    let terms = pod
-        .spec
+    pod.spec.as_ref().map(pinned_nodes_of).unwrap_or_default()
+}
+
+/// [`pinned_nodes`] from the pod's spec. (The pod cache keeps these for unbound pods:
+/// [`CachedPod::pinned_nodes`].)
+pub fn pinned_nodes_of(spec: &PodSpec) -> Vec<&str> {
+    let terms = spec
+        .affinity
         .as_ref()
-        .and_then(|s| s.affinity.as_ref())
         .and_then(|a| a.node_affinity.as_ref())
         .and_then(|na| na.required_during_scheduling_ignored_during_execution.as_ref())
         .map(|r| r.node_selector_terms.as_slice())
@@ -47,42 +54,32 @@ pub fn pinned_nodes(pod: &Pod) -> Vec<&str> {
         .collect()
 }
 
-fn key(pod: &Pod) -> String {
-    format!(
-        "{}/{}",
-        pod.metadata.namespace.as_deref().unwrap_or_default(),
-        pod.metadata.name.as_deref().unwrap_or_default()
-    )
-}
-
 /// Why `pod` cannot run on `node` for lack of CPU or memory, if that is the case.
-pub fn blocked_on(pod: &Pod, node: &str) -> Option<BlockedPod> {
+pub fn blocked_on(pod: &CachedPod, node: &str) -> Option<BlockedPod> {
     if pod.metadata.deletion_timestamp.is_some() {
         return None;
     }
-    let spec = pod.spec.as_ref()?;
-    let status = pod.status.as_ref()?;
-    match (spec.node_name.as_deref(), status.phase.as_deref()) {
+    match (pod.node_name.as_deref(), pod.phase.as_deref()) {
         (Some(bound), Some("Failed")) if bound == node => {
-            let reason = status.reason.as_deref()?;
-            matches!(reason, "OutOfcpu" | "OutOfmemory").then(|| BlockedPod { pod: key(pod), why: reason.to_string() })
+            let reason = pod.reason.as_deref()?;
+            matches!(reason, "OutOfcpu" | "OutOfmemory").then(|| BlockedPod { pod: pod.key(), why: reason.to_string() })
         }
-        (None, Some("Pending") | None) if pinned_nodes(pod).contains(&node) => {
-            let scheduled = status.conditions.as_ref()?.iter().find(|c| c.type_ == "PodScheduled")?;
+        (None, Some("Pending") | None) if pod.pinned_nodes.iter().any(|n| n == node) => {
+            let scheduled = pod.scheduled.as_ref()?;
             if scheduled.status != "False" || scheduled.reason.as_deref() != Some("Unschedulable") {
                 return None;
             }
             let message = scheduled.message.as_deref().unwrap_or_default();
             let lacks: Vec<&str> =
                 ["Insufficient cpu", "Insufficient memory"].into_iter().filter(|w| message.contains(w)).collect();
-            (!lacks.is_empty()).then(|| BlockedPod { pod: key(pod), why: lacks.join(", ") })
+            (!lacks.is_empty()).then(|| BlockedPod { pod: pod.key(), why: lacks.join(", ") })
         }
         _ => None,
     }
 }
 
 /// The pods of `pods` blocked on `node`, sorted by namespace/name.
-pub fn blocked_pods<'a>(node: &str, pods: impl IntoIterator<Item = &'a Pod>) -> Vec<BlockedPod> {
+pub fn blocked_pods<'a>(node: &str, pods: impl IntoIterator<Item = &'a CachedPod>) -> Vec<BlockedPod> {
     let set: BTreeSet<BlockedPod> = pods.into_iter().filter_map(|p| blocked_on(p, node)).collect();
     set.into_iter().collect()
 }
@@ -107,7 +104,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn pod(name: &str, body: serde_json::Value) -> Pod {
+    fn pod(name: &str, body: serde_json::Value) -> CachedPod {
         let mut v = json!({"metadata": {"name": name, "namespace": "mon"}});
         if let (Some(o), Some(b)) = (v.as_object_mut(), body.as_object()) {
             o.extend(b.clone());
@@ -115,7 +112,7 @@ mod tests {
         serde_json::from_value(v).unwrap()
     }
 
-    fn daemon_pod(name: &str, node: &str, scheduled: serde_json::Value) -> Pod {
+    fn daemon_pod(name: &str, node: &str, scheduled: serde_json::Value) -> CachedPod {
         pod(
             name,
             json!({
@@ -141,7 +138,7 @@ mod tests {
     #[test]
     fn daemonset_pods_short_of_cpu_or_memory_are_blocked() {
         let p = daemon_pod("exporter-a", "gpu-1", unschedulable(NO_CPU));
-        assert_eq!(pinned_nodes(&p), vec!["gpu-1"]);
+        assert_eq!(&*p.pinned_nodes, ["gpu-1".to_string()]);
         assert_eq!(
             blocked_on(&p, "gpu-1"),
             Some(BlockedPod { pod: "mon/exporter-a".into(), why: "Insufficient cpu".into() })
@@ -216,7 +213,7 @@ mod tests {
 
     #[test]
     fn the_message_names_a_few_and_the_fix() {
-        let pods: Vec<Pod> =
+        let pods: Vec<CachedPod> =
             (0..7).rev().map(|i| daemon_pod(&format!("exp-{i}"), "gpu-1", unschedulable(NO_CPU))).collect();
         let blocked = blocked_pods("gpu-1", &pods);
         assert_eq!(blocked.len(), 7);

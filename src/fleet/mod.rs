@@ -3,6 +3,7 @@
 //! inputs.
 
 pub mod blocked;
+pub mod cached_pod;
 pub mod health;
 pub mod inventory;
 pub mod pdb;

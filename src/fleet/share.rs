@@ -21,7 +21,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Container, PodSpec};
+
+use super::cached_pod::CachedPod;
 
 use super::quantity::{self, MIB};
 
@@ -208,16 +210,13 @@ pub fn next_share(
 /// through the binding subresource, or by the kubelet once it admitted a pod created with
 /// `spec.nodeName`). A pod bound by name that the kubelet has not admitted yet holds nothing:
 /// if it does not fit, the kubelet refuses it (`OutOfcpu`), so it must not shrink the share.
-pub fn holds_resources(pod: &Pod) -> bool {
-    let Some(status) = pod.status.as_ref() else { return false };
-    if pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_none() {
+pub fn holds_resources(pod: &CachedPod) -> bool {
+    if pod.node_name.is_none() {
         return false;
     }
-    match status.phase.as_deref() {
+    match pod.phase.as_deref() {
         Some("Succeeded" | "Failed") => false,
-        Some("Pending") | None => {
-            status.conditions.iter().flatten().any(|c| c.type_ == "PodScheduled" && c.status == "True")
-        }
+        Some("Pending") | None => pod.scheduled.as_ref().is_some_and(|c| c.status == "True"),
         Some(_) => true,
     }
 }
@@ -392,7 +391,7 @@ mod tests {
 
     #[test]
     fn only_pods_that_hold_resources_count() {
-        let pod = |node: Option<&str>, phase: Option<&str>, scheduled: Option<&str>| -> Pod {
+        let pod = |node: Option<&str>, phase: Option<&str>, scheduled: Option<&str>| -> CachedPod {
             serde_json::from_value(serde_json::json!({
                 "metadata": {"name": "p"},
                 "spec": {"nodeName": node, "containers": []},
@@ -416,8 +415,10 @@ mod tests {
         for (what, p, want) in rows {
             assert_eq!(holds_resources(&p), want, "{what}");
         }
-        let mut no_status = pod(Some("n"), Some("Running"), None);
-        no_status.status = None;
+        let no_status: CachedPod = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "p"}, "spec": {"nodeName": "n", "containers": []}}),
+        )
+        .unwrap();
         assert!(!holds_resources(&no_status));
     }
 

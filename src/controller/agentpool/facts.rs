@@ -3,18 +3,19 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 
-use super::super::{agent_pool_uid, cache, pod_terminal};
+use super::super::{agent_pool_uid, pod_terminal};
 use crate::api::AgentPool;
 use crate::api::GpuNode;
 use crate::api::condition::find;
 use crate::api::gpunode::conditions as gncond;
+use crate::fleet::cached_pod::CachedPod;
 use crate::fleet::inventory::Vendor;
 use crate::fleet::plan::{AgentPhase, ExistingAgent, NodeFacts, NodeHealth};
-use crate::fleet::pod::{ANNOTATION_GPUNODE, ANNOTATION_GPUS, AgentSlot, LABEL_SLOT, pod_spec_hash};
-use crate::fleet::share::{Share, pod_extended};
+use crate::fleet::pod::AgentSlot;
+use crate::fleet::share::Share;
 
 /// Reasons of the GpuNode `Ready` condition about the Node's health (the GpuNode
 /// controller's contract).
@@ -55,7 +56,12 @@ fn share_of(gn: &GpuNode) -> Option<Share> {
 }
 
 /// What a pool needs to know about one selected GpuNode, from its status and the pods on it.
-pub(super) fn node_facts(gn: &GpuNode, owner: Option<String>, pods_on_node: &[Arc<Pod>], pool_uid: &str) -> NodeFacts {
+pub(super) fn node_facts(
+    gn: &GpuNode,
+    owner: Option<String>,
+    pods_on_node: &[Arc<CachedPod>],
+    pool_uid: &str,
+) -> NodeFacts {
     let status = gn.status.clone().unwrap_or_default();
     let ready = find(&status.conditions, gncond::READY);
     let reason = ready.map(|c| c.reason.as_str()).unwrap_or(reason::GPUNODE_PENDING);
@@ -67,12 +73,12 @@ pub(super) fn node_facts(gn: &GpuNode, owner: Option<String>, pods_on_node: &[Ar
             Some(uid) if uid == pool_uid => {}
             Some(_) => {
                 other_pool_gpus += pod
-                    .annotations()
-                    .get(ANNOTATION_GPUS)
+                    .gpus_annotation
+                    .as_deref()
                     .and_then(|g| g.parse::<i64>().ok())
-                    .unwrap_or_else(|| pod.spec.as_ref().map(|s| pod_extended(s, &resource)).unwrap_or(0));
+                    .unwrap_or_else(|| pod.extended_requests(&resource));
             }
-            None => foreign_gpus += pod.spec.as_ref().map(|s| pod_extended(s, &resource)).unwrap_or(0),
+            None => foreign_gpus += pod.extended_requests(&resource),
         }
     }
     let usable = ready.is_some_and(|c| c.status == "True");
@@ -108,19 +114,18 @@ pub(super) fn node_facts(gn: &GpuNode, owner: Option<String>, pods_on_node: &[Ar
     }
 }
 
-pub(super) fn existing_agent(pod: &Pod) -> ExistingAgent {
-    let status = pod.status.as_ref();
+pub(super) fn existing_agent(pod: &CachedPod) -> ExistingAgent {
     ExistingAgent {
         name: pod.name_any(),
-        gpunode: pod.annotations().get(ANNOTATION_GPUNODE).cloned().unwrap_or_default(),
-        slot: pod.labels().get(LABEL_SLOT).and_then(|s| s.parse().ok()),
-        phase: AgentPhase::parse(status.and_then(|s| s.phase.as_deref())),
-        ready: cache::pod_ready(pod),
+        gpunode: pod.gpunode_annotation.clone().unwrap_or_default(),
+        slot: pod.slot_label.as_deref().and_then(|s| s.parse().ok()),
+        phase: AgentPhase::parse(pod.phase.as_deref()),
+        ready: pod.ready,
         deleting: pod.metadata.deletion_timestamp.is_some(),
-        spec_hash: pod_spec_hash(pod).map(str::to_string),
-        gpus: pod.annotations().get(ANNOTATION_GPUS).and_then(|g| g.parse().ok()).unwrap_or(0),
-        reason: status.and_then(|s| s.reason.clone()),
-        message: status.and_then(|s| s.message.clone()),
+        spec_hash: pod.spec_hash.clone(),
+        gpus: pod.gpus_annotation.as_deref().and_then(|g| g.parse().ok()).unwrap_or(0),
+        reason: pod.reason.clone(),
+        message: pod.message.clone(),
     }
 }
 
