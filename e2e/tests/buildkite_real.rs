@@ -825,9 +825,10 @@ async fn a_lost_build_finished_webhook_is_caught_by_the_next_poll() -> Result<()
     };
     let rig = rig("bklost", setup, |_, _| {}).await?;
     let api: Api<KernelJob> = rig.ns.api();
-    // A few seconds of work (at import: the compile pre-run and the test run), so that the
-    // job is seen running before its build finishes.
-    let slow = format!("import time\ntime.sleep(4)\n\n{}", task_file("submission_ok.py")?);
+    // Work enough (at import: the compile pre-run and the test run) that the job is seen
+    // running before its build finishes: a build is recorded in the status once it has
+    // existed `RECORD_AFTER` (10 s), so a shorter one would go straight to its result.
+    let slow = format!("import time\ntime.sleep(8)\n\n{}", task_file("submission_ok.py")?);
     api.create(&PostParams::default(), &job("lost", &rig.queue, &slow)?).await?;
     let outcome = async {
         // Running (from build.running): the poller's rounds are now one listing of finished
