@@ -13,6 +13,7 @@ pub mod leader;
 pub mod metrics;
 pub mod runner;
 pub mod server;
+pub mod signing;
 pub mod telemetry;
 
 /// Agent image used by pools that name none: the Buildkite agent with the `benchkite` runner.
