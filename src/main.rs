@@ -28,6 +28,16 @@ enum Command {
     /// Evaluate a KernelJob payload (KERNELBOT_PAYLOAD) and write result.json (job side).
     Run(benchkite::runner::RunArgs),
     /// Print the CustomResourceDefinitions as YAML, or write/check them in a directory.
+    /// Print the result key of a queue (hex), derived from the master key: for agents an
+    /// admin runs on a raw queue (`BENCHKITE_RESULT_KEY_FILE` of their `benchkite run`).
+    ResultKey {
+        /// The Buildkite queue.
+        #[arg(long)]
+        queue: String,
+        /// The installation's master key file (as the controller's --result-key-file).
+        #[arg(long, env = benchkite::signing::MASTER_KEY_FILE_ENV, value_name = "FILE")]
+        result_key_file: PathBuf,
+    },
     Crds {
         /// Write one file per CRD into this directory instead of printing.
         #[arg(long, value_name = "DIR")]
@@ -88,6 +98,10 @@ struct ControllerArgs {
     leader: LeaderArgs,
     #[command(flatten)]
     buildkite: BuildkiteArgs,
+    #[command(flatten)]
+    tenancy: TenancyArgs,
+    #[command(flatten)]
+    signing: SigningArgs,
     /// Log format.
     #[arg(long, env = "BENCHKITE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -112,6 +126,77 @@ struct LeaderArgs {
     /// leader dies without releasing it (it is renewed every two thirds of this).
     #[arg(long, env = "BENCHKITE_LEADER_ELECTION_LEASE_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=300))]
     leader_election_lease_seconds: u64,
+}
+
+/// What KernelJobs (written by less-trusted tenants) may ask for. Each override is `none`
+/// (default: refused everywhere), `labelled` (in namespaces a cluster admin labelled
+/// `benchkite.dev/allow-<override>=true`) or `all`. The chart's ValidatingAdmissionPolicy
+/// refuses the same at admission; the controller refuses with a condition in any case.
+#[derive(Debug, Args)]
+struct TenancyArgs {
+    /// `spec.queue` (a raw Buildkite queue, agents benchkite does not manage).
+    #[arg(long, env = "BENCHKITE_ALLOW_RAW_QUEUE", value_enum, default_value_t = Allow::None)]
+    allow_raw_queue: Allow,
+    /// `spec.pipeline` (a pipeline other than the pool's).
+    #[arg(long, env = "BENCHKITE_ALLOW_PIPELINE_OVERRIDE", value_enum, default_value_t = Allow::None)]
+    allow_pipeline_override: Allow,
+    /// `spec.branch` and `spec.commit`.
+    #[arg(long, env = "BENCHKITE_ALLOW_BRANCH_OVERRIDE", value_enum, default_value_t = Allow::None)]
+    allow_branch_override: Allow,
+    /// `spec.sourcesFrom[].secret` (a Secret's keys in the build env, readable by everyone
+    /// who can see the pipeline).
+    #[arg(long, env = "BENCHKITE_ALLOW_SECRET_SOURCES", value_enum, default_value_t = Allow::None)]
+    allow_secret_sources: Allow,
+    /// `spec.env` names a job may set, comma-separated: names, `PREFIX*` patterns or `*` (any
+    /// name). Names the agent, shell, loader, git, interpreters, GPU runtime, harness or
+    /// benchkite read are refused whatever this says. Default: none (kernelbot passes no env).
+    #[arg(long, env = "BENCHKITE_KERNELJOB_ENV_ALLOW", value_delimiter = ',', value_parser = benchkite::kerneljob::policy::parse_env_pattern)]
+    kerneljob_env_allow: Vec<String>,
+}
+
+use benchkite::kerneljob::policy::Allow;
+
+impl TenancyArgs {
+    fn tenancy(&self) -> benchkite::kerneljob::policy::Tenancy {
+        benchkite::kerneljob::policy::Tenancy {
+            raw_queue: self.allow_raw_queue,
+            pipeline: self.allow_pipeline_override,
+            branch: self.allow_branch_override,
+            secret_sources: self.allow_secret_sources,
+            env_allow: self.kerneljob_env_allow.iter().filter(|p| !p.is_empty()).cloned().collect(),
+        }
+    }
+}
+
+/// Results that cannot be forged (see `benchkite::signing`).
+#[derive(Debug, Args)]
+struct SigningArgs {
+    /// File with the installation's result master key (hex, or at least 32 raw bytes): the
+    /// controller writes each AgentPool's queue key from it and trusts a result only when its
+    /// attempt's runner signed it. Not `BENCHKITE_RESULT_KEY_FILE` (the runner's queue key).
+    #[arg(long, env = benchkite::signing::MASTER_KEY_FILE_ENV, value_name = "FILE")]
+    result_key_file: Option<PathBuf>,
+    /// What a result without a signature gets: `refuse` (the attempt fails, UnsignedResult)
+    /// or `accept` (taken, marked unverified: a migration for raw queues whose agents have no
+    /// result key yet).
+    #[arg(long, env = "BENCHKITE_UNSIGNED_RESULTS", value_enum, default_value_t = benchkite::kerneljob::decide::UnsignedResults::Refuse)]
+    unsigned_results: benchkite::kerneljob::decide::UnsignedResults,
+}
+
+impl SigningArgs {
+    /// The master key, read once at start. A file that is not there (the chart mounts the
+    /// Secret as optional) means no key: pools say so, no result is trusted. A file that is
+    /// there but unusable stops the controller.
+    fn master_key(&self) -> anyhow::Result<Option<benchkite::signing::Key>> {
+        let Some(path) = self.result_key_file.as_deref() else { return Ok(None) };
+        if !path.exists() {
+            tracing::warn!(path = %path.display(), "--result-key-file does not exist: running without a result key");
+            return Ok(None);
+        }
+        benchkite::signing::Key::read_file(path)
+            .map(Some)
+            .with_context(|| format!("--result-key-file {} is not a usable key", path.display()))
+    }
 }
 
 /// Which KernelJob Events are published.
@@ -298,6 +383,12 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Crds { dir: Some(dir), check } => write_or_check_crds(&dir, check),
         Command::Controller(args) => run_controller(*args),
+        Command::ResultKey { queue, result_key_file } => {
+            let master = benchkite::signing::Key::read_file(&result_key_file)
+                .with_context(|| format!("{} is not a usable key", result_key_file.display()))?;
+            println!("{}", master.queue_key(&queue).to_hex());
+            Ok(())
+        }
         Command::Run(args) => std::process::exit(benchkite::runner::main(args)),
     }
 }
@@ -358,7 +449,20 @@ fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             write_concurrency: args.write_concurrency,
             ..Default::default()
         };
-        let setup = args.buildkite.setup(&config.reporter, args.namespace.clone())?;
+        let setup = args.buildkite.setup(&config.reporter, args.namespace.clone())?.map(|mut s| {
+            s.config.tenancy = args.tenancy.tenancy();
+            s
+        });
+        let result_key = args.signing.master_key()?;
+        if result_key.is_none() {
+            tracing::warn!("no --result-key-file: pools get no result key and no result can be verified");
+        }
+        benchkite::controller::agentpool::result_key::set_master_key(result_key.clone());
+        let setup = setup.map(|mut s| {
+            s.config.result_key = result_key;
+            s.config.unsigned_results = args.signing.unsigned_results;
+            s
+        });
         let buildkite = setup.as_ref().map(|s| s.buildkite.clone());
         let pipelines = setup.as_ref().map(|s| s.pipelines.clone());
         let jobs = setup.filter(|_| args.controllers.contains(&ControllerKind::Kerneljob));

@@ -140,7 +140,8 @@ impl Outcome {
 }
 
 /// The simulator's job: sleeps `CHAOS_SLEEP`, then leaves the `benchkite.result` summary the
-/// runner would (or fails), as `benchkite run` does through the simulator's meta-data file.
+/// runner would (or fails), unsigned, through `buildkite-agent meta-data set` (the simulator's
+/// shim, with the job's token): chaos controllers run with `--unsigned-results=accept`.
 pub const JOB_SCRIPT: &str = r#"sleep "${CHAOS_SLEEP:-0.2}"
 case "${CHAOS_OUTCOME:-pass}" in
   fail) echo "chaos: the build is broken" >&2; exit 3 ;;
@@ -150,7 +151,7 @@ case "${CHAOS_OUTCOME:-pass}" in
   wrong) verdict=false ;;
   *) verdict=true ;;
 esac
-printf 'benchkite.result={"v":1,"success":true,"passed":%s}\n' "$verdict" >> "$BUILDKITE_SIM_META_DATA_FILE"
+buildkite-agent meta-data set benchkite.result "$(printf '{"v":1,"success":true,"passed":%s}' "$verdict")"
 "#;
 
 /// Writes `<dir>/benchkite`, an executable that runs [`JOB_SCRIPT`] (whatever its
@@ -339,6 +340,8 @@ impl ChaosRig {
             token_file.to_string_lossy().into_owned(),
             "--poll-interval-seconds".to_string(),
             opts.poll_secs.to_string(),
+            // The stand-in job leaves an unsigned result (signatures: e2e/tests/hostile_forgery.rs).
+            "--unsigned-results=accept".to_string(),
         ]);
         args.extend(opts.extra_args.iter().cloned());
         let rig = ChaosRig { sim, ns, queue, op: None, starts: 0, http_port, args, logs: BTreeSet::new(), token_file };
@@ -845,8 +848,19 @@ pub fn check_agent_isolation(pods: &[Pod], max_gpus: i64) -> Result<usize> {
                             c.name, sc.allow_privilege_escalation
                         ));
                     }
-                    if sc.capabilities.as_ref().and_then(|c| c.add.as_ref()).is_some_and(|a| !a.is_empty()) {
-                        problems.push(format!("{name}/{}: adds capabilities", c.name));
+                    // Exactly what the runner's sandbox needs, everything else dropped.
+                    let caps = sc.capabilities.as_ref();
+                    let allowed = benchkite::fleet::pod::security::AGENT_CAPABILITIES;
+                    for cap in caps.and_then(|c| c.add.as_ref()).into_iter().flatten() {
+                        if !allowed.contains(&cap.as_str()) {
+                            problems.push(format!("{name}/{}: adds capability {cap}", c.name));
+                        }
+                    }
+                    if !caps.and_then(|c| c.drop.as_ref()).is_some_and(|d| d.iter().any(|x| x == "ALL")) {
+                        problems.push(format!("{name}/{}: does not drop ALL capabilities", c.name));
+                    }
+                    if sc.read_only_root_filesystem != Some(true) {
+                        problems.push(format!("{name}/{}: writable root filesystem", c.name));
                     }
                 }
             }

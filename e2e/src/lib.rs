@@ -6,6 +6,7 @@
 //! a cluster, [`client`] fails with a message saying how to start one.
 
 pub mod chaos;
+pub mod hostile;
 pub mod nodes;
 pub mod operator;
 pub mod sim;

@@ -59,6 +59,55 @@ pub async fn install_crds(client: &Client) -> Result<()> {
     Ok(())
 }
 
+/// The e2e installation's result master key (a fixed test value, not a secret).
+pub const E2E_RESULT_MASTER_KEY: &str = "6b3c1f0e9d2a4857b6c3e1f09a7d5c2e4b8f1a3d6c9e0b2f5a7d4c1e8b3f6a90";
+
+/// Writes `key` (hex) to `path` once, atomically (parallel tests share it).
+fn write_key_file(path: &std::path::Path, key: &str) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if std::fs::read_to_string(path).is_ok_and(|k| k.trim() == key) {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o400))
+            .with_context(|| format!("chmod {}", path.display()))?;
+        return Ok(path.to_path_buf());
+    }
+    let dir = path.parent().with_context(|| format!("{} has no directory", path.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = dir.join(format!(".key.{}.{:?}", std::process::id(), std::thread::current().id()));
+    std::fs::write(&tmp, format!("{key}\n")).with_context(|| format!("writing {}", tmp.display()))?;
+    // Root-only, as in an agent pod: a sandboxed submission must not read it.
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o400))
+        .with_context(|| format!("chmod {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path.to_path_buf())
+}
+
+/// The file holding [`E2E_RESULT_MASTER_KEY`], for `--result-key-file`.
+pub fn result_master_key_file() -> Result<PathBuf> {
+    write_key_file(&e2e_dir().join("result-keys").join("master"), E2E_RESULT_MASTER_KEY)
+}
+
+/// The e2e master key.
+pub fn result_master_key() -> Result<benchkite::signing::Key> {
+    benchkite::signing::Key::parse(E2E_RESULT_MASTER_KEY.as_bytes()).context("the e2e result master key")
+}
+
+/// A file holding the result key of `queue` (derived from [`E2E_RESULT_MASTER_KEY`]), for
+/// the `BENCHKITE_RESULT_KEY_FILE` of agents on that queue.
+pub fn result_queue_key_file(queue: &str) -> Result<PathBuf> {
+    let key = result_master_key()?.queue_key(queue).to_hex();
+    let name = benchkite::fleet::pod::label_value(queue);
+    write_key_file(&e2e_dir().join("result-keys").join(format!("queue-{name}")), &key)
+}
+
+/// What the e2e suites' jobs need allowed (see [`Operator::start_with_env`]).
+pub const TEST_ALLOWANCES: &[(&str, &str)] = &[
+    ("BENCHKITE_ALLOW_RAW_QUEUE", "all"),
+    ("BENCHKITE_ALLOW_PIPELINE_OVERRIDE", "all"),
+    ("BENCHKITE_ALLOW_BRANCH_OVERRIDE", "all"),
+    ("BENCHKITE_ALLOW_SECRET_SOURCES", "all"),
+    ("BENCHKITE_KERNELJOB_ENV_ALLOW", "CHAOS_*,E2E_*"),
+];
+
 /// A running controller process. Killed (SIGKILL) when dropped or when the test process
 /// exits (parent-death signal), so no controller outlives its tests.
 pub struct Operator {
@@ -85,7 +134,18 @@ impl Operator {
             .open(&log)
             .with_context(|| format!("creating {}", log.display()))?;
         let mut cmd = Command::new(bin);
-        cmd.arg("controller").args(args);
+        // A chart's `--result-key-file` names the file mounted in its pod: here the e2e key
+        // stands in when that file does not exist locally.
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| match a.strip_prefix("--result-key-file=") {
+                Some(path) if !std::path::Path::new(path).exists() => {
+                    Ok(format!("--result-key-file={}", result_master_key_file()?.display()))
+                }
+                _ => Ok(a.to_string()),
+            })
+            .collect::<Result<_>>()?;
+        cmd.arg("controller").args(&args);
         // Parallel tests run many controllers: never the fixed default ports.
         for (flag, env) in [("--metrics-addr", "BENCHKITE_METRICS_ADDR"), ("--http-addr", "BENCHKITE_HTTP_ADDR")] {
             let given = args.iter().any(|a| *a == flag || a.starts_with(&format!("{flag}=")))
@@ -93,6 +153,20 @@ impl Operator {
             if !given {
                 cmd.arg(flag).arg("127.0.0.1:0");
             }
+        }
+        // Every test controller has the e2e result master key (the simulator's agents hold
+        // the matching queue keys, [`crate::sim::queue_config`]) unless the test names its own.
+        let keyed = args.iter().any(|a| a.starts_with("--result-key-file"))
+            || envs.iter().any(|(k, _)| *k == benchkite::signing::MASTER_KEY_FILE_ENV);
+        if !keyed {
+            cmd.env(benchkite::signing::MASTER_KEY_FILE_ENV, result_master_key_file()?);
+        }
+        // The suites' jobs use raw queues, their own pipelines and branches, secret sources
+        // and CHAOS_*/E2E_* env: an admin's allowance, off by default. Every controller
+        // started here gets it through the environment, which `envs` and explicit flags
+        // override (tests/tenancy.rs passes the defaults as flags).
+        for (k, v) in TEST_ALLOWANCES {
+            cmd.env(k, v);
         }
         cmd.env("KUBECONFIG", kubeconfig_path())
             .env("RUST_LOG", std::env::var("BENCHKITE_E2E_LOG").unwrap_or_else(|_| "info,benchkite=debug".into()))

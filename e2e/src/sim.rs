@@ -38,6 +38,11 @@ pub fn queue_config(queue: &str, agents: u32) -> Result<SimConfig> {
     let mut executor = ExecutorConfig::command("benchkite run");
     if let ExecutorConfig::Command { env, .. } = &mut executor {
         env.insert("PATH".into(), agent_path(&benchkite_named_benchkite()?)?);
+        // The queue's result key, as an AgentPool's agents get it from their Secret: the
+        // runner signs its result, the test controllers (which hold the e2e master key)
+        // verify it.
+        let key = crate::operator::result_queue_key_file(queue)?;
+        env.insert(benchkite::signing::RESULT_KEY_FILE_ENV.into(), key.to_string_lossy().into_owned());
     }
     let mut cfg = SimConfig { executor, rate_limit: buildkite_rate_limit(60.0), ..Default::default() };
     cfg.clusters[0].queues.push(queue.to_string());
@@ -74,6 +79,15 @@ pub fn agent_path(binary: &std::path::Path) -> Result<String> {
     Ok(format!("{}:{rest}", dir.display()))
 }
 
+/// Takes the result key away from the agents of `cfg` (their runner's results go unsigned):
+/// agents of a raw queue an admin has not given a key yet.
+pub fn without_result_key(cfg: &mut SimConfig) {
+    if let ExecutorConfig::Command { env, .. } = &mut cfg.executor {
+        // An absent file: the runner logs it and reports unsigned.
+        env.insert(benchkite::signing::RESULT_KEY_FILE_ENV.into(), "/nonexistent/benchkite-result-key".into());
+    }
+}
+
 /// A pipeline a user made for KernelJobs on `queue`, as Buildkite needs it: one command step
 /// that names the queue literally (settings steps are never interpolated with build env),
 /// skips the checkout (the job needs no repository) and uploads `result.json`. `command`
@@ -100,7 +114,9 @@ pub fn managed_pipeline(instance: &str, queue: &str) -> String {
 
 /// `benchkite controller` arguments for a KernelJob-only controller of `namespace` against
 /// `sim` (the namespace is also the installation id, so tests never see each other's builds).
-/// The API token goes in the environment (`BUILDKITE_API_TOKEN`), never in flags.
+/// The API token goes in the environment (`BUILDKITE_API_TOKEN`), never in flags. What the
+/// tests' jobs use beyond a tenant's defaults (raw queues, …) is allowed by the environment
+/// [`crate::operator::Operator`] gives every controller.
 pub fn kerneljob_args(sim: &SimHandle, namespace: &str) -> Vec<String> {
     [
         "--controllers",
@@ -118,6 +134,25 @@ pub fn kerneljob_args(sim: &SimHandle, namespace: &str) -> Vec<String> {
     ]
     .map(str::to_string)
     .to_vec()
+}
+
+/// Like [`kerneljob_args`] with a tenant's defaults as explicit flags (which win over the
+/// environment's allowances): no raw override, no env; `allow` replaces the default of its
+/// flag (`--allow-raw-queue=labelled`).
+pub fn tenant_kerneljob_args(sim: &SimHandle, namespace: &str, allow: &[&str]) -> Vec<String> {
+    let mut args = kerneljob_args(sim, namespace);
+    for default in [
+        "--allow-raw-queue=none",
+        "--allow-pipeline-override=none",
+        "--allow-branch-override=none",
+        "--allow-secret-sources=none",
+        "--kerneljob-env-allow=",
+    ] {
+        let flag = default.split('=').next().unwrap_or(default);
+        let chosen = allow.iter().find(|a| a.split('=').next() == Some(flag)).copied().unwrap_or(default);
+        args.push(chosen.to_string());
+    }
+    args
 }
 
 /// One build as the simulator shows it (`GET /_sim/pipelines/{p}/builds/{n}`: every job,

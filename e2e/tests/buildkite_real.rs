@@ -136,6 +136,11 @@ async fn prepare(prefix: &str, setup: Setup, tune: impl FnOnce(&mut SimConfig, &
     let mut executor = ExecutorConfig::command("benchkite run");
     if let ExecutorConfig::Command { env, cancel_grace_secs, .. } = &mut executor {
         env.insert("PATH".into(), format!("{bin_dir}:{path}"));
+        // The queue's result key, as an AgentPool's agents get it.
+        env.insert(
+            benchkite::signing::RESULT_KEY_FILE_ENV.into(),
+            benchkite_e2e::operator::result_queue_key_file(&queue)?.to_string_lossy().into_owned(),
+        );
         // The agent's cancel-grace-period; short so killed jobs end quickly.
         *cancel_grace_secs = 3.0;
     }

@@ -631,6 +631,9 @@ async fn fleet_with_chart_rbac(prefix: &str, set: &str, read_secrets: bool) -> R
         &["patch", "gpunodes.benchkite.dev", "--subresource=status"],
         &["patch", "agentpools.benchkite.dev", "--subresource=status", "-A"],
         &["create", "events.events.k8s.io", "-A"],
+        // The pools' result-key Secrets: written, never read.
+        &["create", "secrets", "-A"],
+        &["update", "secrets", "-A"],
         &["create", "leases.coordination.k8s.io", "-n", ns],
         &["patch", &lease, "-n", ns],
     ];
@@ -677,8 +680,41 @@ async fn fleet_with_chart_rbac(prefix: &str, set: &str, read_secrets: bool) -> R
         Ok(()) => chart.leader_labelled().await,
         e => e,
     };
+    let outcome = match outcome {
+        Ok(()) => secrets_as_the_controller(&chart, read_secrets).await,
+        e => e,
+    };
     chart.check_log(operator, outcome)?;
     chart.delete().await
+}
+
+/// With the controller's own token (not impersonation): the pool's result-key Secret it wrote
+/// exists, and reading it, or any Secret, is forbidden unless `read_secrets`.
+async fn secrets_as_the_controller(chart: &ChartController, read_secrets: bool) -> Result<()> {
+    let name = benchkite::signing::result_key_secret_name("rbac");
+    let secrets: Api<Secret> = chart.ns.api();
+    wait_until("the pool's result-key Secret", default_timeout(), || async {
+        Ok(secrets.get_opt(&name).await?.map(|_| ()))
+    })
+    .await?;
+    let ns = chart.ns.name();
+    let tries: &[&[&str]] =
+        &[&["get", "secret", &name, "-n", ns], &["get", "secrets", "-A"], &["get", "secrets", "-n", ns]];
+    for args in tries {
+        let out = run("kubectl", args, None, &chart.kubeconfig)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let forbidden = !out.status.success() && stderr.contains("Forbidden");
+        if read_secrets {
+            ensure!(
+                args.len() != 5 || out.status.success(),
+                "kubectl {args:?} with the controller's token failed: {stderr}"
+            );
+        } else {
+            ensure!(forbidden, "kubectl {args:?} with the controller's token was not forbidden: {stderr}");
+            ensure!(out.stdout.is_empty(), "kubectl {args:?} printed Secrets with the controller's token");
+        }
+    }
+    Ok(())
 }
 
 /// Default values: no Secret access at all, and the fleet still works.
@@ -724,7 +760,8 @@ async fn kerneljob_rbac_is_enough_in_its_namespace() -> Result<()> {
     // The chart's Secret gets a placeholder; the local process reads the real token from a file.
     let set = format!(
         "controllers={{kerneljob}},kernelJobs.watchNamespace=NS,buildkite.organization={},buildkite.apiUrl={},\
-         buildkite.agentApiUrl={},buildkite.apiToken=placeholder,buildkite.pollIntervalSeconds=1",
+         buildkite.agentApiUrl={},buildkite.apiToken=placeholder,buildkite.pollIntervalSeconds=1,\
+         kernelJobs.tenancy.rawQueue=all",
         sim.organization(),
         sim.api_url(),
         sim.agent_url()
@@ -737,6 +774,7 @@ async fn kerneljob_rbac_is_enough_in_its_namespace() -> Result<()> {
         &["delete", "kerneljobs.benchkite.dev", "-n", ns],
         &["create", "configmaps", "-n", ns],
         &["get", "configmaps", "-n", ns],
+        &["watch", "namespaces"],
     ];
     for args in allowed {
         ensure!(chart.can(args)?, "the ServiceAccount cannot {args:?}");

@@ -29,6 +29,8 @@ pub mod conditions {
     /// benchkite manages for the queue (created and kept in sync), or the one
     /// `spec.buildkite.pipeline` names, checked.
     pub const PIPELINE_READY: &str = "PipelineReady";
+    /// The Secret with the queue's result key (which signs the agents' results) is written.
+    pub const RESULT_KEY_READY: &str = "ResultKeyReady";
 }
 
 /// Agent tag keys benchkite sets itself; `agent.tags` may not override them.
@@ -103,6 +105,26 @@ pub struct AgentPoolSpec {
     pub strategy: Option<PoolStrategy>,
 }
 
+/// Which KernelJobs may target a pool (an admin's setting: a job cannot grant itself a pool).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolKernelJobs {
+    /// KernelJobs of namespaces whose labels match this selector (a label selector over
+    /// Namespace labels; `kubernetes.io/metadata.name` names one) may name the pool (with
+    /// `spec.poolNamespace`). `{}` admits every namespace; absent: only the pool's own
+    /// namespace, which is always admitted. The controller checks it before each build: a
+    /// refused job stays Pending (`PoolNotAllowed`); a build created before a change runs on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<GpuNodeSelector>,
+}
+
+impl AgentPoolSpec {
+    /// The namespace selector of `spec.buildkite.kernelJobs`, if any.
+    pub fn job_namespace_selector(&self) -> Option<&GpuNodeSelector> {
+        self.buildkite.as_ref()?.kernel_jobs.as_ref()?.namespace_selector.as_ref()
+    }
+}
+
 /// How a pool replaces and drains agents.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -172,6 +194,9 @@ pub struct PoolBuildkite {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 1 && self <= 10080").message("stepTimeoutMinutes must be between 1 and 10080 (a week)"))]
     pub step_timeout_minutes: Option<i32>,
+    /// Which KernelJobs may build on the queue. Default: only those of the pool's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_jobs: Option<PoolKernelJobs>,
 }
 
 /// The pipeline KernelJobs on the pool's queue build on.

@@ -126,18 +126,26 @@ pub enum RankingBy {
     printcolumn(name = "URL", type_ = "string", json_path = ".status.build.webUrl", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
-#[x_kube(validation = Rule::new("has(self.pool) != has(self.queue)").message("set exactly one of pool (an AgentPool in this namespace) or queue (a Buildkite queue benchkite does not manage)"))]
+#[x_kube(validation = Rule::new("has(self.pool) != has(self.queue)").message("set exactly one of pool (an AgentPool) or queue (a Buildkite queue benchkite does not manage)"))]
+#[x_kube(validation = Rule::new("!has(self.poolNamespace) || has(self.pool)").message("poolNamespace needs pool: it says where the AgentPool named by pool is"))]
 #[x_kube(validation = Rule::new("self.lang != 'py' || (has(self.main) && size(self.main) > 0)").message("lang py needs main: the file name to run"))]
 #[x_kube(validation = Rule::new("(has(self.sources) && size(self.sources) > 0) || (has(self.sourcesFrom) && size(self.sourcesFrom) > 0)").message("give the submission in sources (inline) or sourcesFrom (ConfigMaps/Secrets)"))]
 #[x_kube(validation = Rule::new("!has(self.main) || !has(self.sources) || has(self.sourcesFrom) || self.main in self.sources").message("main must name one of the files in sources"))]
 #[x_kube(validation = Rule::new("self == oldSelf").message("spec is immutable: create a new KernelJob"))]
 #[serde(rename_all = "camelCase")]
 pub struct KernelJobSpec {
-    /// AgentPool (in this namespace) whose queue runs the job. Exclusive with `queue`.
+    /// AgentPool whose queue runs the job (in `poolNamespace`). Exclusive with `queue`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("size(self) >= 1 && size(self) <= 253").message("pool must name an AgentPool"))]
     pub pool: Option<String>,
-    /// Raw Buildkite queue (agents benchkite does not manage). Exclusive with `pool`.
+    /// Namespace of `pool` (default: the job's own). A pool admits jobs of other namespaces
+    /// only when its `spec.kernelJobs.namespaceSelector` matches their namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("size(self) <= 63 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("poolNamespace must be a namespace name (lowercase letters, digits and '-', at most 63)"))]
+    pub pool_namespace: Option<String>,
+    /// Raw Buildkite queue (agents benchkite does not manage). Exclusive with `pool`. Off
+    /// unless the cluster admin allows it (`--allow-raw-queue`, namespace label
+    /// `benchkite.dev/allow-raw-queue`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$')").message("queue may contain only letters, digits, '.', '_' and '-' (at most 100)"))]
     pub queue: Option<String>,
@@ -211,23 +219,28 @@ pub struct KernelJobSpec {
     /// Runner image (`KERNELBOT_IMAGE`) for pipelines that run the job in a container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    /// Buildkite pipeline slug of a pipeline you manage yourself. Default: the pool's
+    /// Buildkite pipeline slug of a pipeline you manage yourself (off unless the cluster admin
+    /// allows it: `--allow-pipeline-override`). Default: the pool's
     /// `spec.buildkite.pipeline`, the controller's `--buildkite-pipeline`, else the pipeline
     /// benchkite creates and keeps in sync for the queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9][a-z0-9-]{0,99}$')").message("pipeline must be a Buildkite pipeline slug (lowercase letters, digits and '-')"))]
     pub pipeline: Option<String>,
-    /// Build branch. Default: one branch per attempt, `benchkite/<instance>/<run id>`, so no
-    /// pipeline setting that works per branch can skip or cancel this build.
+    /// Build branch (off unless allowed: `--allow-branch-override`). Default: one branch per
+    /// attempt, `benchkite/<instance>/<run id>`, so no pipeline setting that works per branch
+    /// can skip or cancel this build.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub branch: Option<String>,
-    /// Build commit (default `HEAD`).
+    /// Build commit (default `HEAD`; off unless allowed: `--allow-branch-override`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit: Option<String>,
     /// Extra build environment. Not for secrets: build env is visible to anyone who can see
     /// the build.
+    /// Names the agent, the shell, the loader, git, compilers, interpreters, the GPU runtime,
+    /// the harness or benchkite read are refused (`api::jobenv`); of the rest, a job may set
+    /// only the names the controller's `--kerneljob-env-allow` lists (default: none).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[x_kube(validation = Rule::new("self.all(k, k.matches('^[A-Za-z_][A-Za-z0-9_]*$') && !k.startsWith('KERNELBOT_') && !k.startsWith('BUILDKITE') && !k.startsWith('BENCHKITE_'))").message("env names must be identifiers and may not start with KERNELBOT_, BENCHKITE_ or BUILDKITE (benchkite and Buildkite set those)"))]
+    #[schemars(schema_with = "super::jobenv::env_schema")]
     pub env: BTreeMap<String, String>,
 
     /// Overall wall time from creation, seconds. Default: the mode's run limits plus 10
@@ -283,7 +296,9 @@ pub struct SourcesFrom {
     /// ConfigMap name: every key becomes a file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_map: Option<String>,
-    /// Secret name: every key becomes a file (for submissions that must stay private).
+    /// Secret name: every key becomes a file (for submissions that must stay private). Off
+    /// unless the cluster admin allows it (`--allow-secret-sources`): build env is readable by
+    /// everyone who can see the pipeline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
     /// Only these keys (default: all).
@@ -400,6 +415,10 @@ pub struct ResultStatus {
     /// Where the result came from: `meta-data` (no extra request) or `artifact`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub source: String,
+    /// The runner's signature over the result verified with this attempt's key (`false`: an
+    /// unsigned result taken under `--unsigned-results=accept`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<bool>,
     /// Detail was dropped to keep status small.
     #[serde(default)]
     pub truncated: bool,

@@ -7,6 +7,7 @@
 pub mod agentpool;
 pub mod condition;
 pub mod gpunode;
+pub mod jobenv;
 pub mod kerneljob;
 
 pub use agentpool::{AgentPool, AgentPoolSpec, AgentPoolStatus};

@@ -3,14 +3,16 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, ConfigMapVolumeSource, Container, EnvVar, EnvVarSource, NodeAffinity, NodeSelector,
+    Affinity, ConfigMapVolumeSource, Container, EnvVar, EnvVarSource, NodeAffinity, NodeSelector,
     NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSecurityContext, PodSpec, ResourceRequirements, SeccompProfile,
-    SecretKeySelector, SecurityContext, Taint, Toleration, Volume, VolumeMount,
+    SecretKeySelector, Taint, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
 use sha2::{Digest, Sha256};
+
+pub mod security;
 
 use super::inventory::Vendor;
 use super::share::Share;
@@ -158,6 +160,8 @@ pub fn agent_pod(slot: &AgentSlot<'_>, defaults: &PodDefaults) -> Pod {
     // The seeds' variables, so existing pipelines keep working.
     env_vars.push(env("KERNELBOT_CPUS", slot.resources.cpu_cores.to_string()));
     env_vars.push(env("KERNELBOT_MEMORY", format!("{}m", slot.resources.memory_mib)));
+    // The runner's sandbox (a pool's own env, after, may tune it).
+    env_vars.extend(security::sandbox_env(&name));
     env_vars.extend(agent.env.iter().cloned());
 
     let quantities: BTreeMap<String, Quantity> = [
@@ -186,6 +190,9 @@ pub fn agent_pod(slot: &AgentSlot<'_>, defaults: &PodDefaults) -> Pod {
             ..Default::default()
         });
     }
+    let (own_volumes, own_mounts) = security::volumes(&pool_name);
+    volumes.extend(own_volumes);
+    mounts.extend(own_mounts);
     volumes.extend(agent.pod.volumes.iter().cloned());
     mounts.extend(agent.pod.volume_mounts.iter().cloned());
 
@@ -200,12 +207,7 @@ pub fn agent_pod(slot: &AgentSlot<'_>, defaults: &PodDefaults) -> Pod {
             limits: Some(quantities),
             ..Default::default()
         }),
-        security_context: Some(agent.pod.security_context.clone().unwrap_or_else(|| SecurityContext {
-            allow_privilege_escalation: Some(false),
-            privileged: Some(false),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
-            ..Default::default()
-        })),
+        security_context: Some(agent.pod.security_context.clone().unwrap_or_else(security::default_security_context)),
         volume_mounts: (!mounts.is_empty()).then_some(mounts),
         ..Default::default()
     };
@@ -417,7 +419,15 @@ pub(crate) mod tests {
         assert_eq!(term.match_fields.as_ref().unwrap()[0].values.as_deref(), Some(&["gpu-h100-0".to_string()][..]));
         let sc = c.security_context.as_ref().unwrap();
         assert_eq!(sc.allow_privilege_escalation, Some(false));
-        assert_eq!(sc.capabilities.as_ref().unwrap().drop.as_deref(), Some(&["ALL".to_string()][..]));
+        assert_eq!(sc.privileged, Some(false));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        let caps = sc.capabilities.as_ref().unwrap();
+        assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
+        assert_eq!(
+            caps.add.as_deref(),
+            Some(&["CHOWN", "DAC_OVERRIDE", "KILL", "SETGID", "SETUID"].map(String::from)[..]),
+            "only what the runner's sandbox needs"
+        );
         assert_eq!(spec.security_context.as_ref().unwrap().seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
         let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!((owner.kind.as_str(), owner.controller), ("AgentPool", Some(true)));

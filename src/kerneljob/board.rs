@@ -41,6 +41,9 @@ pub struct Entry {
     pub build: Build,
     /// When benchkite last learned something about the build.
     pub seen: Timestamp,
+    /// Its run id comes from what the build was created with (its attempt branch, or its
+    /// env `KERNELBOT_RUN_ID`), not from meta-data alone (which a running job can rewrite).
+    pub confirmed: bool,
 }
 
 /// Builds of one pipeline that are not finished.
@@ -55,7 +58,23 @@ pub struct InFlight {
 #[derive(Debug, Default)]
 pub struct Board {
     builds: Mutex<HashMap<String, Entry>>,
+    /// Run id → the build id its attempt recorded: no other build is taken for it.
+    pins: Mutex<HashMap<String, String>>,
 }
+
+/// Where a build's run id comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Identity {
+    /// Its attempt branch `benchkite/<instance>/<run id>` (fixed at create).
+    Branch,
+    /// Its build env `KERNELBOT_RUN_ID` (fixed at create).
+    Env,
+    /// Its meta-data `benchkite.dev/run-id` only: a running job can rewrite it.
+    MetaData,
+}
+
+/// Build env holding the run id (set at create, immutable).
+const RUN_ID_ENV: &str = "KERNELBOT_RUN_ID";
 
 /// The branch of an attempt's build: `benchkite/<instance>/<run id>`. One branch per
 /// attempt, so no pipeline setting that works per branch ("Skip intermediate builds",
@@ -71,8 +90,16 @@ pub fn attempt_branch(instance: &str, run_id: &str) -> String {
 pub const BRANCH_PREFIX: &str = "benchkite/";
 
 /// The run id a build carries (its idempotency key), if benchkite created it: from its
-/// attempt branch, else (a job that names its own branch) from its meta-data.
+/// attempt branch, else (a job that names its own branch) from its build env
+/// `KERNELBOT_RUN_ID` when the snapshot carries it, else from its meta-data.
 pub fn run_id_of(build: &Build) -> Option<&str> {
+    identity(build).map(|(run, _)| run)
+}
+
+/// A build's run id and where it comes from: its attempt branch, else its build env (when
+/// the snapshot carries it), else its meta-data. A build whose env names another run id
+/// than its meta-data is identified by its env.
+pub fn identity(build: &Build) -> Option<(&str, Identity)> {
     if let Some(run) = build
         .branch
         .as_deref()
@@ -81,9 +108,17 @@ pub fn run_id_of(build: &Build) -> Option<&str> {
         .map(|(_, run)| run)
         .filter(|run| !run.is_empty())
     {
-        return Some(run);
+        return Some((run, Identity::Branch));
     }
-    build.meta_data.get(meta::RUN_ID).map(String::as_str)
+    if let Some(run) = build.env.get(RUN_ID_ENV).filter(|r| !r.is_empty()) {
+        return Some((run, Identity::Env));
+    }
+    build.meta_data.get(meta::RUN_ID).map(|r| (r.as_str(), Identity::MetaData))
+}
+
+/// Whether two build ids name different builds (an empty id is unknown).
+fn different(a: &str, b: &str) -> bool {
+    !a.is_empty() && !b.is_empty() && a != b
 }
 
 /// Whether this installation created the build: its attempt branch names `instance`, or
@@ -112,11 +147,33 @@ fn slim(build: &Build) -> Build {
 
 impl Board {
     /// Records a snapshot; true when it was news.
+    ///
+    /// Identity: a run id whose attempt recorded a build id ([`Board::pin`]) takes that build
+    /// only; otherwise the first build seen for a run id keeps it, unless a later one is
+    /// confirmed by what it was created with and the first is not.
     pub fn update(&self, build: &Build, now: Timestamp) -> bool {
-        let Some(run_id) = run_id_of(build) else { return false };
+        let Some((run_id, how)) = identity(build) else { return false };
+        let confirmed = how != Identity::MetaData;
+        if self.pins.lock().ok().and_then(|p| p.get(run_id).cloned()).is_some_and(|pin| different(&pin, &build.id)) {
+            return false;
+        }
         let Ok(mut builds) = self.builds.lock() else { return false };
+        if let Some(entry) = builds.get(run_id)
+            && different(&entry.build.id, &build.id)
+        {
+            if entry.confirmed || !confirmed {
+                return false;
+            }
+            // A build that only claimed this run id by meta-data yields to the real one.
+            builds.remove(run_id);
+        }
         match builds.get_mut(run_id) {
-            Some(entry) if !is_newer(&entry.build, build) => false,
+            Some(entry) if !is_newer(&entry.build, build) => {
+                // Same snapshot, now confirmed (a direct read carries the env).
+                let news = confirmed && !entry.confirmed;
+                entry.confirmed |= confirmed;
+                news
+            }
             Some(entry) => {
                 // Keep what the older snapshot knew that the newer one lacks (webhook bodies
                 // carry no jobs for build events).
@@ -144,13 +201,41 @@ impl Board {
                 // decision records a build by its age).
                 merged.created_at = merged.created_at.or(entry.build.created_at);
                 merged.started_at = merged.started_at.or(entry.build.started_at);
-                *entry = Entry { build: merged, seen: now };
+                if merged.id.is_empty() {
+                    merged.id = entry.build.id.clone();
+                }
+                *entry = Entry { build: merged, seen: now, confirmed: entry.confirmed || confirmed };
                 true
             }
             None => {
-                builds.insert(run_id.to_string(), Entry { build: slim(build), seen: now });
+                builds.insert(run_id.to_string(), Entry { build: slim(build), seen: now, confirmed });
                 true
             }
+        }
+    }
+
+    /// The attempt `run_id` recorded build `build_id`: from now on no other build is taken
+    /// for it (whatever its meta-data claims), and one on the board is dropped.
+    pub fn pin(&self, run_id: &str, build_id: &str) {
+        if build_id.is_empty() {
+            return;
+        }
+        if let Ok(mut pins) = self.pins.lock() {
+            pins.insert(run_id.to_string(), build_id.to_string());
+        }
+        if let Ok(mut builds) = self.builds.lock()
+            && builds.get(run_id).is_some_and(|e| different(&e.build.id, build_id))
+        {
+            builds.remove(run_id);
+        }
+    }
+
+    /// Drops the board's build for `run_id` if it is `build_id` (a claim that did not hold).
+    pub fn forget_build(&self, run_id: &str, build_id: &str) {
+        if let Ok(mut builds) = self.builds.lock()
+            && builds.get(run_id).is_some_and(|e| e.build.id == build_id)
+        {
+            builds.remove(run_id);
         }
     }
 
@@ -161,6 +246,9 @@ impl Board {
     pub fn forget(&self, run_id: &str) {
         if let Ok(mut b) = self.builds.lock() {
             b.remove(run_id);
+        }
+        if let Ok(mut p) = self.pins.lock() {
+            p.remove(run_id);
         }
     }
 
@@ -358,5 +446,88 @@ mod tests {
         board.update(&build(BuildState::Running, "a"), now());
         board.update(&build(BuildState::Passed, "b"), now());
         assert_eq!(board.in_flight().0, 1);
+    }
+
+    fn with_id(id: &str, state: BuildState, run: &str) -> Build {
+        Build { id: id.into(), ..build(state, run) }
+    }
+
+    #[test]
+    fn the_build_env_identifies_an_own_branch_build_over_its_meta_data() {
+        let mut b = with_id("b1", BuildState::Running, "victim-1");
+        b.branch = Some("main".into());
+        assert_eq!(identity(&b), Some(("victim-1", Identity::MetaData)));
+        b.env.insert(RUN_ID_ENV.into(), "mine-1".into());
+        assert_eq!(identity(&b), Some(("mine-1", Identity::Env)), "the env is fixed at create");
+        b.branch = Some(attempt_branch("prod", "branch-1"));
+        assert_eq!(identity(&b), Some(("branch-1", Identity::Branch)));
+        let board = Board::default();
+        b.branch = Some("main".into());
+        board.update(&b, now());
+        assert!(board.get("victim-1").is_none(), "a rewritten run-id meta-data claims nothing");
+        assert!(board.get("mine-1").is_some_and(|e| e.confirmed));
+    }
+
+    #[test]
+    fn a_recorded_build_is_the_only_one_taken_for_its_attempt() {
+        let board = Board::default();
+        let mut real = with_id("real", BuildState::Running, "r1");
+        real.env.insert(RUN_ID_ENV.into(), "r1".into());
+        board.update(&real, now());
+        board.pin("r1", "real");
+        // Another build claiming r1: by meta-data, by env, even by an attempt branch.
+        let claim = with_id("forged", BuildState::Passed, "r1");
+        let mut by_env = claim.clone();
+        by_env.env.insert(RUN_ID_ENV.into(), "r1".into());
+        let by_branch = Build { branch: Some(attempt_branch("prod", "r1")), ..claim.clone() };
+        for c in [&claim, &by_env, &by_branch] {
+            assert!(!board.update(c, now()));
+            assert_eq!(board.get("r1").map(|e| e.build.id), Some("real".to_string()));
+        }
+        // The recorded build moves on.
+        assert!(board.update(&with_id("real", BuildState::Passed, "r1"), now()));
+        assert_eq!(board.get("r1").map(|e| e.build.state), Some(BuildState::Passed));
+        // Pinning drops another build already on the board (a claim seen before the record).
+        let board = Board::default();
+        board.update(&with_id("forged", BuildState::Passed, "r2"), now());
+        board.pin("r2", "real");
+        assert!(board.get("r2").is_none());
+        assert!(board.update(&with_id("real", BuildState::Running, "r2"), now()), "a status seed is taken");
+        board.forget("r2");
+        assert!(board.update(&with_id("other", BuildState::Running, "r2"), now()), "forget drops the pin too");
+    }
+
+    #[test]
+    fn before_a_record_the_first_build_keeps_a_run_id_unless_a_confirmed_one_comes() {
+        let board = Board::default();
+        // A claim by meta-data first (a webhook body without env): on the board, unconfirmed.
+        board.update(&with_id("forged", BuildState::Passed, "r1"), now());
+        assert!(board.get("r1").is_some_and(|e| !e.confirmed));
+        // The real build (its create response or a listing carries its env) replaces it.
+        let mut real = with_id("real", BuildState::Scheduled, "r1");
+        real.env.insert(RUN_ID_ENV.into(), "r1".into());
+        assert!(board.update(&real, now()));
+        assert!(board.get("r1").is_some_and(|e| e.confirmed && e.build.id == "real"));
+        // A claim after it changes nothing, even a later-looking one.
+        assert!(!board.update(&with_id("forged", BuildState::Passed, "r1"), now()));
+        assert_eq!(board.get("r1").map(|e| e.build.id), Some("real".to_string()));
+        // A webhook body of the real build without env keeps it confirmed.
+        assert!(board.update(&with_id("real", BuildState::Running, "r1"), now()));
+        assert!(board.get("r1").is_some_and(|e| e.confirmed));
+    }
+
+    #[test]
+    fn a_direct_read_confirms_a_build_and_a_failed_claim_is_dropped() {
+        let board = Board::default();
+        board.update(&with_id("b1", BuildState::Running, "r1"), now());
+        let mut read = with_id("b1", BuildState::Running, "r1");
+        read.env.insert(RUN_ID_ENV.into(), "r1".into());
+        assert!(board.update(&read, now()), "confirmation is news");
+        assert!(board.get("r1").is_some_and(|e| e.confirmed));
+        board.update(&with_id("b2", BuildState::Running, "r2"), now());
+        board.forget_build("r2", "other");
+        assert!(board.get("r2").is_some(), "only the named build is dropped");
+        board.forget_build("r2", "b2");
+        assert!(board.get("r2").is_none());
     }
 }

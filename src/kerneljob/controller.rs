@@ -15,8 +15,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::events::{Event, EventType, Recorder};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
@@ -62,6 +64,13 @@ pub struct JobConfig {
     /// Publish Normal Events (a job's end) too, not only Warnings: one more API write per
     /// job (`--kerneljob-events=all`).
     pub normal_events: bool,
+    /// What jobs may ask for: raw overrides, env names (admin settings, `--allow-*`).
+    pub tenancy: super::policy::Tenancy,
+    /// The installation's result master key (`--result-key-file`): results are trusted
+    /// only when signed with their attempt's key derived from it.
+    pub result_key: Option<crate::signing::Key>,
+    /// What an unsigned result gets (`--unsigned-results`).
+    pub unsigned_results: super::outcome::UnsignedResults,
 }
 
 impl Default for JobConfig {
@@ -77,6 +86,9 @@ impl Default for JobConfig {
             max_result_bytes: 8 * 1024 * 1024,
             max_configmap_bytes: 512 * 1024,
             normal_events: false,
+            tenancy: Default::default(),
+            result_key: None,
+            unsigned_results: Default::default(),
         }
     }
 }
@@ -98,6 +110,8 @@ pub struct JobCtx {
     pub jobs: Store<KernelJob>,
     pub pools: Store<AgentPool>,
     pub gpunodes: Store<GpuNode>,
+    /// Namespace labels (metadata only): who may use which pool and override.
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
     pub board: Board,
     pub queue: SubmitQueue,
     pub recorder: Recorder,
@@ -215,18 +229,35 @@ pub(super) struct Target {
     pub managed: bool,
 }
 
-/// The queue, architecture and pipeline a job's builds go to.
+impl JobCtx {
+    /// The labels of namespace `ns`, if the cache has it.
+    pub(super) fn namespace_labels(&self, ns: &str) -> Option<std::collections::BTreeMap<String, String>> {
+        self.namespaces.get(&ObjectRef::new(ns)).map(|n| n.metadata.labels.clone().unwrap_or_default())
+    }
+}
+
+/// The queue, architecture and pipeline a job's builds go to, if the job may use them: its
+/// namespace may use the overrides and env it sets (admin settings and Namespace labels,
+/// [`super::policy`]) and the pool admits its namespace. `Err` is a condition reason and a
+/// message naming the rule; a refused job gets no build.
 pub(super) fn target(job: &KernelJob, ctx: &JobCtx) -> std::result::Result<Target, (&'static str, String)> {
+    use super::policy;
+    let ns = job.namespace().unwrap_or_default();
+    let labels = ctx.namespace_labels(&ns);
+    let tenancy = &ctx.config.tenancy;
+    policy::check_overrides(&job.spec, &ns, labels.as_ref(), tenancy)?;
+    policy::check_env(&job.spec, tenancy)?;
     let (queue, arch, pool_pipeline) = if let Some(queue) = &job.spec.queue {
         (queue.clone(), None, None)
     } else {
-        let ns = job.namespace().unwrap_or_default();
         let Some(pool_name) = &job.spec.pool else {
             return Err(("NoTarget", "set spec.pool or spec.queue".into()));
         };
-        let Some(pool) = ctx.pools.get(&ObjectRef::new(pool_name).within(&ns)) else {
-            return Err(("PoolNotFound", format!("AgentPool {ns}/{pool_name} does not exist")));
+        let pool_ns = job.spec.pool_namespace.clone().unwrap_or_else(|| ns.clone());
+        let Some(pool) = ctx.pools.get(&ObjectRef::new(pool_name).within(&pool_ns)) else {
+            return Err(("PoolNotFound", format!("AgentPool {pool_ns}/{pool_name} does not exist")));
         };
+        policy::check_pool(&ns, &pool_ns, pool_name, pool.spec.job_namespace_selector(), labels.as_ref())?;
         let arch = pool
             .status
             .as_ref()

@@ -13,7 +13,7 @@ use kube::ResourceExt;
 use super::conditions::{Stamp, with_conditions};
 use super::machine::{self, BuildOutcome};
 use super::memory::{AttemptState, JobMemory, SubmitFailure};
-pub use super::outcome::{CreateFailure, ResultError, ResultRead, classify_create_error};
+pub use super::outcome::{CreateFailure, ResultError, ResultRead, Trust, UnsignedResults, classify_create_error};
 use crate::api::KernelJob;
 use crate::api::kerneljob::{Attempt, BuildRef, KernelJobStatus, Phase};
 use crate::buildkite::{Build, BuildState};
@@ -403,8 +403,15 @@ pub fn decide_pending(o: &Observed<'_>) -> Plan {
         // Warnings only when the reason is new: a repeated write of the same problem is not.
         let before = crate::api::condition::find(&o.status.conditions, crate::api::kerneljob::conditions::READY)
             .map(|c| c.reason.clone());
-        if matches!(reason.as_str(), "PoolNotFound" | "SubmitFailed" | "MissingTokenScope")
-            && before.as_deref() != Some(reason.as_str())
+        if matches!(
+            reason.as_str(),
+            "PoolNotFound"
+                | "SubmitFailed"
+                | "MissingTokenScope"
+                | "PoolNotAllowed"
+                | "OverrideNotAllowed"
+                | "EnvNotAllowed"
+        ) && before.as_deref() != Some(reason.as_str())
         {
             plan.event = Some(Note::warning(&reason, "Submit", message));
         }

@@ -186,6 +186,12 @@ fn pending_transitions() {
     let p = Case { target: Err(("PoolNotFound", "AgentPool ns/h100 does not exist".into())), ..Case::new() }.run();
     assert_eq!(reason(&p), "PoolNotFound");
     assert!(p.event.as_ref().is_some_and(|e| e.warning) && !p.submit);
+    // A tenancy refusal: waits for the admin or the author, with one Warning naming the rule.
+    for refused in ["PoolNotAllowed", "OverrideNotAllowed", "EnvNotAllowed"] {
+        let p = Case { target: Err((refused, format!("{refused}: the rule"))), ..Case::new() }.run();
+        assert_eq!(reason(&p), refused);
+        assert!(p.event.as_ref().is_some_and(|e| e.warning && e.reason == refused) && !p.submit, "{refused}: {p:?}");
+    }
     // Missing scope: named, checked again after a minute.
     let p = Case { scopes: Some("add write_builds"), ..Case::new() }.next(AttemptState::Absent).run();
     assert_eq!((reason(&p).as_str(), p.requeue), ("MissingTokenScope", Some(Duration::from_secs(60))));
@@ -361,6 +367,7 @@ fn follow_case<'a>(
         result,
         result_tries: tries,
         recorded: true,
+        unsigned: UnsignedResults::Refuse,
     });
     check(&plan);
     plan
@@ -394,7 +401,12 @@ fn following_a_build_to_its_end() {
     let passed = build(7, BuildState::Passed, "u1-1");
     let p = follow_case(&j, &running, &passed, None, 0, at(20));
     assert!(p.read_result && p.status.is_none());
-    let found = ResultRead::Found { summary: passed_summary(), source: "artifact", raw: Some(b"{}".to_vec()) };
+    let found = ResultRead::Found {
+        summary: passed_summary(),
+        source: "artifact",
+        raw: Some(b"{}".to_vec()),
+        trust: Trust::Verified,
+    };
     let p = follow_case(&j, &running, &passed, Some(&found), 0, at(20));
     assert_eq!((p.status.as_ref().unwrap().phase, submitted(&p).as_str()), (Phase::Succeeded, "True"));
     assert!(p.event.as_ref().is_some_and(|e| !e.warning && e.reason == "Completed"));
@@ -480,11 +492,12 @@ fn no_outcome_leaves_contradicting_conditions() {
     let reads = [
         None,
         Some(ResultRead::Missing),
-        Some(ResultRead::Found { summary: passed_summary(), source: "meta-data", raw: None }),
+        Some(ResultRead::Found { summary: passed_summary(), source: "meta-data", raw: None, trust: Trust::Verified }),
         Some(ResultRead::Found {
             summary: ResultSummary { success: false, ..passed_summary() },
             source: "artifact",
             raw: None,
+            trust: Trust::Verified,
         }),
         Some(ResultRead::Failed(ResultError::Unreadable { state: "expired".into() })),
     ];
@@ -546,6 +559,7 @@ fn a_build_that_finished_before_it_was_recorded_is_recorded_while_its_result_is_
             result: Some(&r),
             result_tries: 0,
             recorded,
+            unsigned: UnsignedResults::Refuse,
         });
         check(&p);
         p
@@ -558,3 +572,6 @@ fn a_build_that_finished_before_it_was_recorded_is_recorded_while_its_result_is_
 
 #[path = "decide_writes_tests.rs"]
 mod writes;
+
+#[path = "decide_trust_tests.rs"]
+mod trust;

@@ -18,6 +18,7 @@ fn unrecorded(state: BuildState, created_secs: i64, now: i64) -> Plan {
         result: None,
         result_tries: 0,
         recorded: false,
+        unsigned: UnsignedResults::Refuse,
     });
     check(&p);
     p

@@ -11,7 +11,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::controller::{JobCtx, execute, key_of, pipeline_of, target};
-use super::decide::{self, Following, ResultError, ResultRead, active_attempt, next_attempt_number};
+use super::decide::{self, Following, ResultError, ResultRead, Trust, active_attempt, next_attempt_number};
 use super::machine::{self, meta};
 use super::memory::JobMemory;
 use crate::api::kerneljob::{BuildRef, KernelJobStatus};
@@ -19,6 +19,7 @@ use crate::api::{FIELD_MANAGER, KernelJob};
 use crate::buildkite::{self, Build};
 use crate::contract;
 use crate::error::{Error, Result};
+use crate::signing::{self, Signed};
 
 /// Follows the build of the active attempt (recording the next attempt's build first if
 /// the board has one): reads what the decision needs (the build, its jobs, its result),
@@ -36,6 +37,11 @@ pub(super) async fn follow(
         let attempt = next_attempt_number(&status);
         let run_id = machine::run_id(&uid, attempt);
         let Some(entry) = ctx.board.get(&run_id) else { return Ok(Action::requeue(Duration::from_secs(1))) };
+        // Adopted only when what it was created with says it is this attempt's (its attempt
+        // branch or build env), never by meta-data alone.
+        let Some(entry) = confirm(ctx, &key, &run_id, entry, now).await else {
+            return Ok(Action::requeue(Duration::from_secs(5)));
+        };
         // The pipeline the build is in (the one it was created on), else where the job's builds go.
         let pipeline = match entry.build.pipeline_slug() {
             Some(p) => p.to_string(),
@@ -97,9 +103,10 @@ pub(super) async fn follow(
             result: result.as_ref(),
             result_tries: memory.result_tries,
             recorded,
+            unsigned: ctx.config.unsigned_results,
         });
         if plan.read_result && result.is_none() {
-            result = Some(read_result(job, ctx, &bref, &build).await);
+            result = Some(read_result(job, ctx, &bref, &build, &active.run_id, status.queue.as_deref()).await);
             continue;
         }
         if let Some(ResultRead::Failed(e)) = &result
@@ -109,6 +116,40 @@ pub(super) async fn follow(
             ctx.memory.with(&key, &uid, |m| m.result_tries = m.result_tries.saturating_add(1));
         }
         return execute(job, ctx, plan, &status).await;
+    }
+}
+
+/// The board's build for an attempt not yet recorded, once confirmed by immutable data: a
+/// build known by its meta-data only is read directly (the API returns its env); one whose
+/// env names another attempt, or none, is dropped from the board (it only claimed the run
+/// id) and `None` is returned.
+async fn confirm(
+    ctx: &JobCtx,
+    key: &str,
+    run_id: &str,
+    entry: super::board::Entry,
+    now: Timestamp,
+) -> Option<super::board::Entry> {
+    if entry.confirmed {
+        return Some(entry);
+    }
+    let pipeline = entry.build.pipeline_slug().map(str::to_string);
+    match ctx.bk.get_build(pipeline.as_deref(), entry.build.number, false).await {
+        Ok(b) => {
+            ctx.board.update(&b, now);
+        }
+        Err(e) => {
+            tracing::warn!(job = %key, error = %e, "reading a build to confirm its run id failed; retrying");
+            return None;
+        }
+    }
+    match ctx.board.get(run_id) {
+        Some(e) if e.confirmed => Some(e),
+        _ => {
+            tracing::warn!(job = %key, run = %run_id, build = entry.build.number, "a build claims this attempt by meta-data only; not adopted");
+            ctx.board.forget_build(run_id, &entry.build.id);
+            None
+        }
     }
 }
 
@@ -122,6 +163,8 @@ async fn board_build(
     bref: &BuildRef,
 ) -> Option<(Build, Timestamp)> {
     let now = Timestamp::now();
+    // The attempt recorded this build: no other (whatever its meta-data claims) is taken.
+    ctx.board.pin(run_id, &bref.id);
     if let Some(e) = ctx.board.get(run_id) {
         return Some((e.build, e.seen));
     }
@@ -155,17 +198,44 @@ async fn board_build(
     ctx.board.get(run_id).map(|e| (e.build, e.seen))
 }
 
+/// How many `result.json` artifacts of one build are read looking for the runner's (a job
+/// token may upload more files of that name).
+const MAX_RESULT_ARTIFACTS: usize = 4;
+
 /// Reads the result of a finished build: the summary in meta-data (free), else
-/// `result.json` (two requests). Never fails the reconcile: what went wrong is typed.
-async fn read_result(job: &KernelJob, ctx: &JobCtx, bref: &BuildRef, build: &Build) -> ResultRead {
+/// `result.json` (two requests). Never fails the reconcile: what went wrong is typed. Each
+/// result is checked against the runner's signatures (`benchkite.result.sig`) with the key
+/// of the attempt the status recorded (its queue and run id): a meta-data summary that does
+/// not verify (rewritten with the job token) falls back to the `result.json` artifacts.
+async fn read_result(
+    job: &KernelJob,
+    ctx: &JobCtx,
+    bref: &BuildRef,
+    build: &Build,
+    run_id: &str,
+    queue: Option<&str>,
+) -> ResultRead {
     let ranking = match job.spec.ranking_by {
         Some(crate::api::kerneljob::RankingBy::Mean) => contract::RankingBy::Mean,
         Some(crate::api::kerneljob::RankingBy::Geom) => contract::RankingBy::Geom,
         _ => contract::RankingBy::Last,
     };
+    let sig = build.meta_data.get(signing::SIG_META_DATA_KEY).map(String::as_str);
+    let check = |what, bytes: &[u8]| signing::check(ctx.config.result_key.as_ref(), queue, run_id, what, bytes, sig);
+    let mut from_meta = None;
     if let Some(value) = build.meta_data.get(contract::META_DATA_KEY) {
         match contract::parse_meta_data_summary(value) {
-            Ok(summary) => return ResultRead::Found { summary, source: "meta-data", raw: None },
+            Ok(summary) => {
+                let trust = check(Signed::MetaData, value.as_bytes());
+                // Verified; or no signature at all, which no artifact has either.
+                let done = matches!(trust, Trust::Verified | Trust::Unsigned);
+                let found = ResultRead::Found { summary, source: "meta-data", raw: None, trust };
+                if done {
+                    return found;
+                }
+                tracing::info!(job = %key_of(job), "the meta-data summary is not signed by the runner; reading result.json");
+                from_meta = Some(found);
+            }
             Err(e) => tracing::info!(job = %key_of(job), error = %e, "meta-data summary unusable; reading result.json"),
         }
     }
@@ -174,9 +244,34 @@ async fn read_result(job: &KernelJob, ctx: &JobCtx, bref: &BuildRef, build: &Bui
         Ok(a) => a.items,
         Err(e) => return ResultRead::Failed(ResultError::Fetch(format!("listing artifacts of build #{number}: {e}"))),
     };
-    let Some(artifact) = artifacts.iter().find(|a| a.path == "result.json" || a.filename == "result.json") else {
-        return ResultRead::Missing;
-    };
+    let mut reads = Vec::new();
+    let candidates = artifacts.iter().filter(|a| a.path == "result.json" || a.filename == "result.json");
+    for artifact in candidates.take(MAX_RESULT_ARTIFACTS) {
+        let read = read_artifact(ctx, artifact, &ranking, &check).await;
+        if matches!(read, ResultRead::Found { trust: Trust::Verified, .. }) {
+            return read;
+        }
+        reads.push(read);
+    }
+    pick_result(from_meta, reads)
+}
+
+/// Of a build's results none of which verified: a transient failure to read one (try again
+/// later), else the meta-data summary's verdict, else the first artifact's.
+fn pick_result(from_meta: Option<ResultRead>, reads: Vec<ResultRead>) -> ResultRead {
+    let transient = |r: &ResultRead| matches!(r, ResultRead::Failed(ResultError::Uploading | ResultError::Fetch(_)));
+    if let Some(i) = reads.iter().position(transient) {
+        return reads.into_iter().nth(i).unwrap_or(ResultRead::Missing);
+    }
+    from_meta.or_else(|| reads.into_iter().next()).unwrap_or(ResultRead::Missing)
+}
+
+async fn read_artifact(
+    ctx: &JobCtx,
+    artifact: &buildkite::Artifact,
+    ranking: &contract::RankingBy,
+    check: &impl Fn(Signed, &[u8]) -> Trust,
+) -> ResultRead {
     // Artifact states (docs "Artifacts" API): `new` is still uploading (ask again later);
     // `error`, `deleted` and `expired` (past the plan's retention) never become readable.
     match artifact.state.as_str() {
@@ -195,7 +290,13 @@ async fn read_result(job: &KernelJob, ctx: &JobCtx, bref: &BuildRef, build: &Bui
         usize::try_from(ctx.config.max_result_bytes).unwrap_or(usize::MAX),
     ) {
         Ok(full) => {
-            ResultRead::Found { summary: contract::summarize(&full, &ranking), source: "artifact", raw: Some(bytes) }
+            let trust = check(Signed::ResultJson, &bytes);
+            ResultRead::Found {
+                summary: contract::summarize(&full, ranking),
+                source: "artifact",
+                raw: Some(bytes),
+                trust,
+            }
         }
         Err(e) => ResultRead::Failed(ResultError::Malformed(e.to_string())),
     }
@@ -229,5 +330,44 @@ pub(super) async fn store_output(job: &KernelJob, ctx: &JobCtx, bytes: &[u8]) ->
             tracing::warn!(job = %key_of(job), error = %e, "storing result.json failed");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::summary::ResultSummary;
+
+    fn found(source: &'static str, trust: Trust) -> ResultRead {
+        let summary = ResultSummary {
+            v: 1,
+            success: true,
+            passed: Some(true),
+            error: String::new(),
+            system: None,
+            runs: Default::default(),
+            score: None,
+            ranking_by: None,
+            truncated: false,
+        };
+        ResultRead::Found { summary, source, raw: None, trust }
+    }
+
+    #[test]
+    fn of_results_none_of_which_verified_the_verdict_is_picked_in_order() {
+        let forged = || found("meta-data", Trust::NotTrusted("tampered".into()));
+        let unsigned_artifact = || found("artifact", Trust::Unsigned);
+        // Trouble reading an artifact that might be the runner's: try again later.
+        for e in [ResultError::Uploading, ResultError::Fetch("503".into())] {
+            let r = pick_result(Some(forged()), vec![unsigned_artifact(), ResultRead::Failed(e.clone())]);
+            assert_eq!(r, ResultRead::Failed(e));
+        }
+        // Else the meta-data summary's verdict (it names what was tampered with).
+        assert_eq!(pick_result(Some(forged()), vec![unsigned_artifact()]), forged());
+        // Else the first artifact's.
+        let malformed = ResultRead::Failed(ResultError::Malformed("x".into()));
+        assert_eq!(pick_result(None, vec![malformed.clone(), unsigned_artifact()]), malformed);
+        assert_eq!(pick_result(None, vec![]), ResultRead::Missing);
+        assert_eq!(pick_result(Some(forged()), vec![]), forged());
     }
 }

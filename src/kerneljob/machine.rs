@@ -319,6 +319,7 @@ pub fn result_status(summary: &ResultSummary, source: &str) -> ResultStatus {
             })
             .collect(),
         source: source.to_string(),
+        verified: None,
         truncated: summary.truncated,
     }
 }
@@ -344,7 +345,15 @@ pub fn summary_status(result: &ResultStatus, summary: &ResultSummary) -> Summary
 pub fn needs_user(phase: Phase, reason: &str) -> bool {
     match phase {
         Phase::Failed | Phase::TimedOut | Phase::Cancelled => true,
-        Phase::Pending => matches!(reason, "NoTarget" | "PoolNotFound" | "MissingTokenScope"),
+        Phase::Pending => matches!(
+            reason,
+            "NoTarget"
+                | "PoolNotFound"
+                | "MissingTokenScope"
+                | "PoolNotAllowed"
+                | "OverrideNotAllowed"
+                | "EnvNotAllowed"
+        ),
         Phase::Submitted | Phase::Running | Phase::Succeeded => false,
     }
 }

@@ -10,6 +10,9 @@ fn stalled_only_when_the_user_must_act() {
     assert!(needs_user(Phase::Pending, "PoolNotFound"));
     assert!(needs_user(Phase::Pending, "NoTarget"));
     assert!(needs_user(Phase::Pending, "MissingTokenScope"), "an admin must fix the token");
+    for refused in ["PoolNotAllowed", "OverrideNotAllowed", "EnvNotAllowed"] {
+        assert!(needs_user(Phase::Pending, refused), "{refused}: a tenancy refusal needs the admin or the author");
+    }
     assert!(!needs_user(Phase::Pending, "SubmitFailed"));
     assert!(!needs_user(Phase::Running, "PoolNotFound"));
 }
@@ -19,6 +22,7 @@ use crate::contract::summary::{RunSummary, TestFailure, TestsSummary};
 fn spec(mode: Mode) -> KernelJobSpec {
     KernelJobSpec {
         pool: Some("h100".into()),
+        pool_namespace: None,
         queue: None,
         mode,
         lang: Lang::Py,

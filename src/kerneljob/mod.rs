@@ -8,12 +8,14 @@ pub mod follow;
 pub mod machine;
 pub mod memory;
 pub mod outcome;
+pub mod policy;
 pub mod poll;
 pub mod queue;
 pub mod reaper;
 pub mod recovery;
 pub mod submission;
 pub mod submit;
+pub mod tenancy_watch;
 pub mod webhook;
 
 pub use controller::{JobConfig, JobCtx};
@@ -54,6 +56,19 @@ pub struct JobSetup {
     pub namespace: Option<String>,
 }
 
+/// Waits until the Namespace cache is loaded, saying so while it is not (the chart grants
+/// list/watch on namespaces; without it no job is decided).
+async fn wait_for_namespaces(namespaces: &Store<kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Namespace>>) {
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(30), namespaces.wait_until_ready()).await {
+            Ok(_) => return,
+            Err(_) => tracing::warn!(
+                "the Namespace cache is not loaded after 30 s: KernelJobs wait (may the controller's ServiceAccount list and watch namespaces?)"
+            ),
+        }
+    }
+}
+
 /// Builds the KernelJob controller: its context (for the webhook route) and the future
 /// that runs the controller and its background tasks until `shutdown`.
 pub fn controller(
@@ -82,6 +97,7 @@ pub fn controller(
             }
         })
         .applied_objects();
+    let (namespaces, namespace_watch) = tenancy_watch::namespace_cache(client.clone(), setup.namespace.as_deref());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let recorder = Recorder::new(
         client.clone(),
@@ -94,6 +110,7 @@ pub fn controller(
         jobs: jobs.clone(),
         pools,
         gpunodes,
+        namespaces: namespaces.clone(),
         board: board::Board::default(),
         queue: queue::SubmitQueue::default(),
         recorder,
@@ -109,6 +126,20 @@ pub fn controller(
     let fut = async move {
         let ctx = run_ctx;
         let mut tasks = tokio::task::JoinSet::new();
+        // Who may use which pool and override depends on Namespace labels: loaded before the
+        // first job is decided (a job decided without them would be refused for a moment).
+        let t = &ctx.config.tenancy;
+        tracing::info!(
+            raw_queue = t.raw_queue.as_str(),
+            pipeline_override = t.pipeline.as_str(),
+            branch_override = t.branch.as_str(),
+            secret_sources = t.secret_sources.as_str(),
+            env_allow = %t.env_allow.join(","),
+            "KernelJob tenancy: what jobs may ask for"
+        );
+        tasks.spawn(namespace_watch(ctx.clone()));
+        wait_for_namespaces(&namespaces).await;
+        tasks.spawn(tenancy_watch::pool_triggers(ctx.clone()));
         for _ in 0..ctx.config.submit_workers.max(1) {
             tasks.spawn(submit::submit_worker(ctx.clone()));
         }

@@ -3,6 +3,19 @@
 
 use super::decide::bounded;
 use crate::contract::summary::ResultSummary;
+pub use crate::signing::Trust;
+
+/// What the controller does with a result that carries no signature
+/// (`--unsigned-results`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum UnsignedResults {
+    /// The attempt fails (`UnsignedResult`): only results signed by the attempt's runner count.
+    #[default]
+    Refuse,
+    /// Taken, marked unverified (migration: raw queues whose agents run benchkite's runner
+    /// without a result key yet).
+    Accept,
+}
 
 /// Why a finished build's result could not be read.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,12 +43,16 @@ impl std::fmt::Display for ResultError {
 }
 
 /// What reading a finished build's result gave.
+// One per result read, short-lived: boxing the summary would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum ResultRead {
     Found {
         summary: ResultSummary,
         source: &'static str,
         raw: Option<Vec<u8>>,
+        /// Whether the attempt's runner signed it (checked against the attempt key).
+        trust: Trust,
     },
     /// The build left no result at all.
     Missing,

@@ -340,4 +340,23 @@ mod tests {
         assert_eq!((rounds, fake.queries.lock().unwrap().len()), (1, 1));
         assert_eq!(found, HashSet::from(["uid1-1".to_string()]));
     }
+
+    #[test]
+    fn a_build_that_claims_a_run_id_by_meta_data_is_not_found_for_it() {
+        let w = wanted(1);
+        let wanted: Vec<&Wanted> = w.iter().collect();
+        let mut claim = Build { number: 9, branch: Some("main".into()), ..Default::default() };
+        claim.meta_data.insert(meta::RUN_ID.into(), "uid0-1".into());
+        claim.meta_data.insert(meta::INSTANCE.into(), "bk".into());
+        // Its build env (fixed at create) names the attempt it really is.
+        claim.env.insert("KERNELBOT_RUN_ID".into(), "attacker-1".into());
+        let mut round = Round::default();
+        record(&mut round, vec![claim.clone()], &wanted, "bk");
+        assert!(round.found.is_empty() && round.settled.is_empty(), "a claim settles nothing");
+        // The real own-branch build of that attempt is found.
+        claim.env.insert("KERNELBOT_RUN_ID".into(), "uid0-1".into());
+        record(&mut round, vec![claim], &wanted, "bk");
+        assert_eq!(round.found.len(), 1);
+        assert!(round.settled.contains("uid0-1"));
+    }
 }

@@ -153,6 +153,11 @@ pub fn submission(
     })?;
     let run_id = machine::run_id(ctx.uid, ctx.attempt);
     let mut env = spec.env.clone();
+    if !spec.env.is_empty() {
+        // The runner's sandbox hands exactly these on to the harness.
+        let names: Vec<&str> = spec.env.keys().map(String::as_str).collect();
+        env.insert(crate::runner::JOB_ENV_NAMES_ENV.into(), names.join(","));
+    }
     // One env string when it fits (kernelbot's KERNELBOT_PAYLOAD); split into parts under
     // Linux's 128 KiB per-string limit otherwise (the agent execs the job with its env).
     env.extend(contract::payload_env(&payload));
@@ -229,6 +234,7 @@ mod tests {
         assert_eq!(sub.env["KERNELBOT_RUN_ID"], "0b1c-2");
         assert_eq!(sub.env["KERNELBOT_QUEUE"], "nvidia-h100");
         assert_eq!(sub.env["TASK"], "vectoradd");
+        assert_eq!(sub.env[crate::runner::JOB_ENV_NAMES_ENV], "TASK", "the runner passes the job's own env on");
         assert_eq!(sub.meta_data[meta::RUN_ID], "0b1c-2");
         assert_eq!(sub.meta_data[meta::JOB], "ci/job-1");
         assert_eq!(sub.meta_data[meta::ATTEMPT], "2");

@@ -21,8 +21,12 @@ use crate::buildkite::{Build, NewBuild, Priority};
 use crate::contract;
 
 /// Reads a job's sources: inline, plus every key of the named ConfigMaps and Secrets.
+/// No Secret is read unless the admin allows secret sources in the job's namespace (the
+/// reconcile refuses such a job before it is queued; this gate holds even if it did not).
 async fn resolve_sources(job: &KernelJob, ctx: &JobCtx) -> std::result::Result<BTreeMap<String, String>, String> {
     let ns = job.namespace().unwrap_or_default();
+    super::policy::check_secret_sources(&job.spec, &ns, ctx.namespace_labels(&ns).as_ref(), &ctx.config.tenancy)
+        .map_err(|r| r.message)?;
     let mut sources = job.spec.sources.clone();
     for from in &job.spec.sources_from {
         let wanted = |k: &str| from.keys.is_empty() || from.keys.iter().any(|w| w == k);

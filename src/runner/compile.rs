@@ -133,8 +133,15 @@ pub(crate) fn not_found_result(command: &str, why: &str) -> CompileResult {
     }
 }
 
-/// Runs nvcc in `workdir` with `args` under `timeout`.
-pub(crate) fn compile(nvcc: &Path, args: &[String], workdir: &Path, timeout: Duration) -> CompileResult {
+/// Runs nvcc in `workdir` with `args` under `timeout`; `confine` sets its environment and
+/// sandbox.
+pub(crate) fn compile(
+    nvcc: &Path,
+    args: &[String],
+    workdir: &Path,
+    timeout: Duration,
+    confine: &dyn Fn(&mut Spec),
+) -> CompileResult {
     let nvcc_str = nvcc.to_string_lossy().into_owned();
     let mut argv = vec![nvcc_str];
     argv.extend(args.iter().cloned());
@@ -143,6 +150,7 @@ pub(crate) fn compile(nvcc: &Path, args: &[String], workdir: &Path, timeout: Dur
     let mut spec = Spec::new(nvcc).args(args.iter());
     spec.cwd = Some(workdir.to_owned());
     spec.timeout = Some(timeout);
+    confine(&mut spec);
     match process::run(&spec) {
         Err(e) if e.is_not_found() => not_found_result(&command, &format!("starting nvcc failed: {e}")),
         Err(e) => CompileResult {

@@ -2,11 +2,13 @@
 //! submission stage by stage through the harness protocol and collect the runs.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::process::{self, Ending, Spec};
+use super::sandbox::{self, Decision, Sandbox};
 use super::sysinfo::Probe;
+use super::workdir::WorkDir;
 use super::{
     OUTPUT_BINARY, PRERUN_FILE, PROBE_WAIT, RunArgs, TORCH_EXTENSION_MARKER, Timing, cases, compile, hidden_env, infra,
     log, profile, read_payload, runner_limits,
@@ -27,10 +29,40 @@ pub(super) fn evaluate(args: &RunArgs, probe: &mut Probe, timing: &mut Timing) -
         Err(e) => return (infra(e.to_string()), RankingBy::default()),
     };
     let ranking_by = config.ranking_by.clone();
-    let dir = match WorkDir::create(args.workdir.as_deref(), args.keep_workdir) {
+    // The interpreter is found now, before any submitted code ran (the work directory is
+    // writable by the sandbox; PATH lookups later could find what it planted).
+    let python = sandbox::resolve(&args.python).map_or_else(|| args.python.clone().into(), PathBuf::into_os_string);
+    let must_run: Vec<PathBuf> = match config.lang {
+        Lang::Py => vec![PathBuf::from(&python)],
+        Lang::Cu => compile::find_nvcc(args.nvcc.as_deref()).into_iter().collect(),
+    };
+    let (mut sandbox, base) = match sandbox::decide(&args.sandbox_settings(), &must_run, args.workdir.as_deref()) {
+        Ok(Decision::Sandboxed { sandbox, base }) => (Some(sandbox), Some(base)),
+        Ok(Decision::Unconfined(warning)) => {
+            if let Some(w) = warning {
+                log(&w);
+            }
+            (None, None)
+        }
+        Err(e) => return (infra(e), ranking_by),
+    };
+    let dir = match WorkDir::create(args.workdir.as_deref(), args.keep_workdir, base.as_deref()) {
         Ok(d) => d,
         Err(e) => return (infra(e), ranking_by),
     };
+    if let Some(sb) = sandbox.as_mut() {
+        if let Err(e) = sb.adopt(&dir.root, &dir.work) {
+            return (infra(e), ranking_by);
+        }
+        log(&format!(
+            "sandbox: evaluated programs run as uid {} gid {} (nproc {}, nofile {}, scratch {} MiB)",
+            sb.creds.uid,
+            sb.creds.gid,
+            sb.creds.nproc,
+            sb.creds.nofile,
+            sb.disk_limit / (1024 * 1024)
+        ));
+    }
     let mut ev = Evaluator {
         args,
         config: &config,
@@ -38,11 +70,18 @@ pub(super) fn evaluate(args: &RunArgs, probe: &mut Probe, timing: &mut Timing) -
         probe,
         timing,
         hidden: hidden_env(),
+        python,
+        sandbox: sandbox.as_ref(),
         runs: BTreeMap::new(),
         error: None,
     };
     ev.run();
     let Evaluator { runs, error, .. } = ev;
+    if let Some(sb) = &sandbox {
+        for note in sb.finish() {
+            log(&note);
+        }
+    }
     let result = match error {
         None => FullResult { success: true, error: String::new(), system: SystemInfo::default(), runs },
         Some(e) => FullResult { success: false, error: e, system: SystemInfo::default(), runs },
@@ -51,72 +90,18 @@ pub(super) fn evaluate(args: &RunArgs, probe: &mut Probe, timing: &mut Timing) -
     (result, ranking_by)
 }
 
-/// The evaluation's directory: `work/` holds the sources (the harness's cwd), the cases
-/// files sit beside it.
-struct WorkDir {
-    root: PathBuf,
-    work: PathBuf,
-    remove: bool,
-}
-
-impl WorkDir {
-    fn create(explicit: Option<&Path>, keep: bool) -> Result<WorkDir, String> {
-        use std::os::unix::fs::DirBuilderExt as _;
-        let mut builder = std::fs::DirBuilder::new();
-        builder.mode(0o700);
-        let (root, remove) = match explicit {
-            Some(dir) => {
-                builder.recursive(true);
-                builder
-                    .create(dir)
-                    .map_err(|e| format!("creating the working directory {} failed: {e}", dir.display()))?;
-                let empty = std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(false);
-                if !empty {
-                    return Err(format!("working directory {} is not empty", dir.display()));
-                }
-                (dir.to_owned(), false)
-            }
-            None => {
-                let base = std::env::temp_dir();
-                let nanos = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.subsec_nanos())
-                    .unwrap_or(0);
-                let mut attempt = 0u32;
-                loop {
-                    let p = base.join(format!("benchkite-run-{}-{nanos:x}-{attempt}", std::process::id()));
-                    match builder.create(&p) {
-                        Ok(()) => break (p, !keep),
-                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => attempt += 1,
-                        Err(e) => {
-                            return Err(format!("creating a working directory in {} failed: {e}", base.display()));
-                        }
-                    }
-                }
-            }
-        };
-        let work = root.join("work");
-        std::fs::create_dir(&work).map_err(|e| format!("creating {} failed: {e}", work.display()))?;
-        Ok(WorkDir { root, work, remove })
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        if self.remove {
-            let _ = std::fs::remove_dir_all(&self.root);
-        }
-    }
-}
-
 struct Evaluator<'a> {
     args: &'a RunArgs,
     config: &'a EvalConfig,
     dir: &'a WorkDir,
     probe: &'a mut Probe,
     timing: &'a mut Timing,
-    /// Env vars removed from every program the evaluation runs.
+    /// Env vars removed from every program the evaluation runs (unsandboxed; the sandbox
+    /// starts from an empty environment).
     hidden: Vec<String>,
+    /// `--python` resolved to an absolute path when the evaluation started.
+    python: std::ffi::OsString,
+    sandbox: Option<&'a Sandbox>,
     runs: BTreeMap<String, EvalResult>,
     /// Set when the infrastructure failed; stops the evaluation.
     error: Option<String>,
@@ -143,6 +128,12 @@ fn now_naive() -> String {
 impl<'a> Evaluator<'a> {
     fn run(&mut self) {
         if let Err(e) = self.write_files() {
+            self.error = Some(e);
+            return;
+        }
+        if let Some(sb) = self.sandbox
+            && let Err(e) = sb.give(&self.dir.work)
+        {
             self.error = Some(e);
             return;
         }
@@ -232,6 +223,33 @@ impl<'a> Evaluator<'a> {
         }
     }
 
+    /// A spec for `argv` (as recorded), with the interpreter as resolved at the start,
+    /// confined to the sandbox when there is one.
+    fn spec(&self, argv: &[String], env: Vec<(String, String)>) -> Spec {
+        let program = match argv.first() {
+            Some(p) if *p == self.args.python => self.python.clone(),
+            Some(p) => p.into(),
+            None => std::ffi::OsString::new(),
+        };
+        let mut spec = Spec::new(program).args(argv.iter().skip(1));
+        self.confine(&mut spec, env);
+        spec
+    }
+
+    /// Sets `spec`'s environment (`env` added to what a program gets) and its confinement.
+    fn confine(&self, spec: &mut Spec, env: Vec<(String, String)>) {
+        match self.sandbox {
+            Some(sb) => {
+                spec.env = sb.env(&env);
+                spec.sandbox = Some(sb.confine());
+            }
+            None => {
+                spec.env_remove = self.hidden.clone();
+                spec.env = env;
+            }
+        }
+    }
+
     /// Timed stages never share the machine with the GPU probe.
     fn before_timed_stage(&mut self) {
         self.probe.get(PROBE_WAIT);
@@ -291,7 +309,10 @@ impl<'a> Evaluator<'a> {
                 return None;
             }
         };
-        let result = compile::compile(&nvcc, &args, &self.dir.work, Duration::from_secs(self.args.compile_timeout));
+        let result =
+            compile::compile(&nvcc, &args, &self.dir.work, Duration::from_secs(self.args.compile_timeout), &|s| {
+                self.confine(s, Vec::new())
+            });
         // Like the seeds: the sources are gone before any submitted code runs.
         let headers = self.config.headers.iter().flat_map(|h| h.keys());
         for name in self.config.sources.keys().chain(headers) {
@@ -331,12 +352,10 @@ impl<'a> Evaluator<'a> {
             return Ok(None);
         }
         let argv = [self.args.python.clone(), PRERUN_FILE.to_owned()];
-        let mut spec = Spec::new(&argv[0]).args(argv[1..].iter());
+        let mut spec = self.spec(&argv, vec![("POPCORN_SEED".into(), "1".into())]);
         spec.cwd = Some(self.dir.work.clone());
         spec.result_pipe = true;
         spec.timeout = Some(Duration::from_secs(self.args.compile_timeout));
-        spec.env_remove = self.hidden.clone();
-        spec.env.push(("POPCORN_SEED".into(), "1".into()));
         let out = match process::run(&spec) {
             Ok(o) => o,
             Err(process::SpawnError::Canceled(sig)) => {
@@ -362,6 +381,10 @@ impl<'a> Evaluator<'a> {
             out.duration.as_secs_f64(),
             if out.ending == Ending::TimedOut { " (timed out)" } else { "" }
         ));
+        if let Some(v) = &out.violation {
+            // The run that follows is measured again and fails if it is still over.
+            log(&format!("{stage}: compile step: sandbox: {v}"));
+        }
         let stdout = out.stdout.to_output();
         if !stdout.contains(TORCH_EXTENSION_MARKER) {
             return Ok(None);
@@ -405,28 +428,34 @@ impl<'a> Evaluator<'a> {
                 self.error = Some(format!("creating {} failed: {e}", profile_dir.display()));
                 return false;
             }
+            if let Some(sb) = self.sandbox
+                && let Err(e) = sb.give(&profile_dir)
+            {
+                self.error = Some(e);
+                return false;
+            }
             argv.extend(p.profiler.args(&p.path, &profile_dir));
         }
         argv.extend(program.iter().cloned());
         argv.push(stage.harness_mode.to_owned());
         argv.push(cases_path.to_string_lossy().into_owned());
 
-        let mut spec = Spec::new(&argv[0]).args(argv[1..].iter());
+        let mut env = Vec::new();
+        if let Some(seed) = self.config.seed {
+            env.push(("POPCORN_SEED".into(), seed.to_string()));
+        }
+        if self.config.multi_gpu {
+            let n = self.probe.get(PROBE_WAIT).device_count.max(1);
+            env.push(("POPCORN_GPUS".into(), n.to_string()));
+        }
+        if let Some(p) = profiler {
+            env.extend(p.profiler.env().iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        }
+        let mut spec = self.spec(&argv, env);
         spec.cwd = Some(self.dir.work.clone());
         spec.result_pipe = true;
         // `subprocess.run(timeout=...)`: fractions count; zero or less times out at once.
         spec.timeout = Some(Duration::try_from_secs_f64(stage.timeout_secs.max(0.0)).unwrap_or(Duration::MAX));
-        spec.env_remove = self.hidden.clone();
-        if let Some(seed) = self.config.seed {
-            spec.env.push(("POPCORN_SEED".into(), seed.to_string()));
-        }
-        if self.config.multi_gpu {
-            let n = self.probe.get(PROBE_WAIT).device_count.max(1);
-            spec.env.push(("POPCORN_GPUS".into(), n.to_string()));
-        }
-        if let Some(p) = profiler {
-            spec.env.extend(p.profiler.env().iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-        }
         let command = process::shell_join(&argv);
         let out = match process::run(&spec) {
             Ok(o) => o,
@@ -464,13 +493,32 @@ impl<'a> Evaluator<'a> {
             }
             other => (other.python_returncode(), cases::parse_result_lines(&String::from_utf8_lossy(&out.result))),
         };
-        let passed = out.ending != Ending::TimedOut && contract::passed(&result);
-        let success = contract::run_success(exit);
+        let mut passed = out.ending != Ending::TimedOut && contract::passed(&result);
+        let mut success = contract::run_success(exit);
+        // The sandbox's verdict overrides the harness's: a run over its limits failed.
+        let mut refused = out.violation.clone();
+        if refused.is_none()
+            && profiler.is_some()
+            && self.sandbox.is_some()
+            && let Err(e) = sandbox::confine::refuse_symlinks(&profile_dir)
+        {
+            refused = Some(e);
+        }
+        if let Some(v) = &refused {
+            log(&format!("{}: sandbox: {v}", stage.name));
+            stderr.push_str(&format!("\n[benchkite] sandbox: {v}\n"));
+            stderr = contract::truncate_output(&stderr).into_owned();
+            passed = false;
+            success = false;
+        }
         let mut profile = None;
-        if let Some(p) = profiler {
+        if let Some(p) = profiler.filter(|_| refused.is_none()) {
             // kernelbot reads the ncu report whatever the run's outcome, and keeps a trace
             // only from a run that succeeded.
-            for note in p.profiler.after_run(&p.path, &profile_dir, &self.dir.work, &mut result) {
+            for note in p
+                .profiler
+                .after_run(&p.path, &profile_dir, &self.dir.work, &mut result, &|s| self.confine(s, Vec::new()))
+            {
                 log(&note);
             }
             if success {

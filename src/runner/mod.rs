@@ -16,7 +16,9 @@ mod evaluate;
 mod process;
 mod profile;
 mod report;
+mod sandbox;
 mod sysinfo;
+mod workdir;
 
 use std::io::Read as _;
 use std::path::PathBuf;
@@ -25,6 +27,7 @@ use std::time::{Duration, Instant};
 pub use compile::{CUDA_FLAGS, OUTPUT_BINARY};
 pub use profile::Profiler;
 pub use report::{ReportMode, SIM_META_DATA_FILE_ENV, UploadMode};
+pub use sandbox::SandboxMode;
 
 use crate::contract::{self, FullResult, PAYLOAD_ENV, PayloadError, PayloadLimits, RankingBy, SystemInfo};
 use evaluate::evaluate;
@@ -38,7 +41,11 @@ pub const EXIT_INFRA: i32 = 1;
 /// Env vars the evaluated programs do not get, beside every payload variable (see
 /// [`hidden_env`]): the agent's job token (with it, a submission could set its own meta-data
 /// or artifacts) and the runner's own settings.
-const HIDDEN_FROM_HARNESS: &[&str] = &[report::AGENT_TOKEN_ENV, report::SIM_META_DATA_FILE_ENV, "BENCHKITE_TIMING"];
+/// `BUILDKITE_AGENT_TOKEN` is the agent's registration token: the agent hands its own
+/// environment to every job (`agent/job_runner.go`: `append(os.Environ(), env...)`).
+/// (A sandboxed program gets an explicit environment instead, see `sandbox::PASSED_ENV`.)
+const HIDDEN_FROM_HARNESS: &[&str] =
+    &[report::AGENT_TOKEN_ENV, "BUILDKITE_AGENT_TOKEN", report::SIM_META_DATA_FILE_ENV, "BENCHKITE_TIMING"];
 
 /// Everything the evaluated programs must not see: [`HIDDEN_FROM_HARNESS`] and every payload
 /// variable present in this process's environment (`KERNELBOT_PAYLOAD`, the split
@@ -114,6 +121,83 @@ pub struct RunArgs {
     /// runner is a child subreaper and kills them after each run).
     #[arg(long)]
     pub no_sweep: bool,
+    /// Run the evaluated programs (compile step, nvcc, harness, profiler) as the sandbox
+    /// user: `auto` when the runner can (root with CAP_SETUID, CAP_SETGID, CAP_CHOWN,
+    /// CAP_DAC_OVERRIDE, CAP_KILL; the interpreter reachable by that user), `required` (else
+    /// an infrastructure failure; agent pods set this), `off`.
+    #[arg(long, value_enum, env = "BENCHKITE_SANDBOX", default_value_t = SandboxMode::Auto)]
+    pub sandbox: SandboxMode,
+    /// The sandbox user's uid. Must be exclusive to this runner: after every run, every
+    /// process of this uid in the PID namespace is killed.
+    #[arg(long, env = "BENCHKITE_SANDBOX_UID", default_value_t = sandbox::DEFAULT_UID, value_name = "UID")]
+    pub sandbox_uid: u32,
+    /// The sandbox user's gid (its only group).
+    #[arg(long, env = "BENCHKITE_SANDBOX_GID", default_value_t = sandbox::DEFAULT_GID, value_name = "GID")]
+    pub sandbox_gid: u32,
+    /// How many consecutive uids/gids from --sandbox-uid/--sandbox-gid concurrent runners on
+    /// one host share (each run locks one); 1 in an agent pod.
+    #[arg(long, env = "BENCHKITE_SANDBOX_UIDS", default_value_t = 1, value_name = "N")]
+    pub sandbox_uids: u32,
+    /// Where the sandbox's run directories go (`<DIR>/benchkite-sandbox/`). Default: $TMPDIR.
+    #[arg(long, env = "BENCHKITE_SANDBOX_DIR", value_name = "DIR")]
+    pub sandbox_dir: Option<PathBuf>,
+    /// RLIMIT_NPROC of the sandbox user: its processes and threads.
+    #[arg(long, env = "BENCHKITE_SANDBOX_NPROC", default_value_t = 4096, value_name = "N")]
+    pub sandbox_nproc: u64,
+    /// RLIMIT_NOFILE of the sandboxed programs.
+    #[arg(long, env = "BENCHKITE_SANDBOX_NOFILE", default_value_t = 65536, value_name = "N")]
+    pub sandbox_nofile: u64,
+    /// RLIMIT_FSIZE of the sandboxed programs, MiB: the largest file they may write.
+    #[arg(long, env = "BENCHKITE_SANDBOX_FILE_SIZE_MIB", default_value_t = 8192, value_name = "MIB")]
+    pub sandbox_file_size_mib: u64,
+    /// Scratch disk limit, MiB (work directory, HOME, TMPDIR of the sandbox): a run that goes
+    /// over is killed and fails. Keep the pod's emptyDir sizeLimit above it.
+    #[arg(long, env = "BENCHKITE_SANDBOX_DISK_MIB", default_value_t = 16384, value_name = "MIB")]
+    pub sandbox_disk_mib: u64,
+    /// More env var names handed to the sandboxed programs (comma-separated), beside the
+    /// built-in list (PATH, locale, CUDA/ROCm device and toolkit settings).
+    #[arg(long, env = "BENCHKITE_SANDBOX_ENV", value_delimiter = ',', value_name = "NAMES")]
+    pub sandbox_env: Vec<String>,
+}
+
+impl RunArgs {
+    fn sandbox_settings(&self) -> sandbox::Settings {
+        sandbox::Settings {
+            mode: self.sandbox,
+            uid: self.sandbox_uid,
+            gid: self.sandbox_gid,
+            uids: self.sandbox_uids,
+            dir: self.sandbox_dir.clone().unwrap_or_else(std::env::temp_dir),
+            nproc: self.sandbox_nproc,
+            nofile: self.sandbox_nofile,
+            file_size: self.sandbox_file_size_mib.saturating_mul(1024 * 1024),
+            disk: self.sandbox_disk_mib.saturating_mul(1024 * 1024),
+            extra_env: self
+                .sandbox_env
+                .iter()
+                .filter(|n| !n.is_empty())
+                .cloned()
+                .chain(job_env_names(&std::env::var(JOB_ENV_NAMES_ENV).unwrap_or_default()))
+                .collect(),
+        }
+    }
+}
+
+/// Build env var naming the variables the KernelJob set itself (`spec.env`, admitted by the
+/// controller's env policy), comma-separated: they reach the sandboxed harness as they would
+/// under kernelbot's runner (the sandbox's own deny list still applies).
+pub const JOB_ENV_NAMES_ENV: &str = "BENCHKITE_JOB_ENV";
+
+/// The exact names in a [`JOB_ENV_NAMES_ENV`] value (never a `PREFIX*` pattern: a job names
+/// variables, it does not open families of them), less any a KernelJob may never set (the
+/// CRD refuses them; a build made some other way may still carry them).
+fn job_env_names(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|n| crate::api::jobenv::valid_name(n) && crate::api::jobenv::denied(n).is_none())
+        .map(str::to_owned)
+        .collect()
 }
 
 impl Default for RunArgs {
@@ -131,6 +215,16 @@ impl Default for RunArgs {
             upload: UploadMode::Auto,
             no_gpu_probe: false,
             no_sweep: false,
+            sandbox: SandboxMode::Auto,
+            sandbox_uid: sandbox::DEFAULT_UID,
+            sandbox_gid: sandbox::DEFAULT_GID,
+            sandbox_uids: 1,
+            sandbox_dir: None,
+            sandbox_nproc: 4096,
+            sandbox_nofile: 65536,
+            sandbox_file_size_mib: 8192,
+            sandbox_disk_mib: 16384,
+            sandbox_env: Vec::new(),
         }
     }
 }
@@ -141,6 +235,14 @@ impl Default for RunArgs {
 /// subreaper: call it from `main` only.
 pub fn main(args: RunArgs) -> i32 {
     let t0 = Instant::now();
+    // Before anything else: no other user may read our /proc entries or ptrace us, and the
+    // tools run after the submission are found now, while PATH holds only what we trust.
+    if let Err(e) = sandbox::harden_self() {
+        log(&format!("warning: {e}"));
+    }
+    report::resolve_agent();
+    // The result key, before any submitted code runs (kept in memory only).
+    log(&report::load_signer());
     if let Err(e) = process::install_stop_handlers() {
         log(&format!("warning: cannot handle SIGTERM ({e}); a canceled build may leave no result.json"));
     }
@@ -181,7 +283,8 @@ fn finish(args: &RunArgs, result: &FullResult, ranking_by: &RankingBy, timing: &
     }
     let value = summary.to_meta_data_value();
     let upload = if written.is_ok() { args.upload } else { UploadMode::Never };
-    let reported = report::report(&args.output, &value, args.report, upload);
+    let sig = report::sign_result(&value, written.as_deref().ok());
+    let reported = report::report(&args.output, &value, sig.as_deref(), args.report, upload);
     for n in &reported.notes {
         log(n);
     }
@@ -269,4 +372,17 @@ fn read_payload(args: &RunArgs) -> Result<String, String> {
 /// only by the decoder's cap on the decompressed JSON.
 fn runner_limits() -> PayloadLimits {
     PayloadLimits { max_source_bytes: usize::MAX, allow_empty_files: true, ..PayloadLimits::default() }
+}
+
+#[cfg(test)]
+mod job_env_tests {
+    use super::job_env_names;
+
+    #[test]
+    fn only_exact_identifiers_are_taken() {
+        assert_eq!(job_env_names("TASK, MY_FLAG,,"), ["TASK", "MY_FLAG"]);
+        assert!(job_env_names("").is_empty());
+        assert!(job_env_names("LD_*,A=B,PATH X").is_empty(), "patterns and junk are not names");
+        assert!(job_env_names("PATH,LD_PRELOAD,BASH_ENV,CUDA_VISIBLE_DEVICES").is_empty(), "denied names");
+    }
 }

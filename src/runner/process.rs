@@ -30,8 +30,9 @@ const KILL_GRACE: Duration = Duration::from_secs(10);
 
 mod stop;
 
+use super::sandbox::{Confine, confine};
 use stop::{CANCEL_FD, LIVE_CHILDREN, SWEEP, sweep_escaped};
-pub(crate) use stop::{enable_sweep, install_stop_handlers, stop_signal};
+pub(crate) use stop::{enable_sweep, install_stop_handlers, reap_strays, stop_signal};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -49,6 +50,9 @@ pub(crate) struct Spec {
     pub stdin: Option<Vec<u8>>,
     /// Stop (kill the group) when the runner receives SIGTERM/SIGINT/SIGHUP.
     pub cancellable: bool,
+    /// Run as the sandbox user (then `env` is the whole environment, `env_remove` is moot),
+    /// with the disk watchdog, and kill every process of that user afterwards.
+    pub sandbox: Option<Confine>,
 }
 
 impl Spec {
@@ -63,6 +67,7 @@ impl Spec {
             timeout: None,
             stdin: None,
             cancellable: true,
+            sandbox: None,
         }
     }
 
@@ -177,6 +182,8 @@ pub(crate) struct Output {
     pub spawned_at: Instant,
     /// When its exit (or the kill) was seen.
     pub ended_at: Instant,
+    /// Why the sandbox stopped or failed the run (its scratch went over the disk limit).
+    pub violation: Option<String>,
 }
 
 /// Why a run could not happen at all.
@@ -244,6 +251,10 @@ pub(crate) fn run(spec: &Spec) -> Result<Output, SpawnError> {
     if let Some(dir) = &spec.cwd {
         cmd.current_dir(dir);
     }
+    if let Some(c) = &spec.sandbox {
+        cmd.env_clear();
+        c.apply(&mut cmd);
+    }
     for k in &spec.env_remove {
         cmd.env_remove(k);
     }
@@ -293,8 +304,31 @@ pub(crate) fn run(spec: &Spec) -> Result<Output, SpawnError> {
     let pid = child.id();
     let pgid = i32::try_from(pid).unwrap_or(0);
 
+    let watchdog = spec.sandbox.as_ref().map(|c| {
+        let (uid, gid) = (c.creds.uid, c.creds.gid);
+        c.watch(move |_| {
+            kill_group(pgid, libc::SIGKILL);
+            confine::kill_uid(uid, gid);
+        })
+    });
+
     let result = wait_and_collect(&mut child, pgid, spec, result_pipe, start, &program);
 
+    let mut violation = None;
+    if let Some(c) = &spec.sandbox {
+        let fired = watchdog.is_some_and(|w| w.finish());
+        // Nothing of the sandbox user outlives the run (a daemon that left the group and
+        // the subreaper's reach, a process of another run's leftovers).
+        confine::kill_uid(c.creds.uid, c.creds.gid);
+        let used = c.usage();
+        if fired || used > c.disk_limit {
+            violation = Some(format!(
+                "the sandbox's scratch disk use went over its limit of {} bytes (now {used} bytes){}",
+                c.disk_limit,
+                if fired { "; the program was killed" } else { "" }
+            ));
+        }
+    }
     {
         let mut live = LIVE_CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
         live.retain(|p| *p != pgid);
@@ -310,6 +344,7 @@ pub(crate) fn run(spec: &Spec) -> Result<Output, SpawnError> {
         duration,
         spawned_at,
         ended_at: start + duration,
+        violation,
     })
 }
 

@@ -148,10 +148,11 @@ impl Profiler {
         out_dir: &Path,
         workdir: &Path,
         result: &mut BTreeMap<String, String>,
+        confine: &dyn Fn(&mut Spec),
     ) -> Vec<String> {
         let mut notes = Vec::new();
         match self {
-            Profiler::Ncu => match ncu_summary(path, out_dir) {
+            Profiler::Ncu => match ncu_summary(path, out_dir, confine) {
                 Ok(report) => {
                     result.insert(
                         NCU_REPORT_KEY.to_owned(),
@@ -194,7 +195,10 @@ pub(crate) fn select(requested: Option<Profiler>, runtime: &str) -> Result<Selec
 }
 
 /// `ncu --import <out_dir>/profile.ncu-rep --print-details body`, filtered like kernelbot.
-fn ncu_summary(ncu: &Path, out_dir: &Path) -> Result<String, String> {
+///
+/// `confine` sets its environment and sandbox: the report was written by the sandboxed run,
+/// and ncu parses it as whoever runs it.
+fn ncu_summary(ncu: &Path, out_dir: &Path, confine: &dyn Fn(&mut Spec)) -> Result<String, String> {
     let mut spec = Spec::new(ncu).args([
         "--import".into(),
         out_dir.join(NCU_REPORT_FILE).into_os_string(),
@@ -202,6 +206,7 @@ fn ncu_summary(ncu: &Path, out_dir: &Path) -> Result<String, String> {
         "body".into(),
     ]);
     spec.timeout = Some(NCU_IMPORT_TIMEOUT);
+    confine(&mut spec);
     let out = process::run(&spec).map_err(|e| e.to_string())?;
     if out.ending != Ending::Exited(0) {
         return Err(format!("ncu --import ended with {:?}: {}", out.ending, out.stderr.to_output().trim_end()));
@@ -415,10 +420,10 @@ mod tests {
         let ncu = fake_ncu(&root, report);
         // No report file (the run failed before ncu wrote one): no key, a note.
         let mut result = BTreeMap::new();
-        let notes = Profiler::Ncu.after_run(&ncu, &out, &root, &mut result);
+        let notes = Profiler::Ncu.after_run(&ncu, &out, &root, &mut result, &|_| {});
         assert!(result.is_empty() && notes.len() == 1, "{result:?} {notes:?}");
         std::fs::write(out.join(NCU_REPORT_FILE), "rep").unwrap();
-        let notes = Profiler::Ncu.after_run(&ncu, &out, &root, &mut result);
+        let notes = Profiler::Ncu.after_run(&ncu, &out, &root, &mut result, &|_| {});
         assert!(notes.is_empty(), "{notes:?}");
         let decoded = base64::engine::general_purpose::STANDARD.decode(&result[NCU_REPORT_KEY]).unwrap();
         assert_eq!(String::from_utf8(decoded).unwrap(), filter_ncu_report(report, NCU_REPORT_TABLES));
@@ -456,7 +461,7 @@ mod tests {
         std::fs::write(out.join("12_kernel_trace.csv"), "k").unwrap();
         std::fs::write(work.join("_code_object0001.o"), "o").unwrap();
         std::fs::write(work.join("submission.py"), "s").unwrap();
-        let notes = Profiler::Rocprof.after_run(Path::new("rocprofv3"), &out, &work, &mut BTreeMap::new());
+        let notes = Profiler::Rocprof.after_run(Path::new("rocprofv3"), &out, &work, &mut BTreeMap::new(), &|_| {});
         assert!(notes.is_empty(), "{notes:?}");
         let mut names: Vec<String> =
             std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use super::process::{self, Ending, Spec};
 use crate::contract::{FullResult, META_DATA_KEY};
+use crate::signing::{self, SIG_META_DATA_KEY};
 
 /// Env var naming the simulator's meta-data file.
 pub const SIM_META_DATA_FILE_ENV: &str = "BUILDKITE_SIM_META_DATA_FILE";
@@ -28,9 +29,10 @@ const AGENT_TIMEOUT: Duration = Duration::from_secs(120);
 const AGENT_TIMEOUT_CANCELED: Duration = Duration::from_secs(5);
 
 /// Writes `result.json` (pretty JSON) via a temporary file and a rename, so a reader never
-/// sees half a file.
-pub(crate) fn write_result(path: &Path, result: &FullResult) -> Result<(), String> {
-    let json = serde_json::to_vec_pretty(result).map_err(|e| format!("serialising the result failed: {e}"))?;
+/// sees half a file. Returns the exact bytes written (what the signature covers).
+pub(crate) fn write_result(path: &Path, result: &FullResult) -> Result<Vec<u8>, String> {
+    let mut json = serde_json::to_vec_pretty(result).map_err(|e| format!("serialising the result failed: {e}"))?;
+    json.push(b'\n');
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
         _ => PathBuf::from("."),
@@ -40,13 +42,60 @@ pub(crate) fn write_result(path: &Path, result: &FullResult) -> Result<(), Strin
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&json)?;
-        f.write_all(b"\n")?;
         std::fs::rename(&tmp, path)
     };
     write().map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         format!("writing {} failed: {e}", path.display())
-    })
+    })?;
+    Ok(json)
+}
+
+/// The attempt key and run id the result is signed with, read once at start (before any
+/// submitted code runs) and kept in memory only.
+struct Signer {
+    key: signing::Key,
+    run_id: String,
+}
+
+static SIGNER: std::sync::OnceLock<Option<Signer>> = std::sync::OnceLock::new();
+
+/// Reads the queue's result key (`$BENCHKITE_RESULT_KEY_FILE`, default
+/// `/var/run/benchkite/result-key/key`) and the attempt's run id (`KERNELBOT_RUN_ID`), and
+/// derives the attempt key. Call once at start; returns the line to log. Without a key the
+/// result goes unsigned and the controller decides (`--unsigned-results`).
+pub(crate) fn load_signer() -> String {
+    let (signer, note) = signer_from_env();
+    let _ = SIGNER.set(signer);
+    note
+}
+
+fn signer_from_env() -> (Option<Signer>, String) {
+    let named = std::env::var_os(signing::RESULT_KEY_FILE_ENV).filter(|p| !p.is_empty());
+    let path = named
+        .clone()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(signing::RESULT_KEY_DIR).join(signing::RESULT_KEY_FILE_NAME));
+    if named.is_none() && !path.exists() {
+        return (None, format!("no result key at {}: the result is unsigned", path.display()));
+    }
+    let key = match signing::Key::read_file(&path) {
+        Ok(k) => k,
+        Err(e) => return (None, format!("warning: the result key is unusable ({e}): the result is unsigned")),
+    };
+    let run_id = std::env::var(signing::RUN_ID_ENV).unwrap_or_default();
+    if run_id.is_empty() {
+        return (None, format!("warning: {} is not set: the result is unsigned", signing::RUN_ID_ENV));
+    }
+    let note = format!("the result will be signed for run {run_id}");
+    (Some(Signer { key: key.attempt_key(&run_id), run_id }), note)
+}
+
+/// The signatures (the `benchkite.result.sig` meta-data value) of the summary meta-data
+/// value and of `result.json`'s exact bytes, when a key was loaded at start.
+pub(crate) fn sign_result(meta_data: &str, result_json: Option<&[u8]>) -> Option<String> {
+    let s = SIGNER.get()?.as_ref()?;
+    Some(signing::Signatures::new(&s.key, &s.run_id, meta_data, result_json).to_value())
 }
 
 /// How the result is reported beyond the file.
@@ -77,13 +126,25 @@ pub(crate) struct Reported {
     pub fatal: Vec<String>,
 }
 
-/// Reports the summary and uploads the artifact, as the environment allows.
-pub(crate) fn report(output: &Path, summary_json: &str, mode: ReportMode, upload: UploadMode) -> Reported {
+/// Reports the summary (and its signatures, `sig`, set first) and uploads the artifact, as
+/// the environment allows.
+pub(crate) fn report(
+    output: &Path,
+    summary_json: &str,
+    sig: Option<&str>,
+    mode: ReportMode,
+    upload: UploadMode,
+) -> Reported {
     let mut r = Reported::default();
     if mode == ReportMode::Never {
         return r;
     }
     if let Some(file) = std::env::var_os(SIM_META_DATA_FILE_ENV).filter(|f| !f.is_empty()) {
+        if let Some(sig) = sig
+            && let Err(e) = append_sim_meta_data(Path::new(&file), SIG_META_DATA_KEY, sig)
+        {
+            r.notes.push(format!("warning: {e}"));
+        }
         match append_sim_meta_data(Path::new(&file), META_DATA_KEY, summary_json) {
             Ok(()) => r.notes.push(format!("meta-data {META_DATA_KEY} written to the simulator file")),
             Err(e) => r.notes.push(format!("warning: {e}")),
@@ -98,6 +159,13 @@ pub(crate) fn report(output: &Path, summary_json: &str, mode: ReportMode, upload
         r.notes.push(format!("warning: {AGENT_TOKEN_ENV} is set but buildkite-agent is not on PATH; not reporting"));
         return r;
     };
+    if let Some(sig) = sig {
+        match agent_call(&agent, &["meta-data", "set", SIG_META_DATA_KEY], None, Some(sig.as_bytes())) {
+            Ok(()) => r.notes.push(format!("meta-data {SIG_META_DATA_KEY} set")),
+            // Without it the controller refuses the result (unless it accepts unsigned ones).
+            Err(e) => r.notes.push(format!("warning: setting meta-data {SIG_META_DATA_KEY} failed: {e}")),
+        }
+    }
     match agent_call(&agent, &["meta-data", "set", META_DATA_KEY], None, Some(summary_json.as_bytes())) {
         Ok(()) => r.notes.push(format!("meta-data {META_DATA_KEY} set")),
         // The controller falls back to result.json: a warning, not a lost result.
@@ -122,8 +190,21 @@ pub(crate) fn report(output: &Path, summary_json: &str, mode: ReportMode, upload
     r
 }
 
+/// buildkite-agent as found when the runner started, before any submitted code ran (a
+/// sandboxed program must not get to plant one on PATH or in the work directory).
+static AGENT: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+
+/// Resolves buildkite-agent to an absolute path once; later calls reuse it.
+pub(crate) fn resolve_agent() {
+    AGENT.get_or_init(find_agent_binary);
+}
+
 fn agent_binary() -> Option<PathBuf> {
-    if let Some(p) = process::which("buildkite-agent") {
+    AGENT.get_or_init(find_agent_binary).clone()
+}
+
+fn find_agent_binary() -> Option<PathBuf> {
+    if let Some(p) = super::sandbox::resolve("buildkite-agent") {
         return Some(p);
     }
     let dir = std::env::var_os("BUILDKITE_BIN_PATH")?;

@@ -25,6 +25,9 @@ pub(crate) struct Probe {
 impl Probe {
     /// Starts probing; `gpu` false skips the GPU tools.
     pub(crate) fn start(python: String, gpu: bool) -> Probe {
+        // Found now, before any submitted code runs (the probe may still be running when the
+        // sandboxed programs start).
+        GPU_TOOLS.get_or_init(|| GPU_TOOL_NAMES.map(|n| (n, process::which(n))).to_vec());
         let (tx, rx) = mpsc::channel();
         let python_for_thread = python.clone();
         let spawned = std::thread::Builder::new().name("sysinfo".into()).spawn(move || {
@@ -129,8 +132,17 @@ fn glibc_version() -> Option<String> {
     None
 }
 
+/// The GPU tools the probe runs.
+const GPU_TOOL_NAMES: [&str; 2] = ["nvidia-smi", "rocm-smi"];
+/// Where they were when the probe started (see [`Probe::start`]).
+static GPU_TOOLS: std::sync::OnceLock<Vec<(&'static str, Option<std::path::PathBuf>)>> = std::sync::OnceLock::new();
+
 fn run_tool(name: &str, args: &[&str]) -> Option<String> {
-    let path = process::which(name)?;
+    let resolved = GPU_TOOLS.get().and_then(|t| t.iter().find(|(n, _)| *n == name)).map(|(_, p)| p.clone());
+    let path = match resolved {
+        Some(p) => p?,
+        None => process::which(name)?,
+    };
     let mut spec = Spec::new(path).args(args.iter().copied());
     spec.timeout = Some(TOOL_TIMEOUT);
     spec.cancellable = false;

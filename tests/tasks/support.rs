@@ -105,6 +105,8 @@ const AMBIENT: &[&str] = &[
     "BENCHKITE_RESULT_FILE",
     "BENCHKITE_REPORT",
     "BENCHKITE_UPLOAD",
+    "BENCHKITE_RESULT_KEY_FILE",
+    "KERNELBOT_RUN_ID",
 ];
 
 /// `benchkite run` in `dir` with the payload in KERNELBOT_PAYLOAD (when given).
@@ -114,6 +116,9 @@ pub fn command(dir: &Path, payload: Option<&str>, env: &[(&str, &str)], args: &[
     for k in AMBIENT {
         cmd.env_remove(k);
     }
+    // These tests hand their harness test-only env and files; the sandbox has its own suite
+    // (tests/runner_hostile.rs). A test may still turn it on.
+    cmd.env("BENCHKITE_SANDBOX", "off");
     if let Some(p) = payload {
         cmd.env("KERNELBOT_PAYLOAD", p);
     }

@@ -101,6 +101,16 @@ The controllers actually started, comma-separated.
 {{/*
 Name of the Secret holding the Buildkite credentials ("" when there is none).
 */}}
+{{- /* The Secret with the installation's result master key (see values resultSigning). */}}
+{{- define "benchkite.resultKeySecretName" -}}
+{{- .Values.resultSigning.existingSecret | default (printf "%s-result-key" (include "benchkite.fullname" .)) }}
+{{- end }}
+
+{{- /* Where the controller mounts the result master key Secret. */}}
+{{- define "benchkite.resultKeyDir" -}}
+/var/run/benchkite/result-master-key
+{{- end }}
+
 {{- define "benchkite.buildkiteSecretName" -}}
 {{- $bk := .Values.buildkite }}
 {{- if $bk.existingSecret }}
@@ -184,6 +194,8 @@ the chart value behind a flag (for the extraArgs duplicate check).
 {{- $a = append $a (list "--node-not-ready-toleration-seconds" (toString (int64 $v.fleet.nodeNotReadyTolerationSeconds)) "fleet.nodeNotReadyTolerationSeconds") }}
 {{- $a = append $a (list "--node-headroom-cpu" (toString $v.fleet.nodeHeadroom.cpu) "fleet.nodeHeadroom.cpu") }}
 {{- $a = append $a (list "--node-headroom-memory" (toString $v.fleet.nodeHeadroom.memory) "fleet.nodeHeadroom.memory") }}
+{{- $a = append $a (list "--result-key-file" (printf "%s/%s" (include "benchkite.resultKeyDir" .) $v.resultSigning.existingSecretKey) "resultSigning.existingSecret") }}
+{{- $a = append $a (list "--unsigned-results" $v.resultSigning.unsignedResults "resultSigning.unsignedResults") }}
 {{- with $v.kernelJobs.watchNamespace }}
 {{- $a = append $a (list "--namespace" . "kernelJobs.watchNamespace") }}
 {{- end }}
@@ -214,6 +226,14 @@ the chart value behind a flag (for the extraArgs duplicate check).
 {{- $a = append $a (list "--kerneljob-events" $v.kernelJobs.events "kernelJobs.events") }}
 {{- $a = append $a (list "--stale-after-seconds" (toString (int64 $v.kernelJobs.staleAfterSeconds)) "kernelJobs.staleAfterSeconds") }}
 {{- $a = append $a (list "--submit-workers" (toString (int64 $v.kernelJobs.submitWorkers)) "kernelJobs.submitWorkers") }}
+{{- $t := $v.kernelJobs.tenancy }}
+{{- $a = append $a (list "--allow-raw-queue" $t.rawQueue "kernelJobs.tenancy.rawQueue") }}
+{{- $a = append $a (list "--allow-pipeline-override" $t.pipelineOverride "kernelJobs.tenancy.pipelineOverride") }}
+{{- $a = append $a (list "--allow-branch-override" $t.branchOverride "kernelJobs.tenancy.branchOverride") }}
+{{- $a = append $a (list "--allow-secret-sources" $t.secretSources "kernelJobs.tenancy.secretSources") }}
+{{- if $t.envAllow }}
+{{- $a = append $a (list "--kerneljob-env-allow" (join "," $t.envAllow) "kernelJobs.tenancy.envAllow") }}
+{{- end }}
 {{- if hasKey $creds "api-token" }}
 {{- $a = append $a (list "--buildkite-token-file" (printf "%s/api-token" $dir) "buildkite.existingSecret/apiToken") }}
 {{- end }}

@@ -364,6 +364,15 @@ pub enum ExecutorConfig {
         /// Job log kept per job (bytes).
         #[serde(default = "default_max_log")]
         max_log_bytes: usize,
+        /// Also hand jobs `BUILDKITE_SIM_META_DATA_FILE` (the old stand-in for
+        /// `buildkite-agent meta-data set`). Off by default: jobs use the Agent API with their
+        /// job token, through the `buildkite-agent` shim.
+        #[serde(default)]
+        meta_data_file: bool,
+        /// The `buildkite-agent` put on the jobs' `PATH` (default: `$BUILDKITE_SIM_AGENT_BINARY`,
+        /// else `buildkite-agent` next to the running executable or in its parent directory).
+        #[serde(default)]
+        agent_binary: Option<std::path::PathBuf>,
     },
     /// Timers only, no process: cheap enough for thousands of jobs.
     Scripted(ScriptedConfig),
@@ -390,6 +399,8 @@ impl Default for ExecutorConfig {
             env: BTreeMap::new(),
             cancel_grace_secs: default_cancel_grace(),
             max_log_bytes: default_max_log(),
+            meta_data_file: false,
+            agent_binary: None,
         }
     }
 }
@@ -403,6 +414,8 @@ impl ExecutorConfig {
             env: BTreeMap::new(),
             cancel_grace_secs: default_cancel_grace(),
             max_log_bytes: default_max_log(),
+            meta_data_file: false,
+            agent_binary: None,
         }
     }
 }

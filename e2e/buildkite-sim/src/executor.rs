@@ -1,8 +1,10 @@
 //! Job executors: a local process (`sh -c <command>` in a fresh directory), a scripted
 //! timer (load tests), or an external party (`/_sim/jobs/{id}/finish`).
 //!
-//! Contract of the process executor (see README): the job env, artifacts collected from
-//! the job directory by `artifact_paths`, meta-data read from `BUILDKITE_SIM_META_DATA_FILE`.
+//! Contract of the process executor (see README): the job env (with a job token for the
+//! Agent API and `buildkite-agent` first on `PATH`), artifacts collected from the job
+//! directory by `artifact_paths`, meta-data set through the Agent API (or, when the executor's
+//! `meta_data_file` is on, read from `BUILDKITE_SIM_META_DATA_FILE`).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -161,14 +163,27 @@ async fn run_command(
     cancel_grace: Duration,
     max_log_bytes: usize,
 ) -> Outcome {
-    let ExecSpec { mut stop_rx, timeout, infra, env, dir, meta_data_file, artifact_paths, keep_dir, .. } = spec;
+    let ExecSpec { mut stop_rx, timeout, infra, env, dir, meta_data_file, bin_dir, artifact_paths, keep_dir, .. } =
+        spec;
     let log = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let bin = bin_dir.as_ref().map(|(d, _)| d.clone());
     let cleanup = |dir: &Path, md: &Path| {
         if !keep_dir {
             let _ = std::fs::remove_dir_all(dir);
             let _ = std::fs::remove_file(md);
         }
+        if let Some(b) = &bin {
+            let _ = std::fs::remove_dir_all(b);
+        }
     };
+    if let Some((d, shim)) = &bin_dir
+        && let Err(e) = crate::agent_api::link_agent(d, shim)
+    {
+        let mut o = Outcome::from_exit(-1);
+        o.signal_reason = Some("process_run_error".into());
+        o.log = format!("[buildkite-sim] linking buildkite-agent into {}: {e}\n", d.display());
+        return o;
+    }
     if let Err(e) = std::fs::create_dir_all(&dir) {
         let mut o = Outcome::from_exit(-1);
         o.signal_reason = Some("process_run_error".into());

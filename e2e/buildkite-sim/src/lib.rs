@@ -22,6 +22,7 @@
 
 #![recursion_limit = "256"]
 
+pub mod agent_api;
 pub mod api;
 pub mod config;
 pub mod counters;
@@ -76,7 +77,8 @@ impl Simulator {
         let urls = Urls { api_root: format!("http://{api_addr}"), storage_root: format!("http://{storage_addr}") };
 
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let inner = state::Inner::new(&cfg, Some(tx))?;
+        let mut inner = state::Inner::new(&cfg, Some(tx))?;
+        inner.agent_endpoint = format!("{}/v3", urls.api_root);
         for pool in &cfg.agents {
             let cluster = inner.cluster_by_name(pool.cluster.as_deref()).ok();
             if let Some(c) = cluster

@@ -100,6 +100,16 @@ struct Args {
     #[arg(long)]
     cancel_grace_secs: Option<f64>,
 
+    /// Command executor: also give jobs `BUILDKITE_SIM_META_DATA_FILE` (off: meta-data only
+    /// through the Agent API with the job token).
+    #[arg(long)]
+    meta_data_file: bool,
+
+    /// Command executor: the `buildkite-agent` put on the jobs' `PATH`. [default:
+    /// $BUILDKITE_SIM_AGENT_BINARY, else next to this executable]
+    #[arg(long)]
+    agent_binary: Option<std::path::PathBuf>,
+
     /// Scripted executor: job duration in ms. [default: 100]
     #[arg(long)]
     scripted_duration_ms: Option<u64>,
@@ -319,17 +329,31 @@ fn build_config(a: &Args) -> anyhow::Result<SimConfig> {
         }
         cfg.executor = ExecutorConfig::Scripted(s);
     } else {
-        let (mut command, mut shell, mut env, mut grace, mut max_log) = match &cfg.executor {
-            ExecutorConfig::Command { command, shell, env, cancel_grace_secs, max_log_bytes } => {
-                (command.clone(), shell.clone(), env.clone(), *cancel_grace_secs, *max_log_bytes)
+        let (mut command, mut shell, mut env, mut grace, mut max_log, md_file, agent_bin) = match &cfg.executor {
+            ExecutorConfig::Command {
+                command,
+                shell,
+                env,
+                cancel_grace_secs,
+                max_log_bytes,
+                meta_data_file,
+                agent_binary,
+            } => (
+                command.clone(),
+                shell.clone(),
+                env.clone(),
+                *cancel_grace_secs,
+                *max_log_bytes,
+                *meta_data_file,
+                agent_binary.clone(),
+            ),
+            ExecutorConfig::Scripted(_) => {
+                (String::new(), vec!["sh".into(), "-c".into()], BTreeMap::new(), 10.0, 1 << 20, false, None)
             }
-            ExecutorConfig::Scripted(_) => match ExecutorConfig::default() {
-                ExecutorConfig::Command { command, shell, env, cancel_grace_secs, max_log_bytes } => {
-                    (command, shell, env, cancel_grace_secs, max_log_bytes)
-                }
-                ExecutorConfig::Scripted(_) => (String::new(), Vec::new(), BTreeMap::new(), 10.0, 1 << 20),
-            },
         };
+        if command.is_empty() {
+            command = "benchkite run".into();
+        }
         if let Some(c) = &a.command {
             command.clone_from(c);
         }
@@ -341,8 +365,15 @@ fn build_config(a: &Args) -> anyhow::Result<SimConfig> {
         }
         env.retain(|_, _| true);
         max_log = max_log.max(1024);
-        cfg.executor =
-            ExecutorConfig::Command { command, shell, env, cancel_grace_secs: grace, max_log_bytes: max_log };
+        cfg.executor = ExecutorConfig::Command {
+            command,
+            shell,
+            env,
+            cancel_grace_secs: grace,
+            max_log_bytes: max_log,
+            meta_data_file: md_file || a.meta_data_file,
+            agent_binary: a.agent_binary.clone().or(agent_bin),
+        };
     }
     if let Some(v) = a.rate_limit {
         cfg.rate_limit.org_limit = v;

@@ -140,6 +140,9 @@ pub struct ExecSpec {
     pub external_rx: Option<oneshot::Receiver<ExternalFinish>>,
     pub dir: PathBuf,
     pub meta_data_file: PathBuf,
+    /// The job's own directory for `buildkite-agent` (first on its `PATH`) and the shim the
+    /// executor links there.
+    pub bin_dir: Option<(PathBuf, PathBuf)>,
     pub keep_dir: bool,
 }
 
@@ -381,6 +384,12 @@ pub struct Inner {
     pub list_depth_limit: u64,
     /// ARG_MAX of the simulated agents' `execve`.
     pub exec_arg_max: usize,
+    /// Job tokens of running process-executor jobs: token → job (see `agent_api`).
+    pub job_tokens: HashMap<String, Uuid>,
+    /// `BUILDKITE_AGENT_ENDPOINT` handed to jobs (`<api root>/v3`, set at start).
+    pub agent_endpoint: String,
+    /// The `buildkite-agent` shim put on the jobs' `PATH` (`None`: not found).
+    pub agent_binary: Option<PathBuf>,
 }
 
 /// `sysconf(_SC_ARG_MAX)`, or 2 MiB if the system does not say.
@@ -429,6 +438,9 @@ impl Inner {
             artifact_retention: Duration::from_secs_f64(cfg.artifact_retention_secs),
             list_depth_limit: cfg.list_depth_limit,
             exec_arg_max: cfg.exec_arg_max.unwrap_or_else(system_arg_max),
+            job_tokens: HashMap::new(),
+            agent_endpoint: String::new(),
+            agent_binary: crate::agent_api::find_agent_binary(&cfg.executor),
         };
         for t in &cfg.api_tokens {
             let scopes = match cfg.api_token_scopes.get(t) {
@@ -1483,7 +1495,7 @@ impl Inner {
         }
         let creator = self.users.iter().find(|(_, u)| u.id == build.creator).map(|(_, u)| u.clone());
         let web = format!("{}/{}/{}/builds/{}", self.web_base, self.org.slug, pipeline.slug, build.number);
-        let protected: Vec<(&str, String)> = vec![
+        let mut protected: Vec<(&str, String)> = vec![
             ("CI", "true".into()),
             ("BUILDKITE", "true".into()),
             ("BUILDKITE_ORGANIZATION_SLUG", self.org.slug.clone()),
@@ -1521,8 +1533,27 @@ impl Inner {
             ("BUILDKITE_AGENT_ID", agent.id.to_string()),
             ("BUILDKITE_AGENT_NAME", agent.name.clone()),
             ("BUILDKITE_BUILD_CHECKOUT_PATH", dir.to_string_lossy().into_owned()),
-            ("BUILDKITE_SIM_META_DATA_FILE", meta_data_file.to_string_lossy().into_owned()),
         ];
+        let mut bin_dir = None;
+        if let ExecutorConfig::Command { meta_data_file: file_on, .. } = &self.executor
+            && matches!(kind, ExecKind::Command { .. })
+        {
+            if *file_on {
+                protected.push(("BUILDKITE_SIM_META_DATA_FILE", meta_data_file.to_string_lossy().into_owned()));
+            }
+            // Like the agent (`agent/job_runner.go`): a job token for this job only, the
+            // Agent API endpoint, and the directory of `buildkite-agent` first on `PATH`.
+            let token = self.issue_job_token(job_id);
+            protected.push(("BUILDKITE_AGENT_ACCESS_TOKEN", token));
+            protected.push(("BUILDKITE_AGENT_ENDPOINT", self.agent_endpoint.clone()));
+            if self.agent_binary.is_some() {
+                let bin = self.job_dir.join(format!("bk-sim-job-{job_id}.bin"));
+                let path = env.get("PATH").cloned().unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+                env.insert("PATH".into(), format!("{}:{path}", bin.display()));
+                protected.push(("BUILDKITE_BIN_PATH", bin.to_string_lossy().into_owned()));
+                bin_dir = Some(bin);
+            }
+        }
         for (k, v) in &agent.tags {
             let key = format!("BUILDKITE_AGENT_META_DATA_{}", k.to_ascii_uppercase().replace(['-', '.', ' '], "_"));
             env.insert(key, v.clone());
@@ -1563,6 +1594,7 @@ impl Inner {
             external_rx,
             dir,
             meta_data_file,
+            bin_dir: bin_dir.zip(self.agent_binary.clone()),
             keep_dir: self.keep_job_dirs,
         })
     }
@@ -1672,6 +1704,8 @@ impl Inner {
         let now = Timestamp::now();
         self.running.remove(&job_id);
         self.external.remove(&job_id);
+        // "Job tokens are valid until the job finishes" (docs "Agent tokens").
+        self.job_tokens.retain(|_, j| *j != job_id);
         let Some(job) = self.jobs.get_mut(&job_id) else {
             return;
         };

@@ -22,6 +22,8 @@ fn command_cfg(command: &str) -> SimConfig {
         env: Default::default(),
         cancel_grace_secs: 0.3,
         max_log_bytes: 1 << 20,
+        meta_data_file: false,
+        agent_binary: Some(env!("CARGO_BIN_EXE_buildkite-agent").into()),
     };
     cfg.rate_limit.org_limit = 100_000;
     public_default_repo(&mut cfg);
@@ -141,7 +143,7 @@ async fn exec_limits(cfg: SimConfig, ran: &str) {
 
 #[tokio::test]
 async fn exec_limits_command_executor() {
-    let cmd = "echo ran=1 >> \"$BUILDKITE_SIM_META_DATA_FILE\"; echo '{}' > result.json";
+    let cmd = "buildkite-agent meta-data set ran 1; echo '{}' > result.json";
     exec_limits(command_cfg(cmd), "ran").await;
 }
 
@@ -157,8 +159,7 @@ async fn exec_limits_scripted_executor() {
 
 #[tokio::test]
 async fn automatic_retries_inside_a_build() {
-    let mut cfg =
-        command_cfg("echo \"try=$BUILDKITE_RETRY_COUNT\" >> \"$BUILDKITE_SIM_META_DATA_FILE\"; sleep ${SLEEP:-0}");
+    let mut cfg = command_cfg("buildkite-agent meta-data set try \"$BUILDKITE_RETRY_COUNT\"; sleep ${SLEEP:-0}");
     // benchkite's rules: retry an agent loss / agent stop, nothing else
     let retry: serde_yaml::Value = serde_yaml::from_str(
         "automatic: [{exit_status: -1, signal_reason: none, limit: 2}, {exit_status: -1, signal_reason: agent_stop, limit: 2}]",

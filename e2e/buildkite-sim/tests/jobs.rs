@@ -19,6 +19,9 @@ fn command_cfg(command: &str) -> SimConfig {
         env: [("FROM_EXECUTOR".to_string(), "yes".to_string())].into(),
         cancel_grace_secs: 1.0,
         max_log_bytes: 1 << 20,
+        // The opt-in meta-data file (the Agent API path: tests/agent_api.rs).
+        meta_data_file: true,
+        agent_binary: Some(env!("CARGO_BIN_EXE_buildkite-agent").into()),
     };
     cfg.rate_limit.org_limit = 100_000;
     public_default_repo(&mut cfg);

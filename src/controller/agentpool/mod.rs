@@ -6,6 +6,7 @@ mod facts;
 mod pdb;
 mod pipeline;
 mod progress;
+pub mod result_key;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -44,6 +45,7 @@ pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action
         if let Ok(mut f) = ctx.failures.lock() {
             f.forget_pool(&uid);
         }
+        result_key::forget(&ns, &name);
         return Ok(Action::await_change());
     }
     let now = Timestamp::now();
@@ -65,6 +67,12 @@ pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action
         }
         Err(e) => return Err(Error::kube(format!("checking Secret {ns}/{secret_name}"))(e)),
     };
+
+    // The queue's result key for the agents (they wait for this Secret): written before
+    // any pod, once per pool and queue per controller start.
+    let key_verdict = result_key::ensure(&ctx.client, &pool).await;
+    let key_status = if key_verdict.ready { ConditionStatus::True } else { ConditionStatus::False };
+    conditions.set(result_key::CONDITION, key_status, key_verdict.reason, key_verdict.message);
 
     // Which nodes this pool selects and which of those it owns.
     let all_pools = ctx.pools.state();

@@ -60,6 +60,8 @@ pub struct Following<'a> {
     pub result_tries: u32,
     /// The status already records this attempt (false: just adopted, not yet written).
     pub recorded: bool,
+    /// What an unsigned result gets (`--unsigned-results`).
+    pub unsigned: UnsignedResults,
 }
 
 /// Follows the build of the active attempt.
@@ -182,10 +184,27 @@ pub fn decide_follow(f: &Following<'_>) -> Plan {
         };
         return finish(status, phase, reason, message, phase != Phase::Cancelled);
     };
-    let (summary, source, raw) = match read {
-        ResultRead::Found { summary, source, raw } => (Some(summary), *source, raw.clone()),
-        ResultRead::Missing => (None, "", None),
-        ResultRead::Failed(_) if outcome != BuildOutcome::Passed => (None, "", None),
+    let (summary, source, raw, verified) = match read {
+        ResultRead::Found { summary, source, raw, trust: Trust::Verified } => {
+            (Some(summary), *source, raw.clone(), true)
+        }
+        ResultRead::Found { summary, source, raw, trust: Trust::Unsigned } if f.unsigned == UnsignedResults::Accept => {
+            (Some(summary), *source, raw.clone(), false)
+        }
+        ResultRead::Found { trust: Trust::Unsigned, .. } => {
+            let msg = format!(
+                "build #{number} left a result no runner signed; refused (--unsigned-results=refuse): no score"
+            );
+            return finish(status, Phase::Failed, "UnsignedResult", msg, true);
+        }
+        ResultRead::Found { trust: Trust::NotTrusted(why), .. } => {
+            // Not retried: a result that is not the runner's is what the build (the
+            // submission, or whoever holds its job token) did, not the infrastructure.
+            let msg = format!("build #{number} left a result that is not trusted: {why}; no score");
+            return finish(status, Phase::Failed, "ResultNotTrusted", msg, true);
+        }
+        ResultRead::Missing => (None, "", None, false),
+        ResultRead::Failed(_) if outcome != BuildOutcome::Passed => (None, "", None, false),
         ResultRead::Failed(err) => {
             let tries = f.result_tries.saturating_add(1);
             let (reason, message) = match err {
@@ -219,9 +238,13 @@ pub fn decide_follow(f: &Following<'_>) -> Plan {
             return finish(status, Phase::Failed, reason, message, true);
         }
     };
-    let (phase, reason, message) = machine::finished_phase(&outcome, summary);
+    let (phase, reason, mut message) = machine::finished_phase(&outcome, summary);
+    if summary.is_some() && !verified {
+        message.push_str(" (the result is unsigned: accepted unverified, --unsigned-results=accept)");
+    }
     if let Some(s) = summary {
-        let result = machine::result_status(s, source);
+        let mut result = machine::result_status(s, source);
+        result.verified = Some(verified);
         status.summary = Some(machine::summary_status(&result, s));
         status.result = Some(result);
         if phase == Phase::Succeeded {

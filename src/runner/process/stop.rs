@@ -79,6 +79,14 @@ pub(crate) fn enable_sweep() {
     SWEEP.store(ok, Ordering::SeqCst);
 }
 
+/// After a kill of the sandbox user: kills and reaps what was reparented to us (when the
+/// sweep is on; without it orphans go to init).
+pub(crate) fn reap_strays() {
+    if SWEEP.load(Ordering::SeqCst) {
+        sweep_escaped();
+    }
+}
+
 /// Kills descendants that left their process group and were reparented to us (we are a
 /// child subreaper), then reaps them. Children this module is running are left alone.
 pub(super) fn sweep_escaped() {
@@ -89,7 +97,7 @@ pub(super) fn sweep_escaped() {
     let me = std::process::id();
     for _round in 0..8 {
         let live = LIVE_CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
-        let strays: Vec<i32> = children_of(me).into_iter().filter(|p| !live.contains(p)).collect();
+        let strays: Vec<i32> = children_of(me, &live).into_iter().filter(|p| !live.contains(p)).collect();
         if strays.is_empty() {
             return;
         }
@@ -126,8 +134,9 @@ fn has_children() -> bool {
     !(r == -1 && io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD))
 }
 
-/// Pids whose parent is `parent`, from /proc.
-fn children_of(parent: u32) -> Vec<i32> {
+/// Pids whose parent is `parent`, from /proc; zombie children are reaped, except `live` ones
+/// (whose runs reap them: reaping one here would make their wait fail with ECHILD).
+fn children_of(parent: u32, live: &[i32]) -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -149,7 +158,7 @@ fn children_of(parent: u32) -> Vec<i32> {
         let ppid = fields.next().and_then(|p| p.parse::<u32>().ok());
         if ppid == Some(parent) && state != Some("Z") {
             out.push(pid);
-        } else if ppid == Some(parent) && state == Some("Z") {
+        } else if ppid == Some(parent) && state == Some("Z") && !live.contains(&pid) {
             // A zombie child: reap it.
             let mut st = 0;
             // SAFETY: waitpid on our own zombie child.

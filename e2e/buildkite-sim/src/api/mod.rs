@@ -85,6 +85,7 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route(&format!("{C}/tokens"), get(clusters::list_tokens).post(clusters::create_token))
         .route("/v3/metrics", get(metrics::all))
         .route("/v3/metrics/queue", get(metrics::queue))
+        .merge(crate::agent_api::routes())
         .fallback(misc::not_found_handler)
         .method_not_allowed_fallback(misc::not_found_handler)
         .layer(from_fn_with_state(Arc::clone(&sim), rest_guard))
