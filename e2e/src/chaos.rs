@@ -1220,15 +1220,25 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("benchkite-e2e-stub-{}", std::process::id()));
         let stub = write_stub_benchkite(&dir)?;
         let meta = dir.join("meta");
+        // A stand-in `buildkite-agent` that records its arguments.
+        let agent_dir = dir.join("agent");
+        std::fs::create_dir_all(&agent_dir)?;
+        let agent = agent_dir.join("buildkite-agent");
+        std::fs::write(&agent, "#!/bin/sh\nprintf '%s\\n' \"$*\" >> \"$AGENT_LOG\"\n")?;
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755))?;
+        let path = format!("{}:{}", agent_dir.display(), std::env::var("PATH").unwrap_or_default());
         let out = std::process::Command::new(&stub)
             .arg("run")
             .env("CHAOS_SLEEP", "0")
             .env("CHAOS_OUTCOME", "wrong")
-            .env("BUILDKITE_SIM_META_DATA_FILE", &meta)
+            .env("AGENT_LOG", &meta)
+            .env("PATH", path)
             .output()?;
         let written = std::fs::read_to_string(&meta)?;
         std::fs::remove_dir_all(&dir)?;
         ensure!(out.status.success(), "{out:?}");
+        ensure!(written.starts_with("meta-data set benchkite.result "), "{written}");
         ensure!(written.contains(r#""passed":false"#), "{written}");
         Ok(())
     }

@@ -161,10 +161,17 @@ async fn lint_strict_with_default_and_full_values() -> Result<()> {
         let out = ok("helm", &args, None)?;
         ensure!(out.contains("0 chart(s) failed"), "helm lint: {out}");
     }
-    // Rendering is deterministic (manifests/install.yaml is checked for drift).
-    let a = template("benchkite", "benchkite-system", &["-f", path_str(&full)?])?;
-    let b = template("benchkite", "benchkite-system", &["-f", path_str(&full)?])?;
+    // Rendering is deterministic (manifests/install.yaml is checked for drift), but for the
+    // generated result master key, which the manifests leave out (resultSigning.generate=false).
+    let values = ["-f", path_str(&full)?];
+    let a = template("benchkite", "benchkite-system", &values)?;
+    let b = template("benchkite", "benchkite-system", &values)?;
+    ensure!(a != b, "the generated result master key is the same twice: it is not random");
+    let fixed = [&values[..], &["--set", "resultSigning.generate=false"]].concat();
+    let a = template("benchkite", "benchkite-system", &fixed)?;
+    let b = template("benchkite", "benchkite-system", &fixed)?;
     ensure!(a == b, "two renders of the same values differ");
+    ensure!(!a.contains("helm.sh/resource-policy: keep"), "generate=false still renders the key Secret");
     Ok(())
 }
 

@@ -220,6 +220,22 @@ async fn read_result(
         Some(crate::api::kerneljob::RankingBy::Geom) => contract::RankingBy::Geom,
         _ => contract::RankingBy::Last,
     };
+    let number = u64::try_from(bref.number).unwrap_or(0);
+    // No signature on the board: it may know the build only from its create response and
+    // webhook bodies, which carry no meta-data on the real service. Read the build once: the
+    // runner's summary and signature are there (one request; the artifact would take two).
+    let fetched;
+    let build = if !build.meta_data.contains_key(signing::SIG_META_DATA_KEY) {
+        match ctx.bk.get_build(Some(&bref.pipeline), number, true).await {
+            Ok(b) => {
+                fetched = b;
+                &fetched
+            }
+            Err(e) => return ResultRead::Failed(ResultError::Fetch(format!("reading build #{number}: {e}"))),
+        }
+    } else {
+        build
+    };
     let sig = build.meta_data.get(signing::SIG_META_DATA_KEY).map(String::as_str);
     let check = |what, bytes: &[u8]| signing::check(ctx.config.result_key.as_ref(), queue, run_id, what, bytes, sig);
     let mut from_meta = None;
@@ -239,7 +255,6 @@ async fn read_result(
             Err(e) => tracing::info!(job = %key_of(job), error = %e, "meta-data summary unusable; reading result.json"),
         }
     }
-    let number = u64::try_from(bref.number).unwrap_or(0);
     let artifacts = match ctx.bk.list_artifacts(Some(&bref.pipeline), number).await {
         Ok(a) => a.items,
         Err(e) => return ResultRead::Failed(ResultError::Fetch(format!("listing artifacts of build #{number}: {e}"))),
