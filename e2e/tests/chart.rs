@@ -290,6 +290,9 @@ async fn install_upgrade_uninstall() -> Result<()> {
             "replicaCount": 3,
             "agentPools": [idle_pool("second")],
             "buildkite": {"organization": "acme", "apiToken": "e2e-not-a-token", "webhookSecret": "e2e-hook"},
+            // Its admission policy then covers this namespace only: cluster-wide, it would
+            // refuse the raw-queue KernelJobs of tests running beside this one.
+            "kernelJobs": {"watchNamespace": ns.name()},
         }),
     )?;
     ok("helm", &["upgrade", &release, chart, "--namespace", ns.name(), "-f", path_str(&v2)?], None)?;
@@ -310,6 +313,10 @@ async fn install_upgrade_uninstall() -> Result<()> {
     let secrets: Api<Secret> = ns.api();
     secrets.get(&format!("{fullname}-buildkite")).await.context("created credentials Secret")?;
     cluster_roles.get(&format!("{fullname}-kerneljob")).await.context("kerneljob ClusterRole after upgrade")?;
+    let binding = format!("validatingadmissionpolicybinding/{fullname}-kerneljob-tenancy");
+    let scope =
+        ok("kubectl", &["get", &binding, "-o", "jsonpath={.spec.matchResources.namespaceSelector.matchLabels}"], None)?;
+    ensure!(scope.contains(ns.name()), "the tenancy policy is not limited to {}: {scope:?}", ns.name());
     ensure!(pools.get_opt("first").await?.is_none(), "AgentPool first still there after upgrade");
     ensure!(pools.get_opt("second").await?.is_some(), "AgentPool second missing after upgrade");
 
