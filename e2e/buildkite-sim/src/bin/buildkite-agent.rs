@@ -9,7 +9,10 @@
 //!   `--agent-access-token` (`$BUILDKITE_AGENT_ACCESS_TOKEN`), `--endpoint`
 //!   (`$BUILDKITE_AGENT_ENDPOINT`, default `https://agent.buildkite.com/v3`).
 //! - Errors: `buildkite-agent: fatal: …` on stderr, exit 1 (`clicommand/errors.go`). 429, 5xx
-//!   and connection errors are retried (10 attempts, like the agent, but 200 ms apart).
+//!   and connection errors are retried as the agent retries them: 10 attempts, 5 s apart
+//!   (`retry.Config{Maximum: 10, Interval: 5 * time.Second}` in `meta_data_set.go`), so a
+//!   job rides out a Buildkite outage of under 45 s. `BUILDKITE_SIM_AGENT_RETRY_INTERVAL_MS`
+//!   shortens the interval (a simulator-only knob for tests of the failure itself).
 //!
 //! Anything else (e.g. `artifact upload`) exits 1 saying it is not simulated.
 
@@ -198,6 +201,14 @@ struct ApiError {
     message: String,
 }
 
+/// The agent's interval between tries (5 s), unless the simulator-only knob shortens it.
+fn retry_interval() -> Duration {
+    std::env::var("BUILDKITE_SIM_AGENT_RETRY_INTERVAL_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(Duration::from_secs(5), Duration::from_millis)
+}
+
 impl Client {
     /// POSTs `body` (JSON; `Null` sends no body), retrying what the agent retries.
     fn post(&self, path: &str, body: &serde_json::Value) -> Result<serde_json::Value, ApiError> {
@@ -247,7 +258,7 @@ impl Client {
                 }
                 if attempt < ATTEMPTS {
                     eprintln!("WARN   {} (Attempt {attempt}/{ATTEMPTS})", last.message);
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    tokio::time::sleep(retry_interval()).await;
                 }
             }
             Err(last)
