@@ -221,11 +221,14 @@ async fn read_result(
         _ => contract::RankingBy::Last,
     };
     let number = u64::try_from(bref.number).unwrap_or(0);
-    // No signature on the board: it may know the build only from its create response and
-    // webhook bodies, which carry no meta-data on the real service. Read the build once: the
-    // runner's summary and signature are there (one request; the artifact would take two).
+    // Neither the runner's signature nor its summary on the board: it may know the build only
+    // from its create response and webhook bodies, which carry no meta-data on the real
+    // service. Read the build once: both are there (one request; the artifact takes two).
+    // A summary without a signature needs no read: the runner sets the signature first.
     let fetched;
-    let build = if !build.meta_data.contains_key(signing::SIG_META_DATA_KEY) {
+    let build = if !build.meta_data.contains_key(signing::SIG_META_DATA_KEY)
+        && !build.meta_data.contains_key(contract::META_DATA_KEY)
+    {
         match ctx.bk.get_build(Some(&bref.pipeline), number, true).await {
             Ok(b) => {
                 fetched = b;
