@@ -257,6 +257,17 @@ struct BuildkiteArgs {
     /// REST requests per minute benchkite allows itself (Buildkite allows 200 per organization).
     #[arg(long, env = "BUILDKITE_REQUESTS_PER_MINUTE", default_value_t = benchkite::buildkite::DEFAULT_REQUESTS_PER_MINUTE)]
     buildkite_requests_per_minute: u32,
+    /// Buildkite's GraphQL API for creates, cancels and build reads: `auto` (default) uses it
+    /// while the token may and its points budget allows, falling back to REST per
+    /// operation; `off` sends everything over REST.
+    #[arg(long, env = "BUILDKITE_GRAPHQL", value_enum, default_value_t = GraphqlMode::Auto)]
+    buildkite_graphql: GraphqlMode,
+    /// Buildkite's GraphQL endpoint.
+    #[arg(long, env = "BUILDKITE_GRAPHQL_URL", default_value = benchkite::buildkite::DEFAULT_GRAPHQL_URL)]
+    buildkite_graphql_url: String,
+    /// Share of the organization's GraphQL points benchkite allows itself (0.1 to 1.0).
+    #[arg(long, env = "BUILDKITE_GRAPHQL_SHARE", default_value_t = 0.9)]
+    buildkite_graphql_share: f64,
     /// Seconds between the fallback poller's list requests (default: 30 with webhooks, 10 without).
     #[arg(long, env = "BENCHKITE_POLL_INTERVAL_SECONDS")]
     poll_interval_seconds: Option<u64>,
@@ -284,6 +295,13 @@ struct BuildkiteArgs {
     /// Length of Buildkite's rate-limit window in seconds (60; only tests change it).
     #[arg(long, hide = true, default_value_t = 60.0)]
     buildkite_rate_limit_window_seconds: f64,
+}
+
+/// Whether creates, cancels and reads may go through Buildkite's GraphQL API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum GraphqlMode {
+    Auto,
+    Off,
 }
 
 /// A non-negative CPU quantity (`250m`, `1`) in millicores.
@@ -331,6 +349,11 @@ impl BuildkiteArgs {
         cfg.agent_api_url = self.buildkite_agent_api_url.clone();
         cfg.agent_token = secret(self.agent_metrics_token_file.as_ref(), "BUILDKITE_AGENT_METRICS_TOKEN")?;
         cfg.requests_per_minute = self.buildkite_requests_per_minute;
+        cfg.graphql_url = match self.buildkite_graphql {
+            GraphqlMode::Auto => Some(self.buildkite_graphql_url.clone()),
+            GraphqlMode::Off => None,
+        };
+        cfg.graphql_share = self.buildkite_graphql_share;
         cfg.rate_limit_window = Duration::from_secs_f64(self.buildkite_rate_limit_window_seconds.max(0.1));
         let client = benchkite::buildkite::Client::with_observer(cfg, Arc::new(benchkite::metrics::BuildkiteObserver))
             .context("configuring the Buildkite client")?;

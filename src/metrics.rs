@@ -73,6 +73,8 @@ pub struct Metrics {
     buildkite_request_duration: Family<EndpointLabels, Histogram, fn() -> Histogram>,
     buildkite_throttled: Counter,
     buildkite_retries: Family<EndpointLabels, Counter>,
+    graphql_points: Family<PointsLabels, Counter>,
+    graphql_fallbacks: Family<EndpointLabels, Counter>,
     buildkite_budget_wait: Family<PriorityLabels, Histogram, fn() -> Histogram>,
     builds_created: Counter,
     orphans_cancelled: Counter,
@@ -130,6 +132,18 @@ impl Metrics {
             "Attempts retried after a 5xx, a timeout or a dropped connection, by endpoint",
             buildkite_retries.clone(),
         );
+        let graphql_points = Family::<PointsLabels, Counter>::default();
+        registry.register(
+            "buildkite_graphql_points",
+            "GraphQL complexity points by endpoint: requested (reserved before sending) and actual (charged, as the answer reports)",
+            graphql_points.clone(),
+        );
+        let graphql_fallbacks = Family::<EndpointLabels, Counter>::default();
+        registry.register(
+            "buildkite_graphql_fallbacks",
+            "Operations GraphQL did not carry (token refused, GraphQL error, budget spent) that went over REST, by operation",
+            graphql_fallbacks.clone(),
+        );
         let buildkite_budget_wait = family_of_histograms::<PriorityLabels>();
         registry.register(
             "buildkite_budget_wait_seconds",
@@ -175,6 +189,8 @@ impl Metrics {
             buildkite_request_duration,
             buildkite_throttled,
             buildkite_retries,
+            graphql_points,
+            graphql_fallbacks,
             buildkite_budget_wait,
             builds_created,
             orphans_cancelled,
@@ -270,6 +286,24 @@ impl crate::buildkite::Observer for BuildkiteObserver {
     fn on_retry(&self, endpoint: &'static str) {
         global().buildkite_retries.get_or_create(&EndpointLabels { endpoint }).inc();
     }
+
+    fn on_graphql_points(&self, endpoint: &'static str, requested: u64, actual: Option<u64>) {
+        let m = global();
+        m.graphql_points.get_or_create(&PointsLabels { endpoint, kind: "requested" }).inc_by(requested);
+        if let Some(a) = actual {
+            m.graphql_points.get_or_create(&PointsLabels { endpoint, kind: "actual" }).inc_by(a);
+        }
+    }
+
+    fn on_graphql_fallback(&self, endpoint: &'static str) {
+        global().graphql_fallbacks.get_or_create(&EndpointLabels { endpoint }).inc();
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PointsLabels {
+    endpoint: &'static str,
+    kind: &'static str,
 }
 
 /// What scrape-time gauges are computed from.
@@ -372,6 +406,22 @@ impl Collector for StateCollector {
                 "Requests allowed per rate-limit window (the binding scope)",
                 [(ScopeLabels { scope: snap.binding_scope }, i64::from(snap.limit))],
             )?;
+            if let Some(p) = bk.points_snapshot() {
+                let labels = [(ScopeLabels { scope: "graphql" }, 0)];
+                let with = |v: u64| labels.iter().map(move |(l, _)| (l.clone(), i64::try_from(v).unwrap_or(i64::MAX)));
+                gauge_family(
+                    &mut encoder,
+                    "buildkite_graphql_points_remaining",
+                    "GraphQL complexity points left in the current window (our share)",
+                    with(p.remaining),
+                )?;
+                gauge_family(
+                    &mut encoder,
+                    "buildkite_graphql_points_limit",
+                    "GraphQL complexity points per window (our share of the server's limit)",
+                    with(p.limit),
+                )?;
+            }
             gauge_family(
                 &mut encoder,
                 "buildkite_requests_waiting",

@@ -224,6 +224,9 @@ pub struct RigOptions {
     pub pipelines: Vec<buildkite_sim::config::PipelineConfig>,
     /// A user pipeline of this slug whose one step runs on the rig's queue.
     pub user_pipeline: Option<String>,
+    /// GraphQL access for the rig's token, with this budget; `None`: the token has none (the
+    /// controller is refused and works over REST).
+    pub graphql: Option<buildkite_sim::config::GraphqlConfig>,
 }
 
 impl Default for RigOptions {
@@ -238,6 +241,7 @@ impl Default for RigOptions {
             extra_args: Vec::new(),
             pipelines: Vec::new(),
             user_pipeline: None,
+            graphql: None,
         }
     }
 }
@@ -326,6 +330,10 @@ impl ChaosRig {
             cfg.pipelines.push(crate::sim::user_pipeline(slug, &queue, None));
         }
         cfg.agents.push(AgentPoolConfig { queue: queue.clone(), count: opts.agents, ..Default::default() });
+        if let Some(g) = &opts.graphql {
+            cfg.graphql = g.clone();
+            crate::sim::grant_graphql(&mut cfg);
+        }
         let http_port = free_port()?;
         if opts.webhooks {
             cfg.webhooks.push(webhook_config(http_port, opts.delivery.clone()));

@@ -50,6 +50,19 @@ pub fn queue_config(queue: &str, agents: u32) -> Result<SimConfig> {
     Ok(cfg)
 }
 
+/// Gives every API token of `cfg` GraphQL access (the scope `graphql`, on top of its scopes).
+pub fn grant_graphql(cfg: &mut SimConfig) {
+    for token in cfg.api_tokens.clone() {
+        let scopes = cfg
+            .api_token_scopes
+            .entry(token)
+            .or_insert_with(|| buildkite_sim::config::DEFAULT_TOKEN_SCOPES.iter().map(|s| (*s).to_string()).collect());
+        if !scopes.iter().any(|s| s == "graphql") {
+            scopes.push("graphql".into());
+        }
+    }
+}
+
 /// The binary under test under the name `benchkite` (a `$BENCHKITE_BIN` of another name gets
 /// a symlink `<e2e dir>/bin/benchkite`), for a `PATH` that finds it.
 fn benchkite_named_benchkite() -> Result<std::path::PathBuf> {
@@ -129,6 +142,11 @@ pub fn kerneljob_args(sim: &SimHandle, namespace: &str) -> Vec<String> {
         &sim.api_url(),
         "--buildkite-agent-api-url",
         &sim.agent_url(),
+        // The simulator's GraphQL endpoint: the default token has no GraphQL access (the
+        // scope `graphql`), so these controllers are refused (403) and work over REST, as
+        // with a real token without "GraphQL API access"; [`grant_graphql`] turns it on.
+        "--buildkite-graphql-url",
+        &sim.graphql_url(),
         "--instance",
         namespace,
     ]

@@ -774,11 +774,12 @@ async fn kerneljob_rbac_is_enough_in_its_namespace() -> Result<()> {
     // The chart's Secret gets a placeholder; the local process reads the real token from a file.
     let set = format!(
         "controllers={{kerneljob}},kernelJobs.watchNamespace=NS,buildkite.organization={},buildkite.apiUrl={},\
-         buildkite.agentApiUrl={},buildkite.apiToken=placeholder,buildkite.pollIntervalSeconds=1,\
-         kernelJobs.tenancy.rawQueue=all",
+         buildkite.agentApiUrl={},buildkite.graphql.url={},buildkite.apiToken=placeholder,\
+         buildkite.pollIntervalSeconds=1,kernelJobs.tenancy.rawQueue=all",
         sim.organization(),
         sim.api_url(),
-        sim.agent_url()
+        sim.agent_url(),
+        sim.graphql_url()
     );
     let chart = ChartController::install(&client, "chart-kj", &set).await?;
     let ns = chart.ns.name();

@@ -460,6 +460,8 @@ async fn a_killed_controller_never_creates_a_second_build() -> Result<()> {
             &apiu,
             "--buildkite-agent-api-url",
             &agent,
+            "--buildkite-graphql",
+            "off",
             "--poll-interval-seconds",
             "30",
             "--instance",

@@ -34,10 +34,12 @@ use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 mod permit;
+mod points;
 mod types;
 
 pub use permit::Permit;
 use permit::PermitState;
+pub use points::{PointsBudget, PointsConfig, PointsPermit, PointsSnapshot, TooCostly};
 pub use types::{BudgetConfig, BudgetSnapshot, Priority, RateLimitHeaders, ScopeHeaders, ThrottleScope};
 
 fn int(n: u64) -> i64 {

@@ -11,7 +11,9 @@ use reqwest::Url;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
-use super::budget::{Budget, BudgetConfig, BudgetSnapshot, Permit, Priority, RateLimitHeaders, ThrottleScope};
+use super::budget::{
+    Budget, BudgetConfig, BudgetSnapshot, Permit, PointsSnapshot, Priority, RateLimitHeaders, ThrottleScope,
+};
 use super::config::Config;
 use super::error::{Error, Result, TransportKind};
 use super::observer::{ClientStats, Counters, Observer};
@@ -43,6 +45,8 @@ struct Inner {
     auth: HeaderValue,
     agent_auth: Option<HeaderValue>,
     budget: Budget,
+    /// The GraphQL transport, when configured.
+    graphql: Option<graphql::Graphql>,
     observer: Option<Arc<dyn Observer>>,
     counters: Counters,
     redactor: Redactor,
@@ -76,12 +80,19 @@ pub(super) enum Mode {
     CreateOnce,
 }
 
-/// The right to send one REST request, taken from the budget ahead of time
+/// The right to send one create, taken ahead of time on one of the two transports
 /// ([`Client::reserve`]).
 #[derive(Debug)]
 pub struct Reservation {
-    permit: Permit,
+    route: graphql::Route,
     priority: Priority,
+}
+
+impl Reservation {
+    /// Whether the create will go through GraphQL.
+    pub fn is_graphql(&self) -> bool {
+        self.route.is_graphql()
+    }
 }
 
 pub(super) struct Call {
@@ -213,6 +224,10 @@ impl Client {
             reset_margin: cfg.reset_margin,
         });
         let redactor = Redactor::new(std::iter::once(cfg.api_token.clone()).chain(cfg.agent_token.clone()));
+        let graphql = match cfg.graphql_url.as_deref().map(str::trim).filter(|u| !u.is_empty()) {
+            Some(u) => Some(graphql::Graphql::new(parse_base("graphql_url", u)?, &cfg)),
+            None => None,
+        };
         Ok(Client {
             inner: Arc::new(Inner {
                 cfg,
@@ -223,6 +238,7 @@ impl Client {
                 auth,
                 agent_auth,
                 budget,
+                graphql,
                 observer,
                 counters: Counters::default(),
                 redactor,
@@ -240,11 +256,20 @@ impl Client {
         self.inner.budget.snapshot()
     }
 
-    /// `None` when a request of `priority` would be sent right away; otherwise about how
-    /// long it would wait for the budget. Takes nothing from the budget (use it to set a
-    /// `Throttled` condition without blocking).
+    /// The GraphQL points budget's state, when GraphQL is configured.
+    pub fn points_snapshot(&self) -> Option<PointsSnapshot> {
+        self.inner.graphql.as_ref().map(|g| g.budget.snapshot())
+    }
+
+    /// `None` when a request of `priority` would be sent right away on either transport;
+    /// otherwise about how long it would wait for the budgets. Takes nothing (use it to set
+    /// a `Throttled` condition without blocking).
     pub fn would_wait(&self, priority: Priority) -> Option<Duration> {
-        self.inner.budget.would_wait(priority)
+        let rest = self.inner.budget.would_wait(priority)?;
+        match self.inner.graphql.as_ref().filter(|g| g.usable()) {
+            Some(g) => g.budget.would_wait(priority, graphql::CREATE_COST).map(|w| w.min(rest)),
+            None => Some(rest),
+        }
     }
 
     /// The client's counters.
@@ -325,11 +350,12 @@ impl Client {
         self.execute_with(call, None).await
     }
 
-    /// Waits for the budget like a request of `priority` would, and keeps the right to send
-    /// one: the caller decides what to send once it may (say, the most urgent job by then).
-    /// A reservation dropped unused is handed back.
+    /// Waits until a create of `priority` may be sent on either transport (GraphQL's points
+    /// or REST's requests, whichever allows it first), and keeps the right to send it: the
+    /// caller decides what to send once it may (say, the most urgent job by then). A
+    /// reservation dropped unused is handed back.
     pub async fn reserve(&self, priority: Priority) -> Reservation {
-        Reservation { permit: self.acquire(priority).await, priority }
+        Reservation { route: self.create_route(priority).await, priority }
     }
 
     async fn acquire(&self, priority: Priority) -> Permit {
@@ -556,4 +582,5 @@ impl Client {
 }
 
 mod builds;
+pub(crate) mod graphql;
 mod queues;

@@ -76,6 +76,8 @@ impl fmt::Display for Secret {
 pub const DEFAULT_API_URL: &str = "https://api.buildkite.com/v2";
 /// Default agent API base (metrics).
 pub const DEFAULT_AGENT_API_URL: &str = "https://agent.buildkite.com/v3";
+/// Default GraphQL API endpoint.
+pub const DEFAULT_GRAPHQL_URL: &str = "https://graphql.buildkite.com/v1";
 /// Default request budget per rate-limit window: below Buildkite's 200 per organization to
 /// leave room for humans and other tools.
 pub const DEFAULT_REQUESTS_PER_MINUTE: u32 = 180;
@@ -95,6 +97,22 @@ pub struct Config {
     pub api_token: Secret,
     /// Cluster agent token for the metrics API (`Authorization: Token`).
     pub agent_token: Option<Secret>,
+    /// GraphQL API endpoint ([`DEFAULT_GRAPHQL_URL`]); `None` (the default of [`Config::new`])
+    /// sends everything over REST. Creates, cancels and build reads go through GraphQL while the token may use it
+    /// and its points budget allows, and fall back to REST per operation otherwise.
+    pub graphql_url: Option<String>,
+    /// GraphQL complexity points per window assumed until an answer's `RateLimit-Limit` says
+    /// otherwise (docs "GraphQL resource limits": 20,000 per 5 minutes per organization and
+    /// 5,000 per user, which binds one token first).
+    pub graphql_assumed_points: u64,
+    /// GraphQL window assumed until `RateLimit-Reset` says otherwise (5 minutes).
+    pub graphql_window: Duration,
+    /// Share of the organization's GraphQL points this client spends (0.1..=1.0): room for
+    /// humans and other tools.
+    pub graphql_share: f64,
+    /// After the token was refused GraphQL access (401/403), how long everything goes over
+    /// REST before GraphQL is tried again.
+    pub graphql_refusal_backoff: Duration,
     /// Requests the client may send per rate-limit window (Buildkite: 60 s). The server's
     /// `RateLimit-Limit` wins when it is lower.
     pub requests_per_minute: u32,
@@ -134,6 +152,12 @@ impl Config {
             default_pipeline: None,
             api_token,
             agent_token: None,
+            // Opt-in for library users (the controller turns it on by default).
+            graphql_url: None,
+            graphql_assumed_points: 5_000,
+            graphql_window: Duration::from_secs(300),
+            graphql_share: 0.9,
+            graphql_refusal_backoff: Duration::from_secs(600),
             requests_per_minute: DEFAULT_REQUESTS_PER_MINUTE,
             rate_limit_window: Duration::from_secs(60),
             priority_reserve: 0.10,
@@ -162,6 +186,12 @@ impl Config {
         }
         if !(0.0..=0.9).contains(&self.priority_reserve) {
             return bad("priority_reserve must be between 0.0 and 0.9");
+        }
+        if !(0.1..=1.0).contains(&self.graphql_share) {
+            return bad("graphql_share must be between 0.1 and 1.0");
+        }
+        if self.graphql_assumed_points == 0 || self.graphql_window.is_zero() {
+            return bad("graphql_assumed_points and graphql_window must be positive");
         }
         if self.max_pages == 0 {
             return bad("max_pages must be at least 1");

@@ -79,7 +79,9 @@ mod wire;
 
 pub use budget::{Budget, BudgetConfig, BudgetSnapshot, Priority, RateLimitHeaders};
 pub use client::{Client, Reservation};
-pub use config::{Config, DEFAULT_AGENT_API_URL, DEFAULT_API_URL, DEFAULT_REQUESTS_PER_MINUTE, Secret};
+pub use config::{
+    Config, DEFAULT_AGENT_API_URL, DEFAULT_API_URL, DEFAULT_GRAPHQL_URL, DEFAULT_REQUESTS_PER_MINUTE, Secret,
+};
 pub use error::{Error, Result, TransportKind};
 pub use observer::{ClientStats, Observer};
 pub use pipelines::{

@@ -24,6 +24,14 @@ pub trait Observer: Send + Sync {
 
     /// An attempt is retried (after a 5xx, a timeout or a dropped connection).
     fn on_retry(&self, _endpoint: &'static str) {}
+
+    /// A GraphQL answer: the complexity points its query reserved (requested) and, when the
+    /// answer says, the points the organization was charged (actual).
+    fn on_graphql_points(&self, _endpoint: &'static str, _requested: u64, _actual: Option<u64>) {}
+
+    /// An operation GraphQL did not carry (refused, a GraphQL error, the budget spent) is
+    /// sent over REST.
+    fn on_graphql_fallback(&self, _endpoint: &'static str) {}
 }
 
 /// Snapshot of the client's counters.
@@ -39,15 +47,28 @@ pub struct ClientStats {
     pub budget_waits: u64,
     /// Creates whose outcome was unknown.
     pub ambiguous: u64,
+    /// GraphQL answers with points: requested (reserved) and actual (charged, when reported).
+    pub graphql_points_requested: u64,
+    pub graphql_points_actual: u64,
+    /// Operations GraphQL did not carry that went over REST.
+    pub graphql_fallbacks: u64,
 }
 
 impl ClientStats {
-    /// Attempts that reached Buildkite's REST API (everything but the storage host and the
-    /// agent metrics API).
+    /// Attempts that reached Buildkite's GraphQL API (endpoints `graphql_*`).
+    pub fn graphql_requests(&self) -> u64 {
+        self.responses.iter().filter(|((ep, _), _)| ep.starts_with("graphql")).map(|(_, n)| n).sum()
+    }
+
+    /// Attempts that reached Buildkite's REST API (everything but the storage host, the
+    /// agent metrics API and GraphQL).
     pub fn rest_requests(&self) -> u64 {
         self.responses
             .iter()
-            .filter(|((ep, _), _)| !matches!(*ep, "artifact_storage" | "agent_metrics" | "agent_queue_metrics"))
+            .filter(|((ep, _), _)| {
+                !matches!(*ep, "artifact_storage" | "agent_metrics" | "agent_queue_metrics")
+                    && !ep.starts_with("graphql")
+            })
             .map(|(_, n)| n)
             .sum()
     }
@@ -60,9 +81,21 @@ pub(crate) struct Counters {
     retries: AtomicU64,
     budget_waits: AtomicU64,
     ambiguous: AtomicU64,
+    points_requested: AtomicU64,
+    points_actual: AtomicU64,
+    fallbacks: AtomicU64,
 }
 
 impl Counters {
+    pub(crate) fn graphql_points(&self, requested: u64, actual: Option<u64>) {
+        self.points_requested.fetch_add(requested, Ordering::Relaxed);
+        self.points_actual.fetch_add(actual.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    pub(crate) fn graphql_fallback(&self) {
+        self.fallbacks.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn response(&self, endpoint: &'static str, status: Option<u16>) {
         let mut m = self.responses.lock().unwrap_or_else(|e| e.into_inner());
         *m.entry((endpoint, status)).or_default() += 1;
@@ -91,6 +124,9 @@ impl Counters {
             retries: self.retries.load(Ordering::Relaxed),
             budget_waits: self.budget_waits.load(Ordering::Relaxed),
             ambiguous: self.ambiguous.load(Ordering::Relaxed),
+            graphql_points_requested: self.points_requested.load(Ordering::Relaxed),
+            graphql_points_actual: self.points_actual.load(Ordering::Relaxed),
+            graphql_fallbacks: self.fallbacks.load(Ordering::Relaxed),
         }
     }
 }

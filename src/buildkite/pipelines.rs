@@ -30,6 +30,9 @@ use super::types::{lenient_bool, lenient_opt_string, lenient_string};
 pub struct Pipeline {
     #[serde(deserialize_with = "lenient_string")]
     pub id: String,
+    /// GraphQL id (`buildCreate` names the pipeline by it).
+    #[serde(deserialize_with = "lenient_opt_string")]
+    pub graphql_id: Option<String>,
     #[serde(deserialize_with = "lenient_string")]
     pub slug: String,
     #[serde(deserialize_with = "lenient_string")]

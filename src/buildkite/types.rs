@@ -105,6 +105,9 @@ pub struct Build {
     /// Number within the pipeline (the key of get/cancel).
     #[serde(deserialize_with = "lenient_u64")]
     pub number: u64,
+    /// The build's GraphQL id (REST `graphql_id`; GraphQL `id`), the key of `buildCancel`.
+    #[serde(deserialize_with = "lenient_opt_string")]
+    pub graphql_id: Option<String>,
     /// API URL.
     #[serde(deserialize_with = "lenient_opt_string")]
     pub url: Option<String>,

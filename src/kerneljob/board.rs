@@ -204,6 +204,9 @@ impl Board {
                 if merged.id.is_empty() {
                     merged.id = entry.build.id.clone();
                 }
+                if merged.graphql_id.is_none() {
+                    merged.graphql_id = entry.build.graphql_id.clone();
+                }
                 *entry = Entry { build: merged, seen: now, confirmed: entry.confirmed || confirmed };
                 true
             }
@@ -280,6 +283,20 @@ impl Board {
             f.waiting |= rank(&e.build.state) < rank(&BuildState::Running);
         }
         out
+    }
+
+    /// Ids of the unfinished builds of `pipeline` not heard of since `before`, the longest
+    /// quiet first, at most `max`.
+    pub fn quiet_in_flight(&self, pipeline: &str, before: Timestamp, max: usize) -> Vec<String> {
+        let Ok(b) = self.builds.lock() else { return Vec::new() };
+        let mut quiet: Vec<(&Timestamp, &str)> = b
+            .values()
+            .filter(|e| !e.build.state.is_terminal() && e.seen < before && !e.build.id.is_empty())
+            .filter(|e| e.build.pipeline_slug() == Some(pipeline))
+            .map(|e| (&e.seen, e.build.id.as_str()))
+            .collect();
+        quiet.sort();
+        quiet.into_iter().take(max).map(|(_, id)| id.to_string()).collect()
     }
 
     pub fn len(&self) -> usize {

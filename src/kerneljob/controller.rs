@@ -326,7 +326,10 @@ pub(super) async fn execute(job: &KernelJob, ctx: &JobCtx, mut plan: Plan, befor
     let (key, uid) = (key_of(job), job.uid().unwrap_or_default());
     let now = Timestamp::now();
     if let Some(c) = &plan.cancel {
-        match ctx.bk.cancel_build(Some(&c.pipeline), c.number, Priority::Cancel).await {
+        // The board knows the build's id (and GraphQL id): then the cancel may go through GraphQL.
+        let known = ctx.board.get(&c.run_id).map(|e| e.build).filter(|b| b.number == c.number);
+        let id = known.as_ref().map(|b| (b.id.as_str(), b.graphql_id.as_deref()));
+        match ctx.bk.cancel_build_id(Some(&c.pipeline), c.number, id, Priority::Cancel).await {
             Ok(CancelOutcome::Canceled(b)) => {
                 ctx.board.update(&b, now);
             }

@@ -122,7 +122,16 @@ async fn reap_deleted(ctx: Arc<JobCtx>, d: Deleted) {
 /// Cancels an orphan's build; true when nothing of it runs any more (cancelled, or already
 /// finished or gone). The board forgets it then.
 async fn cancel(ctx: &JobCtx, key: &str, run: &str, build: &Build) -> bool {
-    match ctx.bk.cancel_build(build.pipeline_slug(), build.number, Priority::Cancel).await {
+    match ctx
+        .bk
+        .cancel_build_id(
+            build.pipeline_slug(),
+            build.number,
+            Some((&build.id, build.graphql_id.as_deref())),
+            Priority::Cancel,
+        )
+        .await
+    {
         Ok(outcome) => {
             if matches!(outcome, CancelOutcome::Canceled(_)) {
                 tracing::info!(job = %key, build = build.number, "cancelled the build of a deleted KernelJob");

@@ -259,7 +259,16 @@ fn orphaned(ctx: &JobCtx, ns: &str, name: &str, uid: &str) -> bool {
 
 async fn cancel_orphan(ctx: &JobCtx, key: &str, uid: &str, run_id: &str, build: &Build) {
     let number = build.number;
-    match ctx.bk.cancel_build(build.pipeline_slug(), number, Priority::Cancel).await {
+    match ctx
+        .bk
+        .cancel_build_id(
+            build.pipeline_slug(),
+            number,
+            Some((&build.id, build.graphql_id.as_deref())),
+            Priority::Cancel,
+        )
+        .await
+    {
         Ok(_) => {
             tracing::info!(job = %key, build = number, "cancelled the build of a job deleted during its create");
             ctx.memory.with(key, uid, |m| m.canceled.insert(run_id.to_string()));

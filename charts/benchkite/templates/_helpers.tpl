@@ -217,6 +217,11 @@ the chart value behind a flag (for the extraArgs duplicate check).
 {{- $a = append $a (list "--pipeline-teams" (join "," $bk.pipelineTeams) "buildkite.pipelineTeams") }}
 {{- end }}
 {{- $a = append $a (list "--buildkite-requests-per-minute" (toString (int64 $bk.requestsPerMinute)) "buildkite.requestsPerMinute") }}
+{{- $a = append $a (list "--buildkite-graphql" (ternary "auto" "off" $bk.graphql.enabled) "buildkite.graphql.enabled") }}
+{{- if $bk.graphql.enabled }}
+{{- $a = append $a (list "--buildkite-graphql-url" $bk.graphql.url "buildkite.graphql.url") }}
+{{- $a = append $a (list "--buildkite-graphql-share" (toString $bk.graphql.share) "buildkite.graphql.share") }}
+{{- end }}
 {{- if gt (int64 $bk.pollIntervalSeconds) 0 }}
 {{- $a = append $a (list "--poll-interval-seconds" (toString (int64 $bk.pollIntervalSeconds)) "buildkite.pollIntervalSeconds") }}
 {{- end }}

@@ -48,6 +48,8 @@ pub struct SimConfig {
     pub executor: ExecutorConfig,
     /// REST rate limits.
     pub rate_limit: RateLimitConfig,
+    /// The GraphQL API's complexity budget (`POST /v1`).
+    pub graphql: GraphqlConfig,
     /// Lifetime of the signed storage URL handed out by artifact downloads (seconds).
     pub artifact_url_ttl_secs: u64,
     /// Artifacts older than this become `expired` (build retention; Buildkite: 30 days on
@@ -92,6 +94,7 @@ impl Default for SimConfig {
             agents: Vec::new(),
             executor: ExecutorConfig::default(),
             rate_limit: RateLimitConfig::default(),
+            graphql: GraphqlConfig::default(),
             artifact_url_ttl_secs: 60,
             artifact_retention_secs: DEFAULT_ARTIFACT_RETENTION_SECS,
             job_expiry_secs: DEFAULT_JOB_EXPIRY_SECS,
@@ -170,6 +173,9 @@ impl SimConfig {
         }
         if self.rate_limit.window_secs.is_nan() || self.rate_limit.window_secs <= 0.0 {
             anyhow::bail!("rate_limit.window_secs must be > 0");
+        }
+        if !(self.graphql.window_secs.is_finite() && self.graphql.window_secs > 0.0) {
+            anyhow::bail!("graphql.window_secs must be > 0");
         }
         for (what, v) in
             [("job_expiry_secs", self.job_expiry_secs), ("artifact_retention_secs", self.artifact_retention_secs)]
@@ -460,6 +466,31 @@ impl Default for RateLimitConfig {
     }
 }
 
+/// The GraphQL API's budget (docs "GraphQL resource limits",
+/// https://buildkite.com/docs/apis/graphql/graphql-resource-limits): actual complexity points
+/// per fixed window per organization and per user, and a cap on one query's requested
+/// complexity. A window starts with the first request after the previous one ended.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GraphqlConfig {
+    /// Points per window for the organization ("up to 20,000 actual complexity points within a
+    /// 5-minute period").
+    pub points_limit: u64,
+    /// Points per window per user, i.e. per API token in the simulator ("The default per-user
+    /// limit is 5,000 complexity points per 5 minutes"); 0 disables the per-user limit.
+    pub user_points_limit: u64,
+    /// Window length in seconds (300).
+    pub window_secs: f64,
+    /// Largest requested complexity of one query (50,000; refused before execution).
+    pub max_query_complexity: u64,
+}
+
+impl Default for GraphqlConfig {
+    fn default() -> Self {
+        Self { points_limit: 20_000, user_points_limit: 5_000, window_secs: 300.0, max_query_complexity: 50_000 }
+    }
+}
+
 /// How a webhook authenticates itself.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -583,18 +614,29 @@ pub struct EndpointFault {
     pub error_status: u16,
     /// Probability (0..1) of closing the connection without an answer.
     pub drop_rate: f64,
+    /// Probability (0..1) of handling the request, then closing the connection without
+    /// sending the answer: the request took effect but the client cannot know (an
+    /// ambiguous create).
+    pub drop_after_rate: f64,
 }
 
 impl Default for EndpointFault {
     fn default() -> Self {
-        Self { latency_ms: 0, latency_jitter_ms: 0, error_rate: 0.0, error_status: 503, drop_rate: 0.0 }
+        Self {
+            latency_ms: 0,
+            latency_jitter_ms: 0,
+            error_rate: 0.0,
+            error_status: 503,
+            drop_rate: 0.0,
+            drop_after_rate: 0.0,
+        }
     }
 }
 
 impl EndpointFault {
     pub fn validate(&self) -> Result<(), String> {
-        if !(0.0..=1.0).contains(&self.error_rate) || !(0.0..=1.0).contains(&self.drop_rate) {
-            return Err("error_rate and drop_rate must be within 0..=1".into());
+        if ![self.error_rate, self.drop_rate, self.drop_after_rate].iter().all(|r| (0.0..=1.0).contains(r)) {
+            return Err("error_rate, drop_rate and drop_after_rate must be within 0..=1".into());
         }
         if !(500..=599).contains(&self.error_status) {
             return Err("error_status must be a 5xx status".into());

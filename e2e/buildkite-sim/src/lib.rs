@@ -2,6 +2,7 @@
 //!
 //! It serves, on loopback only:
 //! - the REST API v2 (`/v2`, Bearer tokens, rate limits, `Link` pagination),
+//! - the GraphQL API (`POST /v1`, complexity points budget; see [`graphql`]),
 //! - the agent metrics API (`/v3/metrics`, `Token` auth),
 //! - `/_sim/…` introspection and control,
 //! - a separate artifact storage listener (signed, expiring URLs; refuses `Authorization`),
@@ -29,6 +30,7 @@ pub mod counters;
 pub mod executor;
 pub mod faults;
 pub mod glob;
+pub mod graphql;
 pub mod http;
 pub mod model;
 pub mod ratelimit;
@@ -102,6 +104,7 @@ impl Simulator {
             cfg.metrics_poll_duration_secs,
             shutdown.clone(),
         ));
+        sim.graphql.budget.set_config(cfg.graphql.clone());
 
         let servers = vec![
             tokio::spawn(Arc::clone(&sim).run_dispatcher()),
@@ -133,6 +136,26 @@ impl SimHandle {
     /// REST API base including `/v2`, e.g. `http://127.0.0.1:41234/v2`.
     pub fn api_url(&self) -> String {
         self.sim.urls.v2()
+    }
+
+    /// The GraphQL endpoint, `http://127.0.0.1:<port>/v1`.
+    pub fn graphql_url(&self) -> String {
+        format!("{}/v1", self.sim.urls.api_root)
+    }
+
+    /// Everything `GET /_sim/graphql` returns (budget, windows, counters).
+    pub fn graphql_stats(&self) -> serde_json::Value {
+        graphql::sim_routes::stats_json(&self.sim)
+    }
+
+    /// Replaces the GraphQL budget's configuration (open windows are kept).
+    pub fn set_graphql(&self, cfg: config::GraphqlConfig) {
+        self.sim.graphql.budget.set_config(cfg);
+    }
+
+    /// Charges `points` to the organization's current GraphQL window (opening one).
+    pub fn spend_graphql_points(&self, points: u64) {
+        self.sim.graphql.budget.spend(points);
     }
 
     /// Agent API base including `/v3` (for `/v3/metrics`).

@@ -134,6 +134,22 @@ struct Args {
     #[arg(long)]
     rate_limit_window_secs: Option<f64>,
 
+    /// GraphQL: organization complexity points per window. [default: 20000]
+    #[arg(long)]
+    graphql_points_limit: Option<u64>,
+
+    /// GraphQL: complexity points per window per token (user); 0 disables it. [default: 5000]
+    #[arg(long)]
+    graphql_user_points_limit: Option<u64>,
+
+    /// GraphQL: points window in seconds. [default: 300]
+    #[arg(long)]
+    graphql_window_secs: Option<f64>,
+
+    /// GraphQL: largest requested complexity of one query. [default: 50000]
+    #[arg(long)]
+    graphql_max_query_complexity: Option<u64>,
+
     /// Lifetime of signed artifact download URLs in seconds. [default: 60]
     #[arg(long)]
     artifact_url_ttl_secs: Option<u64>,
@@ -383,6 +399,18 @@ fn build_config(a: &Args) -> anyhow::Result<SimConfig> {
     }
     if let Some(v) = a.rate_limit_window_secs {
         cfg.rate_limit.window_secs = v;
+    }
+    if let Some(v) = a.graphql_points_limit {
+        cfg.graphql.points_limit = v;
+    }
+    if let Some(v) = a.graphql_user_points_limit {
+        cfg.graphql.user_points_limit = v;
+    }
+    if let Some(v) = a.graphql_window_secs {
+        cfg.graphql.window_secs = v;
+    }
+    if let Some(v) = a.graphql_max_query_complexity {
+        cfg.graphql.max_query_complexity = v;
     }
     if let Some(v) = a.artifact_url_ttl_secs {
         cfg.artifact_url_ttl_secs = v;

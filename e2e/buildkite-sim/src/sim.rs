@@ -42,6 +42,8 @@ pub struct Sim {
     pub storage_counters: Counters,
     pub faults: Faults,
     pub webhooks: Webhooks,
+    /// The GraphQL endpoint's budget and counters (`POST /v1`).
+    pub graphql: crate::graphql::Graphql,
     pub storage_key: [u8; 32],
     pub artifact_ttl_secs: AtomicU64,
     pub poll_duration_secs: AtomicU64,
@@ -74,6 +76,7 @@ impl Sim {
             storage_counters: Counters::default(),
             faults,
             webhooks,
+            graphql: crate::graphql::Graphql::new(crate::config::GraphqlConfig::default()),
             storage_key,
             artifact_ttl_secs: AtomicU64::new(artifact_ttl_secs),
             poll_duration_secs: AtomicU64::new(poll_duration_secs),

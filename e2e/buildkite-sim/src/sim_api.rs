@@ -61,6 +61,7 @@ pub fn router() -> Router<Arc<Sim>> {
         .route("/_sim/repositories", get(repositories).put(set_repository))
         .route("/_sim/executor", get(executor).put(set_executor))
         .route("/_sim/settings", get(settings).put(set_settings))
+        .merge(crate::graphql::sim_routes::router())
 }
 
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {

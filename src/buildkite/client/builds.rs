@@ -7,10 +7,12 @@ use reqwest::Url;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::super::budget::{Permit, Priority};
+use super::super::budget::Priority;
 use super::super::error::{Error, Result};
 use super::super::types::{Artifact, Build, BuildQuery, CancelOutcome, Listing, NewBuild};
 use super::super::wire;
+use super::graphql::ops::{build_graphql_id, graphql_can_create};
+use super::graphql::{GqlError, Route};
 use super::{
     Auth, Call, Client, MAX_META_DATA_VALUE, Mode, ReadError, Reservation, error_chain, read_capped, transport_kind,
 };
@@ -29,7 +31,7 @@ impl Client {
         self.create_build_with(pipeline, build, priority, None).await
     }
 
-    /// [`Client::create_build`] sent on a [`Reservation`] (no second wait for the budget).
+    /// [`Client::create_build`] sent on a [`Reservation`] (no second wait for a budget).
     pub async fn create_build_reserved(
         &self,
         pipeline: Option<&str>,
@@ -37,7 +39,7 @@ impl Client {
         reservation: Reservation,
     ) -> Result<Build> {
         let priority = reservation.priority;
-        self.create_build_with(pipeline, build, priority, Some(reservation.permit)).await
+        self.create_build_with(pipeline, build, priority, Some(reservation.route)).await
     }
 
     async fn create_build_with(
@@ -45,7 +47,7 @@ impl Client {
         pipeline: Option<&str>,
         build: &NewBuild,
         priority: Priority,
-        permit: Option<Permit>,
+        route: Option<Route>,
     ) -> Result<Build> {
         const EP: &str = "create_build";
         let pipeline = self.pipeline(pipeline, EP)?;
@@ -58,6 +60,32 @@ impl Client {
                 message: format!("meta-data value of {k:?} is larger than {MAX_META_DATA_VALUE} bytes"),
             });
         }
+        let route = match route {
+            Some(r) => r,
+            None => self.create_route(priority).await,
+        };
+        let permit = match route {
+            Route::Rest(p) => Some(p),
+            Route::Graphql(p)
+                if !graphql_can_create(build, self.graphql_state().and_then(|g| g.pipeline(pipeline)).as_ref()) =>
+            {
+                drop(p);
+                self.note_fallback(
+                    EP,
+                    "BuildCreateInput cannot say ignorePipelineBranchFilters (the pipeline's branch filter is unknown or refuses the branch) or cleanCheckout",
+                );
+                None
+            }
+            Route::Graphql(p) => match self.gql_create(pipeline, build, p).await {
+                Ok(b) => return Ok(b),
+                // The build may exist: the caller looks it up (whatever the transport).
+                Err(GqlError::Ambiguous(reason)) => return Err(self.ambiguous("graphql_create_build", reason)),
+                Err(GqlError::NotDone(why)) => {
+                    self.note_fallback(EP, &why);
+                    None
+                }
+            },
+        };
         let body = self.json_body(EP, build)?;
         let url = self.org_url(&["pipelines", pipeline, "builds"]);
         let call = Call {
@@ -82,11 +110,35 @@ impl Client {
     pub async fn get_build(&self, pipeline: Option<&str>, number: u64, exclude_jobs: bool) -> Result<Build> {
         const EP: &str = "get_build";
         let pipeline = self.pipeline(pipeline, EP)?;
+        let permit = match self.read_route(Client::full_read_cost(!exclude_jobs)).await {
+            Route::Rest(p) => Some(p),
+            Route::Graphql(p) => match self.gql_get_build(pipeline, number, !exclude_jobs, p).await {
+                Ok(Some(b)) => return Ok(b),
+                // Unknown to GraphQL: REST's answer (404, or the build) is the one to trust.
+                Ok(None) => {
+                    self.note_fallback(EP, "GraphQL knows no such build");
+                    None
+                }
+                Err(e) => {
+                    self.note_fallback(EP, &format!("{e:?}"));
+                    None
+                }
+            },
+        };
         let mut url = self.org_url(&["pipelines", pipeline, "builds", &number.to_string()]);
         if exclude_jobs {
             url.query_pairs_mut().append_pair("exclude_jobs", "true");
         }
-        let ans = self.get(EP, url, Priority::Refresh).await?;
+        let call = Call {
+            endpoint: EP,
+            method: Method::GET,
+            url,
+            body: None,
+            priority: Priority::Refresh,
+            mode: Mode::Idempotent,
+            auth: Auth::Api,
+        };
+        let ans = self.execute_with(&call, permit).await?;
         if !ans.status.is_success() {
             return Err(self.api_error(EP, &ans));
         }
@@ -142,8 +194,35 @@ impl Client {
     /// canceling: also what a retry after a lost answer sees) is
     /// [`CancelOutcome::NotCancelable`]; refresh the build to learn its state.
     pub async fn cancel_build(&self, pipeline: Option<&str>, number: u64, priority: Priority) -> Result<CancelOutcome> {
+        self.cancel_build_id(pipeline, number, None, priority).await
+    }
+
+    /// [`Client::cancel_build`] of a build whose id (REST `id`, a UUID) or GraphQL id is
+    /// known: then it may go through GraphQL (`buildCancel`). A GraphQL error sends it over
+    /// REST, whose answer says whether the build had finished or is gone.
+    pub async fn cancel_build_id(
+        &self,
+        pipeline: Option<&str>,
+        number: u64,
+        id: Option<(&str, Option<&str>)>,
+        priority: Priority,
+    ) -> Result<CancelOutcome> {
         const EP: &str = "cancel_build";
         let pipeline = self.pipeline(pipeline, EP)?;
+        let gid = id.and_then(|(uuid, gid)| build_graphql_id(uuid, gid));
+        let permit = match gid {
+            Some(gid) => match self.route(priority, Client::cancel_cost()).await {
+                Route::Rest(p) => Some(p),
+                Route::Graphql(p) => match self.gql_cancel(pipeline, &gid, p).await {
+                    Ok(outcome) => return Ok(outcome),
+                    Err(e) => {
+                        self.note_fallback(EP, &format!("{e:?}"));
+                        None
+                    }
+                },
+            },
+            None => None,
+        };
         let url = self.org_url(&["pipelines", pipeline, "builds", &number.to_string(), "cancel"]);
         let call = Call {
             endpoint: EP,
@@ -154,7 +233,7 @@ impl Client {
             mode: Mode::Idempotent,
             auth: Auth::Api,
         };
-        let ans = self.execute(&call).await?;
+        let ans = self.execute_with(&call, permit).await?;
         match ans.status {
             s if s.is_success() => Ok(CancelOutcome::Canceled(Box::new(self.decode(EP, &ans.body)?))),
             StatusCode::UNPROCESSABLE_ENTITY => {

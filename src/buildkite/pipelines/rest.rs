@@ -29,13 +29,21 @@ fn check_slug(endpoint: &'static str, slug: &str) -> Result<()> {
 }
 
 impl Client {
+    /// Decodes a pipeline and remembers its GraphQL id (a GraphQL create names the pipeline
+    /// by it).
+    fn decode_pipeline(&self, endpoint: &'static str, body: &[u8]) -> Result<Pipeline> {
+        let p: Pipeline = self.decode(endpoint, body)?;
+        self.remember_pipeline(&p.slug, p.graphql_id.as_deref(), &p.id, p.branch_configuration.as_deref());
+        Ok(p)
+    }
+
     /// `GET /organizations/{org}/pipelines/{slug}`; `None` on 404. Scope `read_pipelines`.
     pub async fn get_pipeline(&self, slug: &str) -> Result<Option<Pipeline>> {
         const EP: &str = "get_pipeline";
         check_slug(EP, slug)?;
         let ans = self.get(EP, self.org_url(&["pipelines", slug]), Priority::Refresh).await?;
         match ans.status {
-            s if s.is_success() => Ok(Some(self.decode(EP, &ans.body)?)),
+            s if s.is_success() => Ok(Some(self.decode_pipeline(EP, &ans.body)?)),
             StatusCode::NOT_FOUND => Ok(None),
             _ => Err(self.api_error(EP, &ans)),
         }
@@ -68,7 +76,7 @@ impl Client {
         };
         let ans = self.execute(&call).await?;
         if ans.status.is_success() {
-            return self.decode(EP, &ans.body);
+            return self.decode_pipeline(EP, &ans.body);
         }
         if ans.status == StatusCode::UNPROCESSABLE_ENTITY && taken(&ans.body) {
             let Some(existing) = self.get_pipeline(&new.slug).await? else {
@@ -102,7 +110,7 @@ impl Client {
         if !ans.status.is_success() {
             return Err(self.api_error(EP, &ans));
         }
-        self.decode(EP, &ans.body)
+        self.decode_pipeline(EP, &ans.body)
     }
 
     /// `POST …/pipelines/{slug}/unarchive` (scope `write_pipelines`): archived pipelines
@@ -115,7 +123,7 @@ impl Client {
         if !ans.status.is_success() {
             return Err(self.api_error(EP, &ans));
         }
-        self.decode(EP, &ans.body)
+        self.decode_pipeline(EP, &ans.body)
     }
 
     /// `GET /organizations/{org}/pipeline-settings`: among others the cluster new pipelines

@@ -83,6 +83,7 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route(&format!("{Q}/pause_dispatch"), post(clusters::pause))
         .route(&format!("{Q}/resume_dispatch"), post(clusters::resume))
         .route(&format!("{C}/tokens"), get(clusters::list_tokens).post(clusters::create_token))
+        .route("/v1", post(crate::graphql::endpoint))
         .route("/v3/metrics", get(metrics::all))
         .route("/v3/metrics/queue", get(metrics::queue))
         .merge(crate::agent_api::routes())
@@ -109,6 +110,17 @@ async fn count_layer(State(sim): State<Arc<Sim>>, req: Request, next: Next) -> R
     if is_sim_path(req.uri().path()) {
         return next.run(req).await;
     }
+    // GraphQL is not REST: its answers are counted apart (`/_sim/graphql`).
+    if req.uri().path() == "/v1" {
+        let resp = next.run(req).await;
+        let status = if resp.extensions().get::<DropConnection>().is_some() {
+            crate::counters::DROPPED
+        } else {
+            resp.status().as_u16()
+        };
+        sim.graphql.http.record("POST /v1", status);
+        return resp;
+    }
     let key = endpoint_key(&req);
     sim.arrivals.record(&key, 0);
     let resp = next.run(req).await;
@@ -129,11 +141,23 @@ async fn fault_layer(State(sim): State<Arc<Sim>>, req: Request, next: Next) -> R
     if !d.delay.is_zero() {
         tokio::time::sleep(d.delay).await;
     }
+    let key = endpoint_key(&req);
     match d.action {
-        FaultAction::Pass => next.run(req).await,
+        FaultAction::Pass => {
+            let resp = next.run(req).await;
+            if drop_after(&sim, &key) { drop_connection() } else { resp }
+        }
         FaultAction::Drop => drop_connection(),
         FaultAction::Error(status) => injected_error(status),
     }
+}
+
+/// `drop_after_rate` of the endpoint's fault (else the default fault): the request was
+/// handled, its answer is not sent.
+fn drop_after(sim: &Sim, key: &str) -> bool {
+    let cfg = sim.faults.config();
+    let rate = cfg.endpoints.get(key).unwrap_or(&cfg.default).drop_after_rate;
+    rate > 0.0 && rand::random_bool(rate.clamp(0.0, 1.0))
 }
 
 /// What an overloaded load balancer in front of the API answers.
