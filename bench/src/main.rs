@@ -12,6 +12,7 @@
 
 mod efficiency;
 mod fleet;
+mod graphql;
 mod latency;
 mod manifests;
 mod report;
@@ -31,8 +32,8 @@ struct Args {
     /// Scaled-down sizes (CI): minutes instead of half an hour.
     #[arg(long)]
     quick: bool,
-    /// Scenarios to run (default all): efficiency, latency, fleet (3 and 4), footprint (4
-    /// alone), runner.
+    /// Scenarios to run (default all): efficiency, graphql (6), latency, fleet (3 and 4),
+    /// footprint (4 alone), runner.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Output directory (default `<repo>/bench/results`).
@@ -47,6 +48,20 @@ struct Args {
     /// Scenario 1: simulated agents.
     #[arg(long, default_value_t = 64)]
     agents: u32,
+    /// Scenario 6 (GraphQL burst): KernelJobs created at once per run (full 2000, quick 200).
+    #[arg(long)]
+    graphql_jobs: Option<usize>,
+    /// Scenario 6: scripted job duration in ms (full 30000, quick 5000).
+    #[arg(long)]
+    graphql_job_ms: Option<u64>,
+    /// Scenario 6: simulated agents per simulator (full 2000, quick 200: as many as jobs, so
+    /// agents are never the limit).
+    #[arg(long)]
+    graphql_agents: Option<u32>,
+    /// Scenario 6: the REST-only run is measured at least this many seconds, and until the
+    /// GraphQL run finished (full 300, quick 120).
+    #[arg(long)]
+    graphql_rest_cap_secs: Option<u64>,
     /// Scenarios 3/4: bench GPU nodes of 8 GPUs (full 1000, quick 25).
     #[arg(long)]
     nodes: Option<usize>,
@@ -268,6 +283,26 @@ async fn run(args: &Args) -> Result<Value> {
         }
         .await;
         record(&mut results, args, "efficiency", outcome, t.elapsed().as_secs_f64());
+    }
+    if args.wants("graphql") {
+        let t = Instant::now();
+        let p = graphql::Params {
+            jobs: args.pick(args.graphql_jobs, 2000, 200),
+            duration_ms: args.pick(args.graphql_job_ms, 30_000, 5_000),
+            agents: args.pick(args.graphql_agents, 2000, 200),
+            rest_cap: std::time::Duration::from_secs(args.pick(args.graphql_rest_cap_secs, 300, 120)),
+        };
+        eprintln!(
+            "bench: 6. GraphQL burst: {p:?} (GraphQL and REST-only controllers at once, one simulator each, \
+             Buildkite's REST limits and GraphQL budget)"
+        );
+        let outcome = graphql::run(&client, p).await.map(|v| {
+            let mut parts =
+                graphql::failure(&v).map(|e| vec![("graphql_error".to_string(), json!(e))]).unwrap_or_default();
+            parts.push(("graphql".to_string(), v));
+            parts
+        });
+        record(&mut results, args, "graphql", outcome, t.elapsed().as_secs_f64());
     }
     if args.wants("latency") {
         let t = Instant::now();

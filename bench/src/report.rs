@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-fn f(v: &Value, digits: usize) -> String {
+pub(crate) fn f(v: &Value, digits: usize) -> String {
     match v.as_f64() {
         Some(x) if x.is_finite() => format!("{x:.digits$}"),
         _ => "–".into(),
@@ -19,11 +19,11 @@ fn met(ok: Option<bool>) -> &'static str {
     }
 }
 
-fn le(v: &Value, limit: f64) -> Option<bool> {
+pub(crate) fn le(v: &Value, limit: f64) -> Option<bool> {
     v.as_f64().filter(|x| x.is_finite()).map(|x| x <= limit)
 }
 
-fn ge(v: &Value, limit: f64) -> Option<bool> {
+pub(crate) fn ge(v: &Value, limit: f64) -> Option<bool> {
     v.as_f64().filter(|x| x.is_finite()).map(|x| x >= limit)
 }
 
@@ -66,7 +66,7 @@ fn writes_target(v: &Value, limit: f64) -> Option<bool> {
 }
 
 /// The controller's own timing histograms (means), for "where does the time go".
-fn timings(s: &mut String, title: &str, v: &Value) {
+pub(crate) fn timings(s: &mut String, title: &str, v: &Value) {
     let Some(m) = v.as_object().filter(|m| !m.is_empty()) else { return };
     let _ = writeln!(s, "<details><summary>{title}: the controller's /metrics (means)</summary>\n");
     let _ = writeln!(s, "| series | count | mean (ms) |");
@@ -527,11 +527,15 @@ pub fn markdown(r: &Value) -> String {
         );
     }
 
+    if sc["graphql"].is_object() {
+        crate::graphql::markdown(&mut s, &sc["graphql"], &mut targets);
+    }
+
     for (k, v) in sc.as_object().into_iter().flatten().filter(|(k, _)| k.ends_with("_error")) {
         let _ = writeln!(s, "**Scenario `{}` failed:** {}\n", k.trim_end_matches("_error"), v.as_str().unwrap_or("?"));
     }
     if !targets.is_empty() {
-        let _ = writeln!(s, "#### Targets (issue 8; reported, not enforced)\n");
+        let _ = writeln!(s, "#### Targets (issue 8; GraphQL burst: issue 21; reported, not enforced)\n");
         let _ = writeln!(s, "| target | measured | |");
         let _ = writeln!(s, "|---|---:|---|");
         for (t, v, ok) in &targets {
