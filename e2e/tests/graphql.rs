@@ -174,3 +174,31 @@ async fn a_killed_controller_leaves_one_build_per_attempt() -> Result<()> {
     ensure!(n(&s, &["rejected_429"]) == 0, "GraphQL 429s: {s}");
     rig.delete().await
 }
+
+/// No webhooks and a REST budget the poller's listings would overrun (6 requests per 20 s):
+/// while REST is spent the poller reads the states of quiet builds over GraphQL (1 point
+/// each) and reads a finished build's result over GraphQL, so every job still finishes,
+/// without a 429 on either side.
+#[tokio::test]
+async fn with_rest_spent_the_poller_reads_over_graphql() -> Result<()> {
+    let opts = RigOptions {
+        agents: 8,
+        webhooks: false,
+        poll_secs: 2,
+        rate: buildkite_sim::config::RateLimitConfig { org_limit: 200, user_limit: 6, window_secs: 20.0 },
+        graphql: Some(GraphqlConfig { user_points_limit: 0, ..Default::default() }),
+        ..Default::default()
+    };
+    let (_client, rig) = ChaosRig::start("gql-poll", opts).await?;
+    let api: Api<KernelJob> = rig.ns.api();
+    let jobs = 8;
+    create_jobs(&api, "p", &rig.queue, 0..jobs, SLEEP_MS).await?;
+    settle(&rig, jobs, "poll").await?;
+    let s = stats(&rig);
+    println!("graphql poll: {} GraphQL creates, {} REST creates, stats {s}", graphql_creates(&rig), rest_creates(&rig));
+    ensure!(n(&s, &["rejected_429"]) == 0, "GraphQL 429s: {s}");
+    ensure!(n(&s, &["by_operation", "query", "requests"]) >= 1, "no GraphQL read: {s}");
+    let states = rig.log_lines("poll: GraphQL states");
+    ensure!(!states.is_empty(), "the poller never read states over GraphQL");
+    rig.delete().await
+}

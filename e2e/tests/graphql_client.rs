@@ -58,6 +58,18 @@ fn rest(sim: &SimHandle, endpoint: &str) -> u64 {
     sim.counters().endpoint(endpoint).total
 }
 
+/// The complexity the client reserved for its queries is what the simulator computed from
+/// the documented rules, and the actual points it was charged are what the answers said.
+fn same_costs(bk: &Client, sim: &SimHandle) -> Result<()> {
+    let (ours, theirs) = (bk.stats(), sim.graphql_stats());
+    let requested = theirs["requested_points_total"].as_u64().unwrap_or(0);
+    let actual = theirs["actual_points_total"].as_u64().unwrap_or(0);
+    println!("points: requested {requested}, actual {actual}; client {ours:?}");
+    ensure!(ours.graphql_points_requested == requested, "requested: client {ours:?}, simulator {theirs}");
+    ensure!(ours.graphql_points_actual == actual, "actual: client {ours:?}, simulator {theirs}");
+    Ok(())
+}
+
 /// A create goes through `buildCreate`; the build it answers is the one REST reads back.
 #[tokio::test]
 async fn a_create_goes_through_graphql_and_reads_back_as_over_rest() -> Result<()> {
@@ -75,6 +87,7 @@ async fn a_create_goes_through_graphql_and_reads_back_as_over_rest() -> Result<(
     ensure!(read.meta_data.get("benchkite.dev/run-id").map(String::as_str) == Some("r1"), "meta {:?}", read.meta_data);
     ensure!(created.pipeline_slug() == Some("open"), "pipeline");
     ensure!(bk.stats().graphql_requests() == 2, "pipeline look-up + create: {:?}", bk.stats());
+    same_costs(&bk, &sim)?;
     Ok(())
 }
 
@@ -167,6 +180,7 @@ async fn reads_use_graphql_when_rest_is_spent() -> Result<()> {
         "{over_rest:?} vs {over_graphql:?}"
     );
     ensure!(over_graphql.meta_data == over_rest.meta_data, "{:?} vs {:?}", over_graphql.meta_data, over_rest.meta_data);
+    same_costs(&bk, &sim)?;
     Ok(())
 }
 

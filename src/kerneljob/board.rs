@@ -406,6 +406,28 @@ mod tests {
     }
 
     #[test]
+    fn quiet_in_flight_builds_longest_quiet_first() {
+        let board = Board::default();
+        let at = |t: &str| -> Timestamp { t.parse().unwrap() };
+        let on = |p: &str, state: BuildState, run: &str| Build {
+            id: format!("id-{run}"),
+            pipeline: Some(crate::buildkite::PipelineRef { slug: p.into(), ..Default::default() }),
+            ..build(state, run)
+        };
+        board.update(&on("a", BuildState::Running, "r1"), at("2026-01-01T00:00:20Z"));
+        board.update(&on("a", BuildState::Scheduled, "r2"), at("2026-01-01T00:00:10Z"));
+        board.update(&on("a", BuildState::Running, "r3"), at("2026-01-01T00:01:00Z"));
+        board.update(&on("a", BuildState::Passed, "r4"), at("2026-01-01T00:00:00Z"));
+        board.update(&on("b", BuildState::Running, "r5"), at("2026-01-01T00:00:00Z"));
+        let before = at("2026-01-01T00:00:30Z");
+        // Heard of since `before` (r3), finished (r4) or of another pipeline (r5): not read.
+        assert_eq!(board.quiet_in_flight("a", before, 10), ["id-r2", "id-r1"]);
+        assert_eq!(board.quiet_in_flight("a", before, 1), ["id-r2"], "the longest quiet first, at most max");
+        assert_eq!(board.quiet_in_flight("b", before, 10), ["id-r5"]);
+        assert!(board.quiet_in_flight("c", before, 10).is_empty());
+    }
+
+    #[test]
     fn moves_forward_only() {
         let board = Board::default();
         assert!(board.update(&build(BuildState::Scheduled, "r1"), now()));
