@@ -4,6 +4,7 @@
 
 pub mod blocked;
 pub mod cached_pod;
+pub mod exclusive;
 pub mod health;
 pub mod inventory;
 pub mod pdb;
