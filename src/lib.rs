@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod buildkite;
+pub mod certify;
 pub mod contract;
 pub mod controller;
 pub mod error;
