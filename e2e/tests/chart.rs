@@ -770,7 +770,10 @@ async fn kerneljob_rbac_is_enough_in_its_namespace() -> Result<()> {
     let queue = format!("chart-kj-{}", suffix());
     // Agents running the real `benchkite run` (the managed pipeline's step finds it on PATH),
     // Buildkite's rate limits.
-    let sim = Simulator::start(benchkite_e2e::sim::queue_config(&queue, 1)?).await?;
+    // The token has GraphQL access: the chart's controller creates over GraphQL.
+    let mut cfg = benchkite_e2e::sim::queue_config(&queue, 1)?;
+    benchkite_e2e::sim::grant_graphql(&mut cfg);
+    let sim = Simulator::start(cfg).await?;
     // The chart's Secret gets a placeholder; the local process reads the real token from a file.
     let set = format!(
         "controllers={{kerneljob}},kernelJobs.watchNamespace=NS,buildkite.organization={},buildkite.apiUrl={},\

@@ -406,3 +406,77 @@ async fn a_node_not_ready_for_a_minute_keeps_its_agents() -> Result<()> {
     drop(fleet);
     ns.delete().await
 }
+
+/// Shared or partitioned GPUs are refused by every documented signal (issue 18): a MIG
+/// product, time-slicing with replicas, allocatable above the node's GPU count. Each
+/// GpuNode's `Exclusive` condition names its signal, it is not Ready (`NotExclusive`), and a
+/// pool over all four nodes runs agents on the exclusive one only.
+#[tokio::test]
+async fn shared_or_partitioned_gpus_are_refused_by_their_signal() -> Result<()> {
+    let _turn = ONE_CONTROLLER_AT_A_TIME.lock().await;
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "exclusive").await?;
+    let id = ns.name().to_string();
+    let cases: [(&str, serde_json::Value, Option<&str>); 4] = [
+        ("ok", json!({}), None),
+        ("mig", json!({"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-40GB-MIG-1g.5gb"}), Some("MigProduct")),
+        (
+            "ts",
+            json!({"nvidia.com/gpu.sharing-strategy": "time-slicing", "nvidia.com/gpu.replicas": "4"}),
+            Some("TimeSlicing"),
+        ),
+        ("over", json!({"nvidia.com/gpu.count": "2"}), Some("OverAllocated")),
+    ];
+    let nodes_api: Api<Node> = Api::all(client.clone());
+    let mut nodes = Vec::new();
+    for (suffix, labels, _) in &cases {
+        let name = format!("{id}-{suffix}");
+        nodes.push(TestNode::create(&client, &name, &id, "16", "64Gi", 4).await?);
+        let patch = json!({"metadata": {"labels": labels}});
+        nodes_api.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await?;
+    }
+    let fleet = Fleet::start(&format!("{id}-exclusive")).await?;
+    let gpunodes: Api<GpuNode> = Api::all(client.clone());
+    for (suffix, _, refused) in &cases {
+        let name = format!("{id}-{suffix}");
+        let (want_status, want_reason) = match refused {
+            Some(r) => ("False", *r),
+            None => ("True", "Exclusive"),
+        };
+        let gn = wait_until(
+            &format!("GpuNode {name} Exclusive={want_status} ({want_reason})"),
+            default_timeout(),
+            || async {
+                let Some(gn) = gpunodes.get_opt(&name).await? else { return Ok(None) };
+                let conds = gn.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+                let ok =
+                    condition(&conds, "Exclusive").is_some_and(|c| c.status == want_status && c.reason == want_reason);
+                Ok(ok.then_some(gn))
+            },
+        )
+        .await
+        .with_context(|| tail(&fleet.op))?;
+        let status = gn.status.unwrap_or_default();
+        let ready = condition(&status.conditions, "Ready").cloned();
+        if refused.is_some() {
+            ensure!(status.shared, "{name}: status.shared");
+            let excl = condition(&status.conditions, "Exclusive").map(|c| c.message.clone()).unwrap_or_default();
+            ensure!(!excl.is_empty(), "{name}: the Exclusive condition says nothing");
+            ensure!(
+                ready.as_ref().is_some_and(|c| c.status == "False" && c.reason == "NotExclusive"),
+                "{name}: Ready {ready:?}"
+            );
+        } else {
+            ensure!(!status.shared, "{name}: shared");
+        }
+    }
+    pool_on_test_nodes(&ns, "excl").await?;
+    let uids = wait_agents(&ns, "excl", 4).await?;
+    let pods = agents(&ns, "excl").await?;
+    let on: BTreeSet<String> = pods.iter().filter_map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone())).collect();
+    ensure!(on == BTreeSet::from([format!("{id}-ok")]), "agents on {on:?} ({} agents)", uids.len());
+    drop(fleet);
+    drop(nodes);
+    ns.delete().await
+}

@@ -178,7 +178,11 @@ fn compute_status(gn: &GpuNode, ctx: &Context, now: Timestamp) -> Computed {
     status.gpu_count = inv.gpu_count;
     status.gpu_memory_mib = inv.memory_mib;
     status.driver_version = inv.driver_version.clone();
-    status.shared = inv.shared;
+    // Every documented signal of a shared or partitioned GPU (labels, resources, the
+    // product's name, allocatable above the GPU count); the inventory's own check is a subset.
+    let exclusivity = crate::fleet::exclusive::exclusivity(&node, false);
+    let shared = inv.shared || !exclusivity.is_exclusive();
+    status.shared = shared;
 
     let other = on_node
         .iter()
@@ -222,19 +226,21 @@ fn compute_status(gn: &GpuNode, ctx: &Context, now: Timestamp) -> Computed {
             "per-GPU share re-sized");
     }
 
-    if inv.shared {
-        conditions.set(
-            cond::EXCLUSIVE,
-            ConditionStatus::False,
+    let not_exclusive = match &exclusivity {
+        crate::fleet::exclusive::Exclusivity::Shared { signal, message } => Some((signal.reason(), message.clone())),
+        crate::fleet::exclusive::Exclusivity::Exclusive if inv.shared => Some((
             "SharedGpus",
             format!(
                 "GPUs are shared (time-slicing/MPS{}): disable sharing on benchmark nodes",
                 inv.replicas.map(|r| format!(", {r} replicas")).unwrap_or_default()
             ),
-        );
-    } else {
-        conditions.set(cond::EXCLUSIVE, ConditionStatus::True, "Exclusive", "");
-    }
+        )),
+        crate::fleet::exclusive::Exclusivity::Exclusive => None,
+    };
+    match &not_exclusive {
+        Some((reason, message)) => conditions.set(cond::EXCLUSIVE, ConditionStatus::False, reason, message.clone()),
+        None => conditions.set(cond::EXCLUSIVE, ConditionStatus::True, "Exclusive", ""),
+    };
 
     let unschedulable = node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
     let toleration = ctx.config.node_not_ready_toleration;
@@ -283,8 +289,9 @@ fn compute_status(gn: &GpuNode, ctx: &Context, now: Timestamp) -> Computed {
         (false, NodeHealth::Ready) if unschedulable => {
             (false, reasons::NODE_CORDONED, format!("Node {node_name} is cordoned (unschedulable)"), None)
         }
-        (false, NodeHealth::Ready) if inv.shared => {
-            let m = "GPUs are shared (time-slicing/MPS): agents would not be isolated".to_string();
+        (false, NodeHealth::Ready) if shared => {
+            let why = not_exclusive.as_ref().map_or("GPUs are shared", |(_, m)| m.as_str());
+            let m = format!("not exclusive, agents would not be isolated: {why}");
             (false, "NotExclusive", m.clone(), Some((EventType::Warning, "NotExclusive", m)))
         }
         (false, NodeHealth::Ready) => match &share {

@@ -277,7 +277,8 @@ impl Client {
         }
         if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
             permit.complete(&ph, Some(0), None);
-            let why = format!("answered {status}: {}", message.unwrap_or_default());
+            // The code only: "Forbidden" reads like a Kubernetes RBAC refusal in a log.
+            let why = format!("answered {}: {}", status.as_u16(), message.unwrap_or_default());
             gql.refuse(&why);
             return Err(GqlError::NotDone(why));
         }
