@@ -182,13 +182,16 @@ fn leaderboard_runs_all_three_stages_and_scores_per_the_contract() {
         let score = contract::score(&r.result, &rk).expect("score");
         assert!((score - want).abs() <= want * 1e-9, "{ranking}: {score} vs {want}");
         // The meta-data summary carries the same score and is exactly summarize() of the
-        // result.json the runner wrote.
+        // result.json the runner wrote, plus the environment fingerprint (which result.json,
+        // kernelbot's format, does not carry).
         let text = std::fs::read_to_string(&md_file).expect("meta-data file");
         let line: Value = serde_json::from_str(text.trim()).expect("meta-data line");
         assert_eq!(line["key"], contract::META_DATA_KEY);
         let value = line["value"].as_str().expect("value");
-        assert_eq!(value, contract::summarize(&r.result, &rk).to_meta_data_value());
-        let s = contract::parse_meta_data_summary(value).expect("summary");
+        let mut s = contract::parse_meta_data_summary(value).expect("summary");
+        let fingerprint = s.system.as_mut().and_then(|sys| sys.fingerprint.take());
+        assert!(fingerprint.is_some_and(|f| !f.harness_sha256.is_empty()), "{value}");
+        assert_eq!(s, contract::summarize(&r.result, &rk));
         assert_eq!(s.score, Some(score));
         assert_eq!(s.passed, Some(true));
         assert_eq!(s.ranking_by, Some(rk));

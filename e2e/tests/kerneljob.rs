@@ -159,6 +159,14 @@ async fn results_land_in_status_for_good_wrong_and_broken_submissions() -> Resul
         s.result.as_ref().map(|r| &r.source)
     );
     ensure!(s.build.as_ref().is_some_and(|b| b.number > 0), "build ref: {:?}", s.build);
+    // The environment fingerprint came with the signed summary: here (no GPU tools on the
+    // agents) at least the hash of the harness it ran, which is the task's `eval.py`.
+    let fingerprint = s.result.as_ref().and_then(|r| r.system.as_ref()).and_then(|x| x.fingerprint.as_ref());
+    let harness = fingerprint.map(|f| f.harness_sha256.clone()).unwrap_or_default();
+    ensure!(
+        harness.len() == 64 && harness.chars().all(|c| c.is_ascii_hexdigit()),
+        "fingerprint of the good job: {fingerprint:?}"
+    );
     ensure!(cond(&good, "Complete").as_deref() == Some("True/EvaluationFinished"), "{:?}", cond(&good, "Complete"));
     ensure!(cond(&good, "Ready").is_some_and(|c| c.starts_with("True")));
     ensure!(s.observed_generation == good.metadata.generation);

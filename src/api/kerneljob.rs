@@ -435,6 +435,73 @@ pub struct SystemStatus {
     pub runtime: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub hostname: String,
+    /// Where and how the result was measured (signed by the runner with the summary; absent
+    /// when the result came from `result.json` or an older runner).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<FingerprintStatus>,
+}
+
+/// The runner's environment fingerprint; every field empty when unknown.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FingerprintStatus {
+    /// `GPU-…` (NVIDIA) or the unique id (AMD).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub gpu_uuid: String,
+    /// GPU model as the vendor tool names it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub gpu_model: String,
+    /// Kernel driver version.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub driver_version: String,
+    /// CUDA version the driver supports.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cuda_version: String,
+    /// ROCm version installed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub rocm_version: String,
+    /// Application graphics clock, MHz.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub app_clock_graphics_mhz: String,
+    /// Application memory clock, MHz.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub app_clock_memory_mhz: String,
+    /// Current graphics clock before the run, MHz.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub clock_graphics_mhz: String,
+    /// Current memory clock before the run, MHz.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub clock_memory_mhz: String,
+    /// Power limit, W.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub power_limit_w: String,
+    /// GPU temperature before the first timed stage, °C.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub temperature_before_c: String,
+    /// GPU temperature after the last timed stage, °C.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub temperature_after_c: String,
+    /// ECC mode.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ecc_mode: String,
+    /// MIG mode.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mig_mode: String,
+    /// The runner image's digest.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub image_digest: String,
+    /// sha256 of the task's main file.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub harness_sha256: String,
+    /// Node the job ran on.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node: String,
+    /// GPU slot on the node.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub slot: String,
+    /// The slot's certification epoch.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub certification_epoch: String,
 }
 
 /// A summary a person reads first.

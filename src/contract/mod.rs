@@ -5,12 +5,14 @@
 //! cannot drift apart. See `shared/reference/kernel-evaluation.md` for the contract.
 
 pub mod case;
+pub mod fingerprint;
 mod lenient;
 pub mod payload;
 pub mod result;
 pub mod summary;
 pub(crate) mod text;
 
+pub use fingerprint::{Fingerprint, MAX_FINGERPRINT_FIELD_BYTES};
 pub use payload::{
     Arch, Case, CaseLineError, ConfigError, DEFAULT_MAX_DECOMPRESSED_BYTES, DEFAULT_MAX_SOURCE_BYTES, DEFAULT_TIMEOUT,
     DEFAULT_TIMEOUT_SECS, EvalConfig, Lang, MAX_PAYLOAD_PARTS, Mode, PAYLOAD_ENV, PAYLOAD_ENV_MAX, PAYLOAD_PART_PREFIX,

@@ -17,10 +17,11 @@
 //! 6. run errors removed;
 //! 7. runs other than `test`, `benchmark` and `leaderboard` removed;
 //! 8. the top-level error cut to 256 bytes and system fields to 32 bytes;
-//! 9. all runs and the system info removed;
+//! 9. all runs removed, and the system info but its fingerprint;
 //! 10. the top-level error removed (and an unknown `ranking_by` cut to 32 bytes).
 //!
-//! After step 10 only fixed-size fields remain, so the bound always holds. `success`,
+//! After step 10 only fixed-size fields remain (the fingerprint's strings are each capped at
+//! [`MAX_FINGERPRINT_FIELD_BYTES`](super::fingerprint::MAX_FINGERPRINT_FIELD_BYTES), about 3 KiB in all), so the bound always holds. `success`,
 //! `passed`, `score` and `ranking_by` are never dropped.
 
 use std::collections::BTreeMap;
@@ -28,6 +29,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::fingerprint::Fingerprint;
 use super::payload::RankingBy;
 use super::result::run_name;
 use super::text::{truncate_str, truncate_str_tail};
@@ -95,8 +97,9 @@ pub struct ResultSummary {
     pub truncated: bool,
 }
 
-/// The parts of [`SystemInfo`](super::result::SystemInfo) worth showing in status.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The parts of [`SystemInfo`](super::result::SystemInfo) worth showing in status, and the
+/// runner's environment fingerprint (not in `result.json`, which stays kernelbot's format).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct SystemSummary {
     /// GPU model.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -109,6 +112,10 @@ pub struct SystemSummary {
     /// Host name up to the first dot.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub hostname: String,
+    /// Where and how it was measured (absent in summaries of older runners and in summaries
+    /// made from `result.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<Fingerprint>,
 }
 
 /// Outcome of one run.
@@ -249,6 +256,9 @@ impl ResultSummary {
         }
         if self.error.len() > MAX_ERROR_BYTES {
             return Err(format!("error is over {MAX_ERROR_BYTES} bytes"));
+        }
+        if let Some(f) = self.system.as_ref().and_then(|s| s.fingerprint.as_ref()) {
+            f.check_bounds()?;
         }
         if self.runs.len() > MAX_RUNS {
             return Err(format!("{} runs, more than {MAX_RUNS}", self.runs.len()));

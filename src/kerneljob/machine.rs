@@ -7,7 +7,8 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::api::kerneljob::{
-    BenchmarkStatus, KernelJobSpec, Mode, Phase, ResultStatus, RunStatus, SummaryStatus, SystemStatus, TestsStatus,
+    BenchmarkStatus, FingerprintStatus, KernelJobSpec, Mode, Phase, ResultStatus, RunStatus, SummaryStatus,
+    SystemStatus, TestsStatus,
 };
 use crate::contract::summary::ResultSummary;
 
@@ -265,6 +266,31 @@ pub fn default_arch(pool_architecture: Option<&str>) -> Option<String> {
     Some(if digits == "90" { "90a".to_string() } else { digits.to_string() })
 }
 
+/// The summary's fingerprint as status shows it (field for field).
+fn fingerprint_status(f: &crate::contract::Fingerprint) -> FingerprintStatus {
+    FingerprintStatus {
+        gpu_uuid: f.gpu_uuid.clone(),
+        gpu_model: f.gpu_model.clone(),
+        driver_version: f.driver_version.clone(),
+        cuda_version: f.cuda_version.clone(),
+        rocm_version: f.rocm_version.clone(),
+        app_clock_graphics_mhz: f.app_clock_graphics_mhz.clone(),
+        app_clock_memory_mhz: f.app_clock_memory_mhz.clone(),
+        clock_graphics_mhz: f.clock_graphics_mhz.clone(),
+        clock_memory_mhz: f.clock_memory_mhz.clone(),
+        power_limit_w: f.power_limit_w.clone(),
+        temperature_before_c: f.temperature_before_c.clone(),
+        temperature_after_c: f.temperature_after_c.clone(),
+        ecc_mode: f.ecc_mode.clone(),
+        mig_mode: f.mig_mode.clone(),
+        image_digest: f.image_digest.clone(),
+        harness_sha256: f.harness_sha256.clone(),
+        node: f.node.clone(),
+        slot: f.slot.clone(),
+        certification_epoch: f.certification_epoch.clone(),
+    }
+}
+
 /// Status view of a result summary.
 pub fn result_status(summary: &ResultSummary, source: &str) -> ResultStatus {
     let tests = |t: &crate::contract::summary::TestsSummary| TestsStatus {
@@ -298,6 +324,7 @@ pub fn result_status(summary: &ResultSummary, source: &str) -> ResultStatus {
             device_count: s.device_count,
             runtime: s.runtime.clone(),
             hostname: s.hostname.clone(),
+            fingerprint: s.fingerprint.as_ref().map(fingerprint_status),
         }),
         runs: summary
             .runs
@@ -397,3 +424,41 @@ pub fn finished_phase(outcome: &BuildOutcome, summary: Option<&ResultSummary>) -
 #[cfg(test)]
 #[path = "machine_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+mod fingerprint_tests {
+    use super::*;
+    use crate::contract::summary::SystemSummary;
+    use crate::contract::{Fingerprint, parse_meta_data_summary};
+
+    #[test]
+    fn the_fingerprint_reaches_status_field_for_field_in_camel_case() {
+        let fp = Fingerprint {
+            gpu_uuid: "GPU-1".into(),
+            cuda_version: "12.4".into(),
+            temperature_before_c: "40".into(),
+            temperature_after_c: "47".into(),
+            harness_sha256: "ab".into(),
+            certification_epoch: "3".into(),
+            ..Fingerprint::default()
+        };
+        let value = format!(
+            r#"{{"v":1,"success":true,"system":{{"device_count":1,"fingerprint":{}}}}}"#,
+            serde_json::to_string(&fp).unwrap_or_default()
+        );
+        let summary = parse_meta_data_summary(&value).map_err(|e| e.to_string());
+        let summary = summary.unwrap_or_else(|e| panic!("{e}"));
+        let status = result_status(&summary, "meta-data");
+        let got = status.system.as_ref().and_then(|s| s.fingerprint.clone()).unwrap_or_default();
+        assert_eq!(got.gpu_uuid, "GPU-1");
+        assert_eq!(got.cuda_version, "12.4");
+        assert_eq!((got.temperature_before_c.as_str(), got.temperature_after_c.as_str()), ("40", "47"));
+        assert_eq!((got.harness_sha256.as_str(), got.certification_epoch.as_str()), ("ab", "3"));
+        let json = serde_json::to_value(&status).unwrap_or_default();
+        assert_eq!(json["system"]["fingerprint"]["temperatureAfterC"], "47", "{json}");
+        assert!(json["system"]["fingerprint"].get("node").is_none(), "empty fields are left out");
+        // A summary without one (older runner, or made from result.json): none in status.
+        let old = ResultSummary { system: Some(SystemSummary::default()), ..summary };
+        assert_eq!(result_status(&old, "artifact").system.and_then(|s| s.fingerprint), None);
+    }
+}

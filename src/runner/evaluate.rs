@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::fingerprint;
 use super::process::{self, Ending, Spec};
 use super::sandbox::{self, Decision, Sandbox};
 use super::sysinfo::Probe;
@@ -18,8 +19,14 @@ use crate::contract::{
     SystemInfo, exit_code, run_name,
 };
 
-/// Decodes the payload and runs it; never panics on bad input.
-pub(super) fn evaluate(args: &RunArgs, probe: &mut Probe, timing: &mut Timing) -> (FullResult, RankingBy) {
+/// Decodes the payload and runs it; never panics on bad input. `harness_sha256` gets the
+/// hash of the task's main file once the payload decoded (for the fingerprint).
+pub(super) fn evaluate(
+    args: &RunArgs,
+    probe: &mut Probe,
+    timing: &mut Timing,
+    harness_sha256: &mut String,
+) -> (FullResult, RankingBy) {
     let payload = match read_payload(args) {
         Ok(p) => p,
         Err(e) => return (infra(e), RankingBy::default()),
@@ -29,6 +36,9 @@ pub(super) fn evaluate(args: &RunArgs, probe: &mut Probe, timing: &mut Timing) -
         Err(e) => return (infra(e.to_string()), RankingBy::default()),
     };
     let ranking_by = config.ranking_by.clone();
+    if let Some(main) = config.main.as_ref().and_then(|m| config.sources.get(m)) {
+        *harness_sha256 = fingerprint::harness_sha256(main);
+    }
     // The interpreter is found now, before any submitted code ran (the work directory is
     // writable by the sandbox; PATH lookups later could find what it planted).
     let python = sandbox::resolve(&args.python).map_or_else(|| args.python.clone().into(), PathBuf::into_os_string);

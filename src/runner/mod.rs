@@ -13,6 +13,7 @@
 mod cases;
 mod compile;
 mod evaluate;
+mod fingerprint;
 mod process;
 mod profile;
 mod report;
@@ -251,9 +252,28 @@ pub fn main(args: RunArgs) -> i32 {
     }
     let mut probe = Probe::start(args.python.clone(), !args.no_gpu_probe);
     let mut timing = Timing { start: t0, first_spawn: None, last_end: None };
-    let (mut result, ranking_by) = evaluate(&args, &mut probe, &mut timing);
+    let mut harness_sha256 = String::new();
+    let (mut result, ranking_by) = evaluate(&args, &mut probe, &mut timing, &mut harness_sha256);
     result.system = probe.get(PROBE_WAIT).clone();
-    finish(&args, &result, &ranking_by, &timing)
+    let fingerprint = gather_fingerprint(&args, &mut probe, harness_sha256);
+    finish(&args, &result, &ranking_by, &timing, fingerprint)
+}
+
+/// The environment fingerprint, once the last timed stage ended: the probe's GPU part
+/// (taken before the first one), the temperature now, the harness hash and what the
+/// environment says of the pod. Goes in the signed summary only: result.json stays
+/// kernelbot's format.
+fn gather_fingerprint(args: &RunArgs, probe: &mut Probe, harness_sha256: String) -> Option<contract::Fingerprint> {
+    let device = fingerprint::Device::from_env();
+    let before = probe.fingerprint(PROBE_WAIT).clone();
+    let mut fp = before.fingerprint;
+    if !args.no_gpu_probe {
+        fp.temperature_after_c = fingerprint::temperature_after(before.tool, &device);
+    }
+    fp.harness_sha256 = harness_sha256;
+    fingerprint::from_env(&mut fp, |k| std::env::var(k).ok(), &device);
+    fp.bound();
+    (!fp.is_empty()).then_some(fp)
 }
 
 struct Timing {
@@ -269,8 +289,21 @@ fn log(msg: &str) {
 }
 
 /// Writes result.json, reports it, and picks the exit status.
-fn finish(args: &RunArgs, result: &FullResult, ranking_by: &RankingBy, timing: &Timing) -> i32 {
-    let summary = contract::summarize(result, ranking_by);
+fn finish(
+    args: &RunArgs,
+    result: &FullResult,
+    ranking_by: &RankingBy,
+    timing: &Timing,
+    fingerprint: Option<contract::Fingerprint>,
+) -> i32 {
+    let mut summary = contract::summarize(result, ranking_by);
+    if let Some(fp) = fingerprint {
+        let device_count = result.system.device_count;
+        summary
+            .system
+            .get_or_insert_with(|| contract::SystemSummary { device_count, ..Default::default() })
+            .fingerprint = Some(fp);
+    }
     let mut code = if result.success { EXIT_OK } else { EXIT_INFRA };
     if !result.success {
         log(&format!("infrastructure failure: {}", result.error));

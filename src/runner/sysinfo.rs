@@ -4,12 +4,15 @@
 //! field empty.
 //!
 //! The probe runs on a thread beside the evaluation (the runner joins it before the first
-//! timed stage, so `nvidia-smi` never runs during a benchmark).
+//! timed stage, so `nvidia-smi` never runs during a benchmark). It also takes the GPU part of
+//! the environment fingerprint (see [`super::fingerprint`]), temperature before the run
+//! included.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use super::fingerprint::{self, Before, Device};
 use super::process::{self, Ending, Spec};
 use crate::contract::SystemInfo;
 
@@ -18,8 +21,8 @@ const TOOL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A probe running on its own thread.
 pub(crate) struct Probe {
-    rx: mpsc::Receiver<SystemInfo>,
-    done: Option<SystemInfo>,
+    rx: mpsc::Receiver<(SystemInfo, Before)>,
+    done: Option<(SystemInfo, Before)>,
 }
 
 impl Probe {
@@ -30,23 +33,44 @@ impl Probe {
         GPU_TOOLS.get_or_init(|| GPU_TOOL_NAMES.map(|n| (n, process::which(n))).to_vec());
         let (tx, rx) = mpsc::channel();
         let python_for_thread = python.clone();
-        let spawned = std::thread::Builder::new().name("sysinfo".into()).spawn(move || {
-            let _ = tx.send(probe(&python_for_thread, gpu));
+        let device = Device::from_env();
+        let both = move |python: &str| {
+            let info = probe(python, gpu);
+            // Only the tool that just answered, within a budget of its own: the probe must be
+            // done before the first timed stage (see `PROBE_WAIT`).
+            let before = fingerprint::gpu_before(&device, &info.runtime, fingerprint::BUDGET);
+            (info, before)
+        };
+        let spawned = std::thread::Builder::new().name("sysinfo".into()).spawn({
+            let both = both.clone();
+            move || {
+                let _ = tx.send(both(&python_for_thread));
+            }
         });
         match spawned {
             Ok(_) => Probe { rx, done: None },
             // No thread: probe inline (slower start, same answer).
-            Err(_) => Probe { rx, done: Some(probe(&python, gpu)) },
+            Err(_) => Probe { rx, done: Some(both(&python)) },
         }
     }
 
     /// The answer, waiting at most `limit` for it (defaults when it does not come).
     pub(crate) fn get(&mut self, limit: Duration) -> &SystemInfo {
+        &self.wait(limit).0
+    }
+
+    /// The GPU part of the fingerprint, taken before the first timed stage (empty when the
+    /// probe did not answer within `limit`).
+    pub(crate) fn fingerprint(&mut self, limit: Duration) -> &Before {
+        &self.wait(limit).1
+    }
+
+    fn wait(&mut self, limit: Duration) -> &(SystemInfo, Before) {
         if self.done.is_none() {
-            let info = self.rx.recv_timeout(limit).unwrap_or_else(|_| basic());
-            self.done = Some(info);
+            let answer = self.rx.recv_timeout(limit).unwrap_or_else(|_| (basic(), Before::default()));
+            self.done = Some(answer);
         }
-        self.done.get_or_insert_with(basic)
+        self.done.get_or_insert_with(|| (basic(), Before::default()))
     }
 }
 
@@ -138,13 +162,19 @@ const GPU_TOOL_NAMES: [&str; 2] = ["nvidia-smi", "rocm-smi"];
 static GPU_TOOLS: std::sync::OnceLock<Vec<(&'static str, Option<std::path::PathBuf>)>> = std::sync::OnceLock::new();
 
 fn run_tool(name: &str, args: &[&str]) -> Option<String> {
+    run_tool_for(name, args, TOOL_TIMEOUT)
+}
+
+/// Runs a GPU tool (found when the probe started), killed after `timeout`; its stdout when
+/// it exited 0.
+pub(super) fn run_tool_for(name: &str, args: &[&str], timeout: Duration) -> Option<String> {
     let resolved = GPU_TOOLS.get().and_then(|t| t.iter().find(|(n, _)| *n == name)).map(|(_, p)| p.clone());
     let path = match resolved {
         Some(p) => p?,
         None => process::which(name)?,
     };
     let mut spec = Spec::new(path).args(args.iter().copied());
-    spec.timeout = Some(TOOL_TIMEOUT);
+    spec.timeout = Some(timeout);
     spec.cancellable = false;
     let out = process::run(&spec).ok()?;
     (out.ending == Ending::Exited(0)).then(|| String::from_utf8_lossy(&out.stdout.bytes).into_owned())

@@ -166,6 +166,7 @@ fn summarize_system(system: &SystemInfo, truncated: &mut bool) -> Option<SystemS
         device_count: system.device_count,
         runtime: cap(&system.runtime),
         hostname: cap(host),
+        fingerprint: None,
     };
     (!(s.gpu.is_empty() && s.runtime.is_empty() && s.hostname.is_empty())).then_some(s)
 }

@@ -115,7 +115,14 @@ fn shorten_top_level(s: &mut ResultSummary) {
 
 fn drop_runs_and_system(s: &mut ResultSummary) {
     s.runs.clear();
-    s.system = None;
+    s.system = s.system.take().and_then(|sys| {
+        let fingerprint = sys.fingerprint.filter(|f| !f.is_empty())?;
+        Some(SystemSummary {
+            device_count: sys.device_count,
+            fingerprint: Some(fingerprint),
+            ..SystemSummary::default()
+        })
+    });
 }
 
 fn drop_error(s: &mut ResultSummary) {

@@ -504,6 +504,7 @@ fn system_is_short() {
             device_count: 1,
             runtime: "CUDA".into(),
             hostname: "gpu-a".into(),
+            fingerprint: None,
         })
     );
     let mut r = full(vec![]);
