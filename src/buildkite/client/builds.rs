@@ -12,7 +12,7 @@ use super::super::error::{Error, Result};
 use super::super::types::{Artifact, Build, BuildQuery, CancelOutcome, Listing, NewBuild};
 use super::super::wire;
 use super::graphql::ops::{build_graphql_id, graphql_can_create};
-use super::graphql::{GqlError, Route};
+use super::graphql::{CANCEL_COST, GqlError, Route, full_read_cost};
 use super::{
     Auth, Call, Client, MAX_META_DATA_VALUE, Mode, ReadError, Reservation, error_chain, read_capped, transport_kind,
 };
@@ -110,7 +110,7 @@ impl Client {
     pub async fn get_build(&self, pipeline: Option<&str>, number: u64, exclude_jobs: bool) -> Result<Build> {
         const EP: &str = "get_build";
         let pipeline = self.pipeline(pipeline, EP)?;
-        let permit = match self.read_route(Client::full_read_cost(!exclude_jobs)).await {
+        let permit = match self.read_route(full_read_cost(!exclude_jobs)).await {
             Route::Rest(p) => Some(p),
             Route::Graphql(p) => match self.gql_get_build(pipeline, number, !exclude_jobs, p).await {
                 Ok(Some(b)) => return Ok(b),
@@ -211,7 +211,7 @@ impl Client {
         let pipeline = self.pipeline(pipeline, EP)?;
         let gid = id.and_then(|(uuid, gid)| build_graphql_id(uuid, gid));
         let permit = match gid {
-            Some(gid) => match self.route(priority, Client::cancel_cost()).await {
+            Some(gid) => match self.route(priority, CANCEL_COST).await {
                 Route::Rest(p) => Some(p),
                 Route::Graphql(p) => match self.gql_cancel(pipeline, &gid, p).await {
                     Ok(outcome) => return Ok(outcome),

@@ -8,7 +8,7 @@ use super::super::super::budget::{Permit, PointsPermit, Priority};
 use super::super::super::error::{Error, Result};
 use super::super::super::types::{Build, CancelOutcome, NewBuild};
 use super::super::Client;
-use super::{BATCH, CANCEL_COST, CREATE_COST, GqlError, JOBS_FIRST, META_FIRST, full_read_cost, map, state_read_cost};
+use super::{BATCH, CREATE_COST, GqlError, JOBS_FIRST, META_FIRST, map, state_read_cost};
 
 /// The transport an operation goes out on, with the right to send it.
 #[derive(Debug)]
@@ -165,7 +165,7 @@ impl Client {
         self.route(priority, CREATE_COST).await
     }
 
-    /// `buildCreate`; `Ok(None)`: not done, send it over REST.
+    /// `buildCreate`; [`GqlError::NotDone`]: nothing was created, send it over REST.
     pub(crate) async fn gql_create(
         &self,
         pipeline: &str,
@@ -297,13 +297,5 @@ impl Client {
         if let Some(o) = &self.inner.observer {
             o.on_graphql_fallback(endpoint);
         }
-    }
-
-    pub(crate) fn full_read_cost(jobs: bool) -> u64 {
-        full_read_cost(jobs)
-    }
-
-    pub(crate) fn cancel_cost() -> u64 {
-        CANCEL_COST
     }
 }
