@@ -30,12 +30,14 @@ test: build crds-check manifests-check unit-test e2e-test
 build:
 	cargo build --workspace --bins
 
-crds:
-	cargo run -q --bin benchkite -- crds --dir crds
+# The binary of the workspace build: `cargo run --bin` alone resolves features for
+# one package and would build a second copy of the crate.
+crds: build
+	target/debug/benchkite crds --dir crds
 	e2e/chart/manifests
 
-crds-check:
-	cargo run -q --bin benchkite -- crds --dir crds --check
+crds-check: build
+	target/debug/benchkite crds --dir crds --check
 
 .PHONY: manifests manifests-check
 # manifests/install.yaml and the chart's CRDs, rendered from charts/benchkite and crds/.
