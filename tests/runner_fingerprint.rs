@@ -11,42 +11,10 @@ use support::*;
 
 /// A stand-in nvidia-smi with two GPUs: every temperature query bumps a counter in
 /// $FAKE_SMI_COUNTER, so the temperature after the run differs from the one before.
-const FAKE_NVIDIA_SMI: &str = r#"#!/bin/sh
-n=$(cat "$FAKE_SMI_COUNTER" 2>/dev/null || echo 0)
-case "$*" in
-  *temperature.gpu*) n=$((n + 1)); echo "$n" > "$FAKE_SMI_COUNTER" ;;
-esac
-t=$((40 + n))
-case "$*" in
-  "--query-gpu=name --format=csv,noheader")
-    printf 'NVIDIA H100 80GB HBM3\nNVIDIA H100 80GB HBM3\n' ;;
-  "--query-gpu=index,uuid,temperature.gpu --format=csv,noheader,nounits")
-    printf '0, GPU-00000000-aaaa-bbbb-cccc-000000000000, 99\n1, GPU-11111111-aaaa-bbbb-cccc-111111111111, %s\n' "$t" ;;
-  --query-gpu=index,uuid,name,*)
-    printf '0, GPU-00000000-aaaa-bbbb-cccc-000000000000, NVIDIA H100 80GB HBM3, 550.54.15, 1980, 2619, 1980, 2619, 700.00, 99, Enabled, Disabled\n'
-    printf '1, GPU-11111111-aaaa-bbbb-cccc-111111111111, NVIDIA H100 80GB HBM3, 550.54.15, [N/A], [Not Supported], 1755, 2619, 650.00, %s, Enabled, [N/A]\n' "$t" ;;
-  "-q -d COMPUTE")
-    printf '==============NVSMI LOG==============\n\nDriver Version                            : 550.54.15\nCUDA Version                              : 12.4\n' ;;
-  *) echo "unexpected: $*" >&2; exit 2 ;;
-esac
-"#;
+const FAKE_NVIDIA_SMI: &str = include_str!("fake-gpu/nvidia-smi");
 
 /// A stand-in rocm-smi with one card.
-const FAKE_ROCM_SMI: &str = r#"#!/bin/sh
-n=$(cat "$FAKE_SMI_COUNTER" 2>/dev/null || echo 0)
-case "$*" in
-  *--showtemp*) n=$((n + 1)); echo "$n" > "$FAKE_SMI_COUNTER" ;;
-esac
-case "$*" in
-  *--showuniqueid*)
-    printf '{"card0": {"Card Series": "AMD Instinct MI300X", "Unique ID": "0x18f68e602b8a790f", "sclk clock speed:": "(2100Mhz)", "mclk clock speed:": "(1300Mhz)", "Temperature (Sensor edge) (C)": "%s.0", "Max Graphics Package Power (W)": "750.0"}, "system": {"Driver version": "6.7.0"}}\n' $((30 + n)) ;;
-  "--showtemp --json")
-    printf '{"card0": {"Temperature (Sensor edge) (C)": "%s.0"}}\n' $((30 + n)) ;;
-  "--showproductname --json")
-    printf '{"card0": {"Card Series": "AMD Instinct MI300X"}}\n' ;;
-  *) echo "unexpected: $*" >&2; exit 2 ;;
-esac
-"#;
+const FAKE_ROCM_SMI: &str = include_str!("fake-gpu/rocm-smi");
 
 /// Runs the vector-add test with `env` (PATH included) and reads the summary the runner set
 /// as meta-data.

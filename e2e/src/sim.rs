@@ -50,6 +50,24 @@ pub fn queue_config(queue: &str, agents: u32) -> Result<SimConfig> {
     Ok(cfg)
 }
 
+/// Puts stand-in GPU tools (`tests/fake-gpu/nvidia-smi`: two H100s) first on the agents'
+/// `PATH`, so the runner's fingerprint has GPU fields to gather as on a real GPU node.
+pub fn with_fake_gpu_tools(cfg: &mut SimConfig) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = crate::e2e_dir().join(format!("fake-gpu-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let source = crate::repo_root().join("tests/fake-gpu/nvidia-smi");
+    let tool = dir.join("nvidia-smi");
+    std::fs::copy(&source, &tool).with_context(|| format!("copying {}", source.display()))?;
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755))?;
+    if let ExecutorConfig::Command { env, .. } = &mut cfg.executor {
+        let path = env.get("PATH").cloned().unwrap_or_else(|| std::env::var("PATH").unwrap_or_default());
+        env.insert("PATH".into(), format!("{}:{path}", dir.display()));
+        env.insert("FAKE_SMI_COUNTER".into(), dir.join("counter").to_string_lossy().into_owned());
+    }
+    Ok(())
+}
+
 /// Gives every API token of `cfg` GraphQL access (the scope `graphql`, on top of its scopes).
 pub fn grant_graphql(cfg: &mut SimConfig) {
     for token in cfg.api_tokens.clone() {

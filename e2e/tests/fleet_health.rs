@@ -418,8 +418,10 @@ async fn shared_or_partitioned_gpus_are_refused_by_their_signal() -> Result<()> 
     install_crds(&client).await?;
     let ns = TestNamespace::create(&client, "exclusive").await?;
     let id = ns.name().to_string();
-    let cases: [(&str, serde_json::Value, Option<&str>); 4] = [
+    let cases: [(&str, serde_json::Value, Option<&str>); 5] = [
         ("ok", json!({}), None),
+        // No label says so: the MPS control daemon pod on it does (created below).
+        ("mps", json!({}), Some("MpsDaemon")),
         ("mig", json!({"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-40GB-MIG-1g.5gb"}), Some("MigProduct")),
         (
             "ts",
@@ -436,6 +438,15 @@ async fn shared_or_partitioned_gpus_are_refused_by_their_signal() -> Result<()> 
         let patch = json!({"metadata": {"labels": labels}});
         nodes_api.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await?;
     }
+    // The GPU operator's MPS control daemon, as its DaemonSet names its pods.
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), ns.name());
+    let daemon = format!("nvidia-device-plugin-mps-control-daemon-{id}");
+    let daemon_pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": daemon, "labels": {"app": "nvidia-device-plugin-mps-control-daemon"}},
+        "spec": {"nodeName": format!("{id}-mps"), "containers": [{"name": "mps-control-daemon-ctr", "image": "nvcr.io/nvidia/k8s-device-plugin:v0.17.0"}],
+                 "tolerations": [{"operator": "Exists"}]},
+    }))?;
+    pods_api.create(&PostParams::default(), &daemon_pod).await?;
     let fleet = Fleet::start(&format!("{id}-exclusive")).await?;
     let gpunodes: Api<GpuNode> = Api::all(client.clone());
     for (suffix, _, refused) in &cases {
@@ -476,6 +487,16 @@ async fn shared_or_partitioned_gpus_are_refused_by_their_signal() -> Result<()> 
     let pods = agents(&ns, "excl").await?;
     let on: BTreeSet<String> = pods.iter().filter_map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone())).collect();
     ensure!(on == BTreeSet::from([format!("{id}-ok")]), "agents on {on:?} ({} agents)", uids.len());
+    // Once the daemon is gone, the node's GPUs are exclusive again.
+    pods_api.delete(&daemon, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await?;
+    let name = format!("{id}-mps");
+    wait_until(&format!("GpuNode {name} Exclusive=True once the MPS daemon is gone"), default_timeout(), || async {
+        let Some(gn) = gpunodes.get_opt(&name).await? else { return Ok(None) };
+        let conds = gn.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+        Ok(condition(&conds, "Exclusive").is_some_and(|c| c.status == "True").then_some(()))
+    })
+    .await
+    .with_context(|| tail(&fleet.op))?;
     drop(fleet);
     drop(nodes);
     ns.delete().await

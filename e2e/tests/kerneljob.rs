@@ -9,7 +9,7 @@ use anyhow::{Context, Result, ensure};
 use benchkite::api::KernelJob;
 use benchkite::api::kerneljob::Phase;
 use benchkite_e2e::operator::{Operator, install_crds, wait_ready};
-use benchkite_e2e::sim::{buildkite_rate_limit, user_pipeline};
+use benchkite_e2e::sim::{buildkite_rate_limit, user_pipeline, with_fake_gpu_tools};
 use benchkite_e2e::{TestNamespace, client, repo_root, wait_until};
 use buildkite_sim::config::{AgentPoolConfig, RateLimitConfig, WebhookAuth, WebhookConfig};
 use buildkite_sim::{InfraFailure, SimConfig, SimHandle, Simulator};
@@ -134,7 +134,8 @@ fn cond(job: &KernelJob, t: &str) -> Option<String> {
 
 #[tokio::test]
 async fn results_land_in_status_for_good_wrong_and_broken_submissions() -> Result<()> {
-    let (_client, rig) = rig("kjresult", true, |_| {}, &[]).await?;
+    let (_client, rig) =
+        rig("kjresult", true, |cfg| with_fake_gpu_tools(cfg).unwrap_or_else(|e| panic!("{e:#}")), &[]).await?;
     let api: Api<KernelJob> = rig.ns.api();
     api.create(&PostParams::default(), &job("good", &rig.queue, "leaderboard", "submission_ok.py")?).await?;
     api.create(&PostParams::default(), &job("wrong", &rig.queue, "test", "submission_wrong.py")?).await?;
@@ -167,6 +168,16 @@ async fn results_land_in_status_for_good_wrong_and_broken_submissions() -> Resul
         harness.len() == 64 && harness.chars().all(|c| c.is_ascii_hexdigit()),
         "fingerprint of the good job: {fingerprint:?}"
     );
+    // The GPU fields, from the agents' stand-in nvidia-smi.
+    let fp = fingerprint.context("fingerprint")?;
+    ensure!(
+        fp.gpu_uuid.starts_with("GPU-") && fp.gpu_model == "NVIDIA H100 80GB HBM3" && fp.driver_version == "550.54.15",
+        "GPU fields of the fingerprint: {fp:?}"
+    );
+    ensure!(fp.cuda_version == "12.4" && !fp.power_limit_w.is_empty() && !fp.temperature_before_c.is_empty(), "{fp:?}");
+    // The summary came as meta-data: no result.json was downloaded, so no result ConfigMap
+    // (when there is one, `fingerprint.json` sits beside `result.json`: a unit test).
+    ensure!(s.output_ref.is_none(), "no download, no ConfigMap: {:?}", s.output_ref);
     ensure!(cond(&good, "Complete").as_deref() == Some("True/EvaluationFinished"), "{:?}", cond(&good, "Complete"));
     ensure!(cond(&good, "Ready").is_some_and(|c| c.starts_with("True")));
     ensure!(s.observed_generation == good.metadata.generation);

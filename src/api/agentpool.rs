@@ -46,6 +46,8 @@ pub const MANAGED_ENV: &[&str] = &[
     "BUILDKITE_HOOKS_PATH",
     "KERNELBOT_CPUS",
     "KERNELBOT_MEMORY",
+    "KERNELBOT_GPU_INDEX",
+    "BENCHKITE_NODE_NAME",
 ];
 
 /// Desired state of an AgentPool.
@@ -343,7 +345,7 @@ pub struct AgentSpec {
 
     /// Extra environment of the agent container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[x_kube(validation = Rule::new("self.all(e, !(e.name in ['BUILDKITE_AGENT_TOKEN', 'BUILDKITE_AGENT_TAGS', 'BUILDKITE_AGENT_NAME', 'BUILDKITE_AGENT_DISCONNECT_AFTER_JOB', 'BUILDKITE_AGENT_PRIORITY', 'BUILDKITE_HOOKS_PATH', 'KERNELBOT_CPUS', 'KERNELBOT_MEMORY']))").message("env may not set variables benchkite manages (BUILDKITE_AGENT_TOKEN, _TAGS, _NAME, _DISCONNECT_AFTER_JOB, _PRIORITY, BUILDKITE_HOOKS_PATH, KERNELBOT_CPUS, KERNELBOT_MEMORY): use tokenSecretRef, tags, ephemeral and priority"))]
+    #[x_kube(validation = Rule::new("self.all(e, !(e.name in ['BUILDKITE_AGENT_TOKEN', 'BUILDKITE_AGENT_TAGS', 'BUILDKITE_AGENT_NAME', 'BUILDKITE_AGENT_DISCONNECT_AFTER_JOB', 'BUILDKITE_AGENT_PRIORITY', 'BUILDKITE_HOOKS_PATH', 'KERNELBOT_CPUS', 'KERNELBOT_MEMORY', 'KERNELBOT_GPU_INDEX', 'BENCHKITE_NODE_NAME']))").message("env may not set variables benchkite manages (BUILDKITE_AGENT_TOKEN, _TAGS, _NAME, _DISCONNECT_AFTER_JOB, _PRIORITY, BUILDKITE_HOOKS_PATH, KERNELBOT_CPUS, KERNELBOT_MEMORY, KERNELBOT_GPU_INDEX, BENCHKITE_NODE_NAME): use tokenSecretRef, tags, ephemeral and priority"))]
     pub env: Vec<EnvVar>,
 
     /// Extra environment sources (ConfigMaps, Secrets) of the agent container.
@@ -502,4 +504,27 @@ pub struct AgentPoolStatus {
     #[serde(default)]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::CustomResourceExt as _;
+
+    use super::*;
+
+    /// The schema refuses `agent.env` entries for every variable benchkite sets itself.
+    #[test]
+    fn the_env_rule_names_every_managed_variable() {
+        let crd = serde_json::to_string(&AgentPool::crd()).unwrap_or_default();
+        let rule = crd
+            .split("\"rule\":\"")
+            .map(|r| r.split('"').next().unwrap_or_default())
+            .find(|r| r.contains("BUILDKITE_AGENT_TOKEN"))
+            .unwrap_or_default()
+            .to_string();
+        assert!(!rule.is_empty(), "the env rule is in the CRD");
+        for name in MANAGED_ENV {
+            assert!(rule.contains(&format!("'{name}'")), "{name} is refused by the env rule: {rule}");
+        }
+    }
 }

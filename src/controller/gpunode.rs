@@ -180,7 +180,9 @@ fn compute_status(gn: &GpuNode, ctx: &Context, now: Timestamp) -> Computed {
     status.driver_version = inv.driver_version.clone();
     // Every documented signal of a shared or partitioned GPU (labels, resources, the
     // product's name, allocatable above the GPU count); the inventory's own check is a subset.
-    let exclusivity = crate::fleet::exclusive::exclusivity(&node, false);
+    // An MPS control daemon pod that runs (or is about to) on the node shares its GPUs.
+    let mps_daemon = on_node.iter().any(|p| p.mps_daemon && !p.terminal());
+    let exclusivity = crate::fleet::exclusive::exclusivity(&node, mps_daemon);
     let shared = inv.shared || !exclusivity.is_exclusive();
     status.shared = shared;
 

@@ -44,6 +44,9 @@ pub struct CachedPod {
     pub spec_hash: Option<String>,
     /// `spec.nodeName`.
     pub node_name: Option<String>,
+    /// The pod is an NVIDIA MPS control daemon ([`is_mps_control_daemon`]): the GPUs of its
+    /// node are shared.
+    pub mps_daemon: bool,
     /// While unbound: the node names its required node affinity pins it to (how DaemonSet
     /// pods are placed). Empty once bound.
     pub pinned_nodes: Box<[String]>,
@@ -169,6 +172,7 @@ impl From<wire::Pod> for CachedPod {
         let wire::Pod { metadata: m, spec, status } = pod;
         let mut labels = m.labels.unwrap_or_default();
         let mut annotations = m.annotations.unwrap_or_default();
+        let mps_daemon = is_mps_control_daemon(m.name.as_deref().unwrap_or_default(), &labels, spec.as_ref());
         let agent_pool = if labels.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY) {
             m.owner_references
                 .unwrap_or_default()
@@ -221,6 +225,7 @@ impl From<wire::Pod> for CachedPod {
             gpus_annotation: annotations.remove(ANNOTATION_GPUS),
             spec_hash: annotations.remove(ANNOTATION_SPEC_HASH),
             node_name,
+            mps_daemon,
             pinned_nodes,
             requests,
             extended,
@@ -231,6 +236,19 @@ impl From<wire::Pod> for CachedPod {
             scheduled,
         }
     }
+}
+
+/// What names an NVIDIA MPS control daemon: the GPU operator's and the device plugin chart's
+/// DaemonSet `…-mps-control-daemon` (pods named after it, label `app=…-mps-control-daemon`)
+/// and its container `mps-control-daemon-ctr`.
+const MPS_DAEMON: &str = "mps-control-daemon";
+
+/// Whether a pod is an NVIDIA MPS control daemon, by its name, a label value or a container
+/// name (any of them, so a renamed DaemonSet with the upstream container is still seen).
+pub fn is_mps_control_daemon(name: &str, labels: &BTreeMap<String, String>, spec: Option<&PodSpec>) -> bool {
+    name.contains(MPS_DAEMON)
+        || labels.values().any(|v| v.contains(MPS_DAEMON))
+        || spec.is_some_and(|s| s.containers.iter().any(|c| c.name.starts_with(MPS_DAEMON)))
 }
 
 /// Names of the resources other than CPU and memory any container requests or limits.
@@ -262,6 +280,37 @@ mod tests {
     use super::*;
     use crate::fleet::pod::tests as built;
     use serde_json::json;
+
+    #[test]
+    fn mps_control_daemons_are_recognised_by_name_label_or_container() {
+        let pod = |name: &str, labels: serde_json::Value, container: &str| -> CachedPod {
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "gpu-operator", "labels": labels},
+                "spec": {"nodeName": "n", "containers": [{"name": container}]},
+            }))
+            .unwrap()
+        };
+        // The GPU operator's DaemonSet pod, the device plugin chart's, a renamed one with the
+        // upstream container, and one found by its label only.
+        assert!(pod("nvidia-device-plugin-mps-control-daemon-x7k2p", json!({}), "c").mps_daemon);
+        assert!(pod("dp-mps-control-daemon-abcde", json!({}), "c").mps_daemon);
+        assert!(pod("gpu-sharing-1", json!({}), "mps-control-daemon-ctr").mps_daemon);
+        assert!(pod("p", json!({"app": "nvidia-device-plugin-mps-control-daemon"}), "c").mps_daemon);
+        // The device plugin itself, GFD and an agent are not.
+        assert!(
+            !pod(
+                "nvidia-device-plugin-daemonset-x",
+                json!({"app": "nvidia-device-plugin-daemonset"}),
+                "nvidia-device-plugin"
+            )
+            .mps_daemon
+        );
+        assert!(
+            !pod("gpu-feature-discovery-x", json!({"app": "gpu-feature-discovery"}), "gpu-feature-discovery")
+                .mps_daemon
+        );
+        assert!(!pod("h100-gpu-0-3", json!({"benchkite.dev/pool": "h100"}), "agent").mps_daemon);
+    }
 
     #[test]
     fn decodes_what_the_fleet_reads_of_a_pod() {
@@ -310,6 +359,7 @@ mod tests {
         assert_eq!((p.pool_label.as_deref(), p.slot_label.as_deref()), (Some("p"), Some("3")));
         assert_eq!(p.gpunode_annotation.as_deref(), Some("gn-1"));
         assert_eq!(p.gpus_annotation.as_deref(), Some("2"));
+        assert!(!p.mps_daemon, "an agent is no MPS daemon");
         assert_eq!(p.spec_hash.as_deref(), Some("abc"));
         assert_eq!(p.node_name.as_deref(), Some("node-1"));
         assert!(p.pinned_nodes.is_empty());

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Affinity, ConfigMapVolumeSource, Container, EnvVar, EnvVarSource, NodeAffinity, NodeSelector,
-    NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSecurityContext, PodSpec, ResourceRequirements, SeccompProfile,
-    SecretKeySelector, Taint, Toleration, Volume, VolumeMount,
+    NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector, Pod, PodSecurityContext, PodSpec,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, Taint, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -102,6 +102,13 @@ pub fn agent_tags(slot: &AgentSlot<'_>) -> String {
     tags.join(",")
 }
 
+/// The digest of an image reference pinned by one (`repo@sha256:…`).
+pub fn image_digest(image: &str) -> Option<&str> {
+    let (_, digest) = image.rsplit_once('@')?;
+    let (algo, hex) = digest.split_once(':')?;
+    (!algo.is_empty() && !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit())).then_some(digest)
+}
+
 fn env(name: &str, value: impl Into<String>) -> EnvVar {
     EnvVar { name: name.into(), value: Some(value.into()), ..Default::default() }
 }
@@ -132,6 +139,7 @@ pub fn agent_pod(slot: &AgentSlot<'_>, defaults: &PodDefaults) -> Pod {
     let pool_name = pool.metadata.name.clone().unwrap_or_default();
     let name = agent_pod_name(&pool_name, slot.gpunode, slot.slot);
 
+    let image = agent.image.clone().unwrap_or_else(|| defaults.agent_image.clone());
     let mut env_vars = vec![
         EnvVar {
             name: "BUILDKITE_AGENT_TOKEN".into(),
@@ -160,6 +168,23 @@ pub fn agent_pod(slot: &AgentSlot<'_>, defaults: &PodDefaults) -> Pod {
     // The seeds' variables, so existing pipelines keep working.
     env_vars.push(env("KERNELBOT_CPUS", slot.resources.cpu_cores.to_string()));
     env_vars.push(env("KERNELBOT_MEMORY", format!("{}m", slot.resources.memory_mib)));
+    env_vars.push(env("KERNELBOT_GPU_INDEX", slot.slot.to_string()));
+    // Where a result was measured, for the runner's fingerprint: the node (downward API) and
+    // the image digest when the image is pinned by one (a tag's digest is known only after
+    // the pull, to the kubelet).
+    env_vars.push(EnvVar {
+        name: "BENCHKITE_NODE_NAME".into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector { field_path: "spec.nodeName".into(), ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    if let Some(digest) = image_digest(&image)
+        && !agent.env.iter().any(|e| e.name == "BENCHKITE_IMAGE_DIGEST")
+    {
+        env_vars.push(env("BENCHKITE_IMAGE_DIGEST", digest));
+    }
     // The runner's sandbox (a pool's own env, after, may tune it).
     env_vars.extend(security::sandbox_env(&name));
     env_vars.extend(agent.env.iter().cloned());
@@ -198,7 +223,7 @@ pub fn agent_pod(slot: &AgentSlot<'_>, defaults: &PodDefaults) -> Pod {
 
     let container = Container {
         name: AGENT_CONTAINER.into(),
-        image: Some(agent.image.clone().unwrap_or_else(|| defaults.agent_image.clone())),
+        image: Some(image),
         args: Some(vec!["start".into()]),
         env: Some(env_vars),
         env_from: (!agent.env_from.is_empty()).then(|| agent.env_from.clone()),
@@ -435,6 +460,27 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_pinned_image_hands_its_digest_to_the_runner() {
+        let hex = "a".repeat(64);
+        let mut p = pool("h100");
+        p.spec.agent.image = Some(format!("registry.example:5000/agent:1@sha256:{hex}"));
+        let t = taints();
+        let pod = agent_pod(&slot(&p, &t), &defaults());
+        let digest = format!("sha256:{hex}");
+        assert_eq!(env_of(&pod, "BENCHKITE_IMAGE_DIGEST").unwrap().value.as_deref(), Some(digest.as_str()));
+        for (image, want) in [
+            ("agent:1", None),
+            ("registry.example:5000/agent", None),
+            ("agent@sha256:", None),
+            ("agent@sha256:xyz", None),
+            ("agent@:abcd", None),
+            ("agent@sha512:abcd", Some("sha512:abcd")),
+        ] {
+            assert_eq!(image_digest(image), want, "{image}");
+        }
+    }
+
+    #[test]
     fn tolerates_only_gpu_taints() {
         let p = pool("h100");
         let t = taints();
@@ -458,6 +504,14 @@ pub(crate) mod tests {
         assert_eq!(env_of(&pod, "BUILDKITE_AGENT_DISCONNECT_AFTER_JOB").unwrap().value.as_deref(), Some("true"));
         assert_eq!(env_of(&pod, "KERNELBOT_CPUS").unwrap().value.as_deref(), Some("16"));
         assert_eq!(env_of(&pod, "KERNELBOT_MEMORY").unwrap().value.as_deref(), Some("131072m"));
+        assert_eq!(env_of(&pod, "KERNELBOT_GPU_INDEX").unwrap().value.as_deref(), Some("3"), "the slot");
+        let node = env_of(&pod, "BENCHKITE_NODE_NAME").unwrap();
+        assert_eq!(
+            node.value_from.as_ref().and_then(|v| v.field_ref.as_ref()).map(|f| f.field_path.as_str()),
+            Some("spec.nodeName"),
+            "the node comes from the downward API"
+        );
+        assert!(env_of(&pod, "BENCHKITE_IMAGE_DIGEST").is_none(), "a tag has no digest the controller knows");
         let token = env_of(&pod, "BUILDKITE_AGENT_TOKEN").unwrap();
         assert_eq!(token.value, None, "the token is never inlined");
         let sel = token.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();

@@ -347,7 +347,10 @@ pub(super) async fn execute(job: &KernelJob, ctx: &JobCtx, mut plan: Plan, befor
     }
     if let Some(bytes) = plan.store_output.take()
         && let Some(s) = plan.status.as_mut()
-        && let Some(name) = super::follow::store_output(job, ctx, &bytes).await
+        && let Some(name) = {
+            let fingerprint = s.result.as_ref().and_then(|r| r.system.as_ref()).and_then(|y| y.fingerprint.as_ref());
+            super::follow::store_output(job, ctx, &bytes, fingerprint).await
+        }
     {
         s.output_ref = Some(name);
     }

@@ -14,6 +14,7 @@ use super::controller::{JobCtx, execute, key_of, pipeline_of, target};
 use super::decide::{self, Following, ResultError, ResultRead, Trust, active_attempt, next_attempt_number};
 use super::machine::{self, meta};
 use super::memory::JobMemory;
+use crate::api::kerneljob::FingerprintStatus;
 use crate::api::kerneljob::{BuildRef, KernelJobStatus};
 use crate::api::{FIELD_MANAGER, KernelJob};
 use crate::buildkite::{self, Build};
@@ -320,27 +321,17 @@ async fn read_artifact(
     }
 }
 
-/// Keeps the full `result.json` in a ConfigMap owned by the job (bounded).
-pub(super) async fn store_output(job: &KernelJob, ctx: &JobCtx, bytes: &[u8]) -> Option<String> {
+/// Keeps the full `result.json` in a ConfigMap owned by the job (bounded), with the signed
+/// environment fingerprint, when the result has one, as `fingerprint.json`.
+pub(super) async fn store_output(
+    job: &KernelJob,
+    ctx: &JobCtx,
+    bytes: &[u8],
+    fingerprint: Option<&FingerprintStatus>,
+) -> Option<String> {
     let ns = job.namespace()?;
-    let name = crate::fleet::pod::agent_pod_name(&job.name_any(), "result", 0).trim_end_matches("-0").to_string();
-    let text = String::from_utf8_lossy(bytes);
-    let body = if text.len() <= ctx.config.max_configmap_bytes {
-        text.to_string()
-    } else {
-        format!(
-            "{{\"truncated\": true, \"note\": \"result.json is {} bytes, over the {}-byte limit; download it from the build's artifacts\"}}",
-            text.len(),
-            ctx.config.max_configmap_bytes
-        )
-    };
     let owner = job.controller_owner_ref(&())?;
-    let cm = json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": name, "namespace": ns, "ownerReferences": [owner],
-                     "labels": {"app.kubernetes.io/managed-by": "benchkite", "benchkite.dev/kerneljob": crate::fleet::pod::label_value(&job.name_any())}},
-        "data": {"result.json": body},
-    });
+    let (name, cm) = result_configmap(job, &ns, owner, bytes, fingerprint, ctx.config.max_configmap_bytes);
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
     match api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&cm)).await {
         Ok(_) => Some(name),
@@ -351,10 +342,67 @@ pub(super) async fn store_output(job: &KernelJob, ctx: &JobCtx, bytes: &[u8]) ->
     }
 }
 
+/// The result ConfigMap of `job` and its name: `result.json` (or a note when it is over
+/// `max_bytes`) and `fingerprint.json`.
+fn result_configmap(
+    job: &KernelJob,
+    ns: &str,
+    owner: k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+    bytes: &[u8],
+    fingerprint: Option<&FingerprintStatus>,
+    max_bytes: usize,
+) -> (String, serde_json::Value) {
+    let name = crate::fleet::pod::agent_pod_name(&job.name_any(), "result", 0).trim_end_matches("-0").to_string();
+    let text = String::from_utf8_lossy(bytes);
+    let body = if text.len() <= max_bytes {
+        text.to_string()
+    } else {
+        format!(
+            "{{\"truncated\": true, \"note\": \"result.json is {} bytes, over the {}-byte limit; download it from the build's artifacts\"}}",
+            text.len(),
+            max_bytes
+        )
+    };
+    let mut data = serde_json::Map::new();
+    data.insert("result.json".into(), body.into());
+    if let Some(fp) = fingerprint.and_then(|f| serde_json::to_string_pretty(f).ok()) {
+        data.insert("fingerprint.json".into(), fp.into());
+    }
+    let cm = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": ns, "ownerReferences": [owner],
+                     "labels": {"app.kubernetes.io/managed-by": "benchkite", "benchkite.dev/kerneljob": crate::fleet::pod::label_value(&job.name_any())}},
+        "data": data,
+    });
+    (name, cm)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::contract::summary::ResultSummary;
+
+    #[test]
+    fn the_result_configmap_carries_the_fingerprint_beside_result_json() {
+        let job: KernelJob = serde_json::from_value(json!({
+            "apiVersion": "benchkite.dev/v1alpha1", "kind": "KernelJob",
+            "metadata": {"name": "j", "namespace": "ns", "uid": "u"},
+            "spec": {"queue": "q", "mode": "test", "lang": "py", "main": "eval.py", "sources": {"eval.py": ""}},
+        }))
+        .unwrap();
+        let owner = job.controller_owner_ref(&()).unwrap();
+        let fp =
+            FingerprintStatus { gpu_uuid: "GPU-1".into(), node: "n1".into(), slot: "3".into(), ..Default::default() };
+        let (name, cm) = result_configmap(&job, "ns", owner.clone(), b"{\"ok\": 1}", Some(&fp), 100);
+        assert_eq!(cm["metadata"]["name"], name.as_str());
+        assert_eq!(cm["data"]["result.json"], "{\"ok\": 1}");
+        let stored: FingerprintStatus = serde_json::from_str(cm["data"]["fingerprint.json"].as_str().unwrap()).unwrap();
+        assert_eq!(stored, fp);
+        // No fingerprint (an older runner, result.json only): no key; too big: a note.
+        let (_, cm) = result_configmap(&job, "ns", owner, &[b'x'; 101], None, 100);
+        assert!(cm["data"].get("fingerprint.json").is_none());
+        assert!(cm["data"]["result.json"].as_str().unwrap().contains("over the 100-byte limit"));
+    }
 
     fn found(source: &'static str, trust: Trust) -> ResultRead {
         let summary = ResultSummary {

@@ -199,6 +199,9 @@ impl SimConfig {
                 }
             }
         }
+        for pool in &self.agents {
+            pool.validate_gpu().map_err(anyhow::Error::msg)?;
+        }
         for w in &self.webhooks {
             w.delivery.validate()?;
         }
@@ -348,6 +351,28 @@ pub struct AgentPoolConfig {
     pub cluster: Option<String>,
     pub tags: BTreeMap<String, String>,
     pub env: BTreeMap<String, String>,
+    /// Simulated GPU of every agent of the pool (see `gpu.rs`); `None`: no `SIMGPU_*` env.
+    pub gpu: Option<crate::gpu::GpuProfile>,
+    /// Per agent `index` (`%n`): a profile that replaces `gpu` for that agent.
+    pub gpu_by_index: BTreeMap<u32, crate::gpu::GpuProfile>,
+}
+
+impl AgentPoolConfig {
+    /// The simulated GPU of the pool's agent `index`.
+    pub fn gpu_of(&self, index: u32) -> Option<&crate::gpu::GpuProfile> {
+        self.gpu_by_index.get(&index).or(self.gpu.as_ref())
+    }
+
+    /// Checks the pool's GPU profiles.
+    pub fn validate_gpu(&self) -> Result<(), String> {
+        if let Some(g) = &self.gpu {
+            g.validate().map_err(|e| format!("pool {:?}: {e}", self.queue))?;
+        }
+        for (i, g) in &self.gpu_by_index {
+            g.validate().map_err(|e| format!("pool {:?}: gpu_by_index[{i}]: {e}", self.queue))?;
+        }
+        Ok(())
+    }
 }
 
 /// What runs when an agent takes a job.

@@ -30,6 +30,7 @@ pub mod counters;
 pub mod executor;
 pub mod faults;
 pub mod glob;
+pub mod gpu;
 pub mod graphql;
 pub mod http;
 pub mod model;

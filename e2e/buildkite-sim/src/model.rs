@@ -347,6 +347,10 @@ pub struct Agent {
     pub hostname: String,
     pub created_at: Timestamp,
     pub last_job_finished_at: Option<Timestamp>,
+    /// Simulated GPU slot (`SIMGPU_*` in its jobs' env, see `gpu.rs`).
+    pub gpu: Option<crate::gpu::GpuProfile>,
+    /// Jobs this agent started (the next job's `SIMGPU_JOB_INDEX`).
+    pub jobs_started: u32,
 }
 
 impl Agent {
@@ -557,6 +561,8 @@ mod tests {
             hostname: "h".into(),
             created_at: Timestamp::now(),
             last_job_finished_at: None,
+            gpu: None,
+            jobs_started: 0,
         };
         assert!(agent.matches(&["queue=q1".into()]));
         assert!(agent.matches(&["queue=q1".into(), "gpu=h*".into()]));

@@ -45,6 +45,7 @@ pub fn router() -> Router<Arc<Sim>> {
         .route("/_sim/agents", get(agents).post(register_agent))
         .route("/_sim/agents/pools", get(pools).put(set_pool))
         .route("/_sim/agents/{id}", axum::routing::delete(remove_agent))
+        .route("/_sim/agents/{id}/gpu", put(set_agent_gpu))
         .route("/_sim/jobs/{id}", get(job))
         .route("/_sim/jobs/{id}/finish", post(finish_job))
         .route("/_sim/jobs/{id}/fail", post(fail_job))
@@ -255,6 +256,8 @@ async fn agents(State(sim): State<Arc<Sim>>) -> Response {
                 "mode": a.mode,
                 "pool": a.pool,
                 "stopping": a.stop_after_job,
+                "gpu": a.gpu,
+                "jobs_started": a.jobs_started,
             })
         })
         .collect();
@@ -297,6 +300,9 @@ struct RegisterAgent {
     mode: AgentMode,
     #[serde(default)]
     env: BTreeMap<String, String>,
+    /// Simulated GPU slot (see `gpu.rs`).
+    #[serde(default)]
+    gpu: Option<crate::gpu::GpuProfile>,
 }
 
 async fn register_agent(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
@@ -324,7 +330,7 @@ async fn register_agent(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
         .name
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| format!("external-agent-{}", &Uuid::new_v4().simple().to_string()[..8]));
-    let result = sim.lock().register_agent(name, tags, r.cluster.as_deref(), r.mode, r.env);
+    let result = sim.lock().register_agent(name, tags, r.cluster.as_deref(), r.mode, r.env, r.gpu);
     sim.kick();
     match result {
         Ok(id) => json_response(StatusCode::CREATED, &json!({"id": id})),
@@ -338,6 +344,23 @@ async fn remove_agent(State(sim): State<Arc<Sim>>, ApiPath(id): ApiPath<String>)
     };
     let r = sim.lock().remove_agent(id);
     sim.kick();
+    match r {
+        Ok(()) => ok(&json!({"ok": true})),
+        Err(e) => op_error(e),
+    }
+}
+
+/// `PUT /_sim/agents/{id}/gpu`: a GpuProfile replaces the agent's simulated GPU (`null`
+/// removes it); its job count stays.
+async fn set_agent_gpu(State(sim): State<Arc<Sim>>, ApiPath(id): ApiPath<String>, body: Bytes) -> Response {
+    let gpu: Option<crate::gpu::GpuProfile> = match parse(&body) {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
+    let Ok(id) = id.parse::<Uuid>() else {
+        return not_found("No agent found");
+    };
+    let r = sim.lock().set_agent_gpu(id, gpu);
     match r {
         Ok(()) => ok(&json!({"ok": true})),
         Err(e) => op_error(e),

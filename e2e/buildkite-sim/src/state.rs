@@ -191,6 +191,16 @@ pub struct PoolSpec {
     pub count: u32,
     pub tags: BTreeMap<String, String>,
     pub env: BTreeMap<String, String>,
+    /// Simulated GPU of every agent (see `gpu.rs`).
+    pub gpu: Option<crate::gpu::GpuProfile>,
+    /// Per agent index, replacing `gpu`.
+    pub gpu_by_index: BTreeMap<u32, crate::gpu::GpuProfile>,
+}
+
+impl PoolSpec {
+    fn gpu_of(&self, index: u32) -> Option<crate::gpu::GpuProfile> {
+        self.gpu_by_index.get(&index).or(self.gpu.as_ref()).cloned()
+    }
 }
 
 /// Counters of job outcomes.
@@ -707,18 +717,29 @@ impl Inner {
         if cfg.queue.is_empty() {
             return Err("a pool needs a queue".into());
         }
+        cfg.validate_gpu()?;
         let cluster_id = self.cluster_by_name(cfg.cluster.as_deref())?;
         let r: QueueRef = (cluster_id, cfg.queue.clone());
-        self.pools.insert(
-            r.clone(),
-            PoolSpec {
-                cluster_id,
-                queue: cfg.queue.clone(),
-                count: cfg.count,
-                tags: cfg.tags.clone(),
-                env: cfg.env.clone(),
-            },
-        );
+        let spec = PoolSpec {
+            cluster_id,
+            queue: cfg.queue.clone(),
+            count: cfg.count,
+            tags: cfg.tags.clone(),
+            env: cfg.env.clone(),
+            gpu: cfg.gpu.clone(),
+            gpu_by_index: cfg.gpu_by_index.clone(),
+        };
+        // A changed GPU setting applies to the pool's existing agents too (their job counts
+        // stay); an unchanged one keeps what `PUT /_sim/agents/{id}/gpu` set.
+        let gpu_changed =
+            self.pools.get(&r).is_some_and(|old| old.gpu != spec.gpu || old.gpu_by_index != spec.gpu_by_index);
+        if gpu_changed {
+            let pool = self.pool_name(&r);
+            for a in self.agents.values_mut().filter(|a| a.pool.as_deref() == Some(pool.as_str())) {
+                a.gpu = spec.gpu_of(a.index);
+            }
+        }
+        self.pools.insert(r.clone(), spec);
         self.reconcile_pool(&r);
         Ok(r)
     }
@@ -833,6 +854,8 @@ impl Inner {
                 hostname: format!("sim-{}-{n}", spec.queue),
                 created_at: Timestamp::now(),
                 last_job_finished_at: None,
+                gpu: spec.gpu_of(next),
+                jobs_started: 0,
             };
             self.agents.insert(id, agent);
             self.agent_order.push(id);
@@ -851,7 +874,11 @@ impl Inner {
         cluster: Option<&str>,
         mode: AgentMode,
         env: BTreeMap<String, String>,
+        gpu: Option<crate::gpu::GpuProfile>,
     ) -> Result<Uuid, OpError> {
+        if let Some(g) = &gpu {
+            g.validate().map_err(OpError::Unprocessable)?;
+        }
         let cluster_id = self.cluster_by_name(cluster).map_err(OpError::Unprocessable)?;
         let queue_key = tags
             .iter()
@@ -886,11 +913,24 @@ impl Inner {
                 env,
                 created_at: Timestamp::now(),
                 last_job_finished_at: None,
+                gpu,
+                jobs_started: 0,
             },
         );
         self.agent_order.push(id);
         self.connect_agent(id);
         Ok(id)
+    }
+
+    /// Replaces an agent's simulated GPU (`None`: no `SIMGPU_*` env from its next job on);
+    /// its job count stays.
+    pub fn set_agent_gpu(&mut self, id: Uuid, gpu: Option<crate::gpu::GpuProfile>) -> Result<(), OpError> {
+        if let Some(g) = &gpu {
+            g.validate().map_err(OpError::Unprocessable)?;
+        }
+        let a = self.agents.get_mut(&id).ok_or(OpError::NotFound("No agent found"))?;
+        a.gpu = gpu;
+        Ok(())
     }
 
     /// Stops an agent (REST `PUT …/agents/{id}/stop`). With `force`, a running job and its
@@ -1400,10 +1440,14 @@ impl Inner {
             let job = self.jobs.get(&job_id)?;
             (job.build, job.queue_key.clone())
         };
-        {
+        // The agent's simulated GPU env of this job, from its job count before the job.
+        let gpu_env = {
             let agent = self.agents.get_mut(&agent_id)?;
             agent.job = Some(job_id);
-        }
+            let index = agent.jobs_started;
+            agent.jobs_started = agent.jobs_started.saturating_add(1);
+            agent.gpu.as_ref().map(|g| g.env(index)).unwrap_or_default()
+        };
         let job = self.jobs.get_mut(&job_id)?;
         job.state = JobState::Running;
         job.agent = Some(agent_id);
@@ -1561,6 +1605,8 @@ impl Inner {
         for (k, v) in protected {
             env.insert(k.to_string(), v);
         }
+        // The simulated GPU is the "hardware": set after the build env, no build overrides it.
+        env.extend(gpu_env);
 
         let preflight = if agent.mode == AgentMode::Simulator {
             let argv: Vec<String> = match &kind {
