@@ -27,7 +27,9 @@ enum Command {
     Controller(Box<ControllerArgs>),
     /// Evaluate a KernelJob payload (KERNELBOT_PAYLOAD) and write result.json (job side).
     Run(benchkite::runner::RunArgs),
-    /// Print the CustomResourceDefinitions as YAML, or write/check them in a directory.
+    /// Time the reference suite on this GPU slot and report it (the agent pod's init
+    /// container, when the pool certifies its slots).
+    Certify(Box<benchkite::runner::CertifyArgs>),
     /// Print the result key of a queue (hex), derived from the master key: for agents an
     /// admin runs on a raw queue (`BENCHKITE_RESULT_KEY_FILE` of their `benchkite run`).
     ResultKey {
@@ -38,6 +40,7 @@ enum Command {
         #[arg(long, env = benchkite::signing::MASTER_KEY_FILE_ENV, value_name = "FILE")]
         result_key_file: PathBuf,
     },
+    /// Print the CustomResourceDefinitions as YAML, or write/check them in a directory.
     Crds {
         /// Write one file per CRD into this directory instead of printing.
         #[arg(long, value_name = "DIR")]
@@ -413,6 +416,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => std::process::exit(benchkite::runner::main(args)),
+        Command::Certify(args) => std::process::exit(benchkite::runner::certify(*args)),
     }
 }
 

@@ -26,7 +26,7 @@ pub use result::{
     parse_result_json_limited, passed, run_name, run_success, truncate_output, truncate_output_to,
 };
 pub use summary::{
-    BenchmarkSummary, MAX_SUMMARY_BYTES, META_DATA_KEY, ResultSummary, RunSummary, SUMMARY_VERSION, SummaryError,
-    SystemSummary, TestFailure, TestsSummary, parse_meta_data_summary, score, score_from_result_map, summarize,
-    verdict,
+    BenchmarkSummary, CanarySummary, MAX_SUMMARY_BYTES, META_DATA_KEY, ResultSummary, RunSummary, SUMMARY_VERSION,
+    SummaryError, SystemSummary, TestFailure, TestsSummary, parse_meta_data_summary, score, score_from_result_map,
+    summarize, verdict,
 };

@@ -184,7 +184,7 @@ fn inflate_capped(compressed: &[u8], limit: usize) -> Result<Vec<u8>, PayloadErr
     Ok(out)
 }
 
-fn config_from_json(json: &[u8]) -> Result<EvalConfig, PayloadError> {
+pub fn config_from_json(json: &[u8]) -> Result<EvalConfig, PayloadError> {
     // Syntax first, so a malformed document is reported at the root, not at whichever field
     // the typed pass happened to be reading.
     serde_json::from_slice::<serde::de::IgnoredAny>(json)

@@ -17,7 +17,7 @@
 //! 6. run errors removed;
 //! 7. runs other than `test`, `benchmark` and `leaderboard` removed;
 //! 8. the top-level error cut to 256 bytes and system fields to 32 bytes;
-//! 9. all runs removed, and the system info but its fingerprint;
+//! 9. all runs removed, and the system info but its fingerprint and canary;
 //! 10. the top-level error removed (and an unknown `ranking_by` cut to 32 bytes).
 //!
 //! After step 10 only fixed-size fields remain (the fingerprint's strings are each capped at
@@ -116,6 +116,20 @@ pub struct SystemSummary {
     /// made from `result.json`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<Fingerprint>,
+    /// The drift canary this slot timed after the evaluation, when it was due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanarySummary>,
+}
+
+/// One timing of the reference suite's canary kernel on the slot that ran the job.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct CanarySummary {
+    /// The suite kernel (at most 40 bytes).
+    pub kernel: String,
+    /// Its ranked time, seconds.
+    pub seconds: f64,
+    /// When it ran (Unix seconds).
+    pub at: i64,
 }
 
 /// Outcome of one run.
@@ -259,6 +273,13 @@ impl ResultSummary {
         }
         if let Some(f) = self.system.as_ref().and_then(|s| s.fingerprint.as_ref()) {
             f.check_bounds()?;
+        }
+        if let Some(c) = self.system.as_ref().and_then(|s| s.canary.as_ref())
+            && (c.kernel.is_empty()
+                || c.kernel.len() > crate::certify::suite::MAX_NAME
+                || !(c.seconds.is_finite() && c.seconds > 0.0))
+        {
+            return Err(format!("canary {:?} is not a kernel name with a positive time", c.kernel));
         }
         if self.runs.len() > MAX_RUNS {
             return Err(format!("{} runs, more than {MAX_RUNS}", self.runs.len()));

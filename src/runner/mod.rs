@@ -11,6 +11,7 @@
 //! 128+N when the runner was stopped by signal N (the build was canceled).
 
 mod cases;
+mod certify;
 mod compile;
 mod evaluate;
 mod fingerprint;
@@ -25,6 +26,7 @@ use std::io::Read as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+pub use certify::{CanarySchedule, CanaryState, CertifyArgs, EXIT_CANNOT_CERTIFY, EXIT_NOT_CERTIFIED, main as certify};
 pub use compile::{CUDA_FLAGS, OUTPUT_BINARY};
 pub use profile::Profiler;
 pub use report::{ReportMode, SIM_META_DATA_FILE_ENV, UploadMode};
@@ -256,7 +258,10 @@ pub fn main(args: RunArgs) -> i32 {
     let (mut result, ranking_by) = evaluate(&args, &mut probe, &mut timing, &mut harness_sha256);
     result.system = probe.get(PROBE_WAIT).clone();
     let fingerprint = gather_fingerprint(&args, &mut probe, harness_sha256);
-    finish(&args, &result, &ranking_by, &timing, fingerprint)
+    // The drift canary, when this slot's is due: after the evaluation and its fingerprint
+    // (the temperature after the run is the submission's, not the canary's).
+    let canary = if result.success { certify::canary(&args, &mut probe) } else { None };
+    finish(&args, &result, &ranking_by, &timing, fingerprint, canary)
 }
 
 /// The environment fingerprint, once the last timed stage ended: the probe's GPU part
@@ -272,6 +277,9 @@ fn gather_fingerprint(args: &RunArgs, probe: &mut Probe, harness_sha256: String)
     }
     fp.harness_sha256 = harness_sha256;
     fingerprint::from_env(&mut fp, |k| std::env::var(k).ok(), &device);
+    if fp.certification_epoch.is_empty() {
+        fp.certification_epoch = certify::epoch().unwrap_or_default();
+    }
     fp.bound();
     (!fp.is_empty()).then_some(fp)
 }
@@ -295,14 +303,19 @@ fn finish(
     ranking_by: &RankingBy,
     timing: &Timing,
     fingerprint: Option<contract::Fingerprint>,
+    canary: Option<contract::CanarySummary>,
 ) -> i32 {
     let mut summary = contract::summarize(result, ranking_by);
+    let device_count = result.system.device_count;
     if let Some(fp) = fingerprint {
-        let device_count = result.system.device_count;
         summary
             .system
             .get_or_insert_with(|| contract::SystemSummary { device_count, ..Default::default() })
             .fingerprint = Some(fp);
+    }
+    if let Some(c) = canary {
+        summary.system.get_or_insert_with(|| contract::SystemSummary { device_count, ..Default::default() }).canary =
+            Some(c);
     }
     let mut code = if result.success { EXIT_OK } else { EXIT_INFRA };
     if !result.success {

@@ -189,3 +189,42 @@ pub fn read_pid(path: &Path) -> i32 {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("pid file {}: {e}", path.display()));
     text.trim().parse().expect("pid")
 }
+
+/// A synthetic kernel (`tests/tasks/synthetic/<name>.py`) as kernelbot config.
+pub fn synthetic(mode: &str, kernel: &str) -> Value {
+    json!({
+        "lang": "py",
+        "mode": mode,
+        "main": "eval.py",
+        "sources": {
+            "eval.py": task_file("synthetic/eval.py"),
+            "reference.py": task_file("synthetic/reference.py"),
+            "submission.py": task_file(&format!("synthetic/{kernel}.py")),
+        },
+        "tests": [{"size": 1}],
+        "benchmarks": [{"size": 1}],
+        "ranking_by": "mean",
+        "test_timeout": 60,
+        "benchmark_timeout": 60,
+        "ranked_timeout": 60,
+    })
+}
+
+/// The synthetic kernels and their true times, seconds.
+pub const SYNTHETIC_KERNELS: &[(&str, f64)] =
+    &[("k_fast", 1.0e-3), ("k_mid_b", 2.0e-3), ("k_mid_a", 2.1e-3), ("k_slow", 1.0e-2)];
+
+/// A reference suite of the synthetic kernels at their true times (JSON, which is YAML).
+pub fn synthetic_suite(canary: Option<&str>) -> String {
+    let kernels: Vec<Value> = SYNTHETIC_KERNELS
+        .iter()
+        .map(
+            |(k, t)| json!({"name": k.replace('_', "-"), "referenceSeconds": t, "config": synthetic("leaderboard", k)}),
+        )
+        .collect();
+    let mut suite = json!({"kernels": kernels});
+    if let Some(c) = canary {
+        suite["canary"] = json!(c);
+    }
+    suite.to_string()
+}

@@ -167,6 +167,7 @@ fn summarize_system(system: &SystemInfo, truncated: &mut bool) -> Option<SystemS
         runtime: cap(&system.runtime),
         hostname: cap(host),
         fingerprint: None,
+        canary: None,
     };
     (!(s.gpu.is_empty() && s.runtime.is_empty() && s.hostname.is_empty())).then_some(s)
 }

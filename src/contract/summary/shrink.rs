@@ -113,13 +113,15 @@ fn shorten_top_level(s: &mut ResultSummary) {
     }
 }
 
-fn drop_runs_and_system(s: &mut ResultSummary) {
+pub(super) fn drop_runs_and_system(s: &mut ResultSummary) {
     s.runs.clear();
     s.system = s.system.take().and_then(|sys| {
-        let fingerprint = sys.fingerprint.filter(|f| !f.is_empty())?;
-        Some(SystemSummary {
+        let fingerprint = sys.fingerprint.filter(|f| !f.is_empty());
+        let canary = sys.canary;
+        (fingerprint.is_some() || canary.is_some()).then(|| SystemSummary {
             device_count: sys.device_count,
-            fingerprint: Some(fingerprint),
+            fingerprint,
+            canary,
             ..SystemSummary::default()
         })
     });

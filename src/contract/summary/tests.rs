@@ -505,6 +505,7 @@ fn system_is_short() {
             runtime: "CUDA".into(),
             hostname: "gpu-a".into(),
             fingerprint: None,
+            canary: None,
         })
     );
     let mut r = full(vec![]);
@@ -567,3 +568,30 @@ fn ranking_by_shown_only_with_a_ranked_run_and_bounded() {
 }
 
 mod meta_data;
+
+#[test]
+fn a_canary_survives_the_bound_and_a_bad_one_is_refused() {
+    let mut s = summarize(&full(vec![]), &RankingBy::Last);
+    let canary = CanarySummary { kernel: "k-mid".into(), seconds: 1.5e-4, at: 1_790_000_000 };
+    s.system.as_mut().unwrap().canary = Some(canary.clone());
+    let back = parse_meta_data_summary(&s.to_meta_data_value()).unwrap();
+    assert_eq!(back.system.and_then(|x| x.canary), Some(canary.clone()));
+    // Shrunk to the fixed-size fields, it is still there.
+    let mut shrunk = s.clone();
+    super::shrink::drop_runs_and_system(&mut shrunk);
+    assert_eq!(shrunk.system.and_then(|x| x.canary), Some(canary));
+    for bad in [
+        CanarySummary { kernel: String::new(), seconds: 1.0, at: 0 },
+        CanarySummary { kernel: "k".repeat(41), seconds: 1.0, at: 0 },
+        CanarySummary { kernel: "k".into(), seconds: 0.0, at: 0 },
+        CanarySummary { kernel: "k".into(), seconds: f64::NAN, at: 0 },
+    ] {
+        let mut s = s.clone();
+        s.system.as_mut().unwrap().canary = Some(bad.clone());
+        let mut v: serde_json::Value = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        if bad.seconds.is_nan() {
+            v["system"]["canary"]["seconds"] = serde_json::json!(-1.0);
+        }
+        assert!(parse_meta_data_summary(&v.to_string()).is_err(), "{bad:?}");
+    }
+}
