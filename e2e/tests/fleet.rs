@@ -65,6 +65,7 @@ fn pool(name: &str, sel: GpuNodeSelector) -> AgentPool {
             paused: false,
             buildkite: None,
             strategy: None,
+            certification: None,
         },
     )
 }

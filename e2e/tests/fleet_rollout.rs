@@ -64,6 +64,7 @@ fn pool(name: &str, test: &str, ephemeral: bool, max_unavailable: Option<IntOrSt
             buildkite: None,
             strategy: max_unavailable
                 .map(|m| PoolStrategy { rolling_update: Some(RollingUpdate { max_unavailable: Some(m) }) }),
+            certification: None,
         },
     )
 }

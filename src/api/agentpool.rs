@@ -105,6 +105,11 @@ pub struct AgentPoolSpec {
     /// fast maintenance and cordon drains proceed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<PoolStrategy>,
+
+    /// Certify each GPU slot by ranking parity against a reference suite before its agent
+    /// serves, and watch it for drift with a canary (see the README, "Numbers you can trust").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certification: Option<super::certification::PoolCertification>,
 }
 
 /// Which KernelJobs may target a pool (an admin's setting: a job cannot grant itself a pool).

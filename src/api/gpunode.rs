@@ -63,6 +63,14 @@ pub const DISCOVERED_LABEL: &str = "benchkite.dev/discovered";
     printcolumn(name = "Mem/GPU", type_ = "string", json_path = ".status.perGpuShare.memory"),
     printcolumn(name = "Agents", type_ = "integer", json_path = ".status.agentCount"),
     printcolumn(name = "Maint", type_ = "boolean", json_path = ".spec.maintenance", priority = 1),
+    printcolumn(name = "Certified", type_ = "string", json_path = ".status.certification.summary", priority = 1),
+    printcolumn(name = "Min-Tau", type_ = "number", json_path = ".status.certification.minKendallTau", priority = 1),
+    printcolumn(
+        name = "Quarantined",
+        type_ = "integer",
+        json_path = ".status.certification.quarantined",
+        priority = 1
+    ),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
@@ -218,6 +226,10 @@ pub struct GpuNodeStatus {
     #[serde(default)]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
+    /// Per-slot certification and drift (written by the certification manager, under its own
+    /// field manager).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certification: Option<super::certification::NodeCertification>,
 }
 
 impl GpuNode {

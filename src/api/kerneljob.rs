@@ -439,6 +439,20 @@ pub struct SystemStatus {
     /// when the result came from `result.json` or an older runner).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<FingerprintStatus>,
+    /// The drift canary the slot timed after this evaluation (signed with the summary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryStatus>,
+}
+
+/// One timing of the reference suite's canary.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryStatus {
+    pub kernel: String,
+    /// Seconds.
+    pub seconds: f64,
+    /// When it ran (Unix seconds).
+    pub at: i64,
 }
 
 /// The runner's environment fingerprint; every field empty when unknown.

@@ -5,6 +5,7 @@
 //! CRDs in `crds/`.
 
 pub mod agentpool;
+pub mod certification;
 pub mod condition;
 pub mod gpunode;
 pub mod jobenv;

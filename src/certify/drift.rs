@@ -11,13 +11,14 @@
 //! row quarantine the slot; an outlier is never added to the history (which stays the
 //! slot's good behaviour), a good sample is and resets the count.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Scale from the median absolute deviation to a normal standard deviation.
 pub const MAD_SCALE: f64 = 1.4826;
 
 /// The drift bound and how much evidence it takes.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct DriftConfig {
     /// Bound in robust standard deviations.
@@ -67,14 +68,17 @@ pub struct Deviation {
 }
 
 /// A slot's canary record.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SlotHistory {
     /// Good canary times, oldest first, at most `history`.
+    #[serde(default)]
     pub samples: Vec<f64>,
     /// Outliers in a row.
+    #[serde(default)]
     pub strikes: u32,
     /// When the last good canary was taken (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_good_at: Option<i64>,
 }
 

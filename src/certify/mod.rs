@@ -2,6 +2,7 @@
 //! kernels the way a trusted reference does, and watching it for drift afterwards.
 
 pub mod drift;
+pub mod ledger;
 pub mod parity;
 pub mod report;
 pub mod suite;

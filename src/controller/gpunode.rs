@@ -331,7 +331,7 @@ pub async fn reconcile(gn: Arc<GpuNode>, ctx: Arc<Context>) -> Result<Action> {
     let name = gn.name_any();
     let api: Api<GpuNode> = Api::all(ctx.client.clone());
     let now = Timestamp::now();
-    let Computed { status, event, recheck_in } = compute_status(&gn, &ctx, now);
+    let Computed { mut status, event, recheck_in } = compute_status(&gn, &ctx, now);
 
     // A discovered GpuNode whose Node stayed away for the grace period goes away too.
     let node_missing = find(&status.conditions, cond::NODE_FOUND).filter(|c| c.status == "False");
@@ -386,11 +386,15 @@ pub async fn reconcile(gn: Arc<GpuNode>, ctx: Arc<Context>) -> Result<Action> {
 
     let previous_ready = gn.status.as_ref().and_then(|s| find(&s.conditions, cond::READY)).map(|c| c.reason.clone());
     let new_ready = find(&status.conditions, cond::READY).map(|c| c.reason.clone());
+    // `status.certification` belongs to the certification manager (its own field manager):
+    // compared as it is, never applied from here (applying it would take its ownership).
+    status.certification = gn.status.as_ref().and_then(|s| s.certification.clone());
     if gn.status.as_ref() != Some(&status) {
+        let mine = GpuNodeStatus { certification: None, ..status.clone() };
         let patch = json!({
             "apiVersion": "benchkite.dev/v1alpha1",
             "kind": "GpuNode",
-            "status": status,
+            "status": mine,
         });
         api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
             .await

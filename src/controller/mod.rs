@@ -6,6 +6,7 @@
 
 pub mod agentpool;
 pub mod cache;
+pub mod certification;
 pub mod gate;
 pub mod gpunode;
 pub mod pipelines;
@@ -450,8 +451,10 @@ pub async fn run(
                 synced(gpunodes.clone()).boxed(),
                 synced(pools.clone()).boxed(),
             ]);
+            // Certification of the slots of pools that ask for it (reports, canaries).
+            let certify = certification::run(ctx.clone(), on_shutdown(&shutdown_tx));
             when_synced("fleet", synced, on_shutdown(&shutdown_tx), async move {
-                tokio::join!(gpunode_ctrl, discovery_ctrl, pool_ctrl);
+                tokio::join!(gpunode_ctrl, discovery_ctrl, pool_ctrl, certify);
             })
             .map(|_| ())
             .boxed()

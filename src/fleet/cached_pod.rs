@@ -44,6 +44,10 @@ pub struct CachedPod {
     pub spec_hash: Option<String>,
     /// `spec.nodeName`.
     pub node_name: Option<String>,
+    /// What the certification init container ([`CERTIFY_CONTAINER`]) of an agent pod ended
+    /// with: its exit code and termination message (the latest run, or the one before while
+    /// the kubelet restarts it).
+    pub certify: Option<(i32, String)>,
     /// The pod is an NVIDIA MPS control daemon ([`is_mps_control_daemon`]): the GPUs of its
     /// node are shared.
     pub mps_daemon: bool,
@@ -164,6 +168,7 @@ mod wire {
         pub reason: Option<String>,
         pub message: Option<String>,
         pub conditions: Option<Vec<PodCondition>>,
+        pub init_container_statuses: Option<Vec<k8s_openapi::api::core::v1::ContainerStatus>>,
     }
 }
 
@@ -202,6 +207,8 @@ impl From<wire::Pod> for CachedPod {
             None => (None, Box::default(), Resources::default(), Box::default()),
         };
         let status = status.unwrap_or_default();
+        let certify =
+            if agent_pool.is_some() { certify_outcome(status.init_container_statuses.as_deref()) } else { None };
         let conditions = status.conditions.unwrap_or_default();
         let ready = conditions.iter().find(|c| c.type_ == "Ready").is_some_and(|c| c.status == "True");
         let scheduled = conditions.into_iter().find(|c| c.type_ == "PodScheduled").map(|c| Scheduled {
@@ -225,6 +232,7 @@ impl From<wire::Pod> for CachedPod {
             gpus_annotation: annotations.remove(ANNOTATION_GPUS),
             spec_hash: annotations.remove(ANNOTATION_SPEC_HASH),
             node_name,
+            certify,
             mps_daemon,
             pinned_nodes,
             requests,
@@ -236,6 +244,21 @@ impl From<wire::Pod> for CachedPod {
             scheduled,
         }
     }
+}
+
+/// Name of the init container that certifies an agent's slot.
+pub const CERTIFY_CONTAINER: &str = "certify";
+
+/// The certification init container's last ending: its current state if terminated, else
+/// the previous one (while the kubelet restarts it after a failure).
+fn certify_outcome(statuses: Option<&[k8s_openapi::api::core::v1::ContainerStatus]>) -> Option<(i32, String)> {
+    let c = statuses?.iter().find(|c| c.name == CERTIFY_CONTAINER)?;
+    let t = c
+        .state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .or_else(|| c.last_state.as_ref().and_then(|s| s.terminated.as_ref()))?;
+    Some((t.exit_code, t.message.clone().unwrap_or_default()))
 }
 
 /// What names an NVIDIA MPS control daemon: the GPU operator's and the device plugin chart's
@@ -280,6 +303,32 @@ mod tests {
     use super::*;
     use crate::fleet::pod::tests as built;
     use serde_json::json;
+
+    #[test]
+    fn an_agent_keeps_its_certification_outcome() {
+        let pod = |statuses: serde_json::Value, agent: bool| -> CachedPod {
+            let mut meta =
+                json!({"name": "a", "namespace": "ci", "labels": {"app.kubernetes.io/managed-by": "benchkite"}});
+            if agent {
+                meta["ownerReferences"] = json!([{"apiVersion": "benchkite.dev/v1alpha1", "kind": "AgentPool", "name": "p", "uid": "u", "controller": true}]);
+            }
+            serde_json::from_value(json!({"metadata": meta, "status": {"initContainerStatuses": statuses}})).unwrap()
+        };
+        let done = json!([{"name": "certify", "ready": false, "restartCount": 0, "image": "i", "imageID": "",
+                            "state": {"terminated": {"exitCode": 0, "message": "{\"v\":1}"}}}]);
+        assert_eq!(pod(done.clone(), true).certify, Some((0, "{\"v\":1}".into())));
+        assert_eq!(pod(done, false).certify, None, "only agents are read");
+        let restarting = json!([{"name": "certify", "ready": false, "restartCount": 2, "image": "i", "imageID": "",
+                                 "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                                 "lastState": {"terminated": {"exitCode": 3, "message": "m"}}}]);
+        assert_eq!(pod(restarting, true).certify, Some((3, "m".into())), "the previous run while it waits");
+        let running = json!([{"name": "certify", "ready": false, "restartCount": 0, "image": "i", "imageID": "",
+                              "state": {"running": {}}}]);
+        assert_eq!(pod(running, true).certify, None);
+        let other = json!([{"name": "other", "ready": false, "restartCount": 0, "image": "i", "imageID": "",
+                            "state": {"terminated": {"exitCode": 0}}}]);
+        assert_eq!(pod(other, true).certify, None);
+    }
 
     #[test]
     fn mps_control_daemons_are_recognised_by_name_label_or_container() {
@@ -360,6 +409,7 @@ mod tests {
         assert_eq!(p.gpunode_annotation.as_deref(), Some("gn-1"));
         assert_eq!(p.gpus_annotation.as_deref(), Some("2"));
         assert!(!p.mps_daemon, "an agent is no MPS daemon");
+        assert_eq!(p.certify, None, "no certification container");
         assert_eq!(p.spec_hash.as_deref(), Some("abc"));
         assert_eq!(p.node_name.as_deref(), Some("node-1"));
         assert!(p.pinned_nodes.is_empty());

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 pub mod security;
 
+use super::cached_pod::CERTIFY_CONTAINER;
 use super::inventory::Vendor;
 use super::share::Share;
 use crate::api::AgentPool;
@@ -60,7 +61,16 @@ pub struct AgentSlot<'a> {
     /// CPU and memory of this agent (per-GPU share × gpus).
     pub resources: Share,
     pub node_taints: &'a [Taint],
+    /// The slot's certification epoch when it is certified for this pool (from its GpuNode's
+    /// `status.certification`): its agent starts without certifying again.
+    pub certified_epoch: Option<&'a str>,
 }
+
+/// Where an agent pod mounts its pool's reference suite.
+pub const SUITE_DIR: &str = "/etc/benchkite/suite";
+/// Where an agent pod keeps what its containers share (the certification epoch, the canary's
+/// schedule).
+pub const STATE_DIR: &str = "/var/lib/benchkite";
 
 /// `<pool>-<node>-<slot>`, shortened with a hash when longer than a pod name may be.
 pub fn agent_pod_name(pool: &str, gpunode: &str, slot: u32) -> String {
@@ -220,6 +230,71 @@ pub fn agent_pod(slot: &AgentSlot<'_>, defaults: &PodDefaults) -> Pod {
     mounts.extend(own_mounts);
     volumes.extend(agent.pod.volumes.iter().cloned());
     mounts.extend(agent.pod.volume_mounts.iter().cloned());
+    // Certification: the suite and a directory both containers share; the agent's runner
+    // times the canary when due; an uncertified slot certifies first (an init container).
+    let mut init_containers = Vec::new();
+    let mut epoch_env = None;
+    if let Some(cert) = &pool.spec.certification {
+        volumes.push(Volume {
+            name: "benchkite-suite".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: cert.suite.config_map.clone(),
+                default_mode: Some(0o444),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        volumes.push(Volume {
+            name: "benchkite-state".into(),
+            empty_dir: Some(Default::default()),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: "benchkite-suite".into(),
+            mount_path: SUITE_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount { name: "benchkite-state".into(), mount_path: STATE_DIR.into(), ..Default::default() });
+        let suite_file = format!("{SUITE_DIR}/{}", cert.suite_key());
+        env_vars.push(env("BENCHKITE_SUITE_FILE", suite_file.clone()));
+        env_vars.push(env("BENCHKITE_STATE_DIR", STATE_DIR));
+        let canary = cert.canary.clone().unwrap_or_default();
+        env_vars.push(env("BENCHKITE_CANARY_EVERY", canary.every_evaluations.unwrap_or(20).to_string()));
+        env_vars.push(env("BENCHKITE_CANARY_MINUTES", canary.every_minutes.unwrap_or(60).to_string()));
+        match slot.certified_epoch {
+            Some(epoch) => epoch_env = Some(env("BENCHKITE_CERTIFICATION_EPOCH", epoch)),
+            None => {
+                // Everything the runner needs, nothing the agent does (its token above all).
+                let mut init_env: Vec<EnvVar> =
+                    env_vars.iter().filter(|e| !e.name.starts_with("BUILDKITE_")).cloned().collect();
+                init_env.push(env(
+                    "BENCHKITE_CERTIFY_THRESHOLDS",
+                    serde_json::to_string(&cert.thresholds()).unwrap_or_default(),
+                ));
+                if cert.require_certified {
+                    init_env.push(env("BENCHKITE_CERTIFY_REQUIRED", "true"));
+                }
+                init_containers.push(Container {
+                    name: CERTIFY_CONTAINER.into(),
+                    image: Some(image.clone()),
+                    command: Some(vec!["benchkite".into(), "certify".into()]),
+                    env: Some(init_env),
+                    resources: Some(ResourceRequirements {
+                        requests: Some(quantities.clone()),
+                        limits: Some(quantities.clone()),
+                        ..Default::default()
+                    }),
+                    security_context: Some(
+                        agent.pod.security_context.clone().unwrap_or_else(security::default_security_context),
+                    ),
+                    volume_mounts: Some(mounts.clone()),
+                    termination_message_policy: Some("FallbackToLogsOnError".into()),
+                    ..Default::default()
+                });
+            }
+        }
+    }
 
     let container = Container {
         name: AGENT_CONTAINER.into(),
@@ -237,7 +312,7 @@ pub fn agent_pod(slot: &AgentSlot<'_>, defaults: &PodDefaults) -> Pod {
         ..Default::default()
     };
 
-    let spec = PodSpec {
+    let mut spec = PodSpec {
         containers: vec![container],
         restart_policy: Some("Never".into()),
         automount_service_account_token: Some(agent.pod.automount_service_account_token.unwrap_or(false)),
@@ -286,8 +361,18 @@ pub fn agent_pod(slot: &AgentSlot<'_>, defaults: &PodDefaults) -> Pod {
     annotations.insert(ANNOTATION_GPUNODE.into(), slot.gpunode.to_string());
     annotations.insert(ANNOTATION_GPUS.into(), slot.gpus.to_string());
     annotations.insert(ANNOTATION_SAFE_TO_EVICT.into(), "false".into());
+    // The hash leaves out how far certification got (the init container of an uncertified
+    // slot, the epoch of a certified one): a slot that certifies does not roll its agent.
     let hash = spec_hash(&spec, &labels, &annotations);
     annotations.insert(ANNOTATION_SPEC_HASH.into(), hash);
+    if !init_containers.is_empty() {
+        spec.init_containers = Some(init_containers);
+    }
+    if let Some(e) = epoch_env
+        && let Some(env) = spec.containers.first_mut().and_then(|c| c.env.as_mut())
+    {
+        env.push(e);
+    }
 
     Pod {
         metadata: ObjectMeta {
@@ -346,6 +431,7 @@ pub(crate) mod tests {
                 paused: false,
                 buildkite: None,
                 strategy: None,
+                certification: None,
             },
         );
         p.metadata.namespace = Some("ci".into());
@@ -405,6 +491,7 @@ pub(crate) mod tests {
             gpus: 1,
             resources: Share { cpu_cores: 16, memory_mib: 131072 },
             node_taints: taints,
+            certified_epoch: None,
         }
     }
 
@@ -478,6 +565,52 @@ pub(crate) mod tests {
         ] {
             assert_eq!(image_digest(image), want, "{image}");
         }
+    }
+
+    #[test]
+    fn a_certifying_pool_certifies_uncertified_slots_first_and_never_rolls_for_it() {
+        use crate::api::certification::{CanarySpec, PoolCertification, SuiteRef};
+        let mut p = pool("h100");
+        p.spec.certification = Some(PoolCertification {
+            suite: SuiteRef { config_map: "ref-suite".into(), key: None },
+            require_certified: true,
+            thresholds: None,
+            canary: Some(CanarySpec { every_evaluations: Some(5), ..Default::default() }),
+        });
+        let t = taints();
+        let fresh = agent_pod(&slot(&p, &t), &defaults());
+        let spec = fresh.spec.as_ref().unwrap();
+        let init = &spec.init_containers.as_ref().expect("an init container")[0];
+        assert_eq!(init.name, "certify");
+        assert_eq!(init.command.as_deref(), Some(&["benchkite".to_string(), "certify".to_string()][..]));
+        let ienv = |n: &str| init.env.as_ref().unwrap().iter().find(|e| e.name == n).and_then(|e| e.value.clone());
+        assert_eq!(ienv("BENCHKITE_CERTIFY_REQUIRED").as_deref(), Some("true"));
+        assert!(ienv("BENCHKITE_CERTIFY_THRESHOLDS").unwrap().contains("\"minKendallTau\":0.96"));
+        assert_eq!(ienv("BENCHKITE_SUITE_FILE").as_deref(), Some("/etc/benchkite/suite/suite.yaml"));
+        assert!(init.env.as_ref().unwrap().iter().all(|e| !e.name.starts_with("BUILDKITE_")), "no agent token");
+        assert_eq!(init.resources, spec.containers[0].resources, "no more than the agent: the pod's requests stay");
+        assert_eq!(env_of(&fresh, "BENCHKITE_CANARY_EVERY").unwrap().value.as_deref(), Some("5"));
+        assert_eq!(env_of(&fresh, "BENCHKITE_CANARY_MINUTES").unwrap().value.as_deref(), Some("60"));
+        assert_eq!(env_of(&fresh, "BENCHKITE_STATE_DIR").unwrap().value.as_deref(), Some(STATE_DIR));
+        assert!(env_of(&fresh, "BENCHKITE_CERTIFICATION_EPOCH").is_none());
+        let vols: Vec<&str> = spec.volumes.as_ref().unwrap().iter().map(|v| v.name.as_str()).collect();
+        assert!(vols.contains(&"benchkite-suite") && vols.contains(&"benchkite-state"), "{vols:?}");
+        // Certified: no init container, the epoch for the fingerprint, the same hash.
+        let mut certified_slot = slot(&p, &t);
+        certified_slot.certified_epoch = Some("1790000000");
+        let certified = agent_pod(&certified_slot, &defaults());
+        assert!(certified.spec.as_ref().unwrap().init_containers.is_none());
+        assert_eq!(env_of(&certified, "BENCHKITE_CERTIFICATION_EPOCH").unwrap().value.as_deref(), Some("1790000000"));
+        assert_eq!(pod_spec_hash(&certified), pod_spec_hash(&fresh), "certifying does not roll the agent");
+        // Advisory: the init container reports but never blocks.
+        p.spec.certification.as_mut().unwrap().require_certified = false;
+        let advisory = agent_pod(&slot(&p, &t), &defaults());
+        let init = &advisory.spec.as_ref().unwrap().init_containers.as_ref().unwrap()[0];
+        assert!(init.env.as_ref().unwrap().iter().all(|e| e.name != "BENCHKITE_CERTIFY_REQUIRED"));
+        // A pool without certification has none of it.
+        let plain = built(&pool("h100"));
+        assert!(plain.spec.as_ref().unwrap().init_containers.is_none());
+        assert!(env_of(&plain, "BENCHKITE_SUITE_FILE").is_none());
     }
 
     #[test]

@@ -356,6 +356,18 @@ pub(super) async fn execute(job: &KernelJob, ctx: &JobCtx, mut plan: Plan, befor
     }
     if let Some(s) = &plan.status {
         ctx.write_status(job, s).await?;
+        // A result with a drift canary: labelled for the certification manager, which
+        // records it against the slot that measured it.
+        if s.phase.is_finished()
+            && s.result.as_ref().and_then(|r| r.system.as_ref()).is_some_and(|y| y.canary.is_some())
+            && !job.labels().contains_key(crate::api::certification::CANARY_LABEL)
+        {
+            let patch = json!({"metadata": {"labels": {crate::api::certification::CANARY_LABEL: "true"}}});
+            let api: Api<KernelJob> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+            if let Err(e) = api.patch(&job.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+                tracing::warn!(job = %key, error = %e, "labelling the job's canary failed; the sample is lost");
+            }
+        }
         if s.phase.is_finished()
             && let Some(done) = s.attempts.last().and_then(|a| a.finished_at.as_ref())
         {

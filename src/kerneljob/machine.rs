@@ -7,8 +7,8 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::api::kerneljob::{
-    BenchmarkStatus, FingerprintStatus, KernelJobSpec, Mode, Phase, ResultStatus, RunStatus, SummaryStatus,
-    SystemStatus, TestsStatus,
+    BenchmarkStatus, CanaryStatus, FingerprintStatus, KernelJobSpec, Mode, Phase, ResultStatus, RunStatus,
+    SummaryStatus, SystemStatus, TestsStatus,
 };
 use crate::contract::summary::ResultSummary;
 
@@ -325,6 +325,7 @@ pub fn result_status(summary: &ResultSummary, source: &str) -> ResultStatus {
             runtime: s.runtime.clone(),
             hostname: s.hostname.clone(),
             fingerprint: s.fingerprint.as_ref().map(fingerprint_status),
+            canary: s.canary.as_ref().map(|c| CanaryStatus { kernel: c.kernel.clone(), seconds: c.seconds, at: c.at }),
         }),
         runs: summary
             .runs

@@ -263,6 +263,28 @@ impl SimHandle {
         r.map(|_| ()).map_err(|e| anyhow::anyhow!(e))
     }
 
+    /// A cloneable handle that registers and stops agents of this simulator (for stand-ins
+    /// of real agent processes, such as the e2e kubelet, that outlive a borrow of the handle).
+    pub fn agent_control(&self) -> AgentControl {
+        AgentControl { sim: Arc::clone(&self.sim) }
+    }
+
+    /// Registers one agent like `POST /_sim/agents` (see [`AgentControl::register_agent`]).
+    pub fn register_agent(
+        &self,
+        name: &str,
+        tags: Vec<String>,
+        env: std::collections::BTreeMap<String, String>,
+        gpu: Option<gpu::GpuProfile>,
+    ) -> anyhow::Result<Uuid> {
+        self.agent_control().register_agent(name, tags, env, gpu)
+    }
+
+    /// Stops an agent like REST `PUT …/agents/{id}/stop` (see [`AgentControl::stop_agent`]).
+    pub fn stop_agent(&self, id: Uuid, force: bool) -> anyhow::Result<()> {
+        self.agent_control().stop_agent(id, force)
+    }
+
     /// Creates a queue in the organization's default cluster (else the first cluster), like
     /// `POST …/clusters/{id}/queues`.
     pub fn create_queue(&self, key: &str) -> anyhow::Result<Uuid> {
@@ -334,6 +356,65 @@ impl SimHandle {
         }
         self.sim.tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.sim.tasks.wait()).await;
+    }
+}
+
+/// Registers and stops agents of a running simulator; see [`SimHandle::agent_control`].
+#[derive(Clone)]
+pub struct AgentControl {
+    sim: Arc<Sim>,
+}
+
+impl AgentControl {
+    /// Registers an agent of the default cluster like `POST /_sim/agents`: `tags` are
+    /// `key=value` (the `queue` tag picks its queue, which must exist), `env` is the agent's own
+    /// environment (below every job variable), `gpu` its simulated GPU slot.
+    pub fn register_agent(
+        &self,
+        name: &str,
+        tags: Vec<String>,
+        env: std::collections::BTreeMap<String, String>,
+        gpu: Option<gpu::GpuProfile>,
+    ) -> anyhow::Result<Uuid> {
+        let mut pairs = Vec::with_capacity(tags.len());
+        for t in tags {
+            match t.split_once('=') {
+                Some((k, v)) if !k.is_empty() => pairs.push((k.to_string(), v.to_string())),
+                _ => anyhow::bail!("agent {name}: tag {t:?} is not key=value"),
+            }
+        }
+        let r = self.sim.lock().register_agent(name.to_string(), pairs, None, model::AgentMode::default(), env, gpu);
+        self.sim.kick();
+        r.map_err(|e| anyhow::anyhow!("registering agent {name}: {e:?}"))
+    }
+
+    /// Stops an agent like REST `PUT …/agents/{id}/stop`: without `force` it finishes its
+    /// running job first; with `force` that job's build is canceled. An agent that is no
+    /// longer connected is left as it is.
+    pub fn stop_agent(&self, id: Uuid, force: bool) -> anyhow::Result<()> {
+        let mut inner = self.sim.lock();
+        let connected = inner.agents.get(&id).map(|a| a.connection_state == model::ConnectionState::Connected);
+        let r = match connected {
+            None => Err(anyhow::anyhow!("stopping agent {id}: no such agent")),
+            Some(false) => Ok(()),
+            Some(true) => inner.stop_agent(id, force).map_err(|e| anyhow::anyhow!("stopping agent {id}: {e:?}")),
+        };
+        drop(inner);
+        self.sim.kick();
+        r
+    }
+
+    /// Disconnects an agent at once like `DELETE /_sim/agents/{id}` (a running job fails as
+    /// with a lost agent).
+    pub fn remove_agent(&self, id: Uuid) -> anyhow::Result<()> {
+        let r = self.sim.lock().remove_agent(id).map_err(|e| anyhow::anyhow!("removing agent {id}: {e:?}"));
+        self.sim.kick();
+        r
+    }
+
+    /// The agent's connection state (`connected`, `stopping`, `stopped`, …), `None` if unknown.
+    pub fn agent_state(&self, id: Uuid) -> Option<String> {
+        self.sim.lock().agents.get(&id).map(|a| a.connection_state.as_str().to_string())
     }
 }
 

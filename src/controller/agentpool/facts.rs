@@ -149,7 +149,28 @@ pub(super) fn slot_for<'a>(
         gpus: i64::from(pool.spec.gpus_per_agent.max(1)),
         resources: share.times(i64::from(pool.spec.gpus_per_agent.max(1))),
         node_taints: node.spec.as_ref().and_then(|s| s.taints.as_deref()).unwrap_or(&[]),
+        certified_epoch: certified_epoch(pool, gn, slot),
     }
+}
+
+/// The slot's epoch when its GpuNode records it certified for `pool`.
+fn certified_epoch<'a>(pool: &AgentPool, gn: &'a GpuNode, slot: u32) -> Option<&'a str> {
+    pool.spec.certification.as_ref()?;
+    let key = format!(
+        "{}/{}",
+        pool.metadata.namespace.as_deref().unwrap_or_default(),
+        pool.metadata.name.as_deref().unwrap_or_default()
+    );
+    let slot = slot.to_string();
+    gn.status
+        .as_ref()?
+        .certification
+        .as_ref()?
+        .slots
+        .iter()
+        .find(|s| s.slot == slot && s.pool == key && s.state == crate::api::certification::states::CERTIFIED)?
+        .epoch
+        .as_deref()
 }
 
 #[cfg(test)]
