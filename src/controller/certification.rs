@@ -123,7 +123,13 @@ impl Manager {
             let (Some(gpunode), Some(slot)) = (pod.gpunode_annotation.clone(), pod.slot_label.clone()) else {
                 continue;
             };
-            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            // A successful run without a message is no report (kwok, for one, marks init
+            // containers Completed before anything ran): wait for one.
+            if *code == 0 && message.trim().is_empty() {
+                continue;
+            }
+            // The pod and the report it gave: a later report of the same pod is read too.
+            let uid = format!("{}#{}", pod.metadata.uid.as_deref().unwrap_or_default(), short_hash(message));
             let mut ledger = match ledgers.remove(&gpunode) {
                 Some(l) => l,
                 None => self.ledger(ctx, &gpunode),
@@ -268,6 +274,11 @@ impl Manager {
     }
 }
 
+fn short_hash(s: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(&sha2::Sha256::digest(s.as_bytes())[..4])
+}
+
 fn node_of(ctx: &Context, gpunode: &str) -> Option<String> {
     ctx.gpunodes.state().iter().find(|g| g.name_any() == gpunode).map(|g| g.node_name().to_string())
 }
@@ -307,8 +318,9 @@ async fn drain(ctx: &Context, pool: &str, gpunode: &str, slot: &str) {
     }
 }
 
-/// Labels (`benchkite.dev/suspect=drift`) every finished KernelJob measured on `node`/`slot`
-/// that finished at or after `since` (Unix seconds), with the reason as an annotation.
+/// Labels (`benchkite.dev/suspect=drift`) every KernelJob measured on `node`/`slot` that
+/// started at or after `since` (Unix seconds: its last good canary), with the reason as an
+/// annotation.
 async fn mark_suspects(ctx: &Context, node: &str, slot: &str, since: i64, why: &str) {
     let api: Api<KernelJob> = Api::all(ctx.client.clone());
     let list = match api.list(&ListParams::default()).await {
@@ -325,8 +337,12 @@ async fn mark_suspects(ctx: &Context, node: &str, slot: &str, since: i64, why: &
         if !fp.is_some_and(|f| f.node == node && f.slot == slot) || job.labels().contains_key(SUSPECT_LABEL) {
             continue;
         }
-        let finished = status.attempts.last().and_then(|a| a.finished_at.as_ref()).map(|t| t.0.as_second());
-        if finished.is_none_or(|f| f < since) {
+        // Measured after the last good canary: started at or after it (second resolution),
+        // and not the job that took that canary (it ran before its own canary).
+        let attempt = status.attempts.last();
+        let started = attempt.and_then(|a| a.started_at.as_ref().or(a.finished_at.as_ref())).map(|t| t.0.as_second());
+        let own_canary = status.result.as_ref().and_then(|r| r.system.as_ref()).and_then(|s| s.canary.as_ref());
+        if started.is_none_or(|t| t < since) || own_canary.is_some_and(|c| c.at == since) {
             continue;
         }
         let ns = job.namespace().unwrap_or_default();
