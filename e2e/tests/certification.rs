@@ -225,6 +225,33 @@ async fn a_distorted_slot_fails_certification_and_ranked_jobs_run_on_certified_s
     {
         ensure!(columns.iter().any(|(p, prio)| p == path && *prio == Some(1)), "-o wide lacks {path}: {columns:?}");
     }
+    // A driver update on the node: the certified slots drain and certify again.
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let labels = json!({"metadata": {"labels": {
+        "nvidia.com/cuda.driver.major": "570", "nvidia.com/cuda.driver.minor": "133", "nvidia.com/cuda.driver.rev": "20"}}});
+    nodes.patch(&rig.node, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&labels)).await?;
+    let again =
+        wait_until("the certified slots certified again for the new driver", Duration::from_secs(120), || async {
+            let c = ledger(&client, &rig.node).await?;
+            let done = c
+                .slots
+                .iter()
+                .filter(|s| s.slot != "2")
+                .all(|s| s.state == states::CERTIFIED && s.node_driver == "570.133.20" && s.epoch.is_some());
+            Ok(done.then_some(c))
+        })
+        .await
+        .with_context(|| rig.op.log_text())?;
+    for s in again.slots.iter().filter(|s| s.slot != "2") {
+        let before = cert.slots.iter().find(|b| b.slot == s.slot).and_then(|b| b.epoch.clone());
+        ensure!(
+            s.epoch != before
+                || s.pod_uid
+                    != cert.slots.iter().find(|b| b.slot == s.slot).map(|b| b.pod_uid.clone()).unwrap_or_default(),
+            "slot {} was not certified again: {s:?}",
+            s.slot
+        );
+    }
     rig.kubelet.stop().await;
     rig.ns.delete().await
 }

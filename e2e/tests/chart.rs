@@ -616,13 +616,24 @@ async fn fleet_with_chart_rbac(prefix: &str, set: &str, read_secrets: bool) -> R
     let chart = ChartController::install(&client, prefix, set).await?;
     let ns = chart.ns.name();
     let lease = format!("leases.coordination.k8s.io/{}", chart.fullname);
-    // Minimal: Secrets only when asked for, no KernelJobs (no organization), nothing else.
+    // Minimal: Secrets only when asked for, no KernelJobs (no organization) but what
+    // certification reads and labels, nothing else.
+    let certification = !set.contains("fleet.certification=false");
+    let certifying: &[&[&str]] = &[
+        &["list", "kerneljobs.benchkite.dev", "-A"],
+        &["patch", "kerneljobs.benchkite.dev", "-A"],
+        &["get", "configmaps", "-A"],
+    ];
+    for args in certifying {
+        let can = chart.can(args)?;
+        ensure!(can == certification, "can {args:?}: {can}, want {certification} (fleet.certification)");
+    }
     let denied: &[&[&str]] = &[
         &["list", "secrets", "-n", ns],
         &["watch", "secrets", "-A"],
-        &["list", "kerneljobs.benchkite.dev", "-A"],
+        &["watch", "kerneljobs.benchkite.dev", "-A"],
         &["patch", "kerneljobs.benchkite.dev", "--subresource=status", "-A"],
-        &["get", "configmaps", "-A"],
+        &["list", "configmaps", "-A"],
         &["delete", "nodes"],
         &["patch", "nodes"],
         &["update", "pods", "-A"],
@@ -740,7 +751,7 @@ async fn default_rbac_is_enough_for_the_fleet_and_no_more() -> Result<()> {
 /// rbac.readSecrets (cluster-wide): the same, with `get` on Secrets.
 #[tokio::test]
 async fn read_secrets_rbac_is_enough_for_the_fleet() -> Result<()> {
-    fleet_with_chart_rbac("chart-sec", "rbac.readSecrets=true", true).await
+    fleet_with_chart_rbac("chart-sec", "rbac.readSecrets=true,fleet.certification=false", true).await
 }
 
 /// rbac.secretNamespaces: `get` (only) in those namespaces (only).

@@ -31,6 +31,9 @@ pub mod states {
     pub const QUARANTINED: &str = "Quarantined";
     /// The certification could not run (the suite, the runner): the message says why.
     pub const ERROR: &str = "Error";
+    /// Its certification no longer holds (the node's driver or product changed, or it is
+    /// older than `recertifyAfterHours`): its agent drains and the next one certifies.
+    pub const EXPIRED: &str = "Expired";
 }
 
 /// How a pool certifies the GPU slots its agents run on.
@@ -54,6 +57,12 @@ pub struct PoolCertification {
     /// The drift canary each agent times after its evaluations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanarySpec>,
+    /// Certify each slot again once its certification is this old (its agent drains
+    /// gracefully first). Absent: only a new pod on an uncertified slot, a driver or product
+    /// change of the node, or a quarantine certify again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 8760").message("recertifyAfterHours must be between 1 and 8760 (a year)"))]
+    pub recertify_after_hours: Option<u32>,
 }
 
 /// Where a reference suite is.
@@ -162,6 +171,12 @@ pub struct SlotCertification {
     pub uuid: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub driver: String,
+    /// The node's driver and product (its GpuNode's status) when the slot was certified: a
+    /// change certifies it again.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node_driver: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node_product: String,
     /// The pod whose report this is (a report is read once).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub pod_uid: String,

@@ -178,6 +178,37 @@ pub fn apply_report(
     Some(ReportApplied { note, ended_quarantine })
 }
 
+/// Why a certified slot must certify again, if it must: the node's driver or product
+/// changed since (`node_driver`/`node_product` are the GpuNode's now), or its certification
+/// is older than `max_age_secs`. Marks it `Expired` (no epoch) and returns what to tell.
+pub fn expire(
+    s: &mut SlotCertification,
+    node_driver: &str,
+    node_product: &str,
+    now: i64,
+    max_age_secs: Option<i64>,
+) -> Option<Note> {
+    if s.state != states::CERTIFIED {
+        return None;
+    }
+    let why = if s.node_driver != node_driver {
+        format!("the node's driver changed from {:?} to {node_driver:?}", s.node_driver)
+    } else if s.node_product != node_product {
+        format!("the node's GPU product changed from {:?} to {node_product:?}", s.node_product)
+    } else {
+        let checked = s.checked_at.as_ref().map(|t| t.0.as_second())?;
+        let age = now.saturating_sub(checked);
+        match max_age_secs {
+            Some(max) if age >= max => format!("its certification is {}h old (recertifyAfterHours)", age / 3600),
+            _ => return None,
+        }
+    };
+    s.state = states::EXPIRED.into();
+    s.epoch = None;
+    s.message = format!("{why}: it certifies again");
+    Some(Note { warning: false, reason: "SlotRecertifying", message: format!("slot {}: {}", s.slot, s.message) })
+}
+
 /// What a canary did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CanaryApplied {

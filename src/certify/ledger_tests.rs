@@ -119,3 +119,25 @@ fn the_fleet_median_excludes_the_slot_itself_and_other_kernels() {
     assert_eq!(fleet_medians(nodes, "gn-c", "0", "b"), [1.0, 3.0]);
     assert!(fleet_medians(nodes, "gn-c", "0", "other").is_empty());
 }
+
+#[test]
+fn a_driver_or_product_change_or_age_expires_a_certification() {
+    let fresh = || {
+        let mut c = certified("0");
+        c.slots[0].node_driver = "550.54.15".into();
+        c.slots[0].node_product = "NVIDIA-H100-80GB-HBM3".into();
+        c
+    };
+    let (d, p) = ("550.54.15", "NVIDIA-H100-80GB-HBM3");
+    let mut c = fresh();
+    assert_eq!(expire(&mut c.slots[0], d, p, 100 + 3600, Some(7200)), None, "unchanged and young");
+    assert_eq!(expire(&mut c.slots[0], d, p, 100 + 3600, None), None, "no schedule");
+    let note = expire(&mut c.slots[0], "570.133.20", p, 200, None).unwrap();
+    assert!(note.message.contains("driver changed from \"550.54.15\" to \"570.133.20\""), "{}", note.message);
+    assert_eq!((c.slots[0].state.as_str(), c.slots[0].epoch.as_deref()), ("Expired", None));
+    assert_eq!(expire(&mut c.slots[0], "x", "y", 0, None), None, "only a certified slot expires");
+    let mut c = fresh();
+    assert!(expire(&mut c.slots[0], d, "NVIDIA-A100", 200, None).unwrap().message.contains("product changed"));
+    let mut c = fresh();
+    assert!(expire(&mut c.slots[0], d, p, 100 + 7200, Some(7200)).unwrap().message.contains("2h old"));
+}

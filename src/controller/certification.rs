@@ -149,10 +149,40 @@ impl Manager {
                 {
                     suspects.push((node, slot.clone(), since, "drift (marked again once its agent was gone)".into()));
                 }
+                // What the node was when the slot certified: a change certifies it again.
+                let (driver, product) = node_identity(ctx, &gpunode);
+                if let Some(s) = ledger.slots.iter_mut().find(|s| s.slot == slot) {
+                    s.node_driver = driver;
+                    s.node_product = product;
+                }
                 notes.push((gpunode.clone(), applied.note));
                 dirty.insert(gpunode.clone());
             }
             ledgers.insert(gpunode, ledger);
+        }
+
+        // Certifications that no longer hold: a driver or product change, or their age.
+        let now_s = Timestamp::now().as_second();
+        for gn in ctx.gpunodes.state() {
+            let name = gn.name_any();
+            let mut ledger = match ledgers.remove(&name) {
+                Some(l) => l,
+                None => self.ledger(ctx, &name),
+            };
+            let (driver, product) = node_identity(ctx, &name);
+            for s in &mut ledger.slots {
+                let Some(pool) = pools.get(&s.pool) else { continue };
+                let max_age =
+                    pool.spec.certification.as_ref().and_then(|c| c.recertify_after_hours).map(|h| i64::from(h) * 3600);
+                if let Some(note) = ledger::expire(s, &driver, &product, now_s, max_age) {
+                    drains.push((s.pool.clone(), name.clone(), s.slot.clone()));
+                    notes.push((name.clone(), note));
+                    dirty.insert(name.clone());
+                }
+            }
+            if !ledger.slots.is_empty() {
+                ledgers.insert(name, ledger);
+            }
         }
 
         // Canaries: finished KernelJobs labelled by the KernelJob controller.
@@ -274,6 +304,16 @@ impl Manager {
     }
 }
 
+/// The GpuNode's driver version and product now.
+fn node_identity(ctx: &Context, gpunode: &str) -> (String, String) {
+    let gn = ctx.gpunodes.state().into_iter().find(|g| g.name_any() == gpunode);
+    let status = gn.as_ref().and_then(|g| g.status.as_ref());
+    (
+        status.and_then(|s| s.driver_version.clone()).unwrap_or_default(),
+        status.and_then(|s| s.product.clone()).unwrap_or_default(),
+    )
+}
+
 fn short_hash(s: &str) -> String {
     use sha2::Digest as _;
     hex::encode(&sha2::Sha256::digest(s.as_bytes())[..4])
@@ -291,8 +331,8 @@ async fn mark_recorded(jobs: &Api<KernelJob>, job: &KernelJob) {
     }
 }
 
-/// Drains the quarantined slot's agent (gracefully: its running job finishes), once the
-/// cache shows the slot quarantined, so that its replacement certifies first.
+/// Drains a quarantined or expired slot's agent (gracefully: its running job finishes), once
+/// the cache shows the slot no longer certified, so that its replacement certifies first.
 async fn drain(ctx: &Context, pool: &str, gpunode: &str, slot: &str) {
     for _ in 0..50 {
         let seen = ctx.gpunodes.state().iter().any(|g| {
@@ -312,7 +352,7 @@ async fn drain(ctx: &Context, pool: &str, gpunode: &str, slot: &str) {
     let pod = crate::fleet::pod::agent_pod_name(name, gpunode, slot_n);
     let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(ctx.client.clone(), ns);
     match api.delete(&pod, &DeleteParams::default()).await {
-        Ok(_) => tracing::info!(pod = %pod, "drained the quarantined slot's agent"),
+        Ok(_) => tracing::info!(pod = %pod, "drained the slot's agent: its next one certifies"),
         Err(e) if crate::error::is_not_found(&e) => {}
         Err(e) => tracing::warn!(pod = %pod, error = %e, "draining the quarantined slot's agent failed"),
     }

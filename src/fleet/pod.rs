@@ -576,6 +576,7 @@ pub(crate) mod tests {
             require_certified: true,
             thresholds: None,
             canary: Some(CanarySpec { every_evaluations: Some(5), ..Default::default() }),
+            recertify_after_hours: None,
         });
         let t = taints();
         let fresh = agent_pod(&slot(&p, &t), &defaults());
