@@ -148,3 +148,32 @@ fn the_canary_runs_first_then_every_n_evaluations() {
     assert!(canaries[2].is_some(), "two evaluations since");
     assert!(canaries[3].is_none());
 }
+
+#[test]
+fn a_trusted_node_takes_the_reference_and_it_certifies_an_equal_slot() {
+    let s = Scratch::new("certify-take");
+    // The suite without its times: they are taken here, on a slot 1.2× slow on everything.
+    let mut suite: serde_json::Value = serde_json::from_str(&synthetic_suite(None)).unwrap();
+    for k in suite["kernels"].as_array_mut().unwrap() {
+        k.as_object_mut().unwrap().remove("referenceSeconds");
+    }
+    let out = s.path().join("reference.yaml");
+    let env = [("SIMGPU_FACTOR", "1.2"), ("BENCHKITE_SANDBOX_ENV", "SIMGPU_*")];
+    let suite_file = s.path().join("suite.yaml");
+    std::fs::write(&suite_file, suite.to_string()).unwrap();
+    let status = Command::new(BIN)
+        .args(["certify", "--reference-out", out.to_str().unwrap()])
+        .env("BENCHKITE_SUITE_FILE", &suite_file)
+        .env("BENCHKITE_SANDBOX", "off")
+        .env("BENCHKITE_TERMINATION_LOG", s.path().join("log"))
+        .envs(env)
+        .output()
+        .unwrap();
+    assert_eq!(status.status.code(), Some(0), "{}", String::from_utf8_lossy(&status.stderr));
+    let taken = benchkite::certify::suite::Suite::parse(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert!((taken.reference()["k-slow"] - 1.2e-2).abs() < 1e-9, "{:?}", taken.reference());
+    // Another slot of the same speed certifies against it.
+    let c = certify(&Scratch::new("certify-taken"), &std::fs::read_to_string(&out).unwrap(), &env, &["--required"]);
+    assert_eq!(c.code, Some(0), "{}", c.stderr);
+    assert!(c.report.passed);
+}

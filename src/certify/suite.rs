@@ -45,7 +45,9 @@ pub struct Suite {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SuiteKernel {
     pub name: String,
-    /// Its time on the trusted node, in seconds.
+    /// Its time on the trusted node, in seconds (`benchkite certify --reference-out` takes
+    /// them on a trusted node: absent there).
+    #[serde(default)]
     pub reference_seconds: f64,
     /// kernelbot's config (the payload's JSON); `mode` is set to `leaderboard`.
     pub config: serde_json::Value,
@@ -86,6 +88,21 @@ impl Suite {
     pub fn parse(text: &str) -> Result<Suite, SuiteError> {
         let suite: Suite = serde_yaml::from_str(text).map_err(|e| SuiteError::Parse(e.to_string()))?;
         suite.validate()?;
+        Ok(suite)
+    }
+
+    /// Parses a suite whose reference times are still to be taken (`referenceSeconds` may
+    /// be absent); everything else is checked.
+    pub fn parse_unreferenced(text: &str) -> Result<Suite, SuiteError> {
+        let mut suite: Suite = serde_yaml::from_str(text).map_err(|e| SuiteError::Parse(e.to_string()))?;
+        let given: Vec<f64> = suite.kernels.iter().map(|k| k.reference_seconds).collect();
+        for k in &mut suite.kernels {
+            k.reference_seconds = 1.0;
+        }
+        suite.validate()?;
+        for (k, t) in suite.kernels.iter_mut().zip(given) {
+            k.reference_seconds = t;
+        }
         Ok(suite)
     }
 

@@ -48,6 +48,11 @@ pub struct CertifyArgs {
     /// Directory shared with the agent container: the certification epoch goes there.
     #[arg(long, env = "BENCHKITE_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Take the reference on this (trusted) node instead: time every kernel and write the
+    /// suite to FILE with each `referenceSeconds` set to the time measured here (the suite's
+    /// own times may be absent). No gate is judged; exit 0 only when every kernel has a time.
+    #[arg(long, value_name = "FILE")]
+    pub reference_out: Option<PathBuf>,
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -102,7 +107,8 @@ pub fn main(args: CertifyArgs) -> i32 {
         Ok(t) => t,
         Err(e) => return fail(format!("certify: reading the suite {} failed: {e}", args.suite.display())),
     };
-    let suite = match Suite::parse(&text) {
+    let parsed = if args.reference_out.is_some() { Suite::parse_unreferenced(&text) } else { Suite::parse(&text) };
+    let suite = match parsed {
         Ok(s) => s,
         Err(e) => return fail(format!("certify: {e}")),
     };
@@ -133,6 +139,9 @@ pub fn main(args: CertifyArgs) -> i32 {
         }
     }
     let _ = std::fs::remove_dir_all(&scratch);
+    if let Some(out) = &args.reference_out {
+        return take_reference(suite, &times, &failed, out);
+    }
     let verdict = parity::evaluate(&suite.reference(), &times, &thresholds);
     let passed = match &verdict {
         Ok(r) => r.passed,
@@ -178,6 +187,38 @@ pub fn main(args: CertifyArgs) -> i32 {
         }
     }
     if passed || !args.required { 0 } else { EXIT_NOT_CERTIFIED }
+}
+
+/// `--reference-out`: the suite with the times measured here as its reference.
+fn take_reference(
+    mut suite: Suite,
+    times: &BTreeMap<String, f64>,
+    failed: &BTreeMap<String, String>,
+    out: &Path,
+) -> i32 {
+    if !failed.is_empty() {
+        let list: Vec<String> = failed.iter().map(|(k, why)| format!("{k}: {why}")).collect();
+        log(&format!("certify: no reference written: kernels without a time: {}", list.join("; ")));
+        return 1;
+    }
+    for k in &mut suite.kernels {
+        if let Some(t) = times.get(&k.name) {
+            k.reference_seconds = *t;
+        }
+    }
+    let written = serde_yaml::to_string(&suite)
+        .map_err(|e| e.to_string())
+        .and_then(|y| std::fs::write(out, y).map_err(|e| format!("writing {}: {e}", out.display())));
+    match written {
+        Ok(()) => {
+            log(&format!("certify: reference of {} kernels written to {}", times.len(), out.display()));
+            0
+        }
+        Err(e) => {
+            log(&format!("certify: {e}"));
+            1
+        }
+    }
 }
 
 /// When the canary runs: every `every` evaluations of this slot, or when `minutes` passed

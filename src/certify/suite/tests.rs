@@ -66,3 +66,12 @@ fn bad_suites_say_what_to_fix() {
     let err = e(bad);
     assert!(matches!(&err, SuiteError::BadConfig { name, .. } if name == "a"), "{err}");
 }
+
+#[test]
+fn a_suite_without_reference_times_parses_only_to_take_them() {
+    let text = "kernels:\n  - {name: a, config: {lang: py, main: eval.py, sources: {eval.py: x}}}\n  - {name: b, config: {lang: py, main: eval.py, sources: {eval.py: x}}}\n";
+    assert!(matches!(Suite::parse(text), Err(SuiteError::BadReference { .. })));
+    let s = Suite::parse_unreferenced(text).unwrap();
+    assert_eq!(s.kernels.iter().map(|k| k.reference_seconds).collect::<Vec<_>>(), [0.0, 0.0]);
+    assert!(matches!(Suite::parse_unreferenced("kernels: []"), Err(SuiteError::TooFew(0))), "the rest is checked");
+}
