@@ -58,8 +58,9 @@ pub struct PoolCertification {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanarySpec>,
     /// Certify each slot again once its certification is this old (its agent drains
-    /// gracefully first). Absent: only a new pod on an uncertified slot, a driver or product
-    /// change of the node, or a quarantine certify again.
+    /// gracefully first; one slot of the pool at a time). Absent: only a new pod on an
+    /// uncertified slot, a driver or product change of the node, or a quarantine certify
+    /// again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 1 && self <= 8760").message("recertifyAfterHours must be between 1 and 8760 (a year)"))]
     pub recertify_after_hours: Option<u32>,

@@ -161,20 +161,37 @@ impl Manager {
             ledgers.insert(gpunode, ledger);
         }
 
-        // Certifications that no longer hold: a driver or product change, or their age.
+        // Certifications that no longer hold: a driver or product change (at once: the node
+        // changed), or their age (one slot of a pool at a time, so that a schedule never
+        // drains a fleet at once).
         let now_s = Timestamp::now().as_second();
-        for gn in ctx.gpunodes.state() {
-            let name = gn.name_any();
-            let mut ledger = match ledgers.remove(&name) {
-                Some(l) => l,
-                None => self.ledger(ctx, &name),
-            };
+        let all: Vec<(String, NodeCertification)> = ctx
+            .gpunodes
+            .state()
+            .iter()
+            .map(|gn| {
+                let name = gn.name_any();
+                let l = ledgers.remove(&name).unwrap_or_else(|| self.ledger(ctx, &name));
+                (name, l)
+            })
+            .collect();
+        let mut renewing: HashSet<String> = all
+            .iter()
+            .flat_map(|(_, l)| l.slots.iter().filter(|s| s.state == states::EXPIRED).map(|s| s.pool.clone()))
+            .collect();
+        for (name, mut ledger) in all {
             let (driver, product) = node_identity(ctx, &name);
             for s in &mut ledger.slots {
                 let Some(pool) = pools.get(&s.pool) else { continue };
-                let max_age =
-                    pool.spec.certification.as_ref().and_then(|c| c.recertify_after_hours).map(|h| i64::from(h) * 3600);
+                let max_age = pool
+                    .spec
+                    .certification
+                    .as_ref()
+                    .and_then(|c| c.recertify_after_hours)
+                    .filter(|_| !renewing.contains(&s.pool))
+                    .map(|h| i64::from(h) * 3600);
                 if let Some(note) = ledger::expire(s, &driver, &product, now_s, max_age) {
+                    renewing.insert(s.pool.clone());
                     drains.push((s.pool.clone(), name.clone(), s.slot.clone()));
                     notes.push((name.clone(), note));
                     dirty.insert(name.clone());
@@ -200,6 +217,7 @@ impl Manager {
             .iter()
             .map(|g| (g.node_name().to_string(), (g.name_any(), g.status.as_ref().and_then(|s| s.product.clone()))))
             .collect();
+        let mut recorded: Vec<(String, &KernelJob)> = Vec::new();
         for job in &labelled {
             let system = job.status.as_ref().and_then(|s| s.result.as_ref()).and_then(|r| r.system.as_ref());
             let (Some(fp), Some(canary)) =
@@ -263,8 +281,9 @@ impl Manager {
                     notes.push((gpunode.clone(), note));
                 }
             }
-            ledgers.insert(gpunode, ledger);
-            mark_recorded(&jobs, job).await;
+            ledgers.insert(gpunode.clone(), ledger);
+            // Relabelled once the ledger holding it is written (below).
+            recorded.push((gpunode, job));
         }
 
         // Write, then tell, then act (a drained slot must read Quarantined before its
@@ -286,6 +305,14 @@ impl Manager {
                     self.written.insert(name.clone(), ledger.clone());
                 }
                 Err(e) => tracing::warn!(gpunode = %name, error = %e, "writing the certification status failed"),
+            }
+        }
+        // `recorded` means written: a canary whose ledger could not be written is read again.
+        let mut failed_writes: HashSet<&String> = dirty.iter().collect();
+        failed_writes.retain(|n| self.written.get(*n) != ledgers.get(*n));
+        for (gpunode, job) in recorded {
+            if !failed_writes.contains(&gpunode) {
+                mark_recorded(&jobs, job).await;
             }
         }
         for (gpunode, note) in notes {

@@ -37,6 +37,11 @@ impl WorkDir {
             }
             None => {
                 let base = base.map_or_else(std::env::temp_dir, Path::to_owned);
+                // What runners killed outright (SIGKILL after a cancel's grace) left behind:
+                // a long-lived agent would otherwise fill its disk with them.
+                for stale in stale_run_dirs(&base, pid_alive, std::time::SystemTime::now()) {
+                    let _ = std::fs::remove_dir_all(&stale);
+                }
                 let nanos = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.subsec_nanos())
@@ -60,10 +65,55 @@ impl WorkDir {
     }
 }
 
+/// Left alone for this long after their runner died (a `--keep-workdir` run's directory
+/// can still be looked at).
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+
+fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// `benchkite-run-<pid>-…` directories in `base` whose runner is gone and that were last
+/// modified more than [`STALE_AFTER`] before `now`.
+fn stale_run_dirs(base: &Path, alive: impl Fn(u32) -> bool, now: std::time::SystemTime) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(base) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let pid: u32 = name.strip_prefix("benchkite-run-")?.split('-').next()?.parse().ok()?;
+            let meta = e.path().symlink_metadata().ok()?;
+            let old = now.duration_since(meta.modified().ok()?).is_ok_and(|age| age >= STALE_AFTER);
+            (meta.is_dir() && old && pid != std::process::id() && !alive(pid)).then(|| e.path())
+        })
+        .collect()
+}
+
 impl Drop for WorkDir {
     fn drop(&mut self) {
         if self.remove {
             let _ = std::fs::remove_dir_all(&self.root);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_old_directories_of_dead_runners_are_stale() {
+        let base = std::env::temp_dir().join(format!("benchkite-workdir-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        for name in ["benchkite-run-111-aa-0", "benchkite-run-222-bb-0", "benchkite-run-x-cc-0", "other-333"] {
+            std::fs::create_dir_all(base.join(name)).unwrap();
+        }
+        std::fs::write(base.join("benchkite-run-444-dd-0"), b"a file").unwrap();
+        let alive = |pid: u32| pid == 222;
+        let later = std::time::SystemTime::now() + STALE_AFTER + std::time::Duration::from_secs(1);
+        let stale = stale_run_dirs(&base, alive, later);
+        assert_eq!(stale, vec![base.join("benchkite-run-111-aa-0")], "dead, old, a directory, named so");
+        assert!(stale_run_dirs(&base, alive, std::time::SystemTime::now()).is_empty(), "too recent");
+        let _ = std::fs::remove_dir_all(&base);
     }
 }
