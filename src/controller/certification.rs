@@ -367,7 +367,7 @@ async fn drain(ctx: &Context, pool: &str, gpunode: &str, slot: &str) {
                 && g.status
                     .as_ref()
                     .and_then(|s| s.certification.as_ref())
-                    .is_some_and(|c| c.slots.iter().any(|s| s.slot == slot && s.state == states::QUARANTINED))
+                    .is_some_and(|c| c.slots.iter().any(|s| s.slot == slot && s.state != states::CERTIFIED))
         });
         if seen {
             break;
