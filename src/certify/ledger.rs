@@ -179,7 +179,8 @@ pub fn apply_report(
 }
 
 /// Why a certified slot must certify again, if it must: the node's driver or product
-/// changed since (`node_driver`/`node_product` are the GpuNode's now), or its certification
+/// changed since to another known value (`node_driver`/`node_product` are the GpuNode's now;
+/// empty: unknown, no change), or its certification
 /// is older than `max_age_secs`. Marks it `Expired` (no epoch) and returns what to tell.
 pub fn expire(
     s: &mut SlotCertification,
@@ -191,9 +192,10 @@ pub fn expire(
     if s.state != states::CERTIFIED {
         return None;
     }
-    let why = if s.node_driver != node_driver {
+    // A value that disappears (labels being rewritten) is no change; a new known one is.
+    let why = if !node_driver.is_empty() && s.node_driver != node_driver {
         format!("the node's driver changed from {:?} to {node_driver:?}", s.node_driver)
-    } else if s.node_product != node_product {
+    } else if !node_product.is_empty() && s.node_product != node_product {
         format!("the node's GPU product changed from {:?} to {node_product:?}", s.node_product)
     } else {
         let checked = s.checked_at.as_ref().map(|t| t.0.as_second())?;

@@ -137,6 +137,7 @@ fn a_driver_or_product_change_or_age_expires_a_certification() {
     assert_eq!((c.slots[0].state.as_str(), c.slots[0].epoch.as_deref()), ("Expired", None));
     assert_eq!(expire(&mut c.slots[0], "x", "y", 0, None), None, "only a certified slot expires");
     let mut c = fresh();
+    assert_eq!(expire(&mut c.slots[0], "", "", 200, None), None, "labels gone for a moment are no change");
     assert!(expire(&mut c.slots[0], d, "NVIDIA-A100", 200, None).unwrap().message.contains("product changed"));
     let mut c = fresh();
     assert!(expire(&mut c.slots[0], d, p, 100 + 7200, Some(7200)).unwrap().message.contains("2h old"));
