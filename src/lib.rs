@@ -4,6 +4,7 @@
 pub mod api;
 pub mod buildkite;
 pub mod certify;
+pub mod cli;
 pub mod contract;
 pub mod controller;
 pub mod error;

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 use benchkite::telemetry::{self, LogFormat};
 
@@ -40,6 +40,13 @@ enum Command {
         #[arg(long, env = benchkite::signing::MASTER_KEY_FILE_ENV, value_name = "FILE")]
         result_key_file: PathBuf,
     },
+    /// Submit a kernel: a task directory in kernelbot's layout and a submission file → a
+    /// KernelJob; with --wait, follow it and print the result.
+    Submit(Box<benchkite::cli::SubmitArgs>),
+    /// List KernelJobs, or show one like submit's result.
+    Get(benchkite::cli::GetArgs),
+    /// Print a KernelJob's result logs (result.json's outputs) and its build link.
+    Logs(benchkite::cli::LogsArgs),
     /// Print the CustomResourceDefinitions as YAML, or write/check them in a directory.
     Crds {
         /// Write one file per CRD into this directory instead of printing.
@@ -400,8 +407,24 @@ impl BuildkiteArgs {
     }
 }
 
+/// The command line; started as `kubectl-benchkite` (argv[0]: the kubectl plugin, `kubectl
+/// benchkite ...`) it is the same CLI, named `kubectl benchkite` in help and errors.
+fn parse_cli<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    let mut command = Cli::command();
+    if let Some(name) = args.first().and_then(|a| benchkite::cli::plugin_bin_name(a)) {
+        command = command.bin_name(name);
+    }
+    let matches = command.try_get_matches_from(args)?;
+    Cli::from_arg_matches(&matches)
+}
+
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = parse_cli(std::env::args_os()).unwrap_or_else(|e| e.exit());
     match cli.command {
         Command::Crds { dir: None, .. } => {
             print!("{}", benchkite::api::crds_yaml()?);
@@ -417,6 +440,9 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Run(args) => std::process::exit(benchkite::runner::main(args)),
         Command::Certify(args) => std::process::exit(benchkite::runner::certify(*args)),
+        Command::Submit(args) => std::process::exit(benchkite::cli::submit(*args)),
+        Command::Get(args) => std::process::exit(benchkite::cli::get(args)),
+        Command::Logs(args) => std::process::exit(benchkite::cli::logs(args)),
     }
 }
 
@@ -611,6 +637,30 @@ fn write_or_check_crds(dir: &std::path::Path, check: bool) -> anyhow::Result<()>
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+
+    use super::{Command, parse_cli};
+
+    /// Started through a symlink named `kubectl-benchkite` (how kubectl finds plugins), the
+    /// binary is the same CLI, named `kubectl benchkite`; under its own name, `benchkite`.
+    #[test]
+    fn as_kubectl_benchkite_it_is_the_same_cli() {
+        let submit = ["submit", "tasks/identity", "sub.py", "--mode", "test", "--pool", "h100", "--wait"];
+        for argv0 in ["/usr/local/bin/kubectl-benchkite", "kubectl-benchkite", "./benchkite", "/opt/benchkite"] {
+            let cli = parse_cli(std::iter::once(argv0).chain(submit)).unwrap();
+            let Command::Submit(args) = cli.command else { panic!("{argv0}: not submit") };
+            assert!(args.wait && args.pool.as_deref() == Some("h100"), "{argv0}");
+        }
+        let cli = parse_cli(["kubectl-benchkite", "get", "-A", "-o", "wide"]).unwrap();
+        assert!(matches!(cli.command, Command::Get(ref g) if g.all_namespaces));
+        // Help and errors name the program the way it was started.
+        let err = parse_cli(["/usr/local/bin/kubectl-benchkite", "submit"]).unwrap_err().to_string();
+        assert!(err.contains("kubectl benchkite submit"), "{err}");
+        let err = parse_cli(["/usr/bin/benchkite", "submit"]).unwrap_err().to_string();
+        assert!(err.contains("benchkite submit") && !err.contains("kubectl"), "{err}");
+        // A name that merely contains the plugin's is not the plugin.
+        let err = parse_cli(["kubectl-benchkite-old", "submit"]).unwrap_err().to_string();
+        assert!(!err.contains("kubectl benchkite"), "{err}");
+    }
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use k8s_openapi::api::core::v1::ConfigMap;
