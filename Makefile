@@ -4,20 +4,31 @@ SHELL := bash
 .DEFAULT_GOAL := help
 
 E2E_DIR ?= $(or $(BENCHKITE_E2E_DIR),target/e2e)
-E2E_KUBECONFIG := $(if $(filter /%,$(E2E_DIR)),$(E2E_DIR),$(CURDIR)/$(E2E_DIR))/kubeconfig
 # The e2e tests mostly wait on the cluster, so they run a few at a time.
 E2E_TEST_THREADS ?= 4
+# Extra arguments of `cargo test -p benchkite-e2e` before `--`: a narrower run, e.g.
+# E2E_TEST_ARGS='--test cluster' or E2E_TEST_ARGS='--test kerneljob some_test_name'.
+E2E_TEST_ARGS ?=
+# Cargo's target dir (CARGO_TARGET_DIR is honoured): the e2e tests run its debug binaries.
+TARGET_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target))
+BENCHKITE_DEBUG := $(TARGET_DIR)/debug/benchkite
+# The cluster scripts and the e2e tests read the e2e dir from the environment.
+E2E_ENV := BENCHKITE_E2E_DIR=$(E2E_DIR)
+# Starts the e2e cluster unless a healthy one runs (e2e/cluster/ensure says which).
+E2E_ENSURE := $(E2E_ENV) e2e/cluster/ensure
+E2E_LEFT_RUNNING := echo "make: the e2e cluster is left running for fast reruns; stop it with 'make e2e-down'" >&2
 
 .PHONY: help test build unit-test crds crds-check e2e-test e2e-up e2e-down demo lint
 
 help:
-	@echo "make test       unit tests, then e2e tests against the local cluster (needs make e2e-up)"
+	@echo "make test       unit tests, then e2e tests against the local cluster (started if none answers; left running)"
 	@echo "make unit-test  unit tests only"
-	@echo "make e2e-test   e2e tests only (needs make e2e-up)"
+	@echo "make e2e-test   e2e tests only (starts the local cluster if none answers; E2E_TEST_ARGS narrows the run)"
+	@echo "make test-chaos the chaos suite against the local cluster (started if none answers)"
 	@echo "make e2e-up     build the cluster binaries (first time: long) and start the local cluster"
 	@echo "make e2e-down   stop the local cluster and remove its state"
 	@echo "make fleet-scale 150 GPU nodes, 20 SIGKILL restarts and a leader failover: 0 agents replaced (own cluster)"
-	@echo "make demo       cluster + Buildkite simulator + operator, one KernelJob end to end (own cluster in target/demo)"
+	@echo "make demo       Buildkite simulator + operator, one KernelJob end to end, on the cluster KUBECONFIG points at, else its own (target/demo)"
 	@echo "make demo-down  stop the demo and remove target/demo"
 	@echo "make lint       rustfmt check and clippy with warnings as errors"
 	@echo "make fuzz-quick every fuzz target for 10 s (cargo-fuzz; make fuzz: 600 s each, FUZZ_SECONDS=N)"
@@ -33,11 +44,11 @@ build:
 # The binary of the workspace build: `cargo run --bin` alone resolves features for
 # one package and would build a second copy of the crate.
 crds: build
-	target/debug/benchkite crds --dir crds
+	$(BENCHKITE_DEBUG) crds --dir crds
 	e2e/chart/manifests
 
 crds-check: build
-	target/debug/benchkite crds --dir crds --check
+	$(BENCHKITE_DEBUG) crds --dir crds --check
 
 .PHONY: manifests manifests-check
 # manifests/install.yaml and the chart's CRDs, rendered from charts/benchkite and crds/.
@@ -50,24 +61,30 @@ manifests-check:
 unit-test:
 	cargo test --workspace --exclude benchkite-e2e
 
+# The cluster is started when none answers (e2e/cluster/ensure) and left running. The
+# Buildkite simulator needs no start: the tests run it in their own process.
 e2e-test:
-	@if [[ ! -s "$(E2E_KUBECONFIG)" ]]; then \
-	  echo "make: no e2e cluster ($(E2E_KUBECONFIG) is missing); start it with 'make e2e-up' (or e2e/cluster/up), then rerun" >&2; \
-	  exit 1; \
-	fi
-	cargo test -p benchkite-e2e -- --test-threads=$(E2E_TEST_THREADS)
+	@$(E2E_ENSURE)
+	@echo "cargo test -p benchkite-e2e $(E2E_TEST_ARGS) -- --test-threads=$(E2E_TEST_THREADS)"
+	@status=0; \
+	$(E2E_ENV) BENCHKITE_BIN=$${BENCHKITE_BIN:-$(BENCHKITE_DEBUG)} \
+	  cargo test -p benchkite-e2e $(E2E_TEST_ARGS) -- --test-threads=$(E2E_TEST_THREADS) || status=$$?; \
+	$(E2E_LEFT_RUNNING); \
+	exit $$status
 
 # The chaos suite (e2e/tests/chaos.rs), one scenario at a time; BENCHKITE_CHAOS_LONG=1 for the
 # long variants. The API server restart scenario refuses the default cluster (target/e2e)
 # unless BENCHKITE_CHAOS_RESTART_APISERVER=1 (CI, which owns its cluster, sets it).
 .PHONY: test-chaos
 test-chaos:
-	@if [[ ! -s "$(E2E_KUBECONFIG)" ]]; then \
-	  echo "make: no e2e cluster ($(E2E_KUBECONFIG) is missing); start it with 'make e2e-up' (or e2e/cluster/up), then rerun" >&2; \
-	  exit 1; \
-	fi
 	cargo build --bin benchkite
-	cargo test -p benchkite-e2e --test chaos -- --ignored --test-threads=1 --nocapture
+	@$(E2E_ENSURE)
+	@echo "cargo test -p benchkite-e2e --test chaos -- --ignored --test-threads=1 --nocapture"
+	@status=0; \
+	$(E2E_ENV) BENCHKITE_BIN=$${BENCHKITE_BIN:-$(BENCHKITE_DEBUG)} \
+	  cargo test -p benchkite-e2e --test chaos -- --ignored --test-threads=1 --nocapture || status=$$?; \
+	$(E2E_LEFT_RUNNING); \
+	exit $$status
 
 # Issue 16's acceptance at full size: 150 GPU nodes (1,200 agents), 20 SIGKILL restarts and
 # a leader failover (e2e/tests/fleet_scale.rs), on a cluster of its own (SCALE_E2E_DIR),
@@ -89,12 +106,13 @@ fleet-scale:
 	exit $$status
 
 e2e-up:
-	e2e/cluster/up
+	$(E2E_ENV) e2e/cluster/up
 
 e2e-down:
-	e2e/cluster/down
+	$(E2E_ENV) e2e/cluster/down
 
-# The demo runs in its own cluster (target/demo), never the e2e one. See e2e/demo/README.md.
+# The demo runs on the cluster KUBECONFIG points at (building no Kubernetes), else on its own
+# cluster (target/demo), never the e2e one. See e2e/demo/README.md.
 .PHONY: demo demo-down
 demo:
 	e2e/demo/up
@@ -106,8 +124,8 @@ demo-down:
 # bench/results/latest.md. `bench` (the full set, release binaries, ~40 min on 2 cores)
 # runs on a cluster of its own, BENCH_E2E_DIR (default target/bench-e2e): created fresh,
 # deleted afterwards (BENCH_KEEP=1 keeps it), so its last scenario leaves its 10,000
-# KernelJobs and 8,000 pods to the teardown. `bench-quick` (CI, a few minutes) needs a
-# running cluster and, by default, the debug binaries `make build` made
+# KernelJobs and 8,000 pods to the teardown. `bench-quick` (CI, a few minutes) runs on the
+# e2e cluster (started if none answers) and, by default, the debug binaries `make build` made
 # (BENCH_QUICK_PROFILE=release for release ones); it removes what it adds.
 BENCH_QUICK_PROFILE ?= debug
 BENCH_E2E_DIR ?= target/bench-e2e
@@ -126,14 +144,11 @@ bench:
 	exit $$status
 
 bench-quick:
-	@if [[ ! -s "$(E2E_KUBECONFIG)" ]]; then \
-	  echo "make: no e2e cluster ($(E2E_KUBECONFIG) is missing); start it with 'make e2e-up', then rerun" >&2; \
-	  exit 1; \
-	fi
+	@$(E2E_ENSURE)
 	cargo build $(if $(filter release,$(BENCH_QUICK_PROFILE)),--release) -p benchkite --bins --example runner_overhead
 	cargo build $(if $(filter release,$(BENCH_QUICK_PROFILE)),--release) -p benchkite-bench
-	BENCHKITE_E2E_DIR=$(E2E_DIR) BENCHKITE_BIN=$(CURDIR)/target/$(BENCH_QUICK_PROFILE)/benchkite \
-	  target/$(BENCH_QUICK_PROFILE)/benchkite-bench --quick $(BENCH_ARGS)
+	$(E2E_ENV) BENCHKITE_BIN=$(TARGET_DIR)/$(BENCH_QUICK_PROFILE)/benchkite \
+	  $(TARGET_DIR)/$(BENCH_QUICK_PROFILE)/benchkite-bench --quick $(BENCH_ARGS)
 
 # Fuzzing (cargo-fuzz; e2e/fuzz/README.md): every target for FUZZ_SECONDS each, one at a time.
 .PHONY: fuzz fuzz-quick

@@ -32,13 +32,10 @@ SCRIPT_NAME=${SCRIPT_NAME:-cluster}
 
 log() { printf '%s: %s\n' "$SCRIPT_NAME" "$*" >&2; }
 
-# The directory holding already built binaries, or empty when there is none.
+# The directory holding already built cluster binaries (with or without helm), or empty
+# when there is none. Builds nothing.
 cached_bin_dir() {
-  local key dir
-  key=$("$CLUSTER_DIR_SCRIPTS/build-binaries" --print-key 2>/dev/null) || return 0
-  dir="${XDG_CACHE_HOME:-$HOME/.cache}/benchkite/bin/$key"
-  [[ -x $dir/kwokctl ]] && echo "$dir"
-  return 0
+  "$CLUSTER_DIR_SCRIPTS/build-binaries" --cached 2>/dev/null || true
 }
 
 # Pids of the cluster's component processes that are still alive, from the

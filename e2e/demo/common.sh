@@ -1,11 +1,19 @@
 # shellcheck shell=bash
 # Shared by e2e/demo/up and e2e/demo/down (sourced, not run). Expects $REPO.
 #
+# The demo runs on one of two clusters (e2e/demo/README.md):
+#   own       its own local cluster benchkite-demo (e2e/cluster/up in target/demo), the
+#             default when KUBECONFIG is unset;
+#   existing  the cluster KUBECONFIG points at (kind, k3d, a real one): nothing of Kubernetes
+#             is built, kubectl comes from PATH, and the demo keeps to a namespace of its own.
+#
 # Everything the demo writes lives in target/demo:
-#   kubeconfig, kwok/, logs/       the demo cluster (e2e/cluster/up with BENCHKITE_E2E_DIR)
+#   kubeconfig, kwok/, logs/       the demo cluster (own: e2e/cluster/up with BENCHKITE_E2E_DIR)
 #   controller.log, simulator.log  the background processes' output
 #   run/                           pid files, chosen ports, generated secrets (mode 600),
-#                                  the simulator's config and its ready file
+#                                  the simulator's config and its ready file; on an existing
+#                                  cluster also its pinned kubeconfig (run/kubeconfig) and
+#                                  what the demo created there (run/created-*)
 #   jobs/                          the simulator's per-job directories
 
 DEMO_DIR=$REPO/target/demo
@@ -21,6 +29,17 @@ SIMULATOR=$REPO/target/debug/buildkite-sim
   POOL=h100
   QUEUE=nvidia-h100
   JOB=vectoradd-leaderboard
+  # On an existing cluster: the demo's namespace, the label on everything it creates there
+  # (demo-down deletes only objects that carry it), the file naming the cluster it uses
+  # (mode, context, server) and its kubeconfig, pinned to that context.
+  EXISTING_NAMESPACE=benchkite-demo
+  DEMO_LABEL_KEY=app.kubernetes.io/managed-by
+  DEMO_LABEL_VALUE=benchkite-demo
+  DEMO_LABEL_JSONPATH='jsonpath={.metadata.labels.app\.kubernetes\.io/managed-by}'
+  TARGET_FILE=$RUN_DIR/target
+  EXISTING_KUBECONFIG=$RUN_DIR/kubeconfig
+  CREATED_NAMESPACE_FILE=$RUN_DIR/created-namespace
+  CREATED_CRDS_FILE=$RUN_DIR/created-crds
 }
 DEMO_STARTED=$SECONDS
 
@@ -132,4 +151,10 @@ stop() {
     fi
   fi
   rm -f "$RUN_DIR/$name.pid"
+}
+
+# target_field NAME: a field (mode, kubeconfig, context, server) of run/target, empty if unset.
+target_field() {
+  [[ -s $TARGET_FILE ]] || return 0
+  sed -n "s/^$1=//p" "$TARGET_FILE" | head -n 1
 }

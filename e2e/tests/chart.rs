@@ -3,8 +3,8 @@
 //! install/upgrade/uninstall, values the schema must refuse, flags the binary must accept,
 //! and RBAC that is enough for the controller and no more.
 //!
-//! helm and kubectl are the ones `e2e/cluster/build-binaries` built. Every test uses its own
-//! namespace and release name, so they run in parallel.
+//! helm and kubectl are the ones `e2e/cluster/build-binaries --with-helm` built. Every test uses
+//! its own namespace and release name, so they run in parallel.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -39,6 +39,7 @@ fn tools() -> Result<&'static Path> {
         return Ok(dir);
     }
     let out = Command::new(repo_root().join("e2e/cluster/build-binaries"))
+        .arg("--with-helm")
         .stderr(Stdio::inherit())
         .output()
         .context("running e2e/cluster/build-binaries")?;

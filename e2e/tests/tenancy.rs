@@ -388,6 +388,7 @@ fn helm() -> Result<PathBuf> {
         return Ok(PathBuf::from(h));
     }
     let out = Command::new(repo_root().join("e2e/cluster/build-binaries"))
+        .arg("--helm")
         .stderr(Stdio::inherit())
         .output()
         .context("running e2e/cluster/build-binaries")?;
