@@ -215,6 +215,11 @@ pub struct KernelJobSpec {
     /// Run on all GPUs of a multi-GPU agent.
     #[serde(default)]
     pub multi_gpu: bool,
+    /// GPUs one evaluation needs on its agent (default 1; 2 with `multiGpu`). A job that needs
+    /// more than its pool's `gpusPerAgent` fails at once (`TooManyGpus`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 16").message("gpus must be between 1 and 16"))]
+    pub gpus: Option<i32>,
 
     /// Runner image (`KERNELBOT_IMAGE`) for pipelines that run the job in a container.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -273,6 +273,21 @@ pub(super) fn target(job: &KernelJob, ctx: &JobCtx) -> std::result::Result<Targe
     Ok(Target { queue, arch, pipeline, managed })
 }
 
+/// How long after its start this process judges whether a job can be served at all.
+const FAIL_FAST_AFTER_START: k8s_openapi::jiff::SignedDuration = k8s_openapi::jiff::SignedDuration::from_secs(5);
+
+/// Why no agent of the job's pool can ever serve it (`feasible::unservable`); `None` for a
+/// raw queue (agents benchkite does not know) or a pool it cannot see.
+fn unservable(job: &KernelJob, ctx: &JobCtx) -> Option<(&'static str, String)> {
+    let pool_name = job.spec.pool.as_ref()?;
+    let ns = job.namespace().unwrap_or_default();
+    let pool_ns = job.spec.pool_namespace.clone().unwrap_or(ns);
+    let pool = ctx.pools.get(&ObjectRef::new(pool_name).within(&pool_ns))?;
+    super::feasible::unservable(&job.spec, &pool, |node| {
+        ctx.gpunodes.get(&ObjectRef::new(node)).and_then(|g| g.status.as_ref().and_then(|s| s.architecture.clone()))
+    })
+}
+
 /// The pipeline a job's builds are in, even when its target is gone (a deleted pool): the
 /// pipeline of a build it recorded, else the managed pipeline of the queue it went to.
 pub(super) fn pipeline_of(job: &KernelJob, ctx: &JobCtx, status: &KernelJobStatus) -> Option<String> {
@@ -298,6 +313,14 @@ pub async fn reconcile(job: Arc<KernelJob>, ctx: Arc<JobCtx>) -> Result<Action> 
         active_attempt(&status).and_then(|a| ctx.board.get(&a.run_id)).map(|e| e.build.state.is_terminal());
     let target = target(&job, &ctx);
     let missing = ctx.scopes.missing_for(&[buildkite::Feature::KernelJobs]);
+    // Fail fast only once this process has seen the fleet: in its first seconds the pools'
+    // status may predate GpuNodes it is still deriving.
+    let judging_in = Duration::try_from((ctx.started + FAIL_FAST_AFTER_START).duration_since(now)).ok();
+    let servable = match (unservable(&job, &ctx), judging_in) {
+        (None, _) => decide::Servable::Yes,
+        (Some((reason, message)), None) => decide::Servable::No(reason, message),
+        (Some(_), Some(wait)) => decide::Servable::NotYet(wait),
+    };
     let fresh = attempt == 1 && created(&job) > ctx.started + k8s_openapi::jiff::SignedDuration::from_secs(5);
     let observed = Observed {
         job: &job,
@@ -308,6 +331,7 @@ pub async fn reconcile(job: Arc<KernelJob>, ctx: Arc<JobCtx>) -> Result<Action> 
         next: Next::of(&memory, &next_run, next_build.as_ref()),
         active_terminal,
         target: target.as_ref().map(|t| t.queue.clone()).map_err(Clone::clone),
+        servable,
         missing_scopes: (!missing.is_empty())
             .then(|| buildkite::scopes::missing_scopes_message(&missing, "KernelJobs")),
         throttled: ctx.bk.would_wait(Priority::Submit).is_some(),

@@ -126,6 +126,20 @@ impl<'a> Next<'a> {
     }
 }
 
+/// Whether an agent of the job's pool can ever serve the job.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Servable {
+    /// As far as anyone can tell (or a target benchkite does not manage).
+    #[default]
+    Yes,
+    /// Never, without a person changing the pool or the fleet (reason, message): fail fast,
+    /// once nothing can have been created for the job.
+    No(&'static str, String),
+    /// It looks unservable, but this process has not watched the fleet long enough to say:
+    /// submit nothing, decide again after this long.
+    NotYet(Duration),
+}
+
 /// Everything the decision reads.
 #[derive(Clone, Debug)]
 pub struct Observed<'a> {
@@ -142,6 +156,8 @@ pub struct Observed<'a> {
     pub active_terminal: Option<bool>,
     /// Where the job's builds go: the queue, or why there is none (reason, message).
     pub target: Result<String, (&'static str, String)>,
+    /// Whether an agent of the job's pool can ever serve it (`feasible::unservable`).
+    pub servable: Servable,
     /// The token lacks a scope KernelJobs need (the message names it).
     pub missing_scopes: Option<String>,
     /// Buildkite's budget would make a submission wait.
@@ -354,6 +370,16 @@ pub fn decide_pending(o: &Observed<'_>) -> Plan {
             format!("Buildkite refused the build {tries} times ({status}): {}", bounded(message)),
             "Submit",
         );
+    }
+    // Nothing can be in flight for a job with no build and no create under way (or a fresh
+    // one, which cannot have a build from an earlier process).
+    let nothing_created = matches!(o.next, Next::Absent) || (matches!(o.next, Next::Unknown) && o.fresh);
+    if nothing_created && o.target.is_ok() {
+        match &o.servable {
+            Servable::No(reason, message) => return finish(Phase::Failed, reason, message.clone(), "Submit"),
+            Servable::NotYet(wait) => return Plan::after((*wait).max(Duration::from_millis(100))),
+            Servable::Yes => {}
+        }
     }
     let mut plan = Plan::default();
     let (reason, message, throttled) = match (&o.target, &o.missing_scopes) {

@@ -72,6 +72,7 @@ struct Case<'a> {
     fresh: bool,
     throttled: bool,
     scopes: Option<&'a str>,
+    servable: Servable,
 }
 
 impl Case<'_> {
@@ -88,6 +89,7 @@ impl Case<'_> {
             fresh: false,
             throttled: false,
             scopes: None,
+            servable: Servable::Yes,
         }
     }
 
@@ -102,6 +104,7 @@ impl Case<'_> {
             next: Next::of(&self.memory, &next_run, self.board_next.as_ref()),
             active_terminal: self.active_terminal,
             target: self.target.clone(),
+            servable: self.servable.clone(),
             missing_scopes: self.scopes.map(str::to_string),
             throttled: self.throttled,
             fresh: self.fresh,
@@ -120,6 +123,7 @@ impl Case<'_> {
             board_next: self.board_next.clone(),
             target: self.target.clone(),
             scopes: self.scopes,
+            servable: self.servable.clone(),
             ..*self
         }
     }
@@ -575,3 +579,46 @@ mod writes;
 
 #[path = "decide_trust_tests.rs"]
 mod trust;
+
+#[test]
+fn an_unservable_job_fails_at_once_when_nothing_was_created() {
+    let why = Servable::No("ArchitectureUnavailable", "built for 100a; the pool has sm_90".to_string());
+    let p = Case { servable: why.clone(), ..Case::new() }.next(AttemptState::Absent).run();
+    let s = p.status.as_ref().expect("a status");
+    assert_eq!(s.phase, Phase::Failed);
+    assert_eq!(reason(&p), "ArchitectureUnavailable");
+    assert!(!p.submit && !p.look_up);
+    assert!(s.completion_time.is_some());
+    assert_eq!(p.event.as_ref().map(|e| e.reason.as_str()), Some("ArchitectureUnavailable"));
+    // A fresh job (no earlier process) with no board entry fails too.
+    let p = Case { servable: why.clone(), fresh: true, ..Case::new() }.run();
+    assert_eq!(p.status.map(|s| s.phase), Some(Phase::Failed));
+}
+
+#[test]
+fn an_unservable_job_with_a_create_under_way_or_unknown_waits() {
+    let why = Servable::No("NoUsableNode", "none".to_string());
+    // A create in flight: its build may exist; the job is decided once it answers.
+    let p = Case { servable: why.clone(), ..Case::new() }.next(AttemptState::Creating).run();
+    assert!(p.status.as_ref().is_none_or(|s| s.phase != Phase::Failed), "{p:?}");
+    // Unknown after a restart: looked up first.
+    let p = Case { servable: why.clone(), ..Case::new() }.run();
+    assert!(p.look_up, "{p:?}");
+    assert!(p.status.as_ref().is_none_or(|s| s.phase != Phase::Failed));
+    // A target problem (the pool is gone) is that problem, not this one.
+    let p = Case { servable: why, target: Err(("PoolNotFound", "gone".into())), ..Case::new() }
+        .next(AttemptState::Absent)
+        .run();
+    assert_eq!(reason(&p), "PoolNotFound");
+}
+
+#[test]
+fn a_job_not_yet_judged_is_held_not_submitted() {
+    let p = Case { servable: Servable::NotYet(Duration::from_secs(3)), ..Case::new() }.next(AttemptState::Absent).run();
+    assert!(!p.submit && p.status.is_none(), "{p:?}");
+    assert_eq!(p.requeue, Some(Duration::from_secs(3)));
+    // A job with a create under way is not held (its build may exist).
+    let p =
+        Case { servable: Servable::NotYet(Duration::from_secs(3)), ..Case::new() }.next(AttemptState::Creating).run();
+    assert_ne!(p.requeue, Some(Duration::from_secs(3)), "{p:?}");
+}

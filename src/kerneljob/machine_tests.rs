@@ -43,6 +43,7 @@ fn spec(mode: Mode) -> KernelJobSpec {
         include_dirs: vec![],
         libraries: vec![],
         multi_gpu: false,
+        gpus: None,
         image: None,
         pipeline: None,
         branch: None,
