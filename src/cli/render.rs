@@ -330,7 +330,7 @@ pub fn result_text_with(job: &KernelJob, status_value: &Value) -> String {
             Some(RankingBy::Geom) => "geom",
             Some(RankingBy::Last) | None => "last",
         };
-        let _ = writeln!(out, "Score:      {} ({by}; {score} s)", nanos(score * 1e9));
+        let _ = writeln!(out, "Score:      {} ({by}; {score:.6e} s)", nanos(score * 1e9));
     }
     if let Some(line) = fingerprint_line(status) {
         let _ = writeln!(out, "Ran on:     {line}");

@@ -66,7 +66,7 @@ Benchmarks:
   SPEC                   RUNS       MEAN       STD       BEST      WORST
   size: 1024; seed: 3     100   91.50 us   1.20 us   90.00 us   99.00 us
   size: 65536; seed: 4     12    2.50 ms    800 ns    2.40 ms    2.61 ms
-Score:      91.50 us (geom; 0.0000915 s)
+Score:      91.50 us (geom; 9.150000e-5 s)
 Ran on:     NVIDIA H100 80GB HBM3 (GPU-1234), driver 550.54.15, CUDA 12.4, node gpu-0 slot 3, certification epoch 1767000000, harness abcdef012345
 Build:      #17 https://buildkite.com/org/p/builds/17
 ";

@@ -329,3 +329,20 @@ fn a_submission_that_is_not_text_is_refused() {
     let e = err_text(load(&tree.task("identity_py"), &sub, Mode::Test));
     assert!(e.contains("is not UTF-8 text"), "{e}");
 }
+
+#[test]
+fn the_repository_task_in_kernelbots_layout_loads() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tasks/kernelbot_layout/identity_py");
+    let task = load(&dir, &dir.join("wrong.py"), Mode::Test).unwrap();
+    let spec = task.spec;
+    assert_eq!(spec.sources.keys().collect::<Vec<_>>(), ["eval.py", "reference.py", "submission.py", "task.py"]);
+    let eval = std::fs::read_to_string(dir.join("../eval.py")).unwrap();
+    assert_eq!(spec.sources["eval.py"], eval, "../eval.py is the shared harness");
+    assert!(spec.sources["submission.py"].contains("x + 1.0"), "the submission is the file given");
+    assert_eq!(
+        spec.tests,
+        vec![CaseSpec::Line("size: 64; seed: 4242".into()), CaseSpec::Line("size: 256; seed: 5236".into())]
+    );
+    assert_eq!(spec.test_timeout_seconds, Some(60.0));
+    assert_eq!(spec.ranking_by, Some(RankingBy::Geom));
+}
