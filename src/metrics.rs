@@ -391,6 +391,56 @@ impl Collector for StateCollector {
                 series(|s| s.desired_agents),
             )?;
             gauge_family(&mut encoder, "agentpool_agents_ready", "Agent pods Ready", series(|s| s.ready_agents))?;
+            // The pool's queue (status.kernelJobs), for the pools that show one.
+            let queued: Vec<_> = state
+                .iter()
+                .filter_map(|p| {
+                    let q = p.status.as_ref()?.kernel_jobs.clone()?;
+                    Some((PoolLabels { namespace: p.namespace().unwrap_or_default(), pool: p.name_any() }, q))
+                })
+                .collect();
+            if !queued.is_empty() {
+                gauge_family(
+                    &mut encoder,
+                    "agentpool_kerneljobs_waiting",
+                    "KernelJobs of a pool not yet running (waiting to be submitted or for an agent)",
+                    queued.iter().map(|(l, q)| (l.clone(), q.waiting)),
+                )?;
+                gauge_family(
+                    &mut encoder,
+                    "agentpool_kerneljobs_running",
+                    "KernelJobs of a pool an agent runs",
+                    queued.iter().map(|(l, q)| (l.clone(), q.running)),
+                )?;
+                let now = k8s_openapi::jiff::Timestamp::now();
+                gauge_family(
+                    &mut encoder,
+                    "agentpool_kerneljobs_oldest_wait_seconds",
+                    "How long the oldest waiting KernelJob of a pool has existed (0: none waits)",
+                    queued.iter().map(|(l, q)| {
+                        let secs = q.oldest_waiting_since.as_ref().map(|t| now.duration_since(t.0).as_secs().max(0));
+                        (l.clone(), secs.unwrap_or(0))
+                    }),
+                )?;
+                gauge_family(
+                    &mut encoder,
+                    "agentpool_submitter_kerneljobs",
+                    "Unfinished KernelJobs of a pool per submitter (the 20 with most) and state",
+                    queued.iter().flat_map(|(l, q)| {
+                        q.submitters.iter().flat_map(move |s| {
+                            [("waiting", s.waiting), ("running", s.running)].map(|(state, n)| {
+                                let labels = SubmitterLabels {
+                                    namespace: l.namespace.clone(),
+                                    pool: l.pool.clone(),
+                                    submitter: s.submitter.clone(),
+                                    state,
+                                };
+                                (labels, n)
+                            })
+                        })
+                    }),
+                )?;
+            }
         }
         if let Some(bk) = &sources.buildkite {
             let snap = bk.budget_snapshot();
@@ -431,6 +481,14 @@ impl Collector for StateCollector {
         }
         Ok(())
     }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SubmitterLabels {
+    namespace: String,
+    pool: String,
+    submitter: String,
+    state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -1,8 +1,11 @@
-//! Fail fast (issue 19), on the local cluster: a KernelJob that no agent of its pool can ever
-//! serve (an architecture none of the pool's GPUs has, more GPUs than an agent holds, a pool
-//! that selects no node, a paused pool) ends `Failed` with the precise reason within seconds,
-//! judged from the pool status the real fleet controller writes; a job the pool can serve
-//! waits for an agent.
+//! The platform's queue (issue 19), on the local cluster, with the real fleet and KernelJob
+//! controllers in one process:
+//! - fail fast: a KernelJob that no agent of its pool can ever serve (an architecture none of
+//!   the pool's GPUs has, more GPUs than an agent holds, a pool that selects no node, a paused
+//!   pool) ends `Failed` with the precise reason within seconds, judged from the pool status
+//!   the fleet controller writes; a job the pool can serve waits for an agent;
+//! - the pool's queue: waiting and running jobs, the oldest wait and the count per submitter
+//!   in `AgentPool.status.kernelJobs` and in the metrics.
 
 use std::time::Duration;
 
@@ -36,18 +39,26 @@ fn pool(name: &str, queue: &str, selects: &str, paused: bool) -> Result<AgentPoo
 }
 
 fn job(name: &str, pool: &str, extra: Value) -> Result<KernelJob> {
+    labelled(name, pool, extra, None)
+}
+
+fn labelled(name: &str, pool: &str, extra: Value, submitter: Option<&str>) -> Result<KernelJob> {
+    let labels = match submitter {
+        Some(s) => json!({"benchkite.dev/submitter": s}),
+        None => json!({}),
+    };
     let mut spec = json!({"pool": pool, "mode": "test", "lang": "py", "main": "s.py", "sources": {"s.py": "print(1)"}});
     if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
         s.extend(e.clone());
     }
     Ok(serde_json::from_value(json!({
         "apiVersion": "benchkite.dev/v1alpha1", "kind": "KernelJob",
-        "metadata": {"name": name}, "spec": spec,
+        "metadata": {"name": name, "labels": labels}, "spec": spec,
     }))?)
 }
 
 #[tokio::test]
-async fn a_job_no_agent_can_serve_fails_within_seconds_with_the_reason() -> Result<()> {
+async fn unservable_jobs_fail_fast_and_the_pool_shows_its_queue() -> Result<()> {
     let client = client().await?;
     install_crds(&client).await?;
     let ns = TestNamespace::create(&client, "failfast").await?;
@@ -57,9 +68,11 @@ async fn a_job_no_agent_can_serve_fails_within_seconds_with_the_reason() -> Resu
     let queue = format!("q-{id}");
     let sim = Simulator::start(benchkite_e2e::sim::queue_config(&queue, 0)?).await?;
     let http = format!("127.0.0.1:{}", free_port()?);
+    let metrics_addr = format!("127.0.0.1:{}", free_port()?);
     let mut args = benchkite_e2e::sim::kerneljob_args(&sim, &id);
     args[1] = "fleet,kerneljob".into();
-    args.extend(["--http-addr".into(), http.clone(), "--poll-interval-seconds".into(), "2".into()]);
+    args.extend(["--http-addr".into(), http.clone(), "--metrics-addr".into(), metrics_addr.clone()]);
+    args.extend(["--poll-interval-seconds".into(), "2".into()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let token = sim.api_token();
     let op = Operator::start_with_env(&format!("failfast-{id}"), &args, &[("BUILDKITE_API_TOKEN", token.as_str())])?;
@@ -140,6 +153,44 @@ async fn a_job_no_agent_can_serve_fails_within_seconds_with_the_reason() -> Resu
     .await
     .with_context(|| op.log_text())?;
     ensure!(!servable.phase.is_finished(), "the servable job waits for an agent: {servable:?}");
+
+    // The pool's queue: four jobs wait for an agent (the simulator has none), by three
+    // submitters; the failed ones are not counted.
+    for (name, who) in [("alice-1", "alice"), ("alice-2", "alice"), ("bob-1", "bob")] {
+        jobs.create(&PostParams::default(), &labelled(name, "p", json!({}), Some(who))?).await?;
+    }
+    let pools_api = pools.clone();
+    let q = wait_until("pool p shows 4 waiting jobs", Duration::from_secs(30), || async {
+        let p = pools_api.get("p").await?;
+        Ok(p.status.and_then(|s| s.kernel_jobs).filter(|q| q.waiting == 4))
+    })
+    .await
+    .with_context(|| op.log_text())?;
+    println!("pool p: {}", serde_json::to_string(&q)?);
+    let by: Vec<(String, i64, i64)> =
+        q.submitters.iter().map(|s| (s.submitter.clone(), s.waiting, s.running)).collect();
+    ensure!(
+        by == vec![("alice".to_string(), 2, 0), ("bob".to_string(), 1, 0), (id.clone(), 1, 0)],
+        "submitters: {by:?}"
+    );
+    ensure!(q.running == 0 && q.oldest_waiting_since.is_some(), "{q:?}");
+    let empty = pools.get("empty").await?.status.and_then(|s| s.kernel_jobs);
+    ensure!(empty.as_ref().is_some_and(|e| e.waiting == 0 && e.running == 0), "the empty pool: {empty:?}");
+    let metrics = reqwest::get(format!("http://{metrics_addr}/metrics")).await?.text().await?;
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("benchkite_agentpool_kerneljobs_waiting{") && l.contains("pool=\"p\"") && l.contains(&id)
+        })
+        .with_context(|| format!("no waiting gauge for pool p in the metrics:\n{metrics}"))?;
+    ensure!(line.ends_with(" 4"), "{line}");
+    ensure!(
+        metrics.lines().any(|l| l.starts_with("benchkite_agentpool_submitter_kerneljobs{")
+            && l.contains("submitter=\"alice\"")
+            && l.contains("state=\"waiting\"")
+            && l.ends_with(" 2")),
+        "alice's 2 waiting jobs in the metrics"
+    );
     drop(op);
     ns.delete().await
 }

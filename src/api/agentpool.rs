@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     EnvFromSource, EnvVar, LocalObjectReference, PodSecurityContext, SecurityContext, Toleration, Volume, VolumeMount,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, LabelSelectorRequirement};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, LabelSelectorRequirement, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -69,6 +69,8 @@ pub const MANAGED_ENV: &[&str] = &[
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyAgents"),
     printcolumn(name = "Updated", type_ = "integer", json_path = ".status.updatedAgents"),
     printcolumn(name = "GPUs", type_ = "integer", json_path = ".status.gpusClaimed"),
+    printcolumn(name = "Waiting", type_ = "integer", json_path = ".status.kernelJobs.waiting"),
+    printcolumn(name = "Running", type_ = "integer", json_path = ".status.kernelJobs.running"),
     printcolumn(name = "Paused", type_ = "boolean", json_path = ".spec.paused", priority = 1),
     printcolumn(name = "Pipeline", type_ = "string", json_path = ".status.pipeline.slug", priority = 1),
     printcolumn(name = "Status", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
@@ -506,9 +508,50 @@ pub struct AgentPoolStatus {
     /// The Buildkite pipeline KernelJobs on the queue build on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipeline: Option<PoolPipelineStatus>,
+    /// The pool's KernelJobs: waiting, running, per submitter (when the KernelJob controller
+    /// runs in the fleet's process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_jobs: Option<PoolJobsStatus>,
     #[serde(default)]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
+}
+
+/// Label naming who submitted a KernelJob (a user, a team, a platform); without it, the
+/// job's namespace is its submitter.
+pub const SUBMITTER_LABEL: &str = "benchkite.dev/submitter";
+
+/// The KernelJobs of a pool that have not finished.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolJobsStatus {
+    /// Not yet running: waiting to be submitted (Pending) or for an agent (Submitted).
+    pub waiting: i64,
+    /// An agent runs their build.
+    pub running: i64,
+    /// Creation time of the oldest waiting job: its wait is now minus this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_waiting_since: Option<Time>,
+    /// Per submitter (label `benchkite.dev/submitter`, else the namespace), most jobs first;
+    /// at most 20 (`otherSubmitters` counts the rest).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub submitters: Vec<SubmitterJobs>,
+    /// Submitters not listed in `submitters`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub other_submitters: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
+/// One submitter's unfinished jobs on a pool.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SubmitterJobs {
+    pub submitter: String,
+    pub waiting: i64,
+    pub running: i64,
 }
 
 #[cfg(test)]

@@ -81,6 +81,7 @@ fn context(nodes: Vec<Node>, pods: Vec<CachedPod>) -> Context {
         expected: Mutex::new(CreateExpectations::default()),
         buildkite: None,
         queues: queues::Queues::default(),
+        job_queues: Mutex::new(None),
     }
 }
 

@@ -168,6 +168,9 @@ pub struct Context {
     /// Buildkite API, when configured (queue state and creation).
     pub buildkite: Option<crate::buildkite::Client>,
     pub queues: queues::Queues,
+    /// Each pool's unfinished KernelJobs (`status.kernelJobs`), when the KernelJob controller
+    /// runs in this process (`None`: it does not, and pools show nothing).
+    pub job_queues: Mutex<Option<HashMap<agentpool::jobs::PoolKey, crate::api::agentpool::PoolJobsStatus>>>,
 }
 
 impl Context {
@@ -338,6 +341,7 @@ pub async fn run(
             Some(m) => queues::Queues::with_pipelines(m.clone()),
             None => queues::Queues::default(),
         },
+        job_queues: Mutex::new(None),
     });
     // The API token's scopes, at start and every 5 minutes, for everything this process
     // does with it: a missing scope is named (conditions of pools and jobs, a log line).
@@ -365,6 +369,7 @@ pub async fn run(
     };
     let (pools_changed_tx, mut pools_changed_rx) = tokio::sync::mpsc::channel::<()>(1);
     let pools_changed = futures::stream::poll_fn(move |cx| pools_changed_rx.poll_recv(cx));
+    let jobs_changed_tx = pools_changed_tx.clone();
     let metrics_loop = {
         let ctx = ctx.clone();
         async move {
@@ -495,6 +500,36 @@ pub async fn run(
             (None, futures::future::Either::Right(futures::future::ready(())))
         }
     };
+    // Each pool's queue of KernelJobs (status.kernelJobs), when both run here: recomputed
+    // from the KernelJob cache every 2 s; pools are reconciled only when one changed.
+    let job_queue_loop = {
+        let (ctx, store) = (ctx.clone(), job_store.clone());
+        async move {
+            match store {
+                Some(store) if fleet => {
+                    let _ = store.wait_until_ready().await;
+                    loop {
+                        let now = agentpool::jobs::summarize(store.state().iter().map(|j| j.as_ref()));
+                        let changed = match ctx.job_queues.lock() {
+                            Ok(mut held) if held.as_ref() != Some(&now) => {
+                                *held = Some(now);
+                                true
+                            }
+                            _ => false,
+                        };
+                        if changed {
+                            let _ = jobs_changed_tx.try_send(());
+                        }
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                }
+                _ => {
+                    drop(jobs_changed_tx);
+                    futures::future::pending::<()>().await
+                }
+            }
+        }
+    };
     crate::metrics::global().attach(crate::metrics::StateSources {
         jobs: job_store,
         pools: fleet.then(|| pools.clone()),
@@ -534,6 +569,7 @@ pub async fn run(
         _ = watches => anyhow::bail!("watch streams ended"),
         _ = ready => {}
         _ = metrics_loop => {}
+        _ = job_queue_loop => {}
         _ = scope_loop => {}
         _ = async { tokio::join!(fleet_ctrl, job_ctrl, signal) } => {}
     }

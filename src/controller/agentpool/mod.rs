@@ -3,6 +3,7 @@
 //! `maxUnavailable`, and keep its PodDisruptionBudget.
 
 mod facts;
+pub mod jobs;
 mod pdb;
 mod pipeline;
 mod progress;
@@ -417,6 +418,11 @@ pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action
         nodes,
         queue: ctx.queues.status(&pool.spec.queue),
         pipeline: pipeline.pipeline.clone(),
+        kernel_jobs: ctx
+            .job_queues
+            .lock()
+            .ok()
+            .and_then(|q| q.as_ref().map(|q| q.get(&(ns.clone(), name.clone())).cloned().unwrap_or_default())),
         conditions: conditions.into_vec(),
     };
     let api: Api<AgentPool> = Api::namespaced(ctx.client.clone(), &ns);
