@@ -303,6 +303,38 @@ async fn submit_wait_in_a_terminal_shows_progress_results_and_exit_codes() -> Re
     ensure!(job.metadata.labels.as_ref().and_then(|l| l.get("e2e")).map(String::as_str) == Some("json"));
     ensure!(job.metadata.managed_fields.is_none(), "no managedFields, as kubectl prints it");
 
+    // A submission near the 1 MB limit (kubectl apply could not create it: its last-applied
+    // annotation is capped at 256 KiB): created with a POST, evaluated, the final job as YAML.
+    let big = plugin_dir.join("big_submission.py");
+    let mut text = std::fs::read_to_string(task_dir().join("submission.py"))?;
+    let line = format!("# {}\n", "x".repeat(97));
+    while text.len() + line.len() < 950_000 {
+        text.push_str(&line);
+    }
+    std::fs::write(&big, &text)?;
+    let out = tokio::process::Command::new(&bin)
+        .args(["submit", &task, &big.to_string_lossy(), "--mode", "test", "--queue", &queue, "-n", ns.name()])
+        .args(["--wait", "--timeout", "3m", "-o", "yaml", "--name", "big"])
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .await
+        .context("running benchkite submit -o yaml")?;
+    ensure!(
+        out.status.code() == Some(PASSED),
+        "the big submission exits {:?}: {}\ncontroller log:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr),
+        op.log_text()
+    );
+    let job: KernelJob = serde_yaml::from_slice(&out.stdout).context("stdout is one KernelJob in YAML")?;
+    ensure!(job.spec.sources.get("submission.py").map(String::len) == Some(text.len()), "the whole submission");
+    ensure!(job.status.as_ref().is_some_and(|s| s.passed == Some(true)), "{:?}", job.status);
+    let stored = ns.api::<KernelJob>().get("big").await?;
+    ensure!(
+        stored.metadata.annotations.unwrap_or_default().is_empty(),
+        "no last-applied annotation: the object is stored once"
+    );
+
     // get: the table, and one job like submit's result; logs: the build link.
     let run = async |args: &[&str]| -> Result<String> {
         let out = tokio::process::Command::new(&bin).args(args).env("KUBECONFIG", &kubeconfig).output().await?;

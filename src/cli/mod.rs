@@ -467,12 +467,12 @@ async fn wait(
                     return Ok((j, outcome));
                 }
                 Some(Ok(watcher::Event::Init | watcher::Event::InitDone)) => {}
-                // The watcher backs off and retries on its own; a persistent failure ends in
-                // the timeout (or the user's Ctrl-C).
+                // The watcher backs off and retries on its own; a persistent failure (no
+                // `watch` permission, the API server gone) is said each time, and ends in
+                // the timeout or the user's Ctrl-C.
                 Some(Err(e)) => {
-                    if !progress.tty {
-                        eprintln!("watching KernelJob {name}: {e} (retrying)");
-                    }
+                    progress.finish();
+                    eprintln!("watching KernelJob {name}: {e} (retrying)");
                 }
                 None => bail!("the watch of KernelJob {name} ended"),
             },
