@@ -112,6 +112,49 @@ pub struct AgentPoolSpec {
     /// serves, and watch it for drift with a canary (see the README, "Numbers you can trust").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certification: Option<super::certification::PoolCertification>,
+
+    /// Fair queueing: KernelJobs wait in benchkite until an agent of the pool is free, then
+    /// the most deserving goes first: by priority, then by its submitter's recent usage, then
+    /// by age. Without it, jobs are submitted as soon as the request budget allows and
+    /// Buildkite runs them in order of priority and creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queueing: Option<PoolQueueing>,
+}
+
+/// How a pool orders and admits its KernelJobs (see `AgentPoolSpec.queueing`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolQueueing {
+    /// Half-life of a submitter's usage (GPU-seconds of its jobs' runs, decayed), minutes.
+    #[serde(default = "default_half_life")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 10080").message("usageHalfLifeMinutes must be between 1 and 10080"))]
+    pub usage_half_life_minutes: i32,
+    /// Builds that may wait for an agent beyond the free ones (submitted ahead so an agent
+    /// that frees up finds work at once).
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 1000").message("submitAhead must be between 0 and 1000"))]
+    pub submit_ahead: i32,
+    /// Seconds a job is expected to take before the pool has measured any (the usage a job
+    /// is charged when admitted, and the estimated start of waiting jobs).
+    #[serde(default = "default_expected_seconds")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 86400").message("expectedJobSeconds must be between 1 and 86400"))]
+    pub expected_job_seconds: i32,
+    /// Per submitter: at most this many jobs admitted and unfinished at once (0: no limit).
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self >= 0").message("maxRunningPerSubmitter must not be negative"))]
+    pub max_running_per_submitter: i32,
+    /// Per submitter: at most this many jobs admitted per minute (0: no limit).
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self >= 0").message("maxAdmissionsPerMinute must not be negative"))]
+    pub max_admissions_per_minute: i32,
+}
+
+fn default_half_life() -> i32 {
+    10
+}
+
+fn default_expected_seconds() -> i32 {
+    60
 }
 
 /// Which KernelJobs may target a pool (an admin's setting: a job cannot grant itself a pool).

@@ -568,6 +568,14 @@ pub struct KernelJobStatus {
     /// ConfigMap (owned by this KernelJob) holding the full `result.json`, bounded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_ref: Option<String>,
+    /// Place among the jobs waiting for an agent of a pool with `queueing` (1: next). Exact
+    /// up to 10, then rounded up to tens up to 100, then to hundreds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<i64>,
+    /// When the job is expected to start, from its position, the pool's agents and the
+    /// duration of its recent jobs (set with `queuePosition`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_start_time: Option<Time>,
     /// Human-readable reason of the current phase.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,

@@ -432,6 +432,7 @@ pub(crate) mod tests {
                 buildkite: None,
                 strategy: None,
                 certification: None,
+                queueing: None,
             },
         );
         p.metadata.namespace = Some("ci".into());

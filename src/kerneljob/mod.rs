@@ -4,6 +4,7 @@ pub mod board;
 pub mod conditions;
 pub mod controller;
 pub mod decide;
+pub mod fairshare;
 pub mod feasible;
 pub mod follow;
 pub mod machine;
