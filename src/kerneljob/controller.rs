@@ -125,6 +125,8 @@ pub struct JobCtx {
     pub pipelines: crate::controller::pipelines::PipelineManager,
     /// The API token's scopes: a missing one is named in every waiting job's status.
     pub scopes: buildkite::ScopeReport,
+    /// Fair queueing of pools with `spec.queueing`: the last admission round.
+    pub admission: std::sync::Mutex<super::admission::AdmissionState>,
 }
 
 pub fn key_of(job: &KernelJob) -> JobKey {
@@ -332,6 +334,7 @@ pub async fn reconcile(job: Arc<KernelJob>, ctx: Arc<JobCtx>) -> Result<Action> 
         active_terminal,
         target: target.as_ref().map(|t| t.queue.clone()).map_err(Clone::clone),
         servable,
+        admission: ctx.admission_of(&job),
         missing_scopes: (!missing.is_empty())
             .then(|| buildkite::scopes::missing_scopes_message(&missing, "KernelJobs")),
         throttled: ctx.bk.would_wait(Priority::Submit).is_some(),

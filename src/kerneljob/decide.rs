@@ -140,6 +140,17 @@ pub enum Servable {
     NotYet(Duration),
 }
 
+/// Whether a job may be submitted now (fair queueing, `admission`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Admit {
+    /// Its pool has no queueing, or admitted it.
+    #[default]
+    Free,
+    /// It waits for a free agent of its pool: its position (1 = next) and estimated start,
+    /// once an admission round placed it.
+    Held { position: Option<i64>, eta: Option<Timestamp> },
+}
+
 /// Everything the decision reads.
 #[derive(Clone, Debug)]
 pub struct Observed<'a> {
@@ -158,6 +169,8 @@ pub struct Observed<'a> {
     pub target: Result<String, (&'static str, String)>,
     /// Whether an agent of the job's pool can ever serve it (`feasible::unservable`).
     pub servable: Servable,
+    /// Whether its pool's fair queueing lets it be submitted now.
+    pub admission: Admit,
     /// The token lacks a scope KernelJobs need (the message names it).
     pub missing_scopes: Option<String>,
     /// Buildkite's budget would make a submission wait.
@@ -388,18 +401,30 @@ pub fn decide_pending(o: &Observed<'_>) -> Plan {
         // create with a generic 403. The job waits; the report is checked again regularly.
         (Ok(_), Some(missing)) => ("MissingTokenScope".to_string(), missing.clone(), None),
         (Ok(_), None) => {
+            let free = o.admission == Admit::Free;
             match o.next {
-                Next::Absent => plan.submit = true,
-                Next::Unknown if o.fresh => plan.submit = true,
-                Next::Unknown => plan.look_up = true,
-                Next::Creating | Next::Built(_) => {}
+                Next::Absent if free => plan.submit = true,
+                Next::Unknown if o.fresh && free => plan.submit = true,
+                Next::Unknown if !o.fresh => plan.look_up = true,
+                Next::Absent | Next::Unknown | Next::Creating | Next::Built(_) => {}
             }
             // A steady message: a countdown in it would change the status at every
             // reconcile, and every write wakes the reconcile again.
             let throttled = o.throttled.then(|| THROTTLED_MESSAGE.to_string());
-            match &o.memory.submit_failure {
-                Some(f) => ("SubmitFailed".to_string(), bounded(&f.message()), throttled),
-                None => ("Queued".to_string(), "waiting to be submitted".to_string(), throttled),
+            match (&o.memory.submit_failure, &o.admission) {
+                (Some(f), _) => ("SubmitFailed".to_string(), bounded(&f.message()), throttled),
+                (None, Admit::Held { position: Some(p), .. }) => (
+                    "Queued".to_string(),
+                    format!(
+                        "waiting for a free agent of its pool (fair queueing): position {}",
+                        super::fairshare::shown_position(*p)
+                    ),
+                    None,
+                ),
+                (None, Admit::Held { position: None, .. }) => {
+                    ("Queued".to_string(), "waiting for a free agent of its pool (fair queueing)".to_string(), None)
+                }
+                (None, Admit::Free) => ("Queued".to_string(), "waiting to be submitted".to_string(), throttled),
             }
         }
     };
@@ -412,6 +437,16 @@ pub fn decide_pending(o: &Observed<'_>) -> Plan {
     s.phase = Phase::Pending;
     s.build = None;
     s.queue = o.target.as_ref().ok().cloned().or(s.queue);
+    // The position as shown (exact near the front, rounded further back); the estimated start
+    // is renewed only with it, so a waiting job is not rewritten every second.
+    let shown = match &o.admission {
+        Admit::Held { position: Some(p), eta } => Some((super::fairshare::shown_position(*p), *eta)),
+        _ => None,
+    };
+    if s.queue_position != shown.map(|(p, _)| p) {
+        s.estimated_start_time = shown.and_then(|(_, eta)| eta.map(Time));
+    }
+    s.queue_position = shown.map(|(p, _)| p);
     let s = with_conditions(stamp(job, o.status, now), s, &reason, message.clone(), throttled.as_deref());
     let waited = since(now, created(job, now));
     // A job that only waits its turn is told so once it has waited `QUEUED_AFTER` (its
@@ -419,7 +454,7 @@ pub fn decide_pending(o: &Observed<'_>) -> Plan {
     // alone is no news worth a write. A problem (PoolNotFound, SubmitFailed, …) is written
     // at once.
     let first_wait = reason == "Queued" && o.status.attempts.is_empty() && o.status.conditions.is_empty();
-    if first_wait && waited < QUEUED_AFTER {
+    if first_wait && waited < QUEUED_AFTER && shown.is_none() {
         plan.requeue = Some((QUEUED_AFTER - waited).max(Duration::from_secs(1)).min(left));
         return plan;
     }

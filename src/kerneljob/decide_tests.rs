@@ -73,6 +73,7 @@ struct Case<'a> {
     throttled: bool,
     scopes: Option<&'a str>,
     servable: Servable,
+    admission: Admit,
 }
 
 impl Case<'_> {
@@ -90,6 +91,7 @@ impl Case<'_> {
             throttled: false,
             scopes: None,
             servable: Servable::Yes,
+            admission: Admit::Free,
         }
     }
 
@@ -105,6 +107,7 @@ impl Case<'_> {
             active_terminal: self.active_terminal,
             target: self.target.clone(),
             servable: self.servable.clone(),
+            admission: self.admission.clone(),
             missing_scopes: self.scopes.map(str::to_string),
             throttled: self.throttled,
             fresh: self.fresh,
@@ -124,6 +127,7 @@ impl Case<'_> {
             target: self.target.clone(),
             scopes: self.scopes,
             servable: self.servable.clone(),
+            admission: self.admission.clone(),
             ..*self
         }
     }
@@ -621,4 +625,47 @@ fn a_job_not_yet_judged_is_held_not_submitted() {
     let p =
         Case { servable: Servable::NotYet(Duration::from_secs(3)), ..Case::new() }.next(AttemptState::Creating).run();
     assert_ne!(p.requeue, Some(Duration::from_secs(3)), "{p:?}");
+}
+
+#[test]
+fn a_held_job_is_not_submitted_and_shows_its_place() {
+    let eta = at(100);
+    let held = Admit::Held { position: Some(3), eta: Some(eta) };
+    let p = Case { admission: held, ..Case::new() }.next(AttemptState::Absent).run();
+    assert!(!p.submit, "{p:?}");
+    let s = p.status.as_ref().expect("a held job's place is written at once");
+    assert_eq!(s.phase, Phase::Pending);
+    assert_eq!(s.queue_position, Some(3));
+    assert_eq!(s.estimated_start_time.as_ref().map(|t| t.0), Some(eta));
+    assert_eq!(reason(&p), "Queued");
+    // Further back: the shown position is rounded, and the estimated start kept while the
+    // shown position stays.
+    let mut c = Case { admission: Admit::Held { position: Some(57), eta: Some(at(200)) }, ..Case::new() };
+    c.status.queue_position = Some(60);
+    c.status.estimated_start_time = Some(Time(at(150)));
+    let p = c.next(AttemptState::Absent).run();
+    let s = p.status.clone().unwrap_or(KernelJobStatus { queue_position: Some(60), ..Default::default() });
+    assert_eq!(s.queue_position, Some(60));
+    if let Some(s) = &p.status {
+        assert_eq!(s.estimated_start_time.as_ref().map(|t| t.0), Some(at(150)), "kept");
+    }
+    // Not placed yet: not submitted, no position.
+    let p = Case { admission: Admit::Held { position: None, eta: None }, ..Case::new() }.next(AttemptState::Absent).run();
+    assert!(!p.submit);
+    assert!(p.status.as_ref().is_none_or(|s| s.queue_position.is_none()));
+}
+
+#[test]
+fn an_admitted_job_is_submitted_and_its_place_cleared() {
+    let mut c = Case { admission: Admit::Free, ..Case::new() };
+    c.status.queue_position = Some(1);
+    c.status.estimated_start_time = Some(Time(at(5)));
+    let p = c.next(AttemptState::Absent).run();
+    assert!(p.submit);
+    if let Some(s) = &p.status {
+        assert_eq!((s.queue_position, s.estimated_start_time.clone()), (None, None));
+    }
+    // A held job whose build may exist (after a restart) is looked up, never held blind.
+    let p = Case { admission: Admit::Held { position: Some(1), eta: None }, ..Case::new() }.run();
+    assert!(p.look_up && !p.submit, "{p:?}");
 }

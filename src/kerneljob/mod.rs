@@ -1,5 +1,6 @@
 //! KernelJob: from a Kubernetes object to a Buildkite build and back into status.
 
+pub mod admission;
 pub mod board;
 pub mod conditions;
 pub mod controller;
@@ -122,6 +123,7 @@ pub fn controller(
         started: Timestamp::now(),
         pipelines: setup.pipelines,
         scopes: setup.scopes,
+        admission: Default::default(),
     });
     let wakeups = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
     let run_ctx = ctx.clone();
@@ -148,6 +150,7 @@ pub fn controller(
         tasks.spawn(recovery::recovery_loop(ctx.clone()));
         tasks.spawn(poll::poll_loop(ctx.clone()));
         tasks.spawn(reaper::reap_loop(ctx.clone(), deleted_rx));
+        tasks.spawn(admission::admission_loop(ctx.clone()));
         Controller::for_stream(stream, jobs)
             .reconcile_on(wakeups)
             .with_config(kube::runtime::controller::Config::default().concurrency(32))

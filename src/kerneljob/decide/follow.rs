@@ -29,6 +29,8 @@ pub fn adopt(
     });
     status.build = Some(bref);
     status.phase = Phase::Submitted;
+    status.queue_position = None;
+    status.estimated_start_time = None;
     status.start_time = status.start_time.or(Some(Time(now)));
     status
 }

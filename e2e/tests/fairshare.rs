@@ -1,0 +1,118 @@
+//! Fair queueing (issue 19), on the local cluster with the real fleet and KernelJob
+//! controllers: a pool with `spec.queueing` and 10 agents admits 10 jobs per window (each job
+//! runs about 3 s). Submitter A queues 100 jobs, then submitter B queues 5: B's 5 start within
+//! the first two windows (by their agents' start times), and A's waiting jobs show positions
+//! that decrease. Without fair queueing B's jobs would start last.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use benchkite::api::kerneljob::Phase;
+use benchkite::api::{AgentPool, KernelJob};
+use benchkite_e2e::nodes::TestNode;
+use benchkite_e2e::operator::{Operator, install_crds, wait_ready};
+use benchkite_e2e::{TestNamespace, client, wait_until};
+use buildkite_sim::Simulator;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ListParams, PostParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+const AGENTS: u32 = 10;
+const EVAL: &str = "import os, time\ntime.sleep(3)\nos.write(int(os.environ['POPCORN_FD']), b'check: pass\\n')\n";
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn job(name: &str, submitter: &str) -> Result<KernelJob> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "benchkite.dev/v1alpha1", "kind": "KernelJob",
+        "metadata": {"name": name, "labels": {"benchkite.dev/submitter": submitter}},
+        "spec": {"pool": "p", "mode": "test", "lang": "py", "main": "eval.py", "sources": {"eval.py": EVAL},
+                 "testTimeoutSeconds": 60},
+    }))?)
+}
+
+#[tokio::test]
+async fn a_late_small_submitter_starts_within_two_windows() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "fairshare").await?;
+    let id = ns.name().to_string();
+    let _node = TestNode::create(&client, &format!("{id}-gpu"), &id, "160", "640Gi", AGENTS).await?;
+    let queue = format!("q-{id}");
+    let sim = Simulator::start(benchkite_e2e::sim::queue_config(&queue, AGENTS as usize)?).await?;
+    let http = format!("127.0.0.1:{}", free_port()?);
+    let mut args = benchkite_e2e::sim::kerneljob_args(&sim, &id);
+    args[1] = "fleet,kerneljob".into();
+    args.extend(["--http-addr".into(), http.clone(), "--poll-interval-seconds".into(), "1".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let token = sim.api_token();
+    let op = Operator::start_with_env(&format!("fairshare-{id}"), &args, &[("BUILDKITE_API_TOKEN", token.as_str())])?;
+    wait_ready(&http).await.with_context(|| op.log_text())?;
+    benchkite_e2e::nodes::create_agent_token(&ns).await?;
+
+    let pools: Api<AgentPool> = ns.api();
+    let pool: AgentPool = serde_json::from_value(json!({
+        "apiVersion": "benchkite.dev/v1alpha1", "kind": "AgentPool",
+        "metadata": {"name": "p"},
+        "spec": {
+            "queue": queue,
+            "gpuNodeSelector": {"matchLabels": {"benchkite.dev/e2e": id}},
+            "agent": {"image": "example.invalid/agent:e2e", "tokenSecretRef": {"name": "agent-token", "key": "token"}},
+            "queueing": {"expectedJobSeconds": 4},
+        },
+    }))?;
+    pools.create(&PostParams::default(), &pool).await?;
+    wait_until("pool p has its 10 agents Ready", Duration::from_secs(90), || async {
+        let p = pools.get("p").await?;
+        Ok(p.status.filter(|s| s.ready_agents == i64::from(AGENTS)).map(|_| ()))
+    })
+    .await
+    .with_context(|| op.log_text())?;
+
+    let jobs: Api<KernelJob> = ns.api();
+    for i in 0..100 {
+        jobs.create(&PostParams::default(), &job(&format!("a-{i:03}"), "A")?).await?;
+    }
+    for i in 0..5 {
+        jobs.create(&PostParams::default(), &job(&format!("b-{i}"), "B")?).await?;
+    }
+    // A's last job: its shown position, as it changes.
+    let mut positions: Vec<i64> = Vec::new();
+    let done = wait_until("all 105 jobs finished", Duration::from_secs(600), || async {
+        let list = jobs.list(&ListParams::default()).await?.items;
+        if let Some(p) = list.iter().find(|j| j.name_any() == "a-099").and_then(|j| j.status.as_ref()?.queue_position)
+            && positions.last() != Some(&p)
+        {
+            positions.push(p);
+        }
+        let finished = list.iter().filter(|j| j.status.as_ref().is_some_and(|s| s.phase.is_finished())).count();
+        Ok((finished == 105).then_some(list))
+    })
+    .await
+    .with_context(|| op.log_text())?;
+
+    let mut starts: Vec<(Timestamp, String)> = Vec::new();
+    for j in &done {
+        let s = j.status.as_ref().context("status")?;
+        ensure!(s.phase == Phase::Succeeded, "{} ended {:?}: {}", j.name_any(), s.phase, s.message);
+        let started = s.attempts.first().and_then(|a| a.started_at.as_ref()).context("started_at")?.0;
+        starts.push((started, j.name_any()));
+    }
+    starts.sort();
+    let rank: BTreeMap<String, usize> = starts.iter().enumerate().map(|(i, (_, n))| (n.clone(), i + 1)).collect();
+    let b_ranks: Vec<usize> = (0..5).filter_map(|i| rank.get(&format!("b-{i}")).copied()).collect();
+    println!("B's jobs started as number {b_ranks:?} of 105 (10 agents: window 1 is 1-10, window 2 is 11-20)");
+    println!("a-099's shown positions over time: {positions:?}");
+    ensure!(
+        b_ranks.len() == 5 && b_ranks.iter().all(|r| *r <= 20),
+        "B's jobs started as {b_ranks:?}: not within two windows"
+    );
+    ensure!(positions.len() >= 3, "a-099 showed too few positions: {positions:?}");
+    ensure!(positions.windows(2).all(|w| w[1] < w[0]), "a-099's positions decrease: {positions:?}");
+    drop(op);
+    ns.delete().await
+}
