@@ -31,6 +31,9 @@ pub mod conditions {
     pub const PIPELINE_READY: &str = "PipelineReady";
     /// The Secret with the queue's result key (which signs the agents' results) is written.
     pub const RESULT_KEY_READY: &str = "ResultKeyReady";
+    /// With `spec.autoscaling`: how many agents the demand asks for and why (True: the pool
+    /// follows its demand; False: it cannot, e.g. the demand is unknown).
+    pub const SCALED: &str = "Scaled";
 }
 
 /// Agent tag keys benchkite sets itself; `agent.tags` may not override them.
@@ -119,6 +122,52 @@ pub struct AgentPoolSpec {
     /// Buildkite runs them in order of priority and creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queueing: Option<PoolQueueing>,
+
+    /// Capacity that follows demand: run only as many agents as the pool's unfinished
+    /// KernelJobs need plus `minIdle` spare ones, up to every slot (or `maxAgents`), and give
+    /// the other GPUs back. Without it, every slot runs an agent, always.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<PoolAutoscaling>,
+}
+
+/// How a pool's agents follow its KernelJobs (see `AgentPoolSpec.autoscaling`).
+///
+/// Desired agents = running + waiting KernelJobs + `minIdle`, at most the slots of the
+/// pool's usable nodes and `maxAgents`. More agents start at once (within seconds of a
+/// job's creation); fewer only after the demand has stayed lower for
+/// `scaleDownDelaySeconds`, and only idle agents are removed (an agent that just took a
+/// job finishes it: SIGTERM stops it gracefully). Slots are filled in a stable order,
+/// certified slots first, so a slot keeps its certification across scale-down.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.maxAgents) || self.minIdle <= self.maxAgents").message("minIdle may not exceed maxAgents"))]
+pub struct PoolAutoscaling {
+    /// Off: every slot runs an agent, as without `autoscaling`. Default true.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Ready agents kept idle beyond the demand (0: scale to zero when no job is unfinished).
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 100000").message("minIdle must be between 0 and 100000"))]
+    pub min_idle: i32,
+    /// At most this many agents (default: one per slot of the usable nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 100000").message("maxAgents must be between 0 and 100000"))]
+    pub max_agents: Option<i32>,
+    /// How long the demand must have been lower before agents are removed, seconds
+    /// (default 60; 0 removes idle agents at once).
+    #[serde(default = "default_scale_down_delay")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 86400").message("scaleDownDelaySeconds must be between 0 and 86400"))]
+    pub scale_down_delay_seconds: i32,
+}
+
+impl Default for PoolAutoscaling {
+    fn default() -> Self {
+        PoolAutoscaling { enabled: true, min_idle: 0, max_agents: None, scale_down_delay_seconds: 60 }
+    }
+}
+
+fn default_scale_down_delay() -> i32 {
+    60
 }
 
 /// How a pool orders and admits its KernelJobs (see `AgentPoolSpec.queueing`).
@@ -555,9 +604,34 @@ pub struct AgentPoolStatus {
     /// runs in the fleet's process).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel_jobs: Option<PoolJobsStatus>,
+    /// What autoscaling decided (with `spec.autoscaling`; the `Scaled` condition says why).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<PoolAutoscalingStatus>,
     #[serde(default)]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
+}
+
+/// What autoscaling decided for a pool.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolAutoscalingStatus {
+    /// Agents the pool's usable nodes can hold (one per slot), capped by `maxAgents`.
+    #[serde(default)]
+    pub slots: i64,
+    /// Unfinished KernelJobs (waiting + running); absent when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub demand: Option<i64>,
+    /// Agents the demand asks for now: demand + `minIdle`, at most `slots`.
+    #[serde(default)]
+    pub recommended_agents: i64,
+    /// Agents the pool runs (the recommendation after the scale-down delay; busy agents
+    /// are never removed).
+    #[serde(default)]
+    pub desired_agents: i64,
+    /// Agents running a Buildkite job when a scale-down was last considered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub busy_agents: Option<i64>,
 }
 
 /// Label naming who submitted a KernelJob (a user, a team, a platform); without it, the

@@ -2,6 +2,7 @@
 //! agent pods and pool plans. No client code here: everything is unit-tested from plain
 //! inputs.
 
+pub mod autoscale;
 pub mod blocked;
 pub mod cached_pod;
 pub mod exclusive;

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::autoscale::{self, SlotAgent, SlotView};
 use super::rollout::MaxUnavailable;
 use super::share::Share;
 use crate::api::agentpool::GpuNodeSelector;
@@ -197,6 +198,8 @@ pub enum DeleteReason {
     NodeIneligible(String),
     /// The slot no longer exists (fewer GPUs, more GPUs per agent).
     SlotRemoved,
+    /// Autoscaling: the demand fell and the agent was idle.
+    ScaledDown,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -235,6 +238,8 @@ pub struct Plan {
     /// Available agents a voluntary disruption must leave (the PodDisruptionBudget's
     /// `minAvailable`): the budget base minus `max_unavailable`, at least 0.
     pub min_available: i64,
+    /// Agents the pool's Active nodes can hold (one per slot).
+    pub slots: i64,
 }
 
 impl Plan {
@@ -266,6 +271,19 @@ pub struct PoolFacts<'a> {
     pub ephemeral: bool,
     /// `spec.strategy.rollingUpdate.maxUnavailable`.
     pub max_unavailable: MaxUnavailable,
+    /// `spec.autoscaling`: run `target` agents, not one per slot (None: every slot).
+    pub scale: Option<Scale>,
+}
+
+/// What autoscaling asks of a plan.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Scale {
+    /// Agents wanted on the pool's Active nodes (busy agents are kept beyond it).
+    pub target: i64,
+    /// Names of agent pods running a job; `None`: unknown, and no live agent is removed.
+    pub busy: Option<BTreeSet<String>>,
+    /// (gpunode, slot) pairs the GpuNodes record certified for the pool.
+    pub certified: BTreeSet<(String, u32)>,
 }
 
 /// What becomes of one observed agent.
@@ -302,6 +320,34 @@ pub fn plan_pool(
         by_node.entry(a.gpunode.as_str()).or_default().push(a);
     }
     let selected_names: BTreeSet<&str> = selected.iter().map(|n| n.gpunode.as_str()).collect();
+    let slot_count =
+        |node: &NodeFacts| -> u32 { u32::try_from((node.gpu_count - node.foreign_gpus).max(0) / gpa).unwrap_or(0) };
+    // Autoscaling: the slots of Active nodes that run agents.
+    let chosen: Option<BTreeMap<String, BTreeSet<u32>>> = pool.scale.as_ref().map(|scale| {
+        let mut views = Vec::new();
+        for node in selected.iter().filter(|n| node_state(pool, n) == NodeState::Active) {
+            let mine = by_node.get(node.gpunode.as_str()).map(Vec::as_slice).unwrap_or(&[]);
+            for slot in 0..slot_count(node) {
+                let on_slot = || mine.iter().filter(|a| a.slot == Some(slot) && !a.phase.is_terminal());
+                let agent = match on_slot().find(|a| !a.deleting) {
+                    Some(a) => SlotAgent::Live {
+                        busy: scale.busy.as_ref().is_none_or(|b| b.contains(&a.name)),
+                        available: a.available(),
+                    },
+                    None if on_slot().next().is_some() => SlotAgent::Leaving,
+                    None => SlotAgent::None,
+                };
+                views.push(SlotView {
+                    gpunode: node.gpunode.clone(),
+                    slot,
+                    agent,
+                    certified: scale.certified.contains(&(node.gpunode.clone(), slot)),
+                    backoff: in_backoff(&node.gpunode, slot),
+                });
+            }
+        }
+        autoscale::by_node(&autoscale::choose_slots(&views, scale.target))
+    });
     // Agents still on voluntarily drained nodes (terminating ones too): part of the budget base.
     let mut draining: i64 = 0;
     // Available agents in the budget base.
@@ -312,9 +358,25 @@ pub fn plan_pool(
     for node in selected {
         let state = node_state(pool, node);
         let usable_gpus = (node.gpu_count - node.foreign_gpus).max(0);
-        let desired = if state.keeps_desired() { usable_gpus / gpa } else { 0 };
-        let desired_slots = u32::try_from(desired).unwrap_or(0);
+        let capacity = slot_count(node);
         let mine = by_node.remove(node.gpunode.as_str()).unwrap_or_default();
+        // The slots that should run an agent.
+        let wanted: BTreeSet<u32> = match &chosen {
+            _ if !state.keeps_desired() => BTreeSet::new(),
+            None => (0..capacity).collect(),
+            Some(chosen) if state == NodeState::Active => chosen.get(&node.gpunode).cloned().unwrap_or_default(),
+            // Autoscaled, not Ready within its toleration: the agents it has are kept.
+            Some(_) => mine
+                .iter()
+                .filter(|a| !a.deleting && !a.phase.is_terminal())
+                .filter_map(|a| a.slot)
+                .filter(|s| *s < capacity)
+                .collect(),
+        };
+        let desired = i64::try_from(wanted.len()).unwrap_or(i64::MAX);
+        if state == NodeState::Active {
+            plan.slots += i64::from(capacity);
+        }
         let index = plan.nodes.len();
 
         // GPUs held on the node by live pods (ours included, terminating included).
@@ -350,7 +412,8 @@ pub fn plan_pool(
                 _ if state.drains_voluntarily() => Fate::Disrupt(DeleteReason::NodeIneligible(state.name().into())),
                 _ if state != NodeState::Active => Fate::DeleteNow(DeleteReason::NodeIneligible(state.name().into())),
                 (None, _) => Fate::DeleteNow(DeleteReason::SlotRemoved),
-                (Some(slot), _) if slot >= desired_slots => Fate::DeleteNow(DeleteReason::SlotRemoved),
+                (Some(slot), _) if slot >= capacity => Fate::DeleteNow(DeleteReason::SlotRemoved),
+                (Some(slot), _) if !wanted.contains(&slot) => Fate::DeleteNow(DeleteReason::ScaledDown),
                 (Some(slot), _) if !current(slot) => Fate::Disrupt(DeleteReason::Outdated),
                 _ => Fate::Keep,
             };
@@ -369,14 +432,14 @@ pub fn plan_pool(
                         available += 1;
                         ready += 1;
                     }
-                    if state.keeps_desired() && a.slot.is_some_and(|s| s < desired_slots && current(s)) {
+                    if state.keeps_desired() && a.slot.is_some_and(|s| wanted.contains(&s) && current(s)) {
                         plan.updated += 1;
                     }
                 }
             }
         }
         if state == NodeState::Active {
-            for slot in 0..desired_slots {
+            for &slot in &wanted {
                 if occupied.contains(&slot) {
                     continue;
                 }

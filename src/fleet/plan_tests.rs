@@ -43,6 +43,7 @@ fn pool(gpa: i64) -> PoolFacts<'static> {
         gpus_per_agent: gpa,
         ephemeral: true,
         max_unavailable: MaxUnavailable::Percent(100),
+        scale: None,
     }
 }
 
@@ -465,4 +466,113 @@ fn rolling_names_voluntary_work() {
     let mut n = node("a", 2);
     n.health = NodeHealth::NotReady;
     assert!(!plan_pool(&tight(1), &[n], &agents, hash, no_backoff).rolling(), "an involuntary drain is no rollout");
+}
+
+/// A pool autoscaled to `target` agents; `busy`: None when nobody knows which agents are busy.
+fn scaled(target: i64, busy: Option<&[&str]>, certified: &[(&str, u32)]) -> PoolFacts<'static> {
+    PoolFacts {
+        scale: Some(Scale {
+            target,
+            busy: busy.map(|b| b.iter().map(|s| s.to_string()).collect()),
+            certified: certified.iter().map(|(n, s)| (n.to_string(), *s)).collect(),
+        }),
+        ..pool(1)
+    }
+}
+
+fn live(nodes: &[&str], gpus: u32) -> Vec<ExistingAgent> {
+    nodes.iter().flat_map(|n| (0..gpus).map(move |s| agent(n, s, AgentPhase::Running, true))).collect()
+}
+
+#[test]
+fn an_autoscaled_pool_runs_its_target_on_the_first_slots() {
+    let nodes = [node("a", 8), node("b", 8)];
+    let plan = plan_pool(&scaled(2, Some(&[]), &[]), &nodes, &[], hash, no_backoff);
+    assert_eq!(plan.creates, vec![("a".to_string(), 0), ("a".to_string(), 1)]);
+    assert_eq!((plan.desired, plan.slots, plan.gpus_claimed), (2, 16, 2));
+    assert_eq!(plan.nodes.iter().map(|n| n.desired).collect::<Vec<_>>(), vec![2, 0]);
+    // Zero: nothing runs, and the pool is converged.
+    let zero = plan_pool(&scaled(0, Some(&[]), &[]), &nodes, &[], hash, no_backoff);
+    assert!(zero.creates.is_empty() && zero.converged() && zero.desired == 0 && zero.slots == 16);
+    // Beyond the slots: every slot.
+    let all = plan_pool(&scaled(100, Some(&[]), &[]), &nodes, &[], hash, no_backoff);
+    assert_eq!((all.creates.len(), all.desired), (16, 16));
+    // Without autoscaling the same nodes run 16, whatever.
+    assert_eq!(plan_pool(&pool(1), &nodes, &[], hash, no_backoff).desired, 16);
+}
+
+#[test]
+fn scale_down_removes_idle_agents_only() {
+    let nodes = [node("a", 8), node("b", 8)];
+    let agents = live(&["a", "b"], 8);
+    let plan = plan_pool(&scaled(2, Some(&["h100-b-7", "h100-b-3"]), &[]), &nodes, &agents, hash, no_backoff);
+    let deleted: BTreeSet<&str> = plan.deletes.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(deleted.len(), 14, "{deleted:?}");
+    assert!(!deleted.contains("h100-b-7") && !deleted.contains("h100-b-3"), "busy agents stay");
+    assert!(plan.deletes.iter().all(|(_, r)| *r == DeleteReason::ScaledDown));
+    assert_eq!(plan.desired, 2, "the busy agents fill the target");
+    assert!(plan.creates.is_empty());
+    // Busy beyond the target: kept, and counted as desired until they finish.
+    let busy = ["h100-a-1", "h100-a-2", "h100-b-0"];
+    let plan = plan_pool(&scaled(1, Some(&busy), &[]), &nodes, &agents, hash, no_backoff);
+    assert_eq!((plan.deletes.len(), plan.desired), (13, 3));
+    // Nobody knows who is busy: nothing is removed.
+    let plan = plan_pool(&scaled(2, None, &[]), &nodes, &agents, hash, no_backoff);
+    assert!(plan.deletes.is_empty() && plan.creates.is_empty());
+    assert_eq!(plan.desired, 16);
+    // Unknown busy agents do not stop a scale-up.
+    let plan = plan_pool(&scaled(4, None, &[]), &nodes, &live(&["a"], 2), hash, no_backoff);
+    assert_eq!(plan.creates, vec![("a".to_string(), 2), ("a".to_string(), 3)]);
+}
+
+#[test]
+fn certified_slots_are_chosen_first_and_kept_across_scale_down() {
+    let nodes = [node("a", 8), node("b", 8)];
+    let certified = [("b", 5), ("a", 6)];
+    let plan = plan_pool(&scaled(3, Some(&[]), &certified), &nodes, &[], hash, no_backoff);
+    assert_eq!(plan.creates, vec![("a".to_string(), 0), ("a".to_string(), 6), ("b".to_string(), 5)]);
+    // From 16 idle agents down to 2: the certified ones stay.
+    let plan = plan_pool(&scaled(2, Some(&[]), &certified), &nodes, &live(&["a", "b"], 8), hash, no_backoff);
+    let kept: Vec<&str> = ["h100-a-6", "h100-b-5"].into_iter().collect();
+    assert!(plan.deletes.iter().all(|(p, _)| !kept.contains(&p.as_str())), "{:?}", plan.deletes);
+    assert_eq!(plan.deletes.len(), 14);
+}
+
+#[test]
+fn an_autoscaled_pool_follows_a_burst_and_converges_each_way() {
+    let nodes = [node("a", 8), node("b", 8)];
+    let mut agents: Vec<ExistingAgent> = Vec::new();
+    for (target, want) in [(2, 2), (16, 16), (40, 16), (2, 2), (0, 0), (5, 5)] {
+        let mut rounds = 0;
+        loop {
+            let plan = plan_pool(&scaled(target, Some(&[]), &[]), &nodes, &agents, hash, no_backoff);
+            assert_eq!(plan.desired, want);
+            if plan.converged() {
+                break;
+            }
+            step(&mut agents, &plan, "h1");
+            rounds += 1;
+            assert!(rounds < 5, "target {target} does not converge");
+        }
+        // Time passes: the removed pods are gone.
+        agents.retain(|a| !a.deleting);
+        assert_eq!(agents.iter().filter(|a| a.available()).count() as i64, want);
+        // The agents always sit on the first slots (nodes fill in order).
+        let mut slots: Vec<(String, u32)> = agents.iter().map(|a| (a.gpunode.clone(), a.slot.unwrap_or(99))).collect();
+        slots.sort();
+        let first: Vec<(String, u32)> =
+            ["a", "b"].iter().flat_map(|n| (0..8).map(move |s| (n.to_string(), s))).take(slots.len()).collect();
+        assert_eq!(slots, first);
+    }
+}
+
+#[test]
+fn an_autoscaled_node_not_ready_within_toleration_keeps_what_it_has() {
+    let mut b = node("b", 8);
+    b.health = NodeHealth::NotReadyTolerated;
+    let agents = live(&["b"], 3);
+    let plan = plan_pool(&scaled(2, Some(&[]), &[]), &[node("a", 8), b], &agents, hash, no_backoff);
+    assert!(plan.deletes.is_empty(), "{:?}", plan.deletes);
+    assert_eq!(plan.creates, vec![("a".to_string(), 0), ("a".to_string(), 1)]);
+    assert_eq!((plan.desired, plan.slots), (5, 8));
 }

@@ -433,6 +433,7 @@ pub(crate) mod tests {
                 strategy: None,
                 certification: None,
                 queueing: None,
+                autoscaling: None,
             },
         );
         p.metadata.namespace = Some("ci".into());

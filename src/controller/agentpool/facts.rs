@@ -153,6 +153,25 @@ pub(super) fn slot_for<'a>(
     }
 }
 
+/// (gpunode, slot) of every slot the GpuNodes record certified for `pool` (none without
+/// `spec.certification`): autoscaling runs agents there first.
+pub(super) fn certified_slots(
+    pool: &AgentPool,
+    gpunodes: &[Arc<GpuNode>],
+) -> std::collections::BTreeSet<(String, u32)> {
+    gpunodes
+        .iter()
+        .flat_map(|gn| {
+            let slots = gn.status.as_ref().and_then(|s| s.certification.as_ref()).map(|c| c.slots.len()).unwrap_or(0);
+            (0..slots).filter_map(move |i| {
+                let s = gn.status.as_ref()?.certification.as_ref()?.slots.get(i)?;
+                let slot: u32 = s.slot.parse().ok()?;
+                certified_epoch(pool, gn, slot).map(|_| (gn.name_any(), slot))
+            })
+        })
+        .collect()
+}
+
 /// The slot's epoch when its GpuNode records it certified for `pool`.
 fn certified_epoch<'a>(pool: &AgentPool, gn: &'a GpuNode, slot: u32) -> Option<&'a str> {
     pool.spec.certification.as_ref()?;

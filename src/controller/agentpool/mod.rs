@@ -2,6 +2,7 @@
 //! every selected, usable GpuNode the pool owns; roll and drain them within the pool's
 //! `maxUnavailable`, and keep its PodDisruptionBudget.
 
+mod autoscaling;
 mod facts;
 pub mod jobs;
 mod pdb;
@@ -33,7 +34,7 @@ use crate::error::{Error, Result, is_already_exists, is_not_found};
 use crate::fleet::plan::{self, AgentPhase, Claimant, DeleteReason, ExistingAgent, NodeFacts, NodeState, PoolFacts};
 use crate::fleet::pod::{PodDefaults, agent_pod, pod_spec_hash};
 pub use facts::reason as node_reason;
-use facts::{created, existing_agent, node_facts, pool_key, slot_for};
+use facts::{certified_slots, created, existing_agent, node_facts, pool_key, slot_for};
 use pipeline::{pipeline_verdict, pool_pipeline};
 use progress::{progress, reason};
 
@@ -46,6 +47,7 @@ pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action
         if let Ok(mut f) = ctx.failures.lock() {
             f.forget_pool(&uid);
         }
+        autoscaling::forget(&uid);
         result_key::forget(&ns, &name);
         return Ok(Action::await_change());
     }
@@ -129,20 +131,58 @@ pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action
             })
             .collect()
     };
-    let pool_facts = PoolFacts {
+    let job_queue: Option<Option<crate::api::agentpool::PoolJobsStatus>> =
+        ctx.job_queues.lock().ok().and_then(|q| q.as_ref().map(|q| q.get(&(ns.clone(), name.clone())).cloned()));
+    let mut pool_facts = PoolFacts {
         key: &pool_key(&pool),
         paused: pool.spec.paused || token_missing,
         gpus_per_agent: i64::from(pool.spec.gpus_per_agent),
         ephemeral: pool.spec.agent.ephemeral,
         max_unavailable: pool.spec.max_unavailable(),
+        scale: None,
     };
-    let plan = plan::plan_pool(
-        &pool_facts,
-        &facts,
-        &agents,
-        |n, s| build(n, s).and_then(|p| pod_spec_hash(&p).map(str::to_string)),
-        |n, s| failures_snapshot.contains_key(&(n.to_string(), s)),
-    );
+    let make_plan = |pool_facts: &PoolFacts<'_>| {
+        plan::plan_pool(
+            pool_facts,
+            &facts,
+            &agents,
+            |n, s| build(n, s).and_then(|p| pod_spec_hash(&p).map(str::to_string)),
+            |n, s| failures_snapshot.contains_key(&(n.to_string(), s)),
+        )
+    };
+    // Autoscaling: the demand decides the target; which agents are busy is asked only when
+    // the plan would remove some.
+    let autoscale = autoscaling::settings(pool.spec.autoscaling.as_ref()).map(|settings| {
+        let live = autoscaling::live(&agents);
+        let jobs = job_queue.as_ref().map(|q| q.clone().unwrap_or_default());
+        (settings, autoscaling::target(&uid, settings, jobs.as_ref(), live, instant))
+    });
+    let mut busy: Option<std::result::Result<std::collections::BTreeSet<String>, String>> = None;
+    let plan = match &autoscale {
+        None => make_plan(&pool_facts),
+        Some((_, target)) => {
+            let certified = certified_slots(&pool, &selected);
+            pool_facts.scale = autoscaling::scale(target, None, certified.clone());
+            let first = make_plan(&pool_facts);
+            if pool_facts.scale.is_some() && autoscaling::live(&agents) > first.desired {
+                let names = agents.iter().filter(|a| !a.deleting).map(|a| a.name.clone()).collect();
+                let found = autoscaling::busy_agents(ctx.buildkite.as_ref(), &names).await;
+                if let Err(e) = &found {
+                    tracing::warn!(pool = %format!("{ns}/{name}"), error = %e, "autoscaling: busy agents unknown; no agent removed");
+                }
+                pool_facts.scale = autoscaling::scale(target, found.as_ref().ok().cloned(), certified);
+                busy = Some(found);
+                make_plan(&pool_facts)
+            } else {
+                first
+            }
+        }
+    };
+    let autoscaling_report =
+        autoscale.as_ref().map(|(settings, target)| autoscaling::report(settings, target, &plan, busy.as_ref()));
+    if let Some((_, (status, reason, message))) = &autoscaling_report {
+        conditions.set(cond::SCALED, *status, reason, message.clone());
+    }
 
     // Carry out the plan: deletions first (they free GPUs), then creations.
     let mut failed_pods: Vec<(String, String)> = Vec::new();
@@ -418,11 +458,8 @@ pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action
         nodes,
         queue: ctx.queues.status(&pool.spec.queue),
         pipeline: pipeline.pipeline.clone(),
-        kernel_jobs: ctx
-            .job_queues
-            .lock()
-            .ok()
-            .and_then(|q| q.as_ref().map(|q| q.get(&(ns.clone(), name.clone())).cloned().unwrap_or_default())),
+        kernel_jobs: job_queue.map(Option::unwrap_or_default),
+        autoscaling: autoscaling_report.as_ref().map(|(s, _)| s.clone()),
         conditions: conditions.into_vec(),
     };
     let api: Api<AgentPool> = Api::namespaced(ctx.client.clone(), &ns);
@@ -456,15 +493,20 @@ pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action
         .await;
     }
     let backoff = failures_snapshot.values().min().copied();
-    Ok(if !converged {
-        Action::requeue(
-            backoff.unwrap_or(Duration::from_secs(5)).min(Duration::from_secs(5)).max(Duration::from_secs(1)),
-        )
+    // Autoscaling: back when the scale-down delay ends, or soon while busy agents hold the
+    // pool above its target.
+    let scale_recheck = autoscale.as_ref().and_then(|(_, target)| {
+        let held = plan.desired > target.desired.min(plan.slots);
+        target.recheck_in.map(|d| d + Duration::from_secs(1)).or(held.then_some(Duration::from_secs(10)))
+    });
+    let after = if !converged {
+        backoff.unwrap_or(Duration::from_secs(5)).min(Duration::from_secs(5)).max(Duration::from_secs(1))
     } else if token_missing || degraded_reason.is_some() {
-        Action::requeue(Duration::from_secs(30))
+        Duration::from_secs(30)
     } else {
-        Action::requeue(Duration::from_secs(300))
-    })
+        Duration::from_secs(300)
+    };
+    Ok(Action::requeue(scale_recheck.map_or(after, |d| d.min(after))))
 }
 
 pub fn error_policy(pool: Arc<AgentPool>, err: &Error, _ctx: Arc<Context>) -> Action {
