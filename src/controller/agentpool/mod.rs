@@ -164,7 +164,8 @@ pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action
             let certified = certified_slots(&pool, &selected);
             pool_facts.scale = autoscaling::scale(target, None, certified.clone());
             let first = make_plan(&pool_facts);
-            if pool_facts.scale.is_some() && autoscaling::live(&agents) > first.desired {
+            // Without busy agents known, every live agent is kept: is any beyond the target?
+            if pool_facts.scale.is_some() && autoscaling::live(&agents) > target.desired {
                 let names = agents.iter().filter(|a| !a.deleting).map(|a| a.name.clone()).collect();
                 let found = autoscaling::busy_agents(ctx.buildkite.as_ref(), &names).await;
                 if let Err(e) = &found {
