@@ -66,6 +66,8 @@ fn pool(name: &str, sel: GpuNodeSelector) -> AgentPool {
             buildkite: None,
             strategy: None,
             certification: None,
+            queueing: None,
+            autoscaling: None,
         },
     )
 }

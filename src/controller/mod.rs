@@ -507,7 +507,9 @@ pub async fn run(
         async move {
             match store {
                 Some(store) if fleet => {
-                    let _ = store.wait_until_ready().await;
+                    // Polled again and again: a Store's readiness wakes only its last
+                    // waiter (one oneshot receiver in kube-runtime's DelayedInit).
+                    while tokio::time::timeout(Duration::from_secs(1), store.wait_until_ready()).await.is_err() {}
                     loop {
                         let now = agentpool::jobs::summarize(store.state().iter().map(|j| j.as_ref()));
                         let changed = match ctx.job_queues.lock() {

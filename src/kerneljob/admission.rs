@@ -77,14 +77,19 @@ pub fn round(ctx: &JobCtx, now: Timestamp) -> Vec<String> {
     let jobs: Vec<JobView> = if keys.is_empty() {
         Vec::new()
     } else {
-        ctx.jobs
-            .state()
-            .iter()
-            .filter_map(|j| pool_of(j).filter(|k| keys.contains(k)).map(|k| view(j, k)))
-            .collect()
+        ctx.jobs.state().iter().filter_map(|j| pool_of(j).filter(|k| keys.contains(k)).map(|k| view(j, k))).collect()
     };
     let Ok(mut st) = ctx.admission.lock() else { return Vec::new() };
     let r = st.admissions.round(&pools, &jobs, now);
+    if !pools.is_empty() {
+        tracing::debug!(
+            pools = pools.len(),
+            jobs = jobs.len(),
+            admit = r.admit.len(),
+            held = r.held.len(),
+            "admission round"
+        );
+    }
     let mut wake = r.admit.clone();
     for (key, (p, _)) in &r.held {
         let before = st.held.get(key).map(|(b, _)| shown_position(*b));
@@ -93,12 +98,8 @@ pub fn round(ctx: &JobCtx, now: Timestamp) -> Vec<String> {
         }
     }
     // Jobs of pools that stopped queueing: submitted as before.
-    let gone: Vec<String> = st
-        .held
-        .keys()
-        .filter(|k| !r.held.contains_key(*k) && !r.admit.contains(*k))
-        .cloned()
-        .collect();
+    let gone: Vec<String> =
+        st.held.keys().filter(|k| !r.held.contains_key(*k) && !r.admit.contains(*k)).cloned().collect();
     wake.extend(gone);
     st.held = r.held;
     wake
@@ -131,7 +132,10 @@ impl JobCtx {
 
 /// Rounds every second while the controller runs.
 pub async fn admission_loop(ctx: Arc<JobCtx>) {
-    let _ = ctx.jobs.wait_until_ready().await;
+    // Polled again and again: a Store's readiness wakes only its last waiter (kube-runtime's
+    // DelayedInit keeps one oneshot receiver, and several tasks wait on this store).
+    while tokio::time::timeout(Duration::from_secs(1), ctx.jobs.wait_until_ready()).await.is_err() {}
+    tracing::debug!("admission rounds start");
     loop {
         for key in round(&ctx, Timestamp::now()) {
             ctx.wake(&key);

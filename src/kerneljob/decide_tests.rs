@@ -650,7 +650,8 @@ fn a_held_job_is_not_submitted_and_shows_its_place() {
         assert_eq!(s.estimated_start_time.as_ref().map(|t| t.0), Some(at(150)), "kept");
     }
     // Not placed yet: not submitted, no position.
-    let p = Case { admission: Admit::Held { position: None, eta: None }, ..Case::new() }.next(AttemptState::Absent).run();
+    let p =
+        Case { admission: Admit::Held { position: None, eta: None }, ..Case::new() }.next(AttemptState::Absent).run();
     assert!(!p.submit);
     assert!(p.status.as_ref().is_none_or(|s| s.queue_position.is_none()));
 }
