@@ -15,8 +15,14 @@ where
     K: kube::Resource + Clone + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
-    if store.wait_until_ready().await.is_err() {
-        futures::future::pending::<()>().await;
+    // Asked again and again: kube-runtime's readiness (`DelayedInit`, one oneshot receiver)
+    // wakes only the last task that polled it, and several tasks wait on the same stores.
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_millis(500), store.wait_until_ready()).await {
+            Ok(Ok(())) => return,
+            Ok(Err(_)) => futures::future::pending::<()>().await,
+            Err(_) => {}
+        }
     }
 }
 
@@ -106,5 +112,29 @@ mod tests {
         );
         let _ = tx.send(());
         assert_eq!(stopped.await, None, "shut down before the caches synced: nothing ran");
+    }
+}
+
+#[cfg(test)]
+mod synced_tests {
+    use std::time::Duration;
+
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::runtime::reflector;
+    use kube::runtime::watcher;
+
+    /// Several tasks waiting on one store all go on once it is loaded (kube-runtime's own
+    /// `wait_until_ready` wakes only the last of them).
+    #[tokio::test]
+    async fn every_waiter_goes_on_once_the_store_is_loaded() {
+        let (store, mut writer) = reflector::store::<ConfigMap>();
+        let waiters: Vec<_> = (0..3).map(|_| tokio::spawn(super::synced(store.clone()))).collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(waiters.iter().all(|w| !w.is_finished()), "went on before the store was loaded");
+        writer.apply_watcher_event(&watcher::Event::Init);
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        for w in waiters {
+            tokio::time::timeout(Duration::from_secs(5), w).await.expect("a waiter still waits").expect("joined");
+        }
     }
 }

@@ -507,9 +507,8 @@ pub async fn run(
         async move {
             match store {
                 Some(store) if fleet => {
-                    // Polled again and again: a Store's readiness wakes only its last
-                    // waiter (one oneshot receiver in kube-runtime's DelayedInit).
-                    while tokio::time::timeout(Duration::from_secs(1), store.wait_until_ready()).await.is_err() {}
+                    // Not `wait_until_ready` alone: it wakes only the last of several waiters.
+                    gate::synced(store.clone()).await;
                     loop {
                         let now = agentpool::jobs::summarize(store.state().iter().map(|j| j.as_ref()));
                         let changed = match ctx.job_queues.lock() {
@@ -541,9 +540,9 @@ pub async fn run(
         let (nodes, pods, gpunodes, pools) = (nodes.clone(), pods.clone(), gpunodes.clone(), pools.clone());
         async move {
             if fleet {
-                let _ = tokio::join!(nodes.wait_until_ready(), pods.wait_until_ready());
+                tokio::join!(synced(nodes), synced(pods));
             }
-            let _ = tokio::join!(gpunodes.wait_until_ready(), pools.wait_until_ready());
+            tokio::join!(synced(gpunodes), synced(pools));
         }
     };
     let ready = {

@@ -132,9 +132,8 @@ impl JobCtx {
 
 /// Rounds every second while the controller runs.
 pub async fn admission_loop(ctx: Arc<JobCtx>) {
-    // Polled again and again: a Store's readiness wakes only its last waiter (kube-runtime's
-    // DelayedInit keeps one oneshot receiver, and several tasks wait on this store).
-    while tokio::time::timeout(Duration::from_secs(1), ctx.jobs.wait_until_ready()).await.is_err() {}
+    // Not `wait_until_ready` alone: it wakes only the last of several waiters.
+    crate::controller::gate::synced(ctx.jobs.clone()).await;
     tracing::debug!("admission rounds start");
     loop {
         for key in round(&ctx, Timestamp::now()) {

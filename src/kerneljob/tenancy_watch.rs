@@ -92,7 +92,7 @@ fn jobs_in(jobs: &[Arc<KernelJob>], ns: &str) -> Vec<String> {
 /// Wakes the waiting jobs that name a pool when that pool appears, goes or changes its spec.
 /// Reads the same cache the reconcile reads, so a woken job sees the change.
 pub async fn pool_triggers(ctx: Arc<JobCtx>) {
-    ctx.pools.wait_until_ready().await.ok();
+    crate::controller::gate::synced(ctx.pools.clone()).await;
     let mut seen = pool_views(&ctx.pools.state());
     loop {
         tokio::time::sleep(POOL_CHECK).await;
