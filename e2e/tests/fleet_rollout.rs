@@ -65,6 +65,8 @@ fn pool(name: &str, test: &str, ephemeral: bool, max_unavailable: Option<IntOrSt
             strategy: max_unavailable
                 .map(|m| PoolStrategy { rolling_update: Some(RollingUpdate { max_unavailable: Some(m) }) }),
             certification: None,
+            queueing: None,
+            autoscaling: None,
         },
     )
 }
