@@ -336,8 +336,8 @@ fn the_repository_task_in_kernelbots_layout_loads() {
     let task = load(&dir, &dir.join("wrong.py"), Mode::Test).unwrap();
     let spec = task.spec;
     assert_eq!(spec.sources.keys().collect::<Vec<_>>(), ["eval.py", "reference.py", "submission.py", "task.py"]);
-    let eval = std::fs::read_to_string(dir.join("../eval.py")).unwrap();
-    assert_eq!(spec.sources["eval.py"], eval, "../eval.py is the shared harness");
+    let eval = std::fs::read_to_string(dir.join("../../identity_py/eval.py")).unwrap();
+    assert_eq!(spec.sources["eval.py"], eval, "the shared harness, named relative to the task directory");
     assert!(spec.sources["submission.py"].contains("x + 1.0"), "the submission is the file given");
     assert_eq!(
         spec.tests,
