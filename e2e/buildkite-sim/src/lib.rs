@@ -159,6 +159,12 @@ impl SimHandle {
         self.sim.graphql.budget.spend(points);
     }
 
+    /// Spends the rest of the organization's GraphQL window right after the `n`th
+    /// `buildCreate` (counted since the start) has executed.
+    pub fn spend_graphql_points_after_creates(&self, n: u64) {
+        self.sim.graphql.budget.spend_after_creates(n);
+    }
+
     /// Agent API base including `/v3` (for `/v3/metrics`).
     pub fn agent_url(&self) -> String {
         format!("{}/v3", self.sim.urls.api_root)

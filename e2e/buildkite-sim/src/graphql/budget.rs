@@ -77,6 +77,9 @@ struct Inner {
     users: HashMap<String, Window>,
     generation: u64,
     counts: Counts,
+    /// Test control: once this many `buildCreate`s have executed, the rest of the
+    /// organization's window is spent (someone else's burst, at a known point).
+    spend_after_creates: Option<u64>,
 }
 
 pub struct Budget {
@@ -118,6 +121,7 @@ impl Budget {
                 users: HashMap::new(),
                 generation: 0,
                 counts: Counts::default(),
+                spend_after_creates: None,
             }),
         }
     }
@@ -140,6 +144,7 @@ impl Budget {
         g.org = None;
         g.users.clear();
         g.counts = Counts::default();
+        g.spend_after_creates = None;
     }
 
     pub fn count(&self, f: impl FnOnce(&mut Counts)) {
@@ -221,6 +226,22 @@ impl Budget {
         let op = c.by_operation.entry(operation.to_string()).or_default();
         op.requests += 1;
         op.points += actual;
+        let creates = op.requests;
+        if operation == "buildCreate" && g.spend_after_creates.is_some_and(|n| creates >= n) {
+            g.spend_after_creates = None;
+            let limit = g.cfg.points_limit;
+            if let Some(w) = g.org.as_mut() {
+                let left = limit.saturating_sub(w.used);
+                w.used = w.used.saturating_add(left);
+                g.counts.spent_by_sim += left;
+            }
+        }
+    }
+
+    /// Spends the rest of the organization's window right after the `n`th `buildCreate`
+    /// in all has executed.
+    pub fn spend_after_creates(&self, n: u64) {
+        self.lock().spend_after_creates = Some(n);
     }
 
     /// Charges `points` to the organization's window (opening one if none is open).
@@ -305,5 +326,21 @@ mod tests {
         assert!(matches!(b.admit("b", 1), Admit::Run(_)));
         assert_eq!(b.header_state(Some("a")).scope, "user");
         assert_eq!(b.counts().rejected_429_user, 1);
+    }
+
+    #[test]
+    fn the_window_goes_right_after_the_nth_create() {
+        let b = Budget::new(cfg(100, 0));
+        b.spend_after_creates(2);
+        let Admit::Run(h) = b.admit("u", 2) else { panic!("refused") };
+        b.settle(h, 2, "buildCreate");
+        let Admit::Run(q) = b.admit("u", 1) else { panic!("refused") };
+        b.settle(q, 1, "query");
+        assert_eq!(b.states("u").0.remaining, 97, "a query is not a create");
+        let Admit::Run(h) = b.admit("u", 2) else { panic!("refused") };
+        b.settle(h, 2, "buildCreate");
+        assert_eq!(b.states("u").0.remaining, 0);
+        assert_eq!(b.counts().spent_by_sim, 95);
+        assert!(matches!(b.admit("u", 1), Admit::Refused(_)));
     }
 }
