@@ -28,6 +28,7 @@ help:
 	@echo "make e2e-up     build the cluster binaries (first time: long) and start the local cluster"
 	@echo "make e2e-down   stop the local cluster and remove its state"
 	@echo "make fleet-scale 150 GPU nodes, 20 SIGKILL restarts and a leader failover: 0 agents replaced (own cluster)"
+	@echo "make fairshare-large fair queueing with 100 of A's jobs then B's 5 (make test runs 40)"
 	@echo "make demo       Buildkite simulator + operator, one KernelJob end to end, on the cluster KUBECONFIG points at, else its own (target/demo)"
 	@echo "make demo-down  stop the demo and remove target/demo"
 	@echo "make lint       rustfmt check and clippy with warnings as errors"
@@ -71,6 +72,12 @@ e2e-test:
 	  cargo test -p benchkite-e2e $(E2E_TEST_ARGS) -- --test-threads=$(E2E_TEST_THREADS) || status=$$?; \
 	$(E2E_LEFT_RUNNING); \
 	exit $$status
+
+# Fair queueing at the size the README reports: A queues 100 jobs, then B 5 (make test: 40).
+FAIRSHARE_A ?= 100
+.PHONY: fairshare-large
+fairshare-large:
+	@$(MAKE) --no-print-directory e2e-test E2E_TEST_ARGS="--test fairshare" E2E_ENV="$(E2E_ENV) BENCHKITE_E2E_FAIRSHARE_A=$(FAIRSHARE_A)"
 
 # The chaos suite (e2e/tests/chaos.rs), one scenario at a time; BENCHKITE_CHAOS_LONG=1 for the
 # long variants. The API server restart scenario refuses the default cluster (target/e2e)

@@ -1,8 +1,9 @@
 //! Fair queueing (issue 19), on the local cluster with the real fleet and KernelJob
 //! controllers: a pool with `spec.queueing` and 10 agents admits 10 jobs per window (each job
-//! runs about 3 s). Submitter A queues 100 jobs, then submitter B queues 5: B's 5 start within
-//! the first two windows (by their agents' start times), and A's waiting jobs show positions
-//! that decrease. Without fair queueing B's jobs would start last.
+//! runs about 3 s). Submitter A queues 40 jobs (`BENCHKITE_E2E_FAIRSHARE_A`; `make fairshare-large`
+//! runs 100), then submitter B queues 5: B's 5 start within the first two windows (by their
+//! agents' start times), and A's waiting jobs show positions that decrease. Without fair
+//! queueing B's jobs would start last.
 
 use std::time::Duration;
 
@@ -22,6 +23,18 @@ use serde_json::json;
 const AGENTS: u32 = 10;
 const WEBHOOK_SECRET: &str = "e2e-fairshare-webhook-secret-5d1c";
 const EVAL: &str = "import os, time\ntime.sleep(3)\nos.write(int(os.environ['POPCORN_FD']), b'check: pass\\n')\n";
+
+/// How many jobs submitter A queues before B.
+fn a_jobs() -> Result<usize> {
+    match std::env::var("BENCHKITE_E2E_FAIRSHARE_A") {
+        Ok(v) => {
+            let n: usize = v.parse().with_context(|| format!("BENCHKITE_E2E_FAIRSHARE_A={v:?}"))?;
+            ensure!(n >= 30, "BENCHKITE_E2E_FAIRSHARE_A={n}: at least 30 (three windows of A's jobs)");
+            Ok(n)
+        }
+        Err(_) => Ok(40),
+    }
+}
 
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -92,7 +105,10 @@ async fn a_late_small_submitter_starts_within_two_windows() -> Result<()> {
     // it is looked up in Buildkite first (under the request budget). Not what this test is about.
     tokio::time::sleep(started.saturating_duration_since(std::time::Instant::now()) + Duration::from_secs(6)).await;
     let jobs: Api<KernelJob> = ns.api();
-    for i in 0..100 {
+    let a = a_jobs()?;
+    let last_a = format!("a-{:03}", a - 1);
+    let total = a + 5;
+    for i in 0..a {
         jobs.create(&PostParams::default(), &job(&format!("a-{i:03}"), "A")?).await?;
     }
     for i in 0..5 {
@@ -103,16 +119,16 @@ async fn a_late_small_submitter_starts_within_two_windows() -> Result<()> {
     let deadline = std::time::Instant::now() + Duration::from_secs(600);
     let done = loop {
         let list = jobs.list(&ListParams::default()).await?.items;
-        if let Some(p) = list.iter().find(|j| j.name_any() == "a-099").and_then(|j| j.status.as_ref()?.queue_position)
+        if let Some(p) = list.iter().find(|j| j.name_any() == last_a).and_then(|j| j.status.as_ref()?.queue_position)
             && positions.last() != Some(&p)
         {
             positions.push(p);
         }
         let finished = list.iter().filter(|j| j.status.as_ref().is_some_and(|s| s.phase.is_finished())).count();
-        if finished == 105 {
+        if finished == total {
             break list;
         }
-        ensure!(std::time::Instant::now() < deadline, "{finished} of 105 jobs finished in 600 s\n{}", op.log_text());
+        ensure!(std::time::Instant::now() < deadline, "{finished} of {total} jobs finished in 600 s\n{}", op.log_text());
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
 
@@ -139,13 +155,13 @@ async fn a_late_small_submitter_starts_within_two_windows() -> Result<()> {
         "{before} of A's jobs started before B queued; after it, B's jobs started as number {b_ranks:?} of {} (10 agents: window 1 is 1-10, window 2 is 11-20)",
         after.len()
     );
-    println!("a-099's shown positions over time: {positions:?}");
+    println!("{last_a}'s shown positions over time ({a} of A's jobs): {positions:?}");
     ensure!(
         b_ranks.len() == 5 && b_ranks.iter().all(|r| *r <= 20),
         "B's jobs started as {b_ranks:?}: not within two windows"
     );
-    ensure!(positions.len() >= 3, "a-099 showed too few positions: {positions:?}");
-    ensure!(positions.windows(2).all(|w| w[1] < w[0]), "a-099's positions decrease: {positions:?}");
+    ensure!(positions.len() >= 3, "{last_a} showed too few positions: {positions:?}");
+    ensure!(positions.windows(2).all(|w| w[1] < w[0]), "{last_a}'s positions do not decrease: {positions:?}");
     drop(op);
     ns.delete().await
 }
