@@ -128,7 +128,11 @@ async fn a_late_small_submitter_starts_within_two_windows() -> Result<()> {
         if finished == total {
             break list;
         }
-        ensure!(std::time::Instant::now() < deadline, "{finished} of {total} jobs finished in 600 s\n{}", op.log_text());
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "{finished} of {total} jobs finished in 600 s\n{}",
+            op.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
 
