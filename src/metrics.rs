@@ -81,6 +81,7 @@ pub struct Metrics {
     submit_latency: Histogram,
     completion_latency: Histogram,
     webhook_deliveries: Family<ResultLabels, Counter>,
+    result_cache: Family<ResultLabels, Counter>,
     leader: Gauge,
     state: Arc<StateCollector>,
 }
@@ -176,6 +177,12 @@ impl Metrics {
             "Buildkite webhook deliveries by result (accepted, duplicate, ignored, refused, malformed, standby)",
             webhook_deliveries.clone(),
         );
+        let result_cache = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "result_cache_operations",
+            "Result cache: lookups (hit, miss, stale: an entry that no longer serves), entries stored and evicted",
+            result_cache.clone(),
+        );
         let leader = Gauge::default();
         registry.register("leader", "1 while this process leads (runs the controllers), else 0", leader.clone());
         let state = Arc::new(StateCollector::default());
@@ -197,6 +204,7 @@ impl Metrics {
             submit_latency,
             completion_latency,
             webhook_deliveries,
+            result_cache,
             leader,
             state,
         }
@@ -235,6 +243,11 @@ impl Metrics {
 
     pub fn webhook(&self, result: &'static str) {
         self.webhook_deliveries.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// A result cache operation: `hit`, `miss`, `stale`, `stored`, `evicted`.
+    pub fn result_cache(&self, result: &'static str) {
+        self.result_cache.get_or_create(&ResultLabels { result }).inc();
     }
 
     pub fn set_leader(&self, leading: bool) {

@@ -68,6 +68,7 @@ fn pool(name: &str, sel: GpuNodeSelector) -> AgentPool {
             certification: None,
             queueing: None,
             autoscaling: None,
+            result_cache: None,
         },
     )
 }

@@ -67,6 +67,7 @@ fn pool(name: &str, test: &str, ephemeral: bool, max_unavailable: Option<IntOrSt
             certification: None,
             queueing: None,
             autoscaling: None,
+            result_cache: None,
         },
     )
 }

@@ -128,6 +128,46 @@ pub struct AgentPoolSpec {
     /// the other GPUs back. Without it, every slot runs an agent, always.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<PoolAutoscaling>,
+
+    /// Result cache for identical submissions: a test or benchmark KernelJob identical in
+    /// everything that decides its result to one this pool evaluated finishes at once with
+    /// that result (`status.cachedFrom` names the original) and no build. Leaderboard,
+    /// private and profile runs are never served from it. Without it, every job runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_cache: Option<PoolResultCache>,
+}
+
+/// A pool's result cache (see `AgentPoolSpec.resultCache`). Entries are ConfigMaps in the
+/// pool's namespace, owned by the pool (deleted with it), each holding a copy of one
+/// result: deleting the original job does not affect them.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolResultCache {
+    /// Off: nothing is looked up or stored (entries are kept). Default true.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// At most this many entries; the oldest go first (default 1000).
+    #[serde(default = "default_cache_entries")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 100000").message("maxEntries must be between 1 and 100000"))]
+    pub max_entries: i32,
+    /// An entry serves this long after its original finished, hours (default 168, a week).
+    #[serde(default = "default_cache_hours")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 8760").message("maxAgeHours must be between 1 and 8760"))]
+    pub max_age_hours: i32,
+}
+
+impl Default for PoolResultCache {
+    fn default() -> Self {
+        PoolResultCache { enabled: true, max_entries: default_cache_entries(), max_age_hours: default_cache_hours() }
+    }
+}
+
+fn default_cache_entries() -> i32 {
+    1000
+}
+
+fn default_cache_hours() -> i32 {
+    168
 }
 
 /// How a pool's agents follow its KernelJobs (see `AgentPoolSpec.autoscaling`).

@@ -265,6 +265,37 @@ pub struct KernelJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 0").message("ttlSecondsAfterFinished must not be negative"))]
     pub ttl_seconds_after_finished: Option<i64>,
+    /// Whether the pool's result cache may serve this job (`Use`, the default) or it must
+    /// run (`Bypass`: its result replaces the cached one). Only test and benchmark jobs of a
+    /// pool with `resultCache` are ever served from the cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_cache: Option<CachePolicy>,
+}
+
+/// See `KernelJobSpec.resultCache`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CachePolicy {
+    #[default]
+    Use,
+    Bypass,
+}
+
+/// The job whose result a cached KernelJob carries.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CachedFrom {
+    /// `namespace/name` of the original KernelJob (it may be gone since: the cache keeps a
+    /// copy of its result).
+    pub job: String,
+    pub uid: String,
+    /// When the original finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// The original's build.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<BuildRef>,
+    /// The cache entry (a ConfigMap in the pool's namespace).
+    pub entry: String,
 }
 
 fn default_retries() -> i32 {
@@ -576,6 +607,10 @@ pub struct KernelJobStatus {
     /// duration of its recent jobs (set with `queuePosition`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub estimated_start_time: Option<Time>,
+    /// The job was served from its pool's result cache: whose result it carries (no build
+    /// was created for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_from: Option<CachedFrom>,
     /// Human-readable reason of the current phase.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,

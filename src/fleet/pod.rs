@@ -434,6 +434,7 @@ pub(crate) mod tests {
                 certification: None,
                 queueing: None,
                 autoscaling: None,
+                result_cache: None,
             },
         );
         p.metadata.namespace = Some("ci".into());

@@ -112,6 +112,8 @@ pub struct JobCtx {
     pub gpunodes: Store<GpuNode>,
     /// Namespace labels (metadata only): who may use which pool and override.
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    /// Result cache entries (metadata only), for eviction.
+    pub cache_entries: Store<PartialObjectMeta<k8s_openapi::api::core::v1::ConfigMap>>,
     pub board: Board,
     pub queue: SubmitQueue,
     pub recorder: Recorder,
@@ -324,6 +326,24 @@ pub async fn reconcile(job: Arc<KernelJob>, ctx: Arc<JobCtx>) -> Result<Action> 
         (Some(_), Some(wait)) => decide::Servable::NotYet(wait),
     };
     let fresh = attempt == 1 && created(&job) > ctx.started + k8s_openapi::jiff::SignedDuration::from_secs(5);
+    // The result cache is asked once per process, before a first attempt is submitted.
+    let mut memory = memory;
+    if memory.cache.is_none()
+        && status.attempts.is_empty()
+        && !status.phase.is_finished()
+        && job.metadata.deletion_timestamp.is_none()
+        && next_build.is_none()
+        && target.is_ok()
+        && super::cache_io::wanted(&ctx, &job)
+    {
+        let probe = super::cache_io::probe(&ctx, &job).await;
+        ctx.memory.with(&key, &uid, |m| m.cache = Some(probe.clone()));
+        memory.cache = Some(probe);
+    }
+    let hit = match &memory.cache {
+        Some(super::memory::CacheProbe::Hit(h)) => Some(h.clone()),
+        _ => None,
+    };
     let observed = Observed {
         job: &job,
         status: &status,
@@ -335,6 +355,7 @@ pub async fn reconcile(job: Arc<KernelJob>, ctx: Arc<JobCtx>) -> Result<Action> 
         target: target.as_ref().map(|t| t.queue.clone()).map_err(Clone::clone),
         servable,
         admission: ctx.admission_of(&job),
+        cached: hit.as_deref(),
         missing_scopes: (!missing.is_empty())
             .then(|| buildkite::scopes::missing_scopes_message(&missing, "KernelJobs")),
         throttled: ctx.bk.would_wait(Priority::Submit).is_some(),
@@ -372,17 +393,27 @@ pub(super) async fn execute(job: &KernelJob, ctx: &JobCtx, mut plan: Plan, befor
         tracing::info!(job = %key, build = c.number, "cancelled the job's build");
         ctx.memory.with(&key, &uid, |m| m.canceled.insert(c.run_id.clone()));
     }
-    if let Some(bytes) = plan.store_output.take()
+    let raw = plan.store_output.take();
+    if let Some(bytes) = &raw
         && let Some(s) = plan.status.as_mut()
         && let Some(name) = {
             let fingerprint = s.result.as_ref().and_then(|r| r.system.as_ref()).and_then(|y| y.fingerprint.as_ref());
-            super::follow::store_output(job, ctx, &bytes, fingerprint).await
+            super::follow::store_output(job, ctx, bytes, fingerprint).await
         }
     {
         s.output_ref = Some(name);
     }
     if let Some(s) = &plan.status {
         ctx.write_status(job, s).await?;
+        // A finished evaluation of a pool with a result cache leaves an entry (under the key
+        // its submission was computed under).
+        if s.phase == crate::api::kerneljob::Phase::Succeeded
+            && s.cached_from.is_none()
+            && super::cache_io::wanted(ctx, job)
+            && let Some(expected) = submitted_cache_key(job, ctx, s)
+        {
+            super::cache_io::store(ctx, job, s, raw.as_deref(), &expected).await;
+        }
         // A result with a drift canary: labelled for the certification manager, which
         // records it against the slot that measured it.
         if s.phase.is_finished()
@@ -443,6 +474,19 @@ pub(super) async fn execute(job: &KernelJob, ctx: &JobCtx, mut plan: Plan, befor
         ctx.memory.forget(&key);
     }
     Ok(plan.requeue.map_or_else(Action::await_change, Action::requeue))
+}
+
+/// The cache key a job's last attempt was submitted under: this process's, else the one its
+/// build carries in meta-data (a build can rewrite its meta-data: the key is checked against
+/// the job's inputs before anything is stored).
+fn submitted_cache_key(job: &KernelJob, ctx: &JobCtx, status: &KernelJobStatus) -> Option<String> {
+    let (key, uid) = (key_of(job), job.uid().unwrap_or_default());
+    let remembered =
+        ctx.memory.with_existing(&key, &uid, |m| m.cache.as_ref().and_then(|c| c.key().map(str::to_string)));
+    remembered.flatten().or_else(|| {
+        let run = &status.attempts.last()?.run_id;
+        ctx.board.get(run)?.build.meta_data.get(super::cache::KEY_META).cloned()
+    })
 }
 
 pub(super) fn resource_version(job: &KernelJob) -> u64 {

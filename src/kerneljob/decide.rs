@@ -171,6 +171,8 @@ pub struct Observed<'a> {
     pub servable: Servable,
     /// Whether its pool's fair queueing lets it be submitted now.
     pub admission: Admit,
+    /// An entry of the pool's result cache for exactly this job (`cache`).
+    pub cached: Option<&'a super::cache::Hit>,
     /// The token lacks a scope KernelJobs need (the message names it).
     pub missing_scopes: Option<String>,
     /// Buildkite's budget would make a submission wait.
@@ -387,6 +389,24 @@ pub fn decide_pending(o: &Observed<'_>) -> Plan {
     // Nothing can be in flight for a job with no build and no create under way (or a fresh
     // one, which cannot have a build from an earlier process).
     let nothing_created = matches!(o.next, Next::Absent) || (matches!(o.next, Next::Unknown) && o.fresh);
+    // Served from the pool's result cache: finished at once, with no build (a first attempt
+    // for which nothing was created; the job may use its pool).
+    if nothing_created
+        && o.target.is_ok()
+        && o.status.attempts.is_empty()
+        && let Some(hit) = o.cached
+    {
+        let message = super::cache::hit_message(hit);
+        let s = super::cache::hit_status(o.status, hit, now);
+        let s = with_conditions(stamp(job, o.status, now), s, super::cache::HIT_REASON, message.clone(), None);
+        return Plan {
+            status: Some(s),
+            event: Some(Note { warning: false, reason: super::cache::HIT_REASON.into(), action: "Finish", message }),
+            store_output: hit.raw.clone(),
+            requeue: Some(Duration::from_secs(1)),
+            ..Default::default()
+        };
+    }
     if nothing_created && o.target.is_ok() {
         match &o.servable {
             Servable::No(reason, message) => return finish(Phase::Failed, reason, message.clone(), "Submit"),

@@ -74,6 +74,7 @@ struct Case<'a> {
     scopes: Option<&'a str>,
     servable: Servable,
     admission: Admit,
+    cached: Option<super::super::cache::Hit>,
 }
 
 impl Case<'_> {
@@ -92,6 +93,7 @@ impl Case<'_> {
             scopes: None,
             servable: Servable::Yes,
             admission: Admit::Free,
+            cached: None,
         }
     }
 
@@ -108,6 +110,7 @@ impl Case<'_> {
             target: self.target.clone(),
             servable: self.servable.clone(),
             admission: self.admission.clone(),
+            cached: self.cached.as_ref(),
             missing_scopes: self.scopes.map(str::to_string),
             throttled: self.throttled,
             fresh: self.fresh,
@@ -128,6 +131,7 @@ impl Case<'_> {
             scopes: self.scopes,
             servable: self.servable.clone(),
             admission: self.admission.clone(),
+            cached: self.cached.clone(),
             ..*self
         }
     }
@@ -669,4 +673,76 @@ fn an_admitted_job_is_submitted_and_its_place_cleared() {
     // A held job whose build may exist (after a restart) is looked up, never held blind.
     let p = Case { admission: Admit::Held { position: Some(1), eta: None }, ..Case::new() }.run();
     assert!(p.look_up && !p.submit, "{p:?}");
+}
+
+fn hit() -> super::super::cache::Hit {
+    use crate::api::kerneljob::{CachedFrom, ResultStatus};
+    let entry = super::super::cache::Entry {
+        key: "k".into(),
+        from: CachedFrom { job: "ns/orig".into(), uid: "o".into(), entry: "bkcache-k".into(), ..Default::default() },
+        message: "the evaluation ran: the kernel failed its checks".into(),
+        passed: Some(false),
+        score: None,
+        summary: None,
+        result: ResultStatus { success: true, ..Default::default() },
+        gpu_model: "H100".into(),
+        node: String::new(),
+        slot: String::new(),
+        epoch: String::new(),
+    };
+    super::super::cache::Hit { entry, raw: Some(b"{\"success\": true}".to_vec()) }
+}
+
+#[test]
+fn a_cache_hit_finishes_a_job_with_nothing_created_at_once_without_a_build() {
+    for case in [
+        Case { cached: Some(hit()), ..Case::new() }.next(AttemptState::Absent),
+        Case { cached: Some(hit()), fresh: true, ..Case::new() },
+        // Neither fair queueing nor fail fast holds it back: it needs no agent.
+        Case {
+            cached: Some(hit()),
+            admission: Admit::Held { position: Some(4), eta: None },
+            servable: Servable::No("PoolPaused", "paused".into()),
+            ..Case::new()
+        }
+        .next(AttemptState::Absent),
+    ] {
+        let p = case.run();
+        let s = p.status.as_ref().expect("a status");
+        assert_eq!(s.phase, Phase::Succeeded);
+        assert_eq!(reason(&p), "CachedResult");
+        assert_eq!(s.passed, Some(false), "the original's verdict");
+        assert_eq!(s.cached_from.as_ref().map(|c| c.job.as_str()), Some("ns/orig"));
+        assert!(s.completion_time.is_some() && s.attempts.is_empty() && s.build.is_none());
+        assert!(!p.submit && !p.look_up && p.cancel.is_none());
+        assert_eq!(p.store_output.as_deref(), Some(&b"{\"success\": true}"[..]), "the job keeps its own copy");
+        let ev = p.event.as_ref().expect("an event");
+        assert!(!ev.warning && ev.reason == "CachedResult" && ev.message.contains("ns/orig"), "{ev:?}");
+    }
+}
+
+#[test]
+fn a_cache_hit_never_serves_a_job_that_may_have_a_build_or_may_not_use_its_pool() {
+    let not_served =
+        |p: &Plan| p.status.as_ref().is_none_or(|s| s.cached_from.is_none() && s.phase != Phase::Succeeded);
+    // A create in flight, or unknown after a restart (looked up first).
+    let p = Case { cached: Some(hit()), ..Case::new() }.next(AttemptState::Creating).run();
+    assert!(not_served(&p), "{p:?}");
+    let p = Case { cached: Some(hit()), ..Case::new() }.run();
+    assert!(p.look_up && not_served(&p), "{p:?}");
+    // A namespace the pool does not admit.
+    let p = Case { cached: Some(hit()), target: Err(("PoolNotAllowed", "no".into())), ..Case::new() }
+        .next(AttemptState::Absent)
+        .run();
+    assert!(not_served(&p) && reason(&p) == "PoolNotAllowed", "{p:?}");
+    // A retry (an attempt ran): it runs again.
+    let mut retry = Case { cached: Some(hit()), ..Case::new() };
+    retry.status.attempts.push(Attempt {
+        attempt: 1,
+        run_id: "u1-1".into(),
+        outcome: "InfrastructureFailure: x".into(),
+        ..Default::default()
+    });
+    let p = retry.next(AttemptState::Absent).run();
+    assert!(not_served(&p) && p.submit, "{p:?}");
 }

@@ -53,6 +53,7 @@ fn spec(mode: Mode) -> KernelJobSpec {
         retries: 2,
         priority: 0,
         ttl_seconds_after_finished: None,
+        result_cache: None,
     }
 }
 

@@ -66,6 +66,25 @@ pub struct JobMemory {
     pub refused: Option<(String, String)>,
     /// Failed reads of the current attempt's result (bounded).
     pub result_tries: u32,
+    /// What the pool's result cache said of the job (asked once per process).
+    pub cache: Option<CacheProbe>,
+}
+
+/// What the result cache said of a job.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CacheProbe {
+    /// Not served from the cache: the key its result is stored under (`None`: not cacheable).
+    Miss(Option<String>),
+    Hit(std::sync::Arc<super::cache::Hit>),
+}
+
+impl CacheProbe {
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            CacheProbe::Miss(k) => k.as_deref(),
+            CacheProbe::Hit(h) => Some(&h.entry.key),
+        }
+    }
 }
 
 impl JobMemory {

@@ -2,6 +2,8 @@
 
 pub mod admission;
 pub mod board;
+pub mod cache;
+pub mod cache_io;
 pub mod conditions;
 pub mod controller;
 pub mod decide;
@@ -101,6 +103,7 @@ pub fn controller(
         })
         .applied_objects();
     let (namespaces, namespace_watch) = tenancy_watch::namespace_cache(client.clone(), setup.namespace.as_deref());
+    let (cache_entries, cache_watch) = cache_io::entries_cache(client.clone(), setup.namespace.as_deref());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let recorder = Recorder::new(
         client.clone(),
@@ -114,6 +117,7 @@ pub fn controller(
         pools,
         gpunodes,
         namespaces: namespaces.clone(),
+        cache_entries,
         board: board::Board::default(),
         queue: queue::SubmitQueue::default(),
         recorder,
@@ -142,6 +146,7 @@ pub fn controller(
             "KernelJob tenancy: what jobs may ask for"
         );
         tasks.spawn(namespace_watch(ctx.clone()));
+        tasks.spawn(cache_watch);
         wait_for_namespaces(&namespaces).await;
         tasks.spawn(tenancy_watch::pool_triggers(ctx.clone()));
         for _ in 0..ctx.config.submit_workers.max(1) {

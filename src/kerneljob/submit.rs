@@ -23,7 +23,10 @@ use crate::contract;
 /// Reads a job's sources: inline, plus every key of the named ConfigMaps and Secrets.
 /// No Secret is read unless the admin allows secret sources in the job's namespace (the
 /// reconcile refuses such a job before it is queued; this gate holds even if it did not).
-async fn resolve_sources(job: &KernelJob, ctx: &JobCtx) -> std::result::Result<BTreeMap<String, String>, String> {
+pub(super) async fn resolve_sources(
+    job: &KernelJob,
+    ctx: &JobCtx,
+) -> std::result::Result<BTreeMap<String, String>, String> {
     let ns = job.namespace().unwrap_or_default();
     super::policy::check_secret_sources(&job.spec, &ns, ctx.namespace_labels(&ns).as_ref(), &ctx.config.tenancy)
         .map_err(|r| r.message)?;
@@ -59,6 +62,21 @@ async fn resolve_sources(job: &KernelJob, ctx: &JobCtx) -> std::result::Result<B
         }
     }
     Ok(sources)
+}
+
+/// The build's meta-data, with the key of the pool's result cache its result is stored
+/// under (when the job is cached): a restarted controller finds it there.
+fn with_cache_key(
+    ctx: &JobCtx,
+    key: &str,
+    uid: &str,
+    mut meta: std::collections::BTreeMap<String, String>,
+) -> std::collections::BTreeMap<String, String> {
+    let cache_key = ctx.memory.with_existing(key, uid, |m| m.cache.as_ref().and_then(|c| c.key().map(str::to_string)));
+    if let Some(k) = cache_key.flatten() {
+        meta.insert(super::cache::KEY_META.to_string(), k);
+    }
+    meta
 }
 
 /// Fails a job that can never be submitted (payload too large, invalid submission).
@@ -190,7 +208,7 @@ async fn submit_one(ctx: &JobCtx, key: &str, reservation: crate::buildkite::Rese
         branch: sub.branch.clone(),
         message: Some(sub.message.clone()),
         env: sub.env.clone(),
-        meta_data: sub.meta_data.clone(),
+        meta_data: with_cache_key(ctx, key, &uid, sub.meta_data.clone()),
         ignore_pipeline_branch_filters: sub.ignore_branch_filters.then_some(true),
         ..Default::default()
     };
