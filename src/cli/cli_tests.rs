@@ -165,6 +165,13 @@ fn the_job_carries_target_labels_and_a_generated_name() {
     assert_eq!((j.spec.pool.as_deref(), j.spec.queue.as_deref()), (None, Some("q1")));
     assert!(j.metadata.labels.is_none());
     assert_eq!(j.spec.priority, 0);
+    assert_eq!(j.spec.result_cache, None, "the pool's cache may serve it");
+    assert!(serde_json::to_value(&j).unwrap()["spec"].get("resultCache").is_none());
+
+    let a = parse(&[&d, &s, "--mode", "test", "--pool", "h100", "--no-cache"]).unwrap();
+    let j = build_job(&a).unwrap();
+    assert_eq!(j.spec.result_cache, Some(crate::api::kerneljob::CachePolicy::Bypass));
+    assert_eq!(serde_json::to_value(&j).unwrap()["spec"]["resultCache"], "Bypass");
     let _ = std::fs::remove_dir_all(dir.parent().unwrap());
 }
 

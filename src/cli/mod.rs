@@ -140,6 +140,10 @@ pub struct SubmitArgs {
     /// CUDA architecture (default: the pool's GPU architecture).
     #[arg(long, value_name = "ARCH")]
     pub arch: Option<String>,
+    /// Run it even if the pool's result cache holds the result of an identical job (the
+    /// job's `resultCache: Bypass`; its result replaces the cached one).
+    #[arg(long)]
+    pub no_cache: bool,
     /// Follow the job to its end and print the result; the exit code tells the outcome.
     #[arg(long)]
     pub wait: bool,
@@ -250,6 +254,9 @@ pub fn build_job(args: &SubmitArgs) -> Result<KernelJob> {
     spec.queue = args.queue.clone();
     if let Some(p) = args.priority {
         spec.priority = p;
+    }
+    if args.no_cache {
+        spec.result_cache = Some(crate::api::kerneljob::CachePolicy::Bypass);
     }
     if args.arch.is_some() {
         spec.arch = args.arch.clone();

@@ -278,8 +278,12 @@ pub fn result_text_with(job: &KernelJob, status_value: &Value) -> String {
     let _ = writeln!(out, "KernelJob {ns}/{name}: {} ({mode} on {target})", status.phase.as_str());
     let verdict = outcome(job).map(|o| o.headline()).unwrap_or_else(|| "not finished".to_string());
     let _ = writeln!(out, "Verdict:    {verdict}");
-    if let Some(from) = status_value.get("cachedFrom").and_then(Value::as_str) {
-        let _ = writeln!(out, "Cached:     the result of {from}");
+    if let Some(from) = status_value.get("cachedFrom").and_then(|c| c.get("job")).and_then(Value::as_str) {
+        let when = status_value["cachedFrom"]["completionTime"]
+            .as_str()
+            .map(|t| format!(", finished {t}"))
+            .unwrap_or_default();
+        let _ = writeln!(out, "Cached:     the result of {from}{when} (result cache: no build ran)");
     }
     if !status.phase.is_finished() && !status.message.is_empty() {
         let _ = writeln!(out, "Message:    {}", first_line(&status.message));

@@ -208,8 +208,14 @@ fn units_and_ages_read_naturally() {
 fn a_cached_result_names_its_origin() {
     let j = passed();
     let mut status = status_json(&j);
-    status["cachedFrom"] = json!("ci/first");
+    status["cachedFrom"] =
+        json!({"job": "ci/first", "uid": "u", "entry": "bkcache-k", "completionTime": "2026-12-03T10:00:00Z"});
     let text = result_text_with(&j, &status);
-    assert!(text.contains("\nCached:     the result of ci/first\n"), "{text}");
+    assert!(
+        text.contains(
+            "\nCached:     the result of ci/first, finished 2026-12-03T10:00:00Z (result cache: no build ran)\n"
+        ),
+        "{text}"
+    );
     assert!(!result_text(&j).contains("Cached:"));
 }
