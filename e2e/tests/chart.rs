@@ -804,6 +804,9 @@ async fn kerneljob_rbac_is_enough_in_its_namespace() -> Result<()> {
         &["delete", "kerneljobs.benchkite.dev", "-n", ns],
         &["create", "configmaps", "-n", ns],
         &["get", "configmaps", "-n", ns],
+        // Result cache entries: watched (metadata, by label) and evicted.
+        &["watch", "configmaps", "-n", ns],
+        &["delete", "configmaps", "-n", ns],
         &["watch", "namespaces"],
     ];
     for args in allowed {
