@@ -73,11 +73,11 @@ fn product_of(ctx: &JobCtx, node: &str) -> Option<String> {
     ctx.gpunodes.get(&ObjectRef::new(node)).and_then(|g| g.status.as_ref()?.product.clone())
 }
 
-/// The epoch `slot` of `node` is certified at now.
-fn slot_epoch(ctx: &JobCtx, node: &str, slot: &str) -> Option<String> {
+/// The epoch `slot` of `node` is certified at now for the pool `pool` (`namespace/name`).
+fn slot_epoch(ctx: &JobCtx, pool: &str, node: &str, slot: &str) -> Option<String> {
     let g = ctx.gpunodes.get(&ObjectRef::new(node))?;
     let slots = &g.status.as_ref()?.certification.as_ref()?.slots;
-    let s = slots.iter().find(|s| s.slot == slot)?;
+    let s = slots.iter().find(|s| s.slot == slot && s.pool == pool)?;
     (s.state == crate::api::certification::states::CERTIFIED).then(|| s.epoch.clone()).flatten()
 }
 
@@ -115,8 +115,9 @@ pub(super) async fn probe(ctx: &JobCtx, job: &KernelJob) -> CacheProbe {
     };
     let parsed = cache::parse_entry(&cm.data.unwrap_or_default());
     let verdict = parsed.as_ref().map_err(|e| e.clone()).and_then(|(entry, _)| {
+        let pool_key = format!("{pool_ns}/{}", pool.name_any());
         cache::serves(entry, &key, Timestamp::now(), &cfg, pool.spec.certification.is_some(), |n, s| {
-            slot_epoch(ctx, n, s)
+            slot_epoch(ctx, &pool_key, n, s)
         })
         .map_err(str::to_string)
     });

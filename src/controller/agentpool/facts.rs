@@ -252,4 +252,54 @@ mod tests {
         }
         assert!(!node_facts(&gone, None, &[], "uid").found, "NodeFound=False is a missing Node");
     }
+
+    fn certifying_pool(certification: bool) -> AgentPool {
+        let mut spec = serde_json::json!({"queue": "q", "gpuNodeSelector": {},
+                                          "agent": {"tokenSecretRef": {"name": "t", "key": "token"}}});
+        if certification {
+            spec["certification"] = serde_json::json!({"suite": {"configMap": "suite"}});
+        }
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "benchkite.dev/v1alpha1", "kind": "AgentPool",
+            "metadata": {"name": "h100", "namespace": "ns"}, "spec": spec,
+        }))
+        .unwrap_or_else(|e| panic!("test AgentPool: {e}"))
+    }
+
+    fn slot(slot: &str, pool: &str, state: &str) -> crate::api::certification::SlotCertification {
+        crate::api::certification::SlotCertification {
+            slot: slot.into(),
+            pool: pool.into(),
+            state: state.into(),
+            epoch: Some("1800000000".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn certified_slots_are_the_slots_certified_for_this_pool_only() {
+        use crate::api::certification::states::{CERTIFIED, FAILED, QUARANTINED};
+        let mut a = gpunode("Ready");
+        if let Some(s) = a.status.as_mut() {
+            s.certification = Some(crate::api::certification::NodeCertification {
+                slots: vec![
+                    slot("0", "ns/h100", CERTIFIED),
+                    slot("1", "ns/h100", FAILED),
+                    slot("2", "ns/h100", QUARANTINED),
+                    slot("3", "other/h100", CERTIFIED),
+                    slot("x", "ns/h100", CERTIFIED),
+                    slot("5", "ns/h100", CERTIFIED),
+                ],
+                ..Default::default()
+            });
+        }
+        let mut b = gpunode("Ready");
+        b.metadata.name = Some("gpu-b".into());
+        let nodes = vec![Arc::new(a), Arc::new(b)];
+        let got = certified_slots(&certifying_pool(true), &nodes);
+        let want: std::collections::BTreeSet<(String, u32)> =
+            [("gpu-a".to_string(), 0), ("gpu-a".to_string(), 5)].into_iter().collect();
+        assert_eq!(got, want, "failed, quarantined, another pool's and unparsable slots are not certified");
+        assert!(certified_slots(&certifying_pool(false), &nodes).is_empty(), "a pool without certification has none");
+    }
 }
