@@ -350,10 +350,19 @@ async fn daemonsets_fit_in_the_headroom_and_blocked_ones_are_named() -> Result<(
     ns.delete().await
 }
 
+/// Hands a fake node to kwok (its heartbeats, Ready) or takes it away (the annotation kwok
+/// selects the nodes it manages by).
+async fn set_kwok_managed(nodes: &Api<Node>, name: &str, managed: bool) -> Result<()> {
+    let value = if managed { json!("fake") } else { serde_json::Value::Null };
+    let patch = json!({"metadata": {"annotations": {"kwok.x-k8s.io/node": value}}});
+    nodes.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
+}
+
 /// A Node NotReady for 60 s keeps its agents (the toleration is 300 s), and its GpuNode says
-/// so (`NodeNotReadyTolerated`); once Ready again, the GpuNode is Ready. kwok keeps its nodes
-/// Ready through heartbeats, so the test sets `Ready=False` again every second for the whole
-/// minute, and asserts the GpuNode did report the tolerated state (else the test would prove
+/// so (`NodeNotReadyTolerated`); once Ready again, the GpuNode is Ready. kwok would make the
+/// node Ready at once, so the test takes the node from kwok and sets `Ready=False` every
+/// second for the whole minute, and asserts the GpuNode did report the tolerated state (else the test would prove
 /// nothing).
 #[tokio::test]
 async fn a_node_not_ready_for_a_minute_keeps_its_agents() -> Result<()> {
@@ -376,25 +385,31 @@ async fn a_node_not_ready_for_a_minute_keeps_its_agents() -> Result<()> {
         "message": "e2e: heartbeats stopped", "lastHeartbeatTime": since.to_string(),
         "lastTransitionTime": since.to_string(),
     }]}});
+    // kwok sets a managed node that is not Ready back to Ready at once (its node-initialize
+    // stage), so a NotReady patch lasted milliseconds and the test passed only when the
+    // controller happened to read the Node in between. Without kwok's annotation the node is
+    // left alone, as a machine whose kubelet stopped; it is handed back afterwards.
+    set_kwok_managed(&nodes, &name, false).await?;
     let mut tolerated_seen = false;
     let mut lost = Vec::new();
     let start = std::time::Instant::now();
     while start.elapsed() < Duration::from_secs(60) {
         nodes.patch_status(&name, &PatchParams::default(), &Patch::Strategic(not_ready.clone())).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let gn = gpunodes.get(&name).await?;
         let conds = gn.status.map(|s| s.conditions).unwrap_or_default();
         tolerated_seen |= condition(&conds, "Ready").is_some_and(|c| c.reason == "NodeNotReadyTolerated");
         let now: BTreeSet<String> =
             agents(&ns, "nr").await?.iter().filter(|p| running(p)).filter_map(|p| p.uid()).collect();
         lost.extend(uids.difference(&now).cloned());
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     lost.sort();
     lost.dedup();
+    set_kwok_managed(&nodes, &name, true).await?;
     ensure!(lost.is_empty(), "agents deleted during a 60 s NotReady: {lost:?}\n{}", tail(&fleet.op));
     ensure!(tolerated_seen, "the GpuNode never said NodeNotReadyTolerated: the Node was never seen NotReady");
 
-    // kwok's heartbeat makes the Node Ready again; the GpuNode follows, the agents are the same.
+    // kwok manages the node again and makes it Ready; the GpuNode follows, the agents are the same.
     wait_until("the GpuNode Ready again", default_timeout(), || async {
         let gn = gpunodes.get(&name).await?;
         let conds = gn.status.map(|s| s.conditions).unwrap_or_default();
