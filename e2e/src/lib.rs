@@ -7,6 +7,7 @@
 
 pub mod chaos;
 pub mod hostile;
+pub mod jobrig;
 pub mod kubelet;
 pub mod nodes;
 pub mod operator;

@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use benchkite::api::kerneljob::Phase;
 use benchkite::api::{AgentPool, KernelJob};
+use benchkite_e2e::jobrig::{self, JobRig, RigOptions};
 use benchkite_e2e::kubelet::{Kubelet, KubeletOptions};
 use benchkite_e2e::nodes::TestNode;
-use benchkite_e2e::operator::{Operator, install_crds, wait_ready};
+use benchkite_e2e::operator::install_crds;
 use benchkite_e2e::{TestNamespace, client, e2e_dir, repo_root, wait_until};
-use buildkite_sim::Simulator;
 use kube::Api;
 use kube::api::PostParams;
 use serde_json::json;
@@ -25,10 +25,6 @@ use serde_json::json;
 static ONE_FLEET: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const BURST: usize = 40;
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
 
 fn task_file(name: &str) -> Result<String> {
     let path = repo_root().join("tests/tasks/vectoradd").join(name);
@@ -82,38 +78,22 @@ async fn a_pool_holds_min_idle_grows_for_a_burst_and_shrinks_back_without_interr
     let mut cfg = benchkite_e2e::sim::queue_config(&queue, 0)?;
     // Buildkite's limits on a faster clock (both stay on): 40 builds in seconds, not minutes.
     cfg.rate_limit = benchkite_e2e::sim::buildkite_rate_limit(10.0);
-    let sim = Simulator::start(cfg).await?;
-    let http = format!("127.0.0.1:{}", free_port()?);
-    let mut args = benchkite_e2e::sim::kerneljob_args(&sim, &id);
-    args[1] = "fleet,kerneljob".into();
-    args.extend(["--http-addr".into(), http.clone(), "--poll-interval-seconds".into(), "1".into()]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let token = sim.api_token();
-    let op = Operator::start_with_env(&format!("autoscale-{id}"), &args, &[("BUILDKITE_API_TOKEN", token.as_str())])?;
-    wait_ready(&http).await.with_context(|| op.log_text())?;
-    benchkite_e2e::nodes::create_agent_token(&ns).await?;
-
-    let pool: AgentPool = serde_json::from_value(json!({
-        "apiVersion": "benchkite.dev/v1alpha1", "kind": "AgentPool",
-        "metadata": {"name": "p"},
-        "spec": {
-            "queue": queue,
-            "gpuNodeSelector": {"matchLabels": {"benchkite.dev/e2e": id}},
-            "agent": {
-                "image": "example.invalid/agent:e2e",
-                "tokenSecretRef": {"name": "agent-token", "key": "token"},
-                "ephemeral": false,
-                "env": [{"name": "BENCHKITE_SANDBOX", "value": "off"}],
-            },
-            "autoscaling": {"minIdle": 2, "scaleDownDelaySeconds": 10},
-        },
-    }))?;
+    let opts = RigOptions { args: vec!["--poll-interval-seconds".into(), "1".into()], ..Default::default() };
+    let rig = JobRig::start(&ns, "autoscale", cfg, opts).await?;
+    let (sim, op) = (&rig.sim, &rig.op);
+    let pool = jobrig::pool(
+        "p",
+        &queue,
+        &id,
+        json!({"autoscaling": {"minIdle": 2, "scaleDownDelaySeconds": 10}}),
+        json!({"ephemeral": false, "env": [{"name": "BENCHKITE_SANDBOX", "value": "off"}]}),
+    )?;
     let pools: Api<AgentPool> = ns.api();
     pools.create(&PostParams::default(), &pool).await?;
     let binary = benchkite_e2e::operator::binary()?;
     let kubelet = Kubelet::start(
         client.clone(),
-        &sim,
+        sim,
         KubeletOptions {
             namespace: id.clone(),
             label_selector: "benchkite.dev/pool=p".into(),
@@ -181,7 +161,7 @@ async fn a_pool_holds_min_idle_grows_for_a_burst_and_shrinks_back_without_interr
     let down = drained.elapsed();
 
     // No Buildkite job was interrupted: every script job passed, none canceled, lost or expired.
-    let builds = benchkite_e2e::sim::all_builds(&sim).await?;
+    let builds = benchkite_e2e::sim::all_builds(sim).await?;
     let mut states: BTreeMap<String, usize> = BTreeMap::new();
     for b in &builds {
         for j in benchkite_e2e::sim::script_jobs(b) {
@@ -196,7 +176,8 @@ async fn a_pool_holds_min_idle_grows_for_a_burst_and_shrinks_back_without_interr
         drain_took.as_secs_f64(),
         down.as_secs_f64()
     );
+    // The kubelet's agents first, then the controller and the simulator they talk to.
     drop(kubelet);
-    drop(op);
+    drop(rig);
     ns.delete().await
 }

@@ -12,12 +12,12 @@ use anyhow::{Context, Result, ensure};
 use benchkite::api::certification::{SUSPECT_LABEL, states};
 use benchkite::api::kerneljob::Phase;
 use benchkite::api::{AgentPool, GpuNode, KernelJob};
+use benchkite_e2e::jobrig::{JobRig, RigOptions};
 use benchkite_e2e::kubelet::{Kubelet, KubeletOptions};
 use benchkite_e2e::nodes::TestNode;
-use benchkite_e2e::operator::{Operator, install_crds, wait_ready};
+use benchkite_e2e::operator::install_crds;
 use benchkite_e2e::{TestNamespace, client, e2e_dir, repo_root, wait_until};
 use buildkite_sim::gpu::GpuProfile;
-use buildkite_sim::{SimHandle, Simulator};
 use k8s_openapi::api::core::v1::{ConfigMap, Event as CoreEvent};
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -52,8 +52,7 @@ fn suite() -> Result<String> {
 
 struct Rig {
     ns: TestNamespace,
-    op: Operator,
-    _sim: SimHandle,
+    ctl: JobRig,
     kubelet: Kubelet,
     node: String,
     _nodes: TestNode,
@@ -69,17 +68,8 @@ async fn rig(prefix: &str, gpus: u32, profiles: BTreeMap<u32, GpuProfile>, canar
     let node = format!("{id}-gpu");
     let nodes = TestNode::create(&client, &node, &id, "64", "256Gi", gpus).await?;
     let queue = format!("q-{id}");
-    let sim = Simulator::start(benchkite_e2e::sim::queue_config(&queue, 0)?).await?;
-    let http = format!("127.0.0.1:{}", free_port()?);
-    let mut args = benchkite_e2e::sim::kerneljob_args(&sim, &id);
-    args[1] = "fleet,kerneljob".into();
-    args.extend(["--http-addr".into(), http.clone(), "--poll-interval-seconds".into(), "1".into()]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let token = sim.api_token();
-    let op = Operator::start_with_env(&format!("certify-{id}"), &args, &[("BUILDKITE_API_TOKEN", token.as_str())])?;
-    wait_ready(&http).await.with_context(|| op.log_text())?;
-
-    benchkite_e2e::nodes::create_agent_token(&ns).await?;
+    let opts = RigOptions { args: vec!["--poll-interval-seconds".into(), "1".into()], ..Default::default() };
+    let ctl = JobRig::start(&ns, "certify", benchkite_e2e::sim::queue_config(&queue, 0)?, opts).await?;
     let cms: Api<ConfigMap> = ns.api();
     cms.create(
         &PostParams::default(),
@@ -107,7 +97,7 @@ async fn rig(prefix: &str, gpus: u32, profiles: BTreeMap<u32, GpuProfile>, canar
     let binary = benchkite_e2e::operator::binary()?;
     let kubelet = Kubelet::start(
         client.clone(),
-        &sim,
+        &ctl.sim,
         KubeletOptions {
             namespace: id.clone(),
             label_selector: "benchkite.dev/pool=p".into(),
@@ -116,11 +106,7 @@ async fn rig(prefix: &str, gpus: u32, profiles: BTreeMap<u32, GpuProfile>, canar
             scratch: e2e_dir().join("kubelet").join(&id),
         },
     )?;
-    Ok((client, Rig { ns, op, _sim: sim, kubelet, node, _nodes: nodes }))
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok((client, Rig { ns, ctl, kubelet, node, _nodes: nodes }))
 }
 
 fn job(name: &str, kernel: &str) -> Result<KernelJob> {
@@ -167,7 +153,7 @@ async fn a_distorted_slot_fails_certification_and_ranked_jobs_run_on_certified_s
         Ok((c.certified == 3 && c.failed == 1).then_some(c))
     })
     .await
-    .with_context(|| format!("{:#?}\n{}", rig.kubelet.agents(), rig.op.log_text()))?;
+    .with_context(|| format!("{:#?}\n{}", rig.kubelet.agents(), rig.ctl.op.log_text()))?;
     ensure!(cert.summary == "3/4", "{cert:?}");
     let failed = cert.slots.iter().find(|s| s.slot == "2").context("slot 2")?;
     ensure!(failed.state == states::FAILED && failed.epoch.is_none(), "{failed:?}");
@@ -241,7 +227,7 @@ async fn a_distorted_slot_fails_certification_and_ranked_jobs_run_on_certified_s
             Ok(done.then_some(c))
         })
         .await
-        .with_context(|| rig.op.log_text())?;
+        .with_context(|| rig.ctl.op.log_text())?;
     for s in again.slots.iter().filter(|s| s.slot != "2") {
         let before = cert.slots.iter().find(|b| b.slot == s.slot).and_then(|b| b.epoch.clone());
         ensure!(
@@ -268,7 +254,7 @@ async fn a_drifting_slot_is_quarantined_recertified_and_its_results_marked() -> 
         Ok((ledger(&client, &rig.node).await?.certified == 2).then_some(()))
     })
     .await
-    .with_context(|| rig.op.log_text())?;
+    .with_context(|| rig.ctl.op.log_text())?;
     let slot1_pod = |k: &Kubelet| k.agents().values().find(|r| r.slot.as_deref() == Some("1")).map(|r| r.uid.clone());
     let first_pod = slot1_pod(&rig.kubelet).context("slot 1's pod")?;
     let jobs: Api<KernelJob> = rig.ns.api();
@@ -298,7 +284,7 @@ async fn a_drifting_slot_is_quarantined_recertified_and_its_results_marked() -> 
             break;
         }
     }
-    let q = quarantined.with_context(|| format!("no quarantine after {ran:?}\n{}", rig.op.log_text()))?;
+    let q = quarantined.with_context(|| format!("no quarantine after {ran:?}\n{}", rig.ctl.op.log_text()))?;
     ensure!(q.slot == "1", "the drifting slot: {q:?}");
     let on_slot1: Vec<&String> = ran.iter().filter(|(_, s)| s == "1").map(|(n, _)| n).collect();
     // Its jobs 0..2 were clean (3 good canaries: min history 2, then one more judged good),
@@ -326,7 +312,7 @@ async fn a_drifting_slot_is_quarantined_recertified_and_its_results_marked() -> 
         Ok(c.slots.iter().find(|s| s.slot == "1" && s.state == states::CERTIFIED).cloned())
     })
     .await
-    .with_context(|| rig.op.log_text())?;
+    .with_context(|| rig.ctl.op.log_text())?;
     ensure!(back.epoch.is_some() && back.quarantine.is_none() && back.canary.is_none(), "{back:?}");
     ensure!(slot1_pod(&rig.kubelet).is_some_and(|uid| uid != first_pod), "slot 1 certified again in a new pod");
     rig.kubelet.stop().await;

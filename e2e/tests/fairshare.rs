@@ -10,11 +10,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use benchkite::api::kerneljob::Phase;
 use benchkite::api::{AgentPool, KernelJob};
+use benchkite_e2e::jobrig::{self, JobRig, RigOptions};
 use benchkite_e2e::nodes::TestNode;
-use benchkite_e2e::operator::{Operator, install_crds, wait_ready};
+use benchkite_e2e::operator::install_crds;
 use benchkite_e2e::{TestNamespace, client, wait_until};
-use buildkite_sim::Simulator;
-use buildkite_sim::config::{WebhookAuth, WebhookConfig};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, ResourceExt};
@@ -36,10 +35,6 @@ fn a_jobs() -> Result<usize> {
     }
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 fn job(name: &str, submitter: &str) -> Result<KernelJob> {
     Ok(serde_json::from_value(json!({
         "apiVersion": "benchkite.dev/v1alpha1", "kind": "KernelJob",
@@ -59,40 +54,16 @@ async fn a_late_small_submitter_starts_within_two_windows() -> Result<()> {
     let queue = format!("q-{id}");
     // Webhooks tell the controller when a build finishes: under Buildkite's 50 requests a
     // minute, polling 10 running builds would make each window last as long as the budget.
-    let http = format!("127.0.0.1:{}", free_port()?);
-    let mut cfg = benchkite_e2e::sim::queue_config(&queue, AGENTS)?;
-    cfg.webhooks.push(WebhookConfig {
-        url: format!("http://{http}/webhooks/buildkite"),
-        token: WEBHOOK_SECRET.into(),
-        auth: WebhookAuth::Signature,
-        ..Default::default()
-    });
-    let sim = Simulator::start(cfg).await?;
-    let mut args = benchkite_e2e::sim::kerneljob_args(&sim, &id);
-    args[1] = "fleet,kerneljob".into();
-    args.extend(["--http-addr".into(), http.clone(), "--poll-interval-seconds".into(), "30".into()]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let token = sim.api_token();
     let started = std::time::Instant::now();
-    let op = Operator::start_with_env(
-        &format!("fairshare-{id}"),
-        &args,
-        &[("BUILDKITE_API_TOKEN", token.as_str()), ("BUILDKITE_WEBHOOK_SECRET", WEBHOOK_SECRET)],
-    )?;
-    wait_ready(&http).await.with_context(|| op.log_text())?;
-    benchkite_e2e::nodes::create_agent_token(&ns).await?;
-
+    let opts = RigOptions {
+        webhook_secret: Some(WEBHOOK_SECRET),
+        args: vec!["--poll-interval-seconds".into(), "30".into()],
+        ..Default::default()
+    };
+    let rig = JobRig::start(&ns, "fairshare", benchkite_e2e::sim::queue_config(&queue, AGENTS)?, opts).await?;
+    let op = &rig.op;
     let pools: Api<AgentPool> = ns.api();
-    let pool: AgentPool = serde_json::from_value(json!({
-        "apiVersion": "benchkite.dev/v1alpha1", "kind": "AgentPool",
-        "metadata": {"name": "p"},
-        "spec": {
-            "queue": queue,
-            "gpuNodeSelector": {"matchLabels": {"benchkite.dev/e2e": id}},
-            "agent": {"image": "example.invalid/agent:e2e", "tokenSecretRef": {"name": "agent-token", "key": "token"}},
-            "queueing": {"expectedJobSeconds": 4},
-        },
-    }))?;
+    let pool = jobrig::pool("p", &queue, &id, json!({"queueing": {"expectedJobSeconds": 4}}), json!({}))?;
     pools.create(&PostParams::default(), &pool).await?;
     wait_until("pool p has its 10 agents Ready", Duration::from_secs(90), || async {
         let p = pools.get("p").await?;
@@ -166,6 +137,6 @@ async fn a_late_small_submitter_starts_within_two_windows() -> Result<()> {
     );
     ensure!(positions.len() >= 3, "{last_a} showed too few positions: {positions:?}");
     ensure!(positions.windows(2).all(|w| w[1] < w[0]), "{last_a}'s positions do not decrease: {positions:?}");
-    drop(op);
+    drop(rig);
     ns.delete().await
 }

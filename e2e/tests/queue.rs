@@ -12,18 +12,14 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use benchkite::api::kerneljob::Phase;
 use benchkite::api::{AgentPool, KernelJob};
+use benchkite_e2e::jobrig::{JobRig, RigOptions};
 use benchkite_e2e::nodes::TestNode;
-use benchkite_e2e::operator::{Operator, install_crds, wait_ready};
+use benchkite_e2e::operator::install_crds;
 use benchkite_e2e::{TestNamespace, client, wait_until};
-use buildkite_sim::Simulator;
 use k8s_openapi::api::core::v1::Event as CoreEvent;
 use kube::Api;
 use kube::api::PostParams;
 use serde_json::{Value, json};
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
 
 fn pool(name: &str, queue: &str, selects: &str, paused: bool) -> Result<AgentPool> {
     Ok(serde_json::from_value(json!({
@@ -66,18 +62,11 @@ async fn unservable_jobs_fail_fast_and_the_pool_shows_its_queue() -> Result<()> 
     // One H100 node (sm_90, 4 GPUs) for pool `p`.
     let _node = TestNode::create(&client, &format!("{id}-gpu"), &id, "64", "256Gi", 4).await?;
     let queue = format!("q-{id}");
-    let sim = Simulator::start(benchkite_e2e::sim::queue_config(&queue, 0)?).await?;
-    let http = format!("127.0.0.1:{}", free_port()?);
-    let metrics_addr = format!("127.0.0.1:{}", free_port()?);
-    let mut args = benchkite_e2e::sim::kerneljob_args(&sim, &id);
-    args[1] = "fleet,kerneljob".into();
-    args.extend(["--http-addr".into(), http.clone(), "--metrics-addr".into(), metrics_addr.clone()]);
-    args.extend(["--poll-interval-seconds".into(), "2".into()]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let token = sim.api_token();
-    let op = Operator::start_with_env(&format!("failfast-{id}"), &args, &[("BUILDKITE_API_TOKEN", token.as_str())])?;
-    wait_ready(&http).await.with_context(|| op.log_text())?;
-    benchkite_e2e::nodes::create_agent_token(&ns).await?;
+    let opts =
+        RigOptions { metrics: true, args: vec!["--poll-interval-seconds".into(), "2".into()], ..Default::default() };
+    let rig = JobRig::start(&ns, "failfast", benchkite_e2e::sim::queue_config(&queue, 0)?, opts).await?;
+    let op = &rig.op;
+    let metrics_addr = rig.metrics_addr.clone().context("metrics address")?;
 
     let pools: Api<AgentPool> = ns.api();
     pools.create(&PostParams::default(), &pool("p", &queue, &id, false)?).await?;
@@ -191,6 +180,6 @@ async fn unservable_jobs_fail_fast_and_the_pool_shows_its_queue() -> Result<()> 
             && l.ends_with(" 2")),
         "alice's 2 waiting jobs in the metrics"
     );
-    drop(op);
+    drop(rig);
     ns.delete().await
 }

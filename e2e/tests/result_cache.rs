@@ -13,11 +13,10 @@ use anyhow::{Context, Result, ensure};
 use benchkite::api::kerneljob::{KernelJobStatus, Phase};
 use benchkite::api::{AgentPool, KernelJob};
 use benchkite_e2e::chaos::CREATE;
+use benchkite_e2e::jobrig::{self, JobRig, RigOptions};
 use benchkite_e2e::nodes::TestNode;
-use benchkite_e2e::operator::{Operator, install_crds, wait_ready};
+use benchkite_e2e::operator::install_crds;
 use benchkite_e2e::{TestNamespace, client, wait_until};
-use buildkite_sim::Simulator;
-use buildkite_sim::config::{WebhookAuth, WebhookConfig};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, ResourceExt};
@@ -28,10 +27,6 @@ const WEBHOOK_SECRET: &str = "e2e-cache-webhook-secret-8a41";
 const PASS: &str = "import os\nos.write(int(os.environ['POPCORN_FD']), b'check: pass\\n')\n";
 const OTHER: &str = "import os\n# another kernel\nos.write(int(os.environ['POPCORN_FD']), b'check: pass\\n')\n";
 const ENTRY_LABEL: &str = "benchkite.dev/result-cache";
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
 
 fn job(name: &str, source: &str, extra: Value) -> Result<KernelJob> {
     let mut spec = json!({"pool": "p", "mode": "test", "lang": "py", "main": "eval.py", "sources": {"eval.py": source},
@@ -74,38 +69,15 @@ async fn identical_submissions_are_served_from_the_cache_without_a_build() -> Re
     let id = ns.name().to_string();
     let _node = TestNode::create(&client, &format!("{id}-gpu"), &id, "32", "128Gi", AGENTS).await?;
     let queue = format!("q-{id}");
-    let http = format!("127.0.0.1:{}", free_port()?);
-    let mut cfg = benchkite_e2e::sim::queue_config(&queue, AGENTS)?;
-    cfg.webhooks.push(WebhookConfig {
-        url: format!("http://{http}/webhooks/buildkite"),
-        token: WEBHOOK_SECRET.into(),
-        auth: WebhookAuth::Signature,
+    let opts = RigOptions {
+        webhook_secret: Some(WEBHOOK_SECRET),
+        args: vec!["--poll-interval-seconds".into(), "30".into()],
         ..Default::default()
-    });
-    let sim = Simulator::start(cfg).await?;
-    let mut args = benchkite_e2e::sim::kerneljob_args(&sim, &id);
-    args[1] = "fleet,kerneljob".into();
-    args.extend(["--http-addr".into(), http.clone(), "--poll-interval-seconds".into(), "30".into()]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let token = sim.api_token();
-    let op = Operator::start_with_env(
-        &format!("cache-{id}"),
-        &args,
-        &[("BUILDKITE_API_TOKEN", token.as_str()), ("BUILDKITE_WEBHOOK_SECRET", WEBHOOK_SECRET)],
-    )?;
-    wait_ready(&http).await.with_context(|| op.log_text())?;
-    benchkite_e2e::nodes::create_agent_token(&ns).await?;
+    };
+    let rig = JobRig::start(&ns, "cache", benchkite_e2e::sim::queue_config(&queue, AGENTS)?, opts).await?;
+    let (sim, op) = (&rig.sim, &rig.op);
     let pools: Api<AgentPool> = ns.api();
-    let pool: AgentPool = serde_json::from_value(json!({
-        "apiVersion": "benchkite.dev/v1alpha1", "kind": "AgentPool",
-        "metadata": {"name": "p"},
-        "spec": {
-            "queue": queue,
-            "gpuNodeSelector": {"matchLabels": {"benchkite.dev/e2e": id}},
-            "agent": {"image": "example.invalid/agent:e2e", "tokenSecretRef": {"name": "agent-token", "key": "token"}},
-            "resultCache": {"maxEntries": 2},
-        },
-    }))?;
+    let pool = jobrig::pool("p", &queue, &id, json!({"resultCache": {"maxEntries": 2}}), json!({}))?;
     pools.create(&PostParams::default(), &pool).await?;
     wait_until("pool p has its agents Ready", Duration::from_secs(90), || async {
         let p = pools.get("p").await?;
@@ -124,7 +96,7 @@ async fn identical_submissions_are_served_from_the_cache_without_a_build() -> Re
     let (orig, secs) = run(&jobs, job("orig", PASS, json!({}))?).await?;
     ensure!(orig.phase == Phase::Succeeded && orig.passed == Some(true), "orig: {orig:?}\n{}", op.log_text());
     ensure!(orig.cached_from.is_none(), "the original was served from an empty cache");
-    let builds = creates(&sim);
+    let builds = creates(sim);
     ensure!(builds == 1, "{builds} builds for the original");
     table.push(("orig".into(), "ran".into(), secs, builds));
     let entry = wait_until("the original's cache entry", Duration::from_secs(30), || async {
@@ -139,7 +111,7 @@ async fn identical_submissions_are_served_from_the_cache_without_a_build() -> Re
     ensure!(from.job == format!("{id}/orig") && from.entry == entry, "cachedFrom {from:?}");
     ensure!(hit.phase == Phase::Succeeded && hit.passed == Some(true) && hit.attempts.is_empty(), "again: {hit:?}");
     ensure!(hit.result == orig.result && hit.summary == orig.summary, "the hit carries another result");
-    ensure!(creates(&sim) == 1, "a build was created for a cache hit");
+    ensure!(creates(sim) == 1, "a build was created for a cache hit");
     // The original's result.json (kept when it was read from the artifact), copied.
     match orig.output_ref.as_deref() {
         Some(orig_out) => {
@@ -150,7 +122,7 @@ async fn identical_submissions_are_served_from_the_cache_without_a_build() -> Re
         }
         None => ensure!(hit.output_ref.is_none(), "a result ConfigMap the original did not have"),
     }
-    table.push(("again (identical)".into(), "cache hit".into(), secs, creates(&sim)));
+    table.push(("again (identical)".into(), "cache hit".into(), secs, creates(sim)));
 
     // 3. The original is deleted (with its result ConfigMap, garbage-collected): still served.
     jobs.delete("orig", &DeleteParams::background()).await?;
@@ -167,21 +139,21 @@ async fn identical_submissions_are_served_from_the_cache_without_a_build() -> Re
     let (after, secs) = run(&jobs, job("after-delete", PASS, json!({}))?).await?;
     ensure!(after.cached_from.as_ref().is_some_and(|f| f.job == format!("{id}/orig")), "after-delete: {after:?}");
     ensure!(after.result == orig.result, "after-delete carries another result");
-    ensure!(creates(&sim) == 1, "a build was created after the original was deleted");
-    table.push(("after-delete (original gone)".into(), "cache hit".into(), secs, creates(&sim)));
+    ensure!(creates(sim) == 1, "a build was created after the original was deleted");
+    table.push(("after-delete (original gone)".into(), "cache hit".into(), secs, creates(sim)));
 
     // 4. A leaderboard run of the same kernel is never served from the cache.
     let (lb, secs) =
         run(&jobs, job("ranked", PASS, json!({"mode": "leaderboard", "benchmarks": ["size: 8; seed: 1"]}))?).await?;
     ensure!(lb.cached_from.is_none(), "a leaderboard run was served from the cache");
-    ensure!(creates(&sim) == 2, "the leaderboard run made no build");
-    table.push(("ranked (leaderboard)".into(), "ran".into(), secs, creates(&sim)));
+    ensure!(creates(sim) == 2, "the leaderboard run made no build");
+    table.push(("ranked (leaderboard)".into(), "ran".into(), secs, creates(sim)));
 
     // 5. Bypass runs, and its result replaces the entry.
     let (bypass, secs) = run(&jobs, job("bypass", PASS, json!({"resultCache": "Bypass"}))?).await?;
     ensure!(bypass.cached_from.is_none() && bypass.phase == Phase::Succeeded, "bypass: {bypass:?}");
-    ensure!(creates(&sim) == 3, "Bypass made no build");
-    table.push(("bypass".into(), "ran".into(), secs, creates(&sim)));
+    ensure!(creates(sim) == 3, "Bypass made no build");
+    table.push(("bypass".into(), "ran".into(), secs, creates(sim)));
     wait_until("the entry names the Bypass job", Duration::from_secs(30), || async {
         let cm = cms.get(&entry).await?;
         Ok(cm.annotations().get("benchkite.dev/cached-from").filter(|j| **j == format!("{id}/bypass")).map(|_| ()))
@@ -189,16 +161,16 @@ async fn identical_submissions_are_served_from_the_cache_without_a_build() -> Re
     .await?;
     let (next, secs) = run(&jobs, job("next", PASS, json!({}))?).await?;
     ensure!(next.cached_from.as_ref().is_some_and(|f| f.job == format!("{id}/bypass")), "next: {next:?}");
-    table.push(("next (identical)".into(), "cache hit".into(), secs, creates(&sim)));
+    table.push(("next (identical)".into(), "cache hit".into(), secs, creates(sim)));
 
     // 6. Other sources, then another seed: misses, each leaving an entry; the pool keeps 2.
     let (other, secs) = run(&jobs, job("other", OTHER, json!({}))?).await?;
     ensure!(other.cached_from.is_none(), "other sources were served from the cache");
-    table.push(("other (other sources)".into(), "ran".into(), secs, creates(&sim)));
+    table.push(("other (other sources)".into(), "ran".into(), secs, creates(sim)));
     let (seed, secs) = run(&jobs, job("seed", PASS, json!({"seed": 43}))?).await?;
     ensure!(seed.cached_from.is_none(), "another seed was served from the cache");
-    table.push(("seed (another seed)".into(), "ran".into(), secs, creates(&sim)));
-    ensure!(creates(&sim) == 5, "{} builds", creates(&sim));
+    table.push(("seed (another seed)".into(), "ran".into(), secs, creates(sim)));
+    ensure!(creates(sim) == 5, "{} builds", creates(sim));
     let kept = wait_until("at most 2 entries", Duration::from_secs(30), || async {
         let e = entries(&cms).await?;
         Ok((e.len() == 2).then_some(e))
@@ -217,6 +189,6 @@ async fn identical_submissions_are_served_from_the_cache_without_a_build() -> Re
         Ok(entries(&cms).await?.is_empty().then_some(()))
     })
     .await?;
-    drop(op);
+    drop(rig);
     ns.delete().await
 }
