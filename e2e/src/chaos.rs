@@ -262,7 +262,7 @@ pub fn webhook_url(port: u16) -> String {
 }
 
 pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    crate::free_port()
 }
 
 /// Whether the controller binary has a flag (new flags land while this suite exists).

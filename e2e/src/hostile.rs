@@ -138,7 +138,7 @@ impl HostileRig {
             env.extend(settings.into_iter().map(|(k, v)| (k.to_string(), v)));
         }
         let sim = Simulator::start(cfg).await?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = crate::free_port()?;
         let http = format!("127.0.0.1:{port}");
         let mut args = crate::sim::kerneljob_args(&sim, ns.name());
         args.extend(["--http-addr".to_string(), http.clone(), "--poll-interval-seconds".into(), "2".into()]);

@@ -13,7 +13,7 @@ use crate::operator::{Operator, wait_ready};
 
 /// A free loopback port.
 pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    crate::free_port()
 }
 
 /// How to start the controller.

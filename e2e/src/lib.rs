@@ -35,6 +35,28 @@ pub const TEST_NAMESPACE_LABEL: &str = "e2e.benchkite.dev/test-namespace";
 /// Default wait for things the cluster should do promptly (scheduling, kwok
 /// moving a pod to Running, garbage collection). `BENCHKITE_E2E_WAIT_SECS`
 /// overrides it.
+/// A loopback port for a process the test starts, which binds it later. Ports come from
+/// below the kernel's ephemeral range (32768–60999 here): a port found by binding port 0 goes
+/// back to that range when released, and any outgoing connection may take it as its local
+/// port before the process binds it (seen in CI: a controller's `--http-addr` "Address
+/// already in use"). Each test process walks its own slice of 20000–32699 and hands out a
+/// port only after binding and releasing it.
+pub fn free_port() -> Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_700;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(997) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(LOW + (start + n) % SPAN)?;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free loopback port in {LOW}-{}", LOW + SPAN - 1)
+}
+
 pub fn default_timeout() -> Duration {
     let secs = std::env::var("BENCHKITE_E2E_WAIT_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
     Duration::from_secs(secs)

@@ -285,7 +285,7 @@ async fn api_server_refuses_bad_manifests_with_a_clear_message() -> Result<()> {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    benchkite_e2e::free_port()
 }
 
 /// The process is alive (not exited, not a zombie) and answers /healthz.

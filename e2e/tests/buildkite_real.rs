@@ -109,7 +109,7 @@ fn benchkite_dir() -> Result<String> {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    benchkite_e2e::free_port()
 }
 
 /// A namespace and a simulator, before the controller starts.

@@ -25,7 +25,7 @@ use serde_json::json;
 static ONE_CONTROLLER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    benchkite_e2e::free_port()
 }
 
 /// A fleet controller with known addresses; `name` names its log.

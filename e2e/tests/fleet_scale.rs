@@ -38,7 +38,7 @@ fn env_usize(name: &str, default: usize) -> usize {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    benchkite_e2e::free_port()
 }
 
 struct Scale {

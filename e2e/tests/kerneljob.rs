@@ -29,7 +29,7 @@ struct Rig {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    benchkite_e2e::free_port()
 }
 
 /// A simulator (agents on one queue running `benchkite run`; two pipelines a user made for

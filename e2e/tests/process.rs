@@ -25,7 +25,7 @@ const CREATE: &str = "POST /v2/organizations/{org}/pipelines/{pipeline}/builds";
 const LEASE_SECONDS: u64 = 5;
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    benchkite_e2e::free_port()
 }
 
 struct Rig {

@@ -20,7 +20,7 @@ const PASSED: i32 = 0;
 const KERNEL_FAILED: i32 = 1;
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    benchkite_e2e::free_port()
 }
 
 fn task_dir() -> PathBuf {
