@@ -32,11 +32,13 @@ help:
 	@echo "make demo       Buildkite simulator + operator, one KernelJob end to end, on the cluster KUBECONFIG points at, else its own (target/demo)"
 	@echo "make demo-down  stop the demo and remove target/demo"
 	@echo "make lint       rustfmt check and clippy with warnings as errors"
+	@echo "make dashboards regenerate the chart's Grafana dashboards from e2e/monitoring/dashboards.yaml"
+	@echo "make monitoring-check  dashboards validated and not drifted, promtool check and test of the alert rules"
 	@echo "make fuzz-quick every fuzz target for 10 s (cargo-fuzz; make fuzz: 600 s each, FUZZ_SECONDS=N)"
 	@echo "make crds       regenerate crds/ from the Rust types (CI fails when they drift)"
 	@echo "make manifests  regenerate manifests/install.yaml and the chart's CRDs (CI fails when they drift)"
 
-test: build crds-check manifests-check unit-test e2e-test
+test: build crds-check manifests-check monitoring-check unit-test e2e-test
 
 # The e2e tests run these binaries: the operator (also the job-side runner) and the simulator.
 build:
@@ -62,13 +64,35 @@ manifests-check:
 unit-test:
 	cargo test --workspace --exclude benchkite-e2e
 
+# The dashboards (charts/benchkite/files/dashboards/*.json) are generated from
+# e2e/monitoring/dashboards.yaml and validated against the Grafana Foundation SDK's dashboard
+# model (e2e/monitoring/dashboards, a Go tool); the alert rules (charts/benchkite/files/
+# alerts.yaml) are checked and unit-tested by promtool (e2e/monitoring/alerts_test.yaml).
+# prometheus and promtool are built from Go modules and cached like the cluster binaries.
+DASHBOARDS_GO := cd e2e/monitoring/dashboards && GOTOOLCHAIN=local GOFLAGS=-mod=readonly go
+PROMETHEUS_DIR = $$(e2e/cluster/build-binaries --prometheus)
+.PHONY: dashboards monitoring-check
+dashboards:
+	$(DASHBOARDS_GO) run . generate -spec ../dashboards.yaml -out ../../../charts/benchkite/files/dashboards
+
+monitoring-check:
+	$(DASHBOARDS_GO) test ./...
+	$(DASHBOARDS_GO) run . generate -spec ../dashboards.yaml -out ../../../charts/benchkite/files/dashboards -check
+	$(DASHBOARDS_GO) run . validate ../../../charts/benchkite/files/dashboards/*.json
+	@prom=$(PROMETHEUS_DIR); \
+	echo "$$prom/promtool check rules --lint=all --lint-fatal charts/benchkite/files/alerts.yaml"; \
+	"$$prom/promtool" check rules --lint=all --lint-fatal charts/benchkite/files/alerts.yaml; \
+	echo "$$prom/promtool test rules e2e/monitoring/alerts_test.yaml"; \
+	"$$prom/promtool" test rules e2e/monitoring/alerts_test.yaml
+
 # The cluster is started when none answers (e2e/cluster/ensure) and left running. The
 # Buildkite simulator needs no start: the tests run it in their own process.
 e2e-test:
 	@$(E2E_ENSURE)
 	@echo "cargo test -p benchkite-e2e $(E2E_TEST_ARGS) -- --test-threads=$(E2E_TEST_THREADS)"
 	@status=0; \
-	$(E2E_ENV) BENCHKITE_BIN=$${BENCHKITE_BIN:-$(BENCHKITE_DEBUG)} \
+	prom=$(PROMETHEUS_DIR); \
+	$(E2E_ENV) BENCHKITE_BIN=$${BENCHKITE_BIN:-$(BENCHKITE_DEBUG)} BENCHKITE_PROMETHEUS_DIR=$$prom \
 	  cargo test -p benchkite-e2e $(E2E_TEST_ARGS) -- --test-threads=$(E2E_TEST_THREADS) || status=$$?; \
 	$(E2E_LEFT_RUNNING); \
 	exit $$status

@@ -23,8 +23,8 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::api::kerneljob::Phase;
-use crate::api::{AgentPool, KernelJob};
+use crate::api::kerneljob::{KernelJobStatus, Phase};
+use crate::api::{AgentPool, GpuNode, KernelJob};
 use crate::buildkite::Priority;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -82,6 +82,8 @@ pub struct Metrics {
     completion_latency: Histogram,
     webhook_deliveries: Family<ResultLabels, Counter>,
     result_cache: Family<ResultLabels, Counter>,
+    outcomes: Family<OutcomeLabels, Counter>,
+    retries: Counter,
     leader: Gauge,
     state: Arc<StateCollector>,
 }
@@ -92,9 +94,46 @@ pub fn global() -> &'static Metrics {
     &METRICS
 }
 
+/// Every result a webhook delivery is counted under (all present from the start, at 0, so
+/// dashboards and alerts see a series before the first delivery).
+pub const WEBHOOK_RESULTS: [&str; 6] = ["accepted", "duplicate", "ignored", "refused", "malformed", "standby"];
+/// Every result cache operation (see [`Metrics::result_cache`]).
+pub const RESULT_CACHE_OPERATIONS: [&str; 5] = ["hit", "miss", "stale", "stored", "evicted"];
+/// The verdict of a finished KernelJob: `status.passed` (`none`: no verdict).
+pub const VERDICTS: [&str; 3] = ["passed", "failed", "none"];
+/// The controllers that reconcile (the `controller` label).
+pub const CONTROLLERS: [&str; 4] = ["gpunode", "discovery", "agentpool", "kerneljob"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub phase: &'static str,
+    pub verdict: &'static str,
+}
+
+/// What one KernelJob status write finished and retried: the finished phase and verdict when
+/// it moves a job into a final phase, and the attempts it adds after the first.
+pub fn status_transition(before: Option<&KernelJobStatus>, after: &KernelJobStatus) -> (Option<OutcomeLabels>, u64) {
+    let was_finished = before.is_some_and(|b| b.phase.is_finished());
+    let outcome = (after.phase.is_finished() && !was_finished).then(|| OutcomeLabels {
+        phase: after.phase.as_str(),
+        verdict: match after.passed {
+            Some(true) => "passed",
+            Some(false) => "failed",
+            None => "none",
+        },
+    });
+    let had = before.map_or(0, |b| b.attempt_count).max(1);
+    let retries = u64::try_from(after.attempt_count.saturating_sub(had)).unwrap_or(0);
+    (outcome, retries)
+}
+
 impl Metrics {
     fn new() -> Self {
-        let mut registry = Registry::with_prefix("benchkite");
+        let mut root = Registry::default();
+        // The process metrics of the Prometheus client libraries keep their standard names.
+        #[cfg(target_os = "linux")]
+        root.register_collector(Box::new(ProcessCollector));
+        let registry = root.sub_registry_with_prefix("benchkite");
         let reconciles = Family::<ControllerLabels, Counter>::default();
         registry.register("reconciles", "Reconciles run, by controller", reconciles.clone());
         let reconcile_errors = Family::<ControllerLabels, Counter>::default();
@@ -183,12 +222,46 @@ impl Metrics {
             "Result cache: lookups (hit, miss, stale: an entry that no longer serves), entries stored and evicted",
             result_cache.clone(),
         );
+        let outcomes = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "kerneljob_outcomes",
+            "KernelJobs finished by this process, by final phase and verdict (passed, failed, none: no verdict)",
+            outcomes.clone(),
+        );
+        let retries = Counter::default();
+        registry.register(
+            "kerneljob_retries",
+            "Attempts started after a KernelJob's first (spec.retries after an infrastructure failure)",
+            retries.clone(),
+        );
         let leader = Gauge::default();
         registry.register("leader", "1 while this process leads (runs the controllers), else 0", leader.clone());
         let state = Arc::new(StateCollector::default());
         registry.register_collector(Box::new(state.clone()));
+        // Every label value known in advance is present from the first scrape: a rate over a
+        // series that appears with its first event misses that event, and a panel or an alert
+        // on it shows nothing until then.
+        for result in WEBHOOK_RESULTS {
+            let _ = webhook_deliveries.get_or_create(&ResultLabels { result });
+        }
+        for result in RESULT_CACHE_OPERATIONS {
+            let _ = result_cache.get_or_create(&ResultLabels { result });
+        }
+        for phase in Phase::ALL.into_iter().filter(|p| p.is_finished()) {
+            for verdict in VERDICTS {
+                let _ = outcomes.get_or_create(&OutcomeLabels { phase: phase.as_str(), verdict });
+            }
+        }
+        for priority in [Priority::Submit, Priority::Cancel, Priority::Refresh] {
+            let _ = buildkite_budget_wait.get_or_create(&PriorityLabels { priority: priority.as_str() });
+        }
+        for controller in CONTROLLERS {
+            let labels = ControllerLabels { controller };
+            let _ = reconciles.get_or_create(&labels);
+            let _ = reconcile_errors.get_or_create(&labels);
+        }
         Metrics {
-            registry,
+            registry: root,
             reconciles,
             reconcile_errors,
             reconcile_duration,
@@ -205,6 +278,8 @@ impl Metrics {
             completion_latency,
             webhook_deliveries,
             result_cache,
+            outcomes,
+            retries,
             leader,
             state,
         }
@@ -220,8 +295,9 @@ impl Metrics {
     pub fn reconciled(&self, controller: &'static str, took: Duration, failed: bool) {
         let labels = ControllerLabels { controller };
         self.reconciles.get_or_create(&labels).inc();
+        let errors = self.reconcile_errors.get_or_create(&labels);
         if failed {
-            self.reconcile_errors.get_or_create(&labels).inc();
+            errors.inc();
         }
         self.reconcile_duration.get_or_create(&labels).observe(took.as_secs_f64());
     }
@@ -235,6 +311,18 @@ impl Metrics {
 
     pub fn orphan_cancelled(&self) {
         self.orphans_cancelled.inc();
+    }
+
+    /// A KernelJob status this process wrote: counts the jobs it finished and the attempts
+    /// it started after a job's first.
+    pub fn job_status_written(&self, before: Option<&KernelJobStatus>, after: &KernelJobStatus) {
+        let (outcome, retries) = status_transition(before, after);
+        if let Some(labels) = outcome {
+            self.outcomes.get_or_create(&labels).inc();
+        }
+        if retries > 0 {
+            self.retries.inc_by(retries);
+        }
     }
 
     pub fn job_completed(&self, since_build_finished: Duration) {
@@ -323,6 +411,7 @@ struct PointsLabels {
 #[derive(Clone, Default)]
 pub struct StateSources {
     pub jobs: Option<Store<KernelJob>>,
+    pub gpunodes: Option<Store<GpuNode>>,
     pub pools: Option<Store<AgentPool>>,
     pub buildkite: Option<crate::buildkite::Client>,
 }
@@ -386,8 +475,72 @@ impl Collector for StateCollector {
                 counts.into_iter().map(|(phase, n)| (PhaseLabels { phase }, n)),
             )?;
         }
+        let gpunodes: Vec<Arc<GpuNode>> = sources.gpunodes.as_ref().map(|g| g.state()).unwrap_or_default();
+        if sources.gpunodes.is_some() {
+            gauge_family(
+                &mut encoder,
+                "gpunode_gpus",
+                "GPUs of a GpuNode, by node, product and architecture",
+                gpunodes.iter().map(|g| {
+                    let s = g.status.clone().unwrap_or_default();
+                    let labels = GpuLabels {
+                        node: g.name_any(),
+                        product: s.product.unwrap_or_default(),
+                        architecture: s.architecture.unwrap_or_default(),
+                    };
+                    (labels, s.gpu_count)
+                }),
+            )?;
+            gauge_family(
+                &mut encoder,
+                "gpunode_ready",
+                "1 when a GpuNode's Ready condition is True (its Node can run agents), else 0",
+                gpunodes.iter().map(|g| {
+                    let ready = g.status.as_ref().and_then(|s| crate::api::condition::find(&s.conditions, "Ready"));
+                    (NodeLabels { node: g.name_any() }, i64::from(ready.is_some_and(|c| c.status == "True")))
+                }),
+            )?;
+            gauge_family(
+                &mut encoder,
+                "certification_slots",
+                "Certified slots (one GPU or group of GPUs per pool) of a GpuNode by pool and state (Certified, Failed, Quarantined, Error, Expired)",
+                certification_slots(gpunodes.iter().map(|g| g.as_ref())),
+            )?;
+        }
         if let Some(pools) = &sources.pools {
             let state = pools.state();
+            if sources.gpunodes.is_some() {
+                let (by_state, by_node) =
+                    pool_slots(state.iter().map(|p| p.as_ref()), gpunodes.iter().map(|g| g.as_ref()));
+                gauge_family(
+                    &mut encoder,
+                    "agentpool_slots",
+                    "Agent slots of a pool (one per gpusPerAgent GPUs of its selected nodes) by state: Serving (agent Ready), Starting (agent not Ready yet), or why the node serves none (every state present, 0 included)",
+                    by_state,
+                )?;
+                gauge_family(
+                    &mut encoder,
+                    "agentpool_node_slots",
+                    "Agent slots of a pool on one selected node, labelled with the pool's state of the node",
+                    by_node,
+                )?;
+            }
+            gauge_family(
+                &mut encoder,
+                "agentpool_condition",
+                "1 when a condition of an AgentPool (Ready, Progressing, Degraded, Conflict, ...) is True, else 0",
+                state.iter().flat_map(|p| {
+                    let (namespace, pool) = (p.namespace().unwrap_or_default(), p.name_any());
+                    p.status.iter().flat_map(|s| s.conditions.iter()).map(move |c| {
+                        let labels = ConditionLabels {
+                            namespace: namespace.clone(),
+                            pool: pool.clone(),
+                            condition: c.type_.clone(),
+                        };
+                        (labels, i64::from(c.status == "True"))
+                    })
+                }),
+            )?;
             let series = |f: fn(&crate::api::agentpool::AgentPoolStatus) -> i64| {
                 state
                     .iter()
@@ -505,6 +658,188 @@ struct SubmitterLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GpuLabels {
+    node: String,
+    product: String,
+    architecture: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabels {
+    node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct SlotStateLabels {
+    pub namespace: String,
+    pub pool: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct NodeSlotLabels {
+    pub namespace: String,
+    pub pool: String,
+    pub node: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct CertSlotLabels {
+    pub node: String,
+    pub pool: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConditionLabels {
+    namespace: String,
+    pool: String,
+    condition: String,
+}
+
+/// The states `benchkite_agentpool_slots` always carries (0 included): a slot serves (its
+/// agent is Ready), starts, or its node serves none of the pool's agents for the reason the
+/// pool's `status.nodes[].state` gives. Other node states (a GpuNode problem such as
+/// `ShareTooSmall`) appear when they occur.
+pub const SLOT_STATES: [&str; 11] = [
+    "Serving",
+    "Starting",
+    "Paused",
+    "Conflict",
+    "NodeNotFound",
+    "Maintenance",
+    "NotReady",
+    "NotReadyTolerated",
+    "Cordoned",
+    "NotExclusive",
+    "ShareUnknown",
+];
+
+/// `benchkite_agentpool_slots` and `benchkite_agentpool_node_slots`.
+pub type PoolSlots = (Vec<(SlotStateLabels, i64)>, Vec<(NodeSlotLabels, i64)>);
+
+/// Slots of each pool by state, and per selected node. A node's slots are its GPUs over the
+/// pool's `gpusPerAgent`. On an Active node they split into Serving (Ready agents) and
+/// Starting; elsewhere they all carry the node's state (a node kept within its NotReady
+/// toleration serves with the agents it keeps).
+pub fn pool_slots<'a>(
+    pools: impl IntoIterator<Item = &'a AgentPool>,
+    gpunodes: impl IntoIterator<Item = &'a GpuNode>,
+) -> PoolSlots {
+    let gpus: BTreeMap<String, i64> =
+        gpunodes.into_iter().map(|g| (g.name_any(), g.status.as_ref().map_or(0, |s| s.gpu_count))).collect();
+    let mut by_state: BTreeMap<SlotStateLabels, i64> = BTreeMap::new();
+    let mut by_node = Vec::new();
+    for p in pools {
+        let (namespace, pool) = (p.namespace().unwrap_or_default(), p.name_any());
+        let label =
+            |state: &str| SlotStateLabels { namespace: namespace.clone(), pool: pool.clone(), state: state.into() };
+        for state in SLOT_STATES {
+            by_state.insert(label(state), 0);
+        }
+        let per_agent = i64::from(p.spec.gpus_per_agent.max(1));
+        for n in p.status.iter().flat_map(|s| s.nodes.iter()) {
+            let slots = gpus.get(&n.name).copied().unwrap_or(0) / per_agent;
+            by_node.push((
+                NodeSlotLabels {
+                    namespace: namespace.clone(),
+                    pool: pool.clone(),
+                    node: n.name.clone(),
+                    state: n.state.clone(),
+                },
+                slots,
+            ));
+            if n.state == "Active" {
+                let serving = n.ready.clamp(0, slots);
+                *by_state.entry(label("Serving")).or_default() += serving;
+                *by_state.entry(label("Starting")).or_default() += slots - serving;
+            } else {
+                *by_state.entry(label(&n.state)).or_default() += slots;
+            }
+        }
+    }
+    (by_state.into_iter().collect(), by_node)
+}
+
+/// The certification states every certifying pool's slots are counted under (0 included).
+pub const CERTIFICATION_STATES: [&str; 5] = ["Certified", "Failed", "Quarantined", "Error", "Expired"];
+
+/// Slots of GpuNodes' `status.certification` per node, pool and state; every state is present
+/// for each (node, pool) that has a certified slot record.
+pub fn certification_slots<'a>(gpunodes: impl IntoIterator<Item = &'a GpuNode>) -> Vec<(CertSlotLabels, i64)> {
+    let mut out: BTreeMap<CertSlotLabels, i64> = BTreeMap::new();
+    for g in gpunodes {
+        let node = g.name_any();
+        for slot in g.status.iter().flat_map(|s| s.certification.iter()).flat_map(|c| c.slots.iter()) {
+            let label =
+                |state: &str| CertSlotLabels { node: node.clone(), pool: slot.pool.clone(), state: state.into() };
+            for state in CERTIFICATION_STATES {
+                out.entry(label(state)).or_insert(0);
+            }
+            *out.entry(label(&slot.state)).or_default() += 1;
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// The standard process metrics of the Prometheus client libraries (`process_*`), read from
+/// `/proc/self` at scrape time. A field that cannot be read is left out.
+#[cfg(target_os = "linux")]
+#[derive(Debug)]
+struct ProcessCollector;
+
+#[cfg(target_os = "linux")]
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::metrics::MetricType;
+        use prometheus_client::metrics::counter::ConstCounter;
+        let Ok(me) = procfs::process::Process::myself() else { return Ok(()) };
+        let page = procfs::page_size();
+        let ticks = procfs::ticks_per_second() as f64;
+        if let Ok(stat) = me.stat() {
+            let cpu = (stat.utime + stat.stime) as f64 / ticks;
+            let m = encoder.encode_descriptor(
+                "process_cpu_seconds",
+                "Total user and system CPU time spent in seconds",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(cpu).encode(m)?;
+            let gauges: [(&str, &str, f64); 3] = [
+                ("process_resident_memory_bytes", "Resident memory size in bytes", (stat.rss * page) as f64),
+                ("process_virtual_memory_bytes", "Virtual memory size in bytes", stat.vsize as f64),
+                ("process_threads", "Number of OS threads in the process", stat.num_threads as f64),
+            ];
+            for (name, help, value) in gauges {
+                let m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+                ConstGauge::new(value).encode(m)?;
+            }
+            if let Ok(boot) = procfs::boot_time_secs() {
+                let start = boot as f64 + stat.starttime as f64 / ticks;
+                let m = encoder.encode_descriptor(
+                    "process_start_time_seconds",
+                    "Start time of the process since unix epoch in seconds",
+                    None,
+                    MetricType::Gauge,
+                )?;
+                ConstGauge::new(start).encode(m)?;
+            }
+        }
+        if let Ok(fds) = me.fd_count() {
+            let m = encoder.encode_descriptor(
+                "process_open_fds",
+                "Number of open file descriptors",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(fds as i64).encode(m)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ScopeLabels {
     scope: &'static str,
 }
@@ -564,5 +899,160 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
+    }
+
+    #[test]
+    fn known_label_values_and_process_metrics_are_there_before_any_event() {
+        let text = global().encode().unwrap_or_default();
+        let mut needles: Vec<String> = WEBHOOK_RESULTS
+            .iter()
+            .map(|r| format!("benchkite_webhook_deliveries_total{{result=\"{r}\"}}"))
+            .chain(
+                RESULT_CACHE_OPERATIONS
+                    .iter()
+                    .map(|r| format!("benchkite_result_cache_operations_total{{result=\"{r}\"}}")),
+            )
+            .chain(CONTROLLERS.iter().map(|c| format!("benchkite_reconcile_errors_total{{controller=\"{c}\"}}")))
+            .collect();
+        needles.push("benchkite_kerneljob_outcomes_total{phase=\"TimedOut\",verdict=\"none\"}".into());
+        needles.push("benchkite_kerneljob_retries_total ".into());
+        needles.push("benchkite_buildkite_budget_wait_seconds_count{priority=\"refresh\"}".into());
+        // Not prefixed: the names every Prometheus client library uses.
+        for p in [
+            "process_resident_memory_bytes ",
+            "process_cpu_seconds_total ",
+            "process_open_fds ",
+            "process_start_time_seconds ",
+        ] {
+            needles.push(p.into());
+        }
+        for needle in &needles {
+            assert!(text.contains(needle.as_str()), "missing {needle} in\n{text}");
+        }
+        assert!(!text.contains("benchkite_process_"), "process metrics must not carry the prefix");
+        assert_eq!(text.matches("# EOF").count(), 1);
+        let rss = text
+            .lines()
+            .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        assert!(rss > 1e6, "resident memory {rss} bytes");
+    }
+
+    fn status(phase: Phase, passed: Option<bool>, attempts: i32) -> KernelJobStatus {
+        KernelJobStatus { phase, passed, attempt_count: attempts, ..Default::default() }
+    }
+
+    #[test]
+    fn a_status_write_counts_the_finish_once_and_the_retries_it_starts() {
+        let running = status(Phase::Running, None, 1);
+        let passed = status(Phase::Succeeded, Some(true), 1);
+        let (o, r) = status_transition(Some(&running), &passed);
+        assert_eq!(o, Some(OutcomeLabels { phase: "Succeeded", verdict: "passed" }));
+        assert_eq!(r, 0);
+        // Written again (a later reconcile of a finished job): not counted twice.
+        assert_eq!(status_transition(Some(&passed), &passed), (None, 0));
+        let failed_kernel = status(Phase::Succeeded, Some(false), 1);
+        assert_eq!(status_transition(Some(&running), &failed_kernel).0.map(|o| o.verdict), Some("failed"));
+        let infra = status(Phase::Failed, None, 3);
+        assert_eq!(
+            status_transition(Some(&running), &infra),
+            (Some(OutcomeLabels { phase: "Failed", verdict: "none" }), 2)
+        );
+        // The first attempt is not a retry; the second is.
+        assert_eq!(
+            status_transition(Some(&status(Phase::Pending, None, 0)), &status(Phase::Submitted, None, 1)),
+            (None, 0)
+        );
+        assert_eq!(
+            status_transition(Some(&status(Phase::Running, None, 1)), &status(Phase::Submitted, None, 2)),
+            (None, 1)
+        );
+        assert_eq!(status_transition(None, &status(Phase::Submitted, None, 1)), (None, 0));
+        // A cache hit finishes a job that never had an attempt.
+        assert_eq!(
+            status_transition(Some(&status(Phase::Pending, None, 0)), &status(Phase::Succeeded, Some(true), 0)).0,
+            Some(OutcomeLabels { phase: "Succeeded", verdict: "passed" })
+        );
+    }
+
+    fn gpunode(name: &str, gpus: i64, cert: &[(&str, &str)]) -> GpuNode {
+        let mut g: GpuNode = serde_json::from_value(serde_json::json!({
+            "apiVersion": "benchkite.dev/v1alpha1", "kind": "GpuNode",
+            "metadata": {"name": name}, "spec": {}
+        }))
+        .unwrap_or_else(|e| panic!("gpunode fixture: {e}"));
+        let slots: Vec<_> = cert
+            .iter()
+            .enumerate()
+            .map(|(i, (pool, state))| serde_json::json!({"slot": i.to_string(), "pool": pool, "state": state}))
+            .collect();
+        let certification = (!cert.is_empty()).then(|| serde_json::json!({"slots": slots}));
+        g.status = Some(
+            serde_json::from_value(serde_json::json!({"gpuCount": gpus, "certification": certification}))
+                .unwrap_or_else(|e| panic!("gpunode status fixture: {e}")),
+        );
+        g
+    }
+
+    fn agentpool(name: &str, gpus_per_agent: i32, nodes: &[(&str, &str, i64)]) -> AgentPool {
+        let mut p: AgentPool = serde_json::from_value(serde_json::json!({
+            "apiVersion": "benchkite.dev/v1alpha1", "kind": "AgentPool",
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": {"queue": "q", "gpusPerAgent": gpus_per_agent, "gpuNodeSelector": {}, "agent": {"tokenSecretRef": {"name": "t", "key": "k"}}}
+        }))
+        .unwrap_or_else(|e| panic!("pool fixture: {e}"));
+        let nodes: Vec<_> = nodes
+            .iter()
+            .map(|(n, state, ready)| serde_json::json!({"name": n, "state": state, "ready": ready}))
+            .collect();
+        p.status =
+            Some(serde_json::from_value(serde_json::json!({"nodes": nodes})).unwrap_or_else(|e| panic!("status: {e}")));
+        p
+    }
+
+    #[test]
+    fn slots_split_into_serving_starting_and_the_reason_a_node_serves_none() {
+        let nodes = [gpunode("a", 8, &[]), gpunode("b", 8, &[]), gpunode("c", 4, &[]), gpunode("d", 8, &[])];
+        let pools = [
+            agentpool("one", 1, &[("a", "Active", 6), ("b", "Maintenance", 0), ("c", "ShareTooSmall", 0)]),
+            agentpool("two", 2, &[("d", "Active", 9), ("gone", "NodeNotFound", 0)]),
+        ];
+        let (by_state, by_node) = pool_slots(pools.iter(), nodes.iter());
+        let get = |pool: &str, state: &str| {
+            by_state.iter().find(|(l, _)| l.pool == pool && l.state == state).map(|(_, v)| *v)
+        };
+        assert_eq!(get("one", "Serving"), Some(6));
+        assert_eq!(get("one", "Starting"), Some(2));
+        assert_eq!(get("one", "Maintenance"), Some(8));
+        assert_eq!(get("one", "ShareTooSmall"), Some(4), "a state outside the list is reported as it occurs");
+        assert_eq!(get("one", "Cordoned"), Some(0), "every listed state is present");
+        // Two GPUs per agent: 4 slots, Ready agents capped at the slots.
+        assert_eq!(get("two", "Serving"), Some(4));
+        assert_eq!(get("two", "Starting"), Some(0));
+        assert_eq!(get("two", "NodeNotFound"), Some(0), "a node without a GpuNode has no GPUs to count");
+        for state in SLOT_STATES {
+            assert!(get("two", state).is_some(), "{state}");
+        }
+        assert_eq!(by_node.len(), 5);
+        assert!(by_node.iter().any(|(l, v)| l.node == "b" && l.state == "Maintenance" && *v == 8));
+    }
+
+    #[test]
+    fn certification_slots_count_every_state_per_node_and_pool() {
+        let nodes = [
+            gpunode("a", 8, &[("ns/one", "Certified"), ("ns/one", "Certified"), ("ns/one", "Quarantined")]),
+            gpunode("b", 8, &[("ns/one", "Failed")]),
+            gpunode("c", 8, &[]),
+        ];
+        let out = certification_slots(nodes.iter());
+        let get =
+            |node: &str, state: &str| out.iter().find(|(l, _)| l.node == node && l.state == state).map(|(_, v)| *v);
+        assert_eq!(get("a", "Certified"), Some(2));
+        assert_eq!(get("a", "Quarantined"), Some(1));
+        assert_eq!(get("a", "Failed"), Some(0));
+        assert_eq!(get("b", "Failed"), Some(1));
+        assert_eq!(get("c", "Certified"), None, "a node without certification has no series");
+        assert_eq!(out.len(), 2 * CERTIFICATION_STATES.len());
     }
 }

@@ -11,7 +11,9 @@ pub mod jobrig;
 pub mod kubelet;
 pub mod nodes;
 pub mod operator;
+pub mod promql;
 pub mod sim;
+pub mod synthetic;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

@@ -16,7 +16,8 @@ use benchkite_e2e::jobrig::{JobRig, RigOptions};
 use benchkite_e2e::kubelet::{Kubelet, KubeletOptions};
 use benchkite_e2e::nodes::TestNode;
 use benchkite_e2e::operator::install_crds;
-use benchkite_e2e::{TestNamespace, client, e2e_dir, repo_root, wait_until};
+use benchkite_e2e::synthetic::{config, suite};
+use benchkite_e2e::{TestNamespace, client, e2e_dir, wait_until};
 use buildkite_sim::gpu::GpuProfile;
 use k8s_openapi::api::core::v1::{ConfigMap, Event as CoreEvent};
 use kube::api::{ListParams, PostParams};
@@ -25,30 +26,6 @@ use serde_json::{Value, json};
 
 /// One fleet controller at a time: each manages every pool of the cluster.
 static ONE_FLEET: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-const KERNELS: &[(&str, f64)] = &[("k_fast", 1.0e-3), ("k_mid_b", 2.0e-3), ("k_mid_a", 2.1e-3), ("k_slow", 1.0e-2)];
-
-fn task(rel: &str) -> Result<String> {
-    let p = repo_root().join("tests/tasks/synthetic").join(rel);
-    std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
-}
-
-fn config(kernel: &str) -> Result<Value> {
-    Ok(json!({
-        "lang": "py", "main": "eval.py",
-        "sources": {"eval.py": task("eval.py")?, "reference.py": task("reference.py")?, "submission.py": task(&format!("{kernel}.py"))?},
-        "tests": [{"size": 1}], "benchmarks": [{"size": 1}], "ranking_by": "mean",
-        "test_timeout": 60, "benchmark_timeout": 60, "ranked_timeout": 60,
-    }))
-}
-
-fn suite() -> Result<String> {
-    let kernels: Vec<Value> = KERNELS
-        .iter()
-        .map(|(k, t)| Ok(json!({"name": k.replace('_', "-"), "referenceSeconds": t, "config": config(k)?})))
-        .collect::<Result<_>>()?;
-    Ok(json!({"kernels": kernels, "canary": "k-mid-b"}).to_string())
-}
 
 struct Rig {
     ns: TestNamespace,

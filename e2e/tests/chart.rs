@@ -180,28 +180,49 @@ async fn lint_strict_with_default_and_full_values() -> Result<()> {
 async fn every_rendered_object_passes_server_side_dry_run() -> Result<()> {
     let client = client().await?;
     install_crds(&client).await?;
-    let fixture = repo_root().join("e2e/chart/servicemonitor-crd.yaml");
-    ok("kubectl", &["apply", "--server-side", "--field-manager=benchkite-e2e", "-f", path_str(&fixture)?], None)?;
-    ok("kubectl", &["wait", "--for=condition=Established", "crd/servicemonitors.monitoring.coreos.com"], None)?;
+    install_monitoring_crds()?;
     let ns = TestNamespace::create(&client, "chart-dry").await?;
     let release = format!("dry-{}", suffix());
 
-    // Default values, CRDs included.
+    // Default values, CRDs included: no monitoring objects unless asked for.
     let yaml = template(&release, ns.name(), &["--include-crds"])?;
-    let expected = documents(&yaml)?.len();
-    ensure!(dry_run(&yaml)? == expected, "not every default object was accepted");
+    let docs = documents(&yaml)?;
+    ensure!(
+        !docs.iter().any(|d| kind_of(d) == "PrometheusRule" || kind_of(d) == "ServiceMonitor"),
+        "default values render monitoring objects"
+    );
+    ensure!(
+        !docs.iter().any(|d| d["metadata"]["labels"]["grafana_dashboard"].is_string()),
+        "default values render dashboards"
+    );
+    ensure!(dry_run(&yaml)? == docs.len(), "not every default object was accepted");
 
     // Every option set (ServiceMonitor, Ingress, NetworkPolicy, AgentPools, GpuNode, ...).
     let full = full_values_in(ns.name())?;
     let yaml = template(&release, ns.name(), &["--include-crds", "-f", path_str(&full)?])?;
     let docs = documents(&yaml)?;
     let kinds: BTreeSet<&str> = docs.iter().map(kind_of).collect();
-    for kind in
-        ["ServiceMonitor", "Ingress", "NetworkPolicy", "AgentPool", "GpuNode", "RoleBinding", "PodDisruptionBudget"]
-    {
+    for kind in [
+        "ServiceMonitor",
+        "PrometheusRule",
+        "Ingress",
+        "NetworkPolicy",
+        "AgentPool",
+        "GpuNode",
+        "RoleBinding",
+        "PodDisruptionBudget",
+    ] {
         ensure!(kinds.contains(kind), "full values render no {kind}: {kinds:?}");
     }
+    check_monitoring_objects(&docs, 5)?;
     ensure!(dry_run(&yaml)? == docs.len(), "not every object of the full values was accepted");
+
+    // manifests/monitoring.yaml (what GitOps users apply), moved into the test namespace.
+    let monitoring = std::fs::read_to_string(repo_root().join("manifests/monitoring.yaml"))?
+        .replace("namespace: benchkite-system", &format!("namespace: {}", ns.name()));
+    let docs = documents(&monitoring)?;
+    check_monitoring_objects(&docs, 5)?;
+    ensure!(dry_run(&monitoring)? == docs.len(), "not every object of manifests/monitoring.yaml was accepted");
 
     // manifests/ through kustomize, moved into the test namespace by an overlay.
     let overlay = e2e_dir().join("chart").join(format!("overlay-{}", ns.name()));
@@ -217,6 +238,49 @@ async fn every_rendered_object_passes_server_side_dry_run() -> Result<()> {
     ensure!(dry_run(&yaml)? == docs.len(), "not every object of manifests/ was accepted");
     std::fs::remove_dir_all(&overlay)?;
     ns.delete().await
+}
+
+/// prometheus-operator's published ServiceMonitor and PrometheusRule CRDs (the e2e cluster
+/// runs no operator), from e2e/monitoring/operator-crds, installed once per cluster.
+fn install_monitoring_crds() -> Result<()> {
+    let out = Command::new(repo_root().join("e2e/monitoring/operator-crds"))
+        .output()
+        .context("running e2e/monitoring/operator-crds")?;
+    ensure!(out.status.success(), "e2e/monitoring/operator-crds: {}", String::from_utf8_lossy(&out.stderr));
+    let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    for kind in ["servicemonitors", "prometheusrules"] {
+        let file = dir.join(format!("monitoring.coreos.com_{kind}.yaml"));
+        ok("kubectl", &["apply", "--server-side", "--field-manager=benchkite-e2e", "-f", path_str(&file)?], None)?;
+        ok("kubectl", &["wait", "--for=condition=Established", &format!("crd/{kind}.monitoring.coreos.com")], None)?;
+    }
+    Ok(())
+}
+
+/// The rendered PrometheusRule carries every group of files/alerts.yaml, and each of the
+/// `dashboards` dashboard ConfigMaps carries one dashboard JSON, labelled for the sidecar.
+fn check_monitoring_objects(docs: &[Value], dashboards: usize) -> Result<()> {
+    let rules: Vec<&Value> = docs.iter().filter(|d| kind_of(d) == "PrometheusRule").collect();
+    ensure!(rules.len() == 1, "{} PrometheusRules rendered", rules.len());
+    let file: Value = serde_yaml::from_str(&std::fs::read_to_string(chart_dir().join("files/alerts.yaml"))?)?;
+    ensure!(rules[0]["spec"]["groups"] == file["groups"], "the PrometheusRule's groups are not files/alerts.yaml's");
+    let maps: Vec<&Value> = docs
+        .iter()
+        .filter(|d| kind_of(d) == "ConfigMap" && d["metadata"]["labels"]["grafana_dashboard"].as_str() == Some("1"))
+        .collect();
+    ensure!(maps.len() == dashboards, "{} dashboard ConfigMaps rendered, expected {dashboards}", maps.len());
+    for m in maps {
+        let data = m["data"].as_mapping().ok_or_else(|| anyhow!("a dashboard ConfigMap without data"))?;
+        ensure!(data.len() == 1, "a dashboard ConfigMap holds {} keys", data.len());
+        for (key, text) in data {
+            let text = text.as_str().ok_or_else(|| anyhow!("{key:?} is not a string"))?;
+            let dashboard: serde_json::Value = serde_json::from_str(text).with_context(|| format!("{key:?}"))?;
+            ensure!(
+                dashboard["uid"].as_str().is_some_and(|u| u.starts_with("benchkite-")),
+                "{key:?} has no benchkite uid"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `to` relative to the directory `from` (kustomize refuses absolute resource paths).
@@ -356,6 +420,9 @@ async fn schema_and_checks_reject_bad_values() -> Result<()> {
         (&["--set", "buildkite.apiUrl=ftp://x"], &["/buildkite/apiUrl", "does not match pattern"]),
         (&["--set", "podDisruptionBudget.maxUnavailable=0"], &["/podDisruptionBudget/maxUnavailable"]),
         (&["--set", "agentPools[0].name=p"], &["/agentPools/0", "missing property 'spec'"]),
+        (&["--set", "metrics.prometheusRule.enable=true"], &["/metrics/prometheusRule", "'enable' not allowed"]),
+        (&["--set", "metrics.grafanaDashboards.label="], &["/metrics/grafanaDashboards/label", "minLength"]),
+        (&["--set", "metrics.grafanaDashboards.label=bad label"], &["/metrics/grafanaDashboards/label", "pattern"]),
         // Checks in the templates (what a schema cannot say), also with the schema skipped.
         (&["--set", "replicaCount=3,leaderElection.enabled=false"], &["leaderElection.enabled is false"]),
         (&["--set", "controllers={kerneljob}"], &["no controller would run", "buildkite.organization"]),

@@ -533,6 +533,7 @@ pub async fn run(
     };
     crate::metrics::global().attach(crate::metrics::StateSources {
         jobs: job_store,
+        gpunodes: fleet.then(|| gpunodes.clone()),
         pools: fleet.then(|| pools.clone()),
         buildkite: ctx.buildkite.clone(),
     });

@@ -405,6 +405,7 @@ pub(super) async fn execute(job: &KernelJob, ctx: &JobCtx, mut plan: Plan, befor
     }
     if let Some(s) = &plan.status {
         ctx.write_status(job, s).await?;
+        crate::metrics::global().job_status_written(Some(before), s);
         // A finished evaluation of a pool with a result cache leaves an entry (under the key
         // its submission was computed under).
         if s.phase == crate::api::kerneljob::Phase::Succeeded
