@@ -91,8 +91,8 @@ e2e-test:
 	@$(E2E_ENSURE)
 	@echo "cargo test -p benchkite-e2e $(E2E_TEST_ARGS) -- --test-threads=$(E2E_TEST_THREADS)"
 	@status=0; \
-	prom=$(PROMETHEUS_DIR); \
-	$(E2E_ENV) BENCHKITE_BIN=$${BENCHKITE_BIN:-$(BENCHKITE_DEBUG)} BENCHKITE_PROMETHEUS_DIR=$$prom \
+	prom=$$(e2e/cluster/build-binaries --prometheus --cached || true); \
+	$(E2E_ENV) BENCHKITE_BIN=$${BENCHKITE_BIN:-$(BENCHKITE_DEBUG)} BENCHKITE_PROMETHEUS_DIR=$${prom:-} \
 	  cargo test -p benchkite-e2e $(E2E_TEST_ARGS) -- --test-threads=$(E2E_TEST_THREADS) || status=$$?; \
 	$(E2E_LEFT_RUNNING); \
 	exit $$status

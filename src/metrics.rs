@@ -187,7 +187,7 @@ impl Metrics {
         let buildkite_budget_wait = family_of_histograms::<PriorityLabels>();
         registry.register(
             "buildkite_budget_wait_seconds",
-            "Time a request waited for the request budget, by priority",
+            "Time each request waited for the request budget before it was sent (0: it did not wait), by priority",
             buildkite_budget_wait.clone(),
         );
         let builds_created = Counter::default();
@@ -198,10 +198,11 @@ impl Metrics {
             "Builds of deleted KernelJobs cancelled (delete event, sweep or the listing after a start)",
             orphans_cancelled.clone(),
         );
-        let submit_latency = Histogram::new(latency_buckets());
+        // Up to hours: a job held by fair queueing or a spent budget waits that long.
+        let submit_latency = Histogram::new(exponential_buckets(0.005, 2.0, 22));
         registry.register(
             "kerneljob_submit_latency_seconds",
-            "From a KernelJob attempt becoming due (creation, or the retry decision) to its build created",
+            "From a KernelJob attempt becoming due (creation, or the retry decision) to its build created: time held by fair queueing, the request budget and the controller",
             submit_latency.clone(),
         );
         let completion_latency = Histogram::new(latency_buckets());
@@ -247,10 +248,12 @@ impl Metrics {
         for result in RESULT_CACHE_OPERATIONS {
             let _ = result_cache.get_or_create(&ResultLabels { result });
         }
-        for phase in Phase::ALL.into_iter().filter(|p| p.is_finished()) {
-            for verdict in VERDICTS {
-                let _ = outcomes.get_or_create(&OutcomeLabels { phase: phase.as_str(), verdict });
-            }
+        // Only Succeeded jobs have a verdict: the other final phases are counted under `none`.
+        for verdict in VERDICTS {
+            let _ = outcomes.get_or_create(&OutcomeLabels { phase: Phase::Succeeded.as_str(), verdict });
+        }
+        for phase in [Phase::Failed, Phase::TimedOut, Phase::Cancelled] {
+            let _ = outcomes.get_or_create(&OutcomeLabels { phase: phase.as_str(), verdict: "none" });
         }
         for priority in [Priority::Submit, Priority::Cancel, Priority::Refresh] {
             let _ = buildkite_budget_wait.get_or_create(&PriorityLabels { priority: priority.as_str() });
@@ -494,28 +497,32 @@ impl Collector for StateCollector {
             gauge_family(
                 &mut encoder,
                 "gpunode_ready",
-                "1 when a GpuNode's Ready condition is True (its Node can run agents), else 0",
+                "1 when a GpuNode's Ready condition is True (its Node can run agents), else 0; reason: the condition's reason (Maintenance and NodeCordoned are deliberate)",
                 gpunodes.iter().map(|g| {
                     let ready = g.status.as_ref().and_then(|s| crate::api::condition::find(&s.conditions, "Ready"));
-                    (NodeLabels { node: g.name_any() }, i64::from(ready.is_some_and(|c| c.status == "True")))
+                    let labels = NodeReadyLabels {
+                        node: g.name_any(),
+                        reason: ready.map(|c| c.reason.clone()).unwrap_or_else(|| "Unknown".into()),
+                    };
+                    (labels, i64::from(ready.is_some_and(|c| c.status == "True")))
                 }),
-            )?;
-            gauge_family(
-                &mut encoder,
-                "certification_slots",
-                "Certified slots (one GPU or group of GPUs per pool) of a GpuNode by pool and state (Certified, Failed, Quarantined, Error, Expired)",
-                certification_slots(gpunodes.iter().map(|g| g.as_ref())),
             )?;
         }
         if let Some(pools) = &sources.pools {
             let state = pools.state();
             if sources.gpunodes.is_some() {
+                gauge_family(
+                    &mut encoder,
+                    "certification_slots",
+                    "Certification records of the slots of a GpuNode by pool and state (Certified, Failed, Quarantined, Error, Expired), for pools that certify and select the node",
+                    certification_slots(state.iter().map(|p| p.as_ref()), gpunodes.iter().map(|g| g.as_ref())),
+                )?;
                 let (by_state, by_node) =
                     pool_slots(state.iter().map(|p| p.as_ref()), gpunodes.iter().map(|g| g.as_ref()));
                 gauge_family(
                     &mut encoder,
                     "agentpool_slots",
-                    "Agent slots of a pool (one per gpusPerAgent GPUs of its selected nodes) by state: Serving (agent Ready), Starting (agent not Ready yet), or why the node serves none (every state present, 0 included)",
+                    "Agent slots of a pool (one per gpusPerAgent GPUs of its selected nodes) by state: Serving (agent Ready), Starting (agent wanted, not Ready yet), CertificationFailed, Quarantined, Idle (no agent wanted: scaled down, or GPUs held outside benchkite), or why the node serves none (every state present, 0 included)",
                     by_state,
                 )?;
                 gauge_family(
@@ -528,7 +535,7 @@ impl Collector for StateCollector {
             gauge_family(
                 &mut encoder,
                 "agentpool_condition",
-                "1 when a condition of an AgentPool (Ready, Progressing, Degraded, Conflict, ...) is True, else 0",
+                "1 when a condition of an AgentPool (Ready, Progressing, Degraded, Conflict, ...) is True, else 0; reason: the condition's reason",
                 state.iter().flat_map(|p| {
                     let (namespace, pool) = (p.namespace().unwrap_or_default(), p.name_any());
                     p.status.iter().flat_map(|s| s.conditions.iter()).map(move |c| {
@@ -536,9 +543,26 @@ impl Collector for StateCollector {
                             namespace: namespace.clone(),
                             pool: pool.clone(),
                             condition: c.type_.clone(),
+                            reason: c.reason.clone(),
                         };
                         (labels, i64::from(c.status == "True"))
                     })
+                }),
+            )?;
+            // Busy agents as Buildkite reports them (the agent metrics API, or autoscaling's
+            // agent listing), for the pools whose status has them.
+            gauge_family(
+                &mut encoder,
+                "agentpool_agents_busy",
+                "Agents of a pool running a Buildkite job (any job of its queue), as Buildkite reports them",
+                state.iter().filter_map(|p| {
+                    let s = p.status.as_ref()?;
+                    let busy = s
+                        .queue
+                        .as_ref()
+                        .map(|q| q.busy_agents)
+                        .or(s.autoscaling.as_ref().and_then(|a| a.busy_agents))?;
+                    Some((PoolLabels { namespace: p.namespace().unwrap_or_default(), pool: p.name_any() }, busy))
                 }),
             )?;
             let series = |f: fn(&crate::api::agentpool::AgentPoolStatus) -> i64| {
@@ -613,14 +637,14 @@ impl Collector for StateCollector {
             gauge_family(
                 &mut encoder,
                 "buildkite_budget_remaining_requests",
-                "Requests left in the current rate-limit window (the binding scope)",
-                [(ScopeLabels { scope: snap.binding_scope }, i64::from(snap.remaining))],
+                "Requests left in the current rate-limit window, per scope (organization; user: the token's, when Buildkite reports one)",
+                snap.scopes.iter().map(|(scope, _, remaining)| (ScopeLabels { scope }, i64::from(*remaining))),
             )?;
             gauge_family(
                 &mut encoder,
                 "buildkite_budget_limit_requests",
-                "Requests allowed per rate-limit window (the binding scope)",
-                [(ScopeLabels { scope: snap.binding_scope }, i64::from(snap.limit))],
+                "Requests allowed per rate-limit window, per scope",
+                snap.scopes.iter().map(|(scope, limit, _)| (ScopeLabels { scope }, i64::from(*limit))),
             )?;
             if let Some(p) = bk.points_snapshot() {
                 let labels = [(ScopeLabels { scope: "graphql" }, 0)];
@@ -638,11 +662,15 @@ impl Collector for StateCollector {
                     with(p.limit),
                 )?;
             }
+            let waiting = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
             gauge_family(
                 &mut encoder,
                 "buildkite_requests_waiting",
-                "Requests waiting for the budget",
-                [(ScopeLabels { scope: snap.binding_scope }, (snap.waiting_urgent + snap.waiting_refresh) as i64)],
+                "Requests waiting for the request budget, by priority class (urgent: creates and cancels; refresh: reads)",
+                [
+                    (ClassLabels { class: "urgent" }, waiting(snap.waiting_urgent)),
+                    (ClassLabels { class: "refresh" }, waiting(snap.waiting_refresh)),
+                ],
             )?;
         }
         Ok(())
@@ -665,8 +693,9 @@ struct GpuLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct NodeLabels {
+struct NodeReadyLabels {
     node: String,
+    reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
@@ -696,15 +725,21 @@ struct ConditionLabels {
     namespace: String,
     pool: String,
     condition: String,
+    reason: String,
 }
 
-/// The states `benchkite_agentpool_slots` always carries (0 included): a slot serves (its
-/// agent is Ready), starts, or its node serves none of the pool's agents for the reason the
-/// pool's `status.nodes[].state` gives. Other node states (a GpuNode problem such as
-/// `ShareTooSmall`) appear when they occur.
-pub const SLOT_STATES: [&str; 11] = [
+/// The states `benchkite_agentpool_slots` always carries (0 included). On a node that runs
+/// the pool's agents a slot serves (its agent is Ready), starts (an agent is wanted and not
+/// Ready yet), fails certification or is quarantined (for pools that certify), or is idle (no
+/// agent wanted: autoscaling scaled it down, or GPUs are held outside benchkite); on a node
+/// that runs none, it carries the reason of the pool's `status.nodes[].state`. Other node
+/// states (a GpuNode problem such as `ShareTooSmall`) appear when they occur.
+pub const SLOT_STATES: [&str; 14] = [
     "Serving",
     "Starting",
+    "CertificationFailed",
+    "Quarantined",
+    "Idle",
     "Paused",
     "Conflict",
     "NodeNotFound",
@@ -720,19 +755,19 @@ pub const SLOT_STATES: [&str; 11] = [
 pub type PoolSlots = (Vec<(SlotStateLabels, i64)>, Vec<(NodeSlotLabels, i64)>);
 
 /// Slots of each pool by state, and per selected node. A node's slots are its GPUs over the
-/// pool's `gpusPerAgent`. On an Active node they split into Serving (Ready agents) and
-/// Starting; elsewhere they all carry the node's state (a node kept within its NotReady
-/// toleration serves with the agents it keeps).
+/// pool's `gpusPerAgent`. On a node that runs the pool's agents (Active, or NotReady within
+/// its toleration: the agents are kept) they split as [`SLOT_STATES`] says; elsewhere they
+/// all carry the node's state.
 pub fn pool_slots<'a>(
     pools: impl IntoIterator<Item = &'a AgentPool>,
     gpunodes: impl IntoIterator<Item = &'a GpuNode>,
 ) -> PoolSlots {
-    let gpus: BTreeMap<String, i64> =
-        gpunodes.into_iter().map(|g| (g.name_any(), g.status.as_ref().map_or(0, |s| s.gpu_count))).collect();
+    let nodes: BTreeMap<String, &GpuNode> = gpunodes.into_iter().map(|g| (g.name_any(), g)).collect();
     let mut by_state: BTreeMap<SlotStateLabels, i64> = BTreeMap::new();
     let mut by_node = Vec::new();
     for p in pools {
         let (namespace, pool) = (p.namespace().unwrap_or_default(), p.name_any());
+        let key = format!("{namespace}/{pool}");
         let label =
             |state: &str| SlotStateLabels { namespace: namespace.clone(), pool: pool.clone(), state: state.into() };
         for state in SLOT_STATES {
@@ -740,7 +775,8 @@ pub fn pool_slots<'a>(
         }
         let per_agent = i64::from(p.spec.gpus_per_agent.max(1));
         for n in p.status.iter().flat_map(|s| s.nodes.iter()) {
-            let slots = gpus.get(&n.name).copied().unwrap_or(0) / per_agent;
+            let g = nodes.get(&n.name);
+            let slots = g.and_then(|g| g.status.as_ref()).map_or(0, |s| s.gpu_count) / per_agent;
             by_node.push((
                 NodeSlotLabels {
                     namespace: namespace.clone(),
@@ -750,12 +786,37 @@ pub fn pool_slots<'a>(
                 },
                 slots,
             ));
-            if n.state == "Active" {
-                let serving = n.ready.clamp(0, slots);
-                *by_state.entry(label("Serving")).or_default() += serving;
-                *by_state.entry(label("Starting")).or_default() += slots - serving;
+            let mut add = |state: &str, v: i64| *by_state.entry(label(state)).or_default() += v;
+            if n.state != "Active" && n.state != "NotReadyTolerated" {
+                add(&n.state, slots);
+                continue;
+            }
+            let serving = n.ready.clamp(0, slots);
+            let mut rest = slots - serving;
+            let (mut failed, mut quarantined) = (0, 0);
+            if p.spec.certification.is_some() {
+                let records = g
+                    .and_then(|g| g.status.as_ref())
+                    .and_then(|s| s.certification.as_ref())
+                    .map(|c| c.slots.as_slice())
+                    .unwrap_or_default();
+                let count = |f: fn(&str) -> bool| {
+                    i64::try_from(records.iter().filter(|r| r.pool == key && f(&r.state)).count()).unwrap_or(0)
+                };
+                failed = count(|s| s == "Failed" || s == "Error").min(rest);
+                rest -= failed;
+                quarantined = count(|s| s == "Quarantined").min(rest);
+                rest -= quarantined;
+            }
+            let waiting = (n.desired - n.ready - failed - quarantined).clamp(0, rest);
+            add("Serving", serving);
+            add("CertificationFailed", failed);
+            add("Quarantined", quarantined);
+            if n.state == "NotReadyTolerated" {
+                add("NotReadyTolerated", rest);
             } else {
-                *by_state.entry(label(&n.state)).or_default() += slots;
+                add("Starting", waiting);
+                add("Idle", rest - waiting);
             }
         }
     }
@@ -765,13 +826,29 @@ pub fn pool_slots<'a>(
 /// The certification states every certifying pool's slots are counted under (0 included).
 pub const CERTIFICATION_STATES: [&str; 5] = ["Certified", "Failed", "Quarantined", "Error", "Expired"];
 
-/// Slots of GpuNodes' `status.certification` per node, pool and state; every state is present
-/// for each (node, pool) that has a certified slot record.
-pub fn certification_slots<'a>(gpunodes: impl IntoIterator<Item = &'a GpuNode>) -> Vec<(CertSlotLabels, i64)> {
+/// The certification records of GpuNodes per node, pool and state, for the pools that exist,
+/// certify and select the node (a record left by a deleted pool, a pool that stopped
+/// certifying or a node that left its selection is history, not a state); every state is
+/// present for each (node, pool) counted.
+pub fn certification_slots<'a>(
+    pools: impl IntoIterator<Item = &'a AgentPool>,
+    gpunodes: impl IntoIterator<Item = &'a GpuNode>,
+) -> Vec<(CertSlotLabels, i64)> {
+    let current: std::collections::BTreeSet<(String, String)> = pools
+        .into_iter()
+        .filter(|p| p.spec.certification.is_some())
+        .flat_map(|p| {
+            let key = format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any());
+            p.status.iter().flat_map(|s| s.nodes.iter()).map(move |n| (n.name.clone(), key.clone()))
+        })
+        .collect();
     let mut out: BTreeMap<CertSlotLabels, i64> = BTreeMap::new();
     for g in gpunodes {
         let node = g.name_any();
         for slot in g.status.iter().flat_map(|s| s.certification.iter()).flat_map(|c| c.slots.iter()) {
+            if !current.contains(&(node.clone(), slot.pool.clone())) {
+                continue;
+            }
             let label =
                 |state: &str| CertSlotLabels { node: node.clone(), pool: slot.pool.clone(), state: state.into() };
             for state in CERTIFICATION_STATES {
@@ -837,6 +914,11 @@ impl Collector for ProcessCollector {
         }
         Ok(())
     }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabels {
+    class: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -917,14 +999,19 @@ mod tests {
         needles.push("benchkite_kerneljob_outcomes_total{phase=\"TimedOut\",verdict=\"none\"}".into());
         needles.push("benchkite_kerneljob_retries_total ".into());
         needles.push("benchkite_buildkite_budget_wait_seconds_count{priority=\"refresh\"}".into());
-        // Not prefixed: the names every Prometheus client library uses.
-        for p in [
-            "process_resident_memory_bytes ",
-            "process_cpu_seconds_total ",
-            "process_open_fds ",
-            "process_start_time_seconds ",
-        ] {
-            needles.push(p.into());
+        // Not prefixed: the names every Prometheus client library uses (Linux: from /proc).
+        let process: &[&str] = if cfg!(target_os = "linux") {
+            &[
+                "process_resident_memory_bytes ",
+                "process_cpu_seconds_total ",
+                "process_open_fds ",
+                "process_start_time_seconds ",
+            ]
+        } else {
+            &[]
+        };
+        for p in process {
+            needles.push((*p).to_string());
         }
         for needle in &needles {
             assert!(text.contains(needle.as_str()), "missing {needle} in\n{text}");
@@ -936,7 +1023,7 @@ mod tests {
             .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
             .and_then(|v| v.trim().parse::<f64>().ok())
             .unwrap_or(0.0);
-        assert!(rss > 1e6, "resident memory {rss} bytes");
+        assert!(rss > 1e6 || !cfg!(target_os = "linux"), "resident memory {rss} bytes");
     }
 
     fn status(phase: Phase, passed: Option<bool>, attempts: i32) -> KernelJobStatus {
@@ -995,64 +1082,113 @@ mod tests {
         g
     }
 
-    fn agentpool(name: &str, gpus_per_agent: i32, nodes: &[(&str, &str, i64)]) -> AgentPool {
+    fn agentpool(name: &str, gpus_per_agent: i32, nodes: &[(&str, &str, i64, i64)], certifies: bool) -> AgentPool {
+        let mut spec = serde_json::json!({
+            "queue": "q", "gpusPerAgent": gpus_per_agent, "gpuNodeSelector": {},
+            "agent": {"tokenSecretRef": {"name": "t", "key": "k"}}
+        });
+        if certifies {
+            spec["certification"] = serde_json::json!({"suite": {"configMap": "s"}});
+        }
         let mut p: AgentPool = serde_json::from_value(serde_json::json!({
             "apiVersion": "benchkite.dev/v1alpha1", "kind": "AgentPool",
-            "metadata": {"name": name, "namespace": "ns"},
-            "spec": {"queue": "q", "gpusPerAgent": gpus_per_agent, "gpuNodeSelector": {}, "agent": {"tokenSecretRef": {"name": "t", "key": "k"}}}
+            "metadata": {"name": name, "namespace": "ns"}, "spec": spec
         }))
         .unwrap_or_else(|e| panic!("pool fixture: {e}"));
         let nodes: Vec<_> = nodes
             .iter()
-            .map(|(n, state, ready)| serde_json::json!({"name": n, "state": state, "ready": ready}))
+            .map(|(n, state, desired, ready)| {
+                serde_json::json!({"name": n, "state": state, "desired": desired, "ready": ready})
+            })
             .collect();
         p.status =
             Some(serde_json::from_value(serde_json::json!({"nodes": nodes})).unwrap_or_else(|e| panic!("status: {e}")));
         p
     }
 
+    fn get<L: std::fmt::Debug>(series: &[(L, i64)], f: impl Fn(&L) -> bool) -> Option<i64> {
+        series.iter().find(|(l, _)| f(l)).map(|(_, v)| *v)
+    }
+
     #[test]
-    fn slots_split_into_serving_starting_and_the_reason_a_node_serves_none() {
+    fn slots_split_into_serving_starting_idle_and_the_reason_a_node_serves_none() {
         let nodes = [gpunode("a", 8, &[]), gpunode("b", 8, &[]), gpunode("c", 4, &[]), gpunode("d", 8, &[])];
         let pools = [
-            agentpool("one", 1, &[("a", "Active", 6), ("b", "Maintenance", 0), ("c", "ShareTooSmall", 0)]),
-            agentpool("two", 2, &[("d", "Active", 9), ("gone", "NodeNotFound", 0)]),
+            // a: 7 agents wanted (autoscaling, or a GPU held outside benchkite), 5 Ready.
+            agentpool(
+                "one",
+                1,
+                &[("a", "Active", 7, 5), ("b", "Maintenance", 0, 0), ("c", "ShareTooSmall", 0, 0)],
+                false,
+            ),
+            agentpool("two", 2, &[("d", "NotReadyTolerated", 4, 3), ("gone", "NodeNotFound", 0, 0)], false),
         ];
         let (by_state, by_node) = pool_slots(pools.iter(), nodes.iter());
-        let get = |pool: &str, state: &str| {
-            by_state.iter().find(|(l, _)| l.pool == pool && l.state == state).map(|(_, v)| *v)
-        };
-        assert_eq!(get("one", "Serving"), Some(6));
-        assert_eq!(get("one", "Starting"), Some(2));
-        assert_eq!(get("one", "Maintenance"), Some(8));
-        assert_eq!(get("one", "ShareTooSmall"), Some(4), "a state outside the list is reported as it occurs");
-        assert_eq!(get("one", "Cordoned"), Some(0), "every listed state is present");
-        // Two GPUs per agent: 4 slots, Ready agents capped at the slots.
-        assert_eq!(get("two", "Serving"), Some(4));
-        assert_eq!(get("two", "Starting"), Some(0));
-        assert_eq!(get("two", "NodeNotFound"), Some(0), "a node without a GpuNode has no GPUs to count");
+        let at = |pool: &str, state: &str| get(&by_state, |l| l.pool == pool && l.state == state);
+        assert_eq!(at("one", "Serving"), Some(5));
+        assert_eq!(at("one", "Starting"), Some(2));
+        assert_eq!(at("one", "Idle"), Some(1), "no agent wanted there: not counted as starting");
+        assert_eq!(at("one", "Maintenance"), Some(8));
+        assert_eq!(at("one", "ShareTooSmall"), Some(4), "a state outside the list is reported as it occurs");
+        assert_eq!(at("one", "Cordoned"), Some(0), "every listed state is present");
+        // Two GPUs per agent: 4 slots; a node kept within its NotReady toleration serves with
+        // the agents that are Ready.
+        assert_eq!(at("two", "Serving"), Some(3));
+        assert_eq!(at("two", "NotReadyTolerated"), Some(1));
+        assert_eq!(at("two", "Starting"), Some(0));
+        assert_eq!(at("two", "NodeNotFound"), Some(0), "a node without a GpuNode has no GPUs to count");
         for state in SLOT_STATES {
-            assert!(get("two", state).is_some(), "{state}");
+            assert!(at("two", state).is_some(), "{state}");
+        }
+        for pool in ["one", "two"] {
+            let total: i64 = by_state.iter().filter(|(l, _)| l.pool == pool).map(|(_, v)| v).sum();
+            let node_total: i64 = by_node.iter().filter(|(l, _)| l.pool == pool).map(|(_, v)| v).sum();
+            assert_eq!(total, node_total, "{pool}: every slot counted once");
         }
         assert_eq!(by_node.len(), 5);
         assert!(by_node.iter().any(|(l, v)| l.node == "b" && l.state == "Maintenance" && *v == 8));
     }
 
     #[test]
-    fn certification_slots_count_every_state_per_node_and_pool() {
+    fn slots_of_a_certifying_pool_that_failed_or_are_quarantined_are_named() {
+        let nodes = [gpunode(
+            "a",
+            4,
+            &[("ns/one", "Certified"), ("ns/one", "Failed"), ("ns/one", "Quarantined"), ("ns/other", "Failed")],
+        )];
+        let (by_state, _) = pool_slots([agentpool("one", 1, &[("a", "Active", 4, 2)], true)].iter(), nodes.iter());
+        let at = |state: &str| get(&by_state, |l| l.state == state);
+        assert_eq!(
+            (at("Serving"), at("CertificationFailed"), at("Quarantined"), at("Starting"), at("Idle")),
+            (Some(2), Some(1), Some(1), Some(0), Some(0)),
+            "another pool's record does not count"
+        );
+        // A pool that does not certify ignores the records.
+        let (by_state, _) = pool_slots([agentpool("one", 1, &[("a", "Active", 4, 2)], false)].iter(), nodes.iter());
+        assert_eq!(get(&by_state, |l| l.state == "Starting"), Some(2));
+    }
+
+    #[test]
+    fn certification_slots_count_the_records_of_pools_that_certify_and_select_the_node() {
         let nodes = [
             gpunode("a", 8, &[("ns/one", "Certified"), ("ns/one", "Certified"), ("ns/one", "Quarantined")]),
-            gpunode("b", 8, &[("ns/one", "Failed")]),
-            gpunode("c", 8, &[]),
+            gpunode("b", 8, &[("ns/one", "Failed"), ("ns/gone", "Failed")]),
+            gpunode("c", 8, &[("ns/one", "Failed")]),
+            gpunode("d", 8, &[]),
         ];
-        let out = certification_slots(nodes.iter());
-        let get =
-            |node: &str, state: &str| out.iter().find(|(l, _)| l.node == node && l.state == state).map(|(_, v)| *v);
-        assert_eq!(get("a", "Certified"), Some(2));
-        assert_eq!(get("a", "Quarantined"), Some(1));
-        assert_eq!(get("a", "Failed"), Some(0));
-        assert_eq!(get("b", "Failed"), Some(1));
-        assert_eq!(get("c", "Certified"), None, "a node without certification has no series");
+        // "one" selects a and b (not c any more); "gone" was deleted.
+        let pools = [agentpool("one", 1, &[("a", "Active", 8, 8), ("b", "Active", 8, 7), ("d", "Active", 8, 8)], true)];
+        let out = certification_slots(pools.iter(), nodes.iter());
+        let at = |node: &str, state: &str| get(&out, |l| l.node == node && l.state == state);
+        assert_eq!(at("a", "Certified"), Some(2));
+        assert_eq!(at("a", "Quarantined"), Some(1));
+        assert_eq!(at("a", "Failed"), Some(0));
+        assert_eq!(at("b", "Failed"), Some(1), "the deleted pool's record is not counted");
+        assert_eq!(at("c", "Failed"), None, "a node that left the selection");
+        assert_eq!(at("d", "Certified"), None, "a node without records has no series");
         assert_eq!(out.len(), 2 * CERTIFICATION_STATES.len());
+        // A pool that no longer certifies: its records are history.
+        let pools = [agentpool("one", 1, &[("a", "Active", 8, 8)], false)];
+        assert!(certification_slots(pools.iter(), nodes.iter()).is_empty());
     }
 }

@@ -26,6 +26,8 @@ pub struct RigOptions {
     pub args: Vec<String>,
     /// A metrics listener (`metrics_addr` in the rig).
     pub metrics: bool,
+    /// The agent metrics token: pools show their queue's live state (`status.queue`).
+    pub agent_metrics: bool,
 }
 
 /// The running rig. Dropping it stops the controller and the simulator.
@@ -62,7 +64,11 @@ impl JobRig {
         args.extend(opts.args);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let token = sim.api_token();
+        let agent_token = sim.agent_token();
         let mut env = vec![("BUILDKITE_API_TOKEN", token.as_str())];
+        if opts.agent_metrics {
+            env.push(("BUILDKITE_AGENT_METRICS_TOKEN", agent_token.as_str()));
+        }
         if let Some(secret) = opts.webhook_secret {
             env.push(("BUILDKITE_WEBHOOK_SECRET", secret));
         }

@@ -222,7 +222,44 @@ async fn every_rendered_object_passes_server_side_dry_run() -> Result<()> {
         .replace("namespace: benchkite-system", &format!("namespace: {}", ns.name()));
     let docs = documents(&monitoring)?;
     check_monitoring_objects(&docs, 5)?;
+    ensure!(docs.iter().any(|d| kind_of(d) == "ServiceMonitor"), "manifests/monitoring.yaml has no ServiceMonitor");
     ensure!(dry_run(&monitoring)? == docs.len(), "not every object of manifests/monitoring.yaml was accepted");
+
+    // Alerts left out and labels added to every alert (its own labels win).
+    let yaml = template(
+        &release,
+        ns.name(),
+        &[
+            "--set",
+            "metrics.prometheusRule.enabled=true",
+            "--set",
+            "metrics.prometheusRule.disabledAlerts={BenchkiteSlotsNotServing,BenchkiteSlotQuarantined}",
+            "--set",
+            "metrics.prometheusRule.ruleLabels.team=gpu,metrics.prometheusRule.ruleLabels.severity=page",
+        ],
+    )?;
+    let docs = documents(&yaml)?;
+    let rule = docs.iter().find(|d| kind_of(d) == "PrometheusRule").context("no PrometheusRule")?;
+    let alerts: Vec<&Value> = rule["spec"]["groups"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["rules"].as_sequence().into_iter().flatten())
+        .collect();
+    let file: Value = serde_yaml::from_str(&std::fs::read_to_string(chart_dir().join("files/alerts.yaml"))?)?;
+    let in_file = file["groups"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .map(|g| g["rules"].as_sequence().map_or(0, Vec::len))
+        .sum::<usize>();
+    ensure!(alerts.len() == in_file - 2, "{} alerts rendered of {in_file} with 2 disabled", alerts.len());
+    for a in &alerts {
+        ensure!(a["alert"] != "BenchkiteSlotsNotServing" && a["alert"] != "BenchkiteSlotQuarantined", "{a:?}");
+        ensure!(a["labels"]["team"] == "gpu", "no team label on {:?}", a["alert"]);
+        ensure!(a["labels"]["severity"] != "page", "ruleLabels overrode {:?}'s severity", a["alert"]);
+    }
+    ensure!(dry_run(&yaml)? == docs.len(), "not every object with disabled alerts was accepted");
 
     // manifests/ through kustomize, moved into the test namespace by an overlay.
     let overlay = e2e_dir().join("chart").join(format!("overlay-{}", ns.name()));
@@ -421,6 +458,11 @@ async fn schema_and_checks_reject_bad_values() -> Result<()> {
         (&["--set", "podDisruptionBudget.maxUnavailable=0"], &["/podDisruptionBudget/maxUnavailable"]),
         (&["--set", "agentPools[0].name=p"], &["/agentPools/0", "missing property 'spec'"]),
         (&["--set", "metrics.prometheusRule.enable=true"], &["/metrics/prometheusRule", "'enable' not allowed"]),
+        (
+            &["--set", "metrics.prometheusRule.enabled=true,metrics.prometheusRule.disabledAlerts={BenchkiteNope}"],
+            &["BenchkiteNope is not an alert of files/alerts.yaml"],
+        ),
+        (&["--set", "metrics.prometheusRule.disabledAlerts={nope}"], &["/metrics/prometheusRule/disabledAlerts/0"]),
         (&["--set", "metrics.grafanaDashboards.label="], &["/metrics/grafanaDashboards/label", "minLength"]),
         (&["--set", "metrics.grafanaDashboards.label=bad label"], &["/metrics/grafanaDashboards/label", "pattern"]),
         // Checks in the templates (what a schema cannot say), also with the schema skipped.

@@ -36,7 +36,7 @@ use serde_json::{Value, json};
 /// The directory of `prometheus` and `promtool`: `$BENCHKITE_PROMETHEUS_DIR` (make sets it),
 /// else the cached build. Missing binaries fail the test: it never passes by skipping.
 fn prometheus_dir() -> Result<PathBuf> {
-    if let Some(d) = std::env::var_os("BENCHKITE_PROMETHEUS_DIR") {
+    if let Some(d) = std::env::var_os("BENCHKITE_PROMETHEUS_DIR").filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(d));
     }
     let out = Command::new(repo_root().join("e2e/cluster/build-binaries"))
@@ -111,6 +111,19 @@ impl Prometheus {
         Ok(body["data"].clone())
     }
 
+    /// The value of `expr` now, summed over its series (`None`: no series or no finite value).
+    async fn instant(&self, expr: &str) -> Result<Option<f64>> {
+        let data = self.api("query", &[("query", expr.to_string())]).await?;
+        let values: Vec<f64> = data["result"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["value"][1].as_str().and_then(|v| v.parse::<f64>().ok()))
+            .filter(|v| v.is_finite())
+            .collect();
+        Ok((!values.is_empty()).then(|| values.iter().sum()))
+    }
+
     /// The samples of `expr` over [start, now] at 1 s steps: (series labels, finite values).
     async fn range(&self, expr: &str, start: f64) -> Result<Vec<(Value, usize)>> {
         let now = jiff::Timestamp::now().as_millisecond() as f64 / 1000.0;
@@ -152,8 +165,8 @@ fn as_grafana_sends(expr: &str) -> String {
         .replace("$controller", ".*")
 }
 
-/// Every (dashboard, panel, legend, expr) the chart ships.
-fn dashboard_targets() -> Result<Vec<(String, String, String)>> {
+/// Every (dashboard, panel, expr, instant) the chart ships.
+fn dashboard_targets() -> Result<Vec<(String, String, String, bool)>> {
     let dir = repo_root().join("charts/benchkite/files/dashboards");
     let mut out = Vec::new();
     let mut files: Vec<_> = std::fs::read_dir(&dir)?.collect::<std::io::Result<_>>()?;
@@ -167,7 +180,8 @@ fn dashboard_targets() -> Result<Vec<(String, String, String)>> {
         for p in panels.iter().cloned().chain(nested) {
             for t in p["targets"].as_array().cloned().unwrap_or_default() {
                 let expr = t["expr"].as_str().context("a target without expr")?.to_string();
-                out.push((title.clone(), p["title"].as_str().unwrap_or_default().to_string(), expr));
+                let instant = t["instant"].as_bool().unwrap_or(false);
+                out.push((title.clone(), p["title"].as_str().unwrap_or_default().to_string(), expr, instant));
             }
         }
     }
@@ -226,6 +240,7 @@ async fn every_panel_and_alert_returns_data_from_a_real_prometheus() -> Result<(
         webhook_secret: Some("monitoring-webhook-secret"),
         args: vec!["--poll-interval-seconds".into(), "1".into()],
         metrics: true,
+        agent_metrics: true,
     };
     let rig = JobRig::start(&ns, "monitoring", cfg, opts).await?;
     let metrics = rig.metrics_addr.clone().context("the rig's metrics address")?;
@@ -365,11 +380,15 @@ async fn every_panel_and_alert_returns_data_from_a_real_prometheus() -> Result<(
     // Every dashboard target returns data over the run.
     let mut empty = Vec::new();
     let targets = dashboard_targets()?;
-    for (dashboard, panel, expr) in &targets {
+    for (dashboard, panel, expr, instant) in &targets {
         let q = as_grafana_sends(expr);
         let series = prom.range(&q, start).await.with_context(|| format!("{dashboard} / {panel}: {q}"))?;
         if !series.iter().any(|(_, finite)| *finite > 0) {
             empty.push(format!("{dashboard} / {panel}: {q} -> {series:?}"));
+        }
+        // A stat, table or bar gauge shows the value now: it must have one at the end.
+        if *instant && prom.instant(&q).await?.is_none() {
+            empty.push(format!("{dashboard} / {panel} (now): {q}"));
         }
     }
     ensure!(
@@ -413,9 +432,31 @@ async fn every_panel_and_alert_returns_data_from_a_real_prometheus() -> Result<(
     }
     ensure!(missing.is_empty(), "alert data queries without data:\n{}", missing.join("\n"));
 
-    // The conditions this run created make their alerts active (pending: their `for` is
-    // minutes; promtool's unit tests drive every alert through firing and resolving).
-    let want = ["BenchkiteWebhooksRefused", "BenchkiteCertificationFailed"];
+    // What the run did, counted exactly: the metrics count each event once.
+    let counted = [
+        ("sum(benchkite_kerneljob_outcomes_total)", 14.0, "KernelJobs finished (13 ran, 1 from the cache)"),
+        ("sum(benchkite_kerneljob_outcomes_total{phase=\"Succeeded\",verdict=\"passed\"})", 14.0, "passed"),
+        ("sum(benchkite_kerneljob_retries_total)", 1.0, "retries"),
+        ("sum(benchkite_result_cache_operations_total{result=\"hit\"})", 1.0, "cache hits"),
+        ("sum(benchkite_webhook_deliveries_total{result=\"refused\"})", 1.0, "refused deliveries"),
+    ];
+    for (q, want, what) in counted {
+        let got = prom.instant(q).await?;
+        ensure!(got == Some(want), "{what}: {q} = {got:?}, expected {want}");
+    }
+    ensure!(
+        prom.instant("sum(benchkite_buildkite_retries_total)").await?.is_some_and(|v| v >= 1.0),
+        "the 502s were not retried"
+    );
+    ensure!(
+        prom.instant("sum(benchkite_buildkite_throttled_total)").await?.is_some_and(|v| v >= 1.0),
+        "no 429 counted"
+    );
+
+    // The condition this run created makes its alert active (pending: its `for` is minutes;
+    // promtool's unit tests drive every alert through firing and resolving). The single
+    // refused delivery among accepted ones is a stray sender, not a wrong secret: no alert.
+    let want = ["BenchkiteCertificationFailed"];
     let active = wait_until("the run's alerts active", Duration::from_secs(30), || async {
         let alerts = prom.api("alerts", &[]).await?;
         let names: Vec<String> = alerts["alerts"]
@@ -427,6 +468,14 @@ async fn every_panel_and_alert_returns_data_from_a_real_prometheus() -> Result<(
         Ok(want.iter().all(|w| names.iter().any(|n| n == w)).then_some(alerts))
     })
     .await?;
+    ensure!(
+        !active["alerts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|a| a["labels"]["alertname"] == "BenchkiteWebhooksRefused"),
+        "one refused delivery among accepted ones raised BenchkiteWebhooksRefused: {active}"
+    );
     let cert = active["alerts"]
         .as_array()
         .into_iter()

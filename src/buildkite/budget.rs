@@ -511,6 +511,10 @@ impl Budget {
             waiting_urgent,
             waiting_refresh: st.waiters.len() - waiting_urgent,
             binding_scope: if std::ptr::eq(binding, &st.org) { "organization" } else { "user" },
+            scopes: std::iter::once(("organization", &st.org))
+                .chain(st.user.as_ref().map(|u| ("user", u)))
+                .map(|(scope, w)| (scope, w.limit(), w.remaining(sent)))
+                .collect(),
         }
     }
 }

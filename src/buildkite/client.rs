@@ -365,9 +365,11 @@ impl Client {
         let waited = t0.elapsed();
         if waited >= Duration::from_millis(1) {
             inner.counters.budget_wait();
-            if let Some(o) = &inner.observer {
-                o.on_budget_wait(priority, waited);
-            }
+        }
+        // Every request, the ones that did not wait too: a percentile of the waits is then
+        // one of all requests, not of those that waited.
+        if let Some(o) = &inner.observer {
+            o.on_budget_wait(priority, waited);
         }
         p
     }

@@ -19,7 +19,7 @@ pub trait Observer: Send + Sync {
     /// Buildkite answered 429.
     fn on_throttled(&self) {}
 
-    /// A request waited for the budget before it could be sent.
+    /// A request took its place in the budget after waiting `waited` (about 0: it did not wait).
     fn on_budget_wait(&self, _priority: Priority, _waited: Duration) {}
 
     /// An attempt is retried (after a 5xx, a timeout or a dropped connection).

@@ -159,7 +159,11 @@ func withCommon[B commonPanel[B]](b B, ps PanelSpec, id uint32, pos dashboard.Gr
 	}
 	// Always spell out the thresholds: without them Grafana applies its own
 	// default (red from 80), which would colour stat values for no reason.
-	steps := []dashboard.Threshold{{Value: nil, Color: "green"}}
+	base := ps.BaseColor
+	if base == "" {
+		base = "green"
+	}
+	steps := []dashboard.Threshold{{Value: nil, Color: base}}
 	for _, t := range ps.Thresholds {
 		steps = append(steps, dashboard.Threshold{Value: cog.ToPtr(t.Value), Color: t.Color})
 	}
@@ -210,7 +214,8 @@ func buildPanel(ps PanelSpec, id uint32, pos dashboard.GridPos) cog.Builder[dash
 		return withCommon(stat.NewPanelBuilder(), ps, id, pos).
 			ReduceOptions(reduceLast).
 			ColorMode(common.BigValueColorModeValue).
-			GraphMode(common.BigValueGraphModeArea).
+			// Stat targets are instant queries: there is no series to draw a sparkline from.
+			GraphMode(common.BigValueGraphModeNone).
 			JustifyMode(common.BigValueJustifyModeAuto).
 			TextMode(common.BigValueTextModeAuto).
 			Orientation(common.VizOrientationAuto).

@@ -493,3 +493,30 @@ func containsAll(problems []string, wants ...string) bool {
 	}
 	return true
 }
+
+// The colour below the first threshold is green unless the spec says otherwise (a stat that
+// is bad at 0, such as the leader, says red).
+func TestBaseColor(t *testing.T) {
+	spec, err := loadSpec(testSpec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := func(s *Spec) any {
+		files, err := generate(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var d map[string]any
+		if err := json.Unmarshal(files[s.Dashboards[0].File], &d); err != nil {
+			t.Fatal(err)
+		}
+		return at(t, d, "panels", 1, "fieldConfig", "defaults", "thresholds", "steps", 0, "color")
+	}
+	if got := first(spec); got != "green" {
+		t.Errorf("default base colour = %v, want green", got)
+	}
+	spec.Dashboards[0].Rows[0].Panels[0].BaseColor = "red"
+	if got := first(spec); got != "red" {
+		t.Errorf("base colour = %v, want red", got)
+	}
+}

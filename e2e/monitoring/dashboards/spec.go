@@ -48,7 +48,9 @@ type PanelSpec struct {
 	Min         *float64        `yaml:"min"`
 	Decimals    *float64        `yaml:"decimals"`
 	Thresholds  []ThresholdSpec `yaml:"thresholds"`
-	Targets     []TargetSpec    `yaml:"targets"`
+	// BaseColor is the colour below the first threshold (default green).
+	BaseColor string       `yaml:"baseColor"`
+	Targets   []TargetSpec `yaml:"targets"`
 }
 
 type ThresholdSpec struct {

@@ -125,4 +125,7 @@ pub struct BudgetSnapshot {
     pub waiting_refresh: usize,
     /// `"organization"` or `"user"`: the scope with the fewest remaining requests.
     pub binding_scope: &'static str,
+    /// Every scope tracked (the organization's, and the token's when Buildkite reports one):
+    /// (scope, limit, remaining).
+    pub scopes: Vec<(&'static str, u32, u32)>,
 }

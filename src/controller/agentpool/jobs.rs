@@ -61,10 +61,18 @@ pub fn summarize<'a>(jobs: impl IntoIterator<Item = &'a KernelJob>) -> HashMap<P
         } else {
             a.waiting += 1;
             who.0 += 1;
-            if let Some(created) = &job.metadata.creation_timestamp
-                && a.oldest.as_ref().is_none_or(|o| created.0 < o.0)
+            // Waiting since its creation, or, when it waits for a retry, since its last
+            // attempt finished (a retried job's first run is not waiting time).
+            let since = job
+                .status
+                .as_ref()
+                .and_then(|st| st.attempts.last())
+                .and_then(|at| at.finished_at.as_ref())
+                .or(job.metadata.creation_timestamp.as_ref());
+            if let Some(since) = since
+                && a.oldest.as_ref().is_none_or(|o| since.0 < o.0)
             {
-                a.oldest = Some(created.clone());
+                a.oldest = Some(since.clone());
             }
         }
     }
@@ -147,6 +155,20 @@ mod tests {
         assert_eq!(by, vec![("alice", 2, 0), ("a", 1, 0), ("bob", 0, 1)], "most jobs first, then by name");
         let q = &s[&("a".to_string(), "q".to_string())];
         assert_eq!((q.waiting, q.running, q.oldest_waiting_since.clone()), (0, 1, None));
+    }
+
+    #[test]
+    fn a_job_waiting_for_its_retry_waits_since_its_last_attempt_finished() {
+        let mut retried = job("a", "r", Some("p"), Some("Pending"), None, "2026-01-01T00:00:00Z");
+        if let Some(st) = retried.status.as_mut() {
+            st.attempts = serde_json::from_value(json!([
+                {"attempt": 1, "runId": "x-1", "state": "failed", "finishedAt": "2026-01-01T01:00:00Z"}
+            ]))
+            .unwrap();
+        }
+        let fresh = job("a", "f", Some("p"), None, None, "2026-01-01T00:30:00Z");
+        let p = &summarize(&[retried, fresh])[&("a".to_string(), "p".to_string())];
+        assert_eq!(p.oldest_waiting_since.as_ref().map(|t| t.0.to_string()), Some("2026-01-01T00:30:00Z".into()));
     }
 
     #[test]
