@@ -5,6 +5,7 @@
 pub mod autoscale;
 pub mod blocked;
 pub mod cached_pod;
+pub mod dra;
 pub mod exclusive;
 pub mod health;
 pub mod inventory;

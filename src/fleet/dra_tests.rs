@@ -1,0 +1,193 @@
+use k8s_openapi::api::resource::v1::ResourceSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use serde_json::{Value, json};
+
+use super::*;
+
+/// A whole GPU as NVIDIA's DRA driver publishes it (v25.12+: `resource.kubernetes.io/pciBusID`).
+fn gpu(minor: u32, product: &str, memory: &str) -> Value {
+    json!({
+        "name": format!("gpu-{minor}"),
+        "attributes": {
+            "type": {"string": "gpu"},
+            "uuid": {"string": format!("GPU-{minor:08x}-0000-0000-0000-000000000000")},
+            "productName": {"string": product},
+            "brand": {"string": "Nvidia"},
+            "architecture": {"string": "Hopper"},
+            "cudaComputeCapability": {"version": "9.0.0"},
+            "driverVersion": {"version": "580.95.5"},
+            "cudaDriverVersion": {"version": "13.0.0"},
+            "resource.kubernetes.io/pciBusID": {"string": format!("0000:{minor:02x}:00.0")},
+        },
+        "capacity": {"memory": {"value": memory}},
+    })
+}
+
+fn mig(parent: u32) -> Value {
+    json!({
+        "name": format!("gpu-{parent}-mig-1g10gb-19-0"),
+        "attributes": {
+            "type": {"string": "mig"},
+            "uuid": {"string": "MIG-1"},
+            "parentUUID": {"string": "GPU-parent"},
+            "profile": {"string": "1g.10gb"},
+            "productName": {"string": "NVIDIA H100 80GB HBM3"},
+        },
+        "capacity": {"memory": {"value": "10Gi"}, "multiprocessors": {"value": "16"}},
+    })
+}
+
+fn slice(node: &str, driver: &str, pool_generation: i64, count: i64, devices: Vec<Value>) -> ResourceSlice {
+    serde_json::from_value(json!({
+        "apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice",
+        "metadata": {"name": format!("{node}-{driver}-{pool_generation}-{}", devices.len())},
+        "spec": {
+            "driver": driver,
+            "nodeName": node,
+            "pool": {"name": node, "generation": pool_generation, "resourceSliceCount": count},
+            "devices": devices,
+        }
+    }))
+    .unwrap_or_else(|e| panic!("slice fixture: {e}"))
+}
+
+const H100: &str = "NVIDIA H100 80GB HBM3";
+
+#[test]
+fn a_nodes_inventory_reads_nvidias_attributes() {
+    let mut shared = gpu(9, H100, "80Gi");
+    shared["allowMultipleAllocations"] = json!(true);
+    let slices = [
+        slice("n1", NVIDIA_DRIVER, 1, 1, (0..8).map(|i| gpu(i, H100, "80Gi")).chain([mig(8), shared]).collect()),
+        slice("n2", NVIDIA_DRIVER, 1, 1, vec![gpu(0, "NVIDIA A100 80GB PCIe", "80Gi")]),
+        slice("n1", "gpu.example.com", 1, 1, vec![gpu(0, H100, "80Gi")]),
+    ];
+    let inv = node_inventory(&slices, "n1", NVIDIA_DRIVER).expect("n1 has slices");
+    assert!(inv.complete);
+    assert_eq!(inv.devices.len(), 10, "the other driver's device is not n1's");
+    assert_eq!(inv.whole_count(), 8, "the MIG instance and the shared GPU are not whole GPUs");
+    assert_eq!(inv.product().as_deref(), Some(H100));
+    assert_eq!(inv.architecture().as_deref(), Some("sm_90"));
+    assert_eq!(inv.driver_version().as_deref(), Some("580.95.5"));
+    assert_eq!(inv.memory_mib(), Some(80 * 1024));
+    let g0 = &inv.devices[0];
+    assert_eq!((g0.name.as_str(), g0.uuid.as_deref()), ("gpu-0", Some("GPU-00000000-0000-0000-0000-000000000000")));
+    let m = inv.devices.iter().find(|d| d.kind == DeviceKind::Mig).expect("the MIG device");
+    assert_eq!(m.unusable_reason().as_deref(), Some("a MIG instance, not a whole GPU"));
+    let s = inv.devices.iter().find(|d| d.shared).expect("the shared device");
+    assert!(s.unusable_reason().is_some_and(|r| r.starts_with("shared")));
+    assert!(node_inventory(&slices, "n3", NVIDIA_DRIVER).is_none(), "no slice: no DRA inventory");
+}
+
+#[test]
+fn only_the_newest_generation_of_a_pool_counts_and_a_partial_one_is_incomplete() {
+    let slices = [
+        slice("n1", NVIDIA_DRIVER, 1, 1, (0..8).map(|i| gpu(i, H100, "80Gi")).collect()),
+        // Generation 2 is published in two slices; one is there so far.
+        slice("n1", NVIDIA_DRIVER, 2, 2, (0..4).map(|i| gpu(i, H100, "80Gi")).collect()),
+    ];
+    let inv = node_inventory(&slices, "n1", NVIDIA_DRIVER).expect("slices");
+    assert_eq!(inv.whole_count(), 4);
+    assert!(!inv.complete);
+}
+
+#[test]
+fn attributes_qualified_with_the_driver_name_are_read_too() {
+    let dev = json!({
+        "name": "gpu-0",
+        "attributes": {"gpu.nvidia.com/type": {"string": "gpu"}, "gpu.nvidia.com/productName": {"string": H100}},
+        "capacity": {"gpu.nvidia.com/memory": {"value": "80Gi"}},
+    });
+    let inv = node_inventory(&[slice("n1", NVIDIA_DRIVER, 1, 1, vec![dev])], "n1", NVIDIA_DRIVER).expect("slices");
+    assert_eq!(inv.whole_count(), 1);
+    assert_eq!(inv.product().as_deref(), Some(H100));
+    assert_eq!(inv.memory_mib(), Some(80 * 1024));
+}
+
+#[test]
+fn mixed_products_have_no_single_product() {
+    let slices = [slice("n1", NVIDIA_DRIVER, 1, 1, vec![gpu(0, H100, "80Gi"), gpu(1, "NVIDIA H200", "141Gi")])];
+    let inv = node_inventory(&slices, "n1", NVIDIA_DRIVER).expect("slices");
+    assert_eq!((inv.product(), inv.memory_mib()), (None, Some(80 * 1024)));
+}
+
+#[test]
+fn a_node_served_both_ways_counts_its_gpus_once() {
+    let inv = node_inventory(
+        &[slice("n1", NVIDIA_DRIVER, 1, 1, (0..8).map(|i| gpu(i, H100, "80Gi")).collect())],
+        "n1",
+        NVIDIA_DRIVER,
+    );
+    assert_eq!(gpu_count(Some(8), inv.as_ref()), Some((8, Offered::Both)));
+    assert_eq!(gpu_count(Some(6), inv.as_ref()), Some((8, Offered::Both)), "never 6 + 8");
+    assert_eq!(gpu_count(None, inv.as_ref()), Some((8, Offered::Dra)));
+    assert_eq!(gpu_count(Some(8), None), Some((8, Offered::DevicePlugin)));
+    assert_eq!(gpu_count(Some(0), None), None);
+    let only_mig = node_inventory(&[slice("n1", NVIDIA_DRIVER, 1, 1, vec![mig(0)])], "n1", NVIDIA_DRIVER);
+    assert_eq!(gpu_count(None, only_mig.as_ref()), None, "MIG instances are no whole GPUs");
+}
+
+#[test]
+fn the_selector_asks_for_a_whole_gpu_of_the_product_and_memory() {
+    let req = GpuRequirements { product: Some(H100.into()), min_memory: Some("40Gi".into()) };
+    assert_eq!(
+        selector(NVIDIA_DRIVER, &req),
+        r#"device.driver == "gpu.nvidia.com" && device.attributes["gpu.nvidia.com"].type == "gpu" && !device.allowMultipleAllocations && device.attributes["gpu.nvidia.com"].productName == "NVIDIA H100 80GB HBM3" && device.capacity["gpu.nvidia.com"].memory.compareTo(quantity("40Gi")) >= 0"#
+    );
+    assert_eq!(
+        selector("gpu.example.com", &GpuRequirements::default()),
+        r#"device.driver == "gpu.example.com" && device.attributes["gpu.example.com"].type == "gpu" && !device.allowMultipleAllocations"#
+    );
+    // A product name cannot break out of its string literal.
+    let sneaky = GpuRequirements { product: Some(r#"x" || true || "y\"#.into()), min_memory: None };
+    assert!(selector(NVIDIA_DRIVER, &sneaky).ends_with(r#"productName == "x\" || true || \"y\\""#));
+}
+
+#[test]
+fn eligibility_follows_the_selector_and_refuses_shared_devices() {
+    let inv = node_inventory(
+        &[slice(
+            "n1",
+            NVIDIA_DRIVER,
+            1,
+            1,
+            vec![gpu(0, H100, "80Gi"), gpu(1, H100, "40Gi"), gpu(2, "NVIDIA A100 80GB PCIe", "80Gi"), mig(3), {
+                let mut s = gpu(4, H100, "80Gi");
+                s["allowMultipleAllocations"] = json!(true);
+                s
+            }],
+        )],
+        "n1",
+        NVIDIA_DRIVER,
+    )
+    .expect("slices");
+    let names = |req: &GpuRequirements| -> Vec<String> {
+        inv.devices.iter().filter(|d| eligible(d, req)).map(|d| d.name.clone()).collect()
+    };
+    assert_eq!(names(&GpuRequirements::default()), ["gpu-0", "gpu-1", "gpu-2"]);
+    assert_eq!(names(&GpuRequirements { product: Some(H100.into()), min_memory: None }), ["gpu-0", "gpu-1"]);
+    assert_eq!(names(&GpuRequirements { product: Some(H100.into()), min_memory: Some("64Gi".into()) }), ["gpu-0"]);
+    assert!(names(&GpuRequirements { product: None, min_memory: Some("not a quantity".into()) }).is_empty());
+}
+
+#[test]
+fn the_claim_template_asks_for_the_pools_gpus_per_agent() {
+    let owner = OwnerReference {
+        api_version: "benchkite.dev/v1alpha1".into(),
+        kind: "AgentPool".into(),
+        name: "p".into(),
+        uid: "u".into(),
+        controller: Some(true),
+        ..Default::default()
+    };
+    let t = claim_template("p-gpus", "ns", owner, NVIDIA_DRIVER, 2, "device.driver == \"gpu.nvidia.com\"");
+    let v = serde_json::to_value(&t).expect("serializes");
+    let req = &v["spec"]["spec"]["devices"]["requests"][0];
+    assert_eq!(req["name"], "gpus");
+    assert_eq!(req["exactly"]["deviceClassName"], "gpu.nvidia.com");
+    assert_eq!(req["exactly"]["count"], 2);
+    assert_eq!(req["exactly"]["allocationMode"], "ExactCount");
+    assert_eq!(req["exactly"]["selectors"][0]["cel"]["expression"], "device.driver == \"gpu.nvidia.com\"");
+    assert_eq!(v["metadata"]["ownerReferences"][0]["kind"], "AgentPool");
+    assert!(req.get("deviceClassName").is_none(), "the v1 shape (exactly), not v1beta1's");
+}
