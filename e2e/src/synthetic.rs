@@ -33,3 +33,59 @@ pub fn suite() -> Result<String> {
         .collect::<Result<_>>()?;
     Ok(json!({"kernels": kernels, "canary": "k-mid-b"}).to_string())
 }
+
+/// Starts a certifying pool `p` of `queue` on the test's nodes and the e2e kubelet that runs
+/// its pods (the simulated GPUs of `node` by slot, with their `profiles`): the reference
+/// suite ConfigMap `ref-suite`, the pool (`spec` adds to its spec; its `certification` gets
+/// the suite), and the kubelet.
+pub async fn certifying_pool(
+    client: &kube::Client,
+    ns: &crate::TestNamespace,
+    sim: &buildkite_sim::SimHandle,
+    node: &str,
+    queue: &str,
+    profiles: std::collections::BTreeMap<u32, buildkite_sim::gpu::GpuProfile>,
+    spec: Value,
+) -> Result<crate::kubelet::Kubelet> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::PostParams;
+    let id = ns.name().to_string();
+    let cms: kube::Api<ConfigMap> = ns.api();
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "ref-suite"}, "data": {"suite.yaml": suite()?}}))?,
+    )
+    .await?;
+    let mut full = json!({
+        "queue": queue,
+        "gpuNodeSelector": {"matchLabels": {crate::nodes::TEST_LABEL: id}},
+        "agent": {
+            "image": "example.invalid/agent:e2e",
+            "tokenSecretRef": {"name": "agent-token", "key": "token"},
+            "ephemeral": false,
+            // The simulated GPU's factors reach the synthetic harness through the runner.
+            "env": [{"name": "BENCHKITE_SANDBOX", "value": "off"}, {"name": "BENCHKITE_SANDBOX_ENV", "value": "SIMGPU_*"}],
+        },
+        "certification": {},
+    });
+    if let (Some(s), Some(e)) = (full.as_object_mut(), spec.as_object()) {
+        s.extend(e.clone());
+    }
+    full["certification"]["suite"] = json!({"configMap": "ref-suite"});
+    let pool: benchkite::api::AgentPool = serde_json::from_value(json!({
+        "apiVersion": "benchkite.dev/v1alpha1", "kind": "AgentPool", "metadata": {"name": "p"}, "spec": full,
+    }))?;
+    ns.api::<benchkite::api::AgentPool>().create(&PostParams::default(), &pool).await?;
+    let binary = crate::operator::binary()?;
+    crate::kubelet::Kubelet::start(
+        client.clone(),
+        sim,
+        crate::kubelet::KubeletOptions {
+            namespace: id.clone(),
+            label_selector: "benchkite.dev/pool=p".into(),
+            binary_dir: binary.parent().context("binary dir")?.to_path_buf(),
+            gpus: profiles.into_iter().map(|(slot, p)| ((node.to_string(), slot.to_string()), p)).collect(),
+            scratch: crate::e2e_dir().join("kubelet").join(&id),
+        },
+    )
+}

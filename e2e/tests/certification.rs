@@ -11,15 +11,15 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use benchkite::api::certification::{SUSPECT_LABEL, states};
 use benchkite::api::kerneljob::Phase;
-use benchkite::api::{AgentPool, GpuNode, KernelJob};
+use benchkite::api::{GpuNode, KernelJob};
 use benchkite_e2e::jobrig::{JobRig, RigOptions};
-use benchkite_e2e::kubelet::{Kubelet, KubeletOptions};
+use benchkite_e2e::kubelet::Kubelet;
 use benchkite_e2e::nodes::TestNode;
 use benchkite_e2e::operator::install_crds;
-use benchkite_e2e::synthetic::{config, suite};
-use benchkite_e2e::{TestNamespace, client, e2e_dir, wait_until};
+use benchkite_e2e::synthetic::config;
+use benchkite_e2e::{TestNamespace, client, wait_until};
 use buildkite_sim::gpu::GpuProfile;
-use k8s_openapi::api::core::v1::{ConfigMap, Event as CoreEvent};
+use k8s_openapi::api::core::v1::Event as CoreEvent;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
@@ -47,42 +47,9 @@ async fn rig(prefix: &str, gpus: u32, profiles: BTreeMap<u32, GpuProfile>, canar
     let queue = format!("q-{id}");
     let opts = RigOptions { args: vec!["--poll-interval-seconds".into(), "1".into()], ..Default::default() };
     let ctl = JobRig::start(&ns, "certify", benchkite_e2e::sim::queue_config(&queue, 0)?, opts).await?;
-    let cms: Api<ConfigMap> = ns.api();
-    cms.create(
-        &PostParams::default(),
-        &serde_json::from_value(json!({"metadata": {"name": "ref-suite"}, "data": {"suite.yaml": suite()?}}))?,
-    )
-    .await?;
-    let pool: AgentPool = serde_json::from_value(json!({
-        "apiVersion": "benchkite.dev/v1alpha1", "kind": "AgentPool",
-        "metadata": {"name": "p"},
-        "spec": {
-            "queue": queue,
-            "gpuNodeSelector": {"matchLabels": {"benchkite.dev/e2e": id}},
-            "agent": {
-                "image": "example.invalid/agent:e2e",
-                "tokenSecretRef": {"name": "agent-token", "key": "token"},
-                "ephemeral": false,
-                // The simulated GPU's factors reach the synthetic harness through the runner.
-                "env": [{"name": "BENCHKITE_SANDBOX", "value": "off"}, {"name": "BENCHKITE_SANDBOX_ENV", "value": "SIMGPU_*"}],
-            },
-            "certification": {"suite": {"configMap": "ref-suite"}, "requireCertified": true, "canary": canary},
-        },
-    }))?;
-    let pools: Api<AgentPool> = ns.api();
-    pools.create(&PostParams::default(), &pool).await?;
-    let binary = benchkite_e2e::operator::binary()?;
-    let kubelet = Kubelet::start(
-        client.clone(),
-        &ctl.sim,
-        KubeletOptions {
-            namespace: id.clone(),
-            label_selector: "benchkite.dev/pool=p".into(),
-            binary_dir: binary.parent().context("binary dir")?.to_path_buf(),
-            gpus: profiles.into_iter().map(|(slot, p)| ((node.clone(), slot.to_string()), p)).collect(),
-            scratch: e2e_dir().join("kubelet").join(&id),
-        },
-    )?;
+    let spec = json!({"certification": {"requireCertified": true, "canary": canary}});
+    let kubelet =
+        benchkite_e2e::synthetic::certifying_pool(&client, &ns, &ctl.sim, &node, &queue, profiles, spec).await?;
     Ok((client, Rig { ns, ctl, kubelet, node, _nodes: nodes }))
 }
 

@@ -17,18 +17,16 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use benchkite::api::kerneljob::Phase;
-use benchkite::api::{AgentPool, GpuNode, KernelJob};
+use benchkite::api::{GpuNode, KernelJob};
 use benchkite_e2e::jobrig::{JobRig, RigOptions};
-use benchkite_e2e::kubelet::{Kubelet, KubeletOptions};
 use benchkite_e2e::nodes::TestNode;
 use benchkite_e2e::operator::install_crds;
 use benchkite_e2e::promql::data_queries;
-use benchkite_e2e::synthetic::{config, suite};
+use benchkite_e2e::synthetic::config;
 use benchkite_e2e::{TestNamespace, client, e2e_dir, free_port, repo_root, wait_until};
 use buildkite_sim::InfraFailure;
 use buildkite_sim::config::{EndpointFault, FaultConfig};
 use buildkite_sim::gpu::GpuProfile;
-use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::PostParams;
 use serde_json::{Value, json};
@@ -255,45 +253,20 @@ async fn every_panel_and_alert_returns_data_from_a_real_prometheus() -> Result<(
 
     // The demo's pool, certifying, with a result cache; slot 3 flips two close kernels and
     // fails certification.
-    let cms: Api<ConfigMap> = ns.api();
-    cms.create(
-        &PostParams::default(),
-        &serde_json::from_value(json!({"metadata": {"name": "ref-suite"}, "data": {"suite.yaml": suite()?}}))?,
-    )
-    .await?;
-    let pool: AgentPool = serde_json::from_value(json!({
-        "apiVersion": "benchkite.dev/v1alpha1", "kind": "AgentPool",
-        "metadata": {"name": "p"},
-        "spec": {
-            "queue": queue,
-            "gpuNodeSelector": {"matchLabels": {"benchkite.dev/e2e": id}},
-            "agent": {
-                "image": "example.invalid/agent:e2e",
-                "tokenSecretRef": {"name": "agent-token", "key": "token"},
-                "ephemeral": false,
-                "env": [{"name": "BENCHKITE_SANDBOX", "value": "off"}, {"name": "BENCHKITE_SANDBOX_ENV", "value": "SIMGPU_*"}],
-            },
-            "certification": {"suite": {"configMap": "ref-suite"}, "canary": {"everyEvaluations": 100}},
-            "resultCache": {},
-        },
-    }))?;
-    ns.api::<AgentPool>().create(&PostParams::default(), &pool).await?;
     let flip = GpuProfile {
         kernel_factors: [("k_mid_a".to_string(), 0.9), ("k_mid_b".to_string(), 1.1)].into(),
         ..Default::default()
     };
-    let binary = benchkite_e2e::operator::binary()?;
-    let kubelet = Kubelet::start(
-        client.clone(),
+    let kubelet = benchkite_e2e::synthetic::certifying_pool(
+        &client,
+        &ns,
         &rig.sim,
-        KubeletOptions {
-            namespace: id.clone(),
-            label_selector: "benchkite.dev/pool=p".into(),
-            binary_dir: binary.parent().context("binary dir")?.to_path_buf(),
-            gpus: [((node.clone(), "3".to_string()), flip)].into(),
-            scratch: e2e_dir().join("kubelet").join(&id),
-        },
-    )?;
+        &node,
+        &queue,
+        [(3, flip)].into(),
+        json!({"certification": {"canary": {"everyEvaluations": 100}}, "resultCache": {}}),
+    )
+    .await?;
     let gpunodes: Api<GpuNode> = Api::all(client.clone());
     wait_until("3 slots certified and 1 failed", Duration::from_secs(180), || async {
         let c = gpunodes.get(&node).await?.status.and_then(|s| s.certification).unwrap_or_default();
