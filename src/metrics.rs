@@ -441,6 +441,12 @@ struct PoolLabels {
     pool: String,
 }
 
+impl PoolLabels {
+    fn of(p: &AgentPool) -> Self {
+        PoolLabels { namespace: p.namespace().unwrap_or_default(), pool: p.name_any() }
+    }
+}
+
 /// KernelJobs per phase, every phase present (zero included) so alerts can rely on them.
 pub fn jobs_by_phase<'a>(jobs: impl IntoIterator<Item = &'a KernelJob>) -> BTreeMap<&'static str, i64> {
     let mut out: BTreeMap<&'static str, i64> = Phase::ALL.iter().map(|p| (p.as_str(), 0)).collect();
@@ -562,14 +568,14 @@ impl Collector for StateCollector {
                         .as_ref()
                         .map(|q| q.busy_agents)
                         .or(s.autoscaling.as_ref().and_then(|a| a.busy_agents))?;
-                    Some((PoolLabels { namespace: p.namespace().unwrap_or_default(), pool: p.name_any() }, busy))
+                    Some((PoolLabels::of(p), busy))
                 }),
             )?;
             let series = |f: fn(&crate::api::agentpool::AgentPoolStatus) -> i64| {
                 state
                     .iter()
                     .map(|p| {
-                        let labels = PoolLabels { namespace: p.namespace().unwrap_or_default(), pool: p.name_any() };
+                        let labels = PoolLabels::of(p);
                         (labels, p.status.as_ref().map(f).unwrap_or(0))
                     })
                     .collect::<Vec<_>>()
@@ -586,7 +592,7 @@ impl Collector for StateCollector {
                 .iter()
                 .filter_map(|p| {
                     let q = p.status.as_ref()?.kernel_jobs.clone()?;
-                    Some((PoolLabels { namespace: p.namespace().unwrap_or_default(), pool: p.name_any() }, q))
+                    Some((PoolLabels::of(p), q))
                 })
                 .collect();
             if !queued.is_empty() {
