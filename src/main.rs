@@ -30,6 +30,9 @@ enum Command {
     /// Time the reference suite on this GPU slot and report it (the agent pod's init
     /// container, when the pool certifies its slots).
     Certify(Box<benchkite::runner::CertifyArgs>),
+    /// Wait for this agent pod's GPU allocation (DRA pools), then run the agent with the
+    /// devices in its tags and environment (the agent container's entrypoint).
+    AgentStart(benchkite::runner::agent_start::AgentStartArgs),
     /// Print the result key of a queue (hex), derived from the master key: for agents an
     /// admin runs on a raw queue (`BENCHKITE_RESULT_KEY_FILE` of their `benchkite run`).
     ResultKey {
@@ -70,6 +73,12 @@ struct ControllerArgs {
     /// Create a GpuNode for every Node that offers a GPU resource.
     #[arg(long, env = "BENCHKITE_DISCOVER_GPU_NODES", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     discover_gpu_nodes: bool,
+    /// GPUs through Dynamic Resource Allocation: the DRA driver whose ResourceSlices describe
+    /// nodes' GPUs (NVIDIA's is `gpu.nvidia.com`). Needs Kubernetes 1.34+ (resource.k8s.io/v1)
+    /// and RBAC for it (chart: `fleet.dra.enabled`). Empty: off; pools with `spec.dra` are
+    /// Degraded (DraDisabled).
+    #[arg(long, env = "BENCHKITE_DRA_DRIVER", value_name = "DRIVER", value_parser = parse_dra_driver)]
+    dra_driver: Option<String>,
     /// Seconds a discovered GpuNode outlives its deleted Node before it is removed.
     #[arg(long, env = "BENCHKITE_DISCOVERY_GRACE_SECONDS", default_value_t = 600, value_name = "SECONDS")]
     discovery_grace_seconds: u64,
@@ -440,6 +449,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Run(args) => std::process::exit(benchkite::runner::main(args)),
         Command::Certify(args) => std::process::exit(benchkite::runner::certify(*args)),
+        Command::AgentStart(args) => std::process::exit(benchkite::runner::agent_start::main(args)),
         Command::Submit(args) => std::process::exit(benchkite::cli::submit(*args)),
         Command::Get(args) => std::process::exit(benchkite::cli::get(args)),
         Command::Logs(args) => std::process::exit(benchkite::cli::logs(args)),
@@ -478,6 +488,24 @@ fn client_from(mut config: kube::Config) -> anyhow::Result<kube::Client> {
         .build())
 }
 
+/// A DRA driver name: a DNS subdomain (as `ResourceSlice.spec.driver`), or empty for off.
+fn parse_dra_driver(s: &str) -> Result<String, String> {
+    let ok = s.is_empty()
+        || (s.len() <= 63
+            && s.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            }));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!("{s:?} is not a DRA driver name (a DNS subdomain such as gpu.nvidia.com)"))
+    }
+}
+
 /// Retries of a Kubernetes request answered 429, 503 or 504 before the caller sees the error.
 const KUBE_RETRIES: u32 = 4;
 
@@ -500,6 +528,7 @@ fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
                 memory_bytes: args.node_headroom_memory,
             },
             write_concurrency: args.write_concurrency,
+            dra_driver: args.dra_driver.filter(|d| !d.is_empty()),
             ..Default::default()
         };
         let setup = args.buildkite.setup(&config.reporter, args.namespace.clone())?.map(|mut s| {

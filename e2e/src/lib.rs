@@ -6,6 +6,7 @@
 //! a cluster, [`client`] fails with a message saying how to start one.
 
 pub mod chaos;
+pub mod dra;
 pub mod hostile;
 pub mod jobrig;
 pub mod kubelet;

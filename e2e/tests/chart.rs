@@ -217,6 +217,15 @@ async fn every_rendered_object_passes_server_side_dry_run() -> Result<()> {
     check_monitoring_objects(&docs, 5)?;
     ensure!(dry_run(&yaml)? == docs.len(), "not every object of the full values was accepted");
 
+    // GPUs through DRA: the fleet ClusterRole's resource.k8s.io rules.
+    let yaml = template(&release, ns.name(), &["--set", "fleet.dra.enabled=true"])?;
+    let docs = documents(&yaml)?;
+    ensure!(
+        all_rules(&docs).iter().any(|(group, _, _)| group == "resource.k8s.io"),
+        "fleet.dra.enabled renders no resource.k8s.io rule"
+    );
+    ensure!(dry_run(&yaml)? == docs.len(), "not every object with fleet.dra.enabled was accepted");
+
     // manifests/monitoring.yaml (what GitOps users apply), moved into the test namespace.
     let monitoring = std::fs::read_to_string(repo_root().join("manifests/monitoring.yaml"))?
         .replace("namespace: benchkite-system", &format!("namespace: {}", ns.name()));
@@ -440,6 +449,8 @@ async fn install_upgrade_uninstall() -> Result<()> {
 
 #[tokio::test]
 async fn schema_and_checks_reject_bad_values() -> Result<()> {
+    // A DNS subdomain of 64 characters: longer than a DRA driver name may be.
+    let too_long = format!("fleet.dra.driver={}.com", "a".repeat(60));
     // (helm arguments, substrings the error must contain)
     let cases: &[(&[&str], &[&str])] = &[
         (&["--set", "replicaCount=-1"], &["/replicaCount", "minimum"]),
@@ -465,6 +476,11 @@ async fn schema_and_checks_reject_bad_values() -> Result<()> {
         (&["--set", "metrics.prometheusRule.disabledAlerts={nope}"], &["/metrics/prometheusRule/disabledAlerts/0"]),
         (&["--set", "metrics.grafanaDashboards.label="], &["/metrics/grafanaDashboards/label", "minLength"]),
         (&["--set", "metrics.grafanaDashboards.label=bad label"], &["/metrics/grafanaDashboards/label", "pattern"]),
+        (&["--set", "fleet.dra.driver=Not_A_Driver"], &["/fleet/dra/driver", "does not match pattern"]),
+        (&["--set", "fleet.dra.enabled=true,fleet.dra.driver="], &["/fleet/dra/driver", "minLength"]),
+        (&["--set", too_long.as_str()], &["/fleet/dra/driver", "maxLength"]),
+        (&["--set-string", "fleet.dra.enabled=yes"], &["/fleet/dra/enabled", "want boolean"]),
+        (&["--set", "fleet.dra.enable=true"], &["/fleet/dra", "additional properties 'enable' not allowed"]),
         // Checks in the templates (what a schema cannot say), also with the schema skipped.
         (&["--set", "replicaCount=3,leaderElection.enabled=false"], &["leaderElection.enabled is false"]),
         (&["--set", "controllers={kerneljob}"], &["no controller would run", "buildkite.organization"]),
@@ -738,6 +754,25 @@ async fn fleet_with_chart_rbac(prefix: &str, set: &str, read_secrets: bool) -> R
         let can = chart.can(args)?;
         ensure!(can == certification, "can {args:?}: {can}, want {certification} (fleet.certification)");
     }
+    // GPUs through DRA only when asked for (the fleet's only pod patch: the leader's own
+    // namespace aside, agent pods are created, never patched, without it).
+    let dra = set.contains("fleet.dra.enabled=true");
+    let dra_calls: &[&[&str]] = &[
+        &["list", "resourceslices.resource.k8s.io"],
+        &["watch", "resourceslices.resource.k8s.io"],
+        &["list", "resourceclaims.resource.k8s.io", "-A"],
+        &["watch", "resourceclaims.resource.k8s.io", "-A"],
+        &["create", "resourceclaimtemplates.resource.k8s.io", "-A"],
+        &["patch", "resourceclaimtemplates.resource.k8s.io", "-A"],
+        &["list", "resourceclaimtemplates.resource.k8s.io", "-A"],
+        &["delete", "resourceclaimtemplates.resource.k8s.io", "-A"],
+        &["get", "deviceclasses.resource.k8s.io"],
+        &["patch", "pods", "-A"],
+    ];
+    for args in dra_calls {
+        let can = chart.can(args)?;
+        ensure!(can == dra, "can {args:?}: {can}, want {dra} (fleet.dra.enabled)");
+    }
     let denied: &[&[&str]] = &[
         &["list", "secrets", "-n", ns],
         &["watch", "secrets", "-A"],
@@ -747,15 +782,24 @@ async fn fleet_with_chart_rbac(prefix: &str, set: &str, read_secrets: bool) -> R
         &["delete", "nodes"],
         &["patch", "nodes"],
         &["update", "pods", "-A"],
-        // Agent pods are created, never patched; only the leader's own namespace allows a
-        // pod patch (its label).
-        &["patch", "pods", "-A"],
         &["create", "agentpools.benchkite.dev", "-A"],
         &["patch", "agentpools.benchkite.dev", "-A"],
         &["create", "leases.coordination.k8s.io", "-n", "default"],
         &["get", "leases.coordination.k8s.io/other-lease", "-n", ns],
         &["create", "deployments.apps", "-A"],
         &["update", &lease, "-n", ns],
+        // DRA, with or without fleet.dra: claims are the scheduler's and kube-controller-
+        // manager's to make, slices the driver's, classes the admin's.
+        &["get", "resourceclaims.resource.k8s.io", "-A"],
+        &["create", "resourceclaims.resource.k8s.io", "-A"],
+        &["patch", "resourceclaims.resource.k8s.io", "-A"],
+        &["delete", "resourceclaims.resource.k8s.io", "-A"],
+        &["update", "resourceclaimtemplates.resource.k8s.io", "-A"],
+        &["watch", "resourceclaimtemplates.resource.k8s.io", "-A"],
+        &["create", "resourceslices.resource.k8s.io"],
+        &["patch", "resourceslices.resource.k8s.io"],
+        &["list", "deviceclasses.resource.k8s.io"],
+        &["create", "deviceclasses.resource.k8s.io"],
     ];
     for args in denied {
         ensure!(!chart.can(args)?, "the ServiceAccount can {args:?}");
@@ -784,13 +828,22 @@ async fn fleet_with_chart_rbac(prefix: &str, set: &str, read_secrets: bool) -> R
     let local = "127.0.0.1:0".to_string();
     let operator = chart.start(&[("--http-addr", local.clone()), ("--metrics-addr", local)]).await?;
     let node_name = format!("{prefix}-{}", chart.id);
-    let _node = TestNode::create(&client, &node_name, &node_name, "32", "256Gi", 2).await?;
+    // With DRA, the node's 2 GPUs are a fake driver's devices (no device plugin resource) and
+    // the pool asks for them through DRA: every DRA call is made for real (the template's
+    // apply, the DeviceClass check, the agents' allocations written onto their pods).
+    let plugin_gpus = if dra { 0 } else { 2 };
+    let _node = TestNode::create(&client, &node_name, &node_name, "32", "256Gi", plugin_gpus).await?;
+    if dra {
+        benchkite_e2e::dra::device_class(&client).await?;
+        let devices = (0..2).map(|i| benchkite_e2e::dra::gpu(i, benchkite_e2e::dra::H100)).collect();
+        benchkite_e2e::dra::publish(&client, &node_name, devices).await?;
+    }
     let secrets: Api<Secret> = chart.ns.api();
     let secret: Secret = serde_json::from_value(json!({
         "metadata": {"name": "agent-token"}, "stringData": {"token": "e2e-agent-token-not-a-secret"},
     }))?;
     secrets.create(&PostParams::default(), &secret).await?;
-    let pool: AgentPool = serde_json::from_value(json!({
+    let mut pool = json!({
         "apiVersion": "benchkite.dev/v1alpha1", "kind": "AgentPool",
         "metadata": {"name": "rbac"},
         "spec": {
@@ -798,17 +851,24 @@ async fn fleet_with_chart_rbac(prefix: &str, set: &str, read_secrets: bool) -> R
             "gpuNodeSelector": {"matchLabels": {"benchkite.dev/e2e": node_name}},
             "agent": {"image": "example.invalid/agent:e2e", "tokenSecretRef": {"name": "agent-token", "key": "token"}},
         },
-    }))?;
+    });
+    if dra {
+        pool["spec"]["dra"] = json!({"productName": benchkite_e2e::dra::H100});
+    }
+    let pool: AgentPool = serde_json::from_value(pool)?;
     let pools: Api<AgentPool> = chart.ns.api();
     pools.create(&PostParams::default(), &pool).await?;
 
     let pods: Api<Pod> = chart.ns.api();
     let gpunodes: Api<GpuNode> = Api::all(client.clone());
     let outcome = wait_until("2 agent pods, the pool's and the GpuNode's status", default_timeout(), || async {
-        let live = pods.list(&ListParams::default().labels("benchkite.dev/pool=rbac")).await?.items.len();
+        let live = pods.list(&ListParams::default().labels("benchkite.dev/pool=rbac")).await?.items;
         let status = pools.get("rbac").await?.status.unwrap_or_default();
         let discovered = gpunodes.get_opt(&node_name).await?.is_some_and(|g| g.status.is_some());
-        Ok((live == 2 && status.desired_agents == 2 && discovered).then_some(()))
+        // DRA: each agent told its device (the pod patch), from its claim (the claim watch).
+        let told =
+            !dra || live.iter().all(|p| p.annotations().contains_key(benchkite::fleet::dra::ANNOTATION_ALLOCATION));
+        Ok((live.len() == 2 && status.desired_agents == 2 && discovered && told).then_some(()))
     })
     .await;
     let outcome = match outcome {
@@ -862,6 +922,14 @@ async fn default_rbac_is_enough_for_the_fleet_and_no_more() -> Result<()> {
 #[tokio::test]
 async fn read_secrets_rbac_is_enough_for_the_fleet() -> Result<()> {
     fleet_with_chart_rbac("chart-sec", "rbac.readSecrets=true,fleet.certification=false", true).await
+}
+
+/// fleet.dra.enabled: the controller watches the driver's ResourceSlices and benchkite's
+/// ResourceClaims with the chart's RBAC (a forbidden list or watch is in its log) and still
+/// reconciles a pool; the DRA grants exist, and no more.
+#[tokio::test]
+async fn dra_rbac_is_enough_for_the_fleet() -> Result<()> {
+    fleet_with_chart_rbac("chart-dra", "fleet.dra.enabled=true", false).await
 }
 
 /// rbac.secretNamespaces: `get` (only) in those namespaces (only).
@@ -1000,5 +1068,114 @@ fn the_webhook_service_follows_leader_election() -> Result<()> {
         let role = docs.iter().any(|d| kind_of(d) == "Role");
         ensure!(role == enabled, "leader election {enabled}: Lease Role rendered: {role}");
     }
+    Ok(())
+}
+
+/// A rule grant: (API group, resource, verb).
+type Grant = (String, String, String);
+
+/// The grants of one rendered ClusterRole or Role document (resourceNames aside).
+fn grants_of(role: &Value) -> BTreeSet<Grant> {
+    let strings = |rule: &Value, key: &str| -> Vec<String> {
+        rule[key].as_sequence().into_iter().flatten().filter_map(Value::as_str).map(str::to_string).collect()
+    };
+    let mut out = BTreeSet::new();
+    for rule in role["rules"].as_sequence().into_iter().flatten() {
+        for group in strings(rule, "apiGroups") {
+            for resource in strings(rule, "resources") {
+                for verb in strings(rule, "verbs") {
+                    out.insert((group.clone(), resource.clone(), verb));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The grants of every rendered ClusterRole and Role, by object name.
+fn roles_of(docs: &[Value]) -> std::collections::BTreeMap<String, BTreeSet<Grant>> {
+    docs.iter()
+        .filter(|d| matches!(kind_of(d), "ClusterRole" | "Role"))
+        .map(|d| (d["metadata"]["name"].as_str().unwrap_or_default().to_string(), grants_of(d)))
+        .collect()
+}
+
+/// The grants of every rendered ClusterRole and Role together.
+fn all_rules(docs: &[Value]) -> BTreeSet<Grant> {
+    roles_of(docs).into_values().flatten().collect()
+}
+
+/// What the fleet controller's calls need with `--dra-driver` (src/controller/mod.rs and
+/// src/controller/agentpool/dra.rs), and nothing else.
+fn dra_grants() -> BTreeSet<Grant> {
+    [
+        // The driver's ResourceSlices and benchkite's ResourceClaims: watched.
+        ("resource.k8s.io", "resourceslices", "list"),
+        ("resource.k8s.io", "resourceslices", "watch"),
+        ("resource.k8s.io", "resourceclaims", "list"),
+        ("resource.k8s.io", "resourceclaims", "watch"),
+        // Each pool's ResourceClaimTemplate: server-side apply, outdated ones listed and deleted.
+        ("resource.k8s.io", "resourceclaimtemplates", "create"),
+        ("resource.k8s.io", "resourceclaimtemplates", "patch"),
+        ("resource.k8s.io", "resourceclaimtemplates", "list"),
+        ("resource.k8s.io", "resourceclaimtemplates", "delete"),
+        // The pool's DeviceClass exists.
+        ("resource.k8s.io", "deviceclasses", "get"),
+        // Agent pods annotated with their devices.
+        ("", "pods", "patch"),
+    ]
+    .into_iter()
+    .map(|(g, r, v)| (g.to_string(), r.to_string(), v.to_string()))
+    .collect()
+}
+
+/// GPUs through DRA (fleet.dra): off by default, and then no resource.k8s.io rule, no pod
+/// patch in the fleet ClusterRole and no `--dra-driver`; on, the fleet ClusterRole gains
+/// exactly the rules of DRA's calls (every other role unchanged) and the controller the
+/// driver. Without the fleet controller no role carries them.
+#[test]
+fn dra_rbac_and_flag_only_with_fleet_dra_enabled() -> Result<()> {
+    let render = |set: &str| -> Result<(Vec<Value>, Vec<String>)> {
+        let extra: &[&str] = if set.is_empty() { &[] } else { &["--set", set] };
+        let yaml = template("dra", "benchkite-system", extra)?;
+        Ok((documents(&yaml)?, container_args(&deployment_of(&yaml)?)))
+    };
+    let fleet_role = "dra-benchkite-fleet";
+    let pod_patch: Grant = (String::new(), "pods".into(), "patch".into());
+
+    // Off: the defaults, and a driver named without enabled.
+    let (off, _) = render("")?;
+    for set in ["", "fleet.dra.driver=gpu.example.com", "fleet.dra.enabled=false"] {
+        let (docs, args) = render(set)?;
+        let dra: Vec<Grant> = all_rules(&docs).into_iter().filter(|(g, _, _)| g == "resource.k8s.io").collect();
+        ensure!(dra.is_empty(), "{set:?}: resource.k8s.io rules without fleet.dra.enabled: {dra:?}");
+        let fleet = roles_of(&docs).remove(fleet_role).context("no fleet ClusterRole")?;
+        ensure!(!fleet.contains(&pod_patch), "{set:?}: the fleet ClusterRole patches pods without DRA");
+        ensure!(!args.iter().any(|a| a.starts_with("--dra-driver")), "{set:?}: --dra-driver in {args:?}");
+    }
+
+    // On: exactly DRA's grants added, to the fleet ClusterRole only.
+    let (on, args) = render("fleet.dra.enabled=true")?;
+    let (mut roles_off, mut roles_on) = (roles_of(&off), roles_of(&on));
+    let fleet_off = roles_off.remove(fleet_role).context("no fleet ClusterRole")?;
+    let fleet_on = roles_on.remove(fleet_role).context("no fleet ClusterRole with DRA")?;
+    ensure!(fleet_off.is_subset(&fleet_on), "fleet.dra.enabled removes grants: {:?}", fleet_off.difference(&fleet_on));
+    let added: BTreeSet<Grant> = fleet_on.difference(&fleet_off).cloned().collect();
+    ensure!(added == dra_grants(), "fleet.dra.enabled adds {added:?}, want {:?}", dra_grants());
+    ensure!(roles_off == roles_on, "fleet.dra.enabled changes roles other than the fleet's");
+    let flags: Vec<&String> = args.iter().filter(|a| a.starts_with("--dra-driver")).collect();
+    ensure!(flags == ["--dra-driver=gpu.nvidia.com"], "fleet.dra.enabled: DRA flags {flags:?} in {args:?}");
+    let (_, args) = render("fleet.dra.enabled=true,fleet.dra.driver=gpu.example.com")?;
+    ensure!(args.iter().any(|a| a == "--dra-driver=gpu.example.com"), "fleet.dra.driver not passed: {args:?}");
+
+    // The KernelJob controller alone: no fleet ClusterRole, nothing of DRA's.
+    let (docs, _) =
+        render("controllers={kerneljob},buildkite.organization=acme,buildkite.apiToken=x,fleet.dra.enabled=true")?;
+    let roles = roles_of(&docs);
+    ensure!(!roles.contains_key(fleet_role), "a fleet ClusterRole without the fleet controller");
+    ensure!(
+        !all_rules(&docs).iter().any(|(g, _, _)| g == "resource.k8s.io"),
+        "resource.k8s.io rules without the fleet controller"
+    );
     Ok(())
 }

@@ -9,73 +9,17 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use benchkite::api::{AgentPool, GpuNode};
 use benchkite::fleet::dra::{self, GpuRequirements, NVIDIA_DRIVER};
+use benchkite_e2e::dra::{A100, H100, device_class, gpu, mig, publish};
 use benchkite_e2e::nodes::TestNode;
+use benchkite_e2e::operator::shared_controller;
 use benchkite_e2e::{TestNamespace, client, wait_until};
-use k8s_openapi::api::core::v1::{Node, Pod};
-use k8s_openapi::api::resource::v1::{DeviceClass, ResourceClaim, ResourceClaimTemplate, ResourceSlice};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::resource::v1::{ResourceClaim, ResourceClaimTemplate, ResourceSlice};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
-
-const H100: &str = "NVIDIA H100 80GB HBM3";
-const A100: &str = "NVIDIA A100 80GB PCIe";
-
-fn gpu(minor: u32, product: &str) -> Value {
-    json!({
-        "name": format!("gpu-{minor}"),
-        "attributes": {
-            "type": {"string": "gpu"},
-            "uuid": {"string": format!("GPU-{minor:08x}-e2e0-0000-0000-000000000000")},
-            "productName": {"string": product},
-            "brand": {"string": "Nvidia"},
-            "cudaComputeCapability": {"version": "9.0.0"},
-            "driverVersion": {"version": "580.95.5"},
-        },
-        "capacity": {"memory": {"value": "80Gi"}},
-    })
-}
-
-fn mig(parent: u32) -> Value {
-    json!({
-        "name": format!("gpu-{parent}-mig-1g10gb-19-0"),
-        "attributes": {"type": {"string": "mig"}, "uuid": {"string": "MIG-e2e"}, "productName": {"string": H100}},
-        "capacity": {"memory": {"value": "10Gi"}},
-    })
-}
-
-/// The driver's slice of `node` (one pool per node, as NVIDIA's driver publishes it), owned
-/// by the Node so it goes with it.
-async fn publish(client: &Client, node: &str, devices: Vec<Value>) -> Result<()> {
-    let uid = Api::<Node>::all(client.clone()).get(node).await?.uid().context("node uid")?;
-    let slice: ResourceSlice = serde_json::from_value(json!({
-        "apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice",
-        "metadata": {
-            "name": format!("{node}-gpu.nvidia.com"),
-            "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": node, "uid": uid}],
-        },
-        "spec": {
-            "driver": NVIDIA_DRIVER, "nodeName": node,
-            "pool": {"name": node, "generation": 1, "resourceSliceCount": 1},
-            "devices": devices,
-        },
-    }))?;
-    Api::<ResourceSlice>::all(client.clone()).create(&PostParams::default(), &slice).await?;
-    Ok(())
-}
-
-/// NVIDIA's DeviceClass for whole GPUs (created once per cluster).
-async fn device_class(client: &Client) -> Result<()> {
-    let class: DeviceClass = serde_json::from_value(json!({
-        "apiVersion": "resource.k8s.io/v1", "kind": "DeviceClass",
-        "metadata": {"name": NVIDIA_DRIVER},
-        "spec": {"selectors": [{"cel": {"expression":
-            "device.driver == 'gpu.nvidia.com' && device.attributes['gpu.nvidia.com'].type == 'gpu'"}}]},
-    }))?;
-    let api: Api<DeviceClass> = Api::all(client.clone());
-    api.patch(NVIDIA_DRIVER, &PatchParams::apply("benchkite-e2e").force(), &Patch::Apply(&class)).await?;
-    Ok(())
-}
 
 fn pod(name: &str, node: &str, template: &str) -> Result<Pod> {
     Ok(serde_json::from_value(json!({
@@ -206,5 +150,294 @@ async fn the_scheduler_allocates_one_whole_gpu_of_the_product_per_claim_and_neve
         Ok((scheduled(&p) == Some(true)).then_some(()))
     })
     .await?;
+    ns.delete().await
+}
+
+// ---------------------------------------------------------------------------------------
+// The controller: DRA pools and GpuNodes from the slices (`--dra-driver`).
+
+const CONTROLLER_ARGS: &[&str] = &[
+    "--dra-driver",
+    NVIDIA_DRIVER,
+    "--discovery-grace-seconds",
+    "5",
+    "--agent-grace-seconds",
+    "2",
+    "--http-addr",
+    "127.0.0.1:0",
+];
+
+async fn controller_setup(prefix: &str) -> Result<(Client, TestNamespace)> {
+    let client = client().await?;
+    shared_controller("dra", CONTROLLER_ARGS).await?;
+    device_class(&client).await?;
+    let ns = TestNamespace::create(&client, prefix).await?;
+    benchkite_e2e::nodes::create_agent_token(&ns).await?;
+    Ok((client, ns))
+}
+
+/// A pool of `name` on the nodes `nodes` (by name), through DRA when `dra` is given.
+fn agent_pool(name: &str, nodes: &[&str], dra: Option<Value>) -> Result<AgentPool> {
+    let mut spec = json!({
+        "queue": format!("e2e-{name}"),
+        "gpuNodeSelector": {"matchExpressions": [
+            {"key": "kubernetes.io/hostname", "operator": "In", "values": nodes}]},
+        "agent": {"image": "example.invalid/agent:e2e", "tokenSecretRef": {"name": "agent-token"}, "ephemeral": true},
+    });
+    if let Some(d) = dra {
+        spec["dra"] = d;
+    }
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "benchkite.dev/v1alpha1", "kind": "AgentPool",
+        "metadata": {"name": name}, "spec": spec,
+    }))?)
+}
+
+/// A GpuNode's labels mirror its Node's GPU labels, not its hostname: pools here select by
+/// the GpuNode's name through a label the test puts on the GpuNode.
+async fn label_gpunode(client: &Client, node: &str) -> Result<GpuNode> {
+    let api: Api<GpuNode> = Api::all(client.clone());
+    let gn = wait_until(&format!("GpuNode {node} discovered"), Duration::from_secs(60), || async {
+        Ok(api.get_opt(node).await?)
+    })
+    .await?;
+    let patch = json!({"metadata": {"labels": {"kubernetes.io/hostname": node}}});
+    api.patch(node, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(gn)
+}
+
+/// The pool's live (not terminating, not finished) agent pods.
+async fn live_agents(ns: &TestNamespace, pool: &str) -> Result<Vec<Pod>> {
+    let list = ns.api::<Pod>().list(&ListParams::default().labels(&format!("benchkite.dev/pool={pool}"))).await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")))
+        .collect())
+}
+
+/// The claim of an agent pod, by the name the pod's status gives it.
+async fn agent_claim(ns: &TestNamespace, pod: &Pod) -> Result<Option<ResourceClaim>> {
+    let Some(name) = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.resource_claim_statuses.as_ref())
+        .and_then(|c| c.iter().find(|c| c.name == dra::CLAIM_NAME))
+        .and_then(|c| c.resource_claim_name.clone())
+    else {
+        return Ok(None);
+    };
+    Ok(ns.api::<ResourceClaim>().get_opt(&name).await?)
+}
+
+fn node_state(pool: &AgentPool, node: &str) -> Option<(String, i64)> {
+    let n = pool.status.as_ref()?.nodes.iter().find(|n| n.name == node)?;
+    Some((n.state.clone(), n.desired))
+}
+
+#[tokio::test]
+async fn a_dra_pool_runs_one_agent_per_whole_gpu_of_its_product_and_tells_each_its_device() -> Result<()> {
+    let (client, ns) = controller_setup("dra-pool").await?;
+    let id = ns.name().to_string();
+    let (a, b) = (format!("{id}-a"), format!("{id}-b"));
+    // DRA only (no nvidia.com/gpu): a has 8 whole H100s, a MIG instance and a GPU the driver
+    // lets claims share; b has 4 A100s.
+    let _a = TestNode::create(&client, &a, &id, "64", "256Gi", 0).await?;
+    let _b = TestNode::create(&client, &b, &id, "64", "256Gi", 0).await?;
+    let mut shared = gpu(9, H100);
+    shared["allowMultipleAllocations"] = json!(true);
+    publish(&client, &a, (0..8).map(|i| gpu(i, H100)).chain([mig(8), shared]).collect()).await?;
+    publish(&client, &b, (0..4).map(|i| gpu(i, A100)).collect()).await?;
+
+    // Discovery finds both through their slices; the inventory matches the slices.
+    label_gpunode(&client, &a).await?;
+    label_gpunode(&client, &b).await?;
+    let gpunodes: Api<GpuNode> = Api::all(client.clone());
+    let gn_a = wait_until("GpuNode a inventoried from its slices", Duration::from_secs(60), || async {
+        let gn = gpunodes.get(&a).await?;
+        Ok(gn.status.as_ref().is_some_and(|s| s.dra.is_some() && s.gpu_count > 0).then_some(gn))
+    })
+    .await?;
+    let st = gn_a.status.context("status")?;
+    ensure!(st.offered_through.as_deref() == Some("DynamicResourceAllocation"), "{:?}", st.offered_through);
+    ensure!(st.gpu_count == 8 && st.resource_name.is_none(), "count {} resource {:?}", st.gpu_count, st.resource_name);
+    ensure!(st.product.as_deref() == Some(H100) && st.gpu_type.as_deref() == Some("h100"), "{:?}", st.product);
+    ensure!(st.architecture.as_deref() == Some("sm_90") && st.gpu_memory_mib == Some(81920), "{st:?}");
+    ensure!(st.driver_version.as_deref() == Some("580.95.5"), "{:?}", st.driver_version);
+    let inv = st.dra.as_ref().context("dra")?;
+    ensure!(inv.whole_gpus == 8 && inv.devices.len() == 10 && inv.complete, "{inv:?}");
+    for i in 0..8u32 {
+        let d = inv.devices.iter().find(|d| d.name == format!("gpu-{i}")).context("device")?;
+        ensure!(d.uuid.as_deref() == Some(format!("GPU-{i:08x}-e2e0-0000-0000-000000000000").as_str()), "{d:?}");
+        ensure!(d.unusable.is_none(), "{d:?}");
+    }
+    ensure!(inv.devices.iter().filter(|d| d.unusable.is_some()).count() == 2, "the MIG and shared devices: {inv:?}");
+    let st_b = wait_until("GpuNode b inventoried from its slices", Duration::from_secs(60), || async {
+        Ok(gpunodes.get(&b).await?.status.filter(|s| s.dra.is_some() && s.gpu_count > 0))
+    })
+    .await?;
+    ensure!(st_b.gpu_count == 4 && st_b.product.as_deref() == Some(A100), "{st_b:?}");
+
+    // A pool of whole H100s with 40Gi or more on both nodes.
+    let pools: Api<AgentPool> = ns.api();
+    let dra_spec = json!({"productName": H100, "minMemory": "40Gi"});
+    pools.create(&PostParams::default(), &agent_pool("h100", &[&a, &b], Some(dra_spec))?).await?;
+    let pool = wait_until("the pool's 8 agents placed and Ready", Duration::from_secs(120), || async {
+        let p = pools.get("h100").await?;
+        let ready = p.status.as_ref().is_some_and(|s| s.desired_agents == 8 && s.ready_agents == 8);
+        Ok(ready.then_some(p))
+    })
+    .await?;
+    ensure!(node_state(&pool, &a) == Some(("Active".into(), 8)), "{:?}", node_state(&pool, &a));
+    ensure!(node_state(&pool, &b) == Some(("NoEligibleDevices".into(), 0)), "{:?}", node_state(&pool, &b));
+
+    // The template: owned by the pool, asking for what the pool asks.
+    let templates = ns.api::<ResourceClaimTemplate>().list(&ListParams::default()).await?.items;
+    ensure!(templates.len() == 1, "{} templates", templates.len());
+    let t = &templates[0];
+    ensure!(t.owner_references().iter().any(|o| o.kind == "AgentPool" && o.name == "h100"), "owner");
+
+    // Each agent: its claim allocated to a distinct whole H100 of a, its pod told which.
+    let agents = live_agents(&ns, "h100").await?;
+    ensure!(agents.len() == 8, "{} agents", agents.len());
+    let mut devices = BTreeSet::new();
+    for p in &agents {
+        let name = p.name_any();
+        ensure!(p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(a.as_str()), "{name} not on a");
+        let requests = p.spec.as_ref().map(|s| s.containers[0].resources.clone()).context("spec")?;
+        ensure!(
+            !requests.and_then(|r| r.requests).unwrap_or_default().contains_key("nvidia.com/gpu"),
+            "{name} asks the device plugin"
+        );
+        let claim = agent_claim(&ns, p).await?.with_context(|| format!("{name}'s claim"))?;
+        let got = dra::allocated_devices(&claim, NVIDIA_DRIVER).unwrap_or_default();
+        ensure!(got.len() == 1, "{name}: {got:?}");
+        let device = got[0].clone();
+        ensure!(device.starts_with("gpu-") && !device.contains("mig") && device != "gpu-9", "{name}: {device}");
+        ensure!(devices.insert(device.clone()), "{device} allocated twice");
+        let allocation = wait_until(&format!("{name}'s allocation annotated"), Duration::from_secs(30), || async {
+            let fresh = ns.api::<Pod>().get(&name).await?;
+            Ok(fresh.annotations().get(dra::ANNOTATION_ALLOCATION).cloned())
+        })
+        .await?;
+        let allocation = dra::Allocation::decode(&allocation).map_err(anyhow::Error::msg)?;
+        ensure!(allocation.devices.len() == 1 && allocation.devices[0].name == device, "{allocation:?}");
+        let minor: u32 = device.trim_start_matches("gpu-").parse()?;
+        let uuid = format!("GPU-{minor:08x}-e2e0-0000-0000-000000000000");
+        ensure!(allocation.devices[0].uuid.as_deref() == Some(uuid.as_str()), "{allocation:?}");
+        // What the agent starts with, from that annotation (the binary the pod runs).
+        let env = benchkite::runner::agent_start::agent_env(&allocation, Some("queue=e2e-h100"));
+        ensure!(env.iter().any(|(k, v)| k == "KERNELBOT_GPU_UUID" && *v == uuid), "{env:?}");
+    }
+    ensure!(devices.len() == 8, "{devices:?}");
+
+    // A ninth agent pod on a (the pool's template, the same node) stays unscheduled: the
+    // scheduler's allocation is what decides, and there are 8 such GPUs.
+    let mut ninth: Pod = agents[0].clone();
+    ninth.metadata = kube::api::ObjectMeta { name: Some("ninth".into()), ..Default::default() };
+    if let Some(spec) = ninth.spec.as_mut() {
+        spec.node_name = None;
+    }
+    ninth.status = None;
+    ns.api::<Pod>().create(&PostParams::default(), &ninth).await?;
+    wait_until("the ninth agent found unschedulable", Duration::from_secs(60), || async {
+        let p = ns.api::<Pod>().get("ninth").await?;
+        Ok((scheduled(&p) == Some(false)).then_some(()))
+    })
+    .await?;
+    ns.api::<Pod>().delete("ninth", &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await?;
+
+    // A changed request is a new template: the agents roll onto it, the old one goes.
+    let patch = json!({"spec": {"dra": {"productName": H100, "minMemory": "80Gi"}}});
+    pools.patch("h100", &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    wait_until("one template again, a new one", Duration::from_secs(60), || async {
+        let now = ns.api::<ResourceClaimTemplate>().list(&ListParams::default()).await?.items;
+        Ok((now.len() == 1 && now[0].name_any() != t.name_any()).then_some(()))
+    })
+    .await?;
+    ns.delete().await
+}
+
+#[tokio::test]
+async fn a_device_plugin_pool_and_a_dra_pool_never_claim_the_same_gpu() -> Result<()> {
+    let (client, ns) = controller_setup("dra-both").await?;
+    let id = ns.name().to_string();
+    let (c, d, e) = (format!("{id}-c"), format!("{id}-d"), format!("{id}-e"));
+    // c and e: the device plugin only (4 nvidia.com/gpu). d: both ways, the same 4 GPUs.
+    let _c = TestNode::create(&client, &c, &id, "64", "256Gi", 4).await?;
+    let _d = TestNode::create(&client, &d, &id, "64", "256Gi", 4).await?;
+    let _e = TestNode::create(&client, &e, &id, "64", "256Gi", 4).await?;
+    publish(&client, &d, (0..4).map(|i| gpu(i, H100)).collect()).await?;
+    for n in [&c, &d, &e] {
+        label_gpunode(&client, n).await?;
+    }
+    let gpunodes: Api<GpuNode> = Api::all(client.clone());
+    let st = wait_until("d seen both ways", Duration::from_secs(60), || async {
+        let s = gpunodes.get(&d).await?.status;
+        Ok(s.filter(|s| s.offered_through.as_deref() == Some("Both")))
+    })
+    .await?;
+    ensure!(st.gpu_count == 4, "d counts {} GPUs, not 4", st.gpu_count);
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::all(client.clone());
+    wait_until("a GpusOfferedTwice Warning on d", Duration::from_secs(30), || async {
+        let list = events.list(&ListParams::default().fields(&format!("involvedObject.name={d}"))).await?.items;
+        Ok(list.iter().any(|e| e.reason.as_deref() == Some("GpusOfferedTwice")).then_some(()))
+    })
+    .await?;
+
+    // The plugin pool (c, d) is older: it owns d. The DRA pool (d, e) may use neither node
+    // (d: claimed; e: no slices).
+    let pools: Api<AgentPool> = ns.api();
+    pools.create(&PostParams::default(), &agent_pool("plugin", &[&c, &d], None)?).await?;
+    wait_until("the plugin pool's 8 agents Ready", Duration::from_secs(120), || async {
+        let p = pools.get("plugin").await?;
+        Ok(p.status.as_ref().is_some_and(|s| s.ready_agents == 8).then_some(()))
+    })
+    .await?;
+    pools.create(&PostParams::default(), &agent_pool("dra", &[&d, &e], Some(json!({})))?).await?;
+    let dra_pool = wait_until("the DRA pool's verdict on both nodes", Duration::from_secs(60), || async {
+        let p = pools.get("dra").await?;
+        Ok((node_state(&p, &e).is_some() && node_state(&p, &d).is_some()).then_some(p))
+    })
+    .await?;
+    ensure!(node_state(&dra_pool, &e) == Some(("NoDraDevices".into(), 0)), "{:?}", node_state(&dra_pool, &e));
+    ensure!(node_state(&dra_pool, &d) == Some(("Conflict".into(), 0)), "{:?}", node_state(&dra_pool, &d));
+    ensure!(live_agents(&ns, "dra").await?.is_empty(), "the DRA pool runs agents on claimed GPUs");
+
+    // The plugin pool leaves d; the DRA pool takes it over. Sampled throughout: never a live
+    // agent of both pools on d, never more than d's 4 GPUs held.
+    let patch = json!({"spec": {"gpuNodeSelector": {"matchExpressions": [
+        {"key": "kubernetes.io/hostname", "operator": "In", "values": [&c]}]}}});
+    pools.patch("plugin", &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut samples = 0;
+    loop {
+        let on_d = |pods: &[Pod]| {
+            pods.iter().filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(d.as_str())).count()
+        };
+        let (plugin_on_d, dra_on_d) = (on_d(&live_agents(&ns, "plugin").await?), on_d(&live_agents(&ns, "dra").await?));
+        samples += 1;
+        ensure!(
+            plugin_on_d == 0 || dra_on_d == 0,
+            "{plugin_on_d} device-plugin and {dra_on_d} DRA agents on d at once"
+        );
+        ensure!(plugin_on_d + dra_on_d <= 4, "{} agents hold d's 4 GPUs", plugin_on_d + dra_on_d);
+        let p = pools.get("dra").await?;
+        if p.status.as_ref().is_some_and(|s| s.ready_agents == 4) && dra_on_d == 4 {
+            break;
+        }
+        ensure!(std::time::Instant::now() < deadline, "the DRA pool did not take d over ({dra_on_d} agents)");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Its 4 claims hold d's 4 GPUs, each once.
+    let mut devices = BTreeSet::new();
+    for p in live_agents(&ns, "dra").await? {
+        let claim = agent_claim(&ns, &p).await?.context("claim")?;
+        for dev in dra::allocated_devices(&claim, NVIDIA_DRIVER).unwrap_or_default() {
+            ensure!(devices.insert(dev.clone()), "{dev} allocated twice");
+        }
+    }
+    ensure!(devices.len() == 4, "{devices:?} ({samples} samples)");
     ns.delete().await
 }

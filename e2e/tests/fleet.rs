@@ -69,6 +69,7 @@ fn pool(name: &str, sel: GpuNodeSelector) -> AgentPool {
             queueing: None,
             autoscaling: None,
             result_cache: None,
+            dra: None,
         },
     )
 }
@@ -403,6 +404,11 @@ async fn impossible_pools_say_why_and_start_nothing() -> Result<()> {
     p.spec.agent.token_secret_ref.name = "missing".into();
     pools.create(&PostParams::default(), &p).await?;
     degraded("notoken", "TokenSecretMissing").await?;
+    // GPUs through DRA asked of a controller without --dra-driver.
+    let mut p = pool("nodra", selector("kubernetes.io/hostname", &["gpu-l40s-0"]));
+    p.spec.dra = Some(Default::default());
+    pools.create(&PostParams::default(), &p).await?;
+    degraded("nodra", "DraDisabled").await?;
     // Share too small: 4 cores over 8 GPUs.
     pools.create(&PostParams::default(), &pool("tiny", selector("benchkite.dev/e2e", &[&id]))).await?;
     degraded("tiny", "NoUsableNodes").await?;
@@ -419,7 +425,7 @@ async fn impossible_pools_say_why_and_start_nothing() -> Result<()> {
     ensure!(ready.reason == "ShareTooSmall" && ready.message.contains("below the minimum"), "{ready:?}");
     let stalled = gn.status.as_ref().and_then(|s| condition(&s.conditions, "Stalled")).context("Stalled")?;
     ensure!(stalled.status == "True" && stalled.reason == "ShareTooSmall", "{stalled:?}");
-    for name in ["nothing", "notoken", "tiny"] {
+    for name in ["nothing", "notoken", "nodra", "tiny"] {
         ensure!(pool_pods(&ns, name).await?.is_empty(), "{name} must start no agents");
     }
     wait_until("Events for each impossible pool", default_timeout(), || async {
@@ -427,8 +433,11 @@ async fn impossible_pools_say_why_and_start_nothing() -> Result<()> {
         let has = |obj: &str, reason: &str| {
             evs.iter().any(|e| e.involved_object.name.as_deref() == Some(obj) && e.reason.as_deref() == Some(reason))
         };
-        Ok((has("nothing", "NoNodesSelected") && has("notoken", "TokenSecretMissing") && has("tiny", "NoUsableNodes"))
-            .then_some(()))
+        Ok((has("nothing", "NoNodesSelected")
+            && has("notoken", "TokenSecretMissing")
+            && has("nodra", "DraDisabled")
+            && has("tiny", "NoUsableNodes"))
+        .then_some(()))
     })
     .await?;
     ns.delete().await

@@ -68,6 +68,7 @@ fn pool(name: &str, test: &str, ephemeral: bool, max_unavailable: Option<IntOrSt
             queueing: None,
             autoscaling: None,
             result_cache: None,
+            dra: None,
         },
     )
 }

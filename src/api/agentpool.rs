@@ -135,6 +135,56 @@ pub struct AgentPoolSpec {
     /// private and profile runs are never served from it. Without it, every job runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result_cache: Option<PoolResultCache>,
+
+    /// Request each agent's GPUs through Dynamic Resource Allocation (`resource.k8s.io/v1`)
+    /// instead of the device plugin's extended resource: benchkite keeps a
+    /// ResourceClaimTemplate asking for `gpusPerAgent` whole, exclusive GPUs (never a MIG
+    /// instance or a device the driver lets claims share) of the product and memory given
+    /// here, the agent pods reference it, and the scheduler allocates. Slots are the
+    /// devices of a node that match. Needs the controller's `--dra-driver` (chart:
+    /// `fleet.dra.enabled`). Without it, agents request the device plugin's resource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dra: Option<PoolDra>,
+}
+
+/// How a DRA pool's agents ask for their GPUs (see `AgentPoolSpec.dra`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolDra {
+    /// The DeviceClass the claims name (default `gpu.nvidia.com`, NVIDIA's class of whole
+    /// GPUs). It must select devices of the controller's `--dra-driver`.
+    #[serde(default = "default_device_class")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new("self.size() <= 253 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("deviceClassName must be a DNS subdomain such as 'gpu.nvidia.com'"))]
+    pub device_class_name: String,
+    /// Only GPUs whose `productName` attribute is exactly this, e.g. `NVIDIA H100 80GB HBM3`
+    /// (`kubectl get gpunodes -o yaml`: `status.dra.devices[].productName`). Default: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    #[x_kube(validation = Rule::new("self.size() >= 1 && self.size() <= 128").message("productName must be 1 to 128 characters long"))]
+    pub product_name: Option<String>,
+    /// Only GPUs with at least this much memory (a quantity, e.g. `40Gi`). Default: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.size() <= 32 && isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))").message("minMemory must be a positive quantity such as '40Gi'"))]
+    pub min_memory: Option<String>,
+}
+
+impl Default for PoolDra {
+    fn default() -> Self {
+        PoolDra { device_class_name: default_device_class(), product_name: None, min_memory: None }
+    }
+}
+
+fn default_device_class() -> String {
+    crate::fleet::dra::NVIDIA_DRIVER.to_string()
+}
+
+impl PoolDra {
+    /// What each GPU must be.
+    pub fn requirements(&self) -> crate::fleet::dra::GpuRequirements {
+        crate::fleet::dra::GpuRequirements { product: self.product_name.clone(), min_memory: self.min_memory.clone() }
+    }
 }
 
 /// A pool's result cache (see `AgentPoolSpec.resultCache`). Entries are ConfigMaps in the

@@ -152,6 +152,49 @@ pub struct ShareBasis {
     pub gpus: i64,
 }
 
+/// A node's GPUs as a DRA driver publishes them in its ResourceSlices.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuNodeDra {
+    /// The driver, e.g. `gpu.nvidia.com`.
+    pub driver: String,
+    /// Whole, exclusive GPUs: the devices an agent can be given.
+    pub whole_gpus: i64,
+    /// False while the driver is rewriting its slices (some of the newest generation missing).
+    pub complete: bool,
+    /// Every published device, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DraDeviceStatus>,
+}
+
+/// One published device.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DraDeviceStatus {
+    /// Device name in the slice, e.g. `gpu-3`.
+    pub name: String,
+    /// `gpu`, `mig`, or the driver's other type.
+    #[serde(rename = "type")]
+    pub type_: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product_name: Option<String>,
+    /// Memory in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver_version: Option<String>,
+    /// The driver lets several claims allocate it (`allowMultipleAllocations`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
+    /// Why no agent is given this device (absent: a whole, exclusive GPU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unusable: Option<String>,
+}
+
 /// An agent pod placed on this node.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -223,6 +266,15 @@ pub struct GpuNodeStatus {
     /// Node labels about GPUs copied onto the GpuNode (also set as its labels).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub gpu_labels: BTreeMap<String, String>,
+    /// How the GPUs are offered to pods: `DevicePlugin` (the extended resource
+    /// `resourceName`), `DynamicResourceAllocation` (devices of the DRA driver's
+    /// ResourceSlices, see `dra`) or `Both` (the same GPUs both ways: `gpuCount` counts them
+    /// once; pools of one kind only should use the node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offered_through: Option<String>,
+    /// The devices the controller's DRA driver (`--dra-driver`) publishes for the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dra: Option<GpuNodeDra>,
     #[serde(default)]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,

@@ -21,6 +21,7 @@ use crate::api::gpunode::{DISCOVERED_LABEL, NodeResources, PlacedAgent, Resource
 use crate::api::{FIELD_MANAGER, GpuNode, GpuNodeStatus};
 use crate::error::{Error, Result};
 use crate::fleet::blocked;
+use crate::fleet::dra::{self, Offered};
 use crate::fleet::health::{self, NodeHealth};
 use crate::fleet::inventory::{self, InventoryError};
 use crate::fleet::quantity::{self, MIB};
@@ -150,8 +151,25 @@ fn compute_status(gn: &GpuNode, ctx: &Context, now: Timestamp) -> Computed {
     };
     status.allocatable = Some(resources_of(allocatable));
 
-    let inv = match inventory::detect(&labels, &allocatable_map, gn.spec.resource_name.as_deref()) {
-        Ok(inv) => inv,
+    // GPUs through DRA: the driver's devices for the node, reported as they are; a node
+    // served both ways counts its GPUs once.
+    let dra_inv = ctx.dra.as_ref().and_then(|d| d.inventory(&node_name));
+    status.dra = dra_inv.as_ref().map(dra::node_status);
+    let detected = inventory::detect(&labels, &allocatable_map, gn.spec.resource_name.as_deref());
+    let detected = match (detected, dra_inv.as_ref().filter(|d| d.whole_count() > 0)) {
+        (Ok(mut inv), d) => {
+            let (count, offered) =
+                dra::gpu_count(Some(inv.gpu_count), d).unwrap_or((inv.gpu_count, Offered::DevicePlugin));
+            inv.gpu_count = count;
+            Ok((inv, offered))
+        }
+        (Err(InventoryError::NoGpuResource), Some(d)) if gn.spec.resource_name.is_none() => {
+            Ok((dra::gpu_inventory(d), Offered::Dra))
+        }
+        (Err(e), _) => Err(e),
+    };
+    let (inv, offered) = match detected {
+        Ok(found) => found,
         Err(e) => {
             let reason = match e {
                 InventoryError::NoGpuResource => "NoGpuResource",
@@ -174,7 +192,8 @@ fn compute_status(gn: &GpuNode, ctx: &Context, now: Timestamp) -> Computed {
     status.gpu_type = inv.gpu_type.clone();
     status.family = inv.family.clone();
     status.architecture = inv.architecture.clone();
-    status.resource_name = Some(inv.resource_name.clone());
+    status.resource_name = (offered != Offered::Dra).then(|| inv.resource_name.clone());
+    status.offered_through = Some(offered.as_str().to_string());
     status.gpu_count = inv.gpu_count;
     status.gpu_memory_mib = inv.memory_mib;
     status.driver_version = inv.driver_version.clone();
@@ -308,7 +327,7 @@ fn compute_status(gn: &GpuNode, ctx: &Context, now: Timestamp) -> Computed {
                     "{} × {} ({}), {} CPU and {} MiB per GPU",
                     inv.gpu_count,
                     inv.product.as_deref().unwrap_or("GPU"),
-                    inv.resource_name,
+                    offered_how(offered, &inv.resource_name, status.dra.as_ref()),
                     s.cpu_cores,
                     s.memory_mib
                 ),
@@ -322,6 +341,35 @@ fn compute_status(gn: &GpuNode, ctx: &Context, now: Timestamp) -> Computed {
     conditions.set(cond::READY, ConditionStatus::from_bool(ready), reason, message);
     status.conditions = conditions.into_vec();
     Computed { status, event, recheck_in }
+}
+
+/// How the GPUs are offered, for the Ready message.
+fn offered_how(offered: Offered, resource: &str, dra: Option<&crate::api::gpunode::GpuNodeDra>) -> String {
+    let driver = dra.map(|d| d.driver.as_str()).unwrap_or_default();
+    match offered {
+        Offered::DevicePlugin => resource.to_string(),
+        Offered::Dra => format!("DRA driver {driver}"),
+        Offered::Both => format!("{resource} and DRA driver {driver}, counted once"),
+    }
+}
+
+/// The Warning a node served both ways gets when it starts to be (one per episode).
+fn offered_twice(previous: Option<&GpuNodeStatus>, status: &GpuNodeStatus) -> Option<String> {
+    let both = Some(Offered::Both.as_str());
+    if status.offered_through.as_deref() != both || previous.and_then(|p| p.offered_through.as_deref()) == both {
+        return None;
+    }
+    let dra = status.dra.as_ref()?;
+    Some(format!(
+        "the node offers its GPUs both through the device plugin ({}) and through DRA driver {} ({} whole GPUs): \
+         they are the same GPUs, counted once ({}). The scheduler counts the two apart (unless the DeviceClass maps \
+         the extended resource), so a pod of each kind can be given the same GPU: serve the node one way, or keep \
+         every GPU workload on it in benchkite pools of one kind",
+        status.resource_name.as_deref().unwrap_or("?"),
+        dra.driver,
+        dra.whole_gpus,
+        status.gpu_count
+    ))
 }
 
 pub async fn reconcile(gn: Arc<GpuNode>, ctx: Arc<Context>) -> Result<Action> {
@@ -406,6 +454,9 @@ pub async fn reconcile(gn: Arc<GpuNode>, ctx: Arc<Context>) -> Result<Action> {
     {
         publish(&ctx, gn.as_ref(), type_, reason, "Reconcile", note).await;
     }
+    if let Some(note) = offered_twice(gn.status.as_ref(), &status) {
+        publish(&ctx, gn.as_ref(), EventType::Warning, "GpusOfferedTwice", "Reconcile", note).await;
+    }
     if let Some(note) = newly_blocked(gn.status.as_ref(), &status) {
         publish(&ctx, gn.as_ref(), EventType::Warning, "PodsBlocked", "Reconcile", note).await;
     }
@@ -432,7 +483,8 @@ pub fn error_policy(gn: Arc<GpuNode>, err: &Error, _ctx: Arc<Context>) -> Action
 /// Creates a GpuNode for a Node that offers GPUs, unless one already describes it.
 pub async fn discover(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action> {
     let name = node.name_any();
-    if !inventory::offers_gpus(&allocatable_of(&node)) {
+    let through_dra = ctx.dra.as_ref().and_then(|d| d.inventory(&name)).is_some_and(|i| i.whole_count() > 0);
+    if !inventory::offers_gpus(&allocatable_of(&node)) && !through_dra {
         return Ok(Action::await_change());
     }
     let exists =

@@ -82,6 +82,7 @@ fn context(nodes: Vec<Node>, pods: Vec<CachedPod>) -> Context {
         buildkite: None,
         queues: queues::Queues::default(),
         job_queues: Mutex::new(None),
+        dra: None,
     }
 }
 
@@ -229,4 +230,94 @@ async fn pods_blocked_by_agents_are_named_in_a_condition() {
     assert_eq!((none.status.as_str(), none.reason.as_str()), ("False", "NoPodsBlocked"));
     assert_eq!(newly_blocked(Some(&c.status), &clear.status), None);
     assert_eq!(newly_blocked(Some(&clear.status), &c.status), Some(blocked.message.clone()));
+}
+
+/// NVIDIA-shaped slices for `gpu-1`: `whole` H100s (gpu-0…), a MIG instance and a shareable GPU.
+fn dra_context(nodes: Vec<Node>, whole: u32) -> Context {
+    let mut devices: Vec<serde_json::Value> = (0..whole)
+        .map(|i| {
+            json!({"name": format!("gpu-{i}"), "attributes": {
+                "type": {"string": "gpu"}, "uuid": {"string": format!("GPU-{i}")},
+                "productName": {"string": "NVIDIA H100 80GB HBM3"},
+                "cudaComputeCapability": {"version": "9.0.0"}, "driverVersion": {"version": "580.95.5"}},
+              "capacity": {"memory": {"value": "80Gi"}}})
+        })
+        .collect();
+    devices.push(json!({"name": "gpu-7-mig-1g10gb-0", "attributes": {"type": {"string": "mig"}}}));
+    devices.push(json!({"name": "gpu-9", "allowMultipleAllocations": true,
+        "attributes": {"type": {"string": "gpu"}, "productName": {"string": "NVIDIA H100 80GB HBM3"}}}));
+    let slice: k8s_openapi::api::resource::v1::ResourceSlice = serde_json::from_value(json!({
+        "metadata": {"name": "gpu-1-gpu.nvidia.com"},
+        "spec": {"driver": "gpu.nvidia.com", "nodeName": "gpu-1",
+                 "pool": {"name": "gpu-1", "generation": 1, "resourceSliceCount": 1}, "devices": devices},
+    }))
+    .unwrap();
+    let (slices, mut sw) = reflector::store();
+    sw.apply_watcher_event(&watcher::Event::Apply(slice));
+    let (claims, _) = reflector::store();
+    let mut ctx = context(nodes, vec![]);
+    ctx.dra = Some(crate::controller::DraCaches { driver: "gpu.nvidia.com".into(), slices, claims });
+    ctx
+}
+
+/// The node without the device plugin's resource or its labels: GPUs through DRA only.
+fn dra_only_node() -> Node {
+    let mut n = node(("True", 0), false);
+    n.metadata.labels = None;
+    if let Some(a) = n.status.as_mut().and_then(|s| s.allocatable.as_mut()) {
+        a.remove("nvidia.com/gpu");
+    }
+    n
+}
+
+#[tokio::test]
+async fn a_node_served_by_dra_only_is_inventoried_from_its_slices() {
+    let ctx = dra_context(vec![dra_only_node()], 4);
+    let c = compute_status(&gpunode(1), &ctx, now());
+    assert_eq!(ready(&c), ("True".into(), "Ready".into()));
+    let st = &c.status;
+    assert_eq!(st.offered_through.as_deref(), Some("DynamicResourceAllocation"));
+    assert_eq!((st.gpu_count, st.resource_name.as_deref()), (4, None), "whole GPUs: not the MIG or the shared one");
+    assert_eq!(st.product.as_deref(), Some("NVIDIA H100 80GB HBM3"));
+    assert_eq!((st.gpu_type.as_deref(), st.architecture.as_deref()), (Some("h100"), Some("sm_90")));
+    assert_eq!((st.gpu_memory_mib, st.driver_version.as_deref()), (Some(81920), Some("580.95.5")));
+    let dra = st.dra.as_ref().expect("dra inventory");
+    assert_eq!((dra.whole_gpus, dra.devices.len(), dra.complete), (4, 6, true));
+    assert_eq!(share(&c), Some((7, "31744Mi".into())), "the share divides by the whole GPUs");
+    let msg = &find(&st.conditions, cond::READY).unwrap().message;
+    assert!(msg.contains("DRA driver gpu.nvidia.com"), "{msg}");
+    assert_eq!(offered_twice(None, st), None);
+    // Without --dra-driver the same node offers nothing benchkite can use.
+    let plain = context(vec![dra_only_node()], vec![]);
+    let c = compute_status(&gpunode(1), &plain, now());
+    assert_eq!(ready(&c).1, "NoGpuResource");
+    assert!(c.status.dra.is_none() && c.status.offered_through.is_none());
+}
+
+#[tokio::test]
+async fn a_node_served_both_ways_counts_its_gpus_once_and_says_so_once() {
+    // 4 nvidia.com/gpu and 4 whole GPUs in the slices: the same GPUs.
+    let ctx = dra_context(vec![node(("True", 0), false)], 4);
+    let c = compute_status(&gpunode(1), &ctx, now());
+    assert_eq!(ready(&c), ("True".into(), "Ready".into()));
+    assert_eq!(c.status.offered_through.as_deref(), Some("Both"));
+    assert_eq!(c.status.gpu_count, 4, "never 8");
+    assert_eq!(c.status.resource_name.as_deref(), Some("nvidia.com/gpu"));
+    assert_eq!(share(&c), Some((7, "31744Mi".into())));
+    let warning = offered_twice(None, &c.status).expect("a Warning when it starts");
+    assert!(
+        warning.contains("nvidia.com/gpu")
+            && warning.contains("gpu.nvidia.com")
+            && warning.contains("counted once (4)"),
+        "{warning}"
+    );
+    assert_eq!(offered_twice(Some(&c.status), &c.status), None, "not again while it lasts");
+    // The driver restarting (fewer devices seen for a while) does not shrink the count.
+    let ctx = dra_context(vec![node(("True", 0), false)], 2);
+    assert_eq!(compute_status(&gpunode(1), &ctx, now()).status.gpu_count, 4);
+    // The device plugin only: as before, no DRA fields.
+    let ctx = context(vec![node(("True", 0), false)], vec![]);
+    let c = compute_status(&gpunode(1), &ctx, now());
+    assert_eq!(c.status.offered_through.as_deref(), Some("DevicePlugin"));
+    assert!(c.status.dra.is_none());
 }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use crate::events::{Recorder, Reporter};
 use futures::{Future, FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::resource::v1::{ResourceClaim, ResourceSlice};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -55,6 +56,8 @@ pub struct Config {
     pub write_concurrency: usize,
     /// Name used in Events (`reportingController`) and as the instance id.
     pub reporter: String,
+    /// The DRA driver whose ResourceSlices describe GPUs (`--dra-driver`); `None`: DRA is off.
+    pub dra_driver: Option<String>,
 }
 
 impl Default for Config {
@@ -70,6 +73,7 @@ impl Default for Config {
             node_headroom: crate::fleet::share::default_headroom(),
             write_concurrency: 32,
             reporter: "benchkite".to_string(),
+            dra_driver: None,
         }
     }
 }
@@ -171,6 +175,26 @@ pub struct Context {
     /// Each pool's unfinished KernelJobs (`status.kernelJobs`), when the KernelJob controller
     /// runs in this process (`None`: it does not, and pools show nothing).
     pub job_queues: Mutex<Option<HashMap<agentpool::jobs::PoolKey, crate::api::agentpool::PoolJobsStatus>>>,
+    /// With `--dra-driver`: the driver's ResourceSlices and the claims of benchkite's agents.
+    pub dra: Option<DraCaches>,
+}
+
+/// What the fleet reads for GPUs through DRA.
+#[derive(Clone)]
+pub struct DraCaches {
+    pub driver: String,
+    /// The driver's ResourceSlices (every node's).
+    pub slices: Store<ResourceSlice>,
+    /// ResourceClaims labelled managed by benchkite (made from pools' templates).
+    pub claims: Store<ResourceClaim>,
+}
+
+impl DraCaches {
+    /// The devices the driver publishes for `node`.
+    pub fn inventory(&self, node: &str) -> Option<crate::fleet::dra::DraInventory> {
+        let slices = self.slices.state();
+        crate::fleet::dra::node_inventory(slices.iter().map(|s| s.as_ref()), node, &self.driver)
+    }
 }
 
 impl Context {
@@ -222,6 +246,7 @@ pub async fn run(
     let (gn_tx, gn_rx) = mpsc::unbounded_channel::<Arc<GpuNode>>();
     let (gn_wake_tx, gn_wake_rx) = mpsc::unbounded_channel::<ObjectRef<GpuNode>>();
     let (node_tx, node_rx) = mpsc::unbounded_channel::<Arc<Node>>();
+    let node_tx_dra = node_tx.clone();
     let (pool_tx, pool_rx) = mpsc::unbounded_channel::<Arc<AgentPool>>();
     let (pool_wake_tx, pool_wake_rx) = mpsc::unbounded_channel::<ObjectRef<AgentPool>>();
 
@@ -319,7 +344,69 @@ pub async fn run(
             }
             futures::future::ready(())
         });
-    drop((gn_wake_tx, pool_wake_tx));
+    // GPUs through DRA (`--dra-driver`): the driver's slices (a node's inventory; a node the
+    // driver serves is discovered) and the claims made from pools' templates (an agent's
+    // allocation). Neither is watched when DRA is off: no RBAC for them is needed then.
+    let dra_driver = config.dra_driver.clone().filter(|_| fleet);
+    let (slices, slices_w) = reflector::store::<ResourceSlice>();
+    let (claims, claims_w) = reflector::store::<ResourceClaim>();
+    let slice_watch = {
+        let (gn_store, wake, node_store, node_tx) =
+            (gpunodes.clone(), gn_wake_tx.clone(), nodes.clone(), node_tx_dra.clone());
+        let (client, driver) = (client.clone(), dra_driver.clone());
+        async move {
+            let Some(driver) = driver else { return futures::future::pending::<()>().await };
+            let wc = watcher::Config::default().any_semantic().fields(&format!("spec.driver={driver}"));
+            watcher(Api::<ResourceSlice>::all(client), wc)
+                .modify(cache::strip_managed_fields)
+                .default_backoff()
+                .reflect(slices_w)
+                .for_each(move |ev| {
+                    if let Some(node) = event_object(&ev).and_then(|s| s.spec.node_name.as_deref()) {
+                        for r in gpunode::gpunodes_for_node(&gn_store, node) {
+                            let _ = wake.send(r);
+                        }
+                        if discover
+                            && !is_delete(&ev)
+                            && let Some(n) = node_store.get(&ObjectRef::new(node))
+                        {
+                            let _ = node_tx.send(n);
+                        }
+                    }
+                    futures::future::ready(())
+                })
+                .await
+        }
+    };
+    let claim_watch = {
+        let pool_wake = pool_wake_tx.clone();
+        let (client, on) = (client.clone(), dra_driver.is_some());
+        async move {
+            if !on {
+                return futures::future::pending::<()>().await;
+            }
+            let wc = watcher::Config::default().any_semantic().labels(&format!(
+                "{}={}",
+                crate::fleet::pod::LABEL_MANAGED_BY,
+                crate::fleet::pod::MANAGED_BY
+            ));
+            watcher(Api::<ResourceClaim>::all(client), wc)
+                .modify(cache::strip_managed_fields)
+                .default_backoff()
+                .reflect(claims_w)
+                .for_each(move |ev| {
+                    if let Some(claim) = event_object(&ev)
+                        && let Some(pool) = claim.annotations().get(crate::fleet::dra::ANNOTATION_POOL)
+                    {
+                        let ns = claim.namespace().unwrap_or_default();
+                        let _ = pool_wake.send(ObjectRef::new(pool).within(&ns));
+                    }
+                    futures::future::ready(())
+                })
+                .await
+        }
+    };
+    drop((gn_wake_tx, pool_wake_tx, node_tx_dra));
     let fleet_events = fleet.then_some((gn_rx, gn_wake_rx, node_rx, pool_rx, pool_wake_rx));
 
     let recorder = Recorder::new(
@@ -342,6 +429,7 @@ pub async fn run(
             None => queues::Queues::default(),
         },
         job_queues: Mutex::new(None),
+        dra: dra_driver.clone().map(|driver| DraCaches { driver, slices: slices.clone(), claims: claims.clone() }),
     });
     // The API token's scopes, at start and every 5 minutes, for everything this process
     // does with it: a missing scope is named (conditions of pools and jobs, a log line).
@@ -450,12 +538,17 @@ pub async fn run(
             // empty cache a pool would select no GpuNode, a GpuNode would find no Node (and
             // its agents would be deleted) or size its share without the other pods. Events
             // that arrive meanwhile wait in the channels.
-            let synced = all_synced(vec![
+            let mut stores = vec![
                 synced(nodes.clone()).boxed(),
                 synced(pods.clone()).boxed(),
                 synced(gpunodes.clone()).boxed(),
                 synced(pools.clone()).boxed(),
-            ]);
+            ];
+            if dra_driver.is_some() {
+                stores.push(synced(slices.clone()).boxed());
+                stores.push(synced(claims.clone()).boxed());
+            }
+            let synced = all_synced(stores);
             // Certification of the slots of pools that ask for it (reports, canaries).
             let certify = certification::run(ctx.clone(), on_shutdown(&shutdown_tx));
             when_synced("fleet", synced, on_shutdown(&shutdown_tx), async move {
@@ -561,9 +654,9 @@ pub async fn run(
     // neither Nodes nor Pods: it does not watch them.
     let watches = async {
         if fleet {
-            tokio::join!(node_watch, pod_watch, gpunode_watch, pool_watch);
+            tokio::join!(node_watch, pod_watch, gpunode_watch, pool_watch, slice_watch, claim_watch);
         } else {
-            drop((node_watch, pod_watch));
+            drop((node_watch, pod_watch, slice_watch, claim_watch));
             tokio::join!(gpunode_watch, pool_watch);
         }
     };

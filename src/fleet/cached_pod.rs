@@ -42,6 +42,8 @@ pub struct CachedPod {
     pub gpus_annotation: Option<String>,
     /// Annotation `benchkite.dev/spec-hash`.
     pub spec_hash: Option<String>,
+    /// Annotation `benchkite.dev/gpu-allocation` (DRA agents: the devices allocated to it).
+    pub allocation_annotation: Option<String>,
     /// `spec.nodeName`.
     pub node_name: Option<String>,
     /// What the certification init container ([`CERTIFY_CONTAINER`]) of an agent pod ended
@@ -231,6 +233,7 @@ impl From<wire::Pod> for CachedPod {
             gpunode_annotation: annotations.remove(ANNOTATION_GPUNODE),
             gpus_annotation: annotations.remove(ANNOTATION_GPUS),
             spec_hash: annotations.remove(ANNOTATION_SPEC_HASH),
+            allocation_annotation: annotations.remove(super::dra::ANNOTATION_ALLOCATION),
             node_name,
             certify,
             mps_daemon,

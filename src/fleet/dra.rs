@@ -15,12 +15,14 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::resource::v1::{
-    CELDeviceSelector, Device, DeviceClaim, DeviceRequest, DeviceSelector, ExactDeviceRequest, ResourceClaimSpec,
-    ResourceClaimTemplate, ResourceClaimTemplateSpec, ResourceSlice,
+    CELDeviceSelector, Device, DeviceClaim, DeviceRequest, DeviceSelector, ExactDeviceRequest, ResourceClaim,
+    ResourceClaimSpec, ResourceClaimTemplate, ResourceClaimTemplateSpec, ResourceSlice,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
+use super::inventory::{GpuInventory, Vendor};
 use super::quantity;
+use crate::api::gpunode::{DraDeviceStatus, GpuNodeDra};
 
 /// NVIDIA's DRA driver for GPUs (its DeviceClass for whole GPUs has the same name).
 pub const NVIDIA_DRIVER: &str = "gpu.nvidia.com";
@@ -297,7 +299,8 @@ pub fn eligible(dev: &DraDevice, req: &GpuRequirements) -> bool {
 }
 
 /// The claim template of a DRA pool's agents: `count` devices of `device_class` chosen by
-/// `selector`, owned by the pool (deleted with it).
+/// `selector`, owned by the pool (deleted with it). The template and the claims made from it
+/// are labelled managed by benchkite and annotated with the pool's name.
 pub fn claim_template(
     name: &str,
     namespace: &str,
@@ -306,15 +309,24 @@ pub fn claim_template(
     count: i64,
     selector: &str,
 ) -> ResourceClaimTemplate {
+    let pool = owner.name.clone();
+    let labels: BTreeMap<String, String> = [
+        (super::pod::LABEL_MANAGED_BY.to_string(), super::pod::MANAGED_BY.to_string()),
+        (super::pod::LABEL_POOL.to_string(), super::pod::label_value(&pool)),
+    ]
+    .into();
+    let annotations: BTreeMap<String, String> = [(ANNOTATION_POOL.to_string(), pool)].into();
     ResourceClaimTemplate {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
             namespace: Some(namespace.to_string()),
             owner_references: Some(vec![owner]),
+            labels: Some(labels.clone()),
+            annotations: Some(annotations.clone()),
             ..Default::default()
         },
         spec: ResourceClaimTemplateSpec {
-            metadata: None,
+            metadata: Some(ObjectMeta { labels: Some(labels), annotations: Some(annotations), ..Default::default() }),
             spec: ResourceClaimSpec {
                 devices: Some(DeviceClaim {
                     requests: Some(vec![DeviceRequest {
@@ -335,6 +347,224 @@ pub fn claim_template(
             },
         },
     }
+}
+
+/// A node's GPU inventory from its DRA devices alone (no device plugin resource): the
+/// whole GPUs' count, product, architecture, smallest memory and driver version.
+pub fn gpu_inventory(inv: &DraInventory) -> GpuInventory {
+    let vendor = if inv.driver.contains("amd") { Vendor::Amd } else { Vendor::Nvidia };
+    let product = inv.product();
+    GpuInventory {
+        vendor,
+        resource_name: String::new(),
+        gpu_count: inv.whole_count(),
+        gpu_type: product.as_deref().map(super::inventory::short_gpu_type),
+        product,
+        family: None,
+        architecture: inv.architecture(),
+        memory_mib: inv.memory_mib(),
+        driver_version: inv.driver_version(),
+        replicas: None,
+        shared: false,
+    }
+}
+
+/// The claim name agent pods give their GPUs (`spec.resourceClaims[].name`).
+pub const CLAIM_NAME: &str = "gpus";
+/// Annotation the controller writes on a DRA agent pod once the scheduler allocated its claim:
+/// [`Allocation`] as JSON. The pod reads it through a downward-API volume.
+pub const ANNOTATION_ALLOCATION: &str = "benchkite.dev/gpu-allocation";
+/// Annotation (on templates and the claims made from them) naming the pool.
+pub const ANNOTATION_POOL: &str = "benchkite.dev/pool";
+
+/// The devices allocated to one agent pod's claim.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Allocation {
+    pub driver: String,
+    pub devices: Vec<AllocatedDevice>,
+}
+
+/// One allocated device, with what its node's slices say about it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AllocatedDevice {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product_name: Option<String>,
+}
+
+impl Allocation {
+    /// The annotation's value (compact JSON).
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    pub fn decode(s: &str) -> Result<Allocation, String> {
+        let a: Allocation = serde_json::from_str(s.trim()).map_err(|e| format!("not an allocation: {e}"))?;
+        if a.devices.is_empty() {
+            return Err("the allocation names no device".into());
+        }
+        Ok(a)
+    }
+
+    /// The agent's extra tags (`gpu-device`, `gpu-uuid`; several devices joined by `+`,
+    /// since tags are separated by commas).
+    pub fn tags(&self) -> Vec<String> {
+        let names: Vec<&str> = self.devices.iter().map(|d| d.name.as_str()).collect();
+        let mut tags = vec![format!("gpu-device={}", tag_safe(&names.join("+")))];
+        let uuids: Option<Vec<&str>> = self.devices.iter().map(|d| d.uuid.as_deref()).collect();
+        if let Some(uuids) = uuids {
+            tags.push(format!("gpu-uuid={}", tag_safe(&uuids.join("+"))));
+        }
+        tags
+    }
+
+    /// The `KERNELBOT_*` variables of the allocation.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let names: Vec<&str> = self.devices.iter().map(|d| d.name.as_str()).collect();
+        let mut env = vec![("KERNELBOT_GPU_DEVICE".to_string(), names.join(","))];
+        let uuids: Option<Vec<&str>> = self.devices.iter().map(|d| d.uuid.as_deref()).collect();
+        if let Some(uuids) = uuids {
+            env.push(("KERNELBOT_GPU_UUID".to_string(), uuids.join(",")));
+        }
+        env
+    }
+}
+
+/// A tag value without the separators of `BUILDKITE_AGENT_TAGS` (`,`) or `=`.
+fn tag_safe(s: &str) -> String {
+    s.chars().map(|c| if c == ',' || c == '=' || c.is_control() { '_' } else { c }).collect()
+}
+
+/// The devices of `driver` allocated to `claim`, in result order (`None`: not allocated yet).
+pub fn allocated_devices(claim: &ResourceClaim, driver: &str) -> Option<Vec<String>> {
+    let results = claim.status.as_ref()?.allocation.as_ref()?.devices.as_ref()?.results.as_ref()?;
+    Some(results.iter().filter(|r| r.driver == driver).map(|r| r.device.clone()).collect())
+}
+
+/// The UID of the pod a claim was made for (the claim's controller owner: the resource claim
+/// controller makes a template's claim owned by its pod).
+pub fn claim_pod_uid(claim: &ResourceClaim) -> Option<&str> {
+    claim
+        .metadata
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|o| o.kind == "Pod" && o.controller == Some(true))
+        .map(|o| o.uid.as_str())
+}
+
+/// The allocation of a claim, described with the devices of its node (`None`: not allocated,
+/// or nothing of `driver` in it).
+pub fn allocation_of(claim: &ResourceClaim, driver: &str, node: Option<&GpuNodeDra>) -> Option<Allocation> {
+    let names = allocated_devices(claim, driver)?;
+    if names.is_empty() {
+        return None;
+    }
+    let known = |n: &str| node.and_then(|d| d.devices.iter().find(|x| x.name == n));
+    Some(Allocation {
+        driver: driver.to_string(),
+        devices: names
+            .iter()
+            .map(|n| AllocatedDevice {
+                name: n.clone(),
+                uuid: known(n).and_then(|d| d.uuid.clone()),
+                product_name: known(n).and_then(|d| d.product_name.clone()),
+            })
+            .collect(),
+    })
+}
+
+/// What a GpuNode's status says about a node's devices.
+pub fn node_status(inv: &DraInventory) -> GpuNodeDra {
+    GpuNodeDra {
+        driver: inv.driver.clone(),
+        whole_gpus: inv.whole_count(),
+        complete: inv.complete,
+        devices: inv
+            .devices
+            .iter()
+            .map(|d| DraDeviceStatus {
+                name: d.name.clone(),
+                type_: match &d.kind {
+                    DeviceKind::Gpu => "gpu".into(),
+                    DeviceKind::Mig => "mig".into(),
+                    DeviceKind::Other(t) => t.clone(),
+                },
+                uuid: d.uuid.clone(),
+                product_name: d.product.clone(),
+                memory_mib: d.memory_bytes.map(|b| b / (1024 * 1024)),
+                architecture: d.architecture(),
+                driver_version: d.driver_version.clone(),
+                shared: d.shared,
+                unusable: d.unusable_reason(),
+            })
+            .collect(),
+    }
+}
+
+/// A device as a GpuNode's status records it, back in this module's terms.
+pub fn device_from_status(d: &DraDeviceStatus) -> DraDevice {
+    DraDevice {
+        name: d.name.clone(),
+        kind: match d.type_.as_str() {
+            "gpu" => DeviceKind::Gpu,
+            "mig" => DeviceKind::Mig,
+            other => DeviceKind::Other(other.to_string()),
+        },
+        uuid: d.uuid.clone(),
+        product: d.product_name.clone(),
+        memory_bytes: d.memory_mib.map(|m| m.saturating_mul(1024 * 1024)),
+        compute_capability: None,
+        driver_version: d.driver_version.clone(),
+        shared: d.shared,
+    }
+}
+
+/// How many of a node's devices a pool with `req` may give its agents, and, when none, why.
+pub fn eligible_count(node: &GpuNodeDra, req: &GpuRequirements) -> (i64, Option<String>) {
+    let devices: Vec<DraDevice> = node.devices.iter().map(device_from_status).collect();
+    let n = devices.iter().filter(|d| eligible(d, req)).count();
+    if n > 0 {
+        return (i64::try_from(n).unwrap_or(i64::MAX), None);
+    }
+    let whole: Vec<&DraDevice> = devices.iter().filter(|d| d.whole()).collect();
+    let why = if whole.is_empty() {
+        format!("driver {} publishes no whole, exclusive GPU on the node ({} devices)", node.driver, devices.len())
+    } else {
+        let products: std::collections::BTreeSet<String> =
+            whole.iter().map(|d| d.product.clone().unwrap_or_else(|| "no productName".into())).collect();
+        let memory = whole.iter().filter_map(|d| d.memory_bytes).max().map(|b| b / (1024 * 1024));
+        format!(
+            "none of its {} whole GPUs ({}{}) matches spec.dra (productName {}, minMemory {})",
+            whole.len(),
+            products.into_iter().collect::<Vec<_>>().join(", "),
+            memory.map(|m| format!(", at most {m} MiB")).unwrap_or_default(),
+            req.product.as_deref().unwrap_or("any"),
+            req.min_memory.as_deref().unwrap_or("any"),
+        )
+    };
+    (0, Some(why))
+}
+
+/// The name of a pool's claim template: the pool's name and a hash of what the template asks
+/// (the API server refuses changes to a template's spec, so a changed request is a new
+/// template, and the agents that reference it roll).
+pub fn template_name(pool: &str, device_class: &str, count: i64, selector: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [device_class, &count.to_string(), selector] {
+        h.update(part.as_bytes());
+        h.update([0u8]);
+    }
+    let hash = hex::encode(&h.finalize()[..4]);
+    // A DNS subdomain of at most 253 characters.
+    let keep = 253 - "-gpus-".len() - hash.len();
+    let base = if pool.len() > keep { pool[..keep].trim_end_matches(['-', '.']) } else { pool };
+    format!("{base}-gpus-{hash}")
 }
 
 #[cfg(test)]

@@ -191,3 +191,152 @@ fn the_claim_template_asks_for_the_pools_gpus_per_agent() {
     assert_eq!(v["metadata"]["ownerReferences"][0]["kind"], "AgentPool");
     assert!(req.get("deviceClassName").is_none(), "the v1 shape (exactly), not v1beta1's");
 }
+
+#[test]
+fn claims_made_from_the_template_carry_the_pools_label_and_name() {
+    let owner = OwnerReference { kind: "AgentPool".into(), name: "h100".into(), uid: "u".into(), ..Default::default() };
+    let t = claim_template("h100-gpus-1", "ns", owner, NVIDIA_DRIVER, 1, "true");
+    for meta in [Some(&t.metadata), t.spec.metadata.as_ref()] {
+        let meta = meta.expect("metadata");
+        let labels = meta.labels.as_ref().expect("labels");
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "benchkite", "the controller watches claims by it");
+        assert_eq!(labels["benchkite.dev/pool"], "h100");
+        assert_eq!(meta.annotations.as_ref().expect("annotations")[ANNOTATION_POOL], "h100");
+    }
+}
+
+#[test]
+fn the_template_name_follows_what_it_asks_and_stays_a_valid_name() {
+    let sel = selector(NVIDIA_DRIVER, &GpuRequirements { product: Some(H100.into()), min_memory: None });
+    let a = template_name("h100", NVIDIA_DRIVER, 1, &sel);
+    assert!(a.starts_with("h100-gpus-") && a.len() == "h100-gpus-".len() + 8, "{a}");
+    assert_eq!(a, template_name("h100", NVIDIA_DRIVER, 1, &sel), "stable");
+    assert_ne!(a, template_name("h100", NVIDIA_DRIVER, 2, &sel), "gpusPerAgent");
+    assert_ne!(a, template_name("h100", "other.example.com", 1, &sel), "device class");
+    assert_ne!(a, template_name("h100", NVIDIA_DRIVER, 1, "true"), "selector");
+    let long = template_name(&"p".repeat(253), NVIDIA_DRIVER, 1, &sel);
+    assert_eq!(long.len(), 253);
+    // Cut where a label ends: no '.' before the suffix's '-'.
+    let dotted = template_name(&format!("{}.bbbb", "a".repeat(238)), NVIDIA_DRIVER, 1, &sel);
+    assert!(!dotted.contains(".-") && dotted.starts_with(&"a".repeat(238)) && dotted.len() < 253, "{dotted}");
+}
+
+fn allocated_claim(pod_uid: &str, results: Value) -> ResourceClaim {
+    serde_json::from_value(json!({
+        "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+        "metadata": {"name": "agent-0-gpus-abcde", "namespace": "ns", "ownerReferences": [
+            {"apiVersion": "v1", "kind": "Pod", "name": "agent-0", "uid": pod_uid, "controller": true}]},
+        "spec": {"devices": {"requests": [{"name": "gpus", "exactly": {"deviceClassName": "gpu.nvidia.com"}}]}},
+        "status": {"allocation": {"devices": {"results": results}}},
+    }))
+    .unwrap_or_else(|e| panic!("claim fixture: {e}"))
+}
+
+#[test]
+fn an_allocation_names_the_claims_devices_with_their_uuids() {
+    let inv = node_inventory(
+        [&slice("n", NVIDIA_DRIVER, 1, 1, vec![gpu(0, H100, "80Gi"), gpu(3, H100, "80Gi")])],
+        "n",
+        NVIDIA_DRIVER,
+    )
+    .expect("inventory");
+    let status = node_status(&inv);
+    let claim = allocated_claim(
+        "pod-uid",
+        json!([
+            {"request": "gpus", "driver": NVIDIA_DRIVER, "pool": "n", "device": "gpu-3"},
+            {"request": "gpus", "driver": "other.example.com", "pool": "n", "device": "nic-0"},
+        ]),
+    );
+    assert_eq!(claim_pod_uid(&claim), Some("pod-uid"));
+    let a = allocation_of(&claim, NVIDIA_DRIVER, Some(&status)).expect("allocated");
+    assert_eq!(a.devices.len(), 1, "only the driver's devices");
+    assert_eq!(a.devices[0].name, "gpu-3");
+    assert_eq!(a.devices[0].uuid.as_deref(), Some("GPU-00000003-0000-0000-0000-000000000000"));
+    assert_eq!(a.devices[0].product_name.as_deref(), Some(H100));
+    assert_eq!(Allocation::decode(&a.encode()), Ok(a.clone()), "the annotation round-trips");
+    // Unknown to the node's status (slices not seen yet): the name alone.
+    let bare = allocation_of(&claim, NVIDIA_DRIVER, None).expect("allocated");
+    assert_eq!(bare.devices[0].uuid, None);
+    // Not allocated yet, or nothing of the driver: no allocation.
+    let mut pending = claim.clone();
+    pending.status = None;
+    assert_eq!(allocation_of(&pending, NVIDIA_DRIVER, Some(&status)), None);
+    assert_eq!(allocation_of(&claim, "gpu.amd.com", Some(&status)), None);
+    // A claim not made for a pod (no controlling Pod owner) belongs to no agent.
+    let mut orphan = claim;
+    orphan.metadata.owner_references = None;
+    assert_eq!(claim_pod_uid(&orphan), None);
+}
+
+#[test]
+fn the_status_keeps_every_device_and_why_it_is_not_an_agents() {
+    let mut shared = gpu(9, H100, "80Gi");
+    shared["allowMultipleAllocations"] = json!(true);
+    let inv = node_inventory(
+        [&slice("n", NVIDIA_DRIVER, 1, 1, vec![gpu(0, H100, "80Gi"), mig(1), shared])],
+        "n",
+        NVIDIA_DRIVER,
+    )
+    .expect("inventory");
+    let st = node_status(&inv);
+    assert_eq!((st.driver.as_str(), st.whole_gpus, st.complete), (NVIDIA_DRIVER, 1, true));
+    let by = |n: &str| st.devices.iter().find(|d| d.name == n).expect(n);
+    let g = by("gpu-0");
+    assert_eq!((g.type_.as_str(), g.memory_mib, g.unusable.as_deref()), ("gpu", Some(81920), None));
+    assert_eq!(g.architecture.as_deref(), Some("sm_90"));
+    assert_eq!(g.driver_version.as_deref(), Some("580.95.5"));
+    assert!(by("gpu-1-mig-1g10gb-19-0").unusable.as_deref().is_some_and(|r| r.contains("MIG")));
+    assert!(by("gpu-9").shared && by("gpu-9").unusable.as_deref().is_some_and(|r| r.contains("shared")));
+    // Read back, the devices are judged as from the slices.
+    for (d, s) in inv.devices.iter().zip(&st.devices) {
+        let back = device_from_status(s);
+        assert_eq!((back.whole(), back.kind.clone(), back.memory_bytes), (d.whole(), d.kind.clone(), d.memory_bytes));
+    }
+}
+
+#[test]
+fn a_pools_slots_on_a_node_are_its_eligible_devices() {
+    let mut shared = gpu(9, H100, "80Gi");
+    shared["allowMultipleAllocations"] = json!(true);
+    let a100 = "NVIDIA A100-SXM4-40GB";
+    let devices = vec![gpu(0, H100, "80Gi"), gpu(1, H100, "80Gi"), gpu(2, a100, "40Gi"), mig(0), shared];
+    let st =
+        node_status(&node_inventory([&slice("n", NVIDIA_DRIVER, 1, 1, devices)], "n", NVIDIA_DRIVER).expect("inv"));
+    let req = |p: Option<&str>, m: Option<&str>| GpuRequirements {
+        product: p.map(String::from),
+        min_memory: m.map(String::from),
+    };
+    assert_eq!(eligible_count(&st, &req(None, None)), (3, None), "whole GPUs only: not the MIG, not the shared one");
+    assert_eq!(eligible_count(&st, &req(Some(H100), None)).0, 2);
+    assert_eq!(eligible_count(&st, &req(None, Some("80Gi"))).0, 2);
+    assert_eq!(eligible_count(&st, &req(Some(a100), Some("40Gi"))).0, 1);
+    let (n, why) = eligible_count(&st, &req(Some("NVIDIA B200"), None));
+    assert_eq!(n, 0);
+    let why = why.expect("a reason");
+    assert!(
+        why.contains("3 whole GPUs") && why.contains(H100) && why.contains(a100) && why.contains("NVIDIA B200"),
+        "{why}"
+    );
+    let only_mig = node_status(
+        &node_inventory([&slice("m", NVIDIA_DRIVER, 1, 1, vec![mig(0)])], "m", NVIDIA_DRIVER).expect("inv"),
+    );
+    let (n, why) = eligible_count(&only_mig, &req(None, None));
+    assert_eq!(n, 0);
+    assert!(why.is_some_and(|w| w.contains("no whole, exclusive GPU")));
+}
+
+#[test]
+fn a_dra_only_node_is_described_by_its_whole_gpus() {
+    let devices = vec![gpu(0, H100, "80Gi"), gpu(1, H100, "80Gi"), mig(2)];
+    let inv = node_inventory([&slice("n", NVIDIA_DRIVER, 1, 1, devices)], "n", NVIDIA_DRIVER).expect("inv");
+    let g = gpu_inventory(&inv);
+    assert_eq!(g.gpu_count, 2);
+    assert_eq!(g.vendor, Vendor::Nvidia);
+    assert_eq!(g.product.as_deref(), Some(H100));
+    assert_eq!(g.gpu_type.as_deref(), Some("h100"));
+    assert_eq!(g.architecture.as_deref(), Some("sm_90"));
+    assert_eq!(g.memory_mib, Some(81920));
+    assert_eq!(g.driver_version.as_deref(), Some("580.95.5"));
+    assert!(!g.shared && g.resource_name.is_empty());
+}

@@ -3,9 +3,10 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, ConfigMapVolumeSource, Container, EnvVar, EnvVarSource, NodeAffinity, NodeSelector,
-    NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector, Pod, PodSecurityContext, PodSpec,
-    ResourceRequirements, SeccompProfile, SecretKeySelector, Taint, Toleration, Volume, VolumeMount,
+    Affinity, ConfigMapVolumeSource, Container, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EnvVar, EnvVarSource,
+    NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector, Pod, PodResourceClaim,
+    PodSecurityContext, PodSpec, ResourceClaim, ResourceRequirements, SeccompProfile, SecretKeySelector, Taint,
+    Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -35,6 +36,8 @@ pub const MANAGED_BY: &str = "benchkite";
 pub const AGENT_NAME: &str = "buildkite-agent";
 pub const HOOKS_PATH: &str = "/etc/buildkite-agent/hooks";
 pub const AGENT_CONTAINER: &str = "agent";
+/// The entrypoint of the official Buildkite agent image (and benchkite's, built on it).
+pub const AGENT_ENTRYPOINT: &str = "buildkite-agent-entrypoint";
 
 /// Controller-wide defaults for agent pods.
 #[derive(Clone, Debug)]
@@ -64,7 +67,19 @@ pub struct AgentSlot<'a> {
     /// The slot's certification epoch when it is certified for this pool (from its GpuNode's
     /// `status.certification`): its agent starts without certifying again.
     pub certified_epoch: Option<&'a str>,
+    /// GPUs through DRA: the pool's ResourceClaimTemplate, which the pod references instead
+    /// of requesting `resource_name`.
+    pub dra_template: Option<&'a str>,
 }
+
+/// Where a DRA agent pod finds the devices allocated to it (a downward-API file of the
+/// annotation [`super::dra::ANNOTATION_ALLOCATION`], which the controller writes once the
+/// scheduler has allocated the pod's claim).
+pub const ALLOCATION_DIR: &str = "/etc/benchkite/allocation";
+/// The file in [`ALLOCATION_DIR`].
+pub const ALLOCATION_FILE: &str = "devices";
+/// The env var naming that file, for `benchkite agent-start`.
+pub const ALLOCATION_FILE_ENV: &str = "BENCHKITE_ALLOCATION_FILE";
 
 /// Where an agent pod mounts its pool's reference suite.
 pub const SUITE_DIR: &str = "/etc/benchkite/suite";
@@ -199,12 +214,23 @@ pub fn agent_pod(slot: &AgentSlot<'_>, defaults: &PodDefaults) -> Pod {
     env_vars.extend(security::sandbox_env(&name));
     env_vars.extend(agent.env.iter().cloned());
 
-    let quantities: BTreeMap<String, Quantity> = [
+    let mut quantities: BTreeMap<String, Quantity> = [
         ("cpu".to_string(), Quantity(slot.resources.cpu_cores.to_string())),
         ("memory".to_string(), Quantity(slot.resources.memory_quantity())),
-        (slot.resource_name.to_string(), Quantity(slot.gpus.to_string())),
     ]
     .into();
+    // The GPUs: the device plugin's extended resource, or the pool's DRA claim (the
+    // scheduler allocates `gpus` whole GPUs to it; the container names it).
+    let claims = match slot.dra_template {
+        None => {
+            quantities.insert(slot.resource_name.to_string(), Quantity(slot.gpus.to_string()));
+            None
+        }
+        Some(_) => Some(vec![ResourceClaim { name: super::dra::CLAIM_NAME.into(), request: None }]),
+    };
+    if slot.dra_template.is_some() {
+        env_vars.push(env(ALLOCATION_FILE_ENV, format!("{ALLOCATION_DIR}/{ALLOCATION_FILE}")));
+    }
 
     let mut volumes = Vec::new();
     let mut mounts = Vec::new();
@@ -221,6 +247,29 @@ pub fn agent_pod(slot: &AgentSlot<'_>, defaults: &PodDefaults) -> Pod {
         mounts.push(VolumeMount {
             name: "benchkite-hooks".into(),
             mount_path: HOOKS_PATH.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    if slot.dra_template.is_some() {
+        volumes.push(Volume {
+            name: "benchkite-allocation".into(),
+            downward_api: Some(DownwardAPIVolumeSource {
+                items: Some(vec![DownwardAPIVolumeFile {
+                    path: ALLOCATION_FILE.into(),
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: format!("metadata.annotations['{}']", super::dra::ANNOTATION_ALLOCATION),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+                default_mode: Some(0o444),
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: "benchkite-allocation".into(),
+            mount_path: ALLOCATION_DIR.into(),
             read_only: Some(true),
             ..Default::default()
         });
@@ -283,7 +332,7 @@ pub fn agent_pod(slot: &AgentSlot<'_>, defaults: &PodDefaults) -> Pod {
                     resources: Some(ResourceRequirements {
                         requests: Some(quantities.clone()),
                         limits: Some(quantities.clone()),
-                        ..Default::default()
+                        claims: claims.clone(),
                     }),
                     security_context: Some(
                         agent.pod.security_context.clone().unwrap_or_else(security::default_security_context),
@@ -296,17 +345,20 @@ pub fn agent_pod(slot: &AgentSlot<'_>, defaults: &PodDefaults) -> Pod {
         }
     }
 
+    // A DRA agent starts through `benchkite agent-start`, which waits for its allocation and
+    // adds the devices to the agent's tags and environment, then runs the image's own
+    // entrypoint (that of the official agent image: tini, SSH setup, the agent) as usual.
+    let command = slot.dra_template.map(|_| {
+        ["benchkite", "agent-start", "--", AGENT_ENTRYPOINT].into_iter().map(String::from).collect::<Vec<_>>()
+    });
     let container = Container {
         name: AGENT_CONTAINER.into(),
         image: Some(image),
+        command,
         args: Some(vec!["start".into()]),
         env: Some(env_vars),
         env_from: (!agent.env_from.is_empty()).then(|| agent.env_from.clone()),
-        resources: Some(ResourceRequirements {
-            requests: Some(quantities.clone()),
-            limits: Some(quantities),
-            ..Default::default()
-        }),
+        resources: Some(ResourceRequirements { requests: Some(quantities.clone()), limits: Some(quantities), claims }),
         security_context: Some(agent.pod.security_context.clone().unwrap_or_else(security::default_security_context)),
         volume_mounts: (!mounts.is_empty()).then_some(mounts),
         ..Default::default()
@@ -346,6 +398,13 @@ pub fn agent_pod(slot: &AgentSlot<'_>, defaults: &PodDefaults) -> Pod {
             ..Default::default()
         }),
         tolerations: Some(tolerations(slot)),
+        resource_claims: slot.dra_template.map(|t| {
+            vec![PodResourceClaim {
+                name: super::dra::CLAIM_NAME.into(),
+                resource_claim_template_name: Some(t.to_string()),
+                resource_claim_name: None,
+            }]
+        }),
         volumes: (!volumes.is_empty()).then_some(volumes),
         ..Default::default()
     };
@@ -435,6 +494,7 @@ pub(crate) mod tests {
                 queueing: None,
                 autoscaling: None,
                 result_cache: None,
+                dra: None,
             },
         );
         p.metadata.namespace = Some("ci".into());
@@ -495,6 +555,7 @@ pub(crate) mod tests {
             resources: Share { cpu_cores: 16, memory_mib: 131072 },
             node_taints: taints,
             certified_epoch: None,
+            dra_template: None,
         }
     }
 
@@ -615,6 +676,79 @@ pub(crate) mod tests {
         let plain = built(&pool("h100"));
         assert!(plain.spec.as_ref().unwrap().init_containers.is_none());
         assert!(env_of(&plain, "BENCHKITE_SUITE_FILE").is_none());
+    }
+
+    fn pspec_args(pod: &Pod) -> Option<Vec<String>> {
+        pod.spec.as_ref()?.containers[0].args.clone()
+    }
+
+    #[test]
+    fn a_dra_agent_claims_its_gpus_instead_of_the_extended_resource() {
+        use crate::api::certification::{PoolCertification, SuiteRef};
+        let mut p = pool("h100");
+        p.spec.certification = Some(PoolCertification {
+            suite: SuiteRef { config_map: "ref-suite".into(), key: None },
+            require_certified: false,
+            thresholds: None,
+            canary: None,
+            recertify_after_hours: None,
+        });
+        let t = taints();
+        let plugin = agent_pod(&slot(&p, &t), &defaults());
+        let mut s = slot(&p, &t);
+        s.dra_template = Some("h100-gpus-0a1b2c3d");
+        let pod = agent_pod(&s, &defaults());
+        let spec = pod.spec.as_ref().unwrap();
+        // The pod references the pool's template under the claim name the containers use.
+        let claims = spec.resource_claims.as_ref().expect("resourceClaims");
+        assert_eq!(claims.len(), 1);
+        assert_eq!(claims[0].name, crate::fleet::dra::CLAIM_NAME);
+        assert_eq!(claims[0].resource_claim_template_name.as_deref(), Some("h100-gpus-0a1b2c3d"));
+        assert!(claims[0].resource_claim_name.is_none());
+        // Agent and certify container both hold the claim; neither asks for nvidia.com/gpu,
+        // and CPU and memory stay Guaranteed.
+        let init = &spec.init_containers.as_ref().expect("certify")[0];
+        for c in [&spec.containers[0], init] {
+            let r = c.resources.as_ref().unwrap();
+            assert_eq!(
+                r.claims.as_ref().map(|c| c.iter().map(|c| c.name.as_str()).collect::<Vec<_>>()),
+                Some(vec!["gpus"]),
+                "{}",
+                c.name
+            );
+            assert!(!r.requests.as_ref().unwrap().contains_key("nvidia.com/gpu"), "{}", c.name);
+            assert!(!r.limits.as_ref().unwrap().contains_key("nvidia.com/gpu"), "{}", c.name);
+            assert_eq!(r.requests, r.limits);
+            assert_eq!(r.requests.as_ref().unwrap()["cpu"].0, "16");
+        }
+        // The agent starts through `benchkite agent-start`, which reads the allocation from a
+        // downward-API file of the controller's annotation.
+        let agent = &spec.containers[0];
+        let command = ["benchkite", "agent-start", "--", "buildkite-agent-entrypoint"].map(String::from);
+        assert_eq!(agent.command.as_deref(), Some(&command[..]), "the image's entrypoint runs after");
+        assert_eq!(agent.args, pspec_args(&plugin), "the agent's own arguments, as without DRA");
+        assert_eq!(
+            env_of(&pod, ALLOCATION_FILE_ENV).unwrap().value.as_deref(),
+            Some("/etc/benchkite/allocation/devices")
+        );
+        let vol = spec.volumes.as_ref().unwrap().iter().find(|v| v.name == "benchkite-allocation").expect("volume");
+        let item = &vol.downward_api.as_ref().unwrap().items.as_ref().unwrap()[0];
+        assert_eq!(item.path, ALLOCATION_FILE);
+        assert_eq!(item.field_ref.as_ref().unwrap().field_path, "metadata.annotations['benchkite.dev/gpu-allocation']");
+        let mount = agent.volume_mounts.as_ref().unwrap().iter().find(|m| m.name == "benchkite-allocation").unwrap();
+        assert_eq!((mount.mount_path.as_str(), mount.read_only), (ALLOCATION_DIR, Some(true)));
+        // Managed tags, the slot and the nvidia.com taint toleration are as for the plugin.
+        assert_eq!(env_of(&pod, "BUILDKITE_AGENT_TAGS"), env_of(&plugin, "BUILDKITE_AGENT_TAGS"));
+        assert_eq!(env_of(&pod, "KERNELBOT_GPU_INDEX").unwrap().value.as_deref(), Some("3"));
+        assert_eq!(spec.tolerations, plugin.spec.as_ref().unwrap().tolerations);
+        assert_eq!(pod.metadata.annotations.as_ref().unwrap()[ANNOTATION_GPUS], "1");
+        // The device-plugin pod has none of it, and a new template rolls the agents.
+        let pspec = plugin.spec.as_ref().unwrap();
+        assert!(pspec.resource_claims.is_none() && pspec.containers[0].command.is_none());
+        assert_eq!(pspec.containers[0].resources.as_ref().unwrap().requests.as_ref().unwrap()["nvidia.com/gpu"].0, "1");
+        assert_ne!(pod_spec_hash(&pod), pod_spec_hash(&plugin));
+        s.dra_template = Some("h100-gpus-ffffffff");
+        assert_ne!(pod_spec_hash(&agent_pod(&s, &defaults())), pod_spec_hash(&pod));
     }
 
     #[test]

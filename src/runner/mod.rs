@@ -10,6 +10,7 @@
 //! when the infrastructure failed (bad payload, missing tool, result not handed back),
 //! 128+N when the runner was stopped by signal N (the build was canceled).
 
+pub mod agent_start;
 mod cases;
 mod certify;
 mod compile;

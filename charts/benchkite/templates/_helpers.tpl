@@ -194,6 +194,9 @@ the chart value behind a flag (for the extraArgs duplicate check).
 {{- $a = append $a (list "--node-not-ready-toleration-seconds" (toString (int64 $v.fleet.nodeNotReadyTolerationSeconds)) "fleet.nodeNotReadyTolerationSeconds") }}
 {{- $a = append $a (list "--node-headroom-cpu" (toString $v.fleet.nodeHeadroom.cpu) "fleet.nodeHeadroom.cpu") }}
 {{- $a = append $a (list "--node-headroom-memory" (toString $v.fleet.nodeHeadroom.memory) "fleet.nodeHeadroom.memory") }}
+{{- if $v.fleet.dra.enabled }}
+{{- $a = append $a (list "--dra-driver" $v.fleet.dra.driver "fleet.dra.driver") }}
+{{- end }}
 {{- $a = append $a (list "--result-key-file" (printf "%s/%s" (include "benchkite.resultKeyDir" .) $v.resultSigning.existingSecretKey) "resultSigning.existingSecret") }}
 {{- $a = append $a (list "--unsigned-results" $v.resultSigning.unsignedResults "resultSigning.unsignedResults") }}
 {{- with $v.kernelJobs.watchNamespace }}

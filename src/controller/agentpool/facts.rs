@@ -9,9 +9,11 @@ use kube::ResourceExt;
 use super::super::{agent_pool_uid, pod_terminal};
 use crate::api::AgentPool;
 use crate::api::GpuNode;
+use crate::api::GpuNodeStatus;
 use crate::api::condition::find;
 use crate::api::gpunode::conditions as gncond;
 use crate::fleet::cached_pod::CachedPod;
+use crate::fleet::dra::{self, GpuRequirements, Offered};
 use crate::fleet::inventory::Vendor;
 use crate::fleet::plan::{AgentPhase, ExistingAgent, NodeFacts, NodeHealth};
 use crate::fleet::pod::AgentSlot;
@@ -56,11 +58,55 @@ fn share_of(gn: &GpuNode) -> Option<Share> {
 }
 
 /// What a pool needs to know about one selected GpuNode, from its status and the pods on it.
+/// How a pool asks for its GPUs.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum GpuRequest<'a> {
+    /// The device plugin's extended resource (the GpuNode's `resourceName`).
+    DevicePlugin,
+    /// A DRA claim for GPUs meeting these requirements.
+    Dra(&'a GpuRequirements),
+}
+
+/// The GPUs of a node a pool may use by the way it asks for them, and what is wrong when
+/// that is none: `(gpus, problem)`.
+fn gpus_for(status: &GpuNodeStatus, request: GpuRequest<'_>) -> (i64, Option<(String, String)>) {
+    let dra_only = status.offered_through.as_deref() == Some(Offered::Dra.as_str());
+    match request {
+        GpuRequest::DevicePlugin if dra_only => (
+            0,
+            Some((
+                "NoDevicePluginResource".into(),
+                format!(
+                    "the node offers its GPUs only through DRA driver {}: give the pool spec.dra",
+                    status.dra.as_ref().map(|d| d.driver.as_str()).unwrap_or_default()
+                ),
+            )),
+        ),
+        GpuRequest::DevicePlugin => (status.gpu_count, None),
+        GpuRequest::Dra(req) => match &status.dra {
+            None => (
+                0,
+                Some((
+                    "NoDraDevices".into(),
+                    "the DRA driver publishes no devices for the node (its GPUs are offered through the device plugin \
+                     only): remove spec.dra or select nodes the driver serves"
+                        .into(),
+                )),
+            ),
+            Some(dra) => match dra::eligible_count(dra, req) {
+                (n, _) if n > 0 => (n, None),
+                (_, why) => (0, Some(("NoEligibleDevices".into(), why.unwrap_or_default()))),
+            },
+        },
+    }
+}
+
 pub(super) fn node_facts(
     gn: &GpuNode,
     owner: Option<String>,
     pods_on_node: &[Arc<CachedPod>],
     pool_uid: &str,
+    request: GpuRequest<'_>,
 ) -> NodeFacts {
     let status = gn.status.clone().unwrap_or_default();
     let ready = find(&status.conditions, gncond::READY);
@@ -82,6 +128,7 @@ pub(super) fn node_facts(
         }
     }
     let usable = ready.is_some_and(|c| c.status == "True");
+    let (gpu_count, request_problem) = gpus_for(&status, request);
     NodeFacts {
         gpunode: gn.name_any(),
         // A GpuNode its controller has not reported on yet is unknown, not missing: only a
@@ -91,6 +138,7 @@ pub(super) fn node_facts(
         maintenance: gn.spec.maintenance,
         exclusive: !status.shared,
         problem: match (usable, reason) {
+            (true, _) if request_problem.is_some() => request_problem,
             (true, _)
             | (
                 false,
@@ -106,7 +154,7 @@ pub(super) fn node_facts(
                 ready.map(|c| c.message.clone()).unwrap_or_else(|| "the GpuNode is not ready yet".into()),
             )),
         },
-        gpu_count: status.gpu_count,
+        gpu_count,
         per_gpu_share: share_of(gn),
         foreign_gpus,
         other_pool_gpus,
@@ -135,6 +183,7 @@ pub(super) fn slot_for<'a>(
     node: &'a Node,
     slot: u32,
     share: Share,
+    dra_template: Option<&'a str>,
 ) -> AgentSlot<'a> {
     let status = gn.status.as_ref();
     AgentSlot {
@@ -150,6 +199,7 @@ pub(super) fn slot_for<'a>(
         resources: share.times(i64::from(pool.spec.gpus_per_agent.max(1))),
         node_taints: node.spec.as_ref().and_then(|s| s.taints.as_deref()).unwrap_or(&[]),
         certified_epoch: certified_epoch(pool, gn, slot),
+        dra_template,
     }
 }
 
@@ -224,12 +274,12 @@ mod tests {
             ("NodeNotReadyTolerated", NodeHealth::NotReadyTolerated),
             ("NodeCordoned", NodeHealth::Cordoned),
         ] {
-            let facts = node_facts(&gpunode(reason), None, &[], "uid");
+            let facts = node_facts(&gpunode(reason), None, &[], "uid", GpuRequest::DevicePlugin);
             assert_eq!(facts.health, health, "{reason}");
             assert_eq!(facts.problem, None, "{reason} is a node state, not a problem of the GpuNode");
             assert!(facts.found);
         }
-        let facts = node_facts(&gpunode("ShareTooSmall"), None, &[], "uid");
+        let facts = node_facts(&gpunode("ShareTooSmall"), None, &[], "uid", GpuRequest::DevicePlugin);
         assert_eq!(facts.health, NodeHealth::Ready);
         assert_eq!(facts.problem, Some(("ShareTooSmall".into(), "ShareTooSmall message".into())));
     }
@@ -238,7 +288,7 @@ mod tests {
     fn a_gpunode_not_reported_on_yet_is_pending_not_missing() {
         let mut fresh = gpunode("Ready");
         fresh.status = None;
-        let facts = node_facts(&fresh, None, &[], "uid");
+        let facts = node_facts(&fresh, None, &[], "uid", GpuRequest::DevicePlugin);
         assert!(facts.found, "no NodeFound condition yet says nothing about the Node");
         assert_eq!(facts.problem.map(|(r, _)| r), Some(reason::GPUNODE_PENDING.to_string()));
 
@@ -250,7 +300,74 @@ mod tests {
                 }
             }
         }
-        assert!(!node_facts(&gone, None, &[], "uid").found, "NodeFound=False is a missing Node");
+        assert!(
+            !node_facts(&gone, None, &[], "uid", GpuRequest::DevicePlugin).found,
+            "NodeFound=False is a missing Node"
+        );
+    }
+
+    fn with_offer(mut gn: GpuNode, offered: &str, dra: Option<crate::api::gpunode::GpuNodeDra>) -> GpuNode {
+        if let Some(s) = gn.status.as_mut() {
+            s.offered_through = Some(offered.into());
+            s.dra = dra;
+            if offered == "DynamicResourceAllocation" {
+                s.resource_name = None;
+            }
+        }
+        gn
+    }
+
+    fn dra_devices() -> crate::api::gpunode::GpuNodeDra {
+        use crate::api::gpunode::DraDeviceStatus;
+        let dev = |name: &str, type_: &str, product: &str, mib: i64, shared: bool| DraDeviceStatus {
+            name: name.into(),
+            type_: type_.into(),
+            product_name: Some(product.into()),
+            memory_mib: Some(mib),
+            shared,
+            ..Default::default()
+        };
+        crate::api::gpunode::GpuNodeDra {
+            driver: "gpu.nvidia.com".into(),
+            whole_gpus: 3,
+            complete: true,
+            devices: vec![
+                dev("gpu-0", "gpu", "H100", 81920, false),
+                dev("gpu-1", "gpu", "H100", 81920, false),
+                dev("gpu-2", "gpu", "A100", 40960, false),
+                dev("gpu-3", "mig", "H100", 10240, false),
+                dev("gpu-4", "gpu", "H100", 81920, true),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_pool_uses_the_gpus_of_a_node_the_way_it_asks_for_them() {
+        let h100 = GpuRequirements { product: Some("H100".into()), min_memory: None };
+        let any = GpuRequirements::default();
+        let b200 = GpuRequirements { product: Some("B200".into()), min_memory: None };
+        let problem = |f: &NodeFacts| f.problem.as_ref().map(|(r, _)| r.clone());
+        // Served both ways: the plugin pool gets the count, a DRA pool its eligible devices.
+        let both = with_offer(gpunode("Ready"), "Both", Some(dra_devices()));
+        let f = node_facts(&both, None, &[], "uid", GpuRequest::DevicePlugin);
+        assert_eq!((f.gpu_count, problem(&f)), (8, None));
+        let f = node_facts(&both, None, &[], "uid", GpuRequest::Dra(&h100));
+        assert_eq!((f.gpu_count, problem(&f)), (2, None), "whole, exclusive H100s: not the MIG or shared one");
+        assert_eq!(node_facts(&both, None, &[], "uid", GpuRequest::Dra(&any)).gpu_count, 3);
+        let f = node_facts(&both, None, &[], "uid", GpuRequest::Dra(&b200));
+        assert_eq!((f.gpu_count, problem(&f)), (0, Some("NoEligibleDevices".into())));
+        // DRA only: a plugin pool cannot use it, and is told to use spec.dra.
+        let dra_only = with_offer(gpunode("Ready"), "DynamicResourceAllocation", Some(dra_devices()));
+        let f = node_facts(&dra_only, None, &[], "uid", GpuRequest::DevicePlugin);
+        assert_eq!(problem(&f), Some("NoDevicePluginResource".into()));
+        assert!(f.problem.unwrap().1.contains("spec.dra"));
+        // The plugin only: a DRA pool cannot use it.
+        let plugin = with_offer(gpunode("Ready"), "DevicePlugin", None);
+        let f = node_facts(&plugin, None, &[], "uid", GpuRequest::Dra(&any));
+        assert_eq!((f.gpu_count, problem(&f)), (0, Some("NoDraDevices".into())));
+        // A node that is not usable anyway keeps its own reason.
+        let cordoned = with_offer(gpunode("NodeCordoned"), "DevicePlugin", None);
+        assert_eq!(problem(&node_facts(&cordoned, None, &[], "uid", GpuRequest::Dra(&any))), None);
     }
 
     fn certifying_pool(certification: bool) -> AgentPool {

@@ -3,6 +3,7 @@
 //! `maxUnavailable`, and keep its PodDisruptionBudget.
 
 mod autoscaling;
+mod dra;
 mod facts;
 pub mod jobs;
 mod pdb;
@@ -77,6 +78,30 @@ pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action
     let key_status = if key_verdict.ready { ConditionStatus::True } else { ConditionStatus::False };
     conditions.set(result_key::CONDITION, key_status, key_verdict.reason, key_verdict.message);
 
+    // GPUs through DRA: the pool's claim template (before any pod references it).
+    let dra_setup = match (&pool.spec.dra, &ctx.dra) {
+        (None, _) => None,
+        (Some(_), None) => Some(Err((
+            "DraDisabled",
+            "spec.dra asks for GPUs through Dynamic Resource Allocation, which this controller does not serve: \
+             start it with --dra-driver (chart: fleet.dra.enabled=true), or remove spec.dra"
+                .to_string(),
+        ))),
+        (Some(_), Some(caches)) => Some(Ok(dra::ensure_template(&ctx, caches, &pool).await?)),
+    };
+    let dra_template = dra_setup.as_ref().and_then(|s| s.as_ref().ok()).map(|s| s.template.clone());
+    let dra_requirements = pool.spec.dra.as_ref().map(|d| d.requirements());
+    let request = match &dra_requirements {
+        Some(req) => facts::GpuRequest::Dra(req),
+        None => facts::GpuRequest::DevicePlugin,
+    };
+    // (reason, message) of a DRA setup the user must fix.
+    let dra_problem: Option<(&str, String)> = match &dra_setup {
+        Some(Err((reason, message))) => Some((reason, message.clone())),
+        Some(Ok(setup)) => setup.problem.clone(),
+        None => None,
+    };
+
     // Which nodes this pool selects and which of those it owns.
     let all_pools = ctx.pools.state();
     let claimants: Vec<Claimant<'_>> = all_pools
@@ -96,7 +121,13 @@ pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action
         .iter()
         .map(|g| {
             let owner = plan::node_owner(g.labels(), &claimants).cloned();
-            node_facts(g, owner, pods_by_node.get(g.node_name()).map(Vec::as_slice).unwrap_or(&[]), &uid)
+            let mut f =
+                node_facts(g, owner, pods_by_node.get(g.node_name()).map(Vec::as_slice).unwrap_or(&[]), &uid, request);
+            // Without DRA in this controller, a DRA pool can use no node.
+            if let Some(Err((reason, message))) = &dra_setup {
+                f.problem = Some((reason.to_string(), message.clone()));
+            }
+            f
         })
         .collect();
 
@@ -117,7 +148,10 @@ pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action
         let gn = gn_by_name.get(&facts.gpunode)?;
         let node = ctx.nodes.get(&ObjectRef::new(gn.node_name()))?;
         let share = facts.per_gpu_share?;
-        Some(agent_pod(&slot_for(&pool, gn, &node, slot, share), &defaults))
+        if pool.spec.dra.is_some() && dra_template.is_none() {
+            return None;
+        }
+        Some(agent_pod(&slot_for(&pool, gn, &node, slot, share, dra_template.as_deref()), &defaults))
     };
     let instant = Instant::now();
     let failures_snapshot: HashMap<(String, u32), Duration> = {
@@ -304,7 +338,12 @@ pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action
             ) && n.state.name() != facts::reason::GPUNODE_PENDING
         })
         .collect();
-    let write_errors: Vec<String> = delete_errors.into_iter().chain(create_errors).collect();
+    // DRA agents learn their devices from their pod (the allocation the scheduler made).
+    let allocation_errors = match (&ctx.dra, &dra_template) {
+        (Some(caches), Some(_)) => dra::publish_allocations(&ctx, caches, &uid, &ns, &gn_by_name).await,
+        _ => Vec::new(),
+    };
+    let write_errors: Vec<String> = delete_errors.into_iter().chain(create_errors).chain(allocation_errors).collect();
 
     // The pool's PodDisruptionBudget: evictions draw from the rollout budget.
     let pdb_error = pdb::ensure(&ctx.client, &pool, plan.min_available).await.err();
@@ -361,6 +400,8 @@ pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action
                 pool.spec.agent.token_secret_ref.key
             ),
         )
+    } else if let Some((reason, msg)) = &dra_problem {
+        (Some(*reason), msg.clone())
     } else if let Some(msg) = &queue_problem {
         (Some("QueueCreationFailed"), msg.clone())
     } else if pipeline.degraded {
@@ -420,7 +461,13 @@ pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action
     let stalled = degraded_reason.filter(|r| {
         matches!(
             *r,
-            "TokenSecretMissing" | "QueueCreationFailed" | "NoNodesSelected" | "NoUsableNodes" | "AllNodesClaimed"
+            "TokenSecretMissing"
+                | "QueueCreationFailed"
+                | "NoNodesSelected"
+                | "NoUsableNodes"
+                | "AllNodesClaimed"
+                | "DraDisabled"
+                | "DeviceClassNotFound"
         ) || (pipeline.degraded && pipeline.stalled && *r == pipeline.reason)
     });
     match stalled {
