@@ -279,10 +279,36 @@ async fn a_dra_pool_runs_one_agent_per_whole_gpu_of_its_product_and_tells_each_i
     .await?;
     ensure!(st_b.gpu_count == 4 && st_b.product.as_deref() == Some(A100), "{st_b:?}");
 
-    // A pool of whole H100s with 40Gi or more on both nodes.
+    // Another workload (not benchkite's) holds one of a's H100s through its own claim.
+    let req = GpuRequirements { product: Some(H100.into()), min_memory: None };
+    let mut other =
+        dra::claim_template("other", &id, Default::default(), NVIDIA_DRIVER, 1, &dra::selector(NVIDIA_DRIVER, &req));
+    other.metadata.owner_references = None;
+    other.metadata.labels = None;
+    other.metadata.annotations = None;
+    other.spec.metadata = None;
+    ns.api::<ResourceClaimTemplate>().create(&PostParams::default(), &other).await?;
+    ns.api::<Pod>().create(&PostParams::default(), &pod("training", &a, "other")?).await?;
+    let held = wait_until("the workload's GPU shown held on GpuNode a", Duration::from_secs(60), || async {
+        let st = gpunodes.get(&a).await?.status.and_then(|s| s.dra).unwrap_or_default();
+        Ok(st.devices.into_iter().find(|d| d.allocated_to.as_deref().is_some_and(|c| c.contains("training"))))
+    })
+    .await?;
+    ensure!(held.agent_pool.is_none(), "{held:?}");
+
+    // A pool of whole H100s with 40Gi or more on both nodes: a's 7 other H100s.
     let pools: Api<AgentPool> = ns.api();
     let dra_spec = json!({"productName": H100, "minMemory": "40Gi"});
     pools.create(&PostParams::default(), &agent_pool("h100", &[&a, &b], Some(dra_spec))?).await?;
+    let pool = wait_until("the pool's 7 agents placed and Ready", Duration::from_secs(120), || async {
+        let p = pools.get("h100").await?;
+        let ready = p.status.as_ref().is_some_and(|s| s.desired_agents == 7 && s.ready_agents == 7);
+        Ok(ready.then_some(p))
+    })
+    .await?;
+    ensure!(node_state(&pool, &a) == Some(("Active".into(), 7)), "{:?}", node_state(&pool, &a));
+    // The workload gives its GPU back: the pool takes it.
+    ns.api::<Pod>().delete("training", &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await?;
     let pool = wait_until("the pool's 8 agents placed and Ready", Duration::from_secs(120), || async {
         let p = pools.get("h100").await?;
         let ready = p.status.as_ref().is_some_and(|s| s.desired_agents == 8 && s.ready_agents == 8);
@@ -290,10 +316,18 @@ async fn a_dra_pool_runs_one_agent_per_whole_gpu_of_its_product_and_tells_each_i
     })
     .await?;
     ensure!(node_state(&pool, &a) == Some(("Active".into(), 8)), "{:?}", node_state(&pool, &a));
+    let agent_pool = format!("{id}/h100");
+    wait_until("GpuNode a showing its 8 H100s held by the pool's agents", Duration::from_secs(30), || async {
+        let st = gpunodes.get(&a).await?.status.and_then(|s| s.dra).unwrap_or_default();
+        let held = st.devices.iter().filter(|d| d.agent_pool.as_deref() == Some(agent_pool.as_str())).count();
+        Ok((held == 8).then_some(()))
+    })
+    .await?;
     ensure!(node_state(&pool, &b) == Some(("NoEligibleDevices".into(), 0)), "{:?}", node_state(&pool, &b));
 
     // The template: owned by the pool, asking for what the pool asks.
-    let templates = ns.api::<ResourceClaimTemplate>().list(&ListParams::default()).await?.items;
+    let mine = ListParams::default().labels("benchkite.dev/pool=h100");
+    let templates = ns.api::<ResourceClaimTemplate>().list(&mine).await?.items;
     ensure!(templates.len() == 1, "{} templates", templates.len());
     let t = &templates[0];
     ensure!(t.owner_references().iter().any(|o| o.kind == "AgentPool" && o.name == "h100"), "owner");
@@ -352,7 +386,7 @@ async fn a_dra_pool_runs_one_agent_per_whole_gpu_of_its_product_and_tells_each_i
     let patch = json!({"spec": {"dra": {"productName": H100, "minMemory": "80Gi"}}});
     pools.patch("h100", &PatchParams::default(), &Patch::Merge(&patch)).await?;
     wait_until("one template again, a new one", Duration::from_secs(60), || async {
-        let now = ns.api::<ResourceClaimTemplate>().list(&ListParams::default()).await?.items;
+        let now = ns.api::<ResourceClaimTemplate>().list(&mine).await?.items;
         Ok((now.len() == 1 && now[0].name_any() != t.name_any()).then_some(()))
     })
     .await?;
@@ -395,6 +429,8 @@ async fn a_device_plugin_pool_and_a_dra_pool_never_claim_the_same_gpu() -> Resul
         Ok(p.status.as_ref().is_some_and(|s| s.ready_agents == 8).then_some(()))
     })
     .await?;
+    // Older by a creation timestamp (whole seconds): a tie would go by name.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     pools.create(&PostParams::default(), &agent_pool("dra", &[&d, &e], Some(json!({})))?).await?;
     let dra_pool = wait_until("the DRA pool's verdict on both nodes", Duration::from_secs(60), || async {
         let p = pools.get("dra").await?;

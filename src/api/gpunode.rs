@@ -62,6 +62,7 @@ pub const DISCOVERED_LABEL: &str = "benchkite.dev/discovered";
     printcolumn(name = "CPU/GPU", type_ = "integer", json_path = ".status.perGpuShare.cpu"),
     printcolumn(name = "Mem/GPU", type_ = "string", json_path = ".status.perGpuShare.memory"),
     printcolumn(name = "Agents", type_ = "integer", json_path = ".status.agentCount"),
+    printcolumn(name = "Offered", type_ = "string", json_path = ".status.offeredThrough", priority = 1),
     printcolumn(name = "Maint", type_ = "boolean", json_path = ".spec.maintenance", priority = 1),
     printcolumn(name = "Certified", type_ = "string", json_path = ".status.certification.summary", priority = 1),
     printcolumn(name = "Min-Tau", type_ = "number", json_path = ".status.certification.minKendallTau", priority = 1),
@@ -173,6 +174,9 @@ pub struct GpuNodeDra {
 pub struct DraDeviceStatus {
     /// Device name in the slice, e.g. `gpu-3`.
     pub name: String,
+    /// The driver's resource pool of the device (NVIDIA's: the node's name).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pool: String,
     /// `gpu`, `mig`, or the driver's other type.
     #[serde(rename = "type")]
     pub type_: String,
@@ -193,6 +197,12 @@ pub struct DraDeviceStatus {
     /// Why no agent is given this device (absent: a whole, exclusive GPU).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unusable: Option<String>,
+    /// The ResourceClaim (`namespace/name`) the scheduler allocated the device to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocated_to: Option<String>,
+    /// The AgentPool (`namespace/name`) whose agent holds it, when that claim is an agent's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_pool: Option<String>,
 }
 
 /// An agent pod placed on this node.

@@ -32,6 +32,15 @@ pub fn pool_view_fingerprint(gn: &GpuNode) -> Option<u64> {
         s.other_requests = None;
         s.share_basis = None;
         s.conditions.retain(|c| c.type_ != crate::api::gpunode::conditions::PODS_BLOCKED);
+        // Which agent holds which device changes with every agent and plans nothing; that
+        // another workload holds one does (fewer slots).
+        if let Some(d) = s.dra.as_mut() {
+            for dev in &mut d.devices {
+                let foreign = dev.allocated_to.is_some() && dev.agent_pool.is_none();
+                dev.allocated_to = foreign.then(|| "foreign".to_string());
+                dev.agent_pool = None;
+            }
+        }
     }
     let bytes = serde_json::to_vec(&view).ok()?;
     let mut h = DefaultHasher::new();
@@ -106,6 +115,35 @@ mod tests {
             s.observed_generation = Some(2);
         }
         assert_eq!(pool_view_fingerprint(&busy), fp);
+    }
+
+    #[test]
+    fn which_agent_holds_a_device_does_not_change_the_pool_view_another_workload_does() {
+        use crate::api::gpunode::{DraDeviceStatus, GpuNodeDra};
+        let dev = |n: &str| DraDeviceStatus { name: n.into(), type_: "gpu".into(), ..Default::default() };
+        let mut base = gpunode();
+        if let Some(s) = base.status.as_mut() {
+            s.dra = Some(GpuNodeDra {
+                driver: "gpu.nvidia.com".into(),
+                whole_gpus: 2,
+                complete: true,
+                devices: vec![dev("gpu-0"), dev("gpu-1")],
+            });
+        }
+        let fp = pool_view_fingerprint(&base);
+        let hold = |claim: &str, pool: Option<&str>| {
+            let mut g = base.clone();
+            if let Some(d) = g.status.as_mut().and_then(|s| s.dra.as_mut()) {
+                d.devices[0].allocated_to = Some(claim.into());
+                d.devices[0].agent_pool = pool.map(String::from);
+            }
+            g
+        };
+        assert_eq!(pool_view_fingerprint(&hold("ci/a-gpus-1", Some("ci/h100"))), fp, "an agent's claim");
+        assert_eq!(pool_view_fingerprint(&hold("ci/b-gpus-2", Some("ci/other"))), fp, "another pool's agent");
+        let foreign = pool_view_fingerprint(&hold("ml/training", None));
+        assert_ne!(foreign, fp, "a workload outside benchkite takes a slot");
+        assert_eq!(pool_view_fingerprint(&hold("ml/other-job", None)), foreign, "which one does not matter");
     }
 
     #[test]

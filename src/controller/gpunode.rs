@@ -155,6 +155,11 @@ fn compute_status(gn: &GpuNode, ctx: &Context, now: Timestamp) -> Computed {
     // served both ways counts its GPUs once.
     let dra_inv = ctx.dra.as_ref().and_then(|d| d.inventory(&node_name));
     status.dra = dra_inv.as_ref().map(dra::node_status);
+    // Who holds each device: a benchkite agent's claim, or another workload's.
+    if let (Some(d), Some(caches)) = (status.dra.as_mut(), ctx.dra.as_ref()) {
+        let claims = caches.claims.state();
+        dra::mark_allocations(d, claims.iter().map(|c| c.as_ref()));
+    }
     let detected = inventory::detect(&labels, &allocatable_map, gn.spec.resource_name.as_deref());
     let detected = match (detected, dra_inv.as_ref().filter(|d| d.whole_count() > 0)) {
         (Ok(mut inv), d) => {

@@ -378,28 +378,40 @@ pub async fn run(
                 .await
         }
     };
+    // Every claim, not only agents': a device another workload's claim holds is no agent's
+    // (its GpuNode says who holds each device).
     let claim_watch = {
-        let pool_wake = pool_wake_tx.clone();
-        let (client, on) = (client.clone(), dra_driver.is_some());
+        let (pool_wake, gn_wake, gn_store, slice_store) =
+            (pool_wake_tx.clone(), gn_wake_tx.clone(), gpunodes.clone(), slices.clone());
+        let (client, driver) = (client.clone(), dra_driver.clone());
         async move {
-            if !on {
-                return futures::future::pending::<()>().await;
-            }
-            let wc = watcher::Config::default().any_semantic().labels(&format!(
-                "{}={}",
-                crate::fleet::pod::LABEL_MANAGED_BY,
-                crate::fleet::pod::MANAGED_BY
-            ));
-            watcher(Api::<ResourceClaim>::all(client), wc)
+            let Some(driver) = driver else { return futures::future::pending::<()>().await };
+            watcher(Api::<ResourceClaim>::all(client), watcher::Config::default().any_semantic())
                 .modify(cache::strip_managed_fields)
                 .default_backoff()
                 .reflect(claims_w)
                 .for_each(move |ev| {
-                    if let Some(claim) = event_object(&ev)
-                        && let Some(pool) = claim.annotations().get(crate::fleet::dra::ANNOTATION_POOL)
-                    {
-                        let ns = claim.namespace().unwrap_or_default();
-                        let _ = pool_wake.send(ObjectRef::new(pool).within(&ns));
+                    if let Some(claim) = event_object(&ev) {
+                        if let Some(pool) = claim.annotations().get(crate::fleet::dra::ANNOTATION_POOL) {
+                            let ns = claim.namespace().unwrap_or_default();
+                            let _ = pool_wake.send(ObjectRef::new(pool).within(&ns));
+                        }
+                        // The nodes of its devices (a resource pool's slices name the node).
+                        let pools: std::collections::BTreeSet<String> =
+                            crate::fleet::dra::allocated_pools(claim, &driver).into_iter().collect();
+                        if !pools.is_empty() {
+                            let nodes: std::collections::BTreeSet<String> = slice_store
+                                .state()
+                                .iter()
+                                .filter(|s| pools.contains(&s.spec.pool.name))
+                                .filter_map(|s| s.spec.node_name.clone())
+                                .collect();
+                            for node in nodes {
+                                for r in gpunode::gpunodes_for_node(&gn_store, &node) {
+                                    let _ = gn_wake.send(r);
+                                }
+                            }
+                        }
                     }
                     futures::future::ready(())
                 })

@@ -42,6 +42,8 @@ pub enum DeviceKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DraDevice {
     pub name: String,
+    /// The driver's resource pool the device is in (NVIDIA's: the node's name).
+    pub pool: String,
     pub kind: DeviceKind,
     pub uuid: Option<String>,
     pub product: Option<String>,
@@ -147,7 +149,7 @@ fn text(device: &Device, driver: &str, name: &str) -> Option<String> {
     a.string.clone().or_else(|| a.version.clone()).or_else(|| a.int.map(|i| i.to_string()))
 }
 
-fn device_of(device: &Device, driver: &str) -> DraDevice {
+fn device_of(device: &Device, driver: &str, pool: &str) -> DraDevice {
     let kind = match text(device, driver, "type").as_deref() {
         Some("gpu") => DeviceKind::Gpu,
         Some("mig") => DeviceKind::Mig,
@@ -157,6 +159,7 @@ fn device_of(device: &Device, driver: &str) -> DraDevice {
     let memory = capacity.and_then(|c| c.get("memory").or_else(|| c.get(&format!("{driver}/memory"))));
     DraDevice {
         name: device.name.clone(),
+        pool: pool.to_string(),
         kind,
         uuid: text(device, driver, "uuid"),
         product: text(device, driver, "productName"),
@@ -185,12 +188,13 @@ pub fn node_inventory<'a>(
     }
     let mut devices = Vec::new();
     let mut complete = true;
-    for slices in pools.values() {
+    for (pool, slices) in &pools {
         let newest = slices.iter().map(|s| s.spec.pool.generation).max().unwrap_or(0);
         let current: Vec<&&ResourceSlice> = slices.iter().filter(|s| s.spec.pool.generation == newest).collect();
         let expected = current.iter().map(|s| s.spec.pool.resource_slice_count).max().unwrap_or(1);
         complete &= i64::try_from(current.len()).unwrap_or(i64::MAX) >= expected;
-        devices.extend(current.iter().flat_map(|s| s.spec.devices.iter().flatten()).map(|d| device_of(d, driver)));
+        devices
+            .extend(current.iter().flat_map(|s| s.spec.devices.iter().flatten()).map(|d| device_of(d, driver, pool)));
     }
     devices.sort_by(|a, b| a.name.cmp(&b.name));
     devices.dedup_by(|a, b| a.name == b.name);
@@ -445,6 +449,17 @@ pub fn allocated_devices(claim: &ResourceClaim, driver: &str) -> Option<Vec<Stri
     Some(results.iter().filter(|r| r.driver == driver).map(|r| r.device.clone()).collect())
 }
 
+/// The resource pools of the devices of `driver` allocated to `claim`.
+pub fn allocated_pools(claim: &ResourceClaim, driver: &str) -> Vec<String> {
+    let results = claim
+        .status
+        .as_ref()
+        .and_then(|s| s.allocation.as_ref())
+        .and_then(|a| a.devices.as_ref())
+        .and_then(|d| d.results.as_ref());
+    results.into_iter().flatten().filter(|r| r.driver == driver).map(|r| r.pool.clone()).collect()
+}
+
 /// The UID of the pod a claim was made for (the claim's controller owner: the resource claim
 /// controller makes a template's claim owned by its pod).
 pub fn claim_pod_uid(claim: &ResourceClaim) -> Option<&str> {
@@ -489,6 +504,7 @@ pub fn node_status(inv: &DraInventory) -> GpuNodeDra {
             .iter()
             .map(|d| DraDeviceStatus {
                 name: d.name.clone(),
+                pool: d.pool.clone(),
                 type_: match &d.kind {
                     DeviceKind::Gpu => "gpu".into(),
                     DeviceKind::Mig => "mig".into(),
@@ -501,6 +517,8 @@ pub fn node_status(inv: &DraInventory) -> GpuNodeDra {
                 driver_version: d.driver_version.clone(),
                 shared: d.shared,
                 unusable: d.unusable_reason(),
+                allocated_to: None,
+                agent_pool: None,
             })
             .collect(),
     }
@@ -510,6 +528,7 @@ pub fn node_status(inv: &DraInventory) -> GpuNodeDra {
 pub fn device_from_status(d: &DraDeviceStatus) -> DraDevice {
     DraDevice {
         name: d.name.clone(),
+        pool: d.pool.clone(),
         kind: match d.type_.as_str() {
             "gpu" => DeviceKind::Gpu,
             "mig" => DeviceKind::Mig,
@@ -524,7 +543,8 @@ pub fn device_from_status(d: &DraDeviceStatus) -> DraDevice {
     }
 }
 
-/// How many of a node's devices a pool with `req` may give its agents, and, when none, why.
+/// How many of a node's devices a pool with `req` may give its agents (held by other
+/// workloads or not: see [`foreign_held`]), and, when none, why.
 pub fn eligible_count(node: &GpuNodeDra, req: &GpuRequirements) -> (i64, Option<String>) {
     let devices: Vec<DraDevice> = node.devices.iter().map(device_from_status).collect();
     let n = devices.iter().filter(|d| eligible(d, req)).count();
@@ -548,6 +568,57 @@ pub fn eligible_count(node: &GpuNodeDra, req: &GpuRequirements) -> (i64, Option<
         )
     };
     (0, Some(why))
+}
+
+/// How many of the devices a pool with `req` may give its agents are allocated to claims
+/// that are not benchkite agents' (other workloads hold them: the pool's slots there are
+/// fewer, as with GPUs other pods hold through the device plugin).
+pub fn foreign_held(node: &GpuNodeDra, req: &GpuRequirements) -> i64 {
+    let n = node
+        .devices
+        .iter()
+        .filter(|d| d.allocated_to.is_some() && d.agent_pool.is_none())
+        .filter(|d| eligible(&device_from_status(d), req))
+        .count();
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Who holds each device of `node`'s status: the claim (`namespace/name`) a device of its
+/// pools is allocated to and, for a claim made from a pool's template, the pool
+/// (`namespace/pool`). Written into `node.devices`.
+pub fn mark_allocations<'a>(node: &mut GpuNodeDra, claims: impl IntoIterator<Item = &'a ResourceClaim>) {
+    let mut held: BTreeMap<(String, String), (String, Option<String>)> = BTreeMap::new();
+    for claim in claims {
+        let Some(results) = claim
+            .status
+            .as_ref()
+            .and_then(|s| s.allocation.as_ref())
+            .and_then(|a| a.devices.as_ref())
+            .and_then(|d| d.results.as_ref())
+        else {
+            continue;
+        };
+        let ns = claim.metadata.namespace.clone().unwrap_or_default();
+        let name = format!("{ns}/{}", claim.metadata.name.clone().unwrap_or_default());
+        let pool = claim
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_POOL))
+            .filter(|_| {
+                claim.metadata.labels.as_ref().and_then(|l| l.get(super::pod::LABEL_MANAGED_BY)).map(String::as_str)
+                    == Some(super::pod::MANAGED_BY)
+            })
+            .map(|p| format!("{ns}/{p}"));
+        for r in results.iter().filter(|r| r.driver == node.driver) {
+            held.insert((r.pool.clone(), r.device.clone()), (name.clone(), pool.clone()));
+        }
+    }
+    for d in &mut node.devices {
+        let (claim, pool) = held.remove(&(d.pool.clone(), d.name.clone())).unzip();
+        d.allocated_to = claim;
+        d.agent_pool = pool.flatten();
+    }
 }
 
 /// The name of a pool's claim template: the pool's name and a hash of what the template asks

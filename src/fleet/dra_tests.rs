@@ -340,3 +340,59 @@ fn a_dra_only_node_is_described_by_its_whole_gpus() {
     assert_eq!(g.driver_version.as_deref(), Some("580.95.5"));
     assert!(!g.shared && g.resource_name.is_empty());
 }
+
+fn claim_on(ns: &str, name: &str, agent_pool: Option<&str>, devices: &[(&str, &str)]) -> ResourceClaim {
+    let mut meta = json!({"name": name, "namespace": ns});
+    if let Some(p) = agent_pool {
+        meta["labels"] = json!({"app.kubernetes.io/managed-by": "benchkite", "benchkite.dev/pool": p});
+        meta["annotations"] = json!({ANNOTATION_POOL: p});
+    }
+    let results: Vec<Value> = devices
+        .iter()
+        .map(|(pool, dev)| json!({"request": "gpus", "driver": NVIDIA_DRIVER, "pool": pool, "device": dev}))
+        .collect();
+    serde_json::from_value(json!({
+        "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim", "metadata": meta,
+        "spec": {"devices": {"requests": [{"name": "gpus", "exactly": {"deviceClassName": "gpu.nvidia.com"}}]}},
+        "status": {"allocation": {"devices": {"results": results}}},
+    }))
+    .unwrap_or_else(|e| panic!("claim fixture: {e}"))
+}
+
+#[test]
+fn each_device_says_which_claim_holds_it_and_other_workloads_take_slots() {
+    let devices = vec![gpu(0, H100, "80Gi"), gpu(1, H100, "80Gi"), gpu(2, H100, "80Gi"), gpu(3, H100, "80Gi")];
+    let inv = node_inventory([&slice("n", NVIDIA_DRIVER, 1, 1, devices)], "n", NVIDIA_DRIVER).expect("inv");
+    let mut st = node_status(&inv);
+    let claims = [
+        claim_on("ci", "h100-n-0-gpus-x", Some("h100"), &[("n", "gpu-0")]),
+        claim_on("ml", "training", None, &[("n", "gpu-1"), ("n", "gpu-2")]),
+        // Another node's pool, the same device name: not this node's gpu-3.
+        claim_on("ml", "elsewhere", None, &[("m", "gpu-3")]),
+        // A claim that merely carries the annotation is not an agent's (no benchkite label).
+        claim_on("ml", "pretender", None, &[]),
+    ];
+    let mut pretender = claims[3].clone();
+    pretender.metadata.annotations = Some([(ANNOTATION_POOL.to_string(), "h100".to_string())].into());
+    if let Some(s) = pretender.status.as_mut().and_then(|s| s.allocation.as_mut()).and_then(|a| a.devices.as_mut()) {
+        s.results = Some(vec![
+            serde_json::from_value(json!({"request": "gpus", "driver": NVIDIA_DRIVER, "pool": "n", "device": "gpu-3"}))
+                .unwrap_or_else(|e| panic!("{e}")),
+        ]);
+    }
+    mark_allocations(&mut st, claims[..3].iter().chain([&pretender]));
+    let by = |n: &str| st.devices.iter().find(|d| d.name == n).expect(n).clone();
+    assert_eq!(by("gpu-0").allocated_to.as_deref(), Some("ci/h100-n-0-gpus-x"));
+    assert_eq!(by("gpu-0").agent_pool.as_deref(), Some("ci/h100"));
+    assert_eq!(by("gpu-1").allocated_to.as_deref(), Some("ml/training"));
+    assert_eq!(by("gpu-1").agent_pool, None);
+    assert_eq!(by("gpu-3").allocated_to.as_deref(), Some("ml/pretender"));
+    assert_eq!(by("gpu-3").agent_pool, None, "an annotation alone does not make a claim an agent's");
+    let any = GpuRequirements::default();
+    assert_eq!(foreign_held(&st, &any), 3, "gpu-1, gpu-2 and gpu-3: not the agent's gpu-0");
+    assert_eq!(foreign_held(&st, &GpuRequirements { product: Some("B200".into()), min_memory: None }), 0);
+    // Released: nothing held any more.
+    mark_allocations(&mut st, []);
+    assert!(st.devices.iter().all(|d| d.allocated_to.is_none() && d.agent_pool.is_none()));
+    assert_eq!(foreign_held(&st, &any), 0);
+}

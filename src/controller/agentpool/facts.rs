@@ -129,6 +129,10 @@ pub(super) fn node_facts(
     }
     let usable = ready.is_some_and(|c| c.status == "True");
     let (gpu_count, request_problem) = gpus_for(&status, request);
+    // Devices a DRA pool could use that other workloads' claims hold.
+    if let (GpuRequest::Dra(req), Some(dra)) = (request, status.dra.as_ref()) {
+        foreign_gpus += dra::foreign_held(dra, req);
+    }
     NodeFacts {
         gpunode: gn.name_any(),
         // A GpuNode its controller has not reported on yet is unknown, not missing: only a
