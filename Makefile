@@ -29,6 +29,7 @@ help:
 	@echo "make e2e-down   stop the local cluster and remove its state"
 	@echo "make fleet-scale 150 GPU nodes, 20 SIGKILL restarts and a leader failover: 0 agents replaced (own cluster)"
 	@echo "make fairshare-large fair queueing with 100 of A's jobs then B's 5 (make test runs 40)"
+	@echo "make dra-gate-off the DRA suite on a cluster without DRAConsumableCapacity (as 1.34 ships; own cluster)"
 	@echo "make demo       Buildkite simulator + operator, one KernelJob end to end, on the cluster KUBECONFIG points at, else its own (target/demo)"
 	@echo "make demo-down  stop the demo and remove target/demo"
 	@echo "make lint       rustfmt check and clippy with warnings as errors"
@@ -134,6 +135,20 @@ fleet-scale:
 	  cargo test -p benchkite-e2e --test fleet_scale -- --ignored --nocapture || status=$$?; \
 	BENCHKITE_E2E_DIR=$(SCALE_E2E_DIR) BENCHKITE_E2E_CLUSTER=benchkite-scale e2e/cluster/who-deleted; \
 	BENCHKITE_E2E_DIR=$(SCALE_E2E_DIR) BENCHKITE_E2E_CLUSTER=benchkite-scale e2e/cluster/down; \
+	exit $$status
+
+# The DRA suite on a cluster of its own with DRAConsumableCapacity off (as Kubernetes 1.34
+# ships it): CEL there has no device.allowMultipleAllocations, and benchkite's claim
+# templates must select without it. make test runs the suite with the gate on (1.36).
+DRA_GATE_OFF_DIR ?= target/dra-gate-off
+.PHONY: dra-gate-off
+dra-gate-off:
+	cargo build --bin benchkite
+	cargo test -p benchkite-e2e --test dra --no-run
+	BENCHKITE_E2E_DIR=$(DRA_GATE_OFF_DIR) BENCHKITE_E2E_CLUSTER=benchkite-dra-off BENCHKITE_E2E_FEATURE_GATES=DRAConsumableCapacity=false e2e/cluster/up
+	status=0; \
+	BENCHKITE_E2E_DIR=$(DRA_GATE_OFF_DIR) cargo test -p benchkite-e2e --test dra || status=$$?; \
+	BENCHKITE_E2E_DIR=$(DRA_GATE_OFF_DIR) BENCHKITE_E2E_CLUSTER=benchkite-dra-off e2e/cluster/down; \
 	exit $$status
 
 e2e-up:

@@ -5,7 +5,7 @@
 use anyhow::{Context, Result};
 use benchkite::fleet::dra::NVIDIA_DRIVER;
 use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::api::resource::v1::{DeviceClass, ResourceSlice};
+use k8s_openapi::api::resource::v1::{DeviceClass, ResourceClaimTemplate, ResourceSlice};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
@@ -70,4 +70,24 @@ pub async fn device_class(client: &Client) -> Result<()> {
     let api: Api<DeviceClass> = Api::all(client.clone());
     api.patch(NVIDIA_DRIVER, &PatchParams::apply("benchkite-e2e").force(), &Patch::Apply(&class)).await?;
     Ok(())
+}
+
+/// Whether the API server's CEL knows `device.allowMultipleAllocations`
+/// (DRAConsumableCapacity: on by default in 1.36; off in 1.34 and where turned off): a
+/// server-side dry run of a claim template that names it.
+pub async fn consumable_capacity(client: &Client) -> Result<bool> {
+    let template: ResourceClaimTemplate = serde_json::from_value(json!({
+        "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaimTemplate",
+        "metadata": {"name": "benchkite-e2e-probe", "namespace": "default"},
+        "spec": {"spec": {"devices": {"requests": [{"name": "gpus", "exactly": {
+            "deviceClassName": NVIDIA_DRIVER,
+            "selectors": [{"cel": {"expression": "!device.allowMultipleAllocations"}}]}}]}}},
+    }))?;
+    let api: Api<ResourceClaimTemplate> = Api::namespaced(client.clone(), "default");
+    let dry = PostParams { dry_run: true, ..Default::default() };
+    match api.create(&dry, &template).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 422 && s.message.contains("allowMultipleAllocations") => Ok(false),
+        Err(e) => Err(e).context("probing the API server's DRA CEL"),
+    }
 }

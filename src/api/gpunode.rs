@@ -163,6 +163,12 @@ pub struct GpuNodeDra {
     pub whole_gpus: i64,
     /// False while the driver is rewriting its slices (some of the newest generation missing).
     pub complete: bool,
+    /// Since when the driver's slices for the node have been missing or incomplete (a kubelet
+    /// or driver restart republishes them): the last complete inventory is kept meanwhile, and
+    /// DRA pools keep their agents on the node but start none, for at most the controller's
+    /// `--node-not-ready-toleration-seconds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsettled_since: Option<String>,
     /// Every published device, by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<DraDeviceStatus>,
@@ -194,6 +200,9 @@ pub struct DraDeviceStatus {
     /// The driver lets several claims allocate it (`allowMultipleAllocations`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shared: bool,
+    /// A MIG instance's GPU (`parentUUID`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_uuid: Option<String>,
     /// Why no agent is given this device (absent: a whole, exclusive GPU).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unusable: Option<String>,
@@ -242,9 +251,14 @@ pub struct GpuNodeStatus {
     /// The extended resource that counts the GPUs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_name: Option<String>,
-    /// GPUs the node offers (allocatable of `resourceName`).
+    /// GPUs the node offers (allocatable of `resourceName`; with DRA, its whole, exclusive
+    /// GPUs; served both ways, the larger of the two, counted once).
     #[serde(default)]
     pub gpu_count: i64,
+    /// GPUs the device plugin's resource offers (allocatable of `resourceName`), when it is
+    /// offered: what device-plugin pools use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_gpus: Option<i64>,
     /// Memory of one GPU in MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[serde(rename = "gpuMemoryMiB")]

@@ -127,6 +127,7 @@ mod tests {
                 driver: "gpu.nvidia.com".into(),
                 whole_gpus: 2,
                 complete: true,
+                unsettled_since: None,
                 devices: vec![dev("gpu-0"), dev("gpu-1")],
             });
         }

@@ -153,18 +153,24 @@ fn compute_status(gn: &GpuNode, ctx: &Context, now: Timestamp) -> Computed {
 
     // GPUs through DRA: the driver's devices for the node, reported as they are; a node
     // served both ways counts its GPUs once.
-    let dra_inv = ctx.dra.as_ref().and_then(|d| d.inventory(&node_name));
-    status.dra = dra_inv.as_ref().map(dra::node_status);
-    // Who holds each device: a benchkite agent's claim, or another workload's.
-    if let (Some(d), Some(caches)) = (status.dra.as_mut(), ctx.dra.as_ref()) {
-        let claims = caches.claims.state();
-        dra::mark_allocations(d, claims.iter().map(|c| c.as_ref()));
+    let mut dra_recheck = None;
+    if let Some(caches) = ctx.dra.as_ref() {
+        let current = caches.inventory(&node_name).as_ref().map(dra::node_status);
+        let toleration = ctx.config.node_not_ready_toleration;
+        (status.dra, dra_recheck) = dra::settle(previous.dra.clone(), current, now, toleration);
+        // Who holds each device: a benchkite agent's claim, or another workload's.
+        if let Some(d) = status.dra.as_mut() {
+            let claims = caches.claims.state();
+            dra::mark_allocations(d, claims.iter().map(|c| c.as_ref()));
+        }
     }
+    let dra_inv = status.dra.as_ref().map(dra::inventory_from_status);
     let detected = inventory::detect(&labels, &allocatable_map, gn.spec.resource_name.as_deref());
     let detected = match (detected, dra_inv.as_ref().filter(|d| d.whole_count() > 0)) {
         (Ok(mut inv), d) => {
             let (count, offered) =
                 dra::gpu_count(Some(inv.gpu_count), d).unwrap_or((inv.gpu_count, Offered::DevicePlugin));
+            status.plugin_gpus = Some(inv.gpu_count);
             inv.gpu_count = count;
             Ok((inv, offered))
         }
@@ -222,7 +228,9 @@ fn compute_status(gn: &GpuNode, ctx: &Context, now: Timestamp) -> Computed {
         other_requests: other,
         reserved: reserved_of(gn),
         headroom: ctx.config.node_headroom,
-        gpus: inv.gpu_count,
+        // Every physical GPU gets its slice, also those the DRA driver publishes as MIG
+        // instances or shareable devices (no agent's, but their workloads need CPU too).
+        gpus: inv.gpu_count.max(dra_inv.as_ref().map_or(0, dra::DraInventory::physical_count)),
     };
     let headroom = resources_of(ctx.config.node_headroom);
     let spec_changed =
@@ -238,7 +246,7 @@ fn compute_status(gn: &GpuNode, ctx: &Context, now: Timestamp) -> Computed {
         headroom,
         allocatable: status.allocatable.clone(),
         other_requests: status.other_requests.clone(),
-        gpus: inv.gpu_count,
+        gpus: input.gpus,
     };
     status.per_gpu_share = share.as_ref().ok().map(|s| ResourceShare { cpu: s.cpu_cores, memory: s.memory_quantity() });
     status.share_basis = match (&share, change) {
@@ -270,7 +278,7 @@ fn compute_status(gn: &GpuNode, ctx: &Context, now: Timestamp) -> Computed {
 
     let unschedulable = node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
     let toleration = ctx.config.node_not_ready_toleration;
-    let mut recheck_in = None;
+    let mut recheck_in = dra_recheck;
     let (ready, reason, message, event): (bool, &str, String, Option<(EventType, &'static str, String)>) = match (
         gn.spec.maintenance,
         health::node_health(&node, now, toleration),
@@ -291,7 +299,8 @@ fn compute_status(gn: &GpuNode, ctx: &Context, now: Timestamp) -> Computed {
             None,
         ),
         (false, NodeHealth::NotReadyTolerated { since, until }) => {
-            recheck_in = Some(Duration::try_from(until.duration_since(now)).unwrap_or_default());
+            let until_in = Duration::try_from(until.duration_since(now)).unwrap_or_default();
+            recheck_in = Some(recheck_in.map_or(until_in, |r: Duration| r.min(until_in)));
             if unschedulable {
                 (
                     false,

@@ -256,7 +256,7 @@ fn dra_context(nodes: Vec<Node>, whole: u32) -> Context {
     sw.apply_watcher_event(&watcher::Event::Apply(slice));
     let (claims, _) = reflector::store();
     let mut ctx = context(nodes, vec![]);
-    ctx.dra = Some(crate::controller::DraCaches { driver: "gpu.nvidia.com".into(), slices, claims });
+    ctx.dra = Some(crate::controller::DraCaches::new("gpu.nvidia.com".into(), slices, claims));
     ctx
 }
 
@@ -283,7 +283,9 @@ async fn a_node_served_by_dra_only_is_inventoried_from_its_slices() {
     assert_eq!((st.gpu_memory_mib, st.driver_version.as_deref()), (Some(81920), Some("580.95.5")));
     let dra = st.dra.as_ref().expect("dra inventory");
     assert_eq!((dra.whole_gpus, dra.devices.len(), dra.complete), (4, 6, true));
-    assert_eq!(share(&c), Some((7, "31744Mi".into())), "the share divides by the whole GPUs");
+    // Every physical GPU gets a slice: the 4 whole ones, the shareable one and the one the
+    // MIG instance is cut from (their workloads need CPU and memory too).
+    assert_eq!(share(&c), Some((5, "21504Mi".into())), "the share divides by the 6 physical GPUs");
     let msg = &find(&st.conditions, cond::READY).unwrap().message;
     assert!(msg.contains("DRA driver gpu.nvidia.com"), "{msg}");
     assert_eq!(offered_twice(None, st), None);
@@ -303,7 +305,8 @@ async fn a_node_served_both_ways_counts_its_gpus_once_and_says_so_once() {
     assert_eq!(c.status.offered_through.as_deref(), Some("Both"));
     assert_eq!(c.status.gpu_count, 4, "never 8");
     assert_eq!(c.status.resource_name.as_deref(), Some("nvidia.com/gpu"));
-    assert_eq!(share(&c), Some((7, "31744Mi".into())));
+    assert_eq!(c.status.plugin_gpus, Some(4), "what device-plugin pools use");
+    assert_eq!(share(&c), Some((5, "21504Mi".into())));
     let warning = offered_twice(None, &c.status).expect("a Warning when it starts");
     assert!(
         warning.contains("nvidia.com/gpu")
@@ -320,4 +323,37 @@ async fn a_node_served_both_ways_counts_its_gpus_once_and_says_so_once() {
     let c = compute_status(&gpunode(1), &ctx, now());
     assert_eq!(c.status.offered_through.as_deref(), Some("DevicePlugin"));
     assert!(c.status.dra.is_none());
+}
+
+#[tokio::test]
+async fn slices_that_go_missing_keep_the_last_inventory_for_the_toleration() {
+    let ctx = dra_context(vec![dra_only_node()], 4);
+    let first = compute_status(&gpunode(1), &ctx, now());
+    assert_eq!(first.status.dra.as_ref().map(|d| d.unsettled_since.clone()), Some(None));
+    let gn = after(gpunode(1), &first);
+    // The kubelet restarts and deletes the node's slices.
+    let (slices, _) = reflector::store();
+    let (claims, _) = reflector::store();
+    let mut gone = context(vec![dra_only_node()], vec![]);
+    gone.dra = Some(crate::controller::DraCaches::new("gpu.nvidia.com".into(), slices, claims));
+    let kept = compute_status(&gn, &gone, now());
+    let dra = kept.status.dra.clone().expect("the last inventory is kept");
+    assert_eq!((dra.whole_gpus, dra.complete), (4, false));
+    assert_eq!(dra.unsettled_since.as_deref(), Some(now().to_string().as_str()));
+    assert_eq!(ready(&kept), ("True".into(), "Ready".into()), "the node's GPUs are still there");
+    assert_eq!(kept.status.gpu_count, 4);
+    assert_eq!(kept.recheck_in, Some(Duration::from_secs(300)), "looked at again when the toleration ends");
+    // Still gone 299 s later: kept, since the first moment.
+    let later = Timestamp::from_second(1_800_000_299).unwrap();
+    let still = compute_status(&after(gpunode(1), &kept), &gone, later);
+    assert_eq!(still.status.dra.as_ref().and_then(|d| d.unsettled_since.as_deref()), Some(now().to_string().as_str()));
+    assert_eq!(still.recheck_in, Some(Duration::from_secs(1)));
+    // Gone for the whole toleration: the node offers nothing any more.
+    let end = Timestamp::from_second(1_800_000_300).unwrap();
+    let dropped = compute_status(&after(gpunode(1), &still), &gone, end);
+    assert!(dropped.status.dra.is_none());
+    assert_eq!(ready(&dropped).1, "NoGpuResource");
+    // Back within the toleration: settled again at once.
+    let back = compute_status(&after(gpunode(1), &still), &ctx, later);
+    assert_eq!(back.status.dra.as_ref().map(|d| (d.complete, d.unsettled_since.clone())), Some((true, None)));
 }

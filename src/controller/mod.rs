@@ -185,11 +185,20 @@ pub struct DraCaches {
     pub driver: String,
     /// The driver's ResourceSlices (every node's).
     pub slices: Store<ResourceSlice>,
-    /// ResourceClaims labelled managed by benchkite (made from pools' templates).
+    /// Every ResourceClaim (metadata and status: which devices are allocated to whom).
     pub claims: Store<ResourceClaim>,
+    /// Whether the API server's CEL knows `device.allowMultipleAllocations` (learnt from the
+    /// first template applied: [`agentpool`]'s `dra` module).
+    pub consumable_capacity: Arc<std::sync::atomic::AtomicU8>,
+    /// Each DRA pool's template as last applied: pool UID → (name, when, problem).
+    pub templates: Arc<Mutex<HashMap<String, agentpool::TemplateMemo>>>,
 }
 
 impl DraCaches {
+    pub fn new(driver: String, slices: Store<ResourceSlice>, claims: Store<ResourceClaim>) -> DraCaches {
+        DraCaches { driver, slices, claims, consumable_capacity: Default::default(), templates: Default::default() }
+    }
+
     /// The devices the driver publishes for `node`.
     pub fn inventory(&self, node: &str) -> Option<crate::fleet::dra::DraInventory> {
         let slices = self.slices.state();
@@ -331,23 +340,43 @@ pub async fn run(
                 futures::future::ready(())
             })
     };
-    let pool_watch = watcher(Api::<AgentPool>::all(client.clone()), wc.clone())
-        .modify(cache::strip_managed_fields)
-        .default_backoff()
-        .reflect(pools_w)
-        .for_each(move |ev| {
-            if fleet
-                && let Some(pool) = event_object(&ev)
-                && !is_delete(&ev)
-            {
-                let _ = pool_tx.send(Arc::new(pool.clone()));
-            }
-            futures::future::ready(())
-        });
+    let pool_watch = {
+        // Pools compete for nodes (the oldest active one selecting a node owns it): when a
+        // pool's spec changes, or it goes, the others may gain or lose nodes at once, not at
+        // their next periodic reconcile.
+        let (pool_store, pool_wake) = (pools.clone(), pool_wake_tx.clone());
+        let mut specs: HashMap<String, (Option<i64>, bool)> = HashMap::new();
+        watcher(Api::<AgentPool>::all(client.clone()), wc.clone())
+            .modify(cache::strip_managed_fields)
+            .default_backoff()
+            .reflect(pools_w)
+            .for_each(move |ev| {
+                if fleet && let Some(pool) = event_object(&ev) {
+                    let uid = pool.uid().unwrap_or_default();
+                    let now = (pool.metadata.generation, pool.metadata.deletion_timestamp.is_some());
+                    let changed = if is_delete(&ev) {
+                        specs.remove(&uid);
+                        true
+                    } else {
+                        let _ = pool_tx.send(Arc::new(pool.clone()));
+                        specs.insert(uid.clone(), now).is_some_and(|before| before != now)
+                    };
+                    if changed {
+                        for p in pool_store.state().iter().filter(|p| p.uid().as_deref() != Some(uid.as_str())) {
+                            let _ = pool_wake.send(ObjectRef::from_obj(p.as_ref()));
+                        }
+                    }
+                }
+                futures::future::ready(())
+            })
+    };
     // GPUs through DRA (`--dra-driver`): the driver's slices (a node's inventory; a node the
     // driver serves is discovered) and the claims made from pools' templates (an agent's
     // allocation). Neither is watched when DRA is off: no RBAC for them is needed then.
     let dra_driver = config.dra_driver.clone().filter(|_| fleet);
+    if let Some(driver) = &dra_driver {
+        check_dra_access(&client, driver).await?;
+    }
     let (slices, slices_w) = reflector::store::<ResourceSlice>();
     let (claims, claims_w) = reflector::store::<ResourceClaim>();
     let slice_watch = {
@@ -362,6 +391,7 @@ pub async fn run(
                 .default_backoff()
                 .reflect(slices_w)
                 .for_each(move |ev| {
+                    log_watch_error("ResourceSlice", &ev);
                     if let Some(node) = event_object(&ev).and_then(|s| s.spec.node_name.as_deref()) {
                         for r in gpunode::gpunodes_for_node(&gn_store, node) {
                             let _ = wake.send(r);
@@ -384,22 +414,37 @@ pub async fn run(
         let (pool_wake, gn_wake, gn_store, slice_store) =
             (pool_wake_tx.clone(), gn_wake_tx.clone(), gpunodes.clone(), slices.clone());
         let (client, driver) = (client.clone(), dra_driver.clone());
+        // The resource pools each claim's devices were in, so a claim whose allocation is
+        // cleared (or that is deleted) still wakes the GpuNodes it held devices on.
+        let mut held: HashMap<String, std::collections::BTreeSet<String>> = HashMap::new();
         async move {
             let Some(driver) = driver else { return futures::future::pending::<()>().await };
             watcher(Api::<ResourceClaim>::all(client), watcher::Config::default().any_semantic())
-                .modify(cache::strip_managed_fields)
+                .modify(|c| {
+                    // Only the metadata and the allocation are read.
+                    cache::strip_managed_fields(c);
+                    c.spec = Default::default();
+                })
                 .default_backoff()
                 .reflect(claims_w)
                 .for_each(move |ev| {
+                    log_watch_error("ResourceClaim", &ev);
                     if let Some(claim) = event_object(&ev) {
                         if let Some(pool) = claim.annotations().get(crate::fleet::dra::ANNOTATION_POOL) {
                             let ns = claim.namespace().unwrap_or_default();
                             let _ = pool_wake.send(ObjectRef::new(pool).within(&ns));
                         }
-                        // The nodes of its devices (a resource pool's slices name the node).
-                        let pools: std::collections::BTreeSet<String> =
+                        let uid = claim.uid().unwrap_or_default();
+                        let now: std::collections::BTreeSet<String> =
                             crate::fleet::dra::allocated_pools(claim, &driver).into_iter().collect();
+                        let before = if is_delete(&ev) || now.is_empty() {
+                            held.remove(&uid).unwrap_or_default()
+                        } else {
+                            held.insert(uid, now.clone()).unwrap_or_default()
+                        };
+                        let pools: std::collections::BTreeSet<&String> = before.iter().chain(now.iter()).collect();
                         if !pools.is_empty() {
+                            // The nodes of those pools (a resource pool's slices name the node).
                             let nodes: std::collections::BTreeSet<String> = slice_store
                                 .state()
                                 .iter()
@@ -441,7 +486,7 @@ pub async fn run(
             None => queues::Queues::default(),
         },
         job_queues: Mutex::new(None),
-        dra: dra_driver.clone().map(|driver| DraCaches { driver, slices: slices.clone(), claims: claims.clone() }),
+        dra: dra_driver.clone().map(|driver| DraCaches::new(driver, slices.clone(), claims.clone())),
     });
     // The API token's scopes, at start and every 5 minutes, for everything this process
     // does with it: a missing scope is named (conditions of pools and jobs, a log line).
@@ -683,6 +728,37 @@ pub async fn run(
     http.detach_jobs();
     tracing::info!("controllers stopped");
     Ok(())
+}
+
+/// With `--dra-driver`: the API server serves `resource.k8s.io/v1` and this process may list
+/// what it watches. Checked at start, so a cluster before 1.34 or missing RBAC stops the
+/// controller with a message that says so, instead of watches that retry forever while no
+/// controller reconciles.
+async fn check_dra_access(client: &Client, driver: &str) -> anyhow::Result<()> {
+    use kube::api::ListParams;
+    let probe = ListParams::default().limit(1);
+    let what = |e: kube::Error, kind: &str| match &e {
+        kube::Error::Api(s) if s.code == 404 => anyhow::anyhow!(
+            "--dra-driver {driver}: the API server does not serve resource.k8s.io/v1 {kind} (Kubernetes 1.34+ \
+             is needed for GPUs through DRA); start the controller without --dra-driver (chart: fleet.dra.enabled=false)"
+        ),
+        kube::Error::Api(s) if s.code == 403 => anyhow::anyhow!(
+            "--dra-driver {driver}: no permission to list resource.k8s.io {kind} (the chart grants it with \
+             fleet.dra.enabled=true): {}",
+            s.message
+        ),
+        _ => anyhow::anyhow!("--dra-driver {driver}: listing resource.k8s.io {kind}: {e}"),
+    };
+    Api::<ResourceSlice>::all(client.clone()).list_metadata(&probe).await.map_err(|e| what(e, "resourceslices"))?;
+    Api::<ResourceClaim>::all(client.clone()).list_metadata(&probe).await.map_err(|e| what(e, "resourceclaims"))?;
+    Ok(())
+}
+
+/// Logs a watch error (the watcher retries with backoff).
+fn log_watch_error<K>(kind: &str, ev: &Result<watcher::Event<K>, watcher::Error>) {
+    if let Err(e) = ev {
+        tracing::warn!(kind, error = %e, "watch failed; retrying");
+    }
 }
 
 /// The object an Apply or Delete watch event carries.

@@ -53,6 +53,8 @@ pub struct DraDevice {
     pub driver_version: Option<String>,
     /// The driver lets several claims share it (`allowMultipleAllocations`).
     pub shared: bool,
+    /// A MIG instance's GPU (`parentUUID`).
+    pub parent: Option<String>,
 }
 
 impl DraDevice {
@@ -101,6 +103,19 @@ impl DraInventory {
 
     pub fn whole_count(&self) -> i64 {
         i64::try_from(self.whole_gpus().count()).unwrap_or(i64::MAX)
+    }
+
+    /// Physical GPUs: whole ones (shareable or not) and the GPUs MIG instances are cut from
+    /// (by `parentUUID`, else by the `gpu-<minor>-mig-…` name).
+    pub fn physical_count(&self) -> i64 {
+        let gpus = self.devices.iter().filter(|d| d.kind == DeviceKind::Gpu).count();
+        let parents: std::collections::BTreeSet<String> = self
+            .devices
+            .iter()
+            .filter(|d| d.kind == DeviceKind::Mig)
+            .map(|d| d.parent.clone().unwrap_or_else(|| d.name.split("-mig-").next().unwrap_or(&d.name).to_string()))
+            .collect();
+        i64::try_from(gpus + parents.len()).unwrap_or(i64::MAX)
     }
 
     /// The one product of the whole GPUs (`None`: none, or several).
@@ -167,6 +182,7 @@ fn device_of(device: &Device, driver: &str, pool: &str) -> DraDevice {
         compute_capability: text(device, driver, "cudaComputeCapability"),
         driver_version: text(device, driver, "driverVersion"),
         shared: device.allow_multiple_allocations == Some(true),
+        parent: text(device, driver, "parentUUID"),
     }
 }
 
@@ -263,15 +279,23 @@ fn cel_string(s: &str) -> String {
 
 /// The CEL selector for one whole GPU of `driver` meeting `req`: a full GPU (`type == "gpu"`,
 /// never a MIG instance), never one the driver lets several claims share
-/// (`allowMultipleAllocations`, Kubernetes 1.35+: DRAConsumableCapacity), of the product,
-/// with at least the memory. Any other device goes to one claim alone: the scheduler's rule.
+/// (`allowMultipleAllocations`; see [`selector_for`] for clusters without it), of the
+/// product, with at least the memory. Any other device goes to one claim alone: the scheduler's rule.
 pub fn selector(driver: &str, req: &GpuRequirements) -> String {
+    selector_for(driver, req, true)
+}
+
+/// [`selector`], with or without the clause on `allowMultipleAllocations`: CEL knows that
+/// field only where the DRAConsumableCapacity feature is on (Beta and on by default in
+/// 1.36; Alpha, off, in 1.34), and refuses a selector naming it elsewhere. Where it is off,
+/// the API server drops the field from slices, so no device is shareable and the clause is
+/// not needed.
+pub fn selector_for(driver: &str, req: &GpuRequirements, exclude_shared: bool) -> String {
     let d = cel_string(driver);
-    let mut parts = vec![
-        format!("device.driver == {d}"),
-        format!("device.attributes[{d}].type == \"gpu\""),
-        "!device.allowMultipleAllocations".to_string(),
-    ];
+    let mut parts = vec![format!("device.driver == {d}"), format!("device.attributes[{d}].type == \"gpu\"")];
+    if exclude_shared {
+        parts.push("!device.allowMultipleAllocations".to_string());
+    }
     if let Some(p) = &req.product {
         parts.push(format!("device.attributes[{d}].productName == {}", cel_string(p)));
     }
@@ -499,6 +523,7 @@ pub fn node_status(inv: &DraInventory) -> GpuNodeDra {
         driver: inv.driver.clone(),
         whole_gpus: inv.whole_count(),
         complete: inv.complete,
+        unsettled_since: None,
         devices: inv
             .devices
             .iter()
@@ -516,12 +541,49 @@ pub fn node_status(inv: &DraInventory) -> GpuNodeDra {
                 architecture: d.architecture(),
                 driver_version: d.driver_version.clone(),
                 shared: d.shared,
+                parent_uuid: d.parent.clone(),
                 unusable: d.unusable_reason(),
                 allocated_to: None,
                 agent_pool: None,
             })
             .collect(),
     }
+}
+
+/// The inventory a GpuNode's status records, back in this module's terms.
+pub fn inventory_from_status(d: &GpuNodeDra) -> DraInventory {
+    DraInventory {
+        driver: d.driver.clone(),
+        devices: d.devices.iter().map(device_from_status).collect(),
+        complete: d.complete,
+    }
+}
+
+/// The DRA inventory a GpuNode reports, from what the driver publishes now (`current`) and
+/// what it reported before (`previous`). A kubelet deletes its node's slices when it starts,
+/// and a driver rewrites them when it restarts: while they are missing or incomplete, the
+/// last complete inventory is kept (marked `unsettledSince`) for `grace`, so the node's
+/// agents are not taken for gone. Returns the inventory and when to look again.
+pub fn settle(
+    previous: Option<GpuNodeDra>,
+    current: Option<GpuNodeDra>,
+    now: k8s_openapi::jiff::Timestamp,
+    grace: std::time::Duration,
+) -> (Option<GpuNodeDra>, Option<std::time::Duration>) {
+    let settled = current.as_ref().is_some_and(|c| c.complete);
+    let Some(prev) = previous.filter(|p| {
+        !settled && p.whole_gpus > 0 && p.driver == current.as_ref().map_or(p.driver.as_str(), |c| c.driver.as_str())
+    }) else {
+        return (current, None);
+    };
+    let since =
+        prev.unsettled_since.as_deref().and_then(|s| s.parse::<k8s_openapi::jiff::Timestamp>().ok()).unwrap_or(now);
+    let elapsed = std::time::Duration::try_from(now.duration_since(since)).unwrap_or_default();
+    if elapsed >= grace {
+        return (current, None);
+    }
+    let kept = GpuNodeDra { complete: false, unsettled_since: Some(since.to_string()), ..prev };
+    (Some(kept), Some(grace - elapsed))
 }
 
 /// A device as a GpuNode's status records it, back in this module's terms.
@@ -537,9 +599,15 @@ pub fn device_from_status(d: &DraDeviceStatus) -> DraDevice {
         uuid: d.uuid.clone(),
         product: d.product_name.clone(),
         memory_bytes: d.memory_mib.map(|m| m.saturating_mul(1024 * 1024)),
-        compute_capability: None,
+        // `sm_90` back to `9.0` (the last digit is the minor version).
+        compute_capability: d.architecture.as_deref().and_then(|a| {
+            let digits = a.strip_prefix("sm_")?;
+            (digits.len() >= 2 && digits.chars().all(|c| c.is_ascii_digit()))
+                .then(|| format!("{}.{}", &digits[..digits.len() - 1], &digits[digits.len() - 1..]))
+        }),
         driver_version: d.driver_version.clone(),
         shared: d.shared,
+        parent: d.parent_uuid.clone(),
     }
 }
 
@@ -621,17 +689,13 @@ pub fn mark_allocations<'a>(node: &mut GpuNodeDra, claims: impl IntoIterator<Ite
     }
 }
 
-/// The name of a pool's claim template: the pool's name and a hash of what the template asks
+/// The name of a pool's claim template: the pool's name and a hash of the template's spec
 /// (the API server refuses changes to a template's spec, so a changed request is a new
 /// template, and the agents that reference it roll).
-pub fn template_name(pool: &str, device_class: &str, count: i64, selector: &str) -> String {
+pub fn template_name(pool: &str, spec: &ResourceClaimTemplateSpec) -> String {
     use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    for part in [device_class, &count.to_string(), selector] {
-        h.update(part.as_bytes());
-        h.update([0u8]);
-    }
-    let hash = hex::encode(&h.finalize()[..4]);
+    let bytes = serde_json::to_vec(spec).unwrap_or_default();
+    let hash = hex::encode(&Sha256::digest(&bytes)[..4]);
     // A DNS subdomain of at most 253 characters.
     let keep = 253 - "-gpus-".len() - hash.len();
     let base = if pool.len() > keep { pool[..keep].trim_end_matches(['-', '.']) } else { pool };

@@ -206,19 +206,38 @@ fn claims_made_from_the_template_carry_the_pools_label_and_name() {
 }
 
 #[test]
-fn the_template_name_follows_what_it_asks_and_stays_a_valid_name() {
+fn the_template_name_follows_its_whole_spec_and_stays_a_valid_name() {
+    let owner = OwnerReference { kind: "AgentPool".into(), name: "h100".into(), uid: "u".into(), ..Default::default() };
     let sel = selector(NVIDIA_DRIVER, &GpuRequirements { product: Some(H100.into()), min_memory: None });
-    let a = template_name("h100", NVIDIA_DRIVER, 1, &sel);
+    let spec = |class: &str, count: i64, sel: &str| claim_template("", "ns", owner.clone(), class, count, sel).spec;
+    let a = template_name("h100", &spec(NVIDIA_DRIVER, 1, &sel));
     assert!(a.starts_with("h100-gpus-") && a.len() == "h100-gpus-".len() + 8, "{a}");
-    assert_eq!(a, template_name("h100", NVIDIA_DRIVER, 1, &sel), "stable");
-    assert_ne!(a, template_name("h100", NVIDIA_DRIVER, 2, &sel), "gpusPerAgent");
-    assert_ne!(a, template_name("h100", "other.example.com", 1, &sel), "device class");
-    assert_ne!(a, template_name("h100", NVIDIA_DRIVER, 1, "true"), "selector");
-    let long = template_name(&"p".repeat(253), NVIDIA_DRIVER, 1, &sel);
+    assert_eq!(a, template_name("h100", &spec(NVIDIA_DRIVER, 1, &sel)), "stable");
+    assert_ne!(a, template_name("h100", &spec(NVIDIA_DRIVER, 2, &sel)), "gpusPerAgent");
+    assert_ne!(a, template_name("h100", &spec("other.example.com", 1, &sel)), "device class");
+    assert_ne!(a, template_name("h100", &spec(NVIDIA_DRIVER, 1, "true")), "selector");
+    // The claims' metadata is part of the (immutable) spec too.
+    let mut relabelled = spec(NVIDIA_DRIVER, 1, &sel);
+    if let Some(m) = relabelled.metadata.as_mut() {
+        m.labels.get_or_insert_with(Default::default).insert("extra".into(), "x".into());
+    }
+    assert_ne!(a, template_name("h100", &relabelled), "claim metadata");
+    let long = template_name(&"p".repeat(253), &spec(NVIDIA_DRIVER, 1, &sel));
     assert_eq!(long.len(), 253);
     // Cut where a label ends: no '.' before the suffix's '-'.
-    let dotted = template_name(&format!("{}.bbbb", "a".repeat(238)), NVIDIA_DRIVER, 1, &sel);
+    let dotted = template_name(&format!("{}.bbbb", "a".repeat(238)), &spec(NVIDIA_DRIVER, 1, &sel));
     assert!(!dotted.contains(".-") && dotted.starts_with(&"a".repeat(238)) && dotted.len() < 253, "{dotted}");
+}
+
+#[test]
+fn without_consumable_capacity_the_selector_leaves_out_allow_multiple_allocations() {
+    let req = GpuRequirements { product: Some(H100.into()), min_memory: Some("40Gi".into()) };
+    let with = selector_for(NVIDIA_DRIVER, &req, true);
+    let without = selector_for(NVIDIA_DRIVER, &req, false);
+    assert_eq!(with, selector(NVIDIA_DRIVER, &req));
+    assert!(with.contains("!device.allowMultipleAllocations"));
+    assert!(!without.contains("allowMultipleAllocations"));
+    assert_eq!(with.replace(" && !device.allowMultipleAllocations", ""), without, "nothing else changes");
 }
 
 fn allocated_claim(pod_uid: &str, results: Value) -> ResourceClaim {
@@ -395,4 +414,60 @@ fn each_device_says_which_claim_holds_it_and_other_workloads_take_slots() {
     mark_allocations(&mut st, []);
     assert!(st.devices.iter().all(|d| d.allocated_to.is_none() && d.agent_pool.is_none()));
     assert_eq!(foreign_held(&st, &any), 0);
+}
+
+#[test]
+fn physical_gpus_count_mig_parents_and_shareable_gpus_once() {
+    let mut shared = gpu(9, H100, "80Gi");
+    shared["allowMultipleAllocations"] = json!(true);
+    let mut mig_b = mig(1);
+    mig_b["name"] = json!("gpu-1-mig-1g10gb-19-1");
+    let mut mig_other = mig(2);
+    mig_other["name"] = json!("gpu-2-mig-1g10gb-19-0");
+    mig_other["attributes"]["parentUUID"] = json!({"string": "GPU-parent-2"});
+    let devices = vec![gpu(0, H100, "80Gi"), mig(1), mig_b, mig_other, shared];
+    let inv = node_inventory([&slice("n", NVIDIA_DRIVER, 1, 1, devices)], "n", NVIDIA_DRIVER).expect("inv");
+    // gpu-0, gpu-9, and the parents GPU-parent (the two instances of mig(1) share it) and
+    // GPU-parent-2.
+    assert_eq!((inv.whole_count(), inv.physical_count()), (1, 4));
+    let back = inventory_from_status(&node_status(&inv));
+    assert_eq!(back.physical_count(), 4);
+    assert_eq!(back.architecture(), inv.architecture(), "sm_90 survives the status");
+}
+
+#[test]
+fn an_incomplete_republish_keeps_the_last_complete_inventory() {
+    use k8s_openapi::jiff::Timestamp;
+    use std::time::Duration;
+    let t0 = Timestamp::from_second(1_800_000_000).unwrap_or_else(|e| panic!("{e}"));
+    let full = node_status(
+        &node_inventory(
+            [&slice("n", NVIDIA_DRIVER, 1, 1, vec![gpu(0, H100, "80Gi"), gpu(1, H100, "80Gi")])],
+            "n",
+            NVIDIA_DRIVER,
+        )
+        .expect("inv"),
+    );
+    // Generation 2 announced in 2 slices, 1 seen so far.
+    let partial = node_status(
+        &node_inventory([&slice("n", NVIDIA_DRIVER, 2, 2, vec![gpu(0, H100, "80Gi")])], "n", NVIDIA_DRIVER)
+            .expect("inv"),
+    );
+    assert!(!partial.complete);
+    let grace = Duration::from_secs(60);
+    let (kept, again) = settle(Some(full.clone()), Some(partial.clone()), t0, grace);
+    let kept = kept.expect("kept");
+    assert_eq!((kept.whole_gpus, kept.complete), (2, false), "the last complete one, marked");
+    assert_eq!(again, Some(grace));
+    // Complete again: the new one as it is.
+    let (now, again) = settle(Some(kept.clone()), Some(full.clone()), t0, grace);
+    assert_eq!(now.map(|d| (d.whole_gpus, d.complete, d.unsettled_since)), Some((2, true, None)));
+    assert_eq!(again, None);
+    // Never complete for the whole grace: what there is.
+    let late = Timestamp::from_second(1_800_000_060).unwrap_or_else(|e| panic!("{e}"));
+    let (now, _) = settle(Some(kept), Some(partial.clone()), late, grace);
+    assert_eq!(now.map(|d| (d.whole_gpus, d.unsettled_since)), Some((1, None)));
+    // Nothing before: nothing to keep.
+    assert_eq!(settle(None, Some(partial.clone()), t0, grace).0, Some(partial));
+    assert_eq!(settle(None, None, t0, grace), (None, None));
 }

@@ -56,6 +56,9 @@ pub struct NodeFacts {
     pub exclusive: bool,
     /// A reason the GpuNode gives for not being usable (share too small, ambiguous resource).
     pub problem: Option<(String, String)>,
+    /// A reason to keep the node's agents but create none (reason, message), e.g. its DRA
+    /// devices are being republished.
+    pub held: Option<(String, String)>,
     pub gpu_count: i64,
     pub per_gpu_share: Option<Share>,
     /// GPUs held by pods benchkite does not manage.
@@ -81,6 +84,9 @@ pub enum NodeState {
     Cordoned,
     NotExclusive,
     Unusable(String, String),
+    /// Agents are kept and none created, for the reason given (e.g. the DRA driver's slices
+    /// for the node are being rewritten): like `NotReadyTolerated`, with its own reason.
+    Held(String, String),
 }
 
 impl NodeState {
@@ -95,7 +101,7 @@ impl NodeState {
             NodeState::NotReadyTolerated => "NotReadyTolerated",
             NodeState::Cordoned => "Cordoned",
             NodeState::NotExclusive => "NotExclusive",
-            NodeState::Unusable(reason, _) => reason,
+            NodeState::Unusable(reason, _) | NodeState::Held(reason, _) => reason,
         }
     }
 
@@ -118,14 +124,19 @@ impl NodeState {
             NodeState::NotExclusive => {
                 "the GPUs are shared (time-slicing/MPS): benchmarks would not be isolated".into()
             }
-            NodeState::Unusable(_, message) => message.clone(),
+            NodeState::Unusable(_, message) | NodeState::Held(_, message) => message.clone(),
         }
     }
 
     /// The node's agents still count as the pool's desired agents (`NotReadyTolerated`: the
     /// node is expected back).
     fn keeps_desired(&self) -> bool {
-        matches!(self, NodeState::Active | NodeState::NotReadyTolerated)
+        matches!(self, NodeState::Active | NodeState::NotReadyTolerated | NodeState::Held(..))
+    }
+
+    /// Agents stay, none are created: the node is expected back as it was.
+    pub fn holds(&self) -> bool {
+        matches!(self, NodeState::NotReadyTolerated | NodeState::Held(..))
     }
 
     /// An admin's voluntary action drains the node: its agents leave within the rollout
@@ -406,7 +417,7 @@ pub fn plan_pool(
                 }
                 // The kubelet is not answering: a delete could not finish anyway, and the
                 // node is expected back within its toleration.
-                _ if state == NodeState::NotReadyTolerated => Fate::Keep,
+                _ if state.holds() => Fate::Keep,
                 // Ephemeral agents leave by themselves after their job (the pod Succeeds).
                 _ if state == NodeState::Cordoned && pool.ephemeral => Fate::Keep,
                 _ if state.drains_voluntarily() => Fate::Disrupt(DeleteReason::NodeIneligible(state.name().into())),
@@ -509,6 +520,8 @@ fn node_state(pool: &PoolFacts<'_>, node: &NodeFacts) -> NodeState {
         NodeState::Cordoned
     } else if !node.exclusive {
         NodeState::NotExclusive
+    } else if let Some((reason, message)) = &node.held {
+        NodeState::Held(reason.clone(), message.clone())
     } else if let Some((reason, message)) = &node.problem {
         NodeState::Unusable(reason.clone(), message.clone())
     } else if node.per_gpu_share.is_none() {

@@ -13,6 +13,7 @@ fn node(name: &str, gpus: i64) -> NodeFacts {
         maintenance: false,
         exclusive: true,
         problem: None,
+        held: None,
         gpu_count: gpus,
         per_gpu_share: Some(Share { cpu_cores: 16, memory_mib: 131072 }),
         foreign_gpus: 0,
@@ -575,4 +576,31 @@ fn an_autoscaled_node_not_ready_within_toleration_keeps_what_it_has() {
     assert!(plan.deletes.is_empty(), "{:?}", plan.deletes);
     assert_eq!(plan.creates, vec![("a".to_string(), 0), ("a".to_string(), 1)]);
     assert_eq!((plan.desired, plan.slots), (5, 8));
+}
+
+#[test]
+fn a_held_node_keeps_its_agents_even_outdated_and_gets_none() {
+    let mut agents: Vec<_> = (0..3).map(|s| agent("a", s, AgentPhase::Running, true)).collect();
+    agents[2].ready = false;
+    let mut n = node("a", 4);
+    n.held = Some(("DevicesUnsettled".into(), "republishing".into()));
+    // A problem too (the DRA devices look gone): holding wins, nothing is deleted.
+    n.problem = Some(("NoDraDevices".into(), "gone".into()));
+    let plan = plan_pool(&pool(1), &[n.clone()], &agents, h2, no_backoff);
+    assert_eq!(plan.nodes[0].state, NodeState::Held("DevicesUnsettled".into(), "republishing".into()));
+    assert_eq!(plan.nodes[0].state.name(), "DevicesUnsettled");
+    assert!(plan.deletes.is_empty() && plan.creates.is_empty(), "{:?} {:?}", plan.deletes, plan.creates);
+    assert_eq!((plan.desired, plan.ready), (4, 2));
+    // Without the hold, the problem drains the node at once.
+    n.held = None;
+    let plan = plan_pool(&pool(1), &[n.clone()], &agents, h2, no_backoff);
+    assert_eq!(plan.deletes.len(), 3);
+    // A held node with no agents gets none; like a node within its not-Ready toleration it is
+    // expected back, so the pool is not whole meanwhile.
+    n.held = Some(("DraDisabled".into(), "no --dra-driver".into()));
+    n.problem = None;
+    let plan = plan_pool(&pool(1), &[n], &[], hash, no_backoff);
+    assert!(plan.creates.is_empty());
+    assert_eq!((plan.desired, plan.ready), (4, 0));
+    assert!(!plan.converged());
 }

@@ -14,7 +14,18 @@ use crate::api::kerneljob::KernelJobSpec;
 /// Node states (`AgentPool.status.nodes[].state`) that may serve jobs again without anyone
 /// changing the pool: the node is usable, or will be once it is Ready, out of maintenance,
 /// uncordoned or measured.
-const PASSING_STATES: &[&str] = &["Active", "Maintenance", "NotReady", "NotReadyTolerated", "Cordoned", "ShareUnknown"];
+const PASSING_STATES: &[&str] = &[
+    "Active",
+    "Maintenance",
+    "NotReady",
+    "NotReadyTolerated",
+    "Cordoned",
+    "ShareUnknown",
+    // Agents kept while the DRA driver republishes its devices, or while the controller runs
+    // without DRA: they may still serve.
+    "DevicesUnsettled",
+    "DraDisabled",
+];
 
 /// Why no agent of `pool` can serve the job (reason, message), or `None` when one may.
 /// `arch_of(node)`: the GpuNode's architecture (`sm_90`, `gfx942`), `None` when unknown.

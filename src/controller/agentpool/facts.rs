@@ -82,7 +82,7 @@ fn gpus_for(status: &GpuNodeStatus, request: GpuRequest<'_>) -> (i64, Option<(St
                 ),
             )),
         ),
-        GpuRequest::DevicePlugin => (status.gpu_count, None),
+        GpuRequest::DevicePlugin => (status.plugin_gpus.unwrap_or(status.gpu_count), None),
         GpuRequest::Dra(req) => match &status.dra {
             None => (
                 0,
@@ -129,10 +129,34 @@ pub(super) fn node_facts(
     }
     let usable = ready.is_some_and(|c| c.status == "True");
     let (gpu_count, request_problem) = gpus_for(&status, request);
-    // Devices a DRA pool could use that other workloads' claims hold.
-    if let (GpuRequest::Dra(req), Some(dra)) = (request, status.dra.as_ref()) {
+    // Devices other workloads' claims hold: the scheduler gives them to no DRA pod, and on a
+    // node served both ways the device plugin does not know of them.
+    let any_gpu = GpuRequirements::default();
+    let req = match request {
+        GpuRequest::Dra(req) => req,
+        GpuRequest::DevicePlugin => &any_gpu,
+    };
+    if let Some(dra) = status.dra.as_ref() {
         foreign_gpus += dra::foreign_held(dra, req);
     }
+    let both = status.offered_through.as_deref() == Some(Offered::Both.as_str());
+    // Served both ways, the scheduler cannot tell which GPUs the other kind's pods hold: while
+    // any agent of another pool is on the node (a hand-over, terminating agents included),
+    // this pool starts none there.
+    if both && other_pool_gpus > 0 {
+        other_pool_gpus = other_pool_gpus.max(gpu_count);
+    }
+    // The driver's devices are being republished: keep the agents, start none.
+    let held = match (request, status.dra.as_ref().and_then(|d| d.unsettled_since.as_deref())) {
+        (GpuRequest::Dra(_), Some(since)) => Some((
+            "DevicesUnsettled".to_string(),
+            format!(
+                "the DRA driver's devices for the node have been missing or incomplete since {since} (a kubelet or \
+                 driver restart republishes them): agents are kept, none are created"
+            ),
+        )),
+        _ => None,
+    };
     NodeFacts {
         gpunode: gn.name_any(),
         // A GpuNode its controller has not reported on yet is unknown, not missing: only a
@@ -159,6 +183,7 @@ pub(super) fn node_facts(
             )),
         },
         gpu_count,
+        held,
         per_gpu_share: share_of(gn),
         foreign_gpus,
         other_pool_gpus,
@@ -335,6 +360,7 @@ mod tests {
             driver: "gpu.nvidia.com".into(),
             whole_gpus: 3,
             complete: true,
+            unsettled_since: None,
             devices: vec![
                 dev("gpu-0", "gpu", "H100", 81920, false),
                 dev("gpu-1", "gpu", "H100", 81920, false),
@@ -372,6 +398,64 @@ mod tests {
         // A node that is not usable anyway keeps its own reason.
         let cordoned = with_offer(gpunode("NodeCordoned"), "DevicePlugin", None);
         assert_eq!(problem(&node_facts(&cordoned, None, &[], "uid", GpuRequest::Dra(&any))), None);
+    }
+
+    fn agent_of(pool_uid: &str, gpus: &str) -> Arc<CachedPod> {
+        let pod: CachedPod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("{pool_uid}-agent"), "namespace": "ns",
+                "labels": {"app.kubernetes.io/managed-by": "benchkite", "benchkite.dev/pool": "p"},
+                "annotations": {"benchkite.dev/gpus": gpus},
+                "ownerReferences": [{"apiVersion": "benchkite.dev/v1alpha1", "kind": "AgentPool", "name": "p",
+                                     "uid": pool_uid, "controller": true}]},
+            "spec": {"nodeName": "gpu-a", "containers": []},
+            "status": {"phase": "Running"},
+        }))
+        .unwrap_or_else(|e| panic!("test pod: {e}"));
+        Arc::new(pod)
+    }
+
+    #[test]
+    fn served_both_ways_the_kinds_never_meet_and_other_workloads_claims_count() {
+        let any = GpuRequirements::default();
+        let mut dra = dra_devices();
+        // Another workload's claim holds gpu-0; an agent's claim holds gpu-1.
+        dra.devices[0].allocated_to = Some("ml/training".into());
+        dra.devices[1].allocated_to = Some("ci/p-gpu-a-0-gpus-x".into());
+        dra.devices[1].agent_pool = Some("ci/p".into());
+        let mut both = with_offer(gpunode("Ready"), "Both", Some(dra));
+        if let Some(s) = both.status.as_mut() {
+            s.plugin_gpus = Some(7);
+        }
+        // The plugin pool counts the plugin's GPUs, less the one the other workload's claim
+        // holds (the device plugin does not know of it).
+        let f = node_facts(&both, None, &[], "uid", GpuRequest::DevicePlugin);
+        assert_eq!((f.gpu_count, f.foreign_gpus), (7, 1));
+        let f = node_facts(&both, None, &[], "uid", GpuRequest::Dra(&any));
+        assert_eq!((f.gpu_count, f.foreign_gpus), (3, 1), "the agent's own device is no one else's");
+        // An agent of another pool on the node (a hand-over, terminating or not): this pool
+        // starts nothing there until it is gone, whichever kind either pool is.
+        let other = [agent_of("other-uid", "1")];
+        for request in [GpuRequest::DevicePlugin, GpuRequest::Dra(&any)] {
+            let f = node_facts(&both, None, &other, "uid", request);
+            assert!(f.other_pool_gpus >= f.gpu_count, "{request:?}: {} of {}", f.other_pool_gpus, f.gpu_count);
+        }
+        // On a node served one way only, the other pool's agent holds what it holds.
+        let plugin = with_offer(gpunode("Ready"), "DevicePlugin", None);
+        assert_eq!(node_facts(&plugin, None, &other, "uid", GpuRequest::DevicePlugin).other_pool_gpus, 1);
+    }
+
+    #[test]
+    fn a_dra_pool_holds_a_node_whose_devices_are_being_republished() {
+        let any = GpuRequirements::default();
+        let mut dra = dra_devices();
+        dra.unsettled_since = Some("2026-12-03T00:00:00Z".into());
+        dra.complete = false;
+        let gn = with_offer(gpunode("Ready"), "Both", Some(dra));
+        let f = node_facts(&gn, None, &[], "uid", GpuRequest::Dra(&any));
+        let (reason, message) = f.held.expect("held");
+        assert_eq!(reason, "DevicesUnsettled");
+        assert!(message.contains("2026-12-03T00:00:00Z"), "{message}");
+        assert_eq!(node_facts(&gn, None, &[], "uid", GpuRequest::DevicePlugin).held, None, "the plugin's GPUs are not");
     }
 
     fn certifying_pool(certification: bool) -> AgentPool {

@@ -4,6 +4,7 @@
 
 mod autoscaling;
 mod dra;
+pub use dra::TemplateMemo;
 mod facts;
 pub mod jobs;
 mod pdb;
@@ -80,7 +81,11 @@ pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action
 
     // GPUs through DRA: the pool's claim template (before any pod references it).
     let dra_setup = match (&pool.spec.dra, &ctx.dra) {
-        (None, _) => None,
+        (None, Some(caches)) => {
+            dra::forget_templates(&ctx, caches, &pool).await;
+            None
+        }
+        (None, None) => None,
         (Some(_), None) => Some(Err((
             "DraDisabled",
             "spec.dra asks for GPUs through Dynamic Resource Allocation, which this controller does not serve: \
@@ -89,7 +94,7 @@ pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action
         ))),
         (Some(_), Some(caches)) => Some(Ok(dra::ensure_template(&ctx, caches, &pool).await?)),
     };
-    let dra_template = dra_setup.as_ref().and_then(|s| s.as_ref().ok()).map(|s| s.template.clone());
+    let dra_template = dra_setup.as_ref().and_then(|s| s.as_ref().ok()).and_then(|s| s.template.clone());
     let dra_requirements = pool.spec.dra.as_ref().map(|d| d.requirements());
     let request = match &dra_requirements {
         Some(req) => facts::GpuRequest::Dra(req),
@@ -123,9 +128,12 @@ pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action
             let owner = plan::node_owner(g.labels(), &claimants).cloned();
             let mut f =
                 node_facts(g, owner, pods_by_node.get(g.node_name()).map(Vec::as_slice).unwrap_or(&[]), &uid, request);
-            // Without DRA in this controller, a DRA pool can use no node.
-            if let Some(Err((reason, message))) = &dra_setup {
-                f.problem = Some((reason.to_string(), message.clone()));
+            // A DRA pool whose claims cannot be made (no DRA in this controller, no
+            // DeviceClass, the template not applied) starts no agent; those it has stay:
+            // their claims are allocated, and a setup problem must not take running
+            // benchmarks down.
+            if let Some((reason, message)) = &dra_problem {
+                f.held = Some((reason.to_string(), message.clone()));
             }
             f
         })
@@ -335,12 +343,13 @@ pub async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> Result<Action
                     | NodeState::Maintenance
                     | NodeState::Cordoned
                     | NodeState::NotReadyTolerated
+                    | NodeState::Held(..)
             ) && n.state.name() != facts::reason::GPUNODE_PENDING
         })
         .collect();
     // DRA agents learn their devices from their pod (the allocation the scheduler made).
     let allocation_errors = match (&ctx.dra, &dra_template) {
-        (Some(caches), Some(_)) => dra::publish_allocations(&ctx, caches, &uid, &ns, &gn_by_name).await,
+        (Some(caches), Some(_)) => dra::publish_allocations(&ctx, caches, &uid, &ns).await,
         _ => Vec::new(),
     };
     let write_errors: Vec<String> = delete_errors.into_iter().chain(create_errors).chain(allocation_errors).collect();
