@@ -280,6 +280,7 @@ pub async fn run(
     };
     let pod_watch = {
         let (gn_store, gn_wake, pool_wake) = (gpunodes.clone(), gn_wake_tx.clone(), pool_wake_tx.clone());
+        let pool_store = pools.clone();
         // Decoded straight into the slim cache type: what the fleet does not read of a pod is
         // never kept (about 5 KiB per pod as a stripped k8s-openapi `Pod`).
         watcher(Api::<CachedPod>::all(client.clone()), wc.clone()).default_backoff().reflect(pods_w).for_each(
@@ -301,6 +302,20 @@ pub async fn run(
                     if let Some(owner) = &pod.agent_pool {
                         let ns = pod.namespace().unwrap_or_default();
                         let _ = pool_wake.send(ObjectRef::new(&owner.name).within(&ns));
+                        // An agent gone from a node frees its GPUs for the other pools that
+                        // select the node (a hand-over waits for the old pool's agents).
+                        if is_delete(&ev)
+                            && let Some(node) = pod.node_name.as_deref()
+                        {
+                            for gn in gn_store.state().iter().filter(|g| g.node_name() == node) {
+                                for p in pool_store.state().iter().filter(|p| {
+                                    p.spec.gpu_node_selector.matches(gn.labels())
+                                        && p.metadata.uid.as_deref() != Some(owner.uid.as_str())
+                                }) {
+                                    let _ = pool_wake.send(ObjectRef::from_obj(p.as_ref()));
+                                }
+                            }
+                        }
                     }
                 }
                 futures::future::ready(())
