@@ -552,3 +552,33 @@ async fn a_device_plugin_pool_and_a_dra_pool_never_claim_the_same_gpu() -> Resul
     ensure!(devices.len() == 4, "{devices:?} ({samples} samples)");
     ns.delete().await
 }
+
+#[tokio::test]
+async fn a_pool_naming_a_device_class_that_does_not_exist_says_so_and_starts_nothing() -> Result<()> {
+    let (client, ns) = controller_setup("dra-class").await?;
+    let node = format!("{}-f", ns.name());
+    let _f = TestNode::create(&client, &node, ns.name(), "64", "256Gi", 0).await?;
+    publish(&client, &node, (0..2).map(|i| gpu(i, H100)).collect()).await?;
+    label_gpunode(&client, &node).await?;
+    let pools: Api<AgentPool> = ns.api();
+    let spec = json!({"deviceClassName": "missing.example.com"});
+    pools.create(&PostParams::default(), &agent_pool("noclass", &[&node], Some(spec))?).await?;
+    let status = wait_until("Degraded/DeviceClassNotFound, Stalled", Duration::from_secs(60), || async {
+        let s = pools.get("noclass").await?.status.unwrap_or_default();
+        let has = |t: &str, st: &str| {
+            s.conditions.iter().any(|c| c.type_ == t && c.status == st && c.reason == "DeviceClassNotFound")
+        };
+        Ok((has("Degraded", "True") && has("Stalled", "True")).then_some(s))
+    })
+    .await?;
+    let degraded = status.conditions.iter().find(|c| c.type_ == "Degraded").context("Degraded")?;
+    ensure!(degraded.message.contains("missing.example.com"), "{}", degraded.message);
+    ensure!(node_state_of(&status, &node).as_deref() == Some("DeviceClassNotFound"), "{:?}", status.nodes);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ensure!(live_agents(&ns, "noclass").await?.is_empty(), "agents started without a device class");
+    ns.delete().await
+}
+
+fn node_state_of(status: &benchkite::api::AgentPoolStatus, node: &str) -> Option<String> {
+    status.nodes.iter().find(|n| n.name == node).map(|n| n.state.clone())
+}

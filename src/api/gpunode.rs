@@ -203,6 +203,9 @@ pub struct DraDeviceStatus {
     /// A MIG instance's GPU (`parentUUID`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_uuid: Option<String>,
+    /// Counter sets it consumes (partitionable devices share them with their siblings).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub counter_sets: Vec<String>,
     /// Why no agent is given this device (absent: a whole, exclusive GPU).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unusable: Option<String>,

@@ -55,6 +55,9 @@ pub struct DraDevice {
     pub shared: bool,
     /// A MIG instance's GPU (`parentUUID`).
     pub parent: Option<String>,
+    /// The counter sets it consumes (partitionable devices: a whole GPU and the MIG
+    /// instances cut from it consume the same set, so one allocated blocks the others).
+    pub counter_sets: Vec<String>,
 }
 
 impl DraDevice {
@@ -183,6 +186,7 @@ fn device_of(device: &Device, driver: &str, pool: &str) -> DraDevice {
         driver_version: text(device, driver, "driverVersion"),
         shared: device.allow_multiple_allocations == Some(true),
         parent: text(device, driver, "parentUUID"),
+        counter_sets: device.consumes_counters.iter().flatten().map(|c| c.counter_set.clone()).collect(),
     }
 }
 
@@ -542,6 +546,7 @@ pub fn node_status(inv: &DraInventory) -> GpuNodeDra {
                 driver_version: d.driver_version.clone(),
                 shared: d.shared,
                 parent_uuid: d.parent.clone(),
+                counter_sets: d.counter_sets.clone(),
                 unusable: d.unusable_reason(),
                 allocated_to: None,
                 agent_pool: None,
@@ -608,6 +613,7 @@ pub fn device_from_status(d: &DraDeviceStatus) -> DraDevice {
         driver_version: d.driver_version.clone(),
         shared: d.shared,
         parent: d.parent_uuid.clone(),
+        counter_sets: d.counter_sets.clone(),
     }
 }
 
@@ -638,14 +644,21 @@ pub fn eligible_count(node: &GpuNodeDra, req: &GpuRequirements) -> (i64, Option<
     (0, Some(why))
 }
 
-/// How many of the devices a pool with `req` may give its agents are allocated to claims
-/// that are not benchkite agents' (other workloads hold them: the pool's slots there are
-/// fewer, as with GPUs other pods hold through the device plugin).
+/// How many of the devices a pool with `req` may give its agents other workloads hold: those
+/// allocated to claims that are not benchkite agents', and those that share a counter set
+/// with such a device (a MIG instance of a partitionable GPU allocated elsewhere leaves its
+/// whole GPU unallocatable). The pool's slots there are fewer, as with GPUs other pods hold
+/// through the device plugin.
 pub fn foreign_held(node: &GpuNodeDra, req: &GpuRequirements) -> i64 {
+    let foreign = |d: &DraDeviceStatus| d.allocated_to.is_some() && d.agent_pool.is_none();
+    let blocked_sets: std::collections::BTreeSet<&str> =
+        node.devices.iter().filter(|d| foreign(d)).flat_map(|d| d.counter_sets.iter().map(String::as_str)).collect();
     let n = node
         .devices
         .iter()
-        .filter(|d| d.allocated_to.is_some() && d.agent_pool.is_none())
+        .filter(|d| {
+            foreign(d) || (d.allocated_to.is_none() && d.counter_sets.iter().any(|c| blocked_sets.contains(c.as_str())))
+        })
         .filter(|d| eligible(&device_from_status(d), req))
         .count();
     i64::try_from(n).unwrap_or(i64::MAX)

@@ -471,3 +471,31 @@ fn an_incomplete_republish_keeps_the_last_complete_inventory() {
     assert_eq!(settle(None, Some(partial.clone()), t0, grace).0, Some(partial));
     assert_eq!(settle(None, None, t0, grace), (None, None));
 }
+
+#[test]
+fn a_partitionable_gpu_whose_mig_instance_is_held_elsewhere_is_no_slot() {
+    let consumes = |set: &str| json!([{"counterSet": set, "counters": {"memory": {"value": "10Gi"}}}]);
+    let mut whole0 = gpu(0, H100, "80Gi");
+    whole0["consumesCounters"] = consumes("gpu-0-counters");
+    let mut mig0 = mig(0);
+    mig0["name"] = json!("gpu-0-mig-1g10gb-0");
+    mig0["consumesCounters"] = consumes("gpu-0-counters");
+    let mut whole1 = gpu(1, H100, "80Gi");
+    whole1["consumesCounters"] = consumes("gpu-1-counters");
+    let inv = node_inventory([&slice("n", NVIDIA_DRIVER, 1, 1, vec![whole0, mig0, whole1])], "n", NVIDIA_DRIVER)
+        .expect("inv");
+    let mut st = node_status(&inv);
+    assert_eq!(
+        st.devices.iter().find(|d| d.name == "gpu-0").map(|d| d.counter_sets.clone()),
+        Some(vec!["gpu-0-counters".to_string()])
+    );
+    let any = GpuRequirements::default();
+    assert_eq!(foreign_held(&st, &any), 0);
+    // Another workload's claim gets the MIG instance cut from gpu-0: gpu-0 cannot be
+    // allocated whole any more, gpu-1 can.
+    mark_allocations(&mut st, [&claim_on("ml", "small", None, &[("n", "gpu-0-mig-1g10gb-0")])]);
+    assert_eq!(foreign_held(&st, &any), 1);
+    // An agent's own claim blocks nothing for its pool.
+    mark_allocations(&mut st, [&claim_on("ci", "agent-gpus", Some("h100"), &[("n", "gpu-0-mig-1g10gb-0")])]);
+    assert_eq!(foreign_held(&st, &any), 0);
+}
