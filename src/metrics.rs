@@ -782,7 +782,7 @@ pub fn pool_slots<'a>(
         let per_agent = i64::from(p.spec.gpus_per_agent.max(1));
         for n in p.status.iter().flat_map(|s| s.nodes.iter()) {
             let g = nodes.get(&n.name);
-            let slots = g.and_then(|g| g.status.as_ref()).map_or(0, |s| s.gpu_count) / per_agent;
+            let slots = g.and_then(|g| g.status.as_ref()).map_or(0, |s| pool_gpus(p, s)) / per_agent;
             by_node.push((
                 NodeSlotLabels {
                     namespace: namespace.clone(),
@@ -827,6 +827,16 @@ pub fn pool_slots<'a>(
         }
     }
     (by_state.into_iter().collect(), by_node)
+}
+
+/// The GPUs of a node a pool can give its agents, the way it asks for them: a DRA pool's
+/// devices that match its request, a device-plugin pool's GPUs of the plugin.
+fn pool_gpus(pool: &AgentPool, node: &crate::api::GpuNodeStatus) -> i64 {
+    match (&pool.spec.dra, &node.dra) {
+        (Some(req), Some(dra)) => crate::fleet::dra::eligible_count(dra, &req.requirements()).0,
+        (Some(_), None) => 0,
+        (None, _) => node.plugin_gpus.unwrap_or(node.gpu_count),
+    }
 }
 
 /// The certification states every certifying pool's slots are counted under (0 included).
@@ -1153,6 +1163,36 @@ mod tests {
         }
         assert_eq!(by_node.len(), 5);
         assert!(by_node.iter().any(|(l, v)| l.node == "b" && l.state == "Maintenance" && *v == 8));
+    }
+
+    #[test]
+    fn a_dra_pools_slots_are_the_devices_that_match_its_request() {
+        let mut node = gpunode("a", 4, &[]);
+        if let Some(s) = node.status.as_mut() {
+            s.plugin_gpus = Some(3);
+            s.dra = serde_json::from_value(
+                serde_json::json!({"driver": "gpu.nvidia.com", "wholeGpus": 3, "complete": true,
+                "devices": [
+                    {"name": "gpu-0", "type": "gpu", "productName": "H100"},
+                    {"name": "gpu-1", "type": "gpu", "productName": "H100"},
+                    {"name": "gpu-2", "type": "gpu", "productName": "A100"},
+                    {"name": "gpu-3-mig-1", "type": "mig", "productName": "H100"},
+                ]}),
+            )
+            .unwrap_or_else(|e| panic!("dra fixture: {e}"));
+        }
+        let mut dra_pool = agentpool("dra", 1, &[("a", "Active", 2, 2)], false);
+        dra_pool.spec.dra =
+            Some(crate::api::agentpool::PoolDra { product_name: Some("H100".into()), ..Default::default() });
+        let plugin_pool = agentpool("plugin", 1, &[("a", "Active", 3, 3)], false);
+        let (by_state, _) = pool_slots([dra_pool, plugin_pool].iter(), [node].iter());
+        let at = |pool: &str, state: &str| get(&by_state, |l| l.pool == pool && l.state == state);
+        assert_eq!((at("dra", "Serving"), at("dra", "Idle")), (Some(2), Some(0)), "2 H100s, not the A100 or the MIG");
+        assert_eq!(
+            (at("plugin", "Serving"), at("plugin", "Idle")),
+            (Some(3), Some(0)),
+            "the plugin's 3, not gpuCount 4"
+        );
     }
 
     #[test]

@@ -69,6 +69,20 @@ fn scheduled(p: &Pod) -> Option<bool> {
     }
 }
 
+/// Two DRA-only nodes (no nvidia.com/gpu): `a` with 8 whole H100s, a MIG instance of a
+/// ninth and a tenth the driver lets claims share; `b` with 4 A100s.
+async fn h100_and_a100_nodes(client: &Client, test: &str, a: &str, b: &str) -> Result<(TestNode, TestNode)> {
+    let nodes = (
+        TestNode::create(client, a, test, "64", "256Gi", 0).await?,
+        TestNode::create(client, b, test, "64", "256Gi", 0).await?,
+    );
+    let mut shared = gpu(9, H100);
+    shared["allowMultipleAllocations"] = json!(true);
+    publish(client, a, (0..8).map(|i| gpu(i, H100)).chain([mig(8), shared]).collect()).await?;
+    publish(client, b, (0..4).map(|i| gpu(i, A100)).collect()).await?;
+    Ok(nodes)
+}
+
 #[tokio::test]
 async fn the_scheduler_allocates_one_whole_gpu_of_the_product_per_claim_and_never_more() -> Result<()> {
     let client = client().await?;
@@ -76,15 +90,7 @@ async fn the_scheduler_allocates_one_whole_gpu_of_the_product_per_claim_and_neve
     let ns = TestNamespace::create(&client, "dra").await?;
     let id = ns.name().to_string();
     let (a, b) = (format!("{id}-a"), format!("{id}-b"));
-    // DRA only: no nvidia.com/gpu resource on either node.
-    let _a = TestNode::create(&client, &a, &id, "64", "256Gi", 0).await?;
-    let _b = TestNode::create(&client, &b, &id, "64", "256Gi", 0).await?;
-    // a: 8 whole H100s, a MIG instance of a ninth and a tenth the driver lets claims share;
-    // b: 4 A100s.
-    let mut shared = gpu(9, H100);
-    shared["allowMultipleAllocations"] = json!(true);
-    publish(&client, &a, (0..8).map(|i| gpu(i, H100)).chain([mig(8), shared]).collect()).await?;
-    publish(&client, &b, (0..4).map(|i| gpu(i, A100)).collect()).await?;
+    let _nodes = h100_and_a100_nodes(&client, &id, &a, &b).await?;
 
     // The inventory benchkite reads from the slices the API server stored.
     let slices = Api::<ResourceSlice>::all(client.clone()).list(&ListParams::default()).await?.items;
@@ -269,14 +275,7 @@ async fn a_dra_pool_runs_one_agent_per_whole_gpu_of_its_product_and_tells_each_i
     let (client, ns) = controller_setup("dra-pool").await?;
     let id = ns.name().to_string();
     let (a, b) = (format!("{id}-a"), format!("{id}-b"));
-    // DRA only (no nvidia.com/gpu): a has 8 whole H100s, a MIG instance and a GPU the driver
-    // lets claims share; b has 4 A100s.
-    let _a = TestNode::create(&client, &a, &id, "64", "256Gi", 0).await?;
-    let _b = TestNode::create(&client, &b, &id, "64", "256Gi", 0).await?;
-    let mut shared = gpu(9, H100);
-    shared["allowMultipleAllocations"] = json!(true);
-    publish(&client, &a, (0..8).map(|i| gpu(i, H100)).chain([mig(8), shared]).collect()).await?;
-    publish(&client, &b, (0..4).map(|i| gpu(i, A100)).collect()).await?;
+    let _nodes = h100_and_a100_nodes(&client, &id, &a, &b).await?;
 
     // Discovery finds both through their slices; the inventory matches the slices.
     label_gpunode(&client, &a).await?;
@@ -573,12 +572,9 @@ async fn a_pool_naming_a_device_class_that_does_not_exist_says_so_and_starts_not
     .await?;
     let degraded = status.conditions.iter().find(|c| c.type_ == "Degraded").context("Degraded")?;
     ensure!(degraded.message.contains("missing.example.com"), "{}", degraded.message);
-    ensure!(node_state_of(&status, &node).as_deref() == Some("DeviceClassNotFound"), "{:?}", status.nodes);
+    let pool = pools.get("noclass").await?;
+    ensure!(node_state(&pool, &node).map(|(s, _)| s).as_deref() == Some("DeviceClassNotFound"), "{:?}", status.nodes);
     tokio::time::sleep(Duration::from_secs(2)).await;
     ensure!(live_agents(&ns, "noclass").await?.is_empty(), "agents started without a device class");
     ns.delete().await
-}
-
-fn node_state_of(status: &benchkite::api::AgentPoolStatus, node: &str) -> Option<String> {
-    status.nodes.iter().find(|n| n.name == node).map(|n| n.state.clone())
 }
