@@ -232,13 +232,7 @@ async fn label_gpunode(client: &Client, node: &str) -> Result<GpuNode> {
 
 /// The pool's live (not terminating, not finished) agent pods.
 async fn live_agents(ns: &TestNamespace, pool: &str) -> Result<Vec<Pod>> {
-    let list = ns.api::<Pod>().list(&ListParams::default().labels(&format!("benchkite.dev/pool={pool}"))).await?;
-    Ok(list
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter(|p| !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")))
-        .collect())
+    Ok(holding_agents(ns, pool).await?.into_iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect())
 }
 
 /// The pool's agent pods that may hold a GPU: not finished, terminating ones included.
